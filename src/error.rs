@@ -1,0 +1,261 @@
+//! One error type for the whole library: a matchable [`ErrorKind`] plus the
+//! context a user needs (what was being done, on which path, at which offset).
+//!
+//! Every kind maps to a documented process exit code ([`ErrorKind::exit_code`]),
+//! which is the contract scripts rely on; the README lists the same table.
+
+use std::fmt;
+use std::path::PathBuf;
+
+/// What went wrong, as a caller can match it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The operation needs root (CAP_SYS_ADMIN, CAP_LINUX_IMMUTABLE, raw disk access).
+    NotRoot,
+    /// The directory is on a filesystem liverestore cannot stage into
+    /// (btrfs, tmpfs, overlay, network, …).
+    UnsupportedFilesystem,
+    /// The device stack under the filesystem is not supported (LVM, LUKS,
+    /// md, a kernel that forbids writing the disk).
+    UnsupportedDevice,
+    /// Not enough free space on the host filesystem.
+    NoSpace,
+    /// The image is missing, unreadable, shorter or longer than announced.
+    BadImage,
+    /// The staging name is not usable (empty, `/`, `..`, control characters).
+    InvalidName,
+    /// A staged image of that name already exists.
+    NameInUse,
+    /// No staged image of that name.
+    NotFound,
+    /// The container's physical extents differ from the recorded map (the
+    /// file was replaced, moved or truncated).
+    MapChanged,
+    /// A state file or on-disk header failed its checksum or cannot be parsed.
+    Corrupt,
+    /// Data read back from the disk does not match the hashes recorded while
+    /// staging.
+    VerifyFailed,
+    /// Another liverestore holds the lock.
+    Busy,
+    /// The staged image is not in a state that allows the operation
+    /// (e.g. resuming a complete staging).
+    InvalidState,
+    /// An unexpected I/O error from the system.
+    Io,
+}
+
+impl ErrorKind {
+    /// The process exit code for this kind. 0 is success, 1 an unexpected
+    /// internal error, 2 a usage error (reported by the argument parser).
+    pub fn exit_code(self) -> i32 {
+        match self {
+            ErrorKind::NotRoot => 10,
+            ErrorKind::UnsupportedFilesystem => 11,
+            ErrorKind::UnsupportedDevice => 12,
+            ErrorKind::NoSpace => 13,
+            ErrorKind::BadImage => 14,
+            ErrorKind::InvalidName => 15,
+            ErrorKind::NameInUse => 16,
+            ErrorKind::NotFound => 17,
+            ErrorKind::MapChanged => 18,
+            ErrorKind::Corrupt => 19,
+            ErrorKind::VerifyFailed => 20,
+            ErrorKind::Busy => 21,
+            ErrorKind::InvalidState => 22,
+            ErrorKind::Io => 23,
+        }
+    }
+
+    /// A stable snake_case name used in JSON output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::NotRoot => "not_root",
+            ErrorKind::UnsupportedFilesystem => "unsupported_filesystem",
+            ErrorKind::UnsupportedDevice => "unsupported_device",
+            ErrorKind::NoSpace => "no_space",
+            ErrorKind::BadImage => "bad_image",
+            ErrorKind::InvalidName => "invalid_name",
+            ErrorKind::NameInUse => "name_in_use",
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::MapChanged => "map_changed",
+            ErrorKind::Corrupt => "corrupt",
+            ErrorKind::VerifyFailed => "verify_failed",
+            ErrorKind::Busy => "busy",
+            ErrorKind::InvalidState => "invalid_state",
+            ErrorKind::Io => "io",
+        }
+    }
+
+    /// All kinds, for documentation and tests.
+    pub const ALL: [ErrorKind; 14] = [
+        ErrorKind::NotRoot,
+        ErrorKind::UnsupportedFilesystem,
+        ErrorKind::UnsupportedDevice,
+        ErrorKind::NoSpace,
+        ErrorKind::BadImage,
+        ErrorKind::InvalidName,
+        ErrorKind::NameInUse,
+        ErrorKind::NotFound,
+        ErrorKind::MapChanged,
+        ErrorKind::Corrupt,
+        ErrorKind::VerifyFailed,
+        ErrorKind::Busy,
+        ErrorKind::InvalidState,
+        ErrorKind::Io,
+    ];
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A liverestore error: a kind, a one-line message that says what to do, and
+/// optional context (path, offset, the system error underneath).
+#[derive(Debug, thiserror::Error)]
+pub struct Error {
+    kind: ErrorKind,
+    message: String,
+    path: Option<PathBuf>,
+    offset: Option<u64>,
+    #[source]
+    source: Option<std::io::Error>,
+}
+
+impl Error {
+    /// A new error of `kind` with a message for the user.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Error {
+            kind,
+            message: message.into(),
+            path: None,
+            offset: None,
+            source: None,
+        }
+    }
+
+    /// An I/O error while doing `operation`, classified by its errno
+    /// (ENOSPC becomes [`ErrorKind::NoSpace`], EPERM/EACCES [`ErrorKind::NotRoot`]
+    /// when not running as root, everything else [`ErrorKind::Io`]).
+    pub fn io(operation: impl Into<String>, err: std::io::Error) -> Self {
+        let kind = match err.raw_os_error() {
+            Some(code) if code == rustix::io::Errno::NOSPC.raw_os_error() => ErrorKind::NoSpace,
+            Some(code)
+                if (code == rustix::io::Errno::PERM.raw_os_error()
+                    || code == rustix::io::Errno::ACCESS.raw_os_error())
+                    && !rustix::process::geteuid().is_root() =>
+            {
+                ErrorKind::NotRoot
+            }
+            _ => ErrorKind::Io,
+        };
+        Error {
+            kind,
+            message: operation.into(),
+            path: None,
+            offset: None,
+            source: Some(err),
+        }
+    }
+
+    /// Attach the path the operation was about.
+    pub fn with_path(mut self, path: impl Into<PathBuf>) -> Self {
+        self.path = Some(path.into());
+        self
+    }
+
+    /// Attach the byte offset the operation was at.
+    pub fn with_offset(mut self, offset: u64) -> Self {
+        self.offset = Some(offset);
+        self
+    }
+
+    /// Change the kind (e.g. an I/O error that really means a bad image).
+    pub fn with_kind(mut self, kind: ErrorKind) -> Self {
+        self.kind = kind;
+        self
+    }
+
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    pub fn path(&self) -> Option<&std::path::Path> {
+        self.path.as_deref()
+    }
+
+    pub fn offset(&self) -> Option<u64> {
+        self.offset
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)?;
+        if let Some(path) = &self.path {
+            write!(f, " ({})", path.display())?;
+        }
+        if let Some(offset) = self.offset {
+            write!(f, " at offset {offset}")?;
+        }
+        if let Some(source) = &self.source {
+            write!(f, ": {source}")?;
+        }
+        Ok(())
+    }
+}
+
+impl From<rustix::io::Errno> for Error {
+    fn from(errno: rustix::io::Errno) -> Self {
+        Error::io("system call failed", errno.into())
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Shorthand for wrapping `std::io::Result`s with an operation description.
+pub trait IoContext<T> {
+    fn op(self, operation: impl FnOnce() -> String) -> Result<T>;
+}
+
+impl<T, E: Into<std::io::Error>> IoContext<T> for std::result::Result<T, E> {
+    fn op(self, operation: impl FnOnce() -> String) -> Result<T> {
+        self.map_err(|e| Error::io(operation(), e.into()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_are_distinct_and_reserved_codes_unused() {
+        let mut seen = std::collections::HashSet::new();
+        for kind in ErrorKind::ALL {
+            let code = kind.exit_code();
+            assert!(code >= 10, "{kind} uses reserved code {code}");
+            assert!(seen.insert(code), "{kind} reuses exit code {code}");
+        }
+    }
+
+    #[test]
+    fn enospc_is_no_space() {
+        let err = Error::io("fallocate", std::io::Error::from_raw_os_error(28));
+        assert_eq!(err.kind(), ErrorKind::NoSpace);
+    }
+
+    #[test]
+    fn display_carries_context() {
+        let err = Error::new(ErrorKind::BadImage, "image ended early")
+            .with_path("/x/y.img")
+            .with_offset(4096);
+        assert_eq!(err.to_string(), "image ended early (/x/y.img) at offset 4096");
+    }
+}

@@ -1,0 +1,404 @@
+//! Finding out where a directory really lives: its filesystem, the partition
+//! under it, and the whole disk under that.
+//!
+//! The parsers (mountinfo, kernel command line, superblock UUIDs, sysfs
+//! layout) are pure functions over text/bytes or a sysfs root directory, so
+//! they are tested without touching the machine's own disks.
+
+use std::fs;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, ErrorKind, IoContext, Result};
+
+/// Filesystems a container can live on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsKind {
+    Ext4,
+    Xfs,
+}
+
+impl FsKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FsKind::Ext4 => "ext4",
+            FsKind::Xfs => "xfs",
+        }
+    }
+}
+
+/// Decide from the mount's filesystem type whether we can stage on it.
+pub fn classify_fs(fs_type: &str) -> Result<FsKind> {
+    let refuse = |why: String| Err(Error::new(ErrorKind::UnsupportedFilesystem, why));
+    match fs_type {
+        "ext4" => Ok(FsKind::Ext4),
+        "xfs" => Ok(FsKind::Xfs),
+        "btrfs" | "bcachefs" | "zfs" => refuse(format!(
+            "{fs_type} is copy-on-write: its FIEMAP addresses are logical and it moves data; pick a directory on ext4 or xfs"
+        )),
+        "tmpfs" | "ramfs" | "devtmpfs" | "proc" | "sysfs" => {
+            refuse(format!("{fs_type} lives in memory, not on a disk; pick a directory on ext4 or xfs"))
+        }
+        "overlay" | "aufs" | "squashfs" | "erofs" => refuse(format!(
+            "{fs_type} is a layered or read-only filesystem whose blocks are not on one disk; pick a directory on ext4 or xfs"
+        )),
+        "nfs" | "nfs4" | "cifs" | "smb3" | "ceph" | "9p" | "glusterfs" | "afs" | "virtiofs" => {
+            refuse(format!("{fs_type} is a network filesystem, not a local disk; pick a directory on ext4 or xfs"))
+        }
+        t if t.starts_with("fuse") => refuse(format!(
+            "{fs_type} is a FUSE filesystem whose block layout is unknown; pick a directory on ext4 or xfs"
+        )),
+        "ext2" | "ext3" => refuse(format!(
+            "{fs_type} cannot preallocate files (no extents); pick a directory on ext4 or xfs"
+        )),
+        "vfat" | "msdos" | "exfat" | "ntfs" | "ntfs3" => {
+            refuse(format!("{fs_type} hosts are not supported yet; pick a directory on ext4 or xfs"))
+        }
+        other => refuse(format!("{other} is not supported; pick a directory on ext4 or xfs")),
+    }
+}
+
+/// One line of /proc/self/mountinfo.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountEntry {
+    pub major: u32,
+    pub minor: u32,
+    pub mount_point: PathBuf,
+    pub fs_type: String,
+    pub source: String,
+}
+
+fn unescape_octal(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Parse /proc/self/mountinfo. Malformed lines are skipped.
+pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
+    text.lines()
+        .filter_map(|line| {
+            let (pre, post) = line.split_once(" - ")?;
+            let pre: Vec<&str> = pre.split(' ').collect();
+            let post: Vec<&str> = post.split(' ').collect();
+            let (major, minor) = pre.get(2)?.split_once(':')?;
+            Some(MountEntry {
+                major: major.parse().ok()?,
+                minor: minor.parse().ok()?,
+                mount_point: PathBuf::from(unescape_octal(pre.get(4)?)),
+                fs_type: (*post.first()?).to_string(),
+                source: unescape_octal(post.get(1)?),
+            })
+        })
+        .collect()
+}
+
+/// The mount that contains `path` (canonical): the longest mount point that
+/// is a prefix of it; among equal ones, the last mounted (it hides the others).
+pub fn mount_for<'a>(mounts: &'a [MountEntry], path: &Path) -> Option<&'a MountEntry> {
+    mounts
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| path.starts_with(&m.mount_point))
+        .max_by_key(|(i, m)| (m.mount_point.components().count(), *i))
+        .map(|(_, m)| m)
+}
+
+/// Does the kernel command line forbid writing mounted block devices
+/// (`bdev_allow_write_mounted=0`, Linux ≥ 6.8)?
+pub fn cmdline_forbids_write_mounted(cmdline: &str) -> bool {
+    cmdline.split_whitespace().any(|arg| {
+        arg.strip_prefix("bdev_allow_write_mounted=")
+            .is_some_and(|v| matches!(v, "0" | "n" | "N" | "no" | "off" | "false"))
+    })
+}
+
+/// The filesystem UUID from the first 2 KiB of an ext4 or xfs device.
+pub fn fs_uuid(kind: FsKind, head: &[u8]) -> Option<String> {
+    let (magic_ok, at) = match kind {
+        // ext4 superblock at 1024: s_magic at +0x38, s_uuid at +0x68
+        FsKind::Ext4 => (head.get(1024 + 0x38..1024 + 0x3a)? == [0x53, 0xef], 1024 + 0x68),
+        // xfs superblock at 0: "XFSB", sb_uuid at +32
+        FsKind::Xfs => (head.get(0..4)? == b"XFSB", 32),
+    };
+    let bytes: [u8; 16] = head.get(at..at + 16)?.try_into().ok()?;
+    magic_ok.then(|| uuid::Uuid::from_bytes(bytes).to_string())
+}
+
+/// A block device as sysfs describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SysBlock {
+    /// Kernel name of the device holding the filesystem (e.g. `sda2`).
+    pub name: String,
+    /// Kernel name of the whole disk (e.g. `sda`); equal to `name` when the
+    /// filesystem is on the whole disk.
+    pub disk_name: String,
+    pub disk_major: u32,
+    pub disk_minor: u32,
+    pub partition_number: Option<u32>,
+    /// Byte offset of the device on the disk.
+    pub start: u64,
+    pub size: u64,
+    pub disk_size: u64,
+    pub logical_sector_size: u32,
+    pub physical_sector_size: u32,
+    pub serial: Option<String>,
+}
+
+fn read_trim(path: &Path) -> Option<String> {
+    fs::read_to_string(path).ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
+}
+
+fn read_num(path: &Path) -> Result<u64> {
+    read_trim(path)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| Error::new(ErrorKind::UnsupportedDevice, "cannot read a number from sysfs").with_path(path))
+}
+
+impl SysBlock {
+    /// Describe block device `major:minor` from the sysfs tree at `sys`
+    /// (normally `/sys`). Stacked devices (device-mapper, md) are refused.
+    pub fn resolve(sys: &Path, major: u32, minor: u32) -> Result<SysBlock> {
+        let link = sys.join(format!("dev/block/{major}:{minor}"));
+        let dir = fs::canonicalize(&link).map_err(|e| {
+            Error::io(format!("no block device {major}:{minor} in sysfs (is the filesystem on a disk?)"), e)
+                .with_kind(ErrorKind::UnsupportedDevice)
+                .with_path(&link)
+        })?;
+        let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let stacked = dir.join("dm").exists()
+            || dir.join("md").exists()
+            || fs::read_dir(dir.join("slaves")).map(|mut d| d.next().is_some()).unwrap_or(false);
+        if stacked {
+            return Err(Error::new(
+                ErrorKind::UnsupportedDevice,
+                format!("{name} is a stacked device (LVM, LUKS, RAID): its offsets are not disk offsets; not supported yet"),
+            ));
+        }
+        let (disk_dir, partition_number, start) = if dir.join("partition").exists() {
+            let parent = dir.parent().map(Path::to_path_buf).unwrap_or_default();
+            (parent, Some(read_num(&dir.join("partition"))? as u32), read_num(&dir.join("start"))? * 512)
+        } else {
+            (dir.clone(), None, 0)
+        };
+        let disk_name = disk_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let dev = read_trim(&disk_dir.join("dev"))
+            .ok_or_else(|| Error::new(ErrorKind::UnsupportedDevice, "disk has no dev number").with_path(&disk_dir))?;
+        let (dmaj, dmin) = dev
+            .split_once(':')
+            .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)))
+            .ok_or_else(|| Error::new(ErrorKind::UnsupportedDevice, "bad dev number in sysfs").with_path(&disk_dir))?;
+        let serial = ["device/serial", "serial", "device/wwid", "wwid", "loop/backing_file"]
+            .iter()
+            .find_map(|p| read_trim(&disk_dir.join(p)));
+        Ok(SysBlock {
+            name,
+            disk_name,
+            disk_major: dmaj,
+            disk_minor: dmin,
+            partition_number,
+            start,
+            size: read_num(&dir.join("size"))? * 512,
+            disk_size: read_num(&disk_dir.join("size"))? * 512,
+            logical_sector_size: read_num(&disk_dir.join("queue/logical_block_size"))? as u32,
+            physical_sector_size: read_num(&disk_dir.join("queue/physical_block_size"))? as u32,
+            serial,
+        })
+    }
+}
+
+/// Everything about the place a container would be created in.
+#[derive(Debug, Clone)]
+pub struct HostTarget {
+    /// The directory, canonical.
+    pub dir: PathBuf,
+    pub fs: FsKind,
+    pub mount: MountEntry,
+    pub block: SysBlock,
+    /// `/dev/<disk>`; its device number was checked.
+    pub disk_path: PathBuf,
+    pub fs_block_size: u64,
+    /// Bytes an unprivileged user could still allocate (ext4 keeps its
+    /// root-reserved blocks for the running system).
+    pub free_bytes: u64,
+    pub total_bytes: u64,
+}
+
+/// Find the device behind a block device number: `/dev/<name>`, checked.
+pub fn dev_node(name: &str, major: u32, minor: u32) -> Result<PathBuf> {
+    let path = PathBuf::from("/dev").join(name);
+    let meta = fs::metadata(&path)
+        .op(|| "the disk has no device node".to_string())
+        .map_err(|e| e.with_kind(ErrorKind::UnsupportedDevice).with_path(&path))?;
+    let rdev = meta.rdev();
+    if !meta.file_type().is_block_device() || rustix::fs::major(rdev) != major || rustix::fs::minor(rdev) != minor {
+        return Err(Error::new(
+            ErrorKind::UnsupportedDevice,
+            format!("{} is not block device {major}:{minor}", path.display()),
+        ));
+    }
+    Ok(path)
+}
+
+/// Resolve `dir` to its filesystem, partition and disk, refusing anything
+/// liverestore cannot stage on.
+pub fn discover(dir: &Path) -> Result<HostTarget> {
+    let canon = fs::canonicalize(dir)
+        .op(|| "cannot open the directory".to_string())
+        .map_err(|e| e.with_path(dir))?;
+    let meta = fs::metadata(&canon).op(|| "cannot stat".to_string()).map_err(|e| e.with_path(&canon))?;
+    if !meta.is_dir() {
+        return Err(Error::new(ErrorKind::Io, "not a directory").with_path(&canon));
+    }
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").op(|| "cannot read /proc/self/mountinfo".into())?;
+    let mounts = parse_mountinfo(&mountinfo);
+    let mount = mount_for(&mounts, &canon)
+        .cloned()
+        .ok_or_else(|| Error::new(ErrorKind::UnsupportedFilesystem, "no mount found for the directory").with_path(&canon))?;
+    let fs_kind = classify_fs(&mount.fs_type).map_err(|e| e.with_path(&canon))?;
+    let (major, minor) = (rustix::fs::major(meta.dev()), rustix::fs::minor(meta.dev()));
+    if (major, minor) != (mount.major, mount.minor) {
+        return Err(Error::new(
+            ErrorKind::UnsupportedFilesystem,
+            format!("the directory's device {major}:{minor} is not its mount's {}:{}", mount.major, mount.minor),
+        )
+        .with_path(&canon));
+    }
+    let block = SysBlock::resolve(Path::new("/sys"), major, minor)?;
+    let disk_path = dev_node(&block.disk_name, block.disk_major, block.disk_minor)?;
+    let st = rustix::fs::statvfs(&canon).op(|| "statvfs".into())?;
+    Ok(HostTarget {
+        dir: canon,
+        fs: fs_kind,
+        mount,
+        block,
+        disk_path,
+        fs_block_size: st.f_bsize,
+        free_bytes: st.f_bavail.saturating_mul(st.f_frsize),
+        total_bytes: st.f_blocks.saturating_mul(st.f_frsize),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MOUNTINFO: &str = "\
+22 1 252:0 / / rw,relatime shared:1 - ext4 /dev/vda rw
+30 22 0:25 / /tmp rw shared:2 - tmpfs tmpfs rw
+41 22 7:1 / /mnt/with\\040space rw,relatime shared:3 - xfs /dev/loop0p1 rw,attr2
+42 41 7:17 / /mnt/with\\040space/inner rw - btrfs /dev/loop1p1 rw
+43 22 7:1 / /mnt/over rw - ext4 /dev/loop0p1 rw
+44 22 7:2 / /mnt/over rw - xfs /dev/loop2 rw
+bad line
+";
+
+    #[test]
+    fn mountinfo_parsing_and_lookup() {
+        let m = parse_mountinfo(MOUNTINFO);
+        assert_eq!(m.len(), 6);
+        assert_eq!(m[2].mount_point, Path::new("/mnt/with space"));
+        assert_eq!((m[2].major, m[2].minor), (7, 1));
+        assert_eq!(m[2].fs_type, "xfs");
+        let find = |p: &str| mount_for(&m, Path::new(p)).unwrap().fs_type.clone();
+        assert_eq!(find("/etc"), "ext4");
+        assert_eq!(find("/tmp/x"), "tmpfs");
+        assert_eq!(find("/mnt/with space/a"), "xfs");
+        assert_eq!(find("/mnt/with space/inner/b"), "btrfs");
+        // "/tmpx" is not under "/tmp"
+        assert_eq!(find("/tmpx"), "ext4");
+        // the later mount on the same point hides the earlier one
+        assert_eq!(mount_for(&m, Path::new("/mnt/over")).unwrap().minor, 2);
+    }
+
+    #[test]
+    fn classification() {
+        assert_eq!(classify_fs("ext4").unwrap(), FsKind::Ext4);
+        assert_eq!(classify_fs("xfs").unwrap(), FsKind::Xfs);
+        for t in ["btrfs", "tmpfs", "overlay", "nfs4", "cifs", "fuse.sshfs", "ext3", "vfat", "weirdfs"] {
+            let e = classify_fs(t).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::UnsupportedFilesystem);
+            assert!(e.message().contains(t), "{}", e.message());
+        }
+        assert!(classify_fs("nfs").unwrap_err().message().contains("network"));
+    }
+
+    #[test]
+    fn write_mounted_cmdline() {
+        assert!(cmdline_forbids_write_mounted("quiet bdev_allow_write_mounted=0 ro"));
+        assert!(cmdline_forbids_write_mounted("bdev_allow_write_mounted=n"));
+        assert!(!cmdline_forbids_write_mounted("bdev_allow_write_mounted=1"));
+        assert!(!cmdline_forbids_write_mounted("root=/dev/vda"));
+    }
+
+    #[test]
+    fn superblock_uuids() {
+        let mut ext = vec![0u8; 2048];
+        ext[1024 + 0x38] = 0x53;
+        ext[1024 + 0x39] = 0xef;
+        ext[1024 + 0x68..1024 + 0x78].copy_from_slice(&[0x11; 16]);
+        assert_eq!(fs_uuid(FsKind::Ext4, &ext).unwrap(), "11111111-1111-1111-1111-111111111111");
+        assert_eq!(fs_uuid(FsKind::Xfs, &ext), None);
+        let mut xfs = vec![0u8; 2048];
+        xfs[0..4].copy_from_slice(b"XFSB");
+        xfs[32..48].copy_from_slice(&[0xab; 16]);
+        assert_eq!(fs_uuid(FsKind::Xfs, &xfs).unwrap(), "abababab-abab-abab-abab-abababababab");
+        assert_eq!(fs_uuid(FsKind::Ext4, &xfs[..100]), None);
+    }
+
+    fn write(p: &Path, s: &str) {
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(p, s).unwrap();
+    }
+
+    #[test]
+    fn sysfs_partition_and_whole_disk_and_stacked() {
+        let t = tempfile::tempdir().unwrap();
+        let sys = t.path();
+        let disk = sys.join("devices/virtual/block/loop3");
+        write(&disk.join("dev"), "7:3\n");
+        write(&disk.join("size"), "2097152\n");
+        write(&disk.join("queue/logical_block_size"), "512\n");
+        write(&disk.join("queue/physical_block_size"), "4096\n");
+        write(&disk.join("loop/backing_file"), "/tmp/disk.img\n");
+        let part = disk.join("loop3p2");
+        write(&part.join("partition"), "2\n");
+        write(&part.join("start"), "2048\n");
+        write(&part.join("size"), "1024000\n");
+        fs::create_dir_all(sys.join("dev/block")).unwrap();
+        std::os::unix::fs::symlink(&part, sys.join("dev/block/259:5")).unwrap();
+        std::os::unix::fs::symlink(&disk, sys.join("dev/block/7:3")).unwrap();
+
+        let p = SysBlock::resolve(sys, 259, 5).unwrap();
+        assert_eq!(p.name, "loop3p2");
+        assert_eq!(p.disk_name, "loop3");
+        assert_eq!((p.disk_major, p.disk_minor), (7, 3));
+        assert_eq!(p.partition_number, Some(2));
+        assert_eq!(p.start, 2048 * 512);
+        assert_eq!(p.size, 1024000 * 512);
+        assert_eq!(p.disk_size, 2097152 * 512);
+        assert_eq!((p.logical_sector_size, p.physical_sector_size), (512, 4096));
+        assert_eq!(p.serial.as_deref(), Some("/tmp/disk.img"));
+
+        let d = SysBlock::resolve(sys, 7, 3).unwrap();
+        assert_eq!((d.start, d.partition_number, d.disk_name.as_str()), (0, None, "loop3"));
+
+        let dm = sys.join("devices/virtual/block/dm-0");
+        write(&dm.join("dev"), "253:0\n");
+        write(&dm.join("dm/name"), "vg-root\n");
+        std::os::unix::fs::symlink(&dm, sys.join("dev/block/253:0")).unwrap();
+        assert_eq!(SysBlock::resolve(sys, 253, 0).unwrap_err().kind(), ErrorKind::UnsupportedDevice);
+        assert_eq!(SysBlock::resolve(sys, 1, 1).unwrap_err().kind(), ErrorKind::UnsupportedDevice);
+    }
+}

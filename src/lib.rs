@@ -1,0 +1,35 @@
+//! liverestore: restore a disk or partition image onto the disk the running
+//! Linux system lives on, while it keeps running.
+//!
+//! The image is written into the pinned extents of an ordinary file (the
+//! *container*) of a live ext4 or xfs filesystem, straight through the raw
+//! whole-disk device. Where things happen:
+//!
+//! - [`hostfs`]: directory → filesystem → partition → disk.
+//! - [`container`]: create, preallocate, pin and map the container file.
+//! - [`fiemap`] + [`extent_map`]: the container → disk map and its checks.
+//! - [`disk_io`]: **the only place that writes to a disk** ([`disk_io::DiskWriter`]).
+//! - [`record`], [`header`], [`state_dir`]: what is remembered, on the host
+//!   and on the disk.
+//! - [`stage`], [`verify`], [`staged`], [`plan`], [`scan`]: the operations.
+
+pub mod container;
+pub mod disk_io;
+pub mod error;
+pub mod extent_map;
+pub mod fiemap;
+pub mod header;
+pub mod hostfs;
+pub mod identity;
+pub mod plan;
+pub mod progress;
+pub mod record;
+pub mod scan;
+pub mod source;
+pub mod stage;
+pub mod staged;
+pub mod state_dir;
+mod sys;
+pub mod verify;
+
+pub use error::{Error, ErrorKind, Result};

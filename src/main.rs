@@ -1,0 +1,348 @@
+//! The `liverestore` command: a thin layer over the library that parses
+//! arguments, shows progress and results, and maps errors to exit codes.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use serde_json::json;
+
+use liverestore::progress::{JsonProgress, NoProgress, Progress, TerminalProgress, emit_json};
+use liverestore::state_dir::{DEFAULT_STATE_DIR, StateDir};
+use liverestore::{Error, ErrorKind, plan, scan, stage, staged, verify};
+
+const EXIT_CODES: &str = "\
+Exit codes:
+   0  success
+   1  unexpected internal error
+   2  usage error
+  10  not root
+  11  unsupported filesystem (btrfs, tmpfs, overlay, network, …)
+  12  unsupported device (LVM/LUKS/RAID, kernel refuses disk writes)
+  13  not enough free space
+  14  bad image (missing, unreadable, truncated, longer than announced)
+  15  invalid name
+  16  name already in use
+  17  no such staged image
+  18  map changed since staging (file replaced, moved, unpinned)
+  19  corrupt state file or on-disk header
+  20  verification failed (data on disk differs from the recorded hashes)
+  21  busy: another liverestore holds the lock
+  22  invalid state for this operation (e.g. resuming a complete image)
+  23  I/O error";
+
+/// Restore a disk or partition image onto the disk the running Linux
+/// system lives on, while it keeps running.
+///
+/// The image is written into the pinned extents of an ordinary file (the
+/// container) of a mounted ext4 or xfs filesystem, straight through the
+/// whole-disk device. The host filesystem never sees the data and stays
+/// intact; every write is checked against the container's map.
+///
+/// Typical use:
+///   liverestore plan root.img --dir /var/tmp        # what would happen
+///   liverestore stage root.img --name web --dir /var/tmp
+///   liverestore verify web                           # re-read and compare
+///   liverestore map web --json                       # where it is on disk
+///   liverestore discard web                          # unpin, delete, forget
+#[derive(Parser, Debug)]
+#[command(name = "liverestore", version, verbatim_doc_comment, after_help = EXIT_CODES)]
+struct Cli {
+    /// Where records of staged images are kept.
+    #[arg(long, global = true, env = "LIVERESTORE_STATE_DIR", default_value = DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
+
+    /// Machine-readable output: JSON lines on stdout (progress events, then
+    /// a result or error object).
+    #[arg(long, global = true)]
+    json: bool,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Preflight: show what staging IMAGE into DIR would do and what would
+    /// refuse it, writing nothing. Exits non-zero if staging would be refused.
+    Plan {
+        /// Image file, block device, or `-` for stdin (with --size).
+        image: String,
+        /// Directory on a mounted ext4 or xfs filesystem of the target disk.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Image size in bytes (required for stdin).
+        #[arg(long)]
+        size: Option<u64>,
+        /// Also check that this name is free.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Stage IMAGE into a pinned container in DIR and write it to the disk.
+    ///
+    /// With --resume NAME, continue a staging interrupted by a crash or
+    /// power loss: IMAGE defaults to the recorded path (`-` to pipe it again).
+    #[command(verbatim_doc_comment)]
+    Stage {
+        /// Image file, block device, or `-` for stdin (with --size).
+        image: Option<String>,
+        /// Name of the staged image (letters, digits, '.', '-', '_').
+        #[arg(long, required_unless_present = "resume", conflicts_with = "resume")]
+        name: Option<String>,
+        /// Directory on a mounted ext4 or xfs filesystem of the target disk.
+        #[arg(long, required_unless_present = "resume", conflicts_with = "resume")]
+        dir: Option<PathBuf>,
+        /// Image size in bytes (required for stdin).
+        #[arg(long)]
+        size: Option<u64>,
+        /// Continue the interrupted staging NAME.
+        #[arg(long, value_name = "NAME")]
+        resume: Option<String>,
+    },
+    /// List staged images, their state, and whether their map is still valid.
+    List,
+    /// Show everything recorded about a staged image.
+    Info { name: String },
+    /// Re-derive the map, check the on-disk header, and re-read the image
+    /// from the raw disk, comparing it with the hashes recorded while staging.
+    Verify { name: String },
+    /// Print where the image lies on the disk (byte units).
+    Map { name: String },
+    /// Wipe the on-disk header, unpin and delete the container, forget it.
+    Discard {
+        name: String,
+        /// Also discard when the state file is damaged.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Scan a disk (or disk image file) for liverestore headers, without
+    /// the state directory.
+    Scan { disk: PathBuf },
+}
+
+fn progress_for(json: bool) -> Box<dyn Progress> {
+    if json {
+        Box::new(JsonProgress::default())
+    } else if rustix::termios::isatty(std::io::stderr()) {
+        Box::new(TerminalProgress::default())
+    } else {
+        Box::new(NoProgress)
+    }
+}
+
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[u]) }
+}
+
+fn print_json(v: &impl serde::Serialize) {
+    println!("{}", serde_json::to_string_pretty(v).expect("serializable"));
+}
+
+/// Outcome of a command: exit code (0 unless a check failed without error).
+type Outcome = Result<u8, Error>;
+
+fn run(cli: Cli) -> Outcome {
+    let state = StateDir::new(&cli.state_dir);
+    let progress = progress_for(cli.json);
+    match cli.command {
+        Command::Plan { image, dir, size, name } => {
+            let size = liverestore::source::ImageSource::open(&image, size).map(|s| s.size());
+            let a = plan::assess(&state, &dir, name.as_deref(), size);
+            let p = &a.plan;
+            if cli.json {
+                print_json(p);
+            } else {
+                let show = |k: &str, v: Option<String>| println!("{k:>20}: {}", v.unwrap_or_else(|| "-".into()));
+                show("directory", Some(p.dir.clone()));
+                show("filesystem", p.fs_type.clone());
+                show("mounted at", p.mount_point.clone());
+                show("device", p.device.clone());
+                show("disk", p.disk.clone());
+                show("partition start", p.partition_start.map(|v| v.to_string()));
+                show("sector size", p.logical_sector_size.map(|v| v.to_string()));
+                show("image size", p.image_size.map(human_bytes));
+                show("container size", p.container_size.map(human_bytes));
+                show("free space", p.free_bytes.map(human_bytes));
+                if p.ok {
+                    println!("OK: staging would proceed");
+                } else {
+                    for r in &p.refusals {
+                        println!("REFUSED ({}): {}", r.kind, r.message);
+                    }
+                }
+            }
+            Ok(p.refusals.first().map_or(0, |r| r.exit_code as u8))
+        }
+        Command::Stage { image, name, dir, size, resume } => {
+            let rec = match (resume, name, dir) {
+                (Some(resume), _, _) => stage::resume(&state, &resume, image.as_deref(), progress.as_ref())?,
+                (None, Some(name), Some(dir)) => {
+                    let image = image.ok_or_else(|| Error::new(ErrorKind::BadImage, "no IMAGE given (use `-` for stdin)"))?;
+                    let req = stage::StageRequest { name: &name, dir: &dir, image: &image, size };
+                    stage::stage(&state, &req, progress.as_ref())?
+                }
+                _ => unreachable!("clap requires --name and --dir without --resume"),
+            };
+            if cli.json {
+                emit_json(&json!({
+                    "event": "result", "ok": true, "name": rec.name, "state": rec.state.as_str(),
+                    "image_size": rec.image.size, "sha256": rec.image.sha256,
+                    "container": rec.container.path, "disk": rec.disk.path,
+                    "extents": rec.image_map()?.extents().len(),
+                }));
+            } else {
+                println!(
+                    "staged '{}': {} onto {} in {} extents; sha256 {}",
+                    rec.name,
+                    human_bytes(rec.image.size),
+                    rec.disk.path,
+                    rec.image_map()?.extents().len(),
+                    rec.image.sha256.as_deref().unwrap_or("-")
+                );
+            }
+            Ok(0)
+        }
+        Command::List => {
+            let items = staged::list(&state)?;
+            if cli.json {
+                print_json(&json!({ "images": items }));
+            } else if items.is_empty() {
+                println!("no staged images (state directory {})", state.root().display());
+            } else {
+                println!("{:<20} {:<10} {:>10} {:>6} {:<6} CONTAINER", "NAME", "STATE", "SIZE", "DONE", "MAP");
+                for i in items {
+                    let pct = match (i.written, i.image_size) {
+                        (Some(w), Some(s)) if s > 0 => format!("{}%", w * 100 / s),
+                        _ => "-".into(),
+                    };
+                    println!(
+                        "{:<20} {:<10} {:>10} {:>6} {:<6} {}",
+                        i.name,
+                        i.state.as_deref().unwrap_or("corrupt"),
+                        i.image_size.map(human_bytes).unwrap_or_else(|| "-".into()),
+                        pct,
+                        if i.map_valid { "valid" } else { "BAD" },
+                        i.container.as_deref().unwrap_or("-")
+                    );
+                    if let Some(p) = i.problem {
+                        println!("    {p}");
+                    }
+                }
+            }
+            Ok(0)
+        }
+        Command::Info { name } => {
+            let rec = state.load(&name)?;
+            let check = staged::revalidate(&rec);
+            if cli.json {
+                print_json(&json!({
+                    "record": rec, "map_valid": check.is_ok(),
+                    "problem": check.as_ref().err().map(|e| e.to_string()),
+                }));
+            } else {
+                println!("name:        {}", rec.name);
+                println!("id:          {}", rec.id);
+                println!("state:       {}", rec.state.as_str());
+                println!("image:       {} ({})", rec.image.source.as_deref().unwrap_or("stdin"), human_bytes(rec.image.size));
+                println!("written:     {} of {} bytes", rec.image.written, rec.image.size);
+                println!("sha256:      {}", rec.image.sha256.as_deref().unwrap_or("-"));
+                println!("container:   {} (inode {}, {} bytes, image at +{})", rec.container.path, rec.container.inode, rec.container.size, rec.container.data_offset);
+                println!("filesystem:  {} {} on {} (uuid {})", rec.host.fs_type, rec.host.mount_point, rec.host.device, rec.host.fs_uuid.as_deref().unwrap_or("-"));
+                println!("disk:        {} ({}, {}-byte sectors)", rec.disk.path, human_bytes(rec.disk.size), rec.disk.logical_sector_size);
+                println!("extents:     {}", rec.map.as_ref().map_or(0, |m| m.extents().len()));
+                match check {
+                    Ok(_) => println!("map:         valid"),
+                    Err(e) => println!("map:         NOT VALID: {e}"),
+                }
+            }
+            Ok(0)
+        }
+        Command::Verify { name } => {
+            let report = verify::verify(&state, &name, progress.as_ref())?;
+            if cli.json {
+                let mut v = serde_json::to_value(&report).expect("serializable");
+                v["event"] = json!("result");
+                emit_json(&v);
+            } else if report.ok {
+                println!("'{name}' verified: {} in {} chunks match; sha256 {}", human_bytes(report.bytes_checked), report.chunks_checked, report.sha256.as_deref().unwrap_or("-"));
+            } else {
+                println!("'{name}' FAILED verification: {} of {} chunks differ (first: {:?})", report.bad_chunk_count, report.chunks_checked, report.bad_chunks);
+            }
+            Ok(if report.ok { 0 } else { ErrorKind::VerifyFailed.exit_code() as u8 })
+        }
+        Command::Map { name } => {
+            let rec = state.load(&name)?;
+            let export = staged::export_map(&rec)?;
+            if cli.json {
+                println!("{}", serde_json::to_string(&export).expect("serializable"));
+            } else {
+                println!("{} on {} ({} bytes, {}-byte sectors)", export.name, export.disk, export.image_size, export.logical_sector_size);
+                println!("{:>16} {:>16} {:>16}", "IMAGE_OFFSET", "DISK_OFFSET", "LENGTH");
+                for e in export.extents {
+                    println!("{:>16} {:>16} {:>16}", e.image_offset, e.disk_offset, e.length);
+                }
+            }
+            Ok(0)
+        }
+        Command::Discard { name, force } => {
+            let d = staged::discard(&state, &name, force)?;
+            if cli.json {
+                let mut v = serde_json::to_value(&d).expect("serializable");
+                v["event"] = json!("result");
+                emit_json(&v);
+            } else {
+                println!("discarded '{}'{}", d.name, d.container.map(|c| format!(" ({c} removed)")).unwrap_or_default());
+            }
+            Ok(0)
+        }
+        Command::Scan { disk } => {
+            let found = scan::scan(&disk, progress.as_ref())?;
+            if cli.json {
+                emit_json(&json!({ "event": "result", "disk": disk, "headers": found }));
+            } else if found.is_empty() {
+                println!("no liverestore headers on {}", disk.display());
+            } else {
+                for h in found {
+                    match h.error {
+                        None => println!(
+                            "{:>14}  {} '{}' {} ({} bytes) container {}",
+                            h.disk_offset,
+                            h.id.unwrap_or_default(),
+                            h.name.unwrap_or_default(),
+                            h.state.unwrap_or_default(),
+                            h.image_size.unwrap_or(0),
+                            h.container.unwrap_or_default()
+                        ),
+                        Some(e) => println!("{:>14}  damaged header: {e}", h.disk_offset),
+                    }
+                }
+            }
+            Ok(0)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let json = cli.json;
+    match run(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            let code = e.kind().exit_code();
+            if json {
+                emit_json(&json!({
+                    "event": "error", "kind": e.kind().as_str(), "exit_code": code, "message": e.to_string(),
+                }));
+            }
+            eprintln!("liverestore: error: {e}");
+            ExitCode::from(code as u8)
+        }
+    }
+}

@@ -1,0 +1,212 @@
+//! The preflight: everything `stage` would check before writing a byte,
+//! collected as a list of refusals instead of stopping at the first one.
+//! `liverestore plan` shows it; `stage` runs it and stops on the first
+//! refusal.
+
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::error::{Error, ErrorKind};
+use crate::header;
+use crate::hostfs::{self, HostTarget};
+use crate::record;
+use crate::state_dir::StateDir;
+
+/// Bytes per hashed (and resumable) chunk of the image.
+pub const CHUNK_SIZE: u64 = 4 << 20;
+
+/// How the container of an image of a given size is laid out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Layout {
+    /// Header bytes at the start of the container (= image offset).
+    pub header_len: u64,
+    pub image_size: u64,
+    /// header_len + image_size rounded up to the filesystem block size.
+    pub container_size: u64,
+    /// The most extents the reserved header can describe.
+    pub max_extents: u64,
+}
+
+impl Layout {
+    pub fn new(image_size: u64, fs_block_size: u64) -> Layout {
+        let max_extents = (image_size >> 20).max(1024);
+        let header_len = header::reserve_len(image_size, CHUNK_SIZE, max_extents);
+        let data = image_size.div_ceil(fs_block_size) * fs_block_size;
+        Layout {
+            header_len,
+            image_size,
+            container_size: header_len + data,
+            max_extents,
+        }
+    }
+}
+
+/// One reason staging would be refused.
+#[derive(Debug, Clone, Serialize)]
+pub struct Refusal {
+    pub kind: &'static str,
+    pub exit_code: i32,
+    pub message: String,
+}
+
+/// What `plan` reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    pub ok: bool,
+    pub dir: String,
+    pub fs_type: Option<String>,
+    pub mount_point: Option<String>,
+    pub device: Option<String>,
+    pub disk: Option<String>,
+    pub partition_start: Option<u64>,
+    pub logical_sector_size: Option<u32>,
+    pub image_size: Option<u64>,
+    pub container_size: Option<u64>,
+    pub free_bytes: Option<u64>,
+    pub refusals: Vec<Refusal>,
+}
+
+/// The preflight's findings, with the errors kept for `stage`.
+pub struct Assessment {
+    pub plan: Plan,
+    pub target: Option<HostTarget>,
+    pub layout: Option<Layout>,
+    errors: Vec<Error>,
+}
+
+impl Assessment {
+    /// The first refusal, as the error `stage` reports.
+    pub fn first_error(mut self) -> Option<Error> {
+        (!self.errors.is_empty()).then(|| self.errors.remove(0))
+    }
+}
+
+/// Check staging `image_size` bytes (or an image that could not be opened:
+/// `image_error`) into `dir` under `name`.
+pub fn assess(
+    state: &StateDir,
+    dir: &Path,
+    name: Option<&str>,
+    image: std::result::Result<u64, Error>,
+) -> Assessment {
+    let mut errors = Vec::new();
+    let is_root = rustix::process::geteuid().is_root();
+    if !is_root {
+        errors.push(Error::new(
+            ErrorKind::NotRoot,
+            "liverestore must run as root to pin files and write the disk (try sudo)",
+        ));
+    }
+    if let Some(name) = name {
+        match record::validate_name(name) {
+            Err(e) => errors.push(e),
+            Ok(()) if state.exists(name) => errors.push(Error::new(
+                ErrorKind::NameInUse,
+                format!("a staged image named '{name}' already exists (see `liverestore info {name}`)"),
+            )),
+            Ok(()) => {}
+        }
+    }
+    let image_size = match image {
+        Ok(s) => Some(s),
+        Err(e) => {
+            errors.push(e);
+            None
+        }
+    };
+    let target = match hostfs::discover(dir) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            errors.push(e);
+            None
+        }
+    };
+    let mut layout = None;
+    if let Some(t) = &target {
+        let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+        if hostfs::cmdline_forbids_write_mounted(&cmdline) && t.block.partition_number.is_none() {
+            errors.push(Error::new(
+                ErrorKind::UnsupportedDevice,
+                format!(
+                    "the kernel forbids writing mounted block devices (bdev_allow_write_mounted=0) and the filesystem is on the whole disk {}",
+                    t.disk_path.display()
+                ),
+            ));
+        }
+        let lss = u64::from(t.block.logical_sector_size);
+        if t.block.start % lss != 0 || t.fs_block_size % lss != 0 {
+            errors.push(Error::new(
+                ErrorKind::UnsupportedDevice,
+                format!(
+                    "the filesystem (start {}, block {}) is not aligned to the disk's {lss}-byte sectors",
+                    t.block.start, t.fs_block_size
+                ),
+            ));
+        }
+        if let (Some(n), true) = (name, is_root) {
+            let path = crate::container::path_for(&t.dir, n);
+            if path.exists() {
+                errors.push(Error::new(ErrorKind::NameInUse, "a file with the container's name already exists").with_path(path));
+            }
+        }
+        if let Some(size) = image_size {
+            let l = Layout::new(size, t.fs_block_size);
+            if l.container_size > t.free_bytes {
+                errors.push(Error::new(
+                    ErrorKind::NoSpace,
+                    format!(
+                        "not enough space: the container needs {} bytes but {} has {} free; free space or pick another --dir",
+                        l.container_size,
+                        t.mount.mount_point.display(),
+                        t.free_bytes
+                    ),
+                ));
+            }
+            layout = Some(l);
+        }
+        if is_root && let Err(e) = std::fs::OpenOptions::new().write(true).open(&t.disk_path) {
+            errors.push(Error::io("the disk cannot be opened for writing", e).with_kind(ErrorKind::UnsupportedDevice).with_path(&t.disk_path));
+        }
+    }
+    let plan = Plan {
+        ok: errors.is_empty(),
+        dir: dir.display().to_string(),
+        fs_type: target.as_ref().map(|t| t.fs.as_str().to_string()),
+        mount_point: target.as_ref().map(|t| t.mount.mount_point.display().to_string()),
+        device: target.as_ref().map(|t| format!("/dev/{}", t.block.name)),
+        disk: target.as_ref().map(|t| t.disk_path.display().to_string()),
+        partition_start: target.as_ref().map(|t| t.block.start),
+        logical_sector_size: target.as_ref().map(|t| t.block.logical_sector_size),
+        image_size,
+        container_size: layout.map(|l| l.container_size),
+        free_bytes: target.as_ref().map(|t| t.free_bytes),
+        refusals: errors
+            .iter()
+            .map(|e| Refusal {
+                kind: e.kind().as_str(),
+                exit_code: e.kind().exit_code(),
+                message: e.to_string(),
+            })
+            .collect(),
+    };
+    Assessment {
+        plan,
+        target,
+        layout,
+        errors,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_rounds_and_reserves() {
+        let l = Layout::new((1 << 30) + 1000, 4096);
+        assert_eq!(l.header_len, 1 << 20);
+        assert_eq!(l.container_size, (1 << 20) + (1 << 30) + 4096);
+        assert!(l.max_extents >= 1024);
+    }
+}

@@ -1,0 +1,128 @@
+//! Progress of long work (staging, verifying, scanning), reported to a
+//! terminal bar, to JSON lines on stdout, or nowhere.
+
+use std::io::Write;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Receives progress; implementations decide how to show it.
+pub trait Progress: Sync {
+    /// A phase of `total` bytes starts (e.g. "write", "verify").
+    fn begin(&self, phase: &str, total: u64);
+    /// `done` of the current phase's bytes are finished.
+    fn update(&self, done: u64);
+    /// The current phase is over.
+    fn end(&self);
+    /// Something the user should know, not an error.
+    fn note(&self, message: &str);
+}
+
+/// Reports nothing.
+pub struct NoProgress;
+
+impl Progress for NoProgress {
+    fn begin(&self, _: &str, _: u64) {}
+    fn update(&self, _: u64) {}
+    fn end(&self) {}
+    fn note(&self, _: &str) {}
+}
+
+/// A progress bar on stderr.
+#[derive(Default)]
+pub struct TerminalProgress {
+    bar: Mutex<Option<indicatif::ProgressBar>>,
+}
+
+impl Progress for TerminalProgress {
+    fn begin(&self, phase: &str, total: u64) {
+        let bar = indicatif::ProgressBar::new(total);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{msg:>8} [{bar:40}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
+        bar.set_message(phase.to_string());
+        *self.bar.lock().expect("progress lock") = Some(bar);
+    }
+    fn update(&self, done: u64) {
+        if let Some(b) = &*self.bar.lock().expect("progress lock") {
+            b.set_position(done);
+        }
+    }
+    fn end(&self) {
+        if let Some(b) = self.bar.lock().expect("progress lock").take() {
+            b.finish();
+        }
+    }
+    fn note(&self, message: &str) {
+        match &*self.bar.lock().expect("progress lock") {
+            Some(b) => b.println(message),
+            None => eprintln!("{message}"),
+        }
+    }
+}
+
+struct JsonState {
+    phase: String,
+    total: u64,
+    last: Option<Instant>,
+}
+
+/// JSON lines on stdout: `{"event":"progress","phase":…,"done":…,"total":…}`
+/// at most twice a second, plus the first and last of each phase.
+pub struct JsonProgress {
+    state: Mutex<JsonState>,
+}
+
+impl Default for JsonProgress {
+    fn default() -> Self {
+        JsonProgress {
+            state: Mutex::new(JsonState {
+                phase: String::new(),
+                total: 0,
+                last: None,
+            }),
+        }
+    }
+}
+
+/// Print one JSON object as a line on stdout.
+pub fn emit_json(value: &serde_json::Value) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{value}");
+    let _ = out.flush();
+}
+
+impl JsonProgress {
+    fn emit(state: &JsonState, done: u64) {
+        emit_json(&serde_json::json!({
+            "event": "progress", "phase": state.phase, "done": done, "total": state.total,
+        }));
+    }
+}
+
+impl Progress for JsonProgress {
+    fn begin(&self, phase: &str, total: u64) {
+        let mut s = self.state.lock().expect("progress lock");
+        s.phase = phase.to_string();
+        s.total = total;
+        s.last = Some(Instant::now());
+        Self::emit(&s, 0);
+    }
+    fn update(&self, done: u64) {
+        let mut s = self.state.lock().expect("progress lock");
+        if s.last.is_none_or(|t| t.elapsed() >= Duration::from_millis(500)) {
+            s.last = Some(Instant::now());
+            Self::emit(&s, done);
+        }
+    }
+    fn end(&self) {
+        let s = self.state.lock().expect("progress lock");
+        Self::emit(&s, s.total);
+    }
+    fn note(&self, message: &str) {
+        emit_json(&serde_json::json!({"event": "note", "message": message}));
+    }
+}

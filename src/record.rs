@@ -1,0 +1,304 @@
+//! What liverestore remembers about one staged image: the [`StagingRecord`].
+//!
+//! The same record is kept in two places: as a checksummed JSON file in the
+//! state directory ([`encode_state_file`]/[`decode_state_file`]) and as the
+//! body of the on-disk header inside the container ([`crate::header`]), so
+//! either copy is enough to find the image again.
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::extent_map::ExtentMap;
+
+/// Current record format version.
+pub const RECORD_VERSION: u32 = 1;
+
+/// Where a staging is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StagingState {
+    /// The record exists, the container may not (yet): discard cleans up.
+    Allocating,
+    /// The container is pinned and mapped; data is being written. A crash
+    /// here is resumable with `stage --resume`.
+    Staging,
+    /// Every byte is written, synced, hashed and the map re-checked.
+    Complete,
+}
+
+impl StagingState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StagingState::Allocating => "allocating",
+            StagingState::Staging => "staging",
+            StagingState::Complete => "complete",
+        }
+    }
+}
+
+/// The image that was (or is being) staged.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageInfo {
+    /// The path it was read from; None for stdin.
+    pub source: Option<String>,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Bytes per hashed chunk (the last chunk may be shorter).
+    pub chunk_size: u64,
+    /// Image bytes written and synced to disk so far (a multiple of
+    /// `chunk_size`, or `size` when done).
+    pub written: u64,
+    /// SHA-256 (hex) of each chunk written so far.
+    pub chunk_sha256: Vec<String>,
+    /// SHA-256 (hex) of the whole image, once complete.
+    pub sha256: Option<String>,
+}
+
+impl ImageInfo {
+    pub fn chunk_count(&self) -> u64 {
+        self.size.div_ceil(self.chunk_size)
+    }
+}
+
+/// The container file on the host filesystem.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerInfo {
+    pub path: String,
+    pub inode: u64,
+    pub generation: u32,
+    /// Allocated size: header + image, rounded up to the block size.
+    pub size: u64,
+    /// Container offset where the image starts (= header length).
+    pub data_offset: u64,
+    pub block_size: u64,
+}
+
+/// The filesystem and partition that hold the container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostInfo {
+    pub fs_type: String,
+    pub fs_uuid: Option<String>,
+    pub mount_point: String,
+    /// The block device of the filesystem, e.g. /dev/sda2.
+    pub device: String,
+    /// Byte offset of that device on the whole disk (0 when the filesystem
+    /// is on the whole disk).
+    pub start: u64,
+    pub size: u64,
+    pub partition_number: Option<u32>,
+    pub partition_uuid: Option<String>,
+}
+
+/// The whole disk that is written to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskInfo {
+    pub path: String,
+    pub size: u64,
+    pub logical_sector_size: u32,
+    pub physical_sector_size: u32,
+    pub gpt_guid: Option<String>,
+    pub mbr_signature: Option<String>,
+    pub serial: Option<String>,
+}
+
+/// Everything known about one staged image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StagingRecord {
+    pub version: u32,
+    pub id: uuid::Uuid,
+    pub name: String,
+    pub state: StagingState,
+    pub created_unix: u64,
+    pub image: ImageInfo,
+    pub container: ContainerInfo,
+    pub host: HostInfo,
+    pub disk: DiskInfo,
+    /// Container offset → whole-disk offset. None while allocating.
+    pub map: Option<ExtentMap>,
+}
+
+impl StagingRecord {
+    /// The map of the image bytes alone (container map minus the header).
+    pub fn image_map(&self) -> Result<ExtentMap> {
+        let map = self.map.as_ref().ok_or_else(|| {
+            Error::new(ErrorKind::InvalidState, format!("'{}' has no map yet (still allocating)", self.name))
+        })?;
+        map.slice(self.container.data_offset, self.image.size)
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct Envelope<'a> {
+    format: String,
+    sha256: String,
+    #[serde(borrow)]
+    record: &'a RawValue,
+}
+
+const STATE_FORMAT: &str = "liverestore-state-v1";
+
+/// Serialize a record as a state file: the record plus the SHA-256 of its
+/// exact JSON bytes.
+pub fn encode_state_file(record: &StagingRecord) -> Vec<u8> {
+    let body = serde_json::to_string(record).expect("records always serialize");
+    let raw = RawValue::from_string(body).expect("serde_json output is valid JSON");
+    let env = Envelope {
+        format: STATE_FORMAT.to_string(),
+        sha256: hex::encode(Sha256::digest(raw.get().as_bytes())),
+        record: &raw,
+    };
+    let mut out = serde_json::to_vec_pretty(&env).expect("envelope serializes");
+    out.push(b'\n');
+    out
+}
+
+/// Parse and check a state file. Any damage is [`ErrorKind::Corrupt`].
+pub fn decode_state_file(bytes: &[u8]) -> Result<StagingRecord> {
+    let corrupt = |m: String| Error::new(ErrorKind::Corrupt, m);
+    let env: Envelope<'_> =
+        serde_json::from_slice(bytes).map_err(|e| corrupt(format!("state file is not valid: {e}")))?;
+    if env.format != STATE_FORMAT {
+        return Err(corrupt(format!("unknown state file format '{}'", env.format)));
+    }
+    let actual = hex::encode(Sha256::digest(env.record.get().as_bytes()));
+    if actual != env.sha256 {
+        return Err(corrupt("state file checksum mismatch".to_string()));
+    }
+    let record: StagingRecord =
+        serde_json::from_str(env.record.get()).map_err(|e| corrupt(format!("state record is not valid: {e}")))?;
+    if record.version != RECORD_VERSION {
+        return Err(corrupt(format!("unsupported record version {}", record.version)));
+    }
+    Ok(record)
+}
+
+/// Is `name` usable as a staging name (and so as a file name)?
+pub fn validate_name(name: &str) -> Result<()> {
+    let bad = |why: &str| {
+        Err(Error::new(
+            ErrorKind::InvalidName,
+            format!("invalid name '{}': {why}; use letters, digits, '.', '-', '_'", name.escape_default()),
+        ))
+    };
+    if name.is_empty() {
+        return bad("it is empty");
+    }
+    if name.len() > 100 {
+        return bad("it is longer than 100 bytes");
+    }
+    if name == "." || name == ".." || name.contains("..") {
+        return bad("it contains '..'");
+    }
+    if name.starts_with('.') || name.starts_with('-') {
+        return bad("it starts with '.' or '-'");
+    }
+    if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))) {
+        return bad(&format!("it contains '{}'", c.escape_default()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::extent_map::MapExtent;
+
+    pub(crate) fn sample_record() -> StagingRecord {
+        StagingRecord {
+            version: RECORD_VERSION,
+            id: uuid::Uuid::from_u128(0x1234),
+            name: "web-01".into(),
+            state: StagingState::Staging,
+            created_unix: 1_700_000_000,
+            image: ImageInfo {
+                source: Some("/srv/root.img".into()),
+                size: 10 << 20,
+                chunk_size: 4 << 20,
+                written: 4 << 20,
+                chunk_sha256: vec!["ab".repeat(32)],
+                sha256: None,
+            },
+            container: ContainerInfo {
+                path: "/var/tmp/web-01.lrc".into(),
+                inode: 12,
+                generation: 99,
+                size: 11 << 20,
+                data_offset: 1 << 20,
+                block_size: 4096,
+            },
+            host: HostInfo {
+                fs_type: "ext4".into(),
+                fs_uuid: Some("0c5e4e4e-0000-4000-8000-000000000001".into()),
+                mount_point: "/".into(),
+                device: "/dev/vda2".into(),
+                start: 1 << 20,
+                size: 1 << 30,
+                partition_number: Some(2),
+                partition_uuid: Some("aa".into()),
+            },
+            disk: DiskInfo {
+                path: "/dev/vda".into(),
+                size: 2 << 30,
+                logical_sector_size: 512,
+                physical_sector_size: 4096,
+                gpt_guid: None,
+                mbr_signature: None,
+                serial: None,
+            },
+            map: Some(
+                ExtentMap::new(
+                    vec![
+                        MapExtent { logical: 0, disk: 2 << 20, length: 3 << 20 },
+                        MapExtent { logical: 3 << 20, disk: 9 << 20, length: 8 << 20 },
+                    ],
+                    11 << 20,
+                )
+                .unwrap(),
+            ),
+        }
+    }
+
+    #[test]
+    fn state_file_roundtrip() {
+        let rec = sample_record();
+        let bytes = encode_state_file(&rec);
+        assert_eq!(decode_state_file(&bytes).unwrap(), rec);
+    }
+
+    #[test]
+    fn any_flipped_byte_in_the_record_is_detected() {
+        let rec = sample_record();
+        let bytes = encode_state_file(&rec);
+        let text = String::from_utf8(bytes.clone()).unwrap();
+        let start = text.find("\"record\"").unwrap();
+        for i in (start + 10..bytes.len() - 3).step_by(7) {
+            let mut damaged = bytes.clone();
+            damaged[i] ^= 0x01;
+            let res = decode_state_file(&damaged);
+            assert!(res.is_err(), "flip at {i} not detected");
+            assert_eq!(res.unwrap_err().kind(), ErrorKind::Corrupt);
+        }
+        assert_eq!(decode_state_file(b"").unwrap_err().kind(), ErrorKind::Corrupt);
+        assert_eq!(decode_state_file(&bytes[..bytes.len() / 2]).unwrap_err().kind(), ErrorKind::Corrupt);
+    }
+
+    #[test]
+    fn image_map_skips_the_header() {
+        let rec = sample_record();
+        let map = rec.image_map().unwrap();
+        assert_eq!(map.len(), 10 << 20);
+        assert_eq!(map.extents()[0], MapExtent { logical: 0, disk: 3 << 20, length: 2 << 20 });
+    }
+
+    #[test]
+    fn names() {
+        for ok in ["a", "web-01", "root_fs.v2", "A9"] {
+            validate_name(ok).unwrap();
+        }
+        for bad in ["", "a/b", "..", "a..b", ".hidden", "-x", "sp ace", "tab\t", "é", &"x".repeat(101)] {
+            assert_eq!(validate_name(bad).unwrap_err().kind(), ErrorKind::InvalidName, "{bad:?}");
+        }
+    }
+}

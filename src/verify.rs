@@ -1,0 +1,106 @@
+//! `verify`: re-derive the map and compare it, check the on-disk header,
+//! then re-read every byte of the image from the raw disk through the map
+//! and compare it with the hashes recorded while staging.
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::disk_io::{AlignedBuf, DiskReader};
+use crate::error::{Error, ErrorKind, Result};
+use crate::header;
+use crate::progress::Progress;
+use crate::record::{StagingRecord, StagingState};
+use crate::staged;
+use crate::state_dir::StateDir;
+
+/// The outcome of a verification that could run to the end.
+#[derive(Debug, Clone, Serialize)]
+pub struct VerifyReport {
+    pub name: String,
+    pub ok: bool,
+    pub map_valid: bool,
+    pub header_valid: bool,
+    pub bytes_checked: u64,
+    pub chunks_checked: u64,
+    /// Indices of chunks whose data differs (at most the first 64).
+    pub bad_chunks: Vec<u64>,
+    pub bad_chunk_count: u64,
+    pub sha256: Option<String>,
+}
+
+/// Read the header of `rec` back from the disk and check it describes the
+/// same staging.
+pub fn check_header(rec: &StagingRecord, reader: &DiskReader, align: u64) -> Result<()> {
+    let mut b0 = AlignedBuf::new(header::BLOCK0_SIZE);
+    reader.read_at(0, &mut b0)?;
+    let block0 = header::decode_block0(&b0).map_err(|e| Error::new(ErrorKind::Corrupt, format!("on-disk header of '{}': {}", rec.name, e.message())))?;
+    let len = block0.used_len().div_ceil(align) * align;
+    if len > rec.container.data_offset {
+        return Err(Error::new(ErrorKind::Corrupt, format!("on-disk header of '{}' claims {len} bytes", rec.name)));
+    }
+    let mut all = AlignedBuf::new(len as usize);
+    reader.read_at(0, &mut all)?;
+    let on_disk = header::decode_body(&block0, &all)
+        .map_err(|e| Error::new(ErrorKind::Corrupt, format!("on-disk header of '{}': {}", rec.name, e.message())))?;
+    if on_disk.id != rec.id || on_disk.map != rec.map || on_disk.image != rec.image {
+        return Err(Error::new(
+            ErrorKind::Corrupt,
+            format!("the on-disk header of '{}' describes a different staging than the state file", rec.name),
+        ));
+    }
+    Ok(())
+}
+
+/// Verify `name`. Map and header problems are errors ([`ErrorKind::MapChanged`],
+/// [`ErrorKind::Corrupt`]); data mismatches are reported with `ok: false`.
+pub fn verify(state: &StateDir, name: &str, progress: &dyn Progress) -> Result<VerifyReport> {
+    let rec = state.load(name)?;
+    if rec.state != StagingState::Complete {
+        return Err(Error::new(
+            ErrorKind::InvalidState,
+            format!("'{name}' is not complete ({}); run `liverestore stage --resume {name}` or discard it", rec.state.as_str()),
+        ));
+    }
+    let checked = staged::revalidate(&rec)?;
+    let align = u64::from(checked.target.block.logical_sector_size).max(512);
+    let reader = DiskReader::open(&checked.target.disk_path, checked.map)?;
+    check_header(&rec, &reader, align)?;
+
+    let chunk = rec.image.chunk_size;
+    let size = rec.image.size;
+    let mut buf = AlignedBuf::new(chunk as usize);
+    let mut bad = Vec::new();
+    let mut bad_count = 0u64;
+    let mut whole = Sha256::new();
+    progress.begin("verify", size);
+    for (index, expected) in rec.image.chunk_sha256.iter().enumerate() {
+        let offset = index as u64 * chunk;
+        let len = (size - offset).min(chunk);
+        let io_len = len.div_ceil(align) * align;
+        reader.read_at(rec.container.data_offset + offset, &mut buf[..io_len as usize])?;
+        let data = &buf[..len as usize];
+        whole.update(data);
+        if hex::encode(Sha256::digest(data)) != *expected {
+            bad_count += 1;
+            if bad.len() < 64 {
+                bad.push(index as u64);
+            }
+        }
+        progress.update(offset + len);
+    }
+    progress.end();
+    let sha256 = hex::encode(whole.finalize());
+    let complete = rec.image.chunk_sha256.len() as u64 == rec.image.chunk_count();
+    let whole_ok = rec.image.sha256.as_deref() == Some(sha256.as_str());
+    Ok(VerifyReport {
+        name: name.to_string(),
+        ok: bad_count == 0 && complete && whole_ok,
+        map_valid: true,
+        header_valid: true,
+        bytes_checked: size,
+        chunks_checked: rec.image.chunk_sha256.len() as u64,
+        bad_chunks: bad,
+        bad_chunk_count: bad_count,
+        sha256: Some(sha256),
+    })
+}
