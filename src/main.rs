@@ -141,8 +141,9 @@ fn human_bytes(n: u64) -> String {
     if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[u]) }
 }
 
+/// Print one JSON object on one line (every JSON output is JSON lines).
 fn print_json(v: &impl serde::Serialize) {
-    println!("{}", serde_json::to_string_pretty(v).expect("serializable"));
+    println!("{}", serde_json::to_string(v).expect("serializable"));
 }
 
 /// Outcome of a command: exit code (0 unless a check failed without error).

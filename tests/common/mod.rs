@@ -1,0 +1,367 @@
+//! Test fixtures: loop-backed scratch disks and mounts that clean up exactly
+//! what they created (on failure too), plus helpers to run the binary.
+//!
+//! Every scratch disk starts filled with a pattern in which each 512-byte
+//! sector names its own number, so a sector that still holds its pattern was
+//! provably never written by anyone.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use sha2::{Digest, Sha256};
+
+pub const MIB: u64 = 1 << 20;
+pub const SECTOR: u64 = 512;
+const PATTERN_MAGIC: u64 = 0x4c52_5041_5454_0000; // "LRPATT\0\0"
+
+pub fn require_root() {
+    assert!(
+        rustix::process::geteuid().is_root(),
+        "these tests create loop devices and mounts: run them as root (CI does)"
+    );
+}
+
+/// Run a command, panic with its output if it fails; return stdout.
+pub fn sh(cmd: &str, args: &[&str]) -> String {
+    let out = Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("cannot run {cmd}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The sector pattern for sector `n`.
+pub fn pattern_sector(n: u64) -> [u8; SECTOR as usize] {
+    let mut s = [0u8; SECTOR as usize];
+    for (i, w) in s.chunks_exact_mut(8).enumerate() {
+        w.copy_from_slice(&(PATTERN_MAGIC ^ (n << 8) ^ i as u64).to_le_bytes());
+    }
+    s
+}
+
+/// Deterministic pseudo-random bytes (xorshift), so tests need no RNG crate.
+pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut v = Vec::with_capacity(len + 8);
+    while v.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.truncate(len);
+    v
+}
+
+pub fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fs {
+    Ext4,
+    Xfs,
+    Btrfs,
+}
+
+/// A mount this test made; unmounted on drop.
+pub struct Mount {
+    pub path: PathBuf,
+    mounted: bool,
+}
+
+impl Mount {
+    pub fn new(source: &str, path: &Path, fstype: &str, options: &str) -> Mount {
+        fs::create_dir_all(path).unwrap();
+        let mut args = vec!["-t", fstype];
+        if !options.is_empty() {
+            args.extend(["-o", options]);
+        }
+        let p = path.to_str().unwrap();
+        args.extend([source, p]);
+        sh("mount", &args);
+        Mount { path: path.to_path_buf(), mounted: true }
+    }
+
+    pub fn unmount(&mut self) {
+        if self.mounted {
+            sh("umount", &[self.path.to_str().unwrap()]);
+            self.mounted = false;
+        }
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        if self.mounted {
+            let _ = Command::new("umount").arg(&self.path).status();
+        }
+    }
+}
+
+/// A scratch disk: a pattern-filled file in a temp dir, attached to a loop
+/// device, with one GPT partition holding a filesystem, mounted.
+pub struct LoopDisk {
+    pub file: PathBuf,
+    /// /dev/loopN
+    pub dev: String,
+    /// /dev/loopNp1
+    pub part: String,
+    pub fs: Fs,
+    pub part_start: u64,
+    pub part_size: u64,
+    pub mnt: PathBuf,
+    mount: Option<Mount>,
+    attached: bool,
+}
+
+impl LoopDisk {
+    /// `disk_mib` MiB disk, partition 1 from 1 MiB to 1 MiB before the end.
+    pub fn new(dir: &Path, fs_kind: Fs, disk_mib: u64) -> LoopDisk {
+        require_root();
+        let file = dir.join("disk.img");
+        let mut f = fs::File::create(&file).unwrap();
+        let mut w = std::io::BufWriter::with_capacity(4 << 20, &mut f);
+        for n in 0..disk_mib * MIB / SECTOR {
+            w.write_all(&pattern_sector(n)).unwrap();
+        }
+        w.flush().unwrap();
+        drop(w);
+        f.sync_all().unwrap();
+        let part_start = MIB;
+        let part_size = (disk_mib - 2) * MIB;
+        let end_sector = (part_start + part_size) / SECTOR - 1;
+        sh(
+            "sgdisk",
+            &["-n", &format!("1:{}:{}", part_start / SECTOR, end_sector), "-t", "1:8300", file.to_str().unwrap()],
+        );
+        let dev = sh("losetup", &["-f", "--show", file.to_str().unwrap()]).trim().to_string();
+        let mut disk = LoopDisk {
+            part: format!("{dev}p1"),
+            dev,
+            file,
+            fs: fs_kind,
+            part_start,
+            part_size,
+            mnt: dir.join("mnt"),
+            mount: None,
+            attached: true,
+        };
+        if !Path::new(&disk.part).exists() {
+            sh("partx", &["-a", &disk.dev]);
+        }
+        match fs_kind {
+            Fs::Ext4 => sh("mkfs.ext4", &["-q", "-F", "-E", "nodiscard,lazy_itable_init=0,lazy_journal_init=0", &disk.part]),
+            Fs::Xfs => sh("mkfs.xfs", &["-q", "-f", "-K", &disk.part]),
+            Fs::Btrfs => sh("mkfs.btrfs", &["-q", "-f", "--nodiscard", &disk.part]),
+        };
+        disk.mount();
+        disk
+    }
+
+    pub fn fs_name(&self) -> &'static str {
+        match self.fs {
+            Fs::Ext4 => "ext4",
+            Fs::Xfs => "xfs",
+            Fs::Btrfs => "btrfs",
+        }
+    }
+
+    pub fn mount(&mut self) {
+        if self.mount.is_none() {
+            self.mount = Some(Mount::new(&self.part, &self.mnt.clone(), self.fs_name(), ""));
+        }
+    }
+
+    pub fn unmount(&mut self) {
+        if let Some(mut m) = self.mount.take() {
+            m.unmount();
+        }
+    }
+
+    /// Read-only filesystem check of the unmounted filesystem.
+    pub fn fsck_clean(&self) -> bool {
+        assert!(self.mount.is_none(), "unmount before fsck");
+        let status = match self.fs {
+            Fs::Ext4 => Command::new("e2fsck").args(["-f", "-n", &self.part]).stdout(Stdio::null()).stderr(Stdio::null()).status(),
+            Fs::Xfs => Command::new("xfs_repair").args(["-n", &self.part]).stdout(Stdio::null()).stderr(Stdio::null()).status(),
+            Fs::Btrfs => Command::new("btrfs").args(["check", "--readonly", &self.part]).stdout(Stdio::null()).stderr(Stdio::null()).status(),
+        };
+        status.unwrap().success()
+    }
+
+    /// Free space of the unmounted filesystem, as whole-disk byte ranges.
+    pub fn free_ranges(&self) -> Vec<(u64, u64)> {
+        assert!(self.mount.is_none(), "unmount before reading free space");
+        match self.fs {
+            Fs::Ext4 => {
+                let out = sh("dumpe2fs", &[&self.part]);
+                let bs: u64 = out
+                    .lines()
+                    .find_map(|l| l.strip_prefix("Block size:"))
+                    .unwrap()
+                    .trim()
+                    .parse()
+                    .unwrap();
+                let mut ranges = Vec::new();
+                // group lines are indented; the unindented summary line is a count
+                for line in out.lines().filter_map(|l| l.strip_prefix("  Free blocks: ")) {
+                    for r in line.split(", ").filter(|r| !r.is_empty()) {
+                        let (a, b) = r.split_once('-').unwrap_or((r, r));
+                        let (a, b): (u64, u64) = (a.parse().unwrap(), b.parse().unwrap());
+                        ranges.push((self.part_start + a * bs, self.part_start + (b + 1) * bs));
+                    }
+                }
+                ranges
+            }
+            Fs::Xfs => {
+                let geo = sh("xfs_db", &["-r", "-c", "sb 0", "-c", "p agblocks blocksize", &self.part]);
+                let val = |k: &str| -> u64 {
+                    geo.lines().find_map(|l| l.strip_prefix(&format!("{k} = "))).unwrap().trim().parse().unwrap()
+                };
+                let (agblocks, bs) = (val("agblocks"), val("blocksize"));
+                let out = sh("xfs_db", &["-r", "-c", "freesp -d", &self.part]);
+                out.lines()
+                    .filter_map(|l| {
+                        let v: Vec<u64> = l.split_whitespace().map(|x| x.parse().ok()).collect::<Option<_>>()?;
+                        (v.len() == 3).then(|| {
+                            let start = self.part_start + (v[0] * agblocks + v[1]) * bs;
+                            (start, start + v[2] * bs)
+                        })
+                    })
+                    .collect()
+            }
+            Fs::Btrfs => unimplemented!("not needed"),
+        }
+    }
+
+    /// Which sectors of the disk still hold their own pattern.
+    pub fn pattern_sectors(&self) -> Vec<bool> {
+        let data = fs::read(&self.file).unwrap();
+        data.chunks_exact(SECTOR as usize)
+            .enumerate()
+            .map(|(n, s)| s == pattern_sector(n as u64))
+            .collect()
+    }
+
+    pub fn read_at(&self, offset: u64, len: usize) -> Vec<u8> {
+        let f = fs::File::open(&self.file).unwrap();
+        let mut buf = vec![0u8; len];
+        f.read_exact_at(&mut buf, offset).unwrap();
+        buf
+    }
+
+    /// Overwrite bytes of the disk (through its backing file).
+    pub fn poke(&self, offset: u64, bytes: &[u8]) {
+        let f = fs::OpenOptions::new().write(true).open(&self.file).unwrap();
+        f.write_all_at(bytes, offset).unwrap();
+        f.sync_all().unwrap();
+    }
+}
+
+impl Drop for LoopDisk {
+    fn drop(&mut self) {
+        self.mount.take();
+        if self.attached {
+            let _ = Command::new("partx").args(["-d", &self.dev]).stderr(Stdio::null()).status();
+            let _ = Command::new("losetup").args(["-d", &self.dev]).status();
+            self.attached = false;
+        }
+    }
+}
+
+/// Content hashes of every regular file under `root`.
+pub fn tree_hashes(root: &Path) -> BTreeMap<PathBuf, String> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in fs::read_dir(&dir).unwrap() {
+            let e = e.unwrap();
+            let ft = e.file_type().unwrap();
+            let p = e.path();
+            if ft.is_dir() {
+                if p.file_name().unwrap() != "lost+found" {
+                    stack.push(p);
+                }
+            } else if ft.is_file() && !p.to_string_lossy().ends_with(".liverestore") {
+                out.insert(p.strip_prefix(root).unwrap().to_path_buf(), sha256_hex(&fs::read(&p).unwrap()));
+            }
+        }
+    }
+    out
+}
+
+/// Populate a filesystem with files a user would have.
+pub fn populate(root: &Path) {
+    for d in ["etc", "home/alice", "var/log"] {
+        fs::create_dir_all(root.join(d)).unwrap();
+    }
+    for (i, size) in [100usize, 4096, 65536, 1 << 20, 3 << 20, 5 << 20, 12345].iter().enumerate() {
+        let sub = ["etc", "home/alice", "var/log"][i % 3];
+        fs::write(root.join(sub).join(format!("file{i}")), random_bytes(*size, i as u64 + 100)).unwrap();
+    }
+    sh("sync", &[]);
+}
+
+/// The liverestore binary with a private state directory.
+pub struct Cli {
+    pub state_dir: PathBuf,
+}
+
+impl Cli {
+    pub fn new(dir: &Path) -> Cli {
+        Cli { state_dir: dir.join("state") }
+    }
+
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_liverestore"));
+        c.env("LIVERESTORE_STATE_DIR", &self.state_dir);
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd().args(args).stdin(Stdio::null()).output().unwrap()
+    }
+
+    /// Run and assert the exit code; returns stdout.
+    pub fn expect(&self, code: i32, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "liverestore {args:?}: expected exit {code}\nstdout: {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Run with success expected and parse the last JSON line (the result;
+    /// earlier lines are progress events).
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let out = self.expect(0, args);
+        let last = out.lines().last().unwrap_or_else(|| panic!("no output from {args:?}"));
+        serde_json::from_str(last).unwrap_or_else(|e| panic!("{args:?}: not JSON: {last}: {e}"))
+    }
+}
+
+/// Check that `image` lies on the disk at exactly the places `map --json` names.
+pub fn assert_image_on_disk(disk: &LoopDisk, map: &serde_json::Value, image: &[u8]) {
+    assert_eq!(map["image_size"].as_u64().unwrap(), image.len() as u64);
+    let mut covered = 0;
+    for e in map["extents"].as_array().unwrap() {
+        let (io, d, l) = (e["image_offset"].as_u64().unwrap(), e["disk_offset"].as_u64().unwrap(), e["length"].as_u64().unwrap());
+        assert_eq!(io, covered, "extents in image order without gaps");
+        assert!(disk.read_at(d, l as usize) == image[io as usize..(io + l) as usize], "disk bytes at {d} differ from image bytes at {io}");
+        covered += l;
+    }
+    assert_eq!(covered, image.len() as u64);
+}
