@@ -42,6 +42,22 @@ impl Layout {
     }
 }
 
+/// Refuse with [`ErrorKind::NotRoot`] unless running as root.
+pub fn require_root() -> Result<(), Error> {
+    if rustix::process::geteuid().is_root() {
+        Ok(())
+    } else {
+        Err(not_root())
+    }
+}
+
+fn not_root() -> Error {
+    Error::new(
+        ErrorKind::NotRoot,
+        "liverestore must run as root to pin files and write the disk (try sudo)",
+    )
+}
+
 /// One reason staging would be refused.
 #[derive(Debug, Clone, Serialize)]
 pub struct Refusal {
@@ -93,10 +109,7 @@ pub fn assess(
     let mut errors = Vec::new();
     let is_root = rustix::process::geteuid().is_root();
     if !is_root {
-        errors.push(Error::new(
-            ErrorKind::NotRoot,
-            "liverestore must run as root to pin files and write the disk (try sudo)",
-        ));
+        errors.push(not_root());
     }
     if let Some(name) = name {
         match record::validate_name(name) {

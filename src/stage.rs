@@ -51,6 +51,7 @@ pub struct StageRequest<'a> {
 
 /// Stage a new image. On any error everything created is removed again.
 pub fn stage(state: &StateDir, req: &StageRequest<'_>, progress: &dyn Progress) -> Result<StagingRecord> {
+    plan::require_root()?;
     crate::record::validate_name(req.name)?;
     let _lock = state.lock()?;
     let source = ImageSource::open(req.image, req.size);
@@ -115,6 +116,7 @@ pub fn stage(state: &StateDir, req: &StageRequest<'_>, progress: &dyn Progress) 
 /// disk's), rewritten where the disk differs, and staging goes on from
 /// there. On failure the staging stays resumable.
 pub fn resume(state: &StateDir, name: &str, image: Option<&str>, progress: &dyn Progress) -> Result<StagingRecord> {
+    plan::require_root()?;
     let _lock = state.lock()?;
     let mut rec = state.load(name)?;
     match rec.state {

@@ -185,6 +185,7 @@ pub struct Discarded {
 /// ours) so a raw scan no longer finds it. With `force`, a damaged state
 /// file is accepted: the container it names is deleted without wiping.
 pub fn discard(state: &StateDir, name: &str, force: bool) -> Result<Discarded> {
+    crate::plan::require_root()?;
     let _lock = state.lock()?;
     let rec = match state.load(name) {
         Ok(rec) => rec,

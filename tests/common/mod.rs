@@ -127,6 +127,7 @@ impl LoopDisk {
     /// `disk_mib` MiB disk, partition 1 from 1 MiB to 1 MiB before the end.
     pub fn new(dir: &Path, fs_kind: Fs, disk_mib: u64) -> LoopDisk {
         require_root();
+        fs::create_dir_all(dir).unwrap();
         let file = dir.join("disk.img");
         let mut f = fs::File::create(&file).unwrap();
         let mut w = std::io::BufWriter::with_capacity(4 << 20, &mut f);

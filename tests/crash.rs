@@ -1,0 +1,97 @@
+//! A staging killed with SIGKILL (as good as a power loss for the host
+//! filesystem: the kernel keeps its own writes, ours stop mid-stream) leaves
+//! the host filesystem intact and the staging resumable or discardable.
+
+mod common;
+
+use std::io::Write;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn recorded_written(cli: &Cli, name: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(cli.state_dir.join(format!("images/{name}.json"))).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    v["record"]["image"]["written"].as_u64()
+}
+
+/// Start staging `image` from stdin, feed it `feed` bytes, and SIGKILL it as
+/// soon as a checkpoint past `at_least` bytes is on record.
+fn stage_and_kill(cli: &Cli, disk: &LoopDisk, name: &str, image: &[u8], feed: usize, at_least: u64) {
+    let mut child: Child = cli
+        .cmd()
+        .args(["stage", "-", "--size", &image.len().to_string(), "--name", name, "--dir", disk.mnt.to_str().unwrap()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let part = image[..feed].to_vec();
+    // The feeder blocks once the pipe is full and fails with EPIPE after the
+    // kill; either is fine. Its end of the pipe stays open, so the stager is
+    // still waiting for data (not at EOF) when it is killed.
+    let feeder = std::thread::spawn(move || {
+        let _ = stdin.write_all(&part);
+        std::thread::sleep(Duration::from_secs(60));
+    });
+    let start = Instant::now();
+    while recorded_written(cli, name).unwrap_or(0) < at_least {
+        assert!(start.elapsed() < Duration::from_secs(120), "no checkpoint past {at_least} bytes");
+        assert!(child.try_wait().unwrap().is_none(), "stage exited early");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    drop(feeder); // detached; it only sleeps
+}
+
+#[test]
+fn killed_staging_is_discardable_or_resumable_and_the_host_survives() {
+    let t = tempfile::tempdir().unwrap();
+    let mut disk = LoopDisk::new(t.path(), Fs::Ext4, 640);
+    populate(&disk.mnt);
+    let files = tree_hashes(&disk.mnt);
+    let cli = Cli::new(t.path());
+    let image = random_bytes((200 * MIB) as usize, 11);
+    let img = t.path().join("image.raw");
+    std::fs::write(&img, &image).unwrap();
+
+    // 1. Killed, then discarded.
+    stage_and_kill(&cli, &disk, "first", &image, (100 * MIB) as usize, 64 * MIB);
+    let list = cli.json(&["list", "--json"]);
+    assert_eq!(list["images"][0]["state"], "staging");
+    disk.unmount();
+    assert!(disk.fsck_clean(), "host filesystem damaged by a killed staging");
+    disk.mount();
+    cli.expect(0, &["discard", "first"]);
+    assert!(!disk.mnt.join("first.liverestore").exists());
+
+    // 2. Killed, then resumed.
+    stage_and_kill(&cli, &disk, "second", &image, (150 * MIB) as usize, 64 * MIB);
+    let written = recorded_written(&cli, "second").unwrap();
+    assert!(written >= 64 * MIB && written < image.len() as u64, "written {written}");
+    disk.unmount();
+    assert!(disk.fsck_clean(), "host filesystem damaged by a killed staging");
+    disk.mount();
+    assert_eq!(tree_hashes(&disk.mnt), files);
+
+    // verify refuses an incomplete staging; a stdin staging needs the image again.
+    cli.expect(22, &["verify", "second"]);
+    cli.expect(14, &["stage", "--resume", "second"]);
+    // Another image is recognised as such, and the staging stays resumable.
+    let other = t.path().join("other.raw");
+    std::fs::write(&other, random_bytes(image.len(), 12)).unwrap();
+    cli.expect(14, &["stage", other.to_str().unwrap(), "--resume", "second"]);
+    assert_eq!(recorded_written(&cli, "second"), Some(written));
+
+    let out = cli.expect(0, &["stage", img.to_str().unwrap(), "--resume", "second"]);
+    assert!(out.contains("staged 'second'"), "{out}");
+    cli.expect(22, &["stage", img.to_str().unwrap(), "--resume", "second"]);
+    assert_eq!(cli.json(&["verify", "second", "--json"])["ok"], true);
+    assert_image_on_disk(&disk, &cli.json(&["map", "second", "--json"]), &image);
+    assert_eq!(tree_hashes(&disk.mnt), files);
+    disk.unmount();
+    assert!(disk.fsck_clean());
+}
