@@ -57,7 +57,9 @@ impl ContainerFile {
                 } else {
                     ErrorKind::Io
                 };
-                Error::io("cannot create the container", e).with_kind(kind).with_path(path)
+                Error::io("cannot create the container", e)
+                    .with_kind(kind)
+                    .with_path(path)
             })?;
         let this = ContainerFile {
             path: path.to_path_buf(),
@@ -73,7 +75,10 @@ impl ContainerFile {
                 .with_path(path),
                 _ => e,
             })?;
-        this.file.sync_all().op(|| "sync the container".into()).map_err(|e| e.with_path(path))?;
+        this.file
+            .sync_all()
+            .op(|| "sync the container".into())
+            .map_err(|e| e.with_path(path))?;
         sync_parent(path)?;
         Ok(this)
     }
@@ -96,30 +101,44 @@ impl ContainerFile {
     }
 
     pub fn size(&self) -> Result<u64> {
-        Ok(self.file.metadata().op(|| "stat the container".into())?.len())
+        Ok(self
+            .file
+            .metadata()
+            .op(|| "stat the container".into())?
+            .len())
     }
 
     /// (inode number, inode generation).
     pub fn identity(&self) -> Result<(u64, u32)> {
-        let ino = self.file.metadata().op(|| "stat the container".into())?.ino();
+        let ino = self
+            .file
+            .metadata()
+            .op(|| "stat the container".into())?
+            .ino();
         let generation = crate::sys::inode_generation(&self.file)
             .map_err(|e| Error::from(e).with_path(&self.path))?;
         Ok((ino, generation))
     }
 
     pub fn is_pinned(&self) -> Result<bool> {
-        let flags = rustix::fs::ioctl_getflags(&self.file).map_err(|e| Error::from(e).with_path(&self.path))?;
+        let flags = rustix::fs::ioctl_getflags(&self.file)
+            .map_err(|e| Error::from(e).with_path(&self.path))?;
         Ok(flags.contains(IFlags::IMMUTABLE))
     }
 
     /// Set or clear the immutable flag.
     pub fn set_pinned(&self, pinned: bool) -> Result<()> {
-        let mut flags = rustix::fs::ioctl_getflags(&self.file).map_err(|e| Error::from(e).with_path(&self.path))?;
+        let mut flags = rustix::fs::ioctl_getflags(&self.file)
+            .map_err(|e| Error::from(e).with_path(&self.path))?;
         flags.set(IFlags::IMMUTABLE, pinned);
         rustix::fs::ioctl_setflags(&self.file, flags).map_err(|e| {
-            Error::from(e)
-                .with_path(&self.path)
-                .with_kind(if rustix::process::geteuid().is_root() { ErrorKind::Io } else { ErrorKind::NotRoot })
+            Error::from(e).with_path(&self.path).with_kind(
+                if rustix::process::geteuid().is_root() {
+                    ErrorKind::Io
+                } else {
+                    ErrorKind::NotRoot
+                },
+            )
         })?;
         self.file.sync_all().op(|| "sync the container".into())
     }
@@ -133,7 +152,8 @@ impl ContainerFile {
                 .with_kind(ErrorKind::UnsupportedFilesystem)
                 .with_path(&self.path)
         })?;
-        let extents = fiemap::validate(&raw, size, block_size).map_err(|e| e.with_path(&self.path))?;
+        let extents =
+            fiemap::validate(&raw, size, block_size).map_err(|e| e.with_path(&self.path))?;
         ExtentMap::from_file_extents(&extents, size, fs_start).map_err(|e| e.with_path(&self.path))
     }
 }
@@ -150,6 +170,8 @@ pub fn remove(path: &Path) -> Result<()> {
         Err(_) if !path.exists() => return Ok(()),
         Err(e) => return Err(e),
     }
-    fs::remove_file(path).op(|| "delete the container".into()).map_err(|e| e.with_path(path))?;
+    fs::remove_file(path)
+        .op(|| "delete the container".into())
+        .map_err(|e| e.with_path(path))?;
     sync_parent(path)
 }

@@ -87,7 +87,11 @@ fn open_direct(path: &Path, write: bool) -> Result<File> {
                 e,
             )
             .with_path(path);
-            if busy { err.with_kind(ErrorKind::UnsupportedDevice) } else { err }
+            if busy {
+                err.with_kind(ErrorKind::UnsupportedDevice)
+            } else {
+                err
+            }
         })
 }
 
@@ -114,7 +118,13 @@ impl DiskWriter {
 
     /// As [`DiskWriter::open`] on an already open file (tests use a
     /// regular file as the disk).
-    pub fn from_file(file: File, path: &Path, map: ExtentMap, bounds: (u64, u64), align: u64) -> Result<DiskWriter> {
+    pub fn from_file(
+        file: File,
+        path: &Path,
+        map: ExtentMap,
+        bounds: (u64, u64),
+        align: u64,
+    ) -> Result<DiskWriter> {
         if let Some((lo, hi)) = map.disk_bounds()
             && (lo < bounds.0 || hi > bounds.1)
         {
@@ -127,10 +137,17 @@ impl DiskWriter {
             )
             .with_path(path));
         }
-        if let Some(e) = map.extents().iter().find(|e| e.disk % align != 0 || e.length % align != 0) {
+        if let Some(e) = map
+            .extents()
+            .iter()
+            .find(|e| e.disk % align != 0 || e.length % align != 0)
+        {
             return Err(Error::new(
                 ErrorKind::UnsupportedDevice,
-                format!("extent at disk byte {} is not aligned to the {align}-byte sector size", e.disk),
+                format!(
+                    "extent at disk byte {} is not aligned to the {align}-byte sector size",
+                    e.disk
+                ),
             ));
         }
         Ok(DiskWriter {
@@ -156,10 +173,13 @@ impl DiskWriter {
     /// multiples of the sector size and the whole range must be mapped.
     pub fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<()> {
         let len = data.len() as u64;
-        if offset % self.align != 0 || len % self.align != 0 {
+        if !offset.is_multiple_of(self.align) || !len.is_multiple_of(self.align) {
             return Err(Error::new(
                 ErrorKind::Io,
-                format!("refused: write {offset}+{len} is not aligned to {} bytes", self.align),
+                format!(
+                    "refused: write {offset}+{len} is not aligned to {} bytes",
+                    self.align
+                ),
             ));
         }
         let runs = self.map.translate(offset, len)?;
@@ -167,7 +187,10 @@ impl DiskWriter {
             if run.disk < self.bounds.0 || run.disk + run.length > self.bounds.1 {
                 return Err(Error::new(
                     ErrorKind::Io,
-                    format!("refused: disk bytes {}+{} lie outside the partition", run.disk, run.length),
+                    format!(
+                        "refused: disk bytes {}+{} lie outside the partition",
+                        run.disk, run.length
+                    ),
                 ));
             }
         }
@@ -184,7 +207,10 @@ impl DiskWriter {
 
     /// Flush the disk's write cache: everything written so far is durable.
     pub fn sync(&self) -> Result<()> {
-        self.file.sync_data().op(|| "flush the disk".into()).map_err(|e| e.with_path(&self.path))
+        self.file
+            .sync_data()
+            .op(|| "flush the disk".into())
+            .map_err(|e| e.with_path(&self.path))
     }
 }
 
@@ -228,7 +254,9 @@ impl DiskReader {
 /// Read `len` bytes at a raw disk offset (no map): for scanning and
 /// identity probes. Never used for writing.
 pub fn read_raw(disk: &Path, offset: u64, len: usize) -> Result<Vec<u8>> {
-    let file = File::open(disk).op(|| "cannot open the disk".into()).map_err(|e| e.with_path(disk))?;
+    let file = File::open(disk)
+        .op(|| "cannot open the disk".into())
+        .map_err(|e| e.with_path(disk))?;
     let mut buf = vec![0u8; len];
     file.read_exact_at(&mut buf, offset)
         .op(|| "read from the disk".into())
@@ -246,8 +274,16 @@ mod tests {
         disk.as_file().set_len(64 * 1024).unwrap();
         let map = ExtentMap::new(
             vec![
-                MapExtent { logical: 0, disk: 16384, length: 4096 },
-                MapExtent { logical: 4096, disk: 8192, length: 8192 },
+                MapExtent {
+                    logical: 0,
+                    disk: 16384,
+                    length: 4096,
+                },
+                MapExtent {
+                    logical: 4096,
+                    disk: 8192,
+                    length: 8192,
+                },
             ],
             12288,
         )
@@ -258,7 +294,14 @@ mod tests {
     #[test]
     fn writes_land_only_at_mapped_bytes() {
         let (disk, map) = fixture();
-        let mut w = DiskWriter::from_file(disk.reopen().unwrap(), disk.path(), map.clone(), (4096, 60000), 512).unwrap();
+        let mut w = DiskWriter::from_file(
+            disk.reopen().unwrap(),
+            disk.path(),
+            map.clone(),
+            (4096, 60000),
+            512,
+        )
+        .unwrap();
         let data: Vec<u8> = (0..12288u32).map(|i| (i % 251) as u8 + 1).collect();
         w.write_at(0, &data).unwrap();
         assert_eq!(w.bytes_written(), 12288);
@@ -276,15 +319,34 @@ mod tests {
     #[test]
     fn refuses_out_of_map_unaligned_and_out_of_bounds() {
         let (disk, map) = fixture();
-        let mut w = DiskWriter::from_file(disk.reopen().unwrap(), disk.path(), map.clone(), (0, 65536), 512).unwrap();
+        let mut w = DiskWriter::from_file(
+            disk.reopen().unwrap(),
+            disk.path(),
+            map.clone(),
+            (0, 65536),
+            512,
+        )
+        .unwrap();
         assert!(w.write_at(12288, &[0u8; 512]).is_err(), "past the end");
-        assert!(w.write_at(11776, &[0u8; 1024]).is_err(), "straddles the end");
+        assert!(
+            w.write_at(11776, &[0u8; 1024]).is_err(),
+            "straddles the end"
+        );
         assert!(w.write_at(100, &[0u8; 512]).is_err(), "unaligned offset");
         assert!(w.write_at(0, &[0u8; 100]).is_err(), "unaligned length");
         assert_eq!(w.bytes_written(), 0);
         assert!(std::fs::read(disk.path()).unwrap().iter().all(|&b| b == 0));
         // a map reaching outside the partition is refused up front
-        assert!(DiskWriter::from_file(disk.reopen().unwrap(), disk.path(), map, (10000, 65536), 512).is_err());
+        assert!(
+            DiskWriter::from_file(
+                disk.reopen().unwrap(),
+                disk.path(),
+                map,
+                (10000, 65536),
+                512
+            )
+            .is_err()
+        );
     }
 
     #[test]

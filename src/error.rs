@@ -256,6 +256,9 @@ mod tests {
         let err = Error::new(ErrorKind::BadImage, "image ended early")
             .with_path("/x/y.img")
             .with_offset(4096);
-        assert_eq!(err.to_string(), "image ended early (/x/y.img) at offset 4096");
+        assert_eq!(
+            err.to_string(),
+            "image ended early (/x/y.img) at offset 4096"
+        );
     }
 }

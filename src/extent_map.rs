@@ -81,7 +81,9 @@ impl ExtentMap {
         let mut expected = 0u64;
         for (i, e) in extents.into_iter().enumerate() {
             if expected >= len {
-                return Err(corrupt(format!("extent {i} lies past the end of the map ({len} bytes)")));
+                return Err(corrupt(format!(
+                    "extent {i} lies past the end of the map ({len} bytes)"
+                )));
             }
             if e.length == 0 {
                 return Err(corrupt(format!("extent {i} has zero length")));
@@ -104,7 +106,9 @@ impl ExtentMap {
             }
         }
         if expected != len {
-            return Err(corrupt(format!("the extents cover {expected} bytes, not {len}")));
+            return Err(corrupt(format!(
+                "the extents cover {expected} bytes, not {len}"
+            )));
         }
         let mut by_disk: Vec<&MapExtent> = out.iter().collect();
         by_disk.sort_by_key(|e| e.disk);
@@ -125,7 +129,10 @@ impl ExtentMap {
             .map(|e| {
                 Ok(MapExtent {
                     logical: e.logical,
-                    disk: e.physical.checked_add(fs_start).ok_or_else(|| corrupt("disk offset overflows".into()))?,
+                    disk: e
+                        .physical
+                        .checked_add(fs_start)
+                        .ok_or_else(|| corrupt("disk offset overflows".into()))?,
                     length: e.length,
                 })
             })
@@ -163,7 +170,10 @@ impl ExtentMap {
             .ok_or_else(|| {
                 Error::new(
                     ErrorKind::Io,
-                    format!("refused: range {offset}+{len} lies outside the {}-byte map", self.len),
+                    format!(
+                        "refused: range {offset}+{len} lies outside the {}-byte map",
+                        self.len
+                    ),
                 )
                 .with_offset(offset)
             })?;
@@ -207,14 +217,19 @@ impl ExtentMap {
     /// Does any byte of `[disk, disk + len)` belong to this map?
     pub fn overlaps_disk(&self, disk: u64, len: u64) -> bool {
         let end = disk.saturating_add(len);
-        self.extents.iter().any(|e| e.disk < end && disk < e.disk_end())
+        self.extents
+            .iter()
+            .any(|e| e.disk < end && disk < e.disk_end())
     }
 
     /// A one-line description of the first difference from `other`, or None
     /// when both maps send every byte to the same place.
     pub fn difference(&self, other: &ExtentMap) -> Option<String> {
         if self.len != other.len {
-            return Some(format!("the map covers {} bytes, the other {}", self.len, other.len));
+            return Some(format!(
+                "the map covers {} bytes, the other {}",
+                self.len, other.len
+            ));
         }
         for (i, (a, b)) in self.extents.iter().zip(&other.extents).enumerate() {
             if a != b {
@@ -225,7 +240,11 @@ impl ExtentMap {
             }
         }
         if self.extents.len() != other.extents.len() {
-            return Some(format!("{} extents, now {}", self.extents.len(), other.extents.len()));
+            return Some(format!(
+                "{} extents, now {}",
+                self.extents.len(),
+                other.extents.len()
+            ));
         }
         None
     }
@@ -236,11 +255,19 @@ mod tests {
     use super::*;
 
     fn m(logical: u64, disk: u64, length: u64) -> MapExtent {
-        MapExtent { logical, disk, length }
+        MapExtent {
+            logical,
+            disk,
+            length,
+        }
     }
 
     fn sample() -> ExtentMap {
-        ExtentMap::new(vec![m(0, 1000, 100), m(100, 5000, 50), m(150, 2000, 50)], 200).unwrap()
+        ExtentMap::new(
+            vec![m(0, 1000, 100), m(100, 5000, 50), m(150, 2000, 50)],
+            200,
+        )
+        .unwrap()
     }
 
     #[test]
@@ -249,12 +276,31 @@ mod tests {
         assert_eq!(
             map.translate(90, 70).unwrap(),
             vec![
-                DiskRun { disk: 1090, length: 10, buf_offset: 0 },
-                DiskRun { disk: 5000, length: 50, buf_offset: 10 },
-                DiskRun { disk: 2000, length: 10, buf_offset: 60 },
+                DiskRun {
+                    disk: 1090,
+                    length: 10,
+                    buf_offset: 0
+                },
+                DiskRun {
+                    disk: 5000,
+                    length: 50,
+                    buf_offset: 10
+                },
+                DiskRun {
+                    disk: 2000,
+                    length: 10,
+                    buf_offset: 60
+                },
             ]
         );
-        assert_eq!(map.translate(0, 200).unwrap().iter().map(|r| r.length).sum::<u64>(), 200);
+        assert_eq!(
+            map.translate(0, 200)
+                .unwrap()
+                .iter()
+                .map(|r| r.length)
+                .sum::<u64>(),
+            200
+        );
     }
 
     #[test]
@@ -288,22 +334,36 @@ mod tests {
     fn slice_rebases() {
         let map = sample();
         let s = map.slice(50, 120).unwrap();
-        assert_eq!(s.extents(), &[m(0, 1050, 50), m(50, 5000, 50), m(100, 2000, 20)]);
+        assert_eq!(
+            s.extents(),
+            &[m(0, 1050, 50), m(50, 5000, 50), m(100, 2000, 20)]
+        );
         assert_eq!(s.len(), 120);
     }
 
     #[test]
     fn from_file_extents_adds_the_partition_start() {
-        let fe = [FileExtent { logical: 0, physical: 4096, length: 8192 }];
+        let fe = [FileExtent {
+            logical: 0,
+            physical: 4096,
+            length: 8192,
+        }];
         let map = ExtentMap::from_file_extents(&fe, 8192, 1 << 20).unwrap();
         assert_eq!(map.extents(), &[m(0, (1 << 20) + 4096, 8192)]);
-        assert_eq!(map.disk_bounds(), Some(((1 << 20) + 4096, (1 << 20) + 4096 + 8192)));
+        assert_eq!(
+            map.disk_bounds(),
+            Some(((1 << 20) + 4096, (1 << 20) + 4096 + 8192))
+        );
     }
 
     #[test]
     fn difference_names_the_moved_extent() {
         let a = sample();
-        let b = ExtentMap::new(vec![m(0, 1000, 100), m(100, 9000, 50), m(150, 2000, 50)], 200).unwrap();
+        let b = ExtentMap::new(
+            vec![m(0, 1000, 100), m(100, 9000, 50), m(150, 2000, 50)],
+            200,
+        )
+        .unwrap();
         assert!(a.difference(&a.clone()).is_none());
         let d = a.difference(&b).unwrap();
         assert!(d.contains("extent 1") && d.contains("9000"), "{d}");

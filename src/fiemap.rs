@@ -69,7 +69,11 @@ fn flag_names(flags: u32) -> String {
 /// and `UNWRITTEN`, extents out of order or overlapping, a hole before the end
 /// of the file, an extent not aligned to `block_size`, a missing `LAST` flag
 /// on the final extent, or no extents at all for a non-empty file.
-pub fn validate(raw: &[RawFiemapExtent], file_size: u64, block_size: u64) -> Result<Vec<FileExtent>> {
+pub fn validate(
+    raw: &[RawFiemapExtent],
+    file_size: u64,
+    block_size: u64,
+) -> Result<Vec<FileExtent>> {
     let refuse = |msg: String| Err(Error::new(ErrorKind::UnsupportedFilesystem, msg));
     if file_size == 0 {
         return Ok(Vec::new());
@@ -95,7 +99,9 @@ pub fn validate(raw: &[RawFiemapExtent], file_size: u64, block_size: u64) -> Res
             ("length", e.fe_length),
         ] {
             if value % block_size != 0 {
-                return refuse(format!("extent {i} {what} {value} is not a multiple of the block size {block_size}"));
+                return refuse(format!(
+                    "extent {i} {what} {value} is not a multiple of the block size {block_size}"
+                ));
             }
         }
         if e.fe_logical != expected_logical {
@@ -109,10 +115,15 @@ pub fn validate(raw: &[RawFiemapExtent], file_size: u64, block_size: u64) -> Res
         }
         let is_last = i + 1 == raw.len();
         if (e.fe_flags & FIEMAP_EXTENT_LAST != 0) != is_last {
-            return refuse(format!("extent {i}: the LAST flag is not on the final extent"));
+            return refuse(format!(
+                "extent {i}: the LAST flag is not on the final extent"
+            ));
         }
         expected_logical = e.fe_logical.checked_add(e.fe_length).ok_or_else(|| {
-            Error::new(ErrorKind::UnsupportedFilesystem, format!("extent {i} logical range overflows"))
+            Error::new(
+                ErrorKind::UnsupportedFilesystem,
+                format!("extent {i} logical range overflows"),
+            )
         })?;
         out.push(FileExtent {
             logical: e.fe_logical,
@@ -150,7 +161,14 @@ mod tests {
         let raw = [ext(0, 8192, 4096, U), ext(4096, 65536, 8192, U | L)];
         let got = validate(&raw, 12288, 4096).unwrap();
         assert_eq!(got.len(), 2);
-        assert_eq!(got[1], FileExtent { logical: 4096, physical: 65536, length: 8192 });
+        assert_eq!(
+            got[1],
+            FileExtent {
+                logical: 4096,
+                physical: 65536,
+                length: 8192
+            }
+        );
     }
 
     #[test]
@@ -175,7 +193,11 @@ mod tests {
         ] {
             let raw = [ext(0, 4096, 4096, U | L | flag)];
             let err = validate(&raw, 4096, 4096).unwrap_err();
-            assert_eq!(err.kind(), ErrorKind::UnsupportedFilesystem, "flag {flag:#x}");
+            assert_eq!(
+                err.kind(),
+                ErrorKind::UnsupportedFilesystem,
+                "flag {flag:#x}"
+            );
         }
     }
 
@@ -202,6 +224,9 @@ mod tests {
 
     #[test]
     fn flag_names_are_readable() {
-        assert_eq!(flag_names(FIEMAP_EXTENT_SHARED | L | 0x4000_0000), "last,shared,0x40000000");
+        assert_eq!(
+            flag_names(FIEMAP_EXTENT_SHARED | L | 0x4000_0000),
+            "last,shared,0x40000000"
+        );
     }
 }

@@ -90,10 +90,12 @@ pub fn reserve_len(image_size: u64, chunk_size: u64, max_extents: u64) -> u64 {
 /// `record.container.data_offset` bytes or the header is too fragmented for
 /// block 0 to describe.
 pub fn encode(record: &StagingRecord, align: u64) -> Result<Vec<u8>> {
-    let map = record
-        .map
-        .as_ref()
-        .ok_or_else(|| Error::new(ErrorKind::InvalidState, "cannot write a header before the map exists"))?;
+    let map = record.map.as_ref().ok_or_else(|| {
+        Error::new(
+            ErrorKind::InvalidState,
+            "cannot write a header before the map exists",
+        )
+    })?;
     let body = serde_json::to_vec(record).expect("records always serialize");
     let header_len = record.container.data_offset;
     let used = BLOCK0_SIZE as u64 + body.len() as u64;
@@ -202,8 +204,8 @@ pub fn decode_body(block0: &Block0, bytes: &[u8]) -> Result<StagingRecord> {
     if Sha256::digest(body).as_slice() != block0.body_sha256 {
         return Err(corrupt("header body checksum mismatch"));
     }
-    let record: StagingRecord =
-        serde_json::from_slice(body).map_err(|e| corrupt(format!("header body is not a valid record: {e}")))?;
+    let record: StagingRecord = serde_json::from_slice(body)
+        .map_err(|e| corrupt(format!("header body is not a valid record: {e}")))?;
     if record.id != block0.id {
         return Err(corrupt("header body belongs to another staging"));
     }
@@ -244,9 +246,21 @@ mod tests {
         rec.map = Some(
             ExtentMap::new(
                 vec![
-                    MapExtent { logical: 0, disk: 40960, length: 4096 },
-                    MapExtent { logical: 4096, disk: 8192, length: 4096 },
-                    MapExtent { logical: 8192, disk: 65536, length: (11 << 20) - 8192 },
+                    MapExtent {
+                        logical: 0,
+                        disk: 40960,
+                        length: 4096,
+                    },
+                    MapExtent {
+                        logical: 4096,
+                        disk: 8192,
+                        length: 4096,
+                    },
+                    MapExtent {
+                        logical: 8192,
+                        disk: 65536,
+                        length: (11 << 20) - 8192,
+                    },
                 ],
                 11 << 20,
             )
@@ -276,7 +290,10 @@ mod tests {
     fn refuses_a_header_larger_than_reserved() {
         let mut rec = sample_record();
         rec.image.chunk_sha256 = vec!["00".repeat(32); 20_000];
-        assert_eq!(encode(&rec, 4096).unwrap_err().kind(), ErrorKind::UnsupportedFilesystem);
+        assert_eq!(
+            encode(&rec, 4096).unwrap_err().kind(),
+            ErrorKind::UnsupportedFilesystem
+        );
     }
 
     #[test]
@@ -292,7 +309,10 @@ mod tests {
         let mut block = vec![0x5au8; BLOCK0_SIZE];
         assert!(decode_block0(&block).is_err());
         block[..16].copy_from_slice(MAGIC);
-        assert_eq!(decode_block0(&block).unwrap_err().kind(), ErrorKind::Corrupt);
+        assert_eq!(
+            decode_block0(&block).unwrap_err().kind(),
+            ErrorKind::Corrupt
+        );
         assert!(decode_block0(&block[..100]).is_err());
     }
 }

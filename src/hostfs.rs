@@ -36,14 +36,16 @@ pub fn classify_fs(fs_type: &str) -> Result<FsKind> {
         "btrfs" | "bcachefs" | "zfs" => refuse(format!(
             "{fs_type} is copy-on-write: its FIEMAP addresses are logical and it moves data; pick a directory on ext4 or xfs"
         )),
-        "tmpfs" | "ramfs" | "devtmpfs" | "proc" | "sysfs" => {
-            refuse(format!("{fs_type} lives in memory, not on a disk; pick a directory on ext4 or xfs"))
-        }
+        "tmpfs" | "ramfs" | "devtmpfs" | "proc" | "sysfs" => refuse(format!(
+            "{fs_type} lives in memory, not on a disk; pick a directory on ext4 or xfs"
+        )),
         "overlay" | "aufs" | "squashfs" | "erofs" => refuse(format!(
             "{fs_type} is a layered or read-only filesystem whose blocks are not on one disk; pick a directory on ext4 or xfs"
         )),
         "nfs" | "nfs4" | "cifs" | "smb3" | "ceph" | "9p" | "glusterfs" | "afs" | "virtiofs" => {
-            refuse(format!("{fs_type} is a network filesystem, not a local disk; pick a directory on ext4 or xfs"))
+            refuse(format!(
+                "{fs_type} is a network filesystem, not a local disk; pick a directory on ext4 or xfs"
+            ))
         }
         t if t.starts_with("fuse") => refuse(format!(
             "{fs_type} is a FUSE filesystem whose block layout is unknown; pick a directory on ext4 or xfs"
@@ -51,10 +53,12 @@ pub fn classify_fs(fs_type: &str) -> Result<FsKind> {
         "ext2" | "ext3" => refuse(format!(
             "{fs_type} cannot preallocate files (no extents); pick a directory on ext4 or xfs"
         )),
-        "vfat" | "msdos" | "exfat" | "ntfs" | "ntfs3" => {
-            refuse(format!("{fs_type} hosts are not supported yet; pick a directory on ext4 or xfs"))
-        }
-        other => refuse(format!("{other} is not supported; pick a directory on ext4 or xfs")),
+        "vfat" | "msdos" | "exfat" | "ntfs" | "ntfs3" => refuse(format!(
+            "{fs_type} hosts are not supported yet; pick a directory on ext4 or xfs"
+        )),
+        other => refuse(format!(
+            "{other} is not supported; pick a directory on ext4 or xfs"
+        )),
     }
 }
 
@@ -73,7 +77,10 @@ fn unescape_octal(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
             let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
             out.push(v);
             i += 4;
@@ -128,7 +135,10 @@ pub fn cmdline_forbids_write_mounted(cmdline: &str) -> bool {
 pub fn fs_uuid(kind: FsKind, head: &[u8]) -> Option<String> {
     let (magic_ok, at) = match kind {
         // ext4 superblock at 1024: s_magic at +0x38, s_uuid at +0x68
-        FsKind::Ext4 => (head.get(1024 + 0x38..1024 + 0x3a)? == [0x53, 0xef], 1024 + 0x68),
+        FsKind::Ext4 => (
+            head.get(1024 + 0x38..1024 + 0x3a)? == [0x53, 0xef],
+            1024 + 0x68,
+        ),
         // xfs superblock at 0: "XFSB", sb_uuid at +32
         FsKind::Xfs => (head.get(0..4)? == b"XFSB", 32),
     };
@@ -157,13 +167,20 @@ pub struct SysBlock {
 }
 
 fn read_trim(path: &Path) -> Option<String> {
-    fs::read_to_string(path).ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
+    fs::read_to_string(path)
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
 }
 
 fn read_num(path: &Path) -> Result<u64> {
-    read_trim(path)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| Error::new(ErrorKind::UnsupportedDevice, "cannot read a number from sysfs").with_path(path))
+    read_trim(path).and_then(|s| s.parse().ok()).ok_or_else(|| {
+        Error::new(
+            ErrorKind::UnsupportedDevice,
+            "cannot read a number from sysfs",
+        )
+        .with_path(path)
+    })
 }
 
 impl SysBlock {
@@ -172,36 +189,63 @@ impl SysBlock {
     pub fn resolve(sys: &Path, major: u32, minor: u32) -> Result<SysBlock> {
         let link = sys.join(format!("dev/block/{major}:{minor}"));
         let dir = fs::canonicalize(&link).map_err(|e| {
-            Error::io(format!("no block device {major}:{minor} in sysfs (is the filesystem on a disk?)"), e)
-                .with_kind(ErrorKind::UnsupportedDevice)
-                .with_path(&link)
+            Error::io(
+                format!("no block device {major}:{minor} in sysfs (is the filesystem on a disk?)"),
+                e,
+            )
+            .with_kind(ErrorKind::UnsupportedDevice)
+            .with_path(&link)
         })?;
-        let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let stacked = dir.join("dm").exists()
             || dir.join("md").exists()
-            || fs::read_dir(dir.join("slaves")).map(|mut d| d.next().is_some()).unwrap_or(false);
+            || fs::read_dir(dir.join("slaves"))
+                .map(|mut d| d.next().is_some())
+                .unwrap_or(false);
         if stacked {
             return Err(Error::new(
                 ErrorKind::UnsupportedDevice,
-                format!("{name} is a stacked device (LVM, LUKS, RAID): its offsets are not disk offsets; not supported yet"),
+                format!(
+                    "{name} is a stacked device (LVM, LUKS, RAID): its offsets are not disk offsets; not supported yet"
+                ),
             ));
         }
         let (disk_dir, partition_number, start) = if dir.join("partition").exists() {
             let parent = dir.parent().map(Path::to_path_buf).unwrap_or_default();
-            (parent, Some(read_num(&dir.join("partition"))? as u32), read_num(&dir.join("start"))? * 512)
+            (
+                parent,
+                Some(read_num(&dir.join("partition"))? as u32),
+                read_num(&dir.join("start"))? * 512,
+            )
         } else {
             (dir.clone(), None, 0)
         };
-        let disk_name = disk_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let dev = read_trim(&disk_dir.join("dev"))
-            .ok_or_else(|| Error::new(ErrorKind::UnsupportedDevice, "disk has no dev number").with_path(&disk_dir))?;
+        let disk_name = disk_dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let dev = read_trim(&disk_dir.join("dev")).ok_or_else(|| {
+            Error::new(ErrorKind::UnsupportedDevice, "disk has no dev number").with_path(&disk_dir)
+        })?;
         let (dmaj, dmin) = dev
             .split_once(':')
             .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)))
-            .ok_or_else(|| Error::new(ErrorKind::UnsupportedDevice, "bad dev number in sysfs").with_path(&disk_dir))?;
-        let serial = ["device/serial", "serial", "device/wwid", "wwid", "loop/backing_file"]
-            .iter()
-            .find_map(|p| read_trim(&disk_dir.join(p)));
+            .ok_or_else(|| {
+                Error::new(ErrorKind::UnsupportedDevice, "bad dev number in sysfs")
+                    .with_path(&disk_dir)
+            })?;
+        let serial = [
+            "device/serial",
+            "serial",
+            "device/wwid",
+            "wwid",
+            "loop/backing_file",
+        ]
+        .iter()
+        .find_map(|p| read_trim(&disk_dir.join(p)));
         Ok(SysBlock {
             name,
             disk_name,
@@ -242,7 +286,10 @@ pub fn dev_node(name: &str, major: u32, minor: u32) -> Result<PathBuf> {
         .op(|| "the disk has no device node".to_string())
         .map_err(|e| e.with_kind(ErrorKind::UnsupportedDevice).with_path(&path))?;
     let rdev = meta.rdev();
-    if !meta.file_type().is_block_device() || rustix::fs::major(rdev) != major || rustix::fs::minor(rdev) != minor {
+    if !meta.file_type().is_block_device()
+        || rustix::fs::major(rdev) != major
+        || rustix::fs::minor(rdev) != minor
+    {
         return Err(Error::new(
             ErrorKind::UnsupportedDevice,
             format!("{} is not block device {major}:{minor}", path.display()),
@@ -257,21 +304,31 @@ pub fn discover(dir: &Path) -> Result<HostTarget> {
     let canon = fs::canonicalize(dir)
         .op(|| "cannot open the directory".to_string())
         .map_err(|e| e.with_path(dir))?;
-    let meta = fs::metadata(&canon).op(|| "cannot stat".to_string()).map_err(|e| e.with_path(&canon))?;
+    let meta = fs::metadata(&canon)
+        .op(|| "cannot stat".to_string())
+        .map_err(|e| e.with_path(&canon))?;
     if !meta.is_dir() {
         return Err(Error::new(ErrorKind::Io, "not a directory").with_path(&canon));
     }
-    let mountinfo = fs::read_to_string("/proc/self/mountinfo").op(|| "cannot read /proc/self/mountinfo".into())?;
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo")
+        .op(|| "cannot read /proc/self/mountinfo".into())?;
     let mounts = parse_mountinfo(&mountinfo);
-    let mount = mount_for(&mounts, &canon)
-        .cloned()
-        .ok_or_else(|| Error::new(ErrorKind::UnsupportedFilesystem, "no mount found for the directory").with_path(&canon))?;
+    let mount = mount_for(&mounts, &canon).cloned().ok_or_else(|| {
+        Error::new(
+            ErrorKind::UnsupportedFilesystem,
+            "no mount found for the directory",
+        )
+        .with_path(&canon)
+    })?;
     let fs_kind = classify_fs(&mount.fs_type).map_err(|e| e.with_path(&canon))?;
     let (major, minor) = (rustix::fs::major(meta.dev()), rustix::fs::minor(meta.dev()));
     if (major, minor) != (mount.major, mount.minor) {
         return Err(Error::new(
             ErrorKind::UnsupportedFilesystem,
-            format!("the directory's device {major}:{minor} is not its mount's {}:{}", mount.major, mount.minor),
+            format!(
+                "the directory's device {major}:{minor} is not its mount's {}:{}",
+                mount.major, mount.minor
+            ),
         )
         .with_path(&canon));
     }
@@ -326,17 +383,34 @@ bad line
     fn classification() {
         assert_eq!(classify_fs("ext4").unwrap(), FsKind::Ext4);
         assert_eq!(classify_fs("xfs").unwrap(), FsKind::Xfs);
-        for t in ["btrfs", "tmpfs", "overlay", "nfs4", "cifs", "fuse.sshfs", "ext3", "vfat", "weirdfs"] {
+        for t in [
+            "btrfs",
+            "tmpfs",
+            "overlay",
+            "nfs4",
+            "cifs",
+            "fuse.sshfs",
+            "ext3",
+            "vfat",
+            "weirdfs",
+        ] {
             let e = classify_fs(t).unwrap_err();
             assert_eq!(e.kind(), ErrorKind::UnsupportedFilesystem);
             assert!(e.message().contains(t), "{}", e.message());
         }
-        assert!(classify_fs("nfs").unwrap_err().message().contains("network"));
+        assert!(
+            classify_fs("nfs")
+                .unwrap_err()
+                .message()
+                .contains("network")
+        );
     }
 
     #[test]
     fn write_mounted_cmdline() {
-        assert!(cmdline_forbids_write_mounted("quiet bdev_allow_write_mounted=0 ro"));
+        assert!(cmdline_forbids_write_mounted(
+            "quiet bdev_allow_write_mounted=0 ro"
+        ));
         assert!(cmdline_forbids_write_mounted("bdev_allow_write_mounted=n"));
         assert!(!cmdline_forbids_write_mounted("bdev_allow_write_mounted=1"));
         assert!(!cmdline_forbids_write_mounted("root=/dev/vda"));
@@ -348,12 +422,18 @@ bad line
         ext[1024 + 0x38] = 0x53;
         ext[1024 + 0x39] = 0xef;
         ext[1024 + 0x68..1024 + 0x78].copy_from_slice(&[0x11; 16]);
-        assert_eq!(fs_uuid(FsKind::Ext4, &ext).unwrap(), "11111111-1111-1111-1111-111111111111");
+        assert_eq!(
+            fs_uuid(FsKind::Ext4, &ext).unwrap(),
+            "11111111-1111-1111-1111-111111111111"
+        );
         assert_eq!(fs_uuid(FsKind::Xfs, &ext), None);
         let mut xfs = vec![0u8; 2048];
         xfs[0..4].copy_from_slice(b"XFSB");
         xfs[32..48].copy_from_slice(&[0xab; 16]);
-        assert_eq!(fs_uuid(FsKind::Xfs, &xfs).unwrap(), "abababab-abab-abab-abab-abababababab");
+        assert_eq!(
+            fs_uuid(FsKind::Xfs, &xfs).unwrap(),
+            "abababab-abab-abab-abab-abababababab"
+        );
         assert_eq!(fs_uuid(FsKind::Ext4, &xfs[..100]), None);
     }
 
@@ -392,13 +472,22 @@ bad line
         assert_eq!(p.serial.as_deref(), Some("/tmp/disk.img"));
 
         let d = SysBlock::resolve(sys, 7, 3).unwrap();
-        assert_eq!((d.start, d.partition_number, d.disk_name.as_str()), (0, None, "loop3"));
+        assert_eq!(
+            (d.start, d.partition_number, d.disk_name.as_str()),
+            (0, None, "loop3")
+        );
 
         let dm = sys.join("devices/virtual/block/dm-0");
         write(&dm.join("dev"), "253:0\n");
         write(&dm.join("dm/name"), "vg-root\n");
         std::os::unix::fs::symlink(&dm, sys.join("dev/block/253:0")).unwrap();
-        assert_eq!(SysBlock::resolve(sys, 253, 0).unwrap_err().kind(), ErrorKind::UnsupportedDevice);
-        assert_eq!(SysBlock::resolve(sys, 1, 1).unwrap_err().kind(), ErrorKind::UnsupportedDevice);
+        assert_eq!(
+            SysBlock::resolve(sys, 253, 0).unwrap_err().kind(),
+            ErrorKind::UnsupportedDevice
+        );
+        assert_eq!(
+            SysBlock::resolve(sys, 1, 1).unwrap_err().kind(),
+            ErrorKind::UnsupportedDevice
+        );
     }
 }

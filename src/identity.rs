@@ -26,7 +26,8 @@ fn gpt_ids(target: &HostTarget) -> (Option<String>, Option<String>) {
     let Ok(mut f) = File::open(&target.disk_path) else {
         return (None, None);
     };
-    let Ok(gpt) = gptman::GPT::read_from(&mut f, u64::from(target.block.logical_sector_size)) else {
+    let Ok(gpt) = gptman::GPT::read_from(&mut f, u64::from(target.block.logical_sector_size))
+    else {
         return (None, None);
     };
     let disk = uuid::Uuid::from_bytes_le(gpt.header.disk_guid).to_string();
@@ -44,7 +45,11 @@ pub fn describe(target: &HostTarget) -> Result<(HostInfo, DiskInfo)> {
     let head = crate::disk_io::read_raw(&target.disk_path, target.block.start, 2048)?;
     let sector0 = crate::disk_io::read_raw(&target.disk_path, 0, 512)?;
     let (gpt_guid, gpt_part) = gpt_ids(target);
-    let mbr = if gpt_guid.is_none() { mbr_signature(&sector0) } else { None };
+    let mbr = if gpt_guid.is_none() {
+        mbr_signature(&sector0)
+    } else {
+        None
+    };
     let partition_uuid = gpt_part.or_else(|| {
         let n = target.block.partition_number?;
         mbr.as_ref().map(|sig| format!("{sig}-{n:02x}"))

@@ -138,7 +138,11 @@ fn human_bytes(n: u64) -> String {
         v /= 1024.0;
         u += 1;
     }
-    if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[u]) }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
 }
 
 /// Print one JSON object on one line (every JSON output is JSON lines).
@@ -153,14 +157,21 @@ fn run(cli: Cli) -> Outcome {
     let state = StateDir::new(&cli.state_dir);
     let progress = progress_for(cli.json);
     match cli.command {
-        Command::Plan { image, dir, size, name } => {
+        Command::Plan {
+            image,
+            dir,
+            size,
+            name,
+        } => {
             let size = liverestore::source::ImageSource::open(&image, size).map(|s| s.size());
             let a = plan::assess(&state, &dir, name.as_deref(), size);
             let p = &a.plan;
             if cli.json {
                 print_json(p);
             } else {
-                let show = |k: &str, v: Option<String>| println!("{k:>20}: {}", v.unwrap_or_else(|| "-".into()));
+                let show = |k: &str, v: Option<String>| {
+                    println!("{k:>20}: {}", v.unwrap_or_else(|| "-".into()))
+                };
                 show("directory", Some(p.dir.clone()));
                 show("filesystem", p.fs_type.clone());
                 show("mounted at", p.mount_point.clone());
@@ -181,12 +192,27 @@ fn run(cli: Cli) -> Outcome {
             }
             Ok(p.refusals.first().map_or(0, |r| r.exit_code as u8))
         }
-        Command::Stage { image, name, dir, size, resume } => {
+        Command::Stage {
+            image,
+            name,
+            dir,
+            size,
+            resume,
+        } => {
             let rec = match (resume, name, dir) {
-                (Some(resume), _, _) => stage::resume(&state, &resume, image.as_deref(), progress.as_ref())?,
+                (Some(resume), _, _) => {
+                    stage::resume(&state, &resume, image.as_deref(), progress.as_ref())?
+                }
                 (None, Some(name), Some(dir)) => {
-                    let image = image.ok_or_else(|| Error::new(ErrorKind::BadImage, "no IMAGE given (use `-` for stdin)"))?;
-                    let req = stage::StageRequest { name: &name, dir: &dir, image: &image, size };
+                    let image = image.ok_or_else(|| {
+                        Error::new(ErrorKind::BadImage, "no IMAGE given (use `-` for stdin)")
+                    })?;
+                    let req = stage::StageRequest {
+                        name: &name,
+                        dir: &dir,
+                        image: &image,
+                        size,
+                    };
                     stage::stage(&state, &req, progress.as_ref())?
                 }
                 _ => unreachable!("clap requires --name and --dir without --resume"),
@@ -215,9 +241,15 @@ fn run(cli: Cli) -> Outcome {
             if cli.json {
                 print_json(&json!({ "images": items }));
             } else if items.is_empty() {
-                println!("no staged images (state directory {})", state.root().display());
+                println!(
+                    "no staged images (state directory {})",
+                    state.root().display()
+                );
             } else {
-                println!("{:<20} {:<10} {:>10} {:>6} {:<6} CONTAINER", "NAME", "STATE", "SIZE", "DONE", "MAP");
+                println!(
+                    "{:<20} {:<10} {:>10} {:>6} {:<6} CONTAINER",
+                    "NAME", "STATE", "SIZE", "DONE", "MAP"
+                );
                 for i in items {
                     let pct = match (i.written, i.image_size) {
                         (Some(w), Some(s)) if s > 0 => format!("{}%", w * 100 / s),
@@ -251,13 +283,43 @@ fn run(cli: Cli) -> Outcome {
                 println!("name:        {}", rec.name);
                 println!("id:          {}", rec.id);
                 println!("state:       {}", rec.state.as_str());
-                println!("image:       {} ({})", rec.image.source.as_deref().unwrap_or("stdin"), human_bytes(rec.image.size));
-                println!("written:     {} of {} bytes", rec.image.written, rec.image.size);
-                println!("sha256:      {}", rec.image.sha256.as_deref().unwrap_or("-"));
-                println!("container:   {} (inode {}, {} bytes, image at +{})", rec.container.path, rec.container.inode, rec.container.size, rec.container.data_offset);
-                println!("filesystem:  {} {} on {} (uuid {})", rec.host.fs_type, rec.host.mount_point, rec.host.device, rec.host.fs_uuid.as_deref().unwrap_or("-"));
-                println!("disk:        {} ({}, {}-byte sectors)", rec.disk.path, human_bytes(rec.disk.size), rec.disk.logical_sector_size);
-                println!("extents:     {}", rec.map.as_ref().map_or(0, |m| m.extents().len()));
+                println!(
+                    "image:       {} ({})",
+                    rec.image.source.as_deref().unwrap_or("stdin"),
+                    human_bytes(rec.image.size)
+                );
+                println!(
+                    "written:     {} of {} bytes",
+                    rec.image.written, rec.image.size
+                );
+                println!(
+                    "sha256:      {}",
+                    rec.image.sha256.as_deref().unwrap_or("-")
+                );
+                println!(
+                    "container:   {} (inode {}, {} bytes, image at +{})",
+                    rec.container.path,
+                    rec.container.inode,
+                    rec.container.size,
+                    rec.container.data_offset
+                );
+                println!(
+                    "filesystem:  {} {} on {} (uuid {})",
+                    rec.host.fs_type,
+                    rec.host.mount_point,
+                    rec.host.device,
+                    rec.host.fs_uuid.as_deref().unwrap_or("-")
+                );
+                println!(
+                    "disk:        {} ({}, {}-byte sectors)",
+                    rec.disk.path,
+                    human_bytes(rec.disk.size),
+                    rec.disk.logical_sector_size
+                );
+                println!(
+                    "extents:     {}",
+                    rec.map.as_ref().map_or(0, |m| m.extents().len())
+                );
                 match check {
                     Ok(_) => println!("map:         valid"),
                     Err(e) => println!("map:         NOT VALID: {e}"),
@@ -272,11 +334,23 @@ fn run(cli: Cli) -> Outcome {
                 v["event"] = json!("result");
                 emit_json(&v);
             } else if report.ok {
-                println!("'{name}' verified: {} in {} chunks match; sha256 {}", human_bytes(report.bytes_checked), report.chunks_checked, report.sha256.as_deref().unwrap_or("-"));
+                println!(
+                    "'{name}' verified: {} in {} chunks match; sha256 {}",
+                    human_bytes(report.bytes_checked),
+                    report.chunks_checked,
+                    report.sha256.as_deref().unwrap_or("-")
+                );
             } else {
-                println!("'{name}' FAILED verification: {} of {} chunks differ (first: {:?})", report.bad_chunk_count, report.chunks_checked, report.bad_chunks);
+                println!(
+                    "'{name}' FAILED verification: {} of {} chunks differ (first: {:?})",
+                    report.bad_chunk_count, report.chunks_checked, report.bad_chunks
+                );
             }
-            Ok(if report.ok { 0 } else { ErrorKind::VerifyFailed.exit_code() as u8 })
+            Ok(if report.ok {
+                0
+            } else {
+                ErrorKind::VerifyFailed.exit_code() as u8
+            })
         }
         Command::Map { name } => {
             let rec = state.load(&name)?;
@@ -284,10 +358,19 @@ fn run(cli: Cli) -> Outcome {
             if cli.json {
                 println!("{}", serde_json::to_string(&export).expect("serializable"));
             } else {
-                println!("{} on {} ({} bytes, {}-byte sectors)", export.name, export.disk, export.image_size, export.logical_sector_size);
-                println!("{:>16} {:>16} {:>16}", "IMAGE_OFFSET", "DISK_OFFSET", "LENGTH");
+                println!(
+                    "{} on {} ({} bytes, {}-byte sectors)",
+                    export.name, export.disk, export.image_size, export.logical_sector_size
+                );
+                println!(
+                    "{:>16} {:>16} {:>16}",
+                    "IMAGE_OFFSET", "DISK_OFFSET", "LENGTH"
+                );
                 for e in export.extents {
-                    println!("{:>16} {:>16} {:>16}", e.image_offset, e.disk_offset, e.length);
+                    println!(
+                        "{:>16} {:>16} {:>16}",
+                        e.image_offset, e.disk_offset, e.length
+                    );
                 }
             }
             Ok(0)
@@ -299,7 +382,13 @@ fn run(cli: Cli) -> Outcome {
                 v["event"] = json!("result");
                 emit_json(&v);
             } else {
-                println!("discarded '{}'{}", d.name, d.container.map(|c| format!(" ({c} removed)")).unwrap_or_default());
+                println!(
+                    "discarded '{}'{}",
+                    d.name,
+                    d.container
+                        .map(|c| format!(" ({c} removed)"))
+                        .unwrap_or_default()
+                );
             }
             Ok(0)
         }

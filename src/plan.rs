@@ -116,7 +116,9 @@ pub fn assess(
             Err(e) => errors.push(e),
             Ok(()) if state.exists(name) => errors.push(Error::new(
                 ErrorKind::NameInUse,
-                format!("a staged image named '{name}' already exists (see `liverestore info {name}`)"),
+                format!(
+                    "a staged image named '{name}' already exists (see `liverestore info {name}`)"
+                ),
             )),
             Ok(()) => {}
         }
@@ -160,7 +162,13 @@ pub fn assess(
         if let (Some(n), true) = (name, is_root) {
             let path = crate::container::path_for(&t.dir, n);
             if path.exists() {
-                errors.push(Error::new(ErrorKind::NameInUse, "a file with the container's name already exists").with_path(path));
+                errors.push(
+                    Error::new(
+                        ErrorKind::NameInUse,
+                        "a file with the container's name already exists",
+                    )
+                    .with_path(path),
+                );
             }
         }
         if let Some(size) = image_size {
@@ -179,14 +187,20 @@ pub fn assess(
             layout = Some(l);
         }
         if is_root && let Err(e) = std::fs::OpenOptions::new().write(true).open(&t.disk_path) {
-            errors.push(Error::io("the disk cannot be opened for writing", e).with_kind(ErrorKind::UnsupportedDevice).with_path(&t.disk_path));
+            errors.push(
+                Error::io("the disk cannot be opened for writing", e)
+                    .with_kind(ErrorKind::UnsupportedDevice)
+                    .with_path(&t.disk_path),
+            );
         }
     }
     let plan = Plan {
         ok: errors.is_empty(),
         dir: dir.display().to_string(),
         fs_type: target.as_ref().map(|t| t.fs.as_str().to_string()),
-        mount_point: target.as_ref().map(|t| t.mount.mount_point.display().to_string()),
+        mount_point: target
+            .as_ref()
+            .map(|t| t.mount.mount_point.display().to_string()),
         device: target.as_ref().map(|t| format!("/dev/{}", t.block.name)),
         disk: target.as_ref().map(|t| t.disk_path.display().to_string()),
         partition_start: target.as_ref().map(|t| t.block.start),

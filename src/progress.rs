@@ -113,7 +113,9 @@ impl Progress for JsonProgress {
     }
     fn update(&self, done: u64) {
         let mut s = self.state.lock().expect("progress lock");
-        if s.last.is_none_or(|t| t.elapsed() >= Duration::from_millis(500)) {
+        if s.last
+            .is_none_or(|t| t.elapsed() >= Duration::from_millis(500))
+        {
             s.last = Some(Instant::now());
             Self::emit(&s, done);
         }

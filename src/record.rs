@@ -123,7 +123,10 @@ impl StagingRecord {
     /// The map of the image bytes alone (container map minus the header).
     pub fn image_map(&self) -> Result<ExtentMap> {
         let map = self.map.as_ref().ok_or_else(|| {
-            Error::new(ErrorKind::InvalidState, format!("'{}' has no map yet (still allocating)", self.name))
+            Error::new(
+                ErrorKind::InvalidState,
+                format!("'{}' has no map yet (still allocating)", self.name),
+            )
         })?;
         map.slice(self.container.data_offset, self.image.size)
     }
@@ -157,19 +160,25 @@ pub fn encode_state_file(record: &StagingRecord) -> Vec<u8> {
 /// Parse and check a state file. Any damage is [`ErrorKind::Corrupt`].
 pub fn decode_state_file(bytes: &[u8]) -> Result<StagingRecord> {
     let corrupt = |m: String| Error::new(ErrorKind::Corrupt, m);
-    let env: Envelope<'_> =
-        serde_json::from_slice(bytes).map_err(|e| corrupt(format!("state file is not valid: {e}")))?;
+    let env: Envelope<'_> = serde_json::from_slice(bytes)
+        .map_err(|e| corrupt(format!("state file is not valid: {e}")))?;
     if env.format != STATE_FORMAT {
-        return Err(corrupt(format!("unknown state file format '{}'", env.format)));
+        return Err(corrupt(format!(
+            "unknown state file format '{}'",
+            env.format
+        )));
     }
     let actual = hex::encode(Sha256::digest(env.record.get().as_bytes()));
     if actual != env.sha256 {
         return Err(corrupt("state file checksum mismatch".to_string()));
     }
-    let record: StagingRecord =
-        serde_json::from_str(env.record.get()).map_err(|e| corrupt(format!("state record is not valid: {e}")))?;
+    let record: StagingRecord = serde_json::from_str(env.record.get())
+        .map_err(|e| corrupt(format!("state record is not valid: {e}")))?;
     if record.version != RECORD_VERSION {
-        return Err(corrupt(format!("unsupported record version {}", record.version)));
+        return Err(corrupt(format!(
+            "unsupported record version {}",
+            record.version
+        )));
     }
     Ok(record)
 }
@@ -179,7 +188,10 @@ pub fn validate_name(name: &str) -> Result<()> {
     let bad = |why: &str| {
         Err(Error::new(
             ErrorKind::InvalidName,
-            format!("invalid name '{}': {why}; use letters, digits, '.', '-', '_'", name.escape_default()),
+            format!(
+                "invalid name '{}': {why}; use letters, digits, '.', '-', '_'",
+                name.escape_default()
+            ),
         ))
     };
     if name.is_empty() {
@@ -194,7 +206,10 @@ pub fn validate_name(name: &str) -> Result<()> {
     if name.starts_with('.') || name.starts_with('-') {
         return bad("it starts with '.' or '-'");
     }
-    if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))) {
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_')))
+    {
         return bad(&format!("it contains '{}'", c.escape_default()));
     }
     Ok(())
@@ -250,8 +265,16 @@ pub(crate) mod tests {
             map: Some(
                 ExtentMap::new(
                     vec![
-                        MapExtent { logical: 0, disk: 2 << 20, length: 3 << 20 },
-                        MapExtent { logical: 3 << 20, disk: 9 << 20, length: 8 << 20 },
+                        MapExtent {
+                            logical: 0,
+                            disk: 2 << 20,
+                            length: 3 << 20,
+                        },
+                        MapExtent {
+                            logical: 3 << 20,
+                            disk: 9 << 20,
+                            length: 8 << 20,
+                        },
                     ],
                     11 << 20,
                 )
@@ -280,8 +303,16 @@ pub(crate) mod tests {
             assert!(res.is_err(), "flip at {i} not detected");
             assert_eq!(res.unwrap_err().kind(), ErrorKind::Corrupt);
         }
-        assert_eq!(decode_state_file(b"").unwrap_err().kind(), ErrorKind::Corrupt);
-        assert_eq!(decode_state_file(&bytes[..bytes.len() / 2]).unwrap_err().kind(), ErrorKind::Corrupt);
+        assert_eq!(
+            decode_state_file(b"").unwrap_err().kind(),
+            ErrorKind::Corrupt
+        );
+        assert_eq!(
+            decode_state_file(&bytes[..bytes.len() / 2])
+                .unwrap_err()
+                .kind(),
+            ErrorKind::Corrupt
+        );
     }
 
     #[test]
@@ -289,7 +320,14 @@ pub(crate) mod tests {
         let rec = sample_record();
         let map = rec.image_map().unwrap();
         assert_eq!(map.len(), 10 << 20);
-        assert_eq!(map.extents()[0], MapExtent { logical: 0, disk: 3 << 20, length: 2 << 20 });
+        assert_eq!(
+            map.extents()[0],
+            MapExtent {
+                logical: 0,
+                disk: 3 << 20,
+                length: 2 << 20
+            }
+        );
     }
 
     #[test]
@@ -297,8 +335,23 @@ pub(crate) mod tests {
         for ok in ["a", "web-01", "root_fs.v2", "A9"] {
             validate_name(ok).unwrap();
         }
-        for bad in ["", "a/b", "..", "a..b", ".hidden", "-x", "sp ace", "tab\t", "é", &"x".repeat(101)] {
-            assert_eq!(validate_name(bad).unwrap_err().kind(), ErrorKind::InvalidName, "{bad:?}");
+        for bad in [
+            "",
+            "a/b",
+            "..",
+            "a..b",
+            ".hidden",
+            "-x",
+            "sp ace",
+            "tab\t",
+            "é",
+            &"x".repeat(101),
+        ] {
+            assert_eq!(
+                validate_name(bad).unwrap_err().kind(),
+                ErrorKind::InvalidName,
+                "{bad:?}"
+            );
         }
     }
 }

@@ -31,25 +31,32 @@ const WINDOW: usize = 8 << 20;
 
 fn read_header_at(file: &File, at: u64) -> Result<crate::record::StagingRecord> {
     let mut b0 = vec![0u8; header::BLOCK0_SIZE];
-    file.read_exact_at(&mut b0, at).op(|| "read the header".into())?;
+    file.read_exact_at(&mut b0, at)
+        .op(|| "read the header".into())?;
     let block0 = header::decode_block0(&b0)?;
     if block0.self_disk_offset != at {
         return Err(Error::new(
             crate::ErrorKind::Corrupt,
-            format!("header copy: it belongs at disk byte {}", block0.self_disk_offset),
+            format!(
+                "header copy: it belongs at disk byte {}",
+                block0.self_disk_offset
+            ),
         ));
     }
     let mut bytes = vec![0u8; block0.used_len() as usize];
     for run in block0.boot_map.translate(0, block0.used_len())? {
         let dst = &mut bytes[run.buf_offset as usize..(run.buf_offset + run.length) as usize];
-        file.read_exact_at(dst, run.disk).op(|| "read the header".into())?;
+        file.read_exact_at(dst, run.disk)
+            .op(|| "read the header".into())?;
     }
     header::decode_body(&block0, &bytes)
 }
 
 /// Scan all of `disk` (a block device or an image file).
 pub fn scan(disk: &Path, progress: &dyn Progress) -> Result<Vec<FoundHeader>> {
-    let file = File::open(disk).op(|| "cannot open the disk".into()).map_err(|e| e.with_path(disk))?;
+    let file = File::open(disk)
+        .op(|| "cannot open the disk".into())
+        .map_err(|e| e.with_path(disk))?;
     let meta = file.metadata().op(|| "stat the disk".into())?;
     let size = if meta.file_type().is_block_device() {
         crate::sys::block_device_size(&file).map_err(|e| Error::from(e).with_path(disk))?

@@ -17,7 +17,10 @@ pub struct ImageSource {
 
 impl std::fmt::Debug for ImageSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ImageSource").field("size", &self.size).field("path", &self.path).finish()
+        f.debug_struct("ImageSource")
+            .field("size", &self.size)
+            .field("path", &self.path)
+            .finish()
     }
 }
 
@@ -31,7 +34,8 @@ impl ImageSource {
     pub fn open(spec: &str, announced: Option<u64>) -> Result<ImageSource> {
         if spec == "-" {
             let size = announced.ok_or_else(|| {
-                bad("reading the image from stdin needs its size: add --size BYTES").with_kind(ErrorKind::BadImage)
+                bad("reading the image from stdin needs its size: add --size BYTES")
+                    .with_kind(ErrorKind::BadImage)
             })?;
             return Ok(ImageSource {
                 reader: Box::new(io::stdin()),
@@ -41,24 +45,39 @@ impl ImageSource {
         }
         let path = PathBuf::from(spec);
         let file = File::open(&path).map_err(|e| {
-            let what = if e.kind() == io::ErrorKind::NotFound { "image not found" } else { "cannot open the image" };
-            Error::io(what, e).with_kind(ErrorKind::BadImage).with_path(&path)
+            let what = if e.kind() == io::ErrorKind::NotFound {
+                "image not found"
+            } else {
+                "cannot open the image"
+            };
+            Error::io(what, e)
+                .with_kind(ErrorKind::BadImage)
+                .with_path(&path)
         })?;
-        let meta = file
-            .metadata()
-            .map_err(|e| Error::io("cannot stat the image", e).with_kind(ErrorKind::BadImage).with_path(&path))?;
+        let meta = file.metadata().map_err(|e| {
+            Error::io("cannot stat the image", e)
+                .with_kind(ErrorKind::BadImage)
+                .with_path(&path)
+        })?;
         let ft = meta.file_type();
         let size = if ft.is_file() {
             meta.len()
         } else if ft.is_block_device() {
-            crate::sys::block_device_size(&file).map_err(|e| Error::from(e).with_kind(ErrorKind::BadImage).with_path(&path))?
+            crate::sys::block_device_size(&file).map_err(|e| {
+                Error::from(e)
+                    .with_kind(ErrorKind::BadImage)
+                    .with_path(&path)
+            })?
         } else {
             return Err(bad("the image is not a regular file or block device").with_path(&path));
         };
         if let Some(a) = announced
             && a != size
         {
-            return Err(bad(format!("--size {a} does not match the image's {size} bytes")).with_path(&path));
+            return Err(bad(format!(
+                "--size {a} does not match the image's {size} bytes"
+            ))
+            .with_path(&path));
         }
         if size == 0 {
             return Err(bad("the image is empty").with_path(&path));
@@ -81,7 +100,9 @@ impl ImageSource {
 
     /// A short description for messages.
     pub fn describe(&self) -> String {
-        self.path.as_ref().map_or_else(|| "stdin".to_string(), |p| p.display().to_string())
+        self.path
+            .as_ref()
+            .map_or_else(|| "stdin".to_string(), |p| p.display().to_string())
     }
 
     /// Fill `buf` completely from the image, whose bytes `[offset, offset +
@@ -124,7 +145,11 @@ impl ImageSource {
                     )));
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(Error::io("cannot read the image", e).with_kind(ErrorKind::BadImage)),
+                Err(e) => {
+                    return Err(
+                        Error::io("cannot read the image", e).with_kind(ErrorKind::BadImage)
+                    );
+                }
             }
         }
     }
@@ -147,14 +172,37 @@ mod tests {
         assert_eq!(err.kind(), ErrorKind::BadImage);
         assert!(err.to_string().contains("ended after 10000"), "{err}");
 
-        assert_eq!(ImageSource::open(p.to_str().unwrap(), Some(5)).unwrap_err().kind(), ErrorKind::BadImage);
+        assert_eq!(
+            ImageSource::open(p.to_str().unwrap(), Some(5))
+                .unwrap_err()
+                .kind(),
+            ErrorKind::BadImage
+        );
         let missing = t.path().join("nope");
-        assert_eq!(ImageSource::open(missing.to_str().unwrap(), None).unwrap_err().kind(), ErrorKind::BadImage);
-        assert_eq!(ImageSource::open(t.path().to_str().unwrap(), None).unwrap_err().kind(), ErrorKind::BadImage);
+        assert_eq!(
+            ImageSource::open(missing.to_str().unwrap(), None)
+                .unwrap_err()
+                .kind(),
+            ErrorKind::BadImage
+        );
+        assert_eq!(
+            ImageSource::open(t.path().to_str().unwrap(), None)
+                .unwrap_err()
+                .kind(),
+            ErrorKind::BadImage
+        );
         let empty = t.path().join("empty");
         std::fs::write(&empty, b"").unwrap();
-        assert_eq!(ImageSource::open(empty.to_str().unwrap(), None).unwrap_err().kind(), ErrorKind::BadImage);
-        assert_eq!(ImageSource::open("-", None).unwrap_err().kind(), ErrorKind::BadImage);
+        assert_eq!(
+            ImageSource::open(empty.to_str().unwrap(), None)
+                .unwrap_err()
+                .kind(),
+            ErrorKind::BadImage
+        );
+        assert_eq!(
+            ImageSource::open("-", None).unwrap_err().kind(),
+            ErrorKind::BadImage
+        );
     }
 
     #[test]

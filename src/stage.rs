@@ -36,7 +36,7 @@ pub const CHECKPOINT_BYTES: u64 = 64 << 20;
 /// …or this often (time), whichever comes first.
 const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(5);
 /// Chunks in flight between the reader/hasher thread and the writer.
-const PIPELINE_DEPTH: usize = 4;
+const PIPELINE_DEPTH: usize = 3;
 
 /// What to stage.
 #[derive(Debug, Clone)]
@@ -50,7 +50,11 @@ pub struct StageRequest<'a> {
 }
 
 /// Stage a new image. On any error everything created is removed again.
-pub fn stage(state: &StateDir, req: &StageRequest<'_>, progress: &dyn Progress) -> Result<StagingRecord> {
+pub fn stage(
+    state: &StateDir,
+    req: &StageRequest<'_>,
+    progress: &dyn Progress,
+) -> Result<StagingRecord> {
     plan::require_root()?;
     crate::record::validate_name(req.name)?;
     let _lock = state.lock()?;
@@ -103,7 +107,10 @@ pub fn stage(state: &StateDir, req: &StageRequest<'_>, progress: &dyn Progress) 
         // Nothing half-done is left: remove the container and the record.
         let cleanup = container::remove(&container_path).and_then(|()| state.remove(&rec.name));
         if let Err(c) = cleanup {
-            progress.note(&format!("cleanup after the failure also failed: {c}; run `liverestore discard {}`", rec.name));
+            progress.note(&format!(
+                "cleanup after the failure also failed: {c}; run `liverestore discard {}`",
+                rec.name
+            ));
         }
         return Err(e);
     }
@@ -115,18 +122,28 @@ pub fn stage(state: &StateDir, req: &StageRequest<'_>, progress: &dyn Progress) 
 /// staged are checked against the recorded hashes (the source's and the
 /// disk's), rewritten where the disk differs, and staging goes on from
 /// there. On failure the staging stays resumable.
-pub fn resume(state: &StateDir, name: &str, image: Option<&str>, progress: &dyn Progress) -> Result<StagingRecord> {
+pub fn resume(
+    state: &StateDir,
+    name: &str,
+    image: Option<&str>,
+    progress: &dyn Progress,
+) -> Result<StagingRecord> {
     plan::require_root()?;
     let _lock = state.lock()?;
     let mut rec = state.load(name)?;
     match rec.state {
         StagingState::Complete => {
-            return Err(Error::new(ErrorKind::InvalidState, format!("'{name}' is already complete; nothing to resume")));
+            return Err(Error::new(
+                ErrorKind::InvalidState,
+                format!("'{name}' is already complete; nothing to resume"),
+            ));
         }
         StagingState::Allocating => {
             return Err(Error::new(
                 ErrorKind::InvalidState,
-                format!("'{name}' stopped while its container was being allocated; run `liverestore discard {name}` and stage again"),
+                format!(
+                    "'{name}' stopped while its container was being allocated; run `liverestore discard {name}` and stage again"
+                ),
             ));
         }
         StagingState::Staging => {}
@@ -146,7 +163,11 @@ pub fn resume(state: &StateDir, name: &str, image: Option<&str>, progress: &dyn 
     if source.size() != rec.image.size {
         return Err(Error::new(
             ErrorKind::BadImage,
-            format!("the image has {} bytes but '{name}' is staging {} bytes", source.size(), rec.image.size),
+            format!(
+                "the image has {} bytes but '{name}' is staging {} bytes",
+                source.size(),
+                rec.image.size
+            ),
         ));
     }
     let checked = staged::revalidate(&rec)?;
@@ -154,7 +175,14 @@ pub fn resume(state: &StateDir, name: &str, image: Option<&str>, progress: &dyn 
         "resuming '{name}': {} of {} bytes were staged; checking them",
         rec.image.written, rec.image.size
     ));
-    write_image(state, &mut rec, &mut source, &checked.target, true, progress)?;
+    write_image(
+        state,
+        &mut rec,
+        &mut source,
+        &checked.target,
+        true,
+        progress,
+    )?;
     Ok(rec)
 }
 
@@ -171,7 +199,12 @@ fn allocate(
     progress: &dyn Progress,
 ) -> Result<()> {
     let path = std::path::PathBuf::from(&rec.container.path);
-    progress.note(&format!("allocating {} bytes for '{}' in {}", rec.container.size, rec.name, path.display()));
+    progress.note(&format!(
+        "allocating {} bytes for '{}' in {}",
+        rec.container.size,
+        rec.name,
+        path.display()
+    ));
     let file = ContainerFile::create(&path, rec.container.size)?;
     file.set_pinned(true)?;
     let (inode, generation) = file.identity()?;
@@ -192,10 +225,17 @@ fn allocate(
     state.save(rec)
 }
 
-/// A chunk read and hashed by the reader thread.
+/// What flows down the pipeline: read → chunk hash → whole-image hash → write.
 enum Message {
-    Chunk { index: u64, buf: AlignedBuf, len: usize, sha256: [u8; 32] },
-    Done { sha256: [u8; 32] },
+    Chunk {
+        index: u64,
+        buf: AlignedBuf,
+        len: usize,
+        sha256: [u8; 32],
+    },
+    Done {
+        sha256: [u8; 32],
+    },
     Failed(Error),
 }
 
@@ -221,7 +261,10 @@ fn write_image(
     resuming: bool,
     progress: &dyn Progress,
 ) -> Result<()> {
-    let map = rec.map.clone().ok_or_else(|| Error::new(ErrorKind::InvalidState, "no map"))?;
+    let map = rec
+        .map
+        .clone()
+        .ok_or_else(|| Error::new(ErrorKind::InvalidState, "no map"))?;
     let align = u64::from(target.block.logical_sector_size).max(512);
     let bounds = (target.block.start, target.block.start + target.block.size);
     let mut writer = DiskWriter::open(&target.disk_path, map.clone(), bounds, align)?;
@@ -231,7 +274,11 @@ fn write_image(
     let size = rec.image.size;
     let chunk = rec.image.chunk_size;
     let chunks = size.div_ceil(chunk);
-    let committed = if resuming { rec.image.written / chunk } else { 0 };
+    let committed = if resuming {
+        rec.image.written / chunk
+    } else {
+        0
+    };
     rec.image.chunk_sha256.truncate(committed as usize);
     let data_offset = rec.container.data_offset;
 
@@ -239,32 +286,73 @@ fn write_image(
     let full_sha256 = std::thread::scope(|s| -> Result<[u8; 32]> {
         let (tx, rx) = mpsc::sync_channel::<Message>(PIPELINE_DEPTH);
         let (free_tx, free_rx) = mpsc::channel::<AlignedBuf>();
-        for _ in 0..PIPELINE_DEPTH + 2 {
-            free_tx.send(AlignedBuf::new(chunk as usize)).expect("receiver alive");
+        for _ in 0..2 * PIPELINE_DEPTH + 3 {
+            free_tx
+                .send(AlignedBuf::new(chunk as usize))
+                .expect("receiver alive");
         }
-        // Reader + hasher thread.
+        // Stage 1: read each chunk and hash it (the per-chunk hashes).
+        let (hashed_tx, hashed_rx) = mpsc::sync_channel::<Message>(PIPELINE_DEPTH);
         s.spawn(move || {
-            let mut whole = Sha256::new();
             for index in 0..chunks {
                 let Ok(mut buf) = free_rx.recv() else { return };
                 let offset = index * chunk;
                 let len = (size - offset).min(chunk) as usize;
                 if let Err(e) = source.read_chunk(offset, &mut buf[..len]) {
-                    let _ = tx.send(Message::Failed(e));
+                    let _ = hashed_tx.send(Message::Failed(e));
                     return;
                 }
                 buf[len..].fill(0);
-                whole.update(&buf[..len]);
                 let sha256: [u8; 32] = Sha256::digest(&buf[..len]).into();
-                if tx.send(Message::Chunk { index, buf, len, sha256 }).is_err() {
+                if hashed_tx
+                    .send(Message::Chunk {
+                        index,
+                        buf,
+                        len,
+                        sha256,
+                    })
+                    .is_err()
+                {
                     return;
                 }
             }
             let msg = match source.expect_end() {
-                Ok(()) => Message::Done { sha256: whole.finalize().into() },
+                // The whole-image hash is filled in by stage 2.
+                Ok(()) => Message::Done { sha256: [0; 32] },
                 Err(e) => Message::Failed(e),
             };
-            let _ = tx.send(msg);
+            let _ = hashed_tx.send(msg);
+        });
+        // Stage 2: the whole-image hash, in parallel with stage 1's next
+        // chunk and the writer's previous one.
+        s.spawn(move || {
+            let mut whole = Sha256::new();
+            for msg in hashed_rx {
+                let msg = match msg {
+                    Message::Chunk {
+                        index,
+                        buf,
+                        len,
+                        sha256,
+                    } => {
+                        whole.update(&buf[..len]);
+                        Message::Chunk {
+                            index,
+                            buf,
+                            len,
+                            sha256,
+                        }
+                    }
+                    Message::Done { .. } => Message::Done {
+                        sha256: std::mem::take(&mut whole).finalize().into(),
+                    },
+                    Message::Failed(e) => Message::Failed(e),
+                };
+                let last = !matches!(msg, Message::Chunk { .. });
+                if tx.send(msg).is_err() || last {
+                    return;
+                }
+            }
         });
 
         // Writer: this thread.
@@ -274,7 +362,12 @@ fn write_image(
             match msg {
                 Message::Failed(e) => return Err(e),
                 Message::Done { sha256 } => return Ok(sha256),
-                Message::Chunk { index, buf, len, sha256 } => {
+                Message::Chunk {
+                    index,
+                    buf,
+                    len,
+                    sha256,
+                } => {
                     let offset = index * chunk;
                     let io_len = align_up(len as u64, align) as usize;
                     let hex = hex::encode(sha256);
@@ -288,7 +381,9 @@ fn write_image(
                         }
                         reader.read_at(data_offset + offset, &mut check_buf[..io_len])?;
                         if Sha256::digest(&check_buf[..len]).as_slice() != sha256 {
-                            progress.note(&format!("chunk {index} on disk differs from the record; rewriting it"));
+                            progress.note(&format!(
+                                "chunk {index} on disk differs from the record; rewriting it"
+                            ));
                             writer.write_at(data_offset + offset, &buf[..io_len])?;
                         }
                     } else {
@@ -309,7 +404,10 @@ fn write_image(
                 }
             }
         }
-        Err(Error::new(ErrorKind::Io, "the image reader stopped unexpectedly"))
+        Err(Error::new(
+            ErrorKind::Io,
+            "the image reader stopped unexpectedly",
+        ))
     })?;
     progress.end();
 
@@ -317,9 +415,13 @@ fn write_image(
     rec.image.written = size;
     rec.image.sha256 = Some(hex::encode(full_sha256));
     // The filesystem must still see the container where we wrote it.
-    let now = ContainerFile::open(Path::new(&rec.container.path))?.map(target.block.start, target.fs_block_size)?;
+    let now = ContainerFile::open(Path::new(&rec.container.path))?
+        .map(target.block.start, target.fs_block_size)?;
     if let Some(diff) = map.difference(&now) {
-        return Err(Error::new(ErrorKind::MapChanged, format!("the container moved while staging: {diff}")));
+        return Err(Error::new(
+            ErrorKind::MapChanged,
+            format!("the container moved while staging: {diff}"),
+        ));
     }
     rec.state = StagingState::Complete;
     write_header(&mut writer, rec, align)?;

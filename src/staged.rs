@@ -26,7 +26,10 @@ pub struct Revalidated {
 fn changed(rec: &StagingRecord, what: String) -> Error {
     Error::new(
         ErrorKind::MapChanged,
-        format!("the map of '{}' is no longer valid: {what}; discard it and stage again", rec.name),
+        format!(
+            "the map of '{}' is no longer valid: {what}; discard it and stage again",
+            rec.name
+        ),
     )
     .with_path(&rec.container.path)
 }
@@ -37,10 +40,12 @@ fn changed(rec: &StagingRecord, what: String) -> Error {
 /// [`ErrorKind::MapChanged`].
 pub fn revalidate(rec: &StagingRecord) -> Result<Revalidated> {
     let path = Path::new(&rec.container.path);
-    let recorded = rec
-        .map
-        .as_ref()
-        .ok_or_else(|| Error::new(ErrorKind::InvalidState, format!("'{}' has no map (allocation did not finish)", rec.name)))?;
+    let recorded = rec.map.as_ref().ok_or_else(|| {
+        Error::new(
+            ErrorKind::InvalidState,
+            format!("'{}' has no map (allocation did not finish)", rec.name),
+        )
+    })?;
     if !path.exists() {
         return Err(changed(rec, "the container file is gone".into()));
     }
@@ -56,11 +61,20 @@ pub fn revalidate(rec: &StagingRecord) -> Result<Revalidated> {
         ));
     }
     if !file.is_pinned()? {
-        return Err(changed(rec, "the container is no longer pinned (its immutable flag was cleared)".into()));
+        return Err(changed(
+            rec,
+            "the container is no longer pinned (its immutable flag was cleared)".into(),
+        ));
     }
     let size = file.size()?;
     if size != rec.container.size {
-        return Err(changed(rec, format!("the container is {size} bytes, recorded {}", rec.container.size)));
+        return Err(changed(
+            rec,
+            format!(
+                "the container is {size} bytes, recorded {}",
+                rec.container.size
+            ),
+        ));
     }
     let dir = path.parent().unwrap_or(Path::new("/"));
     let target = hostfs::discover(dir)?;
@@ -74,12 +88,23 @@ pub fn revalidate(rec: &StagingRecord) -> Result<Revalidated> {
         ));
     }
     if target.block.disk_size != rec.disk.size {
-        return Err(changed(rec, format!("the disk is now {} bytes, recorded {}", target.block.disk_size, rec.disk.size)));
+        return Err(changed(
+            rec,
+            format!(
+                "the disk is now {} bytes, recorded {}",
+                target.block.disk_size, rec.disk.size
+            ),
+        ));
     }
     let (host, disk) = identity::describe(&target)?;
-    if host.fs_uuid != rec.host.fs_uuid || host.partition_uuid != rec.host.partition_uuid || disk.gpt_guid != rec.disk.gpt_guid
+    if host.fs_uuid != rec.host.fs_uuid
+        || host.partition_uuid != rec.host.partition_uuid
+        || disk.gpt_guid != rec.disk.gpt_guid
     {
-        return Err(changed(rec, "the filesystem, partition or disk identity differs from the recorded one".into()));
+        return Err(changed(
+            rec,
+            "the filesystem, partition or disk identity differs from the recorded one".into(),
+        ));
     }
     let map = file.map(target.block.start, rec.container.block_size)?;
     if let Some(diff) = recorded.difference(&map) {
@@ -205,7 +230,9 @@ pub fn discard(state: &StateDir, name: &str, force: bool) -> Result<Discarded> {
         Err(e) if e.kind() == ErrorKind::Corrupt => {
             return Err(Error::new(
                 ErrorKind::Corrupt,
-                format!("{e}; `liverestore discard {name} --force` removes it and the container it names"),
+                format!(
+                    "{e}; `liverestore discard {name} --force` removes it and the container it names"
+                ),
             ));
         }
         Err(e) => return Err(e),
@@ -217,8 +244,12 @@ pub fn discard(state: &StateDir, name: &str, force: bool) -> Result<Discarded> {
         match revalidate(&rec) {
             Ok(checked) => {
                 let align = u64::from(checked.target.block.logical_sector_size).max(512);
-                let bounds = (checked.target.block.start, checked.target.block.start + checked.target.block.size);
-                let mut w = DiskWriter::open(&checked.target.disk_path, checked.map, bounds, align)?;
+                let bounds = (
+                    checked.target.block.start,
+                    checked.target.block.start + checked.target.block.size,
+                );
+                let mut w =
+                    DiskWriter::open(&checked.target.disk_path, checked.map, bounds, align)?;
                 w.write_at(0, &AlignedBuf::new(header::BLOCK0_SIZE))?;
                 w.sync()?;
                 header_wiped = true;

@@ -100,7 +100,11 @@ impl StateDir {
         })?;
         let rec = record::decode_state_file(&bytes).map_err(|e| e.with_path(&path))?;
         if rec.name != name {
-            return Err(Error::new(ErrorKind::Corrupt, format!("state file holds '{}', not '{name}'", rec.name)).with_path(&path));
+            return Err(Error::new(
+                ErrorKind::Corrupt,
+                format!("state file holds '{}', not '{name}'", rec.name),
+            )
+            .with_path(&path));
         }
         Ok(rec)
     }
@@ -111,13 +115,20 @@ impl StateDir {
         let path = self.record_path(&rec.name);
         let tmp = self.images().join(format!(".{}.json.tmp", rec.name));
         let write = || -> std::io::Result<()> {
-            let mut f = OpenOptions::new().create(true).truncate(true).write(true).mode(0o600).open(&tmp)?;
+            let mut f = OpenOptions::new()
+                .create(true)
+                .truncate(true)
+                .write(true)
+                .mode(0o600)
+                .open(&tmp)?;
             f.write_all(&record::encode_state_file(rec))?;
             f.sync_all()?;
             fs::rename(&tmp, &path)?;
             File::open(self.images())?.sync_all()
         };
-        write().op(|| "cannot write the state file".into()).map_err(|e| e.with_path(&path))
+        write()
+            .op(|| "cannot write the state file".into())
+            .map_err(|e| e.with_path(&path))
     }
 
     /// Forget `name`.
@@ -137,7 +148,11 @@ impl StateDir {
         let dir = match fs::read_dir(self.images()) {
             Ok(d) => d,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(Error::io("cannot read the state directory", e).with_path(self.images())),
+            Err(e) => {
+                return Err(
+                    Error::io("cannot read the state directory", e).with_path(self.images())
+                );
+            }
         };
         let mut names: Vec<String> = dir
             .filter_map(|e| e.ok())
@@ -178,7 +193,9 @@ mod tests {
         let s = StateDir::new(t.path());
         s.save(&sample_record()).unwrap();
         let p = s.record_path("web-01");
-        let text = fs::read_to_string(&p).unwrap().replace("web-01.lrc", "web-02.lrc");
+        let text = fs::read_to_string(&p)
+            .unwrap()
+            .replace("web-01.lrc", "web-02.lrc");
         fs::write(&p, text).unwrap();
         assert_eq!(s.load("web-01").unwrap_err().kind(), ErrorKind::Corrupt);
     }

@@ -161,6 +161,25 @@ pub fn block_device_size<Fd: AsFd>(fd: Fd) -> io::Result<u64> {
     }
 }
 
+/// `FS_IOC_GETVERSION = _IOR('v', 1, long)`: the inode generation number.
+const FS_IOC_GETVERSION: Opcode = ioctl::opcode::read::<std::ffi::c_long>(b'v', 1);
+
+/// The inode generation of `fd` (ext4, xfs): together with the inode number
+/// it tells a file from a later one that reuses the inode.
+pub fn inode_generation<Fd: AsFd>(fd: Fd) -> io::Result<u32> {
+    let mut value: u64 = 0;
+    // SAFETY: the kernel writes an `int` (4 bytes) through the pointer for
+    // FS_IOC_GETVERSION; the Updater points at an initialized 8-byte u64,
+    // so the write stays in bounds and the unwritten bytes stay zero.
+    unsafe {
+        let ctl = ioctl::Updater::<FS_IOC_GETVERSION, u64>::new(&mut value);
+        ioctl::ioctl(fd, ctl)?;
+    }
+    Ok(u32::from_le_bytes(
+        value.to_le_bytes()[..4].try_into().expect("4 bytes"),
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -190,21 +209,4 @@ mod tests {
             Err(e) => panic!("fiemap failed: {e}"),
         }
     }
-}
-
-/// `FS_IOC_GETVERSION = _IOR('v', 1, long)`: the inode generation number.
-const FS_IOC_GETVERSION: Opcode = ioctl::opcode::read::<std::ffi::c_long>(b'v', 1);
-
-/// The inode generation of `fd` (ext4, xfs): together with the inode number
-/// it tells a file from a later one that reuses the inode.
-pub fn inode_generation<Fd: AsFd>(fd: Fd) -> io::Result<u32> {
-    let mut value: u64 = 0;
-    // SAFETY: the kernel writes an `int` (4 bytes) through the pointer for
-    // FS_IOC_GETVERSION; the Updater points at an initialized 8-byte u64,
-    // so the write stays in bounds and the unwritten bytes stay zero.
-    unsafe {
-        let ctl = ioctl::Updater::<FS_IOC_GETVERSION, u64>::new(&mut value);
-        ioctl::ioctl(fd, ctl)?;
-    }
-    Ok(u32::from_le_bytes(value.to_le_bytes()[..4].try_into().expect("4 bytes")))
 }

@@ -33,19 +33,34 @@ pub struct VerifyReport {
 pub fn check_header(rec: &StagingRecord, reader: &DiskReader, align: u64) -> Result<()> {
     let mut b0 = AlignedBuf::new(header::BLOCK0_SIZE);
     reader.read_at(0, &mut b0)?;
-    let block0 = header::decode_block0(&b0).map_err(|e| Error::new(ErrorKind::Corrupt, format!("on-disk header of '{}': {}", rec.name, e.message())))?;
+    let block0 = header::decode_block0(&b0).map_err(|e| {
+        Error::new(
+            ErrorKind::Corrupt,
+            format!("on-disk header of '{}': {}", rec.name, e.message()),
+        )
+    })?;
     let len = block0.used_len().div_ceil(align) * align;
     if len > rec.container.data_offset {
-        return Err(Error::new(ErrorKind::Corrupt, format!("on-disk header of '{}' claims {len} bytes", rec.name)));
+        return Err(Error::new(
+            ErrorKind::Corrupt,
+            format!("on-disk header of '{}' claims {len} bytes", rec.name),
+        ));
     }
     let mut all = AlignedBuf::new(len as usize);
     reader.read_at(0, &mut all)?;
-    let on_disk = header::decode_body(&block0, &all)
-        .map_err(|e| Error::new(ErrorKind::Corrupt, format!("on-disk header of '{}': {}", rec.name, e.message())))?;
+    let on_disk = header::decode_body(&block0, &all).map_err(|e| {
+        Error::new(
+            ErrorKind::Corrupt,
+            format!("on-disk header of '{}': {}", rec.name, e.message()),
+        )
+    })?;
     if on_disk.id != rec.id || on_disk.map != rec.map || on_disk.image != rec.image {
         return Err(Error::new(
             ErrorKind::Corrupt,
-            format!("the on-disk header of '{}' describes a different staging than the state file", rec.name),
+            format!(
+                "the on-disk header of '{}' describes a different staging than the state file",
+                rec.name
+            ),
         ));
     }
     Ok(())
@@ -58,7 +73,10 @@ pub fn verify(state: &StateDir, name: &str, progress: &dyn Progress) -> Result<V
     if rec.state != StagingState::Complete {
         return Err(Error::new(
             ErrorKind::InvalidState,
-            format!("'{name}' is not complete ({}); run `liverestore stage --resume {name}` or discard it", rec.state.as_str()),
+            format!(
+                "'{name}' is not complete ({}); run `liverestore stage --resume {name}` or discard it",
+                rec.state.as_str()
+            ),
         ));
     }
     let checked = staged::revalidate(&rec)?;
@@ -77,7 +95,10 @@ pub fn verify(state: &StateDir, name: &str, progress: &dyn Progress) -> Result<V
         let offset = index as u64 * chunk;
         let len = (size - offset).min(chunk);
         let io_len = len.div_ceil(align) * align;
-        reader.read_at(rec.container.data_offset + offset, &mut buf[..io_len as usize])?;
+        reader.read_at(
+            rec.container.data_offset + offset,
+            &mut buf[..io_len as usize],
+        )?;
         let data = &buf[..len as usize];
         whole.update(data);
         if hex::encode(Sha256::digest(data)) != *expected {

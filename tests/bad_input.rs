@@ -32,12 +32,23 @@ fn containers_in(dir: &Path) -> Vec<String> {
 /// `plan` prints its refusals as its report, on stdout), and names `word`.
 fn refused(cli: &Cli, code: i32, args: &[&str], word: &str) {
     let out = cli.run(args);
-    let err = String::from_utf8_lossy(if args[0] == "plan" { &out.stdout } else { &out.stderr });
+    let err = String::from_utf8_lossy(if args[0] == "plan" {
+        &out.stdout
+    } else {
+        &out.stderr
+    });
     assert_eq!(out.status.code(), Some(code), "{args:?}: {err}");
     if args[0] != "plan" {
-        assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: one-line error expected: {err}");
+        assert_eq!(
+            err.trim_end().lines().count(),
+            1,
+            "{args:?}: one-line error expected: {err}"
+        );
     }
-    assert!(err.to_lowercase().contains(&word.to_lowercase()), "{args:?}: '{word}' not in: {err}");
+    assert!(
+        err.to_lowercase().contains(&word.to_lowercase()),
+        "{args:?}: '{word}' not in: {err}"
+    );
 }
 
 #[test]
@@ -49,12 +60,41 @@ fn unsupported_filesystems_are_refused() {
     let img = img.to_str().unwrap();
 
     let btrfs = LoopDisk::new(&t.path().join("b"), Fs::Btrfs, 256);
-    refused(&cli, 11, &["plan", img, "--dir", btrfs.mnt.to_str().unwrap()], "btrfs");
-    refused(&cli, 11, &["stage", img, "--name", "x", "--dir", btrfs.mnt.to_str().unwrap()], "copy-on-write");
+    refused(
+        &cli,
+        11,
+        &["plan", img, "--dir", btrfs.mnt.to_str().unwrap()],
+        "btrfs",
+    );
+    refused(
+        &cli,
+        11,
+        &[
+            "stage",
+            img,
+            "--name",
+            "x",
+            "--dir",
+            btrfs.mnt.to_str().unwrap(),
+        ],
+        "copy-on-write",
+    );
     assert!(containers_in(&btrfs.mnt).is_empty());
 
     let tmp = Mount::new("tmpfs", &t.path().join("tmpfs"), "tmpfs", "size=64m");
-    refused(&cli, 11, &["stage", img, "--name", "x", "--dir", tmp.path.to_str().unwrap()], "tmpfs");
+    refused(
+        &cli,
+        11,
+        &[
+            "stage",
+            img,
+            "--name",
+            "x",
+            "--dir",
+            tmp.path.to_str().unwrap(),
+        ],
+        "tmpfs",
+    );
 
     for d in ["lower", "upper", "work"] {
         std::fs::create_dir(tmp.path.join(d)).unwrap();
@@ -64,7 +104,19 @@ fn unsupported_filesystems_are_refused() {
         tmp.path.display()
     );
     let ovl = Mount::new("overlay", &t.path().join("ovl"), "overlay", &opts);
-    refused(&cli, 11, &["stage", img, "--name", "x", "--dir", ovl.path.to_str().unwrap()], "overlay");
+    refused(
+        &cli,
+        11,
+        &[
+            "stage",
+            img,
+            "--name",
+            "x",
+            "--dir",
+            ovl.path.to_str().unwrap(),
+        ],
+        "overlay",
+    );
     assert!(staged_names(&cli).is_empty());
 
     // The plan lists the refusal in JSON too.
@@ -85,13 +137,33 @@ fn not_root_is_refused() {
     let cli = Cli::new(t.path());
     let as_nobody = |args: &[&str]| {
         let mut c = std::process::Command::new("setpriv");
-        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", env!("CARGO_BIN_EXE_liverestore")]);
-        c.args(args).env("LIVERESTORE_STATE_DIR", &cli.state_dir).output().unwrap()
+        c.args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            env!("CARGO_BIN_EXE_liverestore"),
+        ]);
+        c.args(args)
+            .env("LIVERESTORE_STATE_DIR", &cli.state_dir)
+            .output()
+            .unwrap()
     };
     // The temp dir is private to root; a directory nobody may read is fine
     // for the test: the root check comes first.
-    let out = as_nobody(&["stage", img.to_str().unwrap(), "--name", "x", "--dir", disk.mnt.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(10), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = as_nobody(&[
+        "stage",
+        img.to_str().unwrap(),
+        "--name",
+        "x",
+        "--dir",
+        disk.mnt.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(10),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains("root"));
     let out = as_nobody(&["discard", "x"]);
     assert_eq!(out.status.code(), Some(10));
@@ -109,19 +181,73 @@ fn bad_images_names_space_and_the_lock() {
     let small = small.to_str().unwrap();
 
     let missing = t.path().join("nope.img");
-    refused(&cli, 14, &["stage", missing.to_str().unwrap(), "--name", "a", "--dir", dir], "not found");
-    refused(&cli, 14, &["stage", t.path().to_str().unwrap(), "--name", "a", "--dir", dir], "not a regular file");
-    refused(&cli, 14, &["stage", "-", "--name", "a", "--dir", dir], "--size");
-    refused(&cli, 14, &["stage", small, "--size", "4096", "--name", "a", "--dir", dir], "does not match");
+    refused(
+        &cli,
+        14,
+        &[
+            "stage",
+            missing.to_str().unwrap(),
+            "--name",
+            "a",
+            "--dir",
+            dir,
+        ],
+        "not found",
+    );
+    refused(
+        &cli,
+        14,
+        &[
+            "stage",
+            t.path().to_str().unwrap(),
+            "--name",
+            "a",
+            "--dir",
+            dir,
+        ],
+        "not a regular file",
+    );
+    refused(
+        &cli,
+        14,
+        &["stage", "-", "--name", "a", "--dir", dir],
+        "--size",
+    );
+    refused(
+        &cli,
+        14,
+        &[
+            "stage", small, "--size", "4096", "--name", "a", "--dir", dir,
+        ],
+        "does not match",
+    );
 
     // Larger than the free space: refused before anything is written.
     let huge = t.path().join("huge.img");
-    std::fs::File::create(&huge).unwrap().set_len(4 << 30).unwrap();
-    refused(&cli, 13, &["plan", huge.to_str().unwrap(), "--dir", dir], "not enough space");
-    refused(&cli, 13, &["stage", huge.to_str().unwrap(), "--name", "a", "--dir", dir], "not enough space");
+    std::fs::File::create(&huge)
+        .unwrap()
+        .set_len(4 << 30)
+        .unwrap();
+    refused(
+        &cli,
+        13,
+        &["plan", huge.to_str().unwrap(), "--dir", dir],
+        "not enough space",
+    );
+    refused(
+        &cli,
+        13,
+        &["stage", huge.to_str().unwrap(), "--name", "a", "--dir", dir],
+        "not enough space",
+    );
 
     for bad in ["a/b", "..", "../etc", ".hidden", ""] {
-        refused(&cli, 15, &["stage", small, "--name", bad, "--dir", dir], "invalid name");
+        refused(
+            &cli,
+            15,
+            &["stage", small, "--name", bad, "--dir", dir],
+            "invalid name",
+        );
     }
     assert!(containers_in(&disk.mnt).is_empty());
     assert!(staged_names(&cli).is_empty());
@@ -130,7 +256,16 @@ fn bad_images_names_space_and_the_lock() {
     for (announced, given) in [(10 * MIB, 3 * MIB), (MIB, 2 * MIB)] {
         let mut child = cli
             .cmd()
-            .args(["stage", "-", "--size", &announced.to_string(), "--name", "piped", "--dir", dir])
+            .args([
+                "stage",
+                "-",
+                "--size",
+                &announced.to_string(),
+                "--name",
+                "piped",
+                "--dir",
+                dir,
+            ])
             .stdin(Stdio::piped())
             .stderr(Stdio::piped())
             .stdout(Stdio::null())
@@ -148,14 +283,28 @@ fn bad_images_names_space_and_the_lock() {
     }
 
     cli.expect(0, &["stage", small, "--name", "one", "--dir", dir]);
-    refused(&cli, 16, &["stage", small, "--name", "one", "--dir", dir], "already exists");
+    refused(
+        &cli,
+        16,
+        &["stage", small, "--name", "one", "--dir", dir],
+        "already exists",
+    );
     refused(&cli, 17, &["verify", "nobody"], "no staged image");
     refused(&cli, 17, &["discard", "nobody"], "no staged image");
 
     // The lock: a staging waiting on stdin holds it; a second one is busy.
     let mut holder = cli
         .cmd()
-        .args(["stage", "-", "--size", &(4 * MIB).to_string(), "--name", "holder", "--dir", dir])
+        .args([
+            "stage",
+            "-",
+            "--size",
+            &(4 * MIB).to_string(),
+            "--name",
+            "holder",
+            "--dir",
+            dir,
+        ])
         .stdin(Stdio::piped())
         .stderr(Stdio::null())
         .stdout(Stdio::null())
@@ -163,17 +312,28 @@ fn bad_images_names_space_and_the_lock() {
         .unwrap();
     let start = Instant::now();
     while !cli.state_dir.join("images/holder.json").exists() {
-        assert!(start.elapsed() < Duration::from_secs(30), "holder never started");
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "holder never started"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
-    refused(&cli, 21, &["stage", small, "--name", "two", "--dir", dir], "another liverestore");
+    refused(
+        &cli,
+        21,
+        &["stage", small, "--name", "two", "--dir", dir],
+        "another liverestore",
+    );
     refused(&cli, 21, &["discard", "one"], "another liverestore");
     // Read-only commands still work while it runs.
     cli.expect(0, &["list"]);
     drop(holder.stdin.take());
     assert_eq!(holder.wait().unwrap().code(), Some(14));
     assert_eq!(staged_names(&cli), vec!["one".to_string()]);
-    assert_eq!(containers_in(&disk.mnt), vec!["one.liverestore".to_string()]);
+    assert_eq!(
+        containers_in(&disk.mnt),
+        vec!["one.liverestore".to_string()]
+    );
     cli.expect(0, &["discard", "one"]);
 }
 
@@ -186,7 +346,10 @@ fn changed_maps_and_corruption_are_detected() {
     let image = random_bytes((20 * MIB) as usize, 5);
     let img = t.path().join("a.img");
     std::fs::write(&img, &image).unwrap();
-    cli.expect(0, &["stage", img.to_str().unwrap(), "--name", "a", "--dir", dir]);
+    cli.expect(
+        0,
+        &["stage", img.to_str().unwrap(), "--name", "a", "--dir", dir],
+    );
     let map = cli.json(&["map", "a", "--json"]);
     let info = cli.json(&["info", "a", "--json"]);
 
@@ -196,13 +359,18 @@ fn changed_maps_and_corruption_are_detected() {
     disk.poke(data_at, &[original[0] ^ 0xff]);
     let out = cli.run(&["verify", "a", "--json"]);
     assert_eq!(out.status.code(), Some(20));
-    let report: serde_json::Value = serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap();
+    let report: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap();
     assert_eq!(report["bad_chunks"], serde_json::json!([0]));
     disk.poke(data_at, &original);
     cli.expect(0, &["verify", "a"]);
 
     // A damaged on-disk header: verify says corrupt, scan says damaged.
-    let header_at = info["record"]["map"]["extents"][0]["disk"].as_u64().unwrap() + 4096 + 20;
+    let header_at = info["record"]["map"]["extents"][0]["disk"]
+        .as_u64()
+        .unwrap()
+        + 4096
+        + 20;
     let original = disk.read_at(header_at, 1);
     disk.poke(header_at, &[original[0] ^ 0x01]);
     refused(&cli, 19, &["verify", "a"], "header");
@@ -221,7 +389,10 @@ fn changed_maps_and_corruption_are_detected() {
     refused(&cli, 19, &["info", "a"], "checksum");
     refused(&cli, 19, &["verify", "a"], "checksum");
     refused(&cli, 19, &["discard", "a"], "--force");
-    assert_eq!(cli.json(&["list", "--json"])["images"][0]["map_valid"], false);
+    assert_eq!(
+        cli.json(&["list", "--json"])["images"][0]["map_valid"],
+        false
+    );
     std::fs::write(&state_file, &good).unwrap();
     cli.expect(0, &["verify", "a"]);
 
@@ -230,12 +401,22 @@ fn changed_maps_and_corruption_are_detected() {
     sh("chattr", &["-i", container.to_str().unwrap()]);
     refused(&cli, 18, &["verify", "a"], "no longer pinned");
     std::fs::remove_file(&container).unwrap();
-    sh("fallocate", &["-l", &info["record"]["container"]["size"].to_string(), container.to_str().unwrap()]);
+    sh(
+        "fallocate",
+        &[
+            "-l",
+            &info["record"]["container"]["size"].to_string(),
+            container.to_str().unwrap(),
+        ],
+    );
     refused(&cli, 18, &["verify", "a"], "replaced");
     let list = cli.json(&["list", "--json"]);
     assert_eq!(list["images"][0]["map_valid"], false);
     // Discard forgets it but does not delete a file that is not ours.
     cli.expect(0, &["discard", "a"]);
-    assert!(container.exists(), "discard deleted a file it did not create");
+    assert!(
+        container.exists(),
+        "discard deleted a file it did not create"
+    );
     assert!(staged_names(&cli).is_empty());
 }

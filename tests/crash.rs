@@ -18,10 +18,26 @@ fn recorded_written(cli: &Cli, name: &str) -> Option<u64> {
 
 /// Start staging `image` from stdin, feed it `feed` bytes, and SIGKILL it as
 /// soon as a checkpoint past `at_least` bytes is on record.
-fn stage_and_kill(cli: &Cli, disk: &LoopDisk, name: &str, image: &[u8], feed: usize, at_least: u64) {
+fn stage_and_kill(
+    cli: &Cli,
+    disk: &LoopDisk,
+    name: &str,
+    image: &[u8],
+    feed: usize,
+    at_least: u64,
+) {
     let mut child: Child = cli
         .cmd()
-        .args(["stage", "-", "--size", &image.len().to_string(), "--name", name, "--dir", disk.mnt.to_str().unwrap()])
+        .args([
+            "stage",
+            "-",
+            "--size",
+            &image.len().to_string(),
+            "--name",
+            name,
+            "--dir",
+            disk.mnt.to_str().unwrap(),
+        ])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -38,7 +54,10 @@ fn stage_and_kill(cli: &Cli, disk: &LoopDisk, name: &str, image: &[u8], feed: us
     });
     let start = Instant::now();
     while recorded_written(cli, name).unwrap_or(0) < at_least {
-        assert!(start.elapsed() < Duration::from_secs(120), "no checkpoint past {at_least} bytes");
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "no checkpoint past {at_least} bytes"
+        );
         assert!(child.try_wait().unwrap().is_none(), "stage exited early");
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -63,17 +82,33 @@ fn killed_staging_is_discardable_or_resumable_and_the_host_survives() {
     let list = cli.json(&["list", "--json"]);
     assert_eq!(list["images"][0]["state"], "staging");
     disk.unmount();
-    assert!(disk.fsck_clean(), "host filesystem damaged by a killed staging");
+    assert!(
+        disk.fsck_clean(),
+        "host filesystem damaged by a killed staging"
+    );
     disk.mount();
     cli.expect(0, &["discard", "first"]);
     assert!(!disk.mnt.join("first.liverestore").exists());
 
     // 2. Killed, then resumed.
-    stage_and_kill(&cli, &disk, "second", &image, (150 * MIB) as usize, 64 * MIB);
+    stage_and_kill(
+        &cli,
+        &disk,
+        "second",
+        &image,
+        (150 * MIB) as usize,
+        64 * MIB,
+    );
     let written = recorded_written(&cli, "second").unwrap();
-    assert!(written >= 64 * MIB && written < image.len() as u64, "written {written}");
+    assert!(
+        written >= 64 * MIB && written < image.len() as u64,
+        "written {written}"
+    );
     disk.unmount();
-    assert!(disk.fsck_clean(), "host filesystem damaged by a killed staging");
+    assert!(
+        disk.fsck_clean(),
+        "host filesystem damaged by a killed staging"
+    );
     disk.mount();
     assert_eq!(tree_hashes(&disk.mnt), files);
 
@@ -83,7 +118,10 @@ fn killed_staging_is_discardable_or_resumable_and_the_host_survives() {
     // Another image is recognised as such, and the staging stays resumable.
     let other = t.path().join("other.raw");
     std::fs::write(&other, random_bytes(image.len(), 12)).unwrap();
-    cli.expect(14, &["stage", other.to_str().unwrap(), "--resume", "second"]);
+    cli.expect(
+        14,
+        &["stage", other.to_str().unwrap(), "--resume", "second"],
+    );
     assert_eq!(recorded_written(&cli, "second"), Some(written));
 
     let out = cli.expect(0, &["stage", img.to_str().unwrap(), "--resume", "second"]);

@@ -36,7 +36,10 @@ fn stage_and_prove_nothing_stray(fs: Fs) {
     let pattern_before = disk.pattern_sectors();
     let disk_len = std::fs::metadata(&disk.file).unwrap().len();
     let part_end = disk.part_start + disk.part_size;
-    let outside_before = (disk.read_at(0, disk.part_start as usize), disk.read_at(part_end, (disk_len - part_end) as usize));
+    let outside_before = (
+        disk.read_at(0, disk.part_start as usize),
+        disk.read_at(part_end, (disk_len - part_end) as usize),
+    );
     disk.mount();
 
     // An odd size, so the last chunk is partial and padded.
@@ -46,13 +49,29 @@ fn stage_and_prove_nothing_stray(fs: Fs) {
     let cli = Cli::new(t.path());
     let dir = disk.mnt.join("staging");
 
-    let plan = cli.json(&["plan", img.to_str().unwrap(), "--dir", dir.to_str().unwrap(), "--json"]);
+    let plan = cli.json(&[
+        "plan",
+        img.to_str().unwrap(),
+        "--dir",
+        dir.to_str().unwrap(),
+        "--json",
+    ]);
     assert_eq!(plan["ok"], true, "{plan}");
     assert_eq!(plan["fs_type"], disk.fs_name());
     assert_eq!(plan["disk"], disk.dev.as_str());
     assert_eq!(plan["partition_start"], disk.part_start);
 
-    cli.expect(0, &["stage", img.to_str().unwrap(), "--name", "sys", "--dir", dir.to_str().unwrap()]);
+    cli.expect(
+        0,
+        &[
+            "stage",
+            img.to_str().unwrap(),
+            "--name",
+            "sys",
+            "--dir",
+            dir.to_str().unwrap(),
+        ],
+    );
     let map = cli.json(&["map", "sys", "--json"]);
     assert_eq!(map["name"], "sys");
     assert_eq!(map["disk"], disk.dev.as_str());
@@ -68,7 +87,10 @@ fn stage_and_prove_nothing_stray(fs: Fs) {
     // Through the filesystem the container reads as zeros: the data went
     // only to the raw disk (no double write).
     let through_fs = std::fs::read(dir.join("sys.liverestore")).unwrap();
-    assert!(through_fs.iter().all(|&b| b == 0), "container data visible through the filesystem");
+    assert!(
+        through_fs.iter().all(|&b| b == 0),
+        "container data visible through the filesystem"
+    );
     assert_eq!(tree_hashes(&disk.mnt), files_before, "a host file changed");
 
     let container = container_ranges(&cli, "sys");
@@ -76,15 +98,31 @@ fn stage_and_prove_nothing_stray(fs: Fs) {
     assert!(disk.fsck_clean(), "host filesystem not clean after staging");
     let free = disk.free_ranges();
     let pattern_after = disk.pattern_sectors();
-    assert_eq!(disk.read_at(0, disk.part_start as usize), outside_before.0, "bytes before the partition changed");
-    assert_eq!(disk.read_at(part_end, (disk_len - part_end) as usize), outside_before.1, "bytes after the partition changed");
+    assert_eq!(
+        disk.read_at(0, disk.part_start as usize),
+        outside_before.0,
+        "bytes before the partition changed"
+    );
+    assert_eq!(
+        disk.read_at(part_end, (disk_len - part_end) as usize),
+        outside_before.1,
+        "bytes after the partition changed"
+    );
 
-    let in_container = |s: u64| container.iter().any(|&(a, b)| s * SECTOR >= a && s * SECTOR < b);
+    let in_container = |s: u64| {
+        container
+            .iter()
+            .any(|&(a, b)| s * SECTOR >= a && s * SECTOR < b)
+    };
     let mut free_checked = 0u64;
     for &(a, b) in &free {
         for s in a / SECTOR..b / SECTOR {
             if pattern_before[s as usize] {
-                assert!(pattern_after[s as usize], "free sector {s} (disk byte {}) was written", s * SECTOR);
+                assert!(
+                    pattern_after[s as usize],
+                    "free sector {s} (disk byte {}) was written",
+                    s * SECTOR
+                );
                 free_checked += 1;
             }
         }
@@ -99,14 +137,27 @@ fn stage_and_prove_nothing_stray(fs: Fs) {
         free_checked * SECTOR / MIB,
         stray.len()
     );
-    assert!(free_checked * SECTOR > 100 * MIB, "too few free sectors checked: {free_checked}");
-    assert!(stray.len() < 2048, "{} sectors outside the container changed", stray.len());
+    assert!(
+        free_checked * SECTOR > 100 * MIB,
+        "too few free sectors checked: {free_checked}"
+    );
+    assert!(
+        stray.len() < 2048,
+        "{} sectors outside the container changed",
+        stray.len()
+    );
 
     // Discard gives everything back and leaves no header behind.
     disk.mount();
     cli.expect(0, &["discard", "sys"]);
     assert!(!dir.join("sys.liverestore").exists());
-    assert_eq!(cli.json(&["list", "--json"])["images"].as_array().unwrap().len(), 0);
+    assert_eq!(
+        cli.json(&["list", "--json"])["images"]
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
     let scan = cli.expect(0, &["scan", &disk.dev, "--json"]);
     let scan: serde_json::Value = serde_json::from_str(scan.lines().last().unwrap()).unwrap();
     assert_eq!(scan["headers"].as_array().unwrap().len(), 0, "{scan}");
@@ -134,7 +185,17 @@ fn stage_from_stdin_with_json_progress_and_raw_scan() {
     let size = image.len().to_string();
     let mut child = cli
         .cmd()
-        .args(["stage", "-", "--size", &size, "--name", "piped", "--dir", disk.mnt.to_str().unwrap(), "--json"])
+        .args([
+            "stage",
+            "-",
+            "--size",
+            &size,
+            "--name",
+            "piped",
+            "--dir",
+            disk.mnt.to_str().unwrap(),
+            "--json",
+        ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -143,13 +204,21 @@ fn stage_from_stdin_with_json_progress_and_raw_scan() {
     let writer = std::thread::spawn(move || stdin.write_all(&image).map(|()| image));
     let out = child.wait_with_output().unwrap();
     let image = writer.join().unwrap().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     let events: Vec<serde_json::Value> = String::from_utf8(out.stdout)
         .unwrap()
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}")))
         .collect();
-    assert!(events.iter().any(|e| e["event"] == "progress" && e["phase"] == "stage"));
+    assert!(
+        events
+            .iter()
+            .any(|e| e["event"] == "progress" && e["phase"] == "stage")
+    );
     let result = events.last().unwrap();
     assert_eq!(result["event"], "result");
     assert_eq!(result["sha256"], sha256_hex(&image));

@@ -28,7 +28,10 @@ pub fn require_root() {
 
 /// Run a command, panic with its output if it fails; return stdout.
 pub fn sh(cmd: &str, args: &[&str]) -> String {
-    let out = Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("cannot run {cmd}: {e}"));
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd}: {e}"));
     assert!(
         out.status.success(),
         "{cmd} {args:?} failed: {}\n{}",
@@ -88,7 +91,10 @@ impl Mount {
         let p = path.to_str().unwrap();
         args.extend([source, p]);
         sh("mount", &args);
-        Mount { path: path.to_path_buf(), mounted: true }
+        Mount {
+            path: path.to_path_buf(),
+            mounted: true,
+        }
     }
 
     pub fn unmount(&mut self) {
@@ -142,9 +148,17 @@ impl LoopDisk {
         let end_sector = (part_start + part_size) / SECTOR - 1;
         sh(
             "sgdisk",
-            &["-n", &format!("1:{}:{}", part_start / SECTOR, end_sector), "-t", "1:8300", file.to_str().unwrap()],
+            &[
+                "-n",
+                &format!("1:{}:{}", part_start / SECTOR, end_sector),
+                "-t",
+                "1:8300",
+                file.to_str().unwrap(),
+            ],
         );
-        let dev = sh("losetup", &["-f", "--show", file.to_str().unwrap()]).trim().to_string();
+        let dev = sh("losetup", &["-f", "--show", file.to_str().unwrap()])
+            .trim()
+            .to_string();
         let mut disk = LoopDisk {
             part: format!("{dev}p1"),
             dev,
@@ -160,7 +174,16 @@ impl LoopDisk {
             sh("partx", &["-a", &disk.dev]);
         }
         match fs_kind {
-            Fs::Ext4 => sh("mkfs.ext4", &["-q", "-F", "-E", "nodiscard,lazy_itable_init=0,lazy_journal_init=0", &disk.part]),
+            Fs::Ext4 => sh(
+                "mkfs.ext4",
+                &[
+                    "-q",
+                    "-F",
+                    "-E",
+                    "nodiscard,lazy_itable_init=0,lazy_journal_init=0",
+                    &disk.part,
+                ],
+            ),
             Fs::Xfs => sh("mkfs.xfs", &["-q", "-f", "-K", &disk.part]),
             Fs::Btrfs => sh("mkfs.btrfs", &["-q", "-f", "--nodiscard", &disk.part]),
         };
@@ -178,7 +201,12 @@ impl LoopDisk {
 
     pub fn mount(&mut self) {
         if self.mount.is_none() {
-            self.mount = Some(Mount::new(&self.part, &self.mnt.clone(), self.fs_name(), ""));
+            self.mount = Some(Mount::new(
+                &self.part,
+                &self.mnt.clone(),
+                self.fs_name(),
+                "",
+            ));
         }
     }
 
@@ -192,9 +220,21 @@ impl LoopDisk {
     pub fn fsck_clean(&self) -> bool {
         assert!(self.mount.is_none(), "unmount before fsck");
         let status = match self.fs {
-            Fs::Ext4 => Command::new("e2fsck").args(["-f", "-n", &self.part]).stdout(Stdio::null()).stderr(Stdio::null()).status(),
-            Fs::Xfs => Command::new("xfs_repair").args(["-n", &self.part]).stdout(Stdio::null()).stderr(Stdio::null()).status(),
-            Fs::Btrfs => Command::new("btrfs").args(["check", "--readonly", &self.part]).stdout(Stdio::null()).stderr(Stdio::null()).status(),
+            Fs::Ext4 => Command::new("e2fsck")
+                .args(["-f", "-n", &self.part])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status(),
+            Fs::Xfs => Command::new("xfs_repair")
+                .args(["-n", &self.part])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status(),
+            Fs::Btrfs => Command::new("btrfs")
+                .args(["check", "--readonly", &self.part])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status(),
         };
         status.unwrap().success()
     }
@@ -214,7 +254,10 @@ impl LoopDisk {
                     .unwrap();
                 let mut ranges = Vec::new();
                 // group lines are indented; the unindented summary line is a count
-                for line in out.lines().filter_map(|l| l.strip_prefix("  Free blocks: ")) {
+                for line in out
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("  Free blocks: "))
+                {
                     for r in line.split(", ").filter(|r| !r.is_empty()) {
                         let (a, b) = r.split_once('-').unwrap_or((r, r));
                         let (a, b): (u64, u64) = (a.parse().unwrap(), b.parse().unwrap());
@@ -224,15 +267,26 @@ impl LoopDisk {
                 ranges
             }
             Fs::Xfs => {
-                let geo = sh("xfs_db", &["-r", "-c", "sb 0", "-c", "p agblocks blocksize", &self.part]);
+                let geo = sh(
+                    "xfs_db",
+                    &["-r", "-c", "sb 0", "-c", "p agblocks blocksize", &self.part],
+                );
                 let val = |k: &str| -> u64 {
-                    geo.lines().find_map(|l| l.strip_prefix(&format!("{k} = "))).unwrap().trim().parse().unwrap()
+                    geo.lines()
+                        .find_map(|l| l.strip_prefix(&format!("{k} = ")))
+                        .unwrap()
+                        .trim()
+                        .parse()
+                        .unwrap()
                 };
                 let (agblocks, bs) = (val("agblocks"), val("blocksize"));
                 let out = sh("xfs_db", &["-r", "-c", "freesp -d", &self.part]);
                 out.lines()
                     .filter_map(|l| {
-                        let v: Vec<u64> = l.split_whitespace().map(|x| x.parse().ok()).collect::<Option<_>>()?;
+                        let v: Vec<u64> = l
+                            .split_whitespace()
+                            .map(|x| x.parse().ok())
+                            .collect::<Option<_>>()?;
                         (v.len() == 3).then(|| {
                             let start = self.part_start + (v[0] * agblocks + v[1]) * bs;
                             (start, start + v[2] * bs)
@@ -272,7 +326,10 @@ impl Drop for LoopDisk {
     fn drop(&mut self) {
         self.mount.take();
         if self.attached {
-            let _ = Command::new("partx").args(["-d", &self.dev]).stderr(Stdio::null()).status();
+            let _ = Command::new("partx")
+                .args(["-d", &self.dev])
+                .stderr(Stdio::null())
+                .status();
             let _ = Command::new("losetup").args(["-d", &self.dev]).status();
             self.attached = false;
         }
@@ -293,7 +350,10 @@ pub fn tree_hashes(root: &Path) -> BTreeMap<PathBuf, String> {
                     stack.push(p);
                 }
             } else if ft.is_file() && !p.to_string_lossy().ends_with(".liverestore") {
-                out.insert(p.strip_prefix(root).unwrap().to_path_buf(), sha256_hex(&fs::read(&p).unwrap()));
+                out.insert(
+                    p.strip_prefix(root).unwrap().to_path_buf(),
+                    sha256_hex(&fs::read(&p).unwrap()),
+                );
             }
         }
     }
@@ -305,9 +365,16 @@ pub fn populate(root: &Path) {
     for d in ["etc", "home/alice", "var/log"] {
         fs::create_dir_all(root.join(d)).unwrap();
     }
-    for (i, size) in [100usize, 4096, 65536, 1 << 20, 3 << 20, 5 << 20, 12345].iter().enumerate() {
+    for (i, size) in [100usize, 4096, 65536, 1 << 20, 3 << 20, 5 << 20, 12345]
+        .iter()
+        .enumerate()
+    {
         let sub = ["etc", "home/alice", "var/log"][i % 3];
-        fs::write(root.join(sub).join(format!("file{i}")), random_bytes(*size, i as u64 + 100)).unwrap();
+        fs::write(
+            root.join(sub).join(format!("file{i}")),
+            random_bytes(*size, i as u64 + 100),
+        )
+        .unwrap();
     }
     sh("sync", &[]);
 }
@@ -319,7 +386,9 @@ pub struct Cli {
 
 impl Cli {
     pub fn new(dir: &Path) -> Cli {
-        Cli { state_dir: dir.join("state") }
+        Cli {
+            state_dir: dir.join("state"),
+        }
     }
 
     pub fn cmd(&self) -> Command {
@@ -349,7 +418,10 @@ impl Cli {
     /// earlier lines are progress events).
     pub fn json(&self, args: &[&str]) -> serde_json::Value {
         let out = self.expect(0, args);
-        let last = out.lines().last().unwrap_or_else(|| panic!("no output from {args:?}"));
+        let last = out
+            .lines()
+            .last()
+            .unwrap_or_else(|| panic!("no output from {args:?}"));
         serde_json::from_str(last).unwrap_or_else(|e| panic!("{args:?}: not JSON: {last}: {e}"))
     }
 }
@@ -359,9 +431,16 @@ pub fn assert_image_on_disk(disk: &LoopDisk, map: &serde_json::Value, image: &[u
     assert_eq!(map["image_size"].as_u64().unwrap(), image.len() as u64);
     let mut covered = 0;
     for e in map["extents"].as_array().unwrap() {
-        let (io, d, l) = (e["image_offset"].as_u64().unwrap(), e["disk_offset"].as_u64().unwrap(), e["length"].as_u64().unwrap());
+        let (io, d, l) = (
+            e["image_offset"].as_u64().unwrap(),
+            e["disk_offset"].as_u64().unwrap(),
+            e["length"].as_u64().unwrap(),
+        );
         assert_eq!(io, covered, "extents in image order without gaps");
-        assert!(disk.read_at(d, l as usize) == image[io as usize..(io + l) as usize], "disk bytes at {d} differ from image bytes at {io}");
+        assert!(
+            disk.read_at(d, l as usize) == image[io as usize..(io + l) as usize],
+            "disk bytes at {d} differ from image bytes at {io}"
+        );
         covered += l;
     }
     assert_eq!(covered, image.len() as u64);

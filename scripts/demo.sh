@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Install what is needed, build liverestore, and show it staging a real
+# filesystem image onto a scratch loop-backed disk whose ext4 filesystem
+# stays mounted throughout. Touches nothing but what it creates in a temp dir.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install-deps.sh
+cargo build --release --locked --quiet
+lr="$PWD/target/release/liverestore"
+
+work=$(mktemp -d /tmp/liverestore-demo.XXXXXX)
+loopdev=""
+cleanup() {
+  mountpoint -q "$work/host" && umount "$work/host"
+  [ -n "$loopdev" ] && { partx -d "$loopdev" 2>/dev/null || true; losetup -d "$loopdev"; }
+  rm -rf "$work"
+}
+trap cleanup EXIT
+export LIVERESTORE_STATE_DIR="$work/state"
+say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+
+say "a scratch 1 GiB disk with a GPT and a mounted ext4 'running system'"
+truncate -s 1G "$work/disk.img"
+sgdisk -n 1:2048:0 -t 1:8300 "$work/disk.img" >/dev/null
+loopdev=$(losetup -f --show "$work/disk.img")
+[ -e "${loopdev}p1" ] || partx -a "$loopdev"
+mkfs.ext4 -q -L host "${loopdev}p1"
+mkdir "$work/host" && mount "${loopdev}p1" "$work/host"
+echo "precious data" > "$work/host/precious.txt"
+lsblk -o NAME,SIZE,FSTYPE,MOUNTPOINT "$loopdev"
+
+say "an image to restore: a 256 MiB ext4 filesystem with some files"
+mkdir "$work/content" && seq 1 200000 > "$work/content/numbers.txt" && echo "restored system" > "$work/content/motd"
+truncate -s 256M "$work/restore.img"
+mkfs.ext4 -q -L restored -d "$work/content" "$work/restore.img"
+
+say "liverestore plan (writes nothing)"
+"$lr" plan "$work/restore.img" --dir "$work/host"
+
+say "liverestore stage (the host filesystem stays mounted)"
+"$lr" stage "$work/restore.img" --name demo --dir "$work/host"
+
+say "liverestore list / verify / map"
+"$lr" list
+"$lr" verify demo
+"$lr" map demo
+
+say "read the restored filesystem back from the raw disk through the map, and fsck it"
+"$lr" map demo --json | python3 -c '
+import json, sys
+m = json.load(sys.stdin)
+with open(m["disk"], "rb") as d, open(sys.argv[1], "wb") as out:
+    for e in m["extents"]:
+        d.seek(e["disk_offset"]); out.seek(e["image_offset"]); out.write(d.read(e["length"]))
+' "$work/readback.img"
+cmp "$work/restore.img" "$work/readback.img" && echo "read back == image"
+e2fsck -fn "$work/readback.img" | tail -1
+
+say "the host filesystem is untouched"
+cat "$work/host/precious.txt"
+"$lr" discard demo
+umount "$work/host"
+e2fsck -fn "${loopdev}p1" | tail -1
+echo
+echo "demo done: everything it created is being removed"

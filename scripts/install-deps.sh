@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Install what liverestore's build, demo and tests need on Debian (idempotent).
+set -euo pipefail
+[ "$(id -u)" = 0 ] || { echo "run as root (it installs packages and uses loop devices)" >&2; exit 1; }
+pkgs=(xfsprogs gdisk btrfs-progs e2fsprogs util-linux fdisk bc time)
+missing=()
+for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing: ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+command -v cargo >/dev/null || { echo "cargo not found: install Rust (rustup) first" >&2; exit 1; }
+modprobe loop 2>/dev/null || true
+[ -e /dev/loop-control ] || { echo "no loop device support in this kernel" >&2; exit 1; }
