@@ -10,7 +10,7 @@
 //! means the physical address is not a place we may write to.
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::sys::RawFiemapExtent;
+pub use crate::sys::RawFiemapExtent;
 
 pub const FIEMAP_EXTENT_LAST: u32 = 0x0000_0001;
 pub const FIEMAP_EXTENT_UNKNOWN: u32 = 0x0000_0002;
