@@ -8,26 +8,13 @@ cd "$(dirname "$0")/.."
 size_mib=${1:-1024}
 rounds=${2:-3}
 [ "$(id -u)" = 0 ] || { echo "run as root" >&2; exit 1; }
-bash scripts/install-deps.sh
-cargo build --release --locked --quiet
-lr="$PWD/target/release/liverestore"
-
-work=$(mktemp -d /tmp/liverestore-bench.XXXXXX)
-loopdev=""
-cleanup() {
-  mountpoint -q "$work/host" && umount "$work/host"
-  [ -n "$loopdev" ] && { partx -d "$loopdev" 2>/dev/null || true; losetup -d "$loopdev"; }
-  rm -rf "$work"
-}
-trap cleanup EXIT
-export LIVERESTORE_STATE_DIR="$work/state"
+source scripts/scratch-disk.sh
 
 host_mib=$((size_mib * 3 / 2 + 64))
 raw_mib=$((size_mib + 16))
 truncate -s $(( (host_mib + raw_mib + 4) ))M "$work/disk.img"
 sgdisk -n 1:2048:+${host_mib}M -t 1:8300 -n 2:0:+${raw_mib}M -t 2:8300 "$work/disk.img" >/dev/null
-loopdev=$(losetup -f --show --direct-io=on "$work/disk.img")
-[ -e "${loopdev}p2" ] || partx -a "$loopdev"
+attach_scratch_disk --direct-io=on
 mkfs.ext4 -q -E nodiscard "${loopdev}p1"
 mkdir "$work/host" && mount "${loopdev}p1" "$work/host"
 dev=$(basename "$loopdev")

@@ -4,26 +4,13 @@
 # stays mounted throughout. Touches nothing but what it creates in a temp dir.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/install-deps.sh
-cargo build --release --locked --quiet
-lr="$PWD/target/release/liverestore"
-
-work=$(mktemp -d /tmp/liverestore-demo.XXXXXX)
-loopdev=""
-cleanup() {
-  mountpoint -q "$work/host" && umount "$work/host"
-  [ -n "$loopdev" ] && { partx -d "$loopdev" 2>/dev/null || true; losetup -d "$loopdev"; }
-  rm -rf "$work"
-}
-trap cleanup EXIT
-export LIVERESTORE_STATE_DIR="$work/state"
+source scripts/scratch-disk.sh
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
 say "a scratch 1 GiB disk with a GPT and a mounted ext4 'running system'"
 truncate -s 1G "$work/disk.img"
 sgdisk -n 1:2048:0 -t 1:8300 "$work/disk.img" >/dev/null
-loopdev=$(losetup -f --show "$work/disk.img")
-[ -e "${loopdev}p1" ] || partx -a "$loopdev"
+attach_scratch_disk
 mkfs.ext4 -q -L host "${loopdev}p1"
 mkdir "$work/host" && mount "${loopdev}p1" "$work/host"
 echo "precious data" > "$work/host/precious.txt"

@@ -75,10 +75,10 @@ pub fn validate(
     block_size: u64,
 ) -> Result<Vec<FileExtent>> {
     let refuse = |msg: String| Err(Error::new(ErrorKind::UnsupportedFilesystem, msg));
-    if file_size == 0 {
-        return Ok(Vec::new());
-    }
     if raw.is_empty() {
+        if file_size == 0 {
+            return Ok(Vec::new());
+        }
         return refuse("the filesystem reported no extents for an allocated file".into());
     }
     let mut out = Vec::with_capacity(raw.len());
@@ -214,6 +214,14 @@ mod tests {
         let short = [ext(0, 4096, 4096, U | L)];
         assert!(validate(&short, 8192, 4096).is_err());
         assert!(validate(&[], 4096, 4096).is_err());
+    }
+
+    #[test]
+    fn an_empty_file_does_not_excuse_bad_extents() {
+        // found by the fiemap fuzz target
+        assert!(validate(&[], 0, 4096).unwrap().is_empty());
+        assert!(validate(&[ext(0, 4096, 0, FIEMAP_EXTENT_SHARED | L)], 0, 4096).is_err());
+        assert!(validate(&[ext(0, 4096, 4096, FIEMAP_EXTENT_SHARED | L)], 0, 4096).is_err());
     }
 
     #[test]

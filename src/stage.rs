@@ -329,24 +329,14 @@ fn write_image(
             let mut whole = Sha256::new();
             for msg in hashed_rx {
                 let msg = match msg {
-                    Message::Chunk {
-                        index,
-                        buf,
-                        len,
-                        sha256,
-                    } => {
+                    Message::Chunk { ref buf, len, .. } => {
                         whole.update(&buf[..len]);
-                        Message::Chunk {
-                            index,
-                            buf,
-                            len,
-                            sha256,
-                        }
+                        msg
                     }
                     Message::Done { .. } => Message::Done {
                         sha256: std::mem::take(&mut whole).finalize().into(),
                     },
-                    Message::Failed(e) => Message::Failed(e),
+                    failed => failed,
                 };
                 let last = !matches!(msg, Message::Chunk { .. });
                 if tx.send(msg).is_err() || last {

@@ -13,7 +13,7 @@ use crate::extent_map::ExtentMap;
 use crate::header;
 use crate::hostfs::{self, HostTarget};
 use crate::identity;
-use crate::record::{StagingRecord, StagingState};
+use crate::record::StagingRecord;
 use crate::state_dir::StateDir;
 
 /// A record whose map was just re-derived from the filesystem and found
@@ -240,7 +240,12 @@ pub fn discard(state: &StateDir, name: &str, force: bool) -> Result<Discarded> {
     let path = PathBuf::from(&rec.container.path);
     let mut header_wiped = false;
     let mut container_removed = false;
-    if rec.state != StagingState::Allocating || path.exists() {
+    if rec.map.is_none() {
+        // Stopped while allocating: nothing was written to the disk yet, and
+        // the file (created with O_EXCL under our name) can only be ours.
+        container::remove(&path)?;
+        container_removed = true;
+    } else {
         match revalidate(&rec) {
             Ok(checked) => {
                 let align = u64::from(checked.target.block.logical_sector_size).max(512);

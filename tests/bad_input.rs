@@ -254,23 +254,14 @@ fn bad_images_names_space_and_the_lock() {
 
     // stdin shorter or longer than announced: nothing left behind.
     for (announced, given) in [(10 * MIB, 3 * MIB), (MIB, 2 * MIB)] {
-        let mut child = cli
-            .cmd()
-            .args([
-                "stage",
-                "-",
-                "--size",
-                &announced.to_string(),
-                "--name",
-                "piped",
-                "--dir",
-                dir,
-            ])
-            .stdin(Stdio::piped())
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = cli.spawn_stdin_stage(
+            announced,
+            "piped",
+            &disk.mnt,
+            &[],
+            Stdio::null(),
+            Stdio::piped(),
+        );
         let mut stdin = child.stdin.take().unwrap();
         let _ = stdin.write_all(&random_bytes(given as usize, 4));
         drop(stdin);
@@ -293,23 +284,14 @@ fn bad_images_names_space_and_the_lock() {
     refused(&cli, 17, &["discard", "nobody"], "no staged image");
 
     // The lock: a staging waiting on stdin holds it; a second one is busy.
-    let mut holder = cli
-        .cmd()
-        .args([
-            "stage",
-            "-",
-            "--size",
-            &(4 * MIB).to_string(),
-            "--name",
-            "holder",
-            "--dir",
-            dir,
-        ])
-        .stdin(Stdio::piped())
-        .stderr(Stdio::null())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut holder = cli.spawn_stdin_stage(
+        4 * MIB,
+        "holder",
+        &disk.mnt,
+        &[],
+        Stdio::null(),
+        Stdio::null(),
+    );
     let start = Instant::now();
     while !cli.state_dir.join("images/holder.json").exists() {
         assert!(

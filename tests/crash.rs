@@ -26,23 +26,14 @@ fn stage_and_kill(
     feed: usize,
     at_least: u64,
 ) {
-    let mut child: Child = cli
-        .cmd()
-        .args([
-            "stage",
-            "-",
-            "--size",
-            &image.len().to_string(),
-            "--name",
-            name,
-            "--dir",
-            disk.mnt.to_str().unwrap(),
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child: Child = cli.spawn_stdin_stage(
+        image.len() as u64,
+        name,
+        &disk.mnt,
+        &[],
+        Stdio::null(),
+        Stdio::null(),
+    );
     let mut stdin = child.stdin.take().unwrap();
     let part = image[..feed].to_vec();
     // The feeder blocks once the pipe is full and fails with EPIPE after the
@@ -132,4 +123,58 @@ fn killed_staging_is_discardable_or_resumable_and_the_host_survives() {
     assert_eq!(tree_hashes(&disk.mnt), files);
     disk.unmount();
     assert!(disk.fsck_clean());
+}
+
+/// A crash between creating the container and recording its map leaves a
+/// record in state `allocating`; `discard` removes it and its file, and
+/// resume refuses it with advice.
+#[test]
+fn crash_while_allocating_is_discardable() {
+    use sha2::Digest;
+    let t = tempfile::tempdir().unwrap();
+    let disk = LoopDisk::new(t.path(), Fs::Ext4, 128);
+    let cli = Cli::new(t.path());
+    let img = t.path().join("a.img");
+    std::fs::write(&img, random_bytes((4 * MIB) as usize, 1)).unwrap();
+    cli.expect(
+        0,
+        &[
+            "stage",
+            img.to_str().unwrap(),
+            "--name",
+            "a",
+            "--dir",
+            disk.mnt.to_str().unwrap(),
+        ],
+    );
+    let mut rec = cli.json(&["info", "a", "--json"])["record"].clone();
+    cli.expect(0, &["discard", "a"]);
+
+    // Rebuild the state a crash mid-allocation leaves: record first, then a
+    // preallocated, pinned file, no map.
+    rec["state"] = "allocating".into();
+    rec["map"] = serde_json::Value::Null;
+    let body = serde_json::to_string(&rec).unwrap();
+    let envelope = format!(
+        r#"{{"format":"liverestore-state-v1","sha256":"{}","record":{body}}}"#,
+        hex::encode(sha2::Sha256::digest(body.as_bytes()))
+    );
+    std::fs::create_dir_all(cli.state_dir.join("images")).unwrap();
+    std::fs::write(cli.state_dir.join("images/a.json"), envelope).unwrap();
+    let container = disk.mnt.join("a.liverestore");
+    sh("fallocate", &["-l", "8M", container.to_str().unwrap()]);
+    sh("chattr", &["+i", container.to_str().unwrap()]);
+
+    let list = cli.json(&["list", "--json"]);
+    assert_eq!(list["images"][0]["state"], "allocating");
+    cli.expect(22, &["stage", "--resume", "a"]);
+    cli.expect(0, &["discard", "a"]);
+    assert!(!container.exists());
+    assert_eq!(
+        cli.json(&["list", "--json"])["images"]
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
 }

@@ -182,24 +182,14 @@ fn stage_from_stdin_with_json_progress_and_raw_scan() {
     let disk = LoopDisk::new(t.path(), Fs::Ext4, 256);
     let cli = Cli::new(t.path());
     let image = random_bytes((80 * MIB) as usize, 3);
-    let size = image.len().to_string();
-    let mut child = cli
-        .cmd()
-        .args([
-            "stage",
-            "-",
-            "--size",
-            &size,
-            "--name",
-            "piped",
-            "--dir",
-            disk.mnt.to_str().unwrap(),
-            "--json",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = cli.spawn_stdin_stage(
+        image.len() as u64,
+        "piped",
+        &disk.mnt,
+        &["--json"],
+        Stdio::piped(),
+        Stdio::inherit(),
+    );
     let mut stdin = child.stdin.take().unwrap();
     let writer = std::thread::spawn(move || stdin.write_all(&image).map(|()| image));
     let out = child.wait_with_output().unwrap();

@@ -414,6 +414,36 @@ impl Cli {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Start `stage - --size SIZE --name NAME --dir DIR [extra…]` reading
+    /// the image from a pipe the caller writes to (stdin is piped).
+    pub fn spawn_stdin_stage(
+        &self,
+        size: u64,
+        name: &str,
+        dir: &Path,
+        extra: &[&str],
+        stdout: Stdio,
+        stderr: Stdio,
+    ) -> std::process::Child {
+        self.cmd()
+            .args([
+                "stage",
+                "-",
+                "--size",
+                &size.to_string(),
+                "--name",
+                name,
+                "--dir",
+                dir.to_str().unwrap(),
+            ])
+            .args(extra)
+            .stdin(Stdio::piped())
+            .stdout(stdout)
+            .stderr(stderr)
+            .spawn()
+            .unwrap()
+    }
+
     /// Run with success expected and parse the last JSON line (the result;
     /// earlier lines are progress events).
     pub fn json(&self, args: &[&str]) -> serde_json::Value {
