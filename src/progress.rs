@@ -128,3 +128,31 @@ impl Progress for JsonProgress {
         emit_json(&serde_json::json!({"event": "note", "message": message}));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn terminal_progress_template_is_valid_and_phases_cycle() {
+        let p = TerminalProgress::default();
+        p.note("before any phase");
+        for phase in ["stage", "verify"] {
+            p.begin(phase, 100);
+            p.update(50);
+            p.note("in a phase");
+            p.end();
+        }
+        assert!(p.bar.lock().unwrap().is_none());
+    }
+
+    #[test]
+    fn json_progress_throttles_updates() {
+        let p = JsonProgress::default();
+        p.begin("stage", 10);
+        let first = p.state.lock().unwrap().last;
+        p.update(5); // within 500 ms of begin: not emitted, timestamp kept
+        assert_eq!(p.state.lock().unwrap().last, first);
+        p.end();
+    }
+}
