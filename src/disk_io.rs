@@ -116,6 +116,17 @@ impl DiskWriter {
         DiskWriter::from_file(file, disk, map, bounds, align)
     }
 
+    /// A writer on the disk of `target`, confined to its partition and
+    /// aligned to its sectors: how every writer of a container is made.
+    pub fn for_target(target: &crate::hostfs::HostTarget, map: ExtentMap) -> Result<DiskWriter> {
+        DiskWriter::open(
+            &target.disk_path,
+            map,
+            target.partition_range(),
+            target.io_align(),
+        )
+    }
+
     /// As [`DiskWriter::open`] on an already open file (tests use a
     /// regular file as the disk).
     pub fn from_file(
@@ -158,10 +169,6 @@ impl DiskWriter {
             align,
             written: 0,
         })
-    }
-
-    pub fn map(&self) -> &ExtentMap {
-        &self.map
     }
 
     /// Bytes written to the disk so far.

@@ -214,14 +214,6 @@ impl ExtentMap {
         ExtentMap::new(extents, len)
     }
 
-    /// Does any byte of `[disk, disk + len)` belong to this map?
-    pub fn overlaps_disk(&self, disk: u64, len: u64) -> bool {
-        let end = disk.saturating_add(len);
-        self.extents
-            .iter()
-            .any(|e| e.disk < end && disk < e.disk_end())
-    }
-
     /// A one-line description of the first difference from `other`, or None
     /// when both maps send every byte to the same place.
     pub fn difference(&self, other: &ExtentMap) -> Option<String> {
@@ -376,13 +368,5 @@ mod tests {
         assert_eq!(serde_json::from_str::<ExtentMap>(&json).unwrap(), map);
         let bad = r#"{"len":30,"extents":[{"logical":0,"disk":0,"length":10}]}"#;
         assert!(serde_json::from_str::<ExtentMap>(bad).is_err());
-    }
-
-    #[test]
-    fn overlaps_disk() {
-        let map = sample();
-        assert!(map.overlaps_disk(1099, 1));
-        assert!(!map.overlaps_disk(1100, 900));
-        assert!(map.overlaps_disk(0, 5001));
     }
 }

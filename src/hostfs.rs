@@ -279,6 +279,19 @@ pub struct HostTarget {
     pub total_bytes: u64,
 }
 
+impl HostTarget {
+    /// Alignment of O_DIRECT I/O on the disk: its logical sector size.
+    pub fn io_align(&self) -> u64 {
+        u64::from(self.block.logical_sector_size).max(512)
+    }
+
+    /// Disk bytes `[start, end)` of the filesystem's partition: the only
+    /// bytes a container's map may reach.
+    pub fn partition_range(&self) -> (u64, u64) {
+        (self.block.start, self.block.start + self.block.size)
+    }
+}
+
 /// Find the device behind a block device number: `/dev/<name>`, checked.
 pub fn dev_node(name: &str, major: u32, minor: u32) -> Result<PathBuf> {
     let path = PathBuf::from("/dev").join(name);

@@ -58,16 +58,25 @@ pub fn stage(
     plan::require_root()?;
     crate::record::validate_name(req.name)?;
     let _lock = state.lock()?;
-    let source = ImageSource::open(req.image, req.size);
-    let size = source.as_ref().map(ImageSource::size).map_err(clone_err);
+    // An image that cannot be opened is one of the refusals `assess` lists.
+    let (source, size) = match ImageSource::open(req.image, req.size) {
+        Ok(s) => {
+            let size = s.size();
+            (Some(s), Ok(size))
+        }
+        Err(e) => (None, Err(e)),
+    };
     let assessment = plan::assess(state, req.dir, Some(req.name), size);
-    let target = assessment.target.clone();
-    let layout = assessment.layout;
+    let (target, layout) = (assessment.target.clone(), assessment.layout);
     if let Some(err) = assessment.first_error() {
         return Err(err);
     }
-    let mut source = source?;
-    let (target, layout) = (target.expect("assessed"), layout.expect("assessed"));
+    // No refusal means the image opened and the target and layout are known.
+    let (mut source, target, layout) = (
+        source.expect("assessed"),
+        target.expect("assessed"),
+        layout.expect("assessed"),
+    );
     let (host, disk) = identity::describe(&target)?;
     let container_path = container::path_for(&target.dir, req.name);
     let created_unix = std::time::SystemTime::now()
@@ -186,10 +195,6 @@ pub fn resume(
     Ok(rec)
 }
 
-fn clone_err(e: &Error) -> Error {
-    Error::new(e.kind(), e.to_string())
-}
-
 /// Steps 2 and 3: create, preallocate, pin, map.
 fn allocate(
     state: &StateDir,
@@ -265,9 +270,8 @@ fn write_image(
         .map
         .clone()
         .ok_or_else(|| Error::new(ErrorKind::InvalidState, "no map"))?;
-    let align = u64::from(target.block.logical_sector_size).max(512);
-    let bounds = (target.block.start, target.block.start + target.block.size);
-    let mut writer = DiskWriter::open(&target.disk_path, map.clone(), bounds, align)?;
+    let align = target.io_align();
+    let mut writer = DiskWriter::for_target(target, map.clone())?;
     let reader = DiskReader::open(&target.disk_path, map.clone())?;
     write_header(&mut writer, rec, align)?;
 

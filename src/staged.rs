@@ -248,13 +248,7 @@ pub fn discard(state: &StateDir, name: &str, force: bool) -> Result<Discarded> {
     } else {
         match revalidate(&rec) {
             Ok(checked) => {
-                let align = u64::from(checked.target.block.logical_sector_size).max(512);
-                let bounds = (
-                    checked.target.block.start,
-                    checked.target.block.start + checked.target.block.size,
-                );
-                let mut w =
-                    DiskWriter::open(&checked.target.disk_path, checked.map, bounds, align)?;
+                let mut w = DiskWriter::for_target(&checked.target, checked.map)?;
                 w.write_at(0, &AlignedBuf::new(header::BLOCK0_SIZE))?;
                 w.sync()?;
                 header_wiped = true;

@@ -31,36 +31,25 @@ pub struct VerifyReport {
 /// Read the header of `rec` back from the disk and check it describes the
 /// same staging.
 pub fn check_header(rec: &StagingRecord, reader: &DiskReader, align: u64) -> Result<()> {
-    let mut b0 = AlignedBuf::new(header::BLOCK0_SIZE);
-    reader.read_at(0, &mut b0)?;
-    let block0 = header::decode_block0(&b0).map_err(|e| {
+    let corrupt = |what: &str| {
         Error::new(
             ErrorKind::Corrupt,
-            format!("on-disk header of '{}': {}", rec.name, e.message()),
+            format!("on-disk header of '{}': {what}", rec.name),
         )
-    })?;
+    };
+    let mut b0 = AlignedBuf::new(header::BLOCK0_SIZE);
+    reader.read_at(0, &mut b0)?;
+    let block0 = header::decode_block0(&b0).map_err(|e| corrupt(e.message()))?;
     let len = block0.used_len().div_ceil(align) * align;
     if len > rec.container.data_offset {
-        return Err(Error::new(
-            ErrorKind::Corrupt,
-            format!("on-disk header of '{}' claims {len} bytes", rec.name),
-        ));
+        return Err(corrupt(&format!("it claims {len} bytes")));
     }
     let mut all = AlignedBuf::new(len as usize);
     reader.read_at(0, &mut all)?;
-    let on_disk = header::decode_body(&block0, &all).map_err(|e| {
-        Error::new(
-            ErrorKind::Corrupt,
-            format!("on-disk header of '{}': {}", rec.name, e.message()),
-        )
-    })?;
+    let on_disk = header::decode_body(&block0, &all).map_err(|e| corrupt(e.message()))?;
     if on_disk.id != rec.id || on_disk.map != rec.map || on_disk.image != rec.image {
-        return Err(Error::new(
-            ErrorKind::Corrupt,
-            format!(
-                "the on-disk header of '{}' describes a different staging than the state file",
-                rec.name
-            ),
+        return Err(corrupt(
+            "it describes a different staging than the state file",
         ));
     }
     Ok(())
@@ -80,7 +69,7 @@ pub fn verify(state: &StateDir, name: &str, progress: &dyn Progress) -> Result<V
         ));
     }
     let checked = staged::revalidate(&rec)?;
-    let align = u64::from(checked.target.block.logical_sector_size).max(512);
+    let align = checked.target.io_align();
     let reader = DiskReader::open(&checked.target.disk_path, checked.map)?;
     check_header(&rec, &reader, align)?;
 

@@ -60,42 +60,7 @@ fn unsupported_filesystems_are_refused() {
     let img = img.to_str().unwrap();
 
     let btrfs = LoopDisk::new(&t.path().join("b"), Fs::Btrfs, 256);
-    refused(
-        &cli,
-        11,
-        &["plan", img, "--dir", btrfs.mnt.to_str().unwrap()],
-        "btrfs",
-    );
-    refused(
-        &cli,
-        11,
-        &[
-            "stage",
-            img,
-            "--name",
-            "x",
-            "--dir",
-            btrfs.mnt.to_str().unwrap(),
-        ],
-        "copy-on-write",
-    );
-    assert!(containers_in(&btrfs.mnt).is_empty());
-
     let tmp = Mount::new("tmpfs", &t.path().join("tmpfs"), "tmpfs", "size=64m");
-    refused(
-        &cli,
-        11,
-        &[
-            "stage",
-            img,
-            "--name",
-            "x",
-            "--dir",
-            tmp.path.to_str().unwrap(),
-        ],
-        "tmpfs",
-    );
-
     for d in ["lower", "upper", "work"] {
         std::fs::create_dir(tmp.path.join(d)).unwrap();
     }
@@ -104,19 +69,27 @@ fn unsupported_filesystems_are_refused() {
         tmp.path.display()
     );
     let ovl = Mount::new("overlay", &t.path().join("ovl"), "overlay", &opts);
+
     refused(
         &cli,
         11,
-        &[
-            "stage",
-            img,
-            "--name",
-            "x",
-            "--dir",
-            ovl.path.to_str().unwrap(),
-        ],
-        "overlay",
+        &["plan", img, "--dir", btrfs.mnt.to_str().unwrap()],
+        "btrfs",
     );
+    // (directory, what the message must name)
+    for (dir, word) in [
+        (&btrfs.mnt, "copy-on-write"),
+        (&tmp.path, "tmpfs"),
+        (&ovl.path, "overlay"),
+    ] {
+        refused(
+            &cli,
+            11,
+            &["stage", img, "--name", "x", "--dir", dir.to_str().unwrap()],
+            word,
+        );
+        assert!(containers_in(dir).is_empty());
+    }
     assert!(staged_names(&cli).is_empty());
 
     // The plan lists the refusal in JSON too.
