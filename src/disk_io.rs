@@ -105,7 +105,11 @@ pub struct DiskWriter {
     bounds: (u64, u64),
     align: u64,
     written: u64,
+    zeroed: u64,
 }
+
+/// Buffer size for writing zeros where `BLKZEROOUT` is unavailable.
+const ZERO_WRITE_LEN: usize = 1 << 20;
 
 impl DiskWriter {
     /// Open the whole-disk device `disk` with O_DIRECT for writes through
@@ -168,6 +172,7 @@ impl DiskWriter {
             bounds,
             align,
             written: 0,
+            zeroed: 0,
         })
     }
 
@@ -176,10 +181,10 @@ impl DiskWriter {
         self.written
     }
 
-    /// Write `data` at container offset `offset`. Offset and length must be
-    /// multiples of the sector size and the whole range must be mapped.
-    pub fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<()> {
-        let len = data.len() as u64;
+    /// Check that container bytes `[offset, offset + len)` may be written
+    /// and return their disk runs: sector-aligned, entirely inside the map,
+    /// and every run inside the partition.
+    fn checked_runs(&self, offset: u64, len: u64) -> Result<Vec<crate::extent_map::DiskRun>> {
         if !offset.is_multiple_of(self.align) || !len.is_multiple_of(self.align) {
             return Err(Error::new(
                 ErrorKind::Io,
@@ -190,18 +195,25 @@ impl DiskWriter {
             ));
         }
         let runs = self.map.translate(offset, len)?;
-        for run in &runs {
-            if run.disk < self.bounds.0 || run.disk + run.length > self.bounds.1 {
-                return Err(Error::new(
-                    ErrorKind::Io,
-                    format!(
-                        "refused: disk bytes {}+{} lie outside the partition",
-                        run.disk, run.length
-                    ),
-                ));
-            }
+        if let Some(run) = runs
+            .iter()
+            .find(|r| r.disk < self.bounds.0 || r.disk + r.length > self.bounds.1)
+        {
+            return Err(Error::new(
+                ErrorKind::Io,
+                format!(
+                    "refused: disk bytes {}+{} lie outside the partition",
+                    run.disk, run.length
+                ),
+            ));
         }
-        for run in runs {
+        Ok(runs)
+    }
+
+    /// Write `data` at container offset `offset`. Offset and length must be
+    /// multiples of the sector size and the whole range must be mapped.
+    pub fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<()> {
+        for run in self.checked_runs(offset, data.len() as u64)? {
             let src = &data[run.buf_offset as usize..(run.buf_offset + run.length) as usize];
             self.file
                 .write_all_at(src, run.disk)
@@ -210,6 +222,42 @@ impl DiskWriter {
             self.written += run.length;
         }
         Ok(())
+    }
+
+    /// Make container bytes `[offset, offset + len)` read as zeros, under
+    /// the same checks as [`DiskWriter::write_at`]. On a block device this
+    /// is `BLKZEROOUT` (write-zeroes or unmap where the device has them);
+    /// elsewhere (a regular file standing in for a disk) zeros are written.
+    pub fn zero_at(&mut self, offset: u64, len: u64) -> Result<()> {
+        for run in self.checked_runs(offset, len)? {
+            match crate::sys::block_zero_out(&self.file, run.disk, run.length) {
+                Ok(()) => {}
+                Err(e) if e == rustix::io::Errno::NOTTY || e == rustix::io::Errno::OPNOTSUPP => {
+                    let zeros = AlignedBuf::new(ZERO_WRITE_LEN.min(run.length as usize));
+                    let mut done = 0;
+                    while done < run.length {
+                        let n = (run.length - done).min(zeros.len() as u64) as usize;
+                        self.file
+                            .write_all_at(&zeros[..n], run.disk + done)
+                            .op(|| "write zeros to the disk".into())
+                            .map_err(|e| e.with_path(&self.path).with_offset(run.disk + done))?;
+                        done += n as u64;
+                    }
+                }
+                Err(e) => {
+                    return Err(Error::io("zero a range of the disk (BLKZEROOUT)", e.into())
+                        .with_path(&self.path)
+                        .with_offset(run.disk));
+                }
+            }
+            self.zeroed += run.length;
+        }
+        Ok(())
+    }
+
+    /// Bytes made zero by [`DiskWriter::zero_at`] so far.
+    pub fn bytes_zeroed(&self) -> u64 {
+        self.zeroed
     }
 
     /// Flush the disk's write cache: everything written so far is durable.

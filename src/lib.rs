@@ -21,6 +21,7 @@ pub mod fiemap;
 pub mod header;
 pub mod hostfs;
 pub mod identity;
+pub mod input;
 pub mod plan;
 pub mod progress;
 pub mod record;

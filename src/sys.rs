@@ -161,6 +161,24 @@ pub fn block_device_size<Fd: AsFd>(fd: Fd) -> io::Result<u64> {
     }
 }
 
+/// `BLKZEROOUT = _IO(0x12, 127)`, which takes a pointer to `u64[2]`
+/// (start, length) nonetheless.
+const BLKZEROOUT: Opcode = ioctl::opcode::none(0x12, 127);
+
+/// Zero `length` bytes of the block device at byte `start` (both multiples
+/// of the logical sector size). The kernel uses the device's write-zeroes
+/// or unmap support and falls back to writing zero pages itself.
+pub fn block_zero_out<Fd: AsFd>(fd: Fd, start: u64, length: u64) -> io::Result<()> {
+    let range: [u64; 2] = [start, length];
+    // SAFETY: BLKZEROOUT only reads two u64s (start, length) through its
+    // argument pointer; the Setter passes a pointer to `range`, which is
+    // exactly `[u64; 2]` and lives for the duration of the call.
+    unsafe {
+        let ctl = ioctl::Setter::<BLKZEROOUT, [u64; 2]>::new(range);
+        ioctl::ioctl(fd, ctl)
+    }
+}
+
 /// `FS_IOC_GETVERSION = _IOR('v', 1, long)`: the inode generation number.
 const FS_IOC_GETVERSION: Opcode = ioctl::opcode::read::<std::ffi::c_long>(b'v', 1);
 

@@ -1,0 +1,659 @@
+//! Image inputs: where the bytes come from ([`transport`]), how they are
+//! compressed ([`compression`]) and how they are laid out (raw, Android
+//! sparse, qcow2, VHD, VHDX, bmap), turned into one thing the stager
+//! consumes: an [`Image`] that fills chunks of the *logical* image (the
+//! bytes that must end up on the disk), in increasing order, and says
+//! when a whole chunk is known to be zero without reading it.
+//!
+//! Detection is by content (magic bytes), never by file name. Formats
+//! with tables need random access (a local file or an HTTP server that
+//! serves ranges); a compressed or piped stream can carry raw, Android
+//! sparse or bmap-described data.
+
+pub mod bmap;
+pub mod compression;
+pub mod probe;
+pub mod qcow2;
+pub mod sparse;
+pub mod transport;
+pub mod vhd;
+pub mod vhdx;
+
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::error::{Error, ErrorKind, Result};
+use compression::Compression;
+use transport::{HttpObject, LocalFile, Location, ReadAt};
+
+/// How a chunk was filled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fill {
+    /// The buffer holds the bytes (which may still contain zero runs).
+    Data,
+    /// The whole chunk is zeros; the buffer was not touched.
+    Zero,
+}
+
+/// A decoder of the logical image.
+pub trait ImageReader: Send {
+    /// Fill `buf` with logical bytes `[offset, offset + buf.len())`.
+    /// Calls come in increasing `offset` order; gaps are skipped.
+    fn read_chunk(&mut self, offset: u64, buf: &mut [u8]) -> Result<Fill>;
+    /// After the last chunk: check what only the end can tell (nothing
+    /// left over, trailing checksums).
+    fn finish(&mut self) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// The layout of the image's bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Format {
+    Raw,
+    AndroidSparse,
+    Qcow2,
+    VhdFixed,
+    VhdDynamic,
+    Vhdx,
+    Bmap,
+}
+
+impl Format {
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Raw => "raw",
+            Format::AndroidSparse => "android-sparse",
+            Format::Qcow2 => "qcow2",
+            Format::VhdFixed => "vhd-fixed",
+            Format::VhdDynamic => "vhd-dynamic",
+            Format::Vhdx => "vhdx",
+            Format::Bmap => "bmap",
+        }
+    }
+}
+
+pub(crate) fn bad(msg: impl Into<String>) -> Error {
+    Error::new(ErrorKind::BadImage, msg)
+}
+
+/// What the user said about the image.
+#[derive(Debug, Clone, Default)]
+pub struct OpenOptions {
+    /// `--size`: required when nothing else tells the size.
+    pub size: Option<u64>,
+    /// `--bmap FILE`; by default `IMAGE.bmap` next to a local image is used.
+    pub bmap: Option<PathBuf>,
+    /// Ignore an `IMAGE.bmap` next to the image.
+    pub no_bmap: bool,
+}
+
+/// An opened image, ready to be read chunk by chunk.
+pub struct Image {
+    reader: Box<dyn ImageReader>,
+    size: u64,
+    pub format: Format,
+    pub compression: Compression,
+    pub location: Location,
+    /// A `sha256sum`-style file found next to the image, and its hash.
+    pub hash_file: Option<(PathBuf, String)>,
+}
+
+impl std::fmt::Debug for Image {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Image")
+            .field("size", &self.size)
+            .field("format", &self.format)
+            .field("compression", &self.compression)
+            .field("location", &self.location)
+            .finish()
+    }
+}
+
+/// Bytes looked at to recognize compression and formats.
+const SNIFF_LEN: usize = 1 << 20;
+
+impl Image {
+    /// Open `spec` (a path, `-` for stdin, or an http(s) URL) and recognize
+    /// its compression and format.
+    pub fn open(spec: &str, opts: &OpenOptions) -> Result<Image> {
+        let location = Location::parse(spec);
+        let img = match &location {
+            Location::Stdin => {
+                let stream: Box<dyn Read + Send> = Box::new(io::stdin());
+                open_stream(stream, None, opts, None)?
+            }
+            Location::File(path) => {
+                let file = Arc::new(LocalFile::open(path)?);
+                let bmap = match (&opts.bmap, opts.no_bmap) {
+                    (Some(b), _) => Some(b.clone()),
+                    (None, false) => {
+                        let side = PathBuf::from(format!("{}.bmap", path.display()));
+                        side.is_file().then_some(side)
+                    }
+                    (None, true) => None,
+                };
+                open_random(file.clone(), Some(path), opts, bmap, || {
+                    file.stream().map(|f| Box::new(f) as Box<dyn Read + Send>)
+                })?
+            }
+            Location::Url(url) => {
+                let object = Arc::new(HttpObject::open(url)?);
+                let streamer = Arc::clone(&object);
+                open_random(object.clone(), None, opts, opts.bmap.clone(), move || {
+                    streamer
+                        .stream_from(0)
+                        .map(|s| Box::new(s) as Box<dyn Read + Send>)
+                        .map_err(|e| io::Error::other(e.to_string()))
+                })?
+            }
+        };
+        let size = img.1;
+        if size == 0 {
+            return Err(bad("the image is empty").with_path(location.describe()));
+        }
+        if let Some(a) = opts.size
+            && a != size
+        {
+            return Err(bad(format!(
+                "--size {a} does not match the image's {size} bytes"
+            )));
+        }
+        let hash_file = match &location {
+            Location::File(p) => find_hash_file(p),
+            _ => None,
+        };
+        Ok(Image {
+            reader: img.0,
+            size,
+            format: img.2,
+            compression: img.3,
+            location,
+            hash_file,
+        })
+    }
+
+    /// The logical size: the bytes that end up on the disk.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    pub fn describe(&self) -> String {
+        self.location.describe()
+    }
+
+    /// A short description like `qcow2` or `raw, zstd`.
+    pub fn kind(&self) -> String {
+        match self.compression {
+            Compression::None => self.format.name().to_string(),
+            c => format!("{}, {}", self.format.name(), c.name()),
+        }
+    }
+
+    /// See [`ImageReader::read_chunk`].
+    pub fn read_chunk(&mut self, offset: u64, buf: &mut [u8]) -> Result<Fill> {
+        self.reader.read_chunk(offset, buf)
+    }
+
+    /// See [`ImageReader::finish`].
+    pub fn finish(&mut self) -> Result<()> {
+        self.reader.finish()
+    }
+
+    /// An image over an in-memory or test reader.
+    pub fn from_reader(reader: Box<dyn ImageReader>, size: u64, format: Format) -> Image {
+        Image {
+            reader,
+            size,
+            format,
+            compression: Compression::None,
+            location: Location::Stdin,
+            hash_file: None,
+        }
+    }
+}
+
+type Opened = (Box<dyn ImageReader>, u64, Format, Compression);
+
+/// A source with random access (file or URL): formats with tables are read
+/// in place; compressed ones are streamed through `stream`.
+fn open_random(
+    src: Arc<dyn ReadAt>,
+    path: Option<&Path>,
+    opts: &OpenOptions,
+    bmap: Option<PathBuf>,
+    stream: impl Fn() -> io::Result<Box<dyn Read + Send>>,
+) -> Result<Opened> {
+    let head_len = (src.len() as usize).min(SNIFF_LEN);
+    let mut head = vec![0u8; head_len];
+    src.read_exact_at(&mut head, 0)
+        .map_err(|e| Error::io("cannot read the image", e).with_kind(ErrorKind::BadImage))?;
+    let open_stream_err =
+        |e: io::Error| Error::io("cannot read the image", e).with_kind(ErrorKind::BadImage);
+    let compression = Compression::detect(&head);
+    if compression != Compression::None {
+        let declared = compression.declared_size(src.as_ref());
+        let gzip_isize = if compression == Compression::Gzip {
+            compression::gzip_isize(src.as_ref())
+        } else {
+            None
+        };
+        let bmap = match bmap {
+            Some(p) => Some(bmap::Bmap::load(&p)?),
+            None => None,
+        };
+        return open_stream(
+            stream().map_err(open_stream_err)?,
+            declared.or(opts.size),
+            opts,
+            gzip_isize,
+        )
+        .and_then(|(reader, size, format, c)| match bmap {
+            Some(b) => wrap_bmap(reader, size, format, b),
+            None => Ok((reader, size, format, c)),
+        })
+        .map(|(r, s, f, _)| (r, s, f, compression));
+    }
+    if qcow2::is_qcow2(&head) {
+        let path =
+            path.ok_or_else(|| bad("a qcow2 image must be a local file: download it first"))?;
+        let (reader, size) = qcow2::Qcow2Reader::open(path, src.as_ref(), &head)?;
+        return Ok((Box::new(reader), size, Format::Qcow2, Compression::None));
+    }
+    if vhdx::is_vhdx(&head) {
+        return vhdx::VhdxReader::open(src).map(|(r, s)| {
+            (
+                Box::new(r) as Box<dyn ImageReader>,
+                s,
+                Format::Vhdx,
+                Compression::None,
+            )
+        });
+    }
+    if let Some(kind) = vhd::detect(&head, src.as_ref())? {
+        return vhd::open(src, kind);
+    }
+    if sparse::is_sparse(&head) {
+        let (reader, size) = sparse::SparseReader::new(stream().map_err(open_stream_err)?)?;
+        return Ok((
+            Box::new(reader),
+            size,
+            Format::AndroidSparse,
+            Compression::None,
+        ));
+    }
+    if let Some(p) = bmap {
+        let b = bmap::Bmap::load(&p)?;
+        if b.image_size != src.len() {
+            return Err(bad(format!(
+                "{} describes a {}-byte image, but the image has {} bytes",
+                p.display(),
+                b.image_size,
+                src.len()
+            )));
+        }
+        let size = b.image_size;
+        let reader = bmap::BmapReader::new(ByteStream::random(src), b);
+        return Ok((Box::new(reader), size, Format::Bmap, Compression::None));
+    }
+    let size = src.len();
+    Ok((
+        Box::new(RawReader::new(ByteStream::random(src), size)),
+        size,
+        Format::Raw,
+        Compression::None,
+    ))
+}
+
+fn wrap_bmap(
+    reader: Box<dyn ImageReader>,
+    size: u64,
+    format: Format,
+    b: bmap::Bmap,
+) -> Result<Opened> {
+    if format != Format::Raw {
+        return Err(bad(
+            "a bmap file describes a raw image, but this one is not raw",
+        ));
+    }
+    if b.image_size != size {
+        return Err(bad(format!(
+            "the bmap file describes a {}-byte image, but the image has {size} bytes",
+            b.image_size
+        )));
+    }
+    Ok((
+        Box::new(bmap::BmapReader::over_reader(reader, b)),
+        size,
+        Format::Bmap,
+        Compression::None,
+    ))
+}
+
+/// A sequential (possibly decompressed) stream: raw or Android sparse.
+fn open_stream(
+    stream: Box<dyn Read + Send>,
+    known_size: Option<u64>,
+    opts: &OpenOptions,
+    gzip_isize: Option<u32>,
+) -> Result<Opened> {
+    let mut stream = io::BufReader::with_capacity(SNIFF_LEN, stream);
+    let mut head = Vec::with_capacity(SNIFF_LEN);
+    fill_head(&mut stream, &mut head)?;
+    let compression = Compression::detect(&head);
+    if compression != Compression::None {
+        let inner: Box<dyn Read + Send> = Box::new(io::Cursor::new(head).chain(stream));
+        let decoded = compression.decoder(inner)?;
+        return open_stream(decoded, known_size.or(opts.size), opts, gzip_isize)
+            .map(|(r, s, f, _)| (r, s, f, compression));
+    }
+    if qcow2::is_qcow2(&head) || vhdx::is_vhdx(&head) || head.starts_with(b"conectix") {
+        return Err(bad(
+            "this qcow2/VHD/VHDX image is compressed or piped: its tables need random access; decompress it to a file first (or serve it over HTTP with ranges)",
+        ));
+    }
+    let rest: Box<dyn Read + Send> = Box::new(io::Cursor::new(head.clone()).chain(stream));
+    if sparse::is_sparse(&head) {
+        let (reader, size) = sparse::SparseReader::new(rest)?;
+        return Ok((
+            Box::new(reader),
+            size,
+            Format::AndroidSparse,
+            Compression::None,
+        ));
+    }
+    let size = match known_size.or(opts.size) {
+        Some(s) => s,
+        None => probe::size_from_content(&head, gzip_isize).ok_or_else(|| {
+            bad("cannot tell how large the image is (a stream that does not declare its size): add --size BYTES")
+        })?,
+    };
+    Ok((
+        Box::new(RawReader::new(
+            ByteStream::Sequential {
+                inner: rest,
+                pos: 0,
+            },
+            size,
+        )),
+        size,
+        Format::Raw,
+        Compression::None,
+    ))
+}
+
+/// Read up to [`SNIFF_LEN`] bytes (fewer only at the end of the stream).
+fn fill_head(stream: &mut impl Read, head: &mut Vec<u8>) -> Result<()> {
+    head.resize(SNIFF_LEN, 0);
+    let mut n = 0;
+    while n < SNIFF_LEN {
+        match stream.read(&mut head[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                return Err(Error::io("cannot read the image", e).with_kind(ErrorKind::BadImage));
+            }
+        }
+    }
+    head.truncate(n);
+    Ok(())
+}
+
+/// `IMAGE.sha256` or `IMAGE.sha256sum` (`sha256sum` output, first field).
+fn find_hash_file(image: &Path) -> Option<(PathBuf, String)> {
+    ["sha256", "sha256sum"].iter().find_map(|ext| {
+        let p = PathBuf::from(format!("{}.{ext}", image.display()));
+        let text = std::fs::read_to_string(&p).ok()?;
+        let hash = parse_hash_text(&text)?;
+        Some((p, hash))
+    })
+}
+
+/// The first SHA-256 in `sha256sum` style text.
+pub fn parse_hash_text(text: &str) -> Option<String> {
+    let word = text.split_whitespace().next()?;
+    let word = word.to_ascii_lowercase();
+    (word.len() == 64 && word.bytes().all(|b| b.is_ascii_hexdigit())).then_some(word)
+}
+
+/// Sequential access to source bytes: a random-access source read in
+/// order (which can skip and knows holes), or a plain stream (which skips
+/// by reading).
+pub enum ByteStream {
+    Random {
+        src: Arc<dyn ReadAt>,
+        pos: u64,
+    },
+    Sequential {
+        inner: Box<dyn Read + Send>,
+        pos: u64,
+    },
+}
+
+impl ByteStream {
+    pub fn random(src: Arc<dyn ReadAt>) -> ByteStream {
+        ByteStream::Random { src, pos: 0 }
+    }
+
+    pub fn pos(&self) -> u64 {
+        match self {
+            ByteStream::Random { pos, .. } | ByteStream::Sequential { pos, .. } => *pos,
+        }
+    }
+
+    /// Move forward to `to` (never backwards).
+    pub fn skip_to(&mut self, to: u64) -> Result<()> {
+        match self {
+            ByteStream::Random { pos, .. } => {
+                *pos = to.max(*pos);
+                Ok(())
+            }
+            ByteStream::Sequential { inner, pos } => {
+                if to > *pos {
+                    let n = io::copy(&mut inner.by_ref().take(to - *pos), &mut io::sink())
+                        .map_err(|e| {
+                            Error::io("cannot read the image", e).with_kind(ErrorKind::BadImage)
+                        })?;
+                    *pos += n;
+                    if *pos < to {
+                        return Err(
+                            bad(format!("the image ended after {} bytes", *pos)).with_offset(*pos)
+                        );
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Fill `buf` from the current position; an early end is
+    /// [`ErrorKind::BadImage`].
+    pub fn read_full(&mut self, buf: &mut [u8]) -> Result<()> {
+        match self {
+            ByteStream::Random { src, pos } => {
+                src.read_exact_at(buf, *pos).map_err(|e| {
+                    let what = if e.kind() == io::ErrorKind::UnexpectedEof {
+                        "the image ends early"
+                    } else {
+                        "cannot read the image"
+                    };
+                    Error::io(what, e)
+                        .with_kind(ErrorKind::BadImage)
+                        .with_offset(*pos)
+                })?;
+                *pos += buf.len() as u64;
+                Ok(())
+            }
+            ByteStream::Sequential { inner, pos } => {
+                let mut filled = 0;
+                while filled < buf.len() {
+                    match inner.read(&mut buf[filled..]) {
+                        Ok(0) => {
+                            return Err(bad(format!(
+                                "the image ended after {} bytes (truncated image, corrupt compressed stream, or stdin closed early)",
+                                *pos + filled as u64
+                            ))
+                            .with_offset(*pos + filled as u64));
+                        }
+                        Ok(n) => filled += n,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => {
+                            return Err(Error::io("cannot read the image", e)
+                                .with_kind(ErrorKind::BadImage)
+                                .with_offset(*pos + filled as u64));
+                        }
+                    }
+                }
+                *pos += buf.len() as u64;
+                Ok(())
+            }
+        }
+    }
+
+    /// Holes of a random-access source: `Some(n)` when the next `n` bytes
+    /// from the current position are known zeros.
+    pub fn known_zero_run(&self, max: u64) -> u64 {
+        match self {
+            ByteStream::Random { src, pos } => match src.next_data(*pos) {
+                None => max,
+                Some(d) => (d - *pos).min(max),
+            },
+            ByteStream::Sequential { .. } => 0,
+        }
+    }
+
+    /// The end must come now: nothing may follow `expected` bytes.
+    pub fn expect_end(&mut self, expected: u64) -> Result<()> {
+        match self {
+            ByteStream::Random { src, .. } => {
+                if src.len() != expected {
+                    return Err(bad(format!(
+                        "the image has {} bytes where {expected} were expected",
+                        src.len()
+                    )));
+                }
+                Ok(())
+            }
+            ByteStream::Sequential { inner, pos } => {
+                let mut one = [0u8; 1];
+                loop {
+                    match inner.read(&mut one) {
+                        Ok(0) => return Ok(()),
+                        Ok(_) => {
+                            return Err(bad(format!(
+                                "the image is longer than the expected {expected} bytes (at byte {pos})"
+                            )));
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => {
+                            return Err(Error::io("cannot read the image", e)
+                                .with_kind(ErrorKind::BadImage));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A raw image: the source bytes are the logical bytes.
+pub struct RawReader {
+    src: ByteStream,
+    size: u64,
+}
+
+impl RawReader {
+    pub fn new(src: ByteStream, size: u64) -> RawReader {
+        RawReader { src, size }
+    }
+}
+
+impl ImageReader for RawReader {
+    fn read_chunk(&mut self, offset: u64, buf: &mut [u8]) -> Result<Fill> {
+        self.src.skip_to(offset)?;
+        let len = buf.len() as u64;
+        if offset + len > self.size {
+            return Err(bad("read past the end of the image"));
+        }
+        let mut done = 0u64;
+        let mut any_data = false;
+        while done < len {
+            let zeros = self.src.known_zero_run(len - done);
+            if zeros > 0 {
+                buf[done as usize..(done + zeros) as usize].fill(0);
+                done += zeros;
+                let to = self.src.pos() + zeros;
+                self.src.skip_to(to)?;
+                continue;
+            }
+            let data_len = match &self.src {
+                ByteStream::Random { src, pos } => (src.next_hole(*pos) - *pos).min(len - done),
+                ByteStream::Sequential { .. } => len - done,
+            }
+            .max(1);
+            self.src
+                .read_full(&mut buf[done as usize..(done + data_len) as usize])?;
+            done += data_len;
+            any_data = true;
+        }
+        Ok(if any_data { Fill::Data } else { Fill::Zero })
+    }
+
+    fn finish(&mut self) -> Result<()> {
+        self.src.skip_to(self.size)?;
+        self.src.expect_end(self.size)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raw_file_with_holes_reports_zero_chunks() {
+        let t = tempfile::NamedTempFile::new().unwrap();
+        t.as_file().set_len(16 << 20).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(t.as_file(), &[7u8; 8192], 5 << 20).unwrap();
+        let mut img = Image::open(t.path().to_str().unwrap(), &OpenOptions::default()).unwrap();
+        assert_eq!(img.format, Format::Raw);
+        let mut buf = vec![1u8; 4 << 20];
+        assert_eq!(img.read_chunk(0, &mut buf).unwrap(), Fill::Zero);
+        assert_eq!(img.read_chunk(4 << 20, &mut buf).unwrap(), Fill::Data);
+        assert!(buf[..1 << 20].iter().all(|&b| b == 0));
+        assert_eq!(&buf[1 << 20..(1 << 20) + 8192], &[7u8; 8192][..]);
+        assert!(buf[(1 << 20) + 8192..].iter().all(|&b| b == 0));
+        assert_eq!(img.read_chunk(12 << 20, &mut buf).unwrap(), Fill::Zero);
+        img.finish().unwrap();
+    }
+
+    #[test]
+    fn compressed_stream_size_and_bytes() {
+        let t = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..(3u32 << 20)).map(|i| (i % 251) as u8).collect();
+        let p = t.path().join("img.zst");
+        std::fs::write(&p, zstd::bulk::compress(&data, 1).unwrap()).unwrap();
+        let mut img = Image::open(p.to_str().unwrap(), &OpenOptions::default()).unwrap();
+        assert_eq!(img.size(), data.len() as u64);
+        assert_eq!(img.kind(), "raw, zstd");
+        let mut buf = vec![0u8; 1 << 20];
+        for i in 0..3u64 {
+            img.read_chunk(i << 20, &mut buf).unwrap();
+            assert!(buf[..] == data[(i as usize) << 20..((i as usize) + 1) << 20]);
+        }
+        img.finish().unwrap();
+    }
+
+    #[test]
+    fn hash_text() {
+        let h = "ab".repeat(32);
+        assert_eq!(
+            parse_hash_text(&format!("{h}  disk.img\n")),
+            Some(h.clone())
+        );
+        assert_eq!(parse_hash_text(&h.to_uppercase()), Some(h));
+        assert_eq!(parse_hash_text("nothex  x"), None);
+    }
+}
