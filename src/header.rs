@@ -289,7 +289,7 @@ mod tests {
     #[test]
     fn refuses_a_header_larger_than_reserved() {
         let mut rec = sample_record();
-        rec.image.chunk_sha256 = vec!["00".repeat(32); 20_000];
+        rec.image.chunk_blake3 = vec!["00".repeat(32); 20_000];
         assert_eq!(
             encode(&rec, 4096).unwrap_err().kind(),
             ErrorKind::UnsupportedFilesystem

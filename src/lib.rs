@@ -26,7 +26,6 @@ pub mod plan;
 pub mod progress;
 pub mod record;
 pub mod scan;
-pub mod source;
 pub mod stage;
 pub mod staged;
 pub mod state_dir;

@@ -61,30 +61,66 @@ struct Cli {
     command: Command,
 }
 
+/// How to read the image.
+#[derive(clap::Args, Debug, Clone)]
+struct ImageArgs {
+    /// Image size in bytes: needed for stdin or a compressed stream that
+    /// does not declare its size; checked against the image otherwise.
+    #[arg(long)]
+    size: Option<u64>,
+    /// bmap file for a raw image (default: IMAGE.bmap next to a local image).
+    #[arg(long, value_name = "FILE")]
+    bmap: Option<PathBuf>,
+    /// Ignore an IMAGE.bmap next to the image.
+    #[arg(long, conflicts_with = "bmap")]
+    no_bmap: bool,
+}
+
+impl ImageArgs {
+    fn options(&self) -> liverestore::input::OpenOptions {
+        liverestore::input::OpenOptions {
+            size: self.size,
+            bmap: self.bmap.clone(),
+            no_bmap: self.no_bmap,
+            start_at: 0,
+        }
+    }
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Preflight: show what staging IMAGE into DIR would do and what would
     /// refuse it, writing nothing. Exits non-zero if staging would be refused.
     Plan {
-        /// Image file, block device, or `-` for stdin (with --size).
+        /// Image file, block device, http(s) URL, or `-` for stdin.
         image: String,
         /// Directory on a mounted ext4 or xfs filesystem of the target disk.
         #[arg(long)]
         dir: PathBuf,
-        /// Image size in bytes (required for stdin).
-        #[arg(long)]
-        size: Option<u64>,
+        #[command(flatten)]
+        input: ImageArgs,
         /// Also check that this name is free.
         #[arg(long)]
         name: Option<String>,
     },
     /// Stage IMAGE into a pinned container in DIR and write it to the disk.
     ///
+    /// IMAGE is a file, a block device, an http(s):// URL (streamed, never
+    /// stored; a dropped connection is resumed with a range request) or `-`
+    /// for stdin. Recognized by content, not by name:
+    ///   compression: gzip, xz (multithreaded), zstd
+    ///   layout:      raw, qcow2, VHD (fixed, dynamic), VHDX, Android sparse,
+    ///                raw + bmap (IMAGE.bmap, or --bmap FILE)
+    /// Runs of zeros are zeroed on the disk (BLKZEROOUT) instead of written.
+    /// A SHA-256 from --sha256 or from IMAGE.sha256 / IMAGE.sha256sum must
+    /// match before the staging counts as complete; otherwise it is marked
+    /// failed.
+    ///
     /// With --resume NAME, continue a staging interrupted by a crash or
     /// power loss: IMAGE defaults to the recorded path (`-` to pipe it again).
     #[command(verbatim_doc_comment)]
     Stage {
-        /// Image file, block device, or `-` for stdin (with --size).
+        /// Image file, block device, http(s) URL, or `-` for stdin.
         image: Option<String>,
         /// Name of the staged image (letters, digits, '.', '-', '_').
         #[arg(long, required_unless_present = "resume", conflicts_with = "resume")]
@@ -92,9 +128,11 @@ enum Command {
         /// Directory on a mounted ext4 or xfs filesystem of the target disk.
         #[arg(long, required_unless_present = "resume", conflicts_with = "resume")]
         dir: Option<PathBuf>,
-        /// Image size in bytes (required for stdin).
-        #[arg(long)]
-        size: Option<u64>,
+        #[command(flatten)]
+        input: ImageArgs,
+        /// The image's SHA-256 (64 hex digits): checked before completing.
+        #[arg(long, value_name = "HEX")]
+        sha256: Option<String>,
         /// Continue the interrupted staging NAME.
         #[arg(long, value_name = "NAME")]
         resume: Option<String>,
@@ -160,10 +198,10 @@ fn run(cli: Cli) -> Outcome {
         Command::Plan {
             image,
             dir,
-            size,
+            input,
             name,
         } => {
-            let size = liverestore::source::ImageSource::open(&image, size).map(|s| s.size());
+            let size = liverestore::input::Image::open(&image, &input.options()).map(|s| s.size());
             let a = plan::assess(&state, &dir, name.as_deref(), size);
             let p = &a.plan;
             if cli.json {
@@ -196,7 +234,8 @@ fn run(cli: Cli) -> Outcome {
             image,
             name,
             dir,
-            size,
+            input,
+            sha256,
             resume,
         } => {
             let rec = match (resume, name, dir) {
@@ -211,7 +250,8 @@ fn run(cli: Cli) -> Outcome {
                         name: &name,
                         dir: &dir,
                         image: &image,
-                        size,
+                        open: input.options(),
+                        sha256,
                     };
                     stage::stage(&state, &req, progress.as_ref())?
                 }
@@ -221,17 +261,25 @@ fn run(cli: Cli) -> Outcome {
                 emit_json(&json!({
                     "event": "result", "ok": true, "name": rec.name, "state": rec.state.as_str(),
                     "image_size": rec.image.size, "sha256": rec.image.sha256,
+                    "kind": rec.image.kind, "disk_written": rec.image.disk_written,
+                    "disk_zeroed": rec.image.disk_zeroed,
                     "container": rec.container.path, "disk": rec.disk.path,
                     "extents": rec.image_map()?.extents().len(),
                 }));
             } else {
                 println!(
-                    "staged '{}': {} onto {} in {} extents; sha256 {}",
+                    "staged '{}' ({}): {} onto {} in {} extents ({} written, {} zeroed); sha256 {}",
                     rec.name,
+                    rec.image.kind,
                     human_bytes(rec.image.size),
                     rec.disk.path,
                     rec.image_map()?.extents().len(),
-                    rec.image.sha256.as_deref().unwrap_or("-")
+                    human_bytes(rec.image.disk_written),
+                    human_bytes(rec.image.disk_zeroed),
+                    rec.image
+                        .sha256
+                        .as_deref()
+                        .unwrap_or("not computed (no --sha256)")
                 );
             }
             Ok(0)
@@ -284,10 +332,14 @@ fn run(cli: Cli) -> Outcome {
                 println!("id:          {}", rec.id);
                 println!("state:       {}", rec.state.as_str());
                 println!(
-                    "image:       {} ({})",
+                    "image:       {} ({}, {})",
                     rec.image.source.as_deref().unwrap_or("stdin"),
+                    rec.image.kind,
                     human_bytes(rec.image.size)
                 );
+                if let Some(f) = &rec.image.failure {
+                    println!("failure:     {f}");
+                }
                 println!(
                     "written:     {} of {} bytes",
                     rec.image.written, rec.image.size

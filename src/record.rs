@@ -13,7 +13,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::extent_map::ExtentMap;
 
 /// Current record format version.
-pub const RECORD_VERSION: u32 = 1;
+pub const RECORD_VERSION: u32 = 2;
 
 /// Where a staging is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -26,6 +26,9 @@ pub enum StagingState {
     Staging,
     /// Every byte is written, synced, hashed and the map re-checked.
     Complete,
+    /// Written, but the image did not match the SHA-256 it had to match:
+    /// `verify` and activation refuse it; discard it.
+    Failed,
 }
 
 impl StagingState {
@@ -34,6 +37,7 @@ impl StagingState {
             StagingState::Allocating => "allocating",
             StagingState::Staging => "staging",
             StagingState::Complete => "complete",
+            StagingState::Failed => "failed",
         }
     }
 }
@@ -41,8 +45,14 @@ impl StagingState {
 /// The image that was (or is being) staged.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImageInfo {
-    /// The path it was read from; None for stdin.
+    /// The path or URL it was read from; None for stdin.
     pub source: Option<String>,
+    /// Layout and compression as recognized (`raw`, `qcow2, zstd`, …).
+    #[serde(default)]
+    pub kind: String,
+    /// The bmap file used, if any.
+    #[serde(default)]
+    pub bmap: Option<String>,
     /// Its size in bytes.
     pub size: u64,
     /// Bytes per hashed chunk (the last chunk may be shorter).
@@ -50,10 +60,24 @@ pub struct ImageInfo {
     /// Image bytes written and synced to disk so far (a multiple of
     /// `chunk_size`, or `size` when done).
     pub written: u64,
-    /// SHA-256 (hex) of each chunk written so far.
-    pub chunk_sha256: Vec<String>,
-    /// SHA-256 (hex) of the whole image, once complete.
+    /// BLAKE3 (hex) of each chunk written so far.
+    pub chunk_blake3: Vec<String>,
+    /// SHA-256 (hex) the image must have (`--sha256` or a hash file), if
+    /// one was given.
+    #[serde(default)]
+    pub expected_sha256: Option<String>,
+    /// SHA-256 (hex) of the whole image, when it was computed (it is when
+    /// one was expected).
     pub sha256: Option<String>,
+    /// Why a `failed` staging failed.
+    #[serde(default)]
+    pub failure: Option<String>,
+    /// Bytes the last staging run wrote to the disk, and bytes it zeroed
+    /// with `BLKZEROOUT` instead of writing.
+    #[serde(default)]
+    pub disk_written: u64,
+    #[serde(default)]
+    pub disk_zeroed: u64,
 }
 
 impl ImageInfo {
@@ -232,8 +256,14 @@ pub(crate) mod tests {
                 size: 10 << 20,
                 chunk_size: 4 << 20,
                 written: 4 << 20,
-                chunk_sha256: vec!["ab".repeat(32)],
+                kind: "raw".into(),
+                bmap: None,
+                chunk_blake3: vec!["ab".repeat(32)],
+                expected_sha256: None,
                 sha256: None,
+                failure: None,
+                disk_written: 0,
+                disk_zeroed: 0,
             },
             container: ContainerInfo {
                 path: "/var/tmp/web-01.lrc".into(),

@@ -18,6 +18,8 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
+use crate::input::{Fill, Image, OpenOptions};
+
 use crate::container::{self, ContainerFile};
 use crate::disk_io::{AlignedBuf, DiskReader, DiskWriter};
 use crate::error::{Error, ErrorKind, Result};
@@ -27,7 +29,6 @@ use crate::identity;
 use crate::plan::{self, CHUNK_SIZE};
 use crate::progress::Progress;
 use crate::record::{ContainerInfo, ImageInfo, RECORD_VERSION, StagingRecord, StagingState};
-use crate::source::ImageSource;
 use crate::staged;
 use crate::state_dir::StateDir;
 
@@ -38,15 +39,31 @@ const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(5);
 /// Chunks in flight between the reader/hasher thread and the writer.
 const PIPELINE_DEPTH: usize = 3;
 
+/// Granularity of zero detection: a run of zero grains is zeroed on the
+/// disk (`BLKZEROOUT`) instead of written.
+pub const ZERO_GRAIN: usize = 64 << 10;
+
 /// What to stage.
 #[derive(Debug, Clone)]
 pub struct StageRequest<'a> {
     pub name: &'a str,
     pub dir: &'a Path,
-    /// A path, or `-` for stdin.
+    /// A path, an http(s) URL, or `-` for stdin.
     pub image: &'a str,
-    /// The announced size (required for stdin).
-    pub size: Option<u64>,
+    /// `--size`, `--bmap`, …
+    pub open: OpenOptions,
+    /// `--sha256`: the staging only completes when the image has it.
+    pub sha256: Option<String>,
+}
+
+/// A SHA-256 as 64 lowercase hex digits, or [`ErrorKind::BadImage`].
+pub fn parse_sha256(text: &str) -> Result<String> {
+    crate::input::parse_hash_text(text).ok_or_else(|| {
+        Error::new(
+            ErrorKind::BadImage,
+            format!("'{text}' is not a SHA-256 (64 hex digits)"),
+        )
+    })
 }
 
 /// Stage a new image. On any error everything created is removed again.
@@ -58,8 +75,9 @@ pub fn stage(
     plan::require_root()?;
     crate::record::validate_name(req.name)?;
     let _lock = state.lock()?;
+    let expected = req.sha256.as_deref().map(parse_sha256).transpose()?;
     // An image that cannot be opened is one of the refusals `assess` lists.
-    let (source, size) = match ImageSource::open(req.image, req.size) {
+    let (source, size) = match Image::open(req.image, &req.open) {
         Ok(s) => {
             let size = s.size();
             (Some(s), Ok(size))
@@ -90,12 +108,20 @@ pub fn stage(
         state: StagingState::Allocating,
         created_unix,
         image: ImageInfo {
-            source: source.path().map(|p| p.display().to_string()),
+            source: source.location.recorded(),
+            kind: source.kind(),
+            bmap: (source.format == crate::input::Format::Bmap)
+                .then(|| req.open.bmap.clone().map(|b| b.display().to_string()))
+                .flatten(),
             size: layout.image_size,
             chunk_size: CHUNK_SIZE,
             written: 0,
-            chunk_sha256: Vec::new(),
+            chunk_blake3: Vec::new(),
+            expected_sha256: expected.or_else(|| source.hash_file.as_ref().map(|(_, h)| h.clone())),
             sha256: None,
+            failure: None,
+            disk_written: 0,
+            disk_zeroed: 0,
         },
         container: ContainerInfo {
             path: container_path.display().to_string(),
@@ -113,6 +139,10 @@ pub fn stage(
     let result = allocate(state, &mut rec, &target, layout.max_extents, progress)
         .and_then(|()| write_image(state, &mut rec, &mut source, &target, false, progress));
     if let Err(e) = result {
+        if rec.state == StagingState::Failed {
+            // Kept on purpose so that the user sees why; discard removes it.
+            return Err(e);
+        }
         // Nothing half-done is left: remove the container and the record.
         let cleanup = container::remove(&container_path).and_then(|()| state.remove(&rec.name));
         if let Err(c) = cleanup {
@@ -155,6 +185,12 @@ pub fn resume(
                 ),
             ));
         }
+        StagingState::Failed => {
+            return Err(Error::new(
+                ErrorKind::InvalidState,
+                format!("'{name}' failed and cannot be resumed; run `liverestore discard {name}`"),
+            ));
+        }
         StagingState::Staging => {}
     }
     let spec = match (image, &rec.image.source) {
@@ -167,8 +203,16 @@ pub fn resume(
             ));
         }
     };
-    let announced = (spec == "-").then_some(rec.image.size);
-    let mut source = ImageSource::open(&spec, announced)?;
+    let remote = spec.starts_with("http://") || spec.starts_with("https://");
+    let opts = OpenOptions {
+        size: (spec == "-").then_some(rec.image.size),
+        bmap: rec.image.bmap.as_ref().map(std::path::PathBuf::from),
+        no_bmap: rec.image.kind != "bmap",
+        // A URL is not downloaded again: the staged chunks are only
+        // checked on the disk.
+        start_at: if remote { rec.image.written } else { 0 },
+    };
+    let mut source = Image::open(&spec, &opts)?;
     if source.size() != rec.image.size {
         return Err(Error::new(
             ErrorKind::BadImage,
@@ -230,18 +274,79 @@ fn allocate(
     state.save(rec)
 }
 
-/// What flows down the pipeline: read → chunk hash → whole-image hash → write.
+/// A run of a chunk, in bytes from the chunk's start: data to write, or
+/// zeros to make with `BLKZEROOUT`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ChunkRun {
+    start: usize,
+    len: usize,
+    zero: bool,
+}
+
+/// What flows down the pipeline: read → hash and find zeros → write.
 enum Message {
     Chunk {
         index: u64,
         buf: AlignedBuf,
         len: usize,
-        sha256: [u8; 32],
+        fill: Fill,
+        blake3: String,
+        runs: Vec<ChunkRun>,
     },
     Done {
-        sha256: [u8; 32],
+        sha256: Option<[u8; 32]>,
     },
     Failed(Error),
+}
+
+/// Whether `b` is all zeros (in 64-byte blocks the compiler vectorizes).
+fn is_zero(b: &[u8]) -> bool {
+    let mut blocks = b.chunks_exact(64);
+    blocks.all(|c| c.iter().fold(0u8, |a, &x| a | x) == 0)
+        && blocks.remainder().iter().all(|&x| x == 0)
+}
+
+/// Split `buf` into data and zero runs of whole [`ZERO_GRAIN`]s (the last
+/// grain may be shorter), merging neighbours of the same kind.
+fn zero_runs(buf: &[u8]) -> Vec<ChunkRun> {
+    let mut runs: Vec<ChunkRun> = Vec::new();
+    for (i, grain) in buf.chunks(ZERO_GRAIN).enumerate() {
+        let zero = is_zero(grain);
+        match runs.last_mut() {
+            Some(r) if r.zero == zero => r.len += grain.len(),
+            _ => runs.push(ChunkRun {
+                start: i * ZERO_GRAIN,
+                len: grain.len(),
+                zero,
+            }),
+        }
+    }
+    runs
+}
+
+/// Zeroing requests are merged across chunks and sent when data follows,
+/// at a checkpoint, or at the end: a long run of zeros is one ioctl.
+#[derive(Default)]
+struct PendingZero(Option<(u64, u64)>);
+
+impl PendingZero {
+    fn add(&mut self, writer: &mut DiskWriter, offset: u64, len: u64) -> Result<()> {
+        match &mut self.0 {
+            Some((o, l)) if *o + *l == offset => *l += len,
+            _ => {
+                self.flush(writer)?;
+                self.0 = Some((offset, len));
+            }
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self, writer: &mut DiskWriter) -> Result<()> {
+        if let Some((o, l)) = self.0.take() {
+            writer.zero_at(o, l)?;
+        }
+        Ok(())
+    }
 }
 
 fn align_up(n: u64, a: u64) -> u64 {
@@ -261,7 +366,7 @@ fn write_header(writer: &mut DiskWriter, rec: &StagingRecord, align: u64) -> Res
 fn write_image(
     state: &StateDir,
     rec: &mut StagingRecord,
-    source: &mut ImageSource,
+    source: &mut Image,
     target: &HostTarget,
     resuming: bool,
     progress: &dyn Progress,
@@ -283,11 +388,14 @@ fn write_image(
     } else {
         0
     };
-    rec.image.chunk_sha256.truncate(committed as usize);
+    rec.image.chunk_blake3.truncate(committed as usize);
     let data_offset = rec.container.data_offset;
 
+    let want_sha256 = rec.image.expected_sha256.is_some();
+    // Chunks before `first` are not read again (a URL resumes with a range).
+    let first = (source.starts_at / chunk).min(committed);
     progress.begin("stage", size);
-    let full_sha256 = std::thread::scope(|s| -> Result<[u8; 32]> {
+    let full_sha256 = std::thread::scope(|s| -> Result<Option<[u8; 32]>> {
         let (tx, rx) = mpsc::sync_channel::<Message>(PIPELINE_DEPTH);
         let (free_tx, free_rx) = mpsc::channel::<AlignedBuf>();
         for _ in 0..2 * PIPELINE_DEPTH + 3 {
@@ -295,50 +403,94 @@ fn write_image(
                 .send(AlignedBuf::new(chunk as usize))
                 .expect("receiver alive");
         }
-        // Stage 1: read each chunk and hash it (the per-chunk hashes).
-        let (hashed_tx, hashed_rx) = mpsc::sync_channel::<Message>(PIPELINE_DEPTH);
+        // Stage 1: read (and decompress, decode) each chunk.
+        let (read_tx, read_rx) = mpsc::sync_channel::<Message>(PIPELINE_DEPTH);
         s.spawn(move || {
-            for index in 0..chunks {
+            for index in first..chunks {
                 let Ok(mut buf) = free_rx.recv() else { return };
                 let offset = index * chunk;
                 let len = (size - offset).min(chunk) as usize;
-                if let Err(e) = source.read_chunk(offset, &mut buf[..len]) {
-                    let _ = hashed_tx.send(Message::Failed(e));
-                    return;
+                let fill = match source.read_chunk(offset, &mut buf[..len]) {
+                    Ok(f) => f,
+                    Err(e) => {
+                        let _ = read_tx.send(Message::Failed(e));
+                        return;
+                    }
+                };
+                if fill == Fill::Data && len < buf.len() {
+                    buf[len..].fill(0); // sector padding of the last chunk
                 }
-                buf[len..].fill(0);
-                let sha256: [u8; 32] = Sha256::digest(&buf[..len]).into();
-                if hashed_tx
-                    .send(Message::Chunk {
-                        index,
-                        buf,
-                        len,
-                        sha256,
-                    })
-                    .is_err()
-                {
+                let msg = Message::Chunk {
+                    index,
+                    buf,
+                    len,
+                    fill,
+                    blake3: String::new(),
+                    runs: Vec::new(),
+                };
+                if read_tx.send(msg).is_err() {
                     return;
                 }
             }
-            let msg = match source.expect_end() {
-                // The whole-image hash is filled in by stage 2.
-                Ok(()) => Message::Done { sha256: [0; 32] },
+            let msg = match source.finish() {
+                Ok(()) => Message::Done { sha256: None },
                 Err(e) => Message::Failed(e),
             };
-            let _ = hashed_tx.send(msg);
+            let _ = read_tx.send(msg);
         });
-        // Stage 2: the whole-image hash, in parallel with stage 1's next
-        // chunk and the writer's previous one.
+        // Stage 2: chunk hashes, zero runs and (when one is expected) the
+        // whole-image SHA-256, in parallel with reading and writing.
         s.spawn(move || {
-            let mut whole = Sha256::new();
-            for msg in hashed_rx {
+            let mut whole = want_sha256.then(Sha256::new);
+            let zeros = AlignedBuf::new(chunk as usize);
+            let zero_hash = blake3::hash(&zeros).to_hex().to_string();
+            for msg in read_rx {
                 let msg = match msg {
-                    Message::Chunk { ref buf, len, .. } => {
-                        whole.update(&buf[..len]);
-                        msg
+                    Message::Chunk {
+                        index,
+                        buf,
+                        len,
+                        fill,
+                        ..
+                    } => {
+                        let io_len = align_up(len as u64, align) as usize;
+                        let (blake3, runs, data): (String, Vec<ChunkRun>, &[u8]) = match fill {
+                            Fill::Zero => {
+                                let hash = if len == zeros.len() {
+                                    zero_hash.clone()
+                                } else {
+                                    blake3::hash(&zeros[..len]).to_hex().to_string()
+                                };
+                                (
+                                    hash,
+                                    vec![ChunkRun {
+                                        start: 0,
+                                        len: io_len,
+                                        zero: true,
+                                    }],
+                                    &zeros[..len],
+                                )
+                            }
+                            Fill::Data => (
+                                blake3::hash(&buf[..len]).to_hex().to_string(),
+                                zero_runs(&buf[..io_len]),
+                                &buf[..len],
+                            ),
+                        };
+                        if let Some(w) = whole.as_mut() {
+                            w.update(data);
+                        }
+                        Message::Chunk {
+                            index,
+                            buf,
+                            len,
+                            fill,
+                            blake3,
+                            runs,
+                        }
                     }
                     Message::Done { .. } => Message::Done {
-                        sha256: std::mem::take(&mut whole).finalize().into(),
+                        sha256: whole.take().map(|w| w.finalize().into()),
                     },
                     failed => failed,
                 };
@@ -352,43 +504,63 @@ fn write_image(
         // Writer: this thread.
         let mut last_checkpoint = (0u64, Instant::now());
         let mut check_buf = AlignedBuf::new(chunk as usize);
+        let mut pending = PendingZero::default();
         for msg in rx {
             match msg {
                 Message::Failed(e) => return Err(e),
-                Message::Done { sha256 } => return Ok(sha256),
+                Message::Done { sha256 } => {
+                    pending.flush(&mut writer)?;
+                    return Ok(sha256);
+                }
                 Message::Chunk {
                     index,
-                    buf,
+                    mut buf,
                     len,
-                    sha256,
+                    fill,
+                    blake3,
+                    runs,
                 } => {
                     let offset = index * chunk;
+                    let at = data_offset + offset;
                     let io_len = align_up(len as u64, align) as usize;
-                    let hex = hex::encode(sha256);
                     if index < committed {
-                        if rec.image.chunk_sha256[index as usize] != hex {
+                        if rec.image.chunk_blake3[index as usize] != blake3 {
                             return Err(Error::new(
                                 ErrorKind::BadImage,
                                 format!("this is not the image being staged as '{}': chunk {index} differs", rec.name),
                             )
                             .with_offset(offset));
                         }
-                        reader.read_at(data_offset + offset, &mut check_buf[..io_len])?;
-                        if Sha256::digest(&check_buf[..len]).as_slice() != sha256 {
+                        reader.read_at(at, &mut check_buf[..io_len])?;
+                        if blake3::hash(&check_buf[..len]).to_hex().as_str() != blake3 {
                             progress.note(&format!(
                                 "chunk {index} on disk differs from the record; rewriting it"
                             ));
-                            writer.write_at(data_offset + offset, &buf[..io_len])?;
+                            if fill == Fill::Zero {
+                                buf[..io_len].fill(0);
+                            }
+                            writer.write_at(at, &buf[..io_len])?;
                         }
                     } else {
-                        writer.write_at(data_offset + offset, &buf[..io_len])?;
-                        rec.image.chunk_sha256.push(hex);
+                        for run in &runs {
+                            let run_at = at + run.start as u64;
+                            if run.zero {
+                                pending.add(&mut writer, run_at, run.len as u64)?;
+                            } else {
+                                pending.flush(&mut writer)?;
+                                writer.write_at(run_at, &buf[run.start..run.start + run.len])?;
+                            }
+                        }
+                        rec.image.chunk_blake3.push(blake3);
                         let done = offset + len as u64;
                         if done - last_checkpoint.0 >= CHECKPOINT_BYTES
                             || last_checkpoint.1.elapsed() >= CHECKPOINT_INTERVAL
                         {
+                            pending.flush(&mut writer)?;
                             writer.sync()?;
                             rec.image.written = done.min(size);
+                            rec.image.disk_written = writer.bytes_written();
+                            rec.image.disk_zeroed = writer.bytes_zeroed();
                             state.save(rec)?;
                             last_checkpoint = (done, Instant::now());
                         }
@@ -407,7 +579,9 @@ fn write_image(
 
     writer.sync()?;
     rec.image.written = size;
-    rec.image.sha256 = Some(hex::encode(full_sha256));
+    rec.image.disk_written = writer.bytes_written();
+    rec.image.disk_zeroed = writer.bytes_zeroed();
+    rec.image.sha256 = full_sha256.map(hex::encode);
     // The filesystem must still see the container where we wrote it.
     let now = ContainerFile::open(Path::new(&rec.container.path))?
         .map(target.block.start, target.fs_block_size)?;
@@ -415,6 +589,20 @@ fn write_image(
         return Err(Error::new(
             ErrorKind::MapChanged,
             format!("the container moved while staging: {diff}"),
+        ));
+    }
+    if let (Some(expected), Some(actual)) = (&rec.image.expected_sha256, &rec.image.sha256)
+        && expected != actual
+    {
+        let why = format!("the image's SHA-256 is {actual}, but {expected} was expected");
+        rec.state = StagingState::Failed;
+        rec.image.failure = Some(why.clone());
+        write_header(&mut writer, rec, align)?;
+        writer.sync()?;
+        state.save(rec)?;
+        return Err(Error::new(
+            ErrorKind::VerifyFailed,
+            format!("{why}; '{}' is marked failed: discard it", rec.name),
         ));
     }
     rec.state = StagingState::Complete;

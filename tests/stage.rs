@@ -182,11 +182,12 @@ fn stage_from_stdin_with_json_progress_and_raw_scan() {
     let disk = LoopDisk::new(t.path(), Fs::Ext4, 256);
     let cli = Cli::new(t.path());
     let image = random_bytes((80 * MIB) as usize, 3);
+    let expected = sha256_hex(&image);
     let mut child = cli.spawn_stdin_stage(
         image.len() as u64,
         "piped",
         &disk.mnt,
-        &["--json"],
+        &["--json", "--sha256", &expected],
         Stdio::piped(),
         Stdio::inherit(),
     );

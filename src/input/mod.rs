@@ -88,6 +88,9 @@ pub struct OpenOptions {
     pub bmap: Option<PathBuf>,
     /// Ignore an `IMAGE.bmap` next to the image.
     pub no_bmap: bool,
+    /// For a raw image over HTTP: start the transfer at this byte (a
+    /// resumed staging does not fetch what it already has).
+    pub start_at: u64,
 }
 
 /// An opened image, ready to be read chunk by chunk.
@@ -99,6 +102,9 @@ pub struct Image {
     pub location: Location,
     /// A `sha256sum`-style file found next to the image, and its hash.
     pub hash_file: Option<(PathBuf, String)>,
+    /// The first logical byte this reader can deliver (non-zero only for
+    /// a raw image over HTTP opened with [`OpenOptions::start_at`]).
+    pub starts_at: u64,
 }
 
 impl std::fmt::Debug for Image {
@@ -120,6 +126,7 @@ impl Image {
     /// its compression and format.
     pub fn open(spec: &str, opts: &OpenOptions) -> Result<Image> {
         let location = Location::parse(spec);
+        let mut starts_at = 0;
         let img = match &location {
             Location::Stdin => {
                 let stream: Box<dyn Read + Send> = Box::new(io::stdin());
@@ -142,12 +149,43 @@ impl Image {
             Location::Url(url) => {
                 let object = Arc::new(HttpObject::open(url)?);
                 let streamer = Arc::clone(&object);
-                open_random(object.clone(), None, opts, opts.bmap.clone(), move || {
+                let stream = move |from: u64| {
                     streamer
-                        .stream_from(0)
+                        .stream_from(from)
                         .map(|s| Box::new(s) as Box<dyn Read + Send>)
                         .map_err(|e| io::Error::other(e.to_string()))
-                })?
+                };
+                let mut head = [0u8; 8];
+                object.read_exact_at(&mut head, 0).map_err(|e| {
+                    Error::io("cannot read the image", e).with_kind(ErrorKind::BadImage)
+                })?;
+                let plain = Compression::detect(&head) == Compression::None
+                    && !sparse::is_sparse(&head)
+                    && !qcow2::is_qcow2(&head)
+                    && !vhdx::is_vhdx(&head)
+                    && !head.starts_with(b"conectix")
+                    && opts.bmap.is_none();
+                if plain {
+                    // A raw image over HTTP: one streamed request, resumed
+                    // with ranges if the connection drops.
+                    let from = opts.start_at.min(object.len());
+                    let inner = stream(from).map_err(|e| {
+                        Error::io("cannot fetch the image", e).with_kind(ErrorKind::BadImage)
+                    })?;
+                    let size = object.len();
+                    let reader = RawReader::new(ByteStream::Sequential { inner, pos: from }, size);
+                    starts_at = from;
+                    (
+                        Box::new(reader) as Box<dyn ImageReader>,
+                        size,
+                        Format::Raw,
+                        Compression::None,
+                    )
+                } else {
+                    open_random(object.clone(), None, opts, opts.bmap.clone(), move || {
+                        stream(0)
+                    })?
+                }
             }
         };
         let size = img.1;
@@ -172,6 +210,7 @@ impl Image {
             compression: img.3,
             location,
             hash_file,
+            starts_at,
         })
     }
 
@@ -211,6 +250,7 @@ impl Image {
             compression: Compression::None,
             location: Location::Stdin,
             hash_file: None,
+            starts_at: 0,
         }
     }
 }

@@ -23,6 +23,9 @@ pub trait ReadAt: Send + Sync {
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
     /// Total length in bytes.
     fn len(&self) -> u64;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
     /// The next byte at or after `offset` that may hold data, when the
     /// source knows its holes (a sparse file); `None` when all is data.
     fn next_data(&self, offset: u64) -> Option<u64> {
