@@ -2,7 +2,7 @@
 # Install what liverestore's build, demo and tests need on Debian (idempotent).
 set -euo pipefail
 [ "$(id -u)" = 0 ] || { echo "run as root (it installs packages and uses loop devices)" >&2; exit 1; }
-pkgs=(xfsprogs gdisk btrfs-progs e2fsprogs util-linux fdisk bc time)
+pkgs=(xfsprogs gdisk btrfs-progs e2fsprogs util-linux fdisk bc time zstd xz-utils qemu-utils android-sdk-libsparse-utils bmap-tools)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -414,6 +414,14 @@ impl Cli {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Run and assert the exit code; returns stderr (where errors go).
+    pub fn expect_err(&self, code: i32, args: &[&str]) -> String {
+        let out = self.run(args);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(code), "liverestore {args:?}: {err}");
+        err
+    }
+
     /// Start `stage - --size SIZE --name NAME --dir DIR [extra…]` reading
     /// the image from a pipe the caller writes to (stdin is piped).
     pub fn spawn_stdin_stage(

@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Benchmark: `liverestore stage` against the tool a user would pick instead,
+# writing the same image to the same direct-I/O loop-backed disk in the same
+# run. Prints times, ratios (stage / peer; lower is better), bytes written
+# to the device (from /sys/block/<dev>/stat) minus what stage zeroed with
+# BLKZEROOUT (which the kernel counts as writes too), and peak RSS.
+#
+# Cases (MIB = image size, default 1024):
+#   raw     MIB of random data          vs dd if=IMG of=DEV bs=4M oflag=direct
+#   zstd    the same, zstd-compressed   vs zstd -dc IMG | dd … oflag=direct
+#   ext4    ext4 image, 25 % used       vs dd of the full image
+#   bmap    that ext4 image + its bmap  vs bmaptool copy
+#   qcow2   that ext4 image as qcow2    vs qemu-img convert -n -t none
+# Usage: sudo bench/stage-vs-peers.sh [MIB] [ROUNDS]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+size_mib=${1:-1024}
+rounds=${2:-3}
+[ "$(id -u)" = 0 ] || { echo "run as root" >&2; exit 1; }
+source scripts/scratch-disk.sh
+
+host_mib=$((size_mib * 3 / 2 + 64))
+raw_mib=$((size_mib + 16))
+truncate -s $(( (host_mib + raw_mib + 4) ))M "$work/disk.img"
+sgdisk -n 1:2048:+${host_mib}M -t 1:8300 -n 2:0:+${raw_mib}M -t 2:8300 "$work/disk.img" >/dev/null
+attach_scratch_disk --direct-io=on
+mkfs.ext4 -q -E nodiscard "${loopdev}p1"
+mkdir "$work/host" && mount "${loopdev}p1" "$work/host"
+dev=$(basename "$loopdev")
+peer_dev="${loopdev}p2"
+
+echo "building images (${size_mib} MiB each) on $(df --output=source "$work" | tail -1)…"
+head -c $((size_mib << 20)) /dev/urandom > "$work/random.img"
+zstd -q -T0 -3 "$work/random.img" -o "$work/random.img.zst"
+mkdir "$work/tree"
+for i in $(seq 1 $((size_mib / 4 / 16))); do head -c 16M /dev/urandom > "$work/tree/f$i"; done
+mkfs.ext4 -q -F -E nodiscard -d "$work/tree" "$work/ext4.img" "${size_mib}M"
+rm -rf "$work/tree"
+bmaptool -q create -o "$work/ext4.img.bmap" "$work/ext4.img"
+cp --sparse=always "$work/ext4.img" "$work/bmapped.img" && mv "$work/ext4.img.bmap" "$work/bmapped.img.bmap"
+qemu-img convert -q -O qcow2 "$work/ext4.img" "$work/ext4.qcow2"
+used=$(du -m "$work/ext4.img" | cut -f1)
+echo "ext4 image: ${used} MiB allocated of ${size_mib} MiB"
+cat "$work"/*.img "$work"/*.zst "$work"/*.qcow2 > /dev/null   # page cache for everyone
+
+sectors_written() { awk '{print $7}' "/sys/block/$dev/stat"; }
+now() { date +%s.%N; }
+peer() { # peer CASE: the peer's command for CASE
+  case $1 in
+    raw) dd if="$work/random.img" of="$peer_dev" bs=4M oflag=direct conv=fsync status=none ;;
+    zstd) zstd -q -dc "$work/random.img.zst" | dd of="$peer_dev" bs=4M iflag=fullblock oflag=direct conv=fsync status=none ;;
+    ext4) dd if="$work/ext4.img" of="$peer_dev" bs=4M oflag=direct conv=fsync status=none ;;
+    bmap) bmaptool -q copy "$work/bmapped.img" "$peer_dev" ;;
+    qcow2) qemu-img convert -q -n -t none -O raw "$work/ext4.qcow2" "$peer_dev" ;;
+  esac
+}
+image_of() {
+  case $1 in raw) echo random.img ;; zstd) echo random.img.zst ;; ext4) echo ext4.img ;;
+             bmap) echo bmapped.img ;; qcow2) echo ext4.qcow2 ;; esac
+}
+
+printf '%-6s %-5s %8s %8s %7s %10s %10s %9s\n' case round peer_s stage_s ratio written zeroed peak_rss
+for c in raw zstd ext4 bmap qcow2; do
+  for r in $(seq 1 "$rounds"); do
+    sync
+    t0=$(now); peer "$c"; t_peer=$(echo "$(now) - $t0" | bc -l)
+    w0=$(sectors_written)
+    t0=$(now)
+    /usr/bin/time -f %M -o "$work/rss" "$lr" --json stage "$work/$(image_of "$c")" --name bench --dir "$work/host" > "$work/out.json"
+    t_lr=$(echo "$(now) - $t0" | bc -l)
+    w1=$(sectors_written)
+    zeroed=$(tail -1 "$work/out.json" | sed -n 's/.*"disk_zeroed":\([0-9]*\).*/\1/p')
+    written_mib=$(echo "(($w1 - $w0) * 512 - $zeroed) / 1048576" | bc)
+    printf '%-6s %-5s %8.2f %8.2f %7.3f %7s MiB %6s MiB %6s MiB\n' "$c" "$r" "$t_peer" "$t_lr" \
+      "$(echo "$t_lr / $t_peer" | bc -l)" "$written_mib" "$((zeroed >> 20))" "$(( $(cat "$work/rss") >> 10 ))"
+    "$lr" discard bench >/dev/null
+  done
+done
+echo "ratio   = stage time / peer time (lower is better)"
+echo "written = bytes the device received from stage minus what it zeroed (header included)"
