@@ -37,6 +37,24 @@ pub trait ReadAt: Send + Sync {
     }
 }
 
+/// Bytes in memory as a source (tests and fuzzing).
+#[derive(Debug, Clone)]
+pub struct MemSource(pub Vec<u8>);
+
+impl ReadAt for MemSource {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let src = usize::try_from(offset)
+            .ok()
+            .and_then(|o| self.0.get(o..o.checked_add(buf.len())?))
+            .ok_or(io::ErrorKind::UnexpectedEof)?;
+        buf.copy_from_slice(src);
+        Ok(())
+    }
+    fn len(&self) -> u64 {
+        self.0.len() as u64
+    }
+}
+
 /// A local regular file or block device.
 #[derive(Debug)]
 pub struct LocalFile {
