@@ -71,15 +71,20 @@ fn check(spec: &Path, expect: Format, data: &[u8], opts: &OpenOptions) -> usize 
     zeros
 }
 
+/// Options that ignore an `IMAGE.bmap` next to the image.
+fn no_bmap() -> OpenOptions {
+    OpenOptions {
+        no_bmap: true,
+        ..Default::default()
+    }
+}
+
 #[test]
 fn every_format_decodes_to_the_raw_image() {
     let t = tempfile::tempdir().unwrap();
     let (raw, data) = raw_image(t.path());
     let d = |n: &str| t.path().join(n);
-    let none = OpenOptions {
-        no_bmap: true,
-        ..Default::default()
-    };
+    let none = no_bmap();
     assert!(
         check(&raw, Format::Raw, &data, &none) >= 2,
         "holes give zero chunks"
@@ -144,10 +149,7 @@ fn lying_and_corrupt_images_are_refused() {
     let t = tempfile::tempdir().unwrap();
     let (raw, data) = raw_image(t.path());
     let d = |n: &str| t.path().join(n);
-    let none = OpenOptions {
-        no_bmap: true,
-        ..Default::default()
-    };
+    let none = no_bmap();
     let bad = |p: &Path, opts: &OpenOptions| -> String {
         let r = Image::open(p.to_str().unwrap(), opts).and_then(|mut img| {
             let size = img.size() as usize;
