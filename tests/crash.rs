@@ -5,7 +5,7 @@
 mod common;
 
 use std::io::Write;
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -26,7 +26,7 @@ fn stage_and_kill(
     feed: usize,
     at_least: u64,
 ) {
-    let mut child: Child = cli.spawn_stdin_stage(
+    let mut child = cli.spawn_stdin_stage(
         image.len() as u64,
         name,
         &disk.mnt,

@@ -107,8 +107,57 @@ impl Mount {
 
 impl Drop for Mount {
     fn drop(&mut self) {
-        if self.mounted {
-            let _ = Command::new("umount").arg(&self.path).status();
+        if !self.mounted {
+            return;
+        }
+        // A process that just exited may hold the filesystem for a moment:
+        // retry, and only then detach it lazily so it still goes away.
+        for _ in 0..50 {
+            let ok = Command::new("umount")
+                .arg(&self.path)
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if ok {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        eprintln!("{} stayed busy: unmounting lazily", self.path.display());
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+    }
+}
+
+/// A liverestore process a test started: killed and reaped on drop, so a
+/// failing test never leaves one holding a mount or the lock.
+pub struct ChildGuard(Option<std::process::Child>);
+
+impl ChildGuard {
+    pub fn wait_with_output(mut self) -> std::io::Result<Output> {
+        self.0.take().expect("child").wait_with_output()
+    }
+}
+
+impl std::ops::Deref for ChildGuard {
+    type Target = std::process::Child;
+    fn deref(&self) -> &std::process::Child {
+        self.0.as_ref().expect("child")
+    }
+}
+
+impl std::ops::DerefMut for ChildGuard {
+    fn deref_mut(&mut self) -> &mut std::process::Child {
+        self.0.as_mut().expect("child")
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take()
+            && matches!(c.try_wait(), Ok(None))
+        {
+            let _ = c.kill();
+            let _ = c.wait();
         }
     }
 }
@@ -432,24 +481,26 @@ impl Cli {
         extra: &[&str],
         stdout: Stdio,
         stderr: Stdio,
-    ) -> std::process::Child {
-        self.cmd()
-            .args([
-                "stage",
-                "-",
-                "--size",
-                &size.to_string(),
-                "--name",
-                name,
-                "--dir",
-                dir.to_str().unwrap(),
-            ])
-            .args(extra)
-            .stdin(Stdio::piped())
-            .stdout(stdout)
-            .stderr(stderr)
-            .spawn()
-            .unwrap()
+    ) -> ChildGuard {
+        ChildGuard(Some(
+            self.cmd()
+                .args([
+                    "stage",
+                    "-",
+                    "--size",
+                    &size.to_string(),
+                    "--name",
+                    name,
+                    "--dir",
+                    dir.to_str().unwrap(),
+                ])
+                .args(extra)
+                .stdin(Stdio::piped())
+                .stdout(stdout)
+                .stderr(stderr)
+                .spawn()
+                .unwrap(),
+        ))
     }
 
     /// Run with success expected and parse the last JSON line (the result;
