@@ -207,7 +207,7 @@ pub fn resume(
     let opts = OpenOptions {
         size: (spec == "-").then_some(rec.image.size),
         bmap: rec.image.bmap.as_ref().map(std::path::PathBuf::from),
-        no_bmap: rec.image.kind != "bmap",
+        no_bmap: !rec.image.kind.starts_with("bmap"),
         // A URL is not downloaded again: the staged chunks are only
         // checked on the disk.
         start_at: if remote { rec.image.written } else { 0 },
@@ -283,19 +283,28 @@ struct ChunkRun {
     zero: bool,
 }
 
-/// What flows down the pipeline: read → hash and find zeros → write.
-enum Message {
-    Chunk {
-        index: u64,
-        buf: AlignedBuf,
-        len: usize,
-        fill: Fill,
-        blake3: String,
-        runs: Vec<ChunkRun>,
-    },
-    Done {
-        sha256: Option<[u8; 32]>,
-    },
+/// A chunk as read from the image: `len` image bytes in `buf` (unless
+/// `fill` says it is all zeros).
+struct ReadChunk {
+    index: u64,
+    buf: AlignedBuf,
+    len: usize,
+    fill: Fill,
+}
+
+/// A chunk with its hash and its data and zero runs.
+struct HashedChunk {
+    chunk: ReadChunk,
+    blake3: String,
+    runs: Vec<ChunkRun>,
+}
+
+/// What flows down the pipeline: read (`ReadChunk`) → hash and find zeros
+/// (`HashedChunk`) → write. `Done` carries the whole-image SHA-256 once
+/// computed.
+enum Message<C> {
+    Chunk(C),
+    Done(Option<[u8; 32]>),
     Failed(Error),
 }
 
@@ -396,7 +405,7 @@ fn write_image(
     let first = (source.starts_at / chunk).min(committed);
     progress.begin("stage", size);
     let full_sha256 = std::thread::scope(|s| -> Result<Option<[u8; 32]>> {
-        let (tx, rx) = mpsc::sync_channel::<Message>(PIPELINE_DEPTH);
+        let (tx, rx) = mpsc::sync_channel::<Message<HashedChunk>>(PIPELINE_DEPTH);
         let (free_tx, free_rx) = mpsc::channel::<AlignedBuf>();
         for _ in 0..2 * PIPELINE_DEPTH + 3 {
             free_tx
@@ -404,7 +413,7 @@ fn write_image(
                 .expect("receiver alive");
         }
         // Stage 1: read (and decompress, decode) each chunk.
-        let (read_tx, read_rx) = mpsc::sync_channel::<Message>(PIPELINE_DEPTH);
+        let (read_tx, read_rx) = mpsc::sync_channel::<Message<ReadChunk>>(PIPELINE_DEPTH);
         s.spawn(move || {
             for index in first..chunks {
                 let Ok(mut buf) = free_rx.recv() else { return };
@@ -420,20 +429,18 @@ fn write_image(
                 if fill == Fill::Data && len < buf.len() {
                     buf[len..].fill(0); // sector padding of the last chunk
                 }
-                let msg = Message::Chunk {
+                let msg = Message::Chunk(ReadChunk {
                     index,
                     buf,
                     len,
                     fill,
-                    blake3: String::new(),
-                    runs: Vec::new(),
-                };
+                });
                 if read_tx.send(msg).is_err() {
                     return;
                 }
             }
             let msg = match source.finish() {
-                Ok(()) => Message::Done { sha256: None },
+                Ok(()) => Message::Done(None),
                 Err(e) => Message::Failed(e),
             };
             let _ = read_tx.send(msg);
@@ -446,30 +453,23 @@ fn write_image(
             let zero_hash = blake3::hash(&zeros).to_hex().to_string();
             for msg in read_rx {
                 let msg = match msg {
-                    Message::Chunk {
-                        index,
-                        buf,
-                        len,
-                        fill,
-                        ..
-                    } => {
+                    Message::Chunk(chunk) => {
+                        let (len, buf) = (chunk.len, &chunk.buf);
                         let io_len = align_up(len as u64, align) as usize;
-                        let (blake3, runs, data): (String, Vec<ChunkRun>, &[u8]) = match fill {
+                        let (blake3, runs, data): (String, Vec<ChunkRun>, &[u8]) = match chunk.fill
+                        {
                             Fill::Zero => {
                                 let hash = if len == zeros.len() {
                                     zero_hash.clone()
                                 } else {
                                     blake3::hash(&zeros[..len]).to_hex().to_string()
                                 };
-                                (
-                                    hash,
-                                    vec![ChunkRun {
-                                        start: 0,
-                                        len: io_len,
-                                        zero: true,
-                                    }],
-                                    &zeros[..len],
-                                )
+                                let all = ChunkRun {
+                                    start: 0,
+                                    len: io_len,
+                                    zero: true,
+                                };
+                                (hash, vec![all], &zeros[..len])
                             }
                             Fill::Data => (
                                 blake3::hash(&buf[..len]).to_hex().to_string(),
@@ -480,21 +480,16 @@ fn write_image(
                         if let Some(w) = whole.as_mut() {
                             w.update(data);
                         }
-                        Message::Chunk {
-                            index,
-                            buf,
-                            len,
-                            fill,
+                        Message::Chunk(HashedChunk {
+                            chunk,
                             blake3,
                             runs,
-                        }
+                        })
                     }
-                    Message::Done { .. } => Message::Done {
-                        sha256: whole.take().map(|w| w.finalize().into()),
-                    },
-                    failed => failed,
+                    Message::Done(_) => Message::Done(whole.take().map(|w| w.finalize().into())),
+                    Message::Failed(e) => Message::Failed(e),
                 };
-                let last = !matches!(msg, Message::Chunk { .. });
+                let last = !matches!(msg, Message::Chunk(_));
                 if tx.send(msg).is_err() || last {
                     return;
                 }
@@ -508,18 +503,21 @@ fn write_image(
         for msg in rx {
             match msg {
                 Message::Failed(e) => return Err(e),
-                Message::Done { sha256 } => {
+                Message::Done(sha256) => {
                     pending.flush(&mut writer)?;
                     return Ok(sha256);
                 }
-                Message::Chunk {
-                    index,
-                    mut buf,
-                    len,
-                    fill,
+                Message::Chunk(HashedChunk {
+                    chunk:
+                        ReadChunk {
+                            index,
+                            mut buf,
+                            len,
+                            fill,
+                        },
                     blake3,
                     runs,
-                } => {
+                }) => {
                     let offset = index * chunk;
                     let at = data_offset + offset;
                     let io_len = align_up(len as u64, align) as usize;

@@ -10,7 +10,6 @@ mod common;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -23,15 +22,6 @@ fn image() -> Vec<u8> {
     v
 }
 
-fn sh_ok(cmd: &mut Command) {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 #[test]
 fn qcow2_and_sparse_images_land_as_raw_bytes() {
     require_root();
@@ -42,14 +32,13 @@ fn qcow2_and_sparse_images_land_as_raw_bytes() {
     let raw = t.path().join("src.img");
     std::fs::write(&raw, &data).unwrap();
     let qcow = t.path().join("src.qcow2");
-    sh_ok(
-        Command::new("qemu-img")
-            .args(["convert", "-q", "-c", "-O", "qcow2"])
-            .arg(&raw)
-            .arg(&qcow),
+    let (raw_s, qcow_s) = (raw.to_str().unwrap(), qcow.to_str().unwrap());
+    sh(
+        "qemu-img",
+        &["convert", "-q", "-c", "-O", "qcow2", raw_s, qcow_s],
     );
     let simg = t.path().join("src.simg");
-    sh_ok(Command::new("img2simg").arg(&raw).arg(&simg));
+    sh("img2simg", &[raw_s, simg.to_str().unwrap()]);
     for (name, path, kind) in [("q", &qcow, "qcow2"), ("s", &simg, "android-sparse")] {
         let out = cli.json(&[
             "--json",

@@ -12,7 +12,7 @@ use std::path::Path;
 use sha2::{Digest, Sha256};
 
 use super::{ByteStream, Fill, ImageReader, bad};
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::Result;
 
 /// One mapped range: bytes `[start, end)` and their SHA-256.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,11 +31,8 @@ pub struct Bmap {
 
 impl Bmap {
     pub fn load(path: &Path) -> Result<Bmap> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            Error::io("cannot read the bmap file", e)
-                .with_kind(ErrorKind::BadImage)
-                .with_path(path)
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| super::read_failed("cannot read the bmap file", e).with_path(path))?;
         Bmap::parse(&text).map_err(|e| e.with_path(path))
     }
 
@@ -121,11 +118,6 @@ impl Bmap {
             block_size,
             ranges,
         })
-    }
-
-    /// Bytes the ranges cover.
-    pub fn mapped_bytes(&self) -> u64 {
-        self.ranges.iter().map(|r| r.end - r.start).sum()
     }
 }
 
@@ -228,6 +220,7 @@ impl ImageReader for BmapReader {
 #[cfg(test)]
 pub mod tests {
     use super::*;
+    use crate::error::ErrorKind;
 
     /// A bmap for `data` with block size 4096 listing `ranges` (in blocks).
     pub fn make_bmap(data: &[u8], ranges: &[(u64, u64)]) -> String {
@@ -256,7 +249,8 @@ pub mod tests {
     fn reads_mapped_ranges_and_zeroes_the_rest() {
         let data = image();
         let bmap = Bmap::parse(&make_bmap(&data, &[(1, 2), (5, 5)])).unwrap();
-        assert_eq!(bmap.mapped_bytes(), 3 * 4096);
+        let mapped: u64 = bmap.ranges.iter().map(|r| r.end - r.start).sum();
+        assert_eq!(mapped, 3 * 4096);
         let src = ByteStream::Sequential {
             inner: Box::new(std::io::Cursor::new(data.clone())),
             pos: 0,

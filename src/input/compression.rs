@@ -153,9 +153,8 @@ fn bad(msg: impl Into<String>) -> Error {
 
 fn read_at(src: &dyn ReadAt, off: u64, len: usize) -> Result<Vec<u8>> {
     let mut v = vec![0u8; len];
-    src.read_exact_at(&mut v, off).map_err(|e| {
-        Error::io("cannot read the compressed image", e).with_kind(ErrorKind::BadImage)
-    })?;
+    src.read_exact_at(&mut v, off)
+        .map_err(|e| super::read_failed("cannot read the compressed image", e))?;
     Ok(v)
 }
 

@@ -11,6 +11,7 @@
 //! sparse or bmap-described data.
 
 pub mod bmap;
+pub mod bytes;
 pub mod compression;
 pub mod probe;
 pub mod qcow2;
@@ -77,6 +78,12 @@ impl Format {
 
 pub(crate) fn bad(msg: impl Into<String>) -> Error {
     Error::new(ErrorKind::BadImage, msg)
+}
+
+/// An I/O failure while reading the image: [`ErrorKind::BadImage`], with
+/// the cause.
+pub(crate) fn read_failed(what: impl Into<String>, e: io::Error) -> Error {
+    Error::io(what, e).with_kind(ErrorKind::BadImage)
 }
 
 /// What the user said about the image.
@@ -156,22 +163,19 @@ impl Image {
                         .map_err(|e| io::Error::other(e.to_string()))
                 };
                 let mut head = [0u8; 8];
-                object.read_exact_at(&mut head, 0).map_err(|e| {
-                    Error::io("cannot read the image", e).with_kind(ErrorKind::BadImage)
-                })?;
+                object
+                    .read_exact_at(&mut head, 0)
+                    .map_err(|e| read_failed("cannot read the image", e))?;
                 let plain = Compression::detect(&head) == Compression::None
                     && !sparse::is_sparse(&head)
-                    && !qcow2::is_qcow2(&head)
-                    && !vhdx::is_vhdx(&head)
-                    && !head.starts_with(b"conectix")
+                    && !needs_random_access(&head)
                     && opts.bmap.is_none();
                 if plain {
                     // A raw image over HTTP: one streamed request, resumed
                     // with ranges if the connection drops.
                     let from = opts.start_at.min(object.len());
-                    let inner = stream(from).map_err(|e| {
-                        Error::io("cannot fetch the image", e).with_kind(ErrorKind::BadImage)
-                    })?;
+                    let inner =
+                        stream(from).map_err(|e| read_failed("cannot fetch the image", e))?;
                     let size = object.len();
                     let reader = RawReader::new(ByteStream::Sequential { inner, pos: from }, size);
                     starts_at = from;
@@ -219,10 +223,6 @@ impl Image {
         self.size
     }
 
-    pub fn describe(&self) -> String {
-        self.location.describe()
-    }
-
     /// A short description like `qcow2` or `raw, zstd`.
     pub fn kind(&self) -> String {
         match self.compression {
@@ -240,19 +240,6 @@ impl Image {
     pub fn finish(&mut self) -> Result<()> {
         self.reader.finish()
     }
-
-    /// An image over an in-memory or test reader.
-    pub fn from_reader(reader: Box<dyn ImageReader>, size: u64, format: Format) -> Image {
-        Image {
-            reader,
-            size,
-            format,
-            compression: Compression::None,
-            location: Location::Stdin,
-            hash_file: None,
-            starts_at: 0,
-        }
-    }
 }
 
 type Opened = (Box<dyn ImageReader>, u64, Format, Compression);
@@ -269,9 +256,8 @@ fn open_random(
     let head_len = (src.len() as usize).min(SNIFF_LEN);
     let mut head = vec![0u8; head_len];
     src.read_exact_at(&mut head, 0)
-        .map_err(|e| Error::io("cannot read the image", e).with_kind(ErrorKind::BadImage))?;
-    let open_stream_err =
-        |e: io::Error| Error::io("cannot read the image", e).with_kind(ErrorKind::BadImage);
+        .map_err(|e| read_failed("cannot read the image", e))?;
+    let open_stream_err = |e: io::Error| read_failed("cannot read the image", e);
     let compression = Compression::detect(&head);
     if compression != Compression::None {
         let declared = compression.declared_size(src.as_ref());
@@ -372,6 +358,11 @@ fn wrap_bmap(
     ))
 }
 
+/// Formats whose tables are read in place: they cannot be streamed.
+fn needs_random_access(head: &[u8]) -> bool {
+    qcow2::is_qcow2(head) || vhdx::is_vhdx(head) || head.starts_with(b"conectix")
+}
+
 /// A sequential (possibly decompressed) stream: raw or Android sparse.
 fn open_stream(
     stream: Box<dyn Read + Send>,
@@ -389,7 +380,7 @@ fn open_stream(
         return open_stream(decoded, known_size.or(opts.size), opts, gzip_isize)
             .map(|(r, s, f, _)| (r, s, f, compression));
     }
-    if qcow2::is_qcow2(&head) || vhdx::is_vhdx(&head) || head.starts_with(b"conectix") {
+    if needs_random_access(&head) {
         return Err(bad(
             "this qcow2/VHD/VHDX image is compressed or piped: its tables need random access; decompress it to a file first (or serve it over HTTP with ranges)",
         ));
@@ -434,7 +425,7 @@ fn fill_head(stream: &mut impl Read, head: &mut Vec<u8>) -> Result<()> {
             Ok(k) => n += k,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => {
-                return Err(Error::io("cannot read the image", e).with_kind(ErrorKind::BadImage));
+                return Err(read_failed("cannot read the image", e));
             }
         }
     }
@@ -494,9 +485,7 @@ impl ByteStream {
             ByteStream::Sequential { inner, pos } => {
                 if to > *pos {
                     let n = io::copy(&mut inner.by_ref().take(to - *pos), &mut io::sink())
-                        .map_err(|e| {
-                            Error::io("cannot read the image", e).with_kind(ErrorKind::BadImage)
-                        })?;
+                        .map_err(|e| read_failed("cannot read the image", e))?;
                     *pos += n;
                     if *pos < to {
                         return Err(
@@ -520,9 +509,7 @@ impl ByteStream {
                     } else {
                         "cannot read the image"
                     };
-                    Error::io(what, e)
-                        .with_kind(ErrorKind::BadImage)
-                        .with_offset(*pos)
+                    read_failed(what, e).with_offset(*pos)
                 })?;
                 *pos += buf.len() as u64;
                 Ok(())
@@ -541,8 +528,7 @@ impl ByteStream {
                         Ok(n) => filled += n,
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                         Err(e) => {
-                            return Err(Error::io("cannot read the image", e)
-                                .with_kind(ErrorKind::BadImage)
+                            return Err(read_failed("cannot read the image", e)
                                 .with_offset(*pos + filled as u64));
                         }
                     }
@@ -589,8 +575,7 @@ impl ByteStream {
                         }
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                         Err(e) => {
-                            return Err(Error::io("cannot read the image", e)
-                                .with_kind(ErrorKind::BadImage));
+                            return Err(read_failed("cannot read the image", e));
                         }
                     }
                 }

@@ -17,8 +17,8 @@ use imago::{
 };
 
 use super::transport::ReadAt;
-use super::{Fill, ImageReader, bad};
-use crate::error::{Error, ErrorKind, Result};
+use super::{Fill, ImageReader, bad, read_failed};
+use crate::error::Result;
 
 pub fn is_qcow2(head: &[u8]) -> bool {
     head.starts_with(b"QFI\xfb")
@@ -32,8 +32,8 @@ pub fn check_header(b: &[u8], file_len: u64) -> Result<(u64, u64, u64, u32)> {
     if b.len() < 72 || !is_qcow2(b) {
         return Err(bad("not a qcow2 image"));
     }
-    let be32 = |o: usize| u32::from_be_bytes(b[o..o + 4].try_into().expect("4"));
-    let be64 = |o: usize| u64::from_be_bytes(b[o..o + 8].try_into().expect("8"));
+    let be32 = |o: usize| super::bytes::be32(b, o);
+    let be64 = |o: usize| super::bytes::be64(b, o);
     let version = be32(4);
     if version != 2 && version != 3 {
         return Err(bad(format!("qcow2 version {version} is not supported")));
@@ -116,25 +116,16 @@ impl Qcow2Reader {
     pub fn open(path: &Path, src: &dyn ReadAt, head: &[u8]) -> Result<(Qcow2Reader, u64)> {
         let (_, l1_offset, l1_entries, bits) = check_header(head, src.len())?;
         let mut l1 = vec![0u8; (l1_entries * 8) as usize];
-        src.read_exact_at(&mut l1, l1_offset).map_err(|e| {
-            Error::io("cannot read the qcow2 L1 table", e).with_kind(ErrorKind::BadImage)
-        })?;
+        src.read_exact_at(&mut l1, l1_offset)
+            .map_err(|e| super::read_failed("cannot read the qcow2 L1 table", e))?;
         check_l1(&l1, bits, src.len())?;
-        let open_err = |e| {
-            Error::io("cannot open the qcow2 image", e)
-                .with_kind(ErrorKind::BadImage)
-                .with_path(path)
-        };
+        let open_err = |e| super::read_failed("cannot open the qcow2 image", e).with_path(path);
         // The image itself is opened here; anything it references on its
         // own (backing or data files) is denied by the gate.
         let storage = File::open(StorageOpenOptions::new().filename(path)).map_err(open_err)?;
         let q = Qcow2::<File>::builder(storage)
             .open(DenyImplicitOpenGate::default())
-            .map_err(|e| {
-                Error::io("cannot open the qcow2 image", e)
-                    .with_kind(ErrorKind::BadImage)
-                    .with_path(path)
-            })?;
+            .map_err(|e| super::read_failed("cannot open the qcow2 image", e).with_path(path))?;
         let access = FormatAccess::new(q);
         let size = access.size();
         Ok((Qcow2Reader { access }, size))
@@ -143,7 +134,7 @@ impl Qcow2Reader {
 
 impl ImageReader for Qcow2Reader {
     fn read_chunk(&mut self, offset: u64, buf: &mut [u8]) -> Result<Fill> {
-        let err = |e| Error::io("cannot read the qcow2 image", e).with_kind(ErrorKind::BadImage);
+        let err = |e| read_failed("cannot read the qcow2 image", e);
         let len = buf.len() as u64;
         let mut pos = 0u64;
         let mut all_zero = true;

@@ -36,8 +36,8 @@ impl SparseHeader {
         if b.len() < 28 || !is_sparse(b) {
             return Err(bad("not an Android sparse image"));
         }
-        let u16at = |o: usize| u16::from_le_bytes([b[o], b[o + 1]]);
-        let u32at = |o: usize| u32::from_le_bytes(b[o..o + 4].try_into().expect("4"));
+        let u16at = |o: usize| super::bytes::le16(b, o);
+        let u32at = |o: usize| super::bytes::le32(b, o);
         if u16at(4) != 1 {
             return Err(bad(format!(
                 "Android sparse major version {} is not supported",

@@ -71,15 +71,11 @@ impl LocalFile {
             } else {
                 "cannot open the image"
             };
-            Error::io(what, e)
-                .with_kind(ErrorKind::BadImage)
-                .with_path(path)
+            crate::input::read_failed(what, e).with_path(path)
         })?;
-        let meta = file.metadata().map_err(|e| {
-            Error::io("cannot stat the image", e)
-                .with_kind(ErrorKind::BadImage)
-                .with_path(path)
-        })?;
+        let meta = file
+            .metadata()
+            .map_err(|e| crate::input::read_failed("cannot stat the image", e).with_path(path))?;
         let ft = meta.file_type();
         let len = if ft.is_file() {
             meta.len()
@@ -305,13 +301,6 @@ pub struct HttpStream {
     body: Box<dyn Read + Send>,
     pos: u64,
     retries_left: u32,
-}
-
-impl HttpStream {
-    /// Reconnects made so far.
-    pub fn reconnects(&self) -> u32 {
-        HTTP_RETRIES - self.retries_left
-    }
 }
 
 impl Read for HttpStream {

@@ -9,8 +9,9 @@
 
 use std::sync::Arc;
 
+use super::bytes::{be32, be64};
 use super::transport::ReadAt;
-use super::{Fill, Format, ImageReader, Opened, bad};
+use super::{Fill, Format, ImageReader, Opened, bad, read_failed};
 use crate::error::{Error, ErrorKind, Result};
 
 const FOOTER_LEN: usize = 512;
@@ -19,13 +20,6 @@ const FOOTER_LEN: usize = 512;
 pub enum VhdKind {
     Fixed,
     Dynamic,
-}
-
-fn be32(b: &[u8], o: usize) -> u32 {
-    u32::from_be_bytes(b[o..o + 4].try_into().expect("4"))
-}
-fn be64(b: &[u8], o: usize) -> u64 {
-    u64::from_be_bytes(b[o..o + 8].try_into().expect("8"))
 }
 
 /// VHD's checksum: one's complement of the byte sum, with the checksum
@@ -131,7 +125,7 @@ pub fn detect(head: &[u8], src: &dyn ReadAt) -> Result<Option<VhdKind>> {
 }
 
 pub fn open(src: Arc<dyn ReadAt>, kind: VhdKind) -> Result<Opened> {
-    let io = |e| Error::io("cannot read the VHD image", e).with_kind(ErrorKind::BadImage);
+    let io = |e| read_failed("cannot read the VHD image", e);
     match kind {
         VhdKind::Fixed => {
             let data = src.len() - FOOTER_LEN as u64;
@@ -211,7 +205,7 @@ impl DynamicReader {
 
 impl ImageReader for DynamicReader {
     fn read_chunk(&mut self, offset: u64, buf: &mut [u8]) -> Result<Fill> {
-        let io = |e| Error::io("cannot read the VHD image", e).with_kind(ErrorKind::BadImage);
+        let io = |e| read_failed("cannot read the VHD image", e);
         if offset + buf.len() as u64 > self.size {
             return Err(bad("read past the end of the VHD"));
         }

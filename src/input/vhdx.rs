@@ -10,8 +10,9 @@
 
 use std::sync::Arc;
 
+use super::bytes::{le16, le32, le64};
 use super::transport::ReadAt;
-use super::{Fill, ImageReader, bad};
+use super::{Fill, ImageReader, bad, read_failed};
 use crate::error::{Error, ErrorKind, Result};
 
 const KIB64: u64 = 64 << 10;
@@ -25,16 +26,6 @@ fn guid(s: &str) -> [u8; 16] {
     uuid::Uuid::parse_str(s)
         .expect("constant GUID")
         .to_bytes_le()
-}
-
-fn le16(b: &[u8], o: usize) -> u16 {
-    u16::from_le_bytes([b[o], b[o + 1]])
-}
-fn le32(b: &[u8], o: usize) -> u32 {
-    u32::from_le_bytes(b[o..o + 4].try_into().expect("4"))
-}
-fn le64(b: &[u8], o: usize) -> u64 {
-    u64::from_le_bytes(b[o..o + 8].try_into().expect("8"))
 }
 
 /// CRC-32C of `b` with the 4 checksum bytes at `at` counted as zero.
@@ -221,7 +212,7 @@ pub struct VhdxReader {
 
 impl VhdxReader {
     pub fn open(src: Arc<dyn ReadAt>) -> Result<(VhdxReader, u64)> {
-        let io = |e| Error::io("cannot read the VHDX image", e).with_kind(ErrorKind::BadImage);
+        let io = |e| read_failed("cannot read the VHDX image", e);
         let read = |off: u64, len: usize| -> Result<Vec<u8>> {
             let mut v = vec![0u8; len];
             src.read_exact_at(&mut v, off).map_err(io)?;
@@ -283,9 +274,9 @@ impl ImageReader for VhdxReader {
             match payload_offset(entry)? {
                 None => out.fill(0),
                 Some(at) => {
-                    self.src.read_exact_at(out, at + within).map_err(|e| {
-                        Error::io("cannot read the VHDX image", e).with_kind(ErrorKind::BadImage)
-                    })?;
+                    self.src
+                        .read_exact_at(out, at + within)
+                        .map_err(|e| read_failed("cannot read the VHDX image", e))?;
                     any = true;
                 }
             }
