@@ -11,7 +11,8 @@
 #   ext4    ext4 image, 25 % used       vs dd of the full image
 #   bmap    that ext4 image + its bmap  vs bmaptool copy
 #   qcow2   that ext4 image as qcow2    vs qemu-img convert -n -t none
-# Usage: sudo bench/stage-vs-peers.sh [MIB] [ROUNDS]
+# Usage: sudo [CASES="raw zstd"] bench/stage-vs-peers.sh [MIB] [ROUNDS]
+# (CASES picks cases; default all.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 size_mib=${1:-1024}
@@ -60,7 +61,7 @@ image_of() {
 }
 
 printf '%-6s %-5s %8s %8s %7s %10s %10s %9s\n' case round peer_s stage_s ratio written zeroed peak_rss
-for c in raw zstd ext4 bmap qcow2; do
+for c in ${CASES:-raw zstd ext4 bmap qcow2}; do
   for r in $(seq 1 "$rounds"); do
     sync
     t0=$(now); peer "$c"; t_peer=$(echo "$(now) - $t0" | bc -l)

@@ -15,9 +15,17 @@ cleanup_scratch() {
 trap cleanup_scratch EXIT
 export LIVERESTORE_STATE_DIR="$work/state"
 
-# attach_scratch_disk [losetup options…]: attach "$work/disk.img", make sure
-# its partition nodes exist, and set loopdev.
+# attach_scratch_disk [losetup options…]: attach "$work/disk.img", make the
+# kernel's partitions of it match its table, and set loopdev. (`partx -u`,
+# not "add if /dev/loopNp1 is missing": without udev a node, or even a
+# kernel partition, can be left over from an earlier user of loopN.)
 attach_scratch_disk() {
   loopdev=$(losetup -f --show "$@" "$work/disk.img")
-  [ -e "${loopdev}p1" ] || partx -a "$loopdev"
+  partx -u "$loopdev"
+  # A regular file where a partition node belongs (left by a write to a node
+  # that did not exist yet) would swallow writes in RAM: refuse it.
+  local n
+  for n in $(partx -g -o NR "$loopdev"); do
+    [ -b "${loopdev}p$n" ] || { echo "${loopdev}p$n is not a block device (a stray file?); remove it and retry" >&2; exit 1; }
+  done
 }

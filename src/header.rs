@@ -80,7 +80,7 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
 pub fn reserve_len(image_size: u64, chunk_size: u64, max_extents: u64) -> u64 {
     const PER_EXTENT: u64 = 96; // {"logical":N,"disk":N,"length":N}, 20-digit numbers
     const PER_CHUNK: u64 = 70; // "64 hex",
-    const FIXED: u64 = 16 << 10; // names, paths, identity
+    const FIXED: u64 = 256 << 10; // names, paths, identity, a partition table
     let body = FIXED + PER_CHUNK * image_size.div_ceil(chunk_size) + PER_EXTENT * max_extents;
     (BLOCK0_SIZE as u64 + body).div_ceil(1 << 20) * (1 << 20)
 }

@@ -26,6 +26,7 @@ pub mod plan;
 pub mod progress;
 pub mod record;
 pub mod scan;
+pub mod split;
 pub mod stage;
 pub mod staged;
 pub mod state_dir;

@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use serde_json::json;
 
 use liverestore::progress::{JsonProgress, NoProgress, Progress, TerminalProgress, emit_json};
+use liverestore::split::{self, Split};
 use liverestore::state_dir::{DEFAULT_STATE_DIR, StateDir};
 use liverestore::{Error, ErrorKind, plan, scan, stage, staged, verify};
 
@@ -74,6 +75,15 @@ struct ImageArgs {
     /// Ignore an IMAGE.bmap next to the image.
     #[arg(long, conflicts_with = "bmap")]
     no_bmap: bool,
+    /// For a whole-disk image (GPT or MBR): stage only partition N, as NAME.
+    /// By default every partition is staged into its own container,
+    /// NAME-p1, NAME-p2, … (numbered as in the image), and the image's
+    /// partition table is recorded with each.
+    #[arg(long, value_name = "N")]
+    partition: Option<u32>,
+    /// Stage a whole-disk image as one image, partition table and all.
+    #[arg(long, conflicts_with = "partition")]
+    whole_disk: bool,
 }
 
 impl ImageArgs {
@@ -83,6 +93,14 @@ impl ImageArgs {
             bmap: self.bmap.clone(),
             no_bmap: self.no_bmap,
             start_at: 0,
+        }
+    }
+
+    fn split(&self) -> Split {
+        match (self.partition, self.whole_disk) {
+            (Some(n), _) => Split::Partition(n),
+            (None, true) => Split::WholeDisk,
+            (None, false) => Split::Partitions,
         }
     }
 }
@@ -116,8 +134,15 @@ enum Command {
     /// match before the staging counts as complete; otherwise it is marked
     /// failed.
     ///
+    /// A whole-disk image (GPT or MBR) becomes one staging per partition,
+    /// NAME-p1, NAME-p2, … numbered as in the image, written in one pass;
+    /// each records the image's partition table (types, GUIDs, labels,
+    /// attributes) for activation. --partition N stages only partition N;
+    /// --whole-disk stages the image as it is.
+    ///
     /// With --resume NAME, continue a staging interrupted by a crash or
     /// power loss: IMAGE defaults to the recorded path (`-` to pipe it again).
+    /// For a split image, NAME (or any NAME-pN) resumes all its partitions.
     #[command(verbatim_doc_comment)]
     Stage {
         /// Image file, block device, http(s) URL, or `-` for stdin.
@@ -147,6 +172,8 @@ enum Command {
     /// Print where the image lies on the disk (byte units).
     Map { name: String },
     /// Wipe the on-disk header, unpin and delete the container, forget it.
+    /// The name a whole-disk image was staged under discards all of its
+    /// partitions (NAME-p1, NAME-p2, …).
     Discard {
         name: String,
         /// Also discard when the state file is damaged.
@@ -166,6 +193,26 @@ fn progress_for(json: bool) -> Box<dyn Progress> {
     } else {
         Box::new(NoProgress)
     }
+}
+
+/// "partition 2 ("data") of the 64.0 MiB GPT disk image staged as 'sys'".
+fn describe_partition(p: &liverestore::record::StagedPartition) -> String {
+    let label = p
+        .entry()
+        .and_then(|e| e.label.as_deref())
+        .filter(|l| !l.is_empty())
+        .map(|l| format!(" (\"{l}\")"))
+        .unwrap_or_default();
+    let kind = match p.table.kind {
+        liverestore::input::partitions::TableKind::Gpt => "GPT",
+        liverestore::input::partitions::TableKind::Mbr => "MBR",
+    };
+    format!(
+        "partition {}{label} of the {} {kind} disk image staged as '{}'",
+        p.number,
+        human_bytes(p.image_size),
+        p.set
+    )
 }
 
 fn human_bytes(n: u64) -> String {
@@ -201,8 +248,9 @@ fn run(cli: Cli) -> Outcome {
             input,
             name,
         } => {
-            let size = liverestore::input::Image::open(&image, &input.options()).map(|s| s.size());
-            let a = plan::assess(&state, &dir, name.as_deref(), size);
+            let pieces = liverestore::input::Image::open(&image, &input.options())
+                .and_then(|mut i| split::pieces(&mut i, name.as_deref(), input.split()));
+            let a = plan::assess(&state, &dir, pieces);
             let p = &a.plan;
             if cli.json {
                 print_json(p);
@@ -220,6 +268,19 @@ fn run(cli: Cli) -> Outcome {
                 show("image size", p.image_size.map(human_bytes));
                 show("container size", p.container_size.map(human_bytes));
                 show("free space", p.free_bytes.map(human_bytes));
+                if p.stagings.iter().any(|s| s.partition.is_some()) {
+                    for st in &p.stagings {
+                        show(
+                            &format!("partition {}", st.partition.unwrap_or(0)),
+                            Some(format!(
+                                "{} at {} → {}",
+                                human_bytes(st.image_size),
+                                st.image_offset,
+                                st.name.as_deref().unwrap_or("(no --name)")
+                            )),
+                        );
+                    }
+                }
                 if p.ok {
                     println!("OK: staging would proceed");
                 } else {
@@ -238,7 +299,7 @@ fn run(cli: Cli) -> Outcome {
             sha256,
             resume,
         } => {
-            let rec = match (resume, name, dir) {
+            let recs = match (resume, name, dir) {
                 (Some(resume), _, _) => {
                     stage::resume(&state, &resume, image.as_deref(), progress.as_ref())?
                 }
@@ -252,35 +313,43 @@ fn run(cli: Cli) -> Outcome {
                         image: &image,
                         open: input.options(),
                         sha256,
+                        split: input.split(),
                     };
                     stage::stage(&state, &req, progress.as_ref())?
                 }
                 _ => unreachable!("clap requires --name and --dir without --resume"),
             };
             if cli.json {
-                emit_json(&json!({
-                    "event": "result", "ok": true, "name": rec.name, "state": rec.state.as_str(),
-                    "image_size": rec.image.size, "sha256": rec.image.sha256,
-                    "kind": rec.image.kind, "disk_written": rec.image.disk_written,
-                    "disk_zeroed": rec.image.disk_zeroed,
-                    "container": rec.container.path, "disk": rec.disk.path,
-                    "extents": rec.image_map()?.extents().len(),
-                }));
+                let stagings = recs
+                    .iter()
+                    .map(staging_json)
+                    .collect::<Result<Vec<_>, Error>>()?;
+                emit_json(&json!({ "event": "result", "ok": true, "stagings": stagings }));
             } else {
-                println!(
-                    "staged '{}' ({}): {} onto {} in {} extents ({} written, {} zeroed); sha256 {}",
-                    rec.name,
-                    rec.image.kind,
-                    human_bytes(rec.image.size),
-                    rec.disk.path,
-                    rec.image_map()?.extents().len(),
-                    human_bytes(rec.image.disk_written),
-                    human_bytes(rec.image.disk_zeroed),
-                    rec.image
-                        .sha256
-                        .as_deref()
-                        .unwrap_or("not computed (no --sha256)")
-                );
+                for rec in &recs {
+                    let part = rec
+                        .image
+                        .partition
+                        .as_ref()
+                        .map(|p| format!(", {}", describe_partition(p)))
+                        .unwrap_or_default();
+                    let sha = rec
+                        .image
+                        .partition
+                        .as_ref()
+                        .map_or(&rec.image.sha256, |p| &p.image_sha256);
+                    println!(
+                        "staged '{}' ({}{part}): {} onto {} in {} extents ({} written, {} zeroed); image sha256 {}",
+                        rec.name,
+                        rec.image.kind,
+                        human_bytes(rec.image.size),
+                        rec.disk.path,
+                        rec.image_map()?.extents().len(),
+                        human_bytes(rec.image.disk_written),
+                        human_bytes(rec.image.disk_zeroed),
+                        sha.as_deref().unwrap_or("not computed (no --sha256)")
+                    );
+                }
             }
             Ok(0)
         }
@@ -339,6 +408,24 @@ fn run(cli: Cli) -> Outcome {
                 );
                 if let Some(f) = &rec.image.failure {
                     println!("failure:     {f}");
+                }
+                if let Some(p) = &rec.image.partition {
+                    println!("partition:   {}", describe_partition(p));
+                    if let Some(e) = p.entry() {
+                        println!(
+                            "             LBA {}..{} ({}-byte sectors){}{}",
+                            e.first_lba,
+                            e.last_lba,
+                            p.table.sector_size,
+                            e.type_guid
+                                .as_ref()
+                                .map(|t| format!(", type {t}"))
+                                .or(e.mbr_type.map(|t| format!(", type 0x{t:02x}")))
+                                .unwrap_or_default(),
+                            if e.bootable { ", bootable" } else { "" }
+                        );
+                    }
+                    println!("image sha256: {}", p.image_sha256.as_deref().unwrap_or("-"));
                 }
                 println!(
                     "written:     {} of {} bytes",
@@ -428,19 +515,21 @@ fn run(cli: Cli) -> Outcome {
             Ok(0)
         }
         Command::Discard { name, force } => {
-            let d = staged::discard(&state, &name, force)?;
+            let done = staged::discard_named(&state, &name, force)?;
+            if !cli.json {
+                for d in &done {
+                    println!(
+                        "discarded '{}'{}",
+                        d.name,
+                        d.container
+                            .as_ref()
+                            .map(|c| format!(" ({c} removed)"))
+                            .unwrap_or_default()
+                    );
+                }
+            }
             if cli.json {
-                let mut v = serde_json::to_value(&d).expect("serializable");
-                v["event"] = json!("result");
-                emit_json(&v);
-            } else {
-                println!(
-                    "discarded '{}'{}",
-                    d.name,
-                    d.container
-                        .map(|c| format!(" ({c} removed)"))
-                        .unwrap_or_default()
-                );
+                emit_json(&json!({ "event": "result", "ok": true, "discarded": done }));
             }
             Ok(0)
         }
@@ -469,6 +558,22 @@ fn run(cli: Cli) -> Outcome {
             Ok(0)
         }
     }
+}
+
+/// The `stage` result for one staging.
+fn staging_json(rec: &liverestore::record::StagingRecord) -> Result<serde_json::Value, Error> {
+    let part = rec.image.partition.as_ref();
+    Ok(json!({
+        "name": rec.name, "state": rec.state.as_str(),
+        "image_size": rec.image.size, "sha256": rec.image.sha256,
+        "kind": rec.image.kind, "disk_written": rec.image.disk_written,
+        "disk_zeroed": rec.image.disk_zeroed,
+        "container": rec.container.path, "disk": rec.disk.path,
+        "extents": rec.image_map()?.extents().len(),
+        "partition": part.map(|p| p.number),
+        "image_offset": part.and_then(|p| p.entry()).map_or(0, |e| e.offset),
+        "image_sha256": part.map_or(&rec.image.sha256, |p| &p.image_sha256),
+    }))
 }
 
 fn main() -> ExitCode {

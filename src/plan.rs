@@ -11,6 +11,7 @@ use crate::error::{Error, ErrorKind};
 use crate::header;
 use crate::hostfs::{self, HostTarget};
 use crate::record;
+use crate::split::Piece;
 use crate::state_dir::StateDir;
 
 /// Bytes per hashed (and resumable) chunk of the image.
@@ -77,17 +78,34 @@ pub struct Plan {
     pub disk: Option<String>,
     pub partition_start: Option<u64>,
     pub logical_sector_size: Option<u32>,
+    /// All stagings together.
     pub image_size: Option<u64>,
     pub container_size: Option<u64>,
     pub free_bytes: Option<u64>,
+    /// The stagings the image becomes (one per partition of a whole-disk
+    /// image, else one).
+    pub stagings: Vec<PlannedStaging>,
     pub refusals: Vec<Refusal>,
+}
+
+/// One container staging would create.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlannedStaging {
+    pub name: Option<String>,
+    /// The partition number in the image, when the image is split.
+    pub partition: Option<u32>,
+    /// Where its bytes are in the image.
+    pub image_offset: u64,
+    pub image_size: u64,
+    pub container_size: Option<u64>,
 }
 
 /// The preflight's findings, with the errors kept for `stage`.
 pub struct Assessment {
     pub plan: Plan,
     pub target: Option<HostTarget>,
-    pub layout: Option<Layout>,
+    /// One per piece, in order (empty when the target is unknown).
+    pub layouts: Vec<Layout>,
     errors: Vec<Error>,
 }
 
@@ -98,20 +116,26 @@ impl Assessment {
     }
 }
 
-/// Check staging `image_size` bytes (or an image that could not be opened:
-/// `image_error`) into `dir` under `name`.
+/// Check staging the `pieces` of an image (or an image that could not be
+/// opened or split: the error) into `dir`.
 pub fn assess(
     state: &StateDir,
     dir: &Path,
-    name: Option<&str>,
-    image: std::result::Result<u64, Error>,
+    pieces: std::result::Result<Vec<Piece>, Error>,
 ) -> Assessment {
     let mut errors = Vec::new();
     let is_root = rustix::process::geteuid().is_root();
     if !is_root {
         errors.push(not_root());
     }
-    if let Some(name) = name {
+    let pieces = match pieces {
+        Ok(p) => p,
+        Err(e) => {
+            errors.push(e);
+            Vec::new()
+        }
+    };
+    for name in pieces.iter().filter_map(|p| p.name.as_deref()) {
         match record::validate_name(name) {
             Err(e) => errors.push(e),
             Ok(()) if state.exists(name) => errors.push(Error::new(
@@ -123,13 +147,7 @@ pub fn assess(
             Ok(()) => {}
         }
     }
-    let image_size = match image {
-        Ok(s) => Some(s),
-        Err(e) => {
-            errors.push(e);
-            None
-        }
-    };
+    let image_size = (!pieces.is_empty()).then(|| pieces.iter().map(|p| p.size).sum::<u64>());
     let target = match hostfs::discover(dir) {
         Ok(t) => Some(t),
         Err(e) => {
@@ -137,7 +155,7 @@ pub fn assess(
             None
         }
     };
-    let mut layout = None;
+    let mut layouts = Vec::new();
     if let Some(t) = &target {
         let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
         if hostfs::cmdline_forbids_write_mounted(&cmdline) && t.block.partition_number.is_none() {
@@ -159,9 +177,9 @@ pub fn assess(
                 ),
             ));
         }
-        if let (Some(n), true) = (name, is_root) {
+        for n in pieces.iter().filter_map(|p| p.name.as_deref()) {
             let path = crate::container::path_for(&t.dir, n);
-            if path.exists() {
+            if is_root && path.exists() {
                 errors.push(
                     Error::new(
                         ErrorKind::NameInUse,
@@ -171,20 +189,25 @@ pub fn assess(
                 );
             }
         }
-        if let Some(size) = image_size {
-            let l = Layout::new(size, t.fs_block_size);
-            if l.container_size > t.free_bytes {
-                errors.push(Error::new(
-                    ErrorKind::NoSpace,
-                    format!(
-                        "not enough space: the container needs {} bytes but {} has {} free; free space or pick another --dir",
-                        l.container_size,
-                        t.mount.mount_point.display(),
-                        t.free_bytes
-                    ),
-                ));
-            }
-            layout = Some(l);
+        layouts = pieces
+            .iter()
+            .map(|p| Layout::new(p.size, t.fs_block_size))
+            .collect();
+        let needed: u64 = layouts.iter().map(|l| l.container_size).sum();
+        if !layouts.is_empty() && needed > t.free_bytes {
+            let what = if layouts.len() == 1 {
+                "the container needs".to_string()
+            } else {
+                format!("the {} containers need", layouts.len())
+            };
+            errors.push(Error::new(
+                ErrorKind::NoSpace,
+                format!(
+                    "not enough space: {what} {needed} bytes but {} has {} free; free space or pick another --dir",
+                    t.mount.mount_point.display(),
+                    t.free_bytes
+                ),
+            ));
         }
         if is_root && let Err(e) = std::fs::OpenOptions::new().write(true).open(&t.disk_path) {
             errors.push(
@@ -206,8 +229,20 @@ pub fn assess(
         partition_start: target.as_ref().map(|t| t.block.start),
         logical_sector_size: target.as_ref().map(|t| t.block.logical_sector_size),
         image_size,
-        container_size: layout.map(|l| l.container_size),
+        container_size: (!layouts.is_empty())
+            .then(|| layouts.iter().map(|l| l.container_size).sum()),
         free_bytes: target.as_ref().map(|t| t.free_bytes),
+        stagings: pieces
+            .iter()
+            .enumerate()
+            .map(|(i, p)| PlannedStaging {
+                name: p.name.clone(),
+                partition: p.partition.as_ref().map(|sp| sp.number),
+                image_offset: p.offset,
+                image_size: p.size,
+                container_size: layouts.get(i).map(|l| l.container_size),
+            })
+            .collect(),
         refusals: errors
             .iter()
             .map(|e| Refusal {
@@ -220,7 +255,7 @@ pub fn assess(
     Assessment {
         plan,
         target,
-        layout,
+        layouts,
         errors,
     }
 }

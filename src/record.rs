@@ -78,6 +78,35 @@ pub struct ImageInfo {
     pub disk_written: u64,
     #[serde(default)]
     pub disk_zeroed: u64,
+    /// Set when the staged bytes are one partition of a whole-disk image.
+    /// `expected_sha256` is then the whole image's, and `sha256` stays unset
+    /// (the whole image's hash is in [`StagedPartition::image_sha256`]).
+    #[serde(default)]
+    pub partition: Option<StagedPartition>,
+}
+
+/// One partition of a whole-disk image, staged on its own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StagedPartition {
+    /// The name given to `stage` (the partitions are staged as
+    /// `NAME-p1`, `NAME-p2`, …, or as `NAME` when `--partition` picked one).
+    pub set: String,
+    /// Shared by the stagings made from the same image by one `stage`.
+    pub set_id: uuid::Uuid,
+    /// The partition's number in `table`.
+    pub number: u32,
+    /// The whole image's size, and its SHA-256 once computed.
+    pub image_size: u64,
+    pub image_sha256: Option<String>,
+    /// The image's partition table, for activation to rebuild entries.
+    pub table: crate::input::partitions::PartitionTable,
+}
+
+impl StagedPartition {
+    /// This partition's entry in the table.
+    pub fn entry(&self) -> Option<&crate::input::partitions::ImagePartition> {
+        self.table.partition(self.number)
+    }
 }
 
 impl ImageInfo {
@@ -264,6 +293,7 @@ pub(crate) mod tests {
                 failure: None,
                 disk_written: 0,
                 disk_zeroed: 0,
+                partition: None,
             },
             container: ContainerInfo {
                 path: "/var/tmp/web-01.lrc".into(),

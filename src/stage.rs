@@ -7,8 +7,10 @@
 //! 2. container created, preallocated, synced, pinned
 //! 3. record `staging` with the map
 //! 4. on-disk header (state `staging`), then image chunks; every
-//!    [`CHECKPOINT_BYTES`] the disk is flushed and the record notes how far
-//!    it got, with the chunk hashes
+//!    [`CHECKPOINT_BYTES`] or [`CHECKPOINT_INTERVAL`], when a staging's last
+//!    chunk is followed by the next staging's, and whenever the source
+//!    stalls for [`IDLE_CHECKPOINT`], the disk is flushed and the record
+//!    notes how far it got, with the chunk hashes
 //! 5. end: flush, re-read FIEMAP and compare, header `complete`, flush,
 //!    record `complete`.
 
@@ -29,13 +31,19 @@ use crate::identity;
 use crate::plan::{self, CHUNK_SIZE};
 use crate::progress::Progress;
 use crate::record::{ContainerInfo, ImageInfo, RECORD_VERSION, StagingRecord, StagingState};
+use crate::split::{self, Split};
 use crate::staged;
 use crate::state_dir::StateDir;
 
 /// Flush the disk and record progress at least this often (bytes)…
-pub const CHECKPOINT_BYTES: u64 = 64 << 20;
-/// …or this often (time), whichever comes first.
-const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(5);
+pub const CHECKPOINT_BYTES: u64 = 1 << 30;
+/// …or this often (time), whichever comes first. A flush costs tens of
+/// milliseconds on many devices, so checkpoints are few: a crash costs at
+/// most this much rework, never correctness.
+pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(5);
+/// A source that delivers nothing for this long (a stalled network or
+/// pipe) gets what has been written so far checkpointed.
+pub const IDLE_CHECKPOINT: Duration = Duration::from_secs(1);
 /// Chunks in flight between the reader/hasher thread and the writer.
 const PIPELINE_DEPTH: usize = 3;
 
@@ -54,6 +62,8 @@ pub struct StageRequest<'a> {
     pub open: OpenOptions,
     /// `--sha256`: the staging only completes when the image has it.
     pub sha256: Option<String>,
+    /// What to do with a whole-disk image's partitions.
+    pub split: Split,
 }
 
 /// A SHA-256 as 64 lowercase hex digits, or [`ErrorKind::BadImage`].
@@ -66,134 +76,175 @@ pub fn parse_sha256(text: &str) -> Result<String> {
     })
 }
 
-/// Stage a new image. On any error everything created is removed again.
+/// Stage a new image: one staging, or one per partition of a whole-disk
+/// image, all written in one pass over the image. On any error everything
+/// created is removed again (a staging whose image failed its SHA-256 is
+/// kept, marked failed).
 pub fn stage(
     state: &StateDir,
     req: &StageRequest<'_>,
     progress: &dyn Progress,
-) -> Result<StagingRecord> {
+) -> Result<Vec<StagingRecord>> {
     plan::require_root()?;
     crate::record::validate_name(req.name)?;
     let _lock = state.lock()?;
     let expected = req.sha256.as_deref().map(parse_sha256).transpose()?;
-    // An image that cannot be opened is one of the refusals `assess` lists.
-    let (source, size) = match Image::open(req.image, &req.open) {
-        Ok(s) => {
-            let size = s.size();
-            (Some(s), Ok(size))
-        }
+    // An image that cannot be opened or split is one of the refusals
+    // `assess` lists.
+    let opened = Image::open(req.image, &req.open).and_then(|mut image| {
+        let pieces = split::pieces(&mut image, Some(req.name), req.split)?;
+        Ok((image, pieces))
+    });
+    let (source, pieces) = match opened {
+        Ok((s, p)) => (Some(s), Ok(p)),
         Err(e) => (None, Err(e)),
     };
-    let assessment = plan::assess(state, req.dir, Some(req.name), size);
-    let (target, layout) = (assessment.target.clone(), assessment.layout);
+    let kept = pieces.as_ref().ok().cloned();
+    let assessment = plan::assess(state, req.dir, pieces);
+    let (target, layouts) = (assessment.target.clone(), assessment.layouts.clone());
     if let Some(err) = assessment.first_error() {
         return Err(err);
     }
-    // No refusal means the image opened and the target and layout are known.
-    let (mut source, target, layout) = (
+    // No refusal means the image opened and split, and the target is known.
+    let (mut source, pieces, target) = (
         source.expect("assessed"),
+        kept.expect("assessed"),
         target.expect("assessed"),
-        layout.expect("assessed"),
     );
     let (host, disk) = identity::describe(&target)?;
-    let container_path = container::path_for(&target.dir, req.name);
     let created_unix = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    let mut rec = StagingRecord {
-        version: RECORD_VERSION,
-        id: uuid::Uuid::new_v4(),
-        name: req.name.to_string(),
-        state: StagingState::Allocating,
-        created_unix,
-        image: ImageInfo {
-            source: source.location.recorded(),
-            kind: source.kind(),
-            bmap: (source.format == crate::input::Format::Bmap)
-                .then(|| req.open.bmap.clone().map(|b| b.display().to_string()))
-                .flatten(),
-            size: layout.image_size,
-            chunk_size: CHUNK_SIZE,
-            written: 0,
-            chunk_blake3: Vec::new(),
-            expected_sha256: expected.or_else(|| source.hash_file.as_ref().map(|(_, h)| h.clone())),
-            sha256: None,
-            failure: None,
-            disk_written: 0,
-            disk_zeroed: 0,
-        },
-        container: ContainerInfo {
-            path: container_path.display().to_string(),
-            inode: 0,
-            generation: 0,
-            size: layout.container_size,
-            data_offset: layout.header_len,
-            block_size: target.fs_block_size,
-        },
-        host,
-        disk,
-        map: None,
-    };
-    state.save(&rec)?;
-    let result = allocate(state, &mut rec, &target, layout.max_extents, progress)
-        .and_then(|()| write_image(state, &mut rec, &mut source, &target, false, progress));
-    if let Err(e) = result {
-        if rec.state == StagingState::Failed {
-            // Kept on purpose so that the user sees why; discard removes it.
-            return Err(e);
+    let expected = expected.or_else(|| source.hash_file.as_ref().map(|(_, h)| h.clone()));
+    let mut recs: Vec<StagingRecord> = pieces
+        .iter()
+        .zip(&layouts)
+        .map(|(piece, layout)| {
+            let name = piece.name.clone().expect("stage names every piece");
+            StagingRecord {
+                version: RECORD_VERSION,
+                id: uuid::Uuid::new_v4(),
+                state: StagingState::Allocating,
+                created_unix,
+                image: ImageInfo {
+                    source: source.location.recorded(),
+                    kind: source.kind(),
+                    bmap: (source.format == crate::input::Format::Bmap)
+                        .then(|| req.open.bmap.clone().map(|b| b.display().to_string()))
+                        .flatten(),
+                    size: layout.image_size,
+                    chunk_size: CHUNK_SIZE,
+                    written: 0,
+                    chunk_blake3: Vec::new(),
+                    expected_sha256: expected.clone(),
+                    sha256: None,
+                    failure: None,
+                    disk_written: 0,
+                    disk_zeroed: 0,
+                    partition: piece.partition.clone(),
+                },
+                container: ContainerInfo {
+                    path: container::path_for(&target.dir, &name)
+                        .display()
+                        .to_string(),
+                    inode: 0,
+                    generation: 0,
+                    size: layout.container_size,
+                    data_offset: layout.header_len,
+                    block_size: target.fs_block_size,
+                },
+                host: host.clone(),
+                disk: disk.clone(),
+                map: None,
+                name,
+            }
+        })
+        .collect();
+    let offsets: Vec<u64> = pieces.iter().map(|p| p.offset).collect();
+    let mut result = Ok(());
+    for (rec, layout) in recs.iter_mut().zip(&layouts) {
+        result = state
+            .save(rec)
+            .and_then(|()| allocate(state, rec, &target, layout.max_extents, progress));
+        if result.is_err() {
+            break;
         }
-        // Nothing half-done is left: remove the container and the record.
-        let cleanup = container::remove(&container_path).and_then(|()| state.remove(&rec.name));
-        if let Err(c) = cleanup {
-            progress.note(&format!(
-                "cleanup after the failure also failed: {c}; run `liverestore discard {}`",
-                rec.name
-            ));
+    }
+    let result = result.and_then(|()| {
+        let mut sinks: Vec<(&mut StagingRecord, u64)> = recs.iter_mut().zip(offsets).collect();
+        write_pass(state, &mut sinks, &mut source, &target, false, progress)
+    });
+    if let Err(e) = result {
+        for rec in &recs {
+            if rec.state == StagingState::Failed {
+                // Kept on purpose so that the user sees why; discard removes it.
+                continue;
+            }
+            // Nothing half-done is left: remove the container and the record.
+            let cleanup = if state.exists(&rec.name) {
+                container::remove(Path::new(&rec.container.path))
+                    .and_then(|()| state.remove(&rec.name))
+            } else {
+                Ok(())
+            };
+            if let Err(c) = cleanup {
+                progress.note(&format!(
+                    "cleanup after the failure also failed: {c}; run `liverestore discard {}`",
+                    rec.name
+                ));
+            }
         }
         return Err(e);
     }
-    Ok(rec)
+    Ok(recs)
 }
 
 /// Continue an interrupted staging. `image` defaults to the recorded path;
 /// an image staged from stdin must be piped again (`-`). The bytes already
 /// staged are checked against the recorded hashes (the source's and the
 /// disk's), rewritten where the disk differs, and staging goes on from
-/// there. On failure the staging stays resumable.
+/// there. On failure the staging stays resumable. `name` may be one
+/// partition of a split image or the name the image was staged under: the
+/// whole set is resumed in one pass.
 pub fn resume(
     state: &StateDir,
     name: &str,
     image: Option<&str>,
     progress: &dyn Progress,
-) -> Result<StagingRecord> {
+) -> Result<Vec<StagingRecord>> {
     plan::require_root()?;
     let _lock = state.lock()?;
-    let mut rec = state.load(name)?;
-    match rec.state {
-        StagingState::Complete => {
-            return Err(Error::new(
-                ErrorKind::InvalidState,
-                format!("'{name}' is already complete; nothing to resume"),
-            ));
-        }
-        StagingState::Allocating => {
-            return Err(Error::new(
-                ErrorKind::InvalidState,
-                format!(
-                    "'{name}' stopped while its container was being allocated; run `liverestore discard {name}` and stage again"
-                ),
-            ));
-        }
-        StagingState::Failed => {
-            return Err(Error::new(
-                ErrorKind::InvalidState,
-                format!("'{name}' failed and cannot be resumed; run `liverestore discard {name}`"),
-            ));
-        }
-        StagingState::Staging => {}
+    let mut recs = staged::set_of(state, name)?;
+    if recs.iter().all(|r| r.state == StagingState::Complete) {
+        return Err(Error::new(
+            ErrorKind::InvalidState,
+            format!("'{name}' is already complete; nothing to resume"),
+        ));
     }
-    let spec = match (image, &rec.image.source) {
+    for rec in &recs {
+        let n = &rec.name;
+        match rec.state {
+            StagingState::Allocating => {
+                return Err(Error::new(
+                    ErrorKind::InvalidState,
+                    format!(
+                        "'{n}' stopped while its container was being allocated; run `liverestore discard {n}` and stage again"
+                    ),
+                ));
+            }
+            StagingState::Failed => {
+                return Err(Error::new(
+                    ErrorKind::InvalidState,
+                    format!("'{n}' failed and cannot be resumed; run `liverestore discard {n}`"),
+                ));
+            }
+            StagingState::Staging | StagingState::Complete => {}
+        }
+    }
+    recs.retain(|r| r.state == StagingState::Staging);
+    let first = recs[0].clone();
+    let spec = match (image, &first.image.source) {
         (Some(s), _) => s.to_string(),
         (None, Some(p)) => p.clone(),
         (None, None) => {
@@ -203,40 +254,58 @@ pub fn resume(
             ));
         }
     };
+    let image_size = first
+        .image
+        .partition
+        .as_ref()
+        .map_or(first.image.size, |p| p.image_size);
+    let offset_of = |r: &StagingRecord| {
+        r.image
+            .partition
+            .as_ref()
+            .and_then(|p| p.entry())
+            .map_or(0, |e| e.offset)
+    };
+    // A URL is not downloaded again up to what is staged (the staged chunks
+    // are only checked on the disk), unless the whole image must be hashed.
     let remote = spec.starts_with("http://") || spec.starts_with("https://");
+    let start_at = if remote && first.image.expected_sha256.is_none() {
+        recs.iter()
+            .map(|r| offset_of(r) + r.image.written)
+            .min()
+            .unwrap_or(0)
+    } else {
+        0
+    };
     let opts = OpenOptions {
-        size: (spec == "-").then_some(rec.image.size),
-        bmap: rec.image.bmap.as_ref().map(std::path::PathBuf::from),
-        no_bmap: !rec.image.kind.starts_with("bmap"),
-        // A URL is not downloaded again: the staged chunks are only
-        // checked on the disk.
-        start_at: if remote { rec.image.written } else { 0 },
+        size: (spec == "-").then_some(image_size),
+        bmap: first.image.bmap.as_ref().map(std::path::PathBuf::from),
+        no_bmap: !first.image.kind.starts_with("bmap"),
+        start_at,
     };
     let mut source = Image::open(&spec, &opts)?;
-    if source.size() != rec.image.size {
+    if source.size() != image_size {
         return Err(Error::new(
             ErrorKind::BadImage,
             format!(
-                "the image has {} bytes but '{name}' is staging {} bytes",
+                "the image has {} bytes but '{name}' is staging {image_size} bytes",
                 source.size(),
-                rec.image.size
             ),
         ));
     }
-    let checked = staged::revalidate(&rec)?;
-    progress.note(&format!(
-        "resuming '{name}': {} of {} bytes were staged; checking them",
-        rec.image.written, rec.image.size
-    ));
-    write_image(
-        state,
-        &mut rec,
-        &mut source,
-        &checked.target,
-        true,
-        progress,
-    )?;
-    Ok(rec)
+    let mut target = None;
+    for rec in &recs {
+        target = Some(staged::revalidate(rec)?.target);
+        progress.note(&format!(
+            "resuming '{}': {} of {} bytes were staged; checking them",
+            rec.name, rec.image.written, rec.image.size
+        ));
+    }
+    let target = target.expect("at least one staging to resume");
+    let offsets: Vec<u64> = recs.iter().map(offset_of).collect();
+    let mut sinks: Vec<(&mut StagingRecord, u64)> = recs.iter_mut().zip(offsets).collect();
+    write_pass(state, &mut sinks, &mut source, &target, true, progress)?;
+    Ok(recs)
 }
 
 /// Steps 2 and 3: create, preallocate, pin, map.
@@ -284,17 +353,23 @@ struct ChunkRun {
 }
 
 /// A chunk as read from the image: `len` image bytes in `buf` (unless
-/// `fill` says it is all zeros).
+/// `fill` says it is all zeros), for chunk `index` of sink `sink`, or, with
+/// no sink, bytes between the stagings that are only hashed.
 struct ReadChunk {
+    sink: Option<usize>,
     index: u64,
     buf: AlignedBuf,
     len: usize,
     fill: Fill,
 }
 
-/// A chunk with its hash and its data and zero runs.
+/// A chunk of a staging with its hash and its data and zero runs.
 struct HashedChunk {
-    chunk: ReadChunk,
+    sink: usize,
+    index: u64,
+    buf: AlignedBuf,
+    len: usize,
+    fill: Fill,
     blake3: String,
     runs: Vec<ChunkRun>,
 }
@@ -370,40 +445,209 @@ fn write_header(writer: &mut DiskWriter, rec: &StagingRecord, align: u64) -> Res
     writer.write_at(0, &buf)
 }
 
-/// Steps 4 and 5. With `resuming`, chunks below `rec.image.written` are
-/// checked instead of blindly written.
-fn write_image(
+/// A byte range of the image the reader delivers: the chunks of a staging
+/// (`sink`) from chunk `first` on, or bytes between stagings that are read
+/// only to be hashed (`sink` None).
+struct Span {
+    sink: Option<usize>,
+    offset: u64,
+    len: u64,
+    first: u64,
+}
+
+/// The reader's work list, in image order: each sink's chunks, and when
+/// the whole image must be hashed, the bytes between and after them.
+fn spans(
+    sinks: &[(u64, u64, u64)],
+    image_size: u64,
+    chunk: u64,
+    starts_at: u64,
+    hash_all: bool,
+) -> Vec<Span> {
+    let mut order: Vec<usize> = (0..sinks.len()).collect();
+    order.sort_by_key(|&i| sinks[i].0);
+    let mut out = Vec::new();
+    let mut pos = 0;
+    for i in order {
+        let (offset, size, committed) = sinks[i];
+        if hash_all && offset > pos {
+            out.push(Span {
+                sink: None,
+                offset: pos,
+                len: offset - pos,
+                first: 0,
+            });
+        }
+        // Chunks before the source's first byte are not read again.
+        let skip = starts_at.saturating_sub(offset) / chunk;
+        out.push(Span {
+            sink: Some(i),
+            offset,
+            len: size,
+            first: skip.min(committed),
+        });
+        pos = pos.max(offset + size);
+    }
+    if hash_all && image_size > pos {
+        out.push(Span {
+            sink: None,
+            offset: pos,
+            len: image_size - pos,
+            first: 0,
+        });
+    }
+    out
+}
+
+/// A staging being written by a pass.
+struct Sink<'r> {
+    rec: &'r mut StagingRecord,
+    writer: DiskWriter,
+    reader: DiskReader,
+    map: crate::extent_map::ExtentMap,
+    /// Chunks staged before this pass (checked, not blindly rewritten).
+    committed: u64,
+    pending: PendingZero,
+    /// Image bytes staged so far (contiguous from 0), and as of the last
+    /// checkpoint (with its time).
+    done: u64,
+    last_checkpoint: (u64, Instant),
+}
+
+impl Sink<'_> {
+    /// Flush, sync and record how far this staging got.
+    fn checkpoint(&mut self, state: &StateDir, done: u64) -> Result<()> {
+        self.pending.flush(&mut self.writer)?;
+        self.writer.sync()?;
+        self.rec.image.written = done.min(self.rec.image.size);
+        self.rec.image.disk_written = self.writer.bytes_written();
+        self.rec.image.disk_zeroed = self.writer.bytes_zeroed();
+        state.save(self.rec)?;
+        self.last_checkpoint = (done, Instant::now());
+        Ok(())
+    }
+
+    /// Checkpoint if anything was staged since the last checkpoint.
+    fn checkpoint_if_behind(&mut self, state: &StateDir) -> Result<()> {
+        if self.done > self.last_checkpoint.0 {
+            self.checkpoint(state, self.done)?;
+        }
+        Ok(())
+    }
+
+    /// Write (or, below `committed`, check) one hashed chunk.
+    fn put(
+        &mut self,
+        state: &StateDir,
+        c: &mut HashedChunk,
+        align: u64,
+        progress: &dyn Progress,
+    ) -> Result<()> {
+        let rec = &mut *self.rec;
+        let chunk = rec.image.chunk_size;
+        let (index, len) = (c.index, c.len);
+        let offset = index * chunk;
+        let at = rec.container.data_offset + offset;
+        let io_len = align_up(len as u64, align) as usize;
+        if index < self.committed {
+            if rec.image.chunk_blake3[index as usize] != c.blake3 {
+                return Err(Error::new(
+                    ErrorKind::BadImage,
+                    format!(
+                        "this is not the image being staged as '{}': chunk {index} differs",
+                        rec.name
+                    ),
+                )
+                .with_offset(offset));
+            }
+            let mut check = AlignedBuf::new(io_len);
+            self.reader.read_at(at, &mut check)?;
+            if blake3::hash(&check[..len]).to_hex().as_str() != c.blake3 {
+                progress.note(&format!(
+                    "chunk {index} of '{}' on disk differs from the record; rewriting it",
+                    rec.name
+                ));
+                if c.fill == Fill::Zero {
+                    c.buf[..io_len].fill(0);
+                }
+                self.writer.write_at(at, &c.buf[..io_len])?;
+            }
+            return Ok(());
+        }
+        for run in &c.runs {
+            let run_at = at + run.start as u64;
+            if run.zero {
+                self.pending.add(&mut self.writer, run_at, run.len as u64)?;
+            } else {
+                self.pending.flush(&mut self.writer)?;
+                self.writer
+                    .write_at(run_at, &c.buf[run.start..run.start + run.len])?;
+            }
+        }
+        rec.image.chunk_blake3.push(std::mem::take(&mut c.blake3));
+        let done = offset + len as u64;
+        self.done = done;
+        // The end of the last staging is recorded by `finish`; the end of
+        // another by the writer loop when the next staging's data arrives.
+        if done - self.last_checkpoint.0 >= CHECKPOINT_BYTES
+            || self.last_checkpoint.1.elapsed() >= CHECKPOINT_INTERVAL
+        {
+            self.checkpoint(state, done)?;
+        }
+        Ok(())
+    }
+}
+
+/// Steps 4 and 5 for every staging in `targets` (a record and the image
+/// offset of its first byte), in one pass over `source`. With `resuming`,
+/// chunks below each record's `written` are checked instead of blindly
+/// written.
+fn write_pass(
     state: &StateDir,
-    rec: &mut StagingRecord,
+    targets: &mut [(&mut StagingRecord, u64)],
     source: &mut Image,
     target: &HostTarget,
     resuming: bool,
     progress: &dyn Progress,
 ) -> Result<()> {
-    let map = rec
-        .map
-        .clone()
-        .ok_or_else(|| Error::new(ErrorKind::InvalidState, "no map"))?;
     let align = target.io_align();
-    let mut writer = DiskWriter::for_target(target, map.clone())?;
-    let reader = DiskReader::open(&target.disk_path, map.clone())?;
-    write_header(&mut writer, rec, align)?;
-
-    let size = rec.image.size;
-    let chunk = rec.image.chunk_size;
-    let chunks = size.div_ceil(chunk);
-    let committed = if resuming {
-        rec.image.written / chunk
-    } else {
-        0
-    };
-    rec.image.chunk_blake3.truncate(committed as usize);
-    let data_offset = rec.container.data_offset;
-
-    let want_sha256 = rec.image.expected_sha256.is_some();
-    // Chunks before `first` are not read again (a URL resumes with a range).
-    let first = (source.starts_at / chunk).min(committed);
-    progress.begin("stage", size);
+    let chunk = CHUNK_SIZE;
+    let mut sinks = Vec::with_capacity(targets.len());
+    let mut layout = Vec::with_capacity(targets.len());
+    for (rec, offset) in targets.iter_mut() {
+        let map = rec
+            .map
+            .clone()
+            .ok_or_else(|| Error::new(ErrorKind::InvalidState, "no map"))?;
+        if rec.image.chunk_size != chunk {
+            return Err(Error::new(ErrorKind::InvalidState, "unexpected chunk size"));
+        }
+        let mut writer = DiskWriter::for_target(target, map.clone())?;
+        let reader = DiskReader::open(&target.disk_path, map.clone())?;
+        write_header(&mut writer, rec, align)?;
+        let committed = if resuming {
+            rec.image.written / chunk
+        } else {
+            0
+        };
+        rec.image.chunk_blake3.truncate(committed as usize);
+        layout.push((*offset, rec.image.size, committed));
+        sinks.push(Sink {
+            rec,
+            writer,
+            reader,
+            map,
+            committed,
+            pending: PendingZero::default(),
+            done: committed * chunk,
+            last_checkpoint: (committed * chunk, Instant::now()),
+        });
+    }
+    let want_sha256 = sinks.iter().any(|s| s.rec.image.expected_sha256.is_some());
+    let image_size = source.size();
+    let spans = spans(&layout, image_size, chunk, source.starts_at, want_sha256);
+    let total: u64 = sinks.iter().map(|s| s.rec.image.size).sum();
+    progress.begin("stage", total);
     let full_sha256 = std::thread::scope(|s| -> Result<Option<[u8; 32]>> {
         let (tx, rx) = mpsc::sync_channel::<Message<HashedChunk>>(PIPELINE_DEPTH);
         let (free_tx, free_rx) = mpsc::channel::<AlignedBuf>();
@@ -415,28 +659,31 @@ fn write_image(
         // Stage 1: read (and decompress, decode) each chunk.
         let (read_tx, read_rx) = mpsc::sync_channel::<Message<ReadChunk>>(PIPELINE_DEPTH);
         s.spawn(move || {
-            for index in first..chunks {
-                let Ok(mut buf) = free_rx.recv() else { return };
-                let offset = index * chunk;
-                let len = (size - offset).min(chunk) as usize;
-                let fill = match source.read_chunk(offset, &mut buf[..len]) {
-                    Ok(f) => f,
-                    Err(e) => {
-                        let _ = read_tx.send(Message::Failed(e));
+            for span in &spans {
+                for index in span.first..span.len.div_ceil(chunk) {
+                    let Ok(mut buf) = free_rx.recv() else { return };
+                    let rel = index * chunk;
+                    let len = (span.len - rel).min(chunk) as usize;
+                    let fill = match source.read_chunk(span.offset + rel, &mut buf[..len]) {
+                        Ok(f) => f,
+                        Err(e) => {
+                            let _ = read_tx.send(Message::Failed(e));
+                            return;
+                        }
+                    };
+                    if fill == Fill::Data && len < buf.len() {
+                        buf[len..].fill(0); // sector padding of the last chunk
+                    }
+                    let msg = Message::Chunk(ReadChunk {
+                        sink: span.sink,
+                        index,
+                        buf,
+                        len,
+                        fill,
+                    });
+                    if read_tx.send(msg).is_err() {
                         return;
                     }
-                };
-                if fill == Fill::Data && len < buf.len() {
-                    buf[len..].fill(0); // sector padding of the last chunk
-                }
-                let msg = Message::Chunk(ReadChunk {
-                    index,
-                    buf,
-                    len,
-                    fill,
-                });
-                if read_tx.send(msg).is_err() {
-                    return;
                 }
             }
             let msg = match source.finish() {
@@ -447,41 +694,53 @@ fn write_image(
         });
         // Stage 2: chunk hashes, zero runs and (when one is expected) the
         // whole-image SHA-256, in parallel with reading and writing.
+        let spare_tx = free_tx.clone();
         s.spawn(move || {
             let mut whole = want_sha256.then(Sha256::new);
             let zeros = AlignedBuf::new(chunk as usize);
             let zero_hash = blake3::hash(&zeros).to_hex().to_string();
             for msg in read_rx {
                 let msg = match msg {
-                    Message::Chunk(chunk) => {
-                        let (len, buf) = (chunk.len, &chunk.buf);
+                    Message::Chunk(c) => {
+                        let (len, buf) = (c.len, &c.buf);
+                        let data: &[u8] = match c.fill {
+                            Fill::Zero => &zeros[..len],
+                            Fill::Data => &buf[..len],
+                        };
+                        if let Some(w) = whole.as_mut() {
+                            w.update(data);
+                        }
+                        let Some(sink) = c.sink else {
+                            // Only hashed: the buffer goes back at once.
+                            let _ = spare_tx.send(c.buf);
+                            continue;
+                        };
                         let io_len = align_up(len as u64, align) as usize;
-                        let (blake3, runs, data): (String, Vec<ChunkRun>, &[u8]) = match chunk.fill
-                        {
+                        let (blake3, runs) = match c.fill {
                             Fill::Zero => {
                                 let hash = if len == zeros.len() {
                                     zero_hash.clone()
                                 } else {
-                                    blake3::hash(&zeros[..len]).to_hex().to_string()
+                                    blake3::hash(data).to_hex().to_string()
                                 };
                                 let all = ChunkRun {
                                     start: 0,
                                     len: io_len,
                                     zero: true,
                                 };
-                                (hash, vec![all], &zeros[..len])
+                                (hash, vec![all])
                             }
                             Fill::Data => (
-                                blake3::hash(&buf[..len]).to_hex().to_string(),
+                                blake3::hash(data).to_hex().to_string(),
                                 zero_runs(&buf[..io_len]),
-                                &buf[..len],
                             ),
                         };
-                        if let Some(w) = whole.as_mut() {
-                            w.update(data);
-                        }
                         Message::Chunk(HashedChunk {
-                            chunk,
+                            sink,
+                            index: c.index,
+                            buf: c.buf,
+                            len,
+                            fill: c.fill,
                             blake3,
                             runs,
                         })
@@ -497,114 +756,119 @@ fn write_image(
         });
 
         // Writer: this thread.
-        let mut last_checkpoint = (0u64, Instant::now());
-        let mut check_buf = AlignedBuf::new(chunk as usize);
-        let mut pending = PendingZero::default();
-        for msg in rx {
+        let mut done = 0u64;
+        let mut current = None;
+        loop {
+            let msg = match rx.recv_timeout(IDLE_CHECKPOINT) {
+                Ok(msg) => msg,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    for sink in &mut sinks {
+                        sink.checkpoint_if_behind(state)?;
+                    }
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err(Error::new(
+                        ErrorKind::Io,
+                        "the image reader stopped unexpectedly",
+                    ));
+                }
+            };
             match msg {
                 Message::Failed(e) => return Err(e),
                 Message::Done(sha256) => {
-                    pending.flush(&mut writer)?;
+                    for sink in &mut sinks {
+                        sink.pending.flush(&mut sink.writer)?;
+                    }
                     return Ok(sha256);
                 }
-                Message::Chunk(HashedChunk {
-                    chunk:
-                        ReadChunk {
-                            index,
-                            mut buf,
-                            len,
-                            fill,
-                        },
-                    blake3,
-                    runs,
-                }) => {
-                    let offset = index * chunk;
-                    let at = data_offset + offset;
-                    let io_len = align_up(len as u64, align) as usize;
-                    if index < committed {
-                        if rec.image.chunk_blake3[index as usize] != blake3 {
-                            return Err(Error::new(
-                                ErrorKind::BadImage,
-                                format!("this is not the image being staged as '{}': chunk {index} differs", rec.name),
-                            )
-                            .with_offset(offset));
-                        }
-                        reader.read_at(at, &mut check_buf[..io_len])?;
-                        if blake3::hash(&check_buf[..len]).to_hex().as_str() != blake3 {
-                            progress.note(&format!(
-                                "chunk {index} on disk differs from the record; rewriting it"
-                            ));
-                            if fill == Fill::Zero {
-                                buf[..io_len].fill(0);
-                            }
-                            writer.write_at(at, &buf[..io_len])?;
-                        }
-                    } else {
-                        for run in &runs {
-                            let run_at = at + run.start as u64;
-                            if run.zero {
-                                pending.add(&mut writer, run_at, run.len as u64)?;
-                            } else {
-                                pending.flush(&mut writer)?;
-                                writer.write_at(run_at, &buf[run.start..run.start + run.len])?;
-                            }
-                        }
-                        rec.image.chunk_blake3.push(blake3);
-                        let done = offset + len as u64;
-                        if done - last_checkpoint.0 >= CHECKPOINT_BYTES
-                            || last_checkpoint.1.elapsed() >= CHECKPOINT_INTERVAL
-                        {
-                            pending.flush(&mut writer)?;
-                            writer.sync()?;
-                            rec.image.written = done.min(size);
-                            rec.image.disk_written = writer.bytes_written();
-                            rec.image.disk_zeroed = writer.bytes_zeroed();
-                            state.save(rec)?;
-                            last_checkpoint = (done, Instant::now());
-                        }
+                Message::Chunk(mut c) => {
+                    // The previous staging got its last chunk: record it,
+                    // so a resume skips it.
+                    if let Some(prev) = current.replace(c.sink)
+                        && prev != c.sink
+                    {
+                        sinks[prev].checkpoint_if_behind(state)?;
                     }
-                    progress.update(offset + len as u64);
-                    let _ = free_tx.send(buf);
+                    sinks[c.sink].put(state, &mut c, align, progress)?;
+                    done += c.len as u64;
+                    progress.update(done);
+                    let _ = free_tx.send(c.buf);
                 }
             }
         }
-        Err(Error::new(
-            ErrorKind::Io,
-            "the image reader stopped unexpectedly",
-        ))
     })?;
     progress.end();
+    finish(
+        state,
+        &mut sinks,
+        target,
+        full_sha256.map(hex::encode),
+        align,
+    )
+}
 
-    writer.sync()?;
-    rec.image.written = size;
-    rec.image.disk_written = writer.bytes_written();
-    rec.image.disk_zeroed = writer.bytes_zeroed();
-    rec.image.sha256 = full_sha256.map(hex::encode);
-    // The filesystem must still see the container where we wrote it.
-    let now = ContainerFile::open(Path::new(&rec.container.path))?
-        .map(target.block.start, target.fs_block_size)?;
-    if let Some(diff) = map.difference(&now) {
-        return Err(Error::new(
-            ErrorKind::MapChanged,
-            format!("the container moved while staging: {diff}"),
-        ));
+/// Step 5 for every sink: sync, check the map did not move, check the
+/// whole image's SHA-256, then mark complete (or failed) on disk and in
+/// the state directory.
+fn finish(
+    state: &StateDir,
+    sinks: &mut [Sink<'_>],
+    target: &HostTarget,
+    sha256: Option<String>,
+    align: u64,
+) -> Result<()> {
+    for sink in sinks.iter_mut() {
+        sink.writer.sync()?;
+        let rec = &mut *sink.rec;
+        rec.image.written = rec.image.size;
+        rec.image.disk_written = sink.writer.bytes_written();
+        rec.image.disk_zeroed = sink.writer.bytes_zeroed();
+        match rec.image.partition.as_mut() {
+            Some(p) => p.image_sha256 = sha256.clone(),
+            None => rec.image.sha256 = sha256.clone(),
+        }
+        // The filesystem must still see the container where we wrote it.
+        let now = ContainerFile::open(Path::new(&rec.container.path))?
+            .map(target.block.start, target.fs_block_size)?;
+        if let Some(diff) = sink.map.difference(&now) {
+            return Err(Error::new(
+                ErrorKind::MapChanged,
+                format!(
+                    "the container of '{}' moved while staging: {diff}",
+                    rec.name
+                ),
+            ));
+        }
     }
-    if let (Some(expected), Some(actual)) = (&rec.image.expected_sha256, &rec.image.sha256)
-        && expected != actual
-    {
-        let why = format!("the image's SHA-256 is {actual}, but {expected} was expected");
-        rec.state = StagingState::Failed;
-        rec.image.failure = Some(why.clone());
-        write_header(&mut writer, rec, align)?;
-        writer.sync()?;
+    let expected = sinks[0].rec.image.expected_sha256.clone();
+    let failure = match (&expected, &sha256) {
+        (Some(e), Some(a)) if e != a => {
+            Some(format!("the image's SHA-256 is {a}, but {e} was expected"))
+        }
+        _ => None,
+    };
+    for sink in sinks.iter_mut() {
+        let rec = &mut *sink.rec;
+        match &failure {
+            Some(why) => {
+                rec.state = StagingState::Failed;
+                rec.image.failure = Some(why.clone());
+            }
+            None => rec.state = StagingState::Complete,
+        }
+        write_header(&mut sink.writer, rec, align)?;
+        sink.writer.sync()?;
         state.save(rec)?;
-        return Err(Error::new(
-            ErrorKind::VerifyFailed,
-            format!("{why}; '{}' is marked failed: discard it", rec.name),
-        ));
     }
-    rec.state = StagingState::Complete;
-    write_header(&mut writer, rec, align)?;
-    writer.sync()?;
-    state.save(rec)
+    match failure {
+        Some(why) => {
+            let names: Vec<&str> = sinks.iter().map(|s| s.rec.name.as_str()).collect();
+            Err(Error::new(
+                ErrorKind::VerifyFailed,
+                format!("{why}; marked failed: {} (discard them)", names.join(", ")),
+            ))
+        }
+        None => Ok(()),
+    }
 }

@@ -124,6 +124,43 @@ pub struct Listing {
     pub disk: Option<String>,
     pub map_valid: bool,
     pub problem: Option<String>,
+    /// For a partition of a whole-disk image: the name it was staged
+    /// under, and its number.
+    pub set: Option<String>,
+    pub partition: Option<u32>,
+}
+
+/// The stagings made together with `name` from one image: every partition
+/// of a split whole-disk image (by a member's name or the name it was
+/// staged under), or just `name`. Sorted by partition number.
+pub fn set_of(state: &StateDir, name: &str) -> Result<Vec<StagingRecord>> {
+    let by_set =
+        |pred: &dyn Fn(&crate::record::StagedPartition) -> bool| -> Result<Vec<StagingRecord>> {
+            let mut out = Vec::new();
+            for n in state.names()? {
+                // Damaged records of other stagings are not this set's business.
+                if let Ok(r) = state.load(&n)
+                    && r.image.partition.as_ref().is_some_and(pred)
+                {
+                    out.push(r);
+                }
+            }
+            out.sort_by_key(|r| r.image.partition.as_ref().map(|p| p.number));
+            Ok(out)
+        };
+    if state.exists(name) {
+        let rec = state.load(name)?;
+        return match rec.image.partition.as_ref().map(|p| p.set_id) {
+            Some(id) => by_set(&|p| p.set_id == id),
+            None => Ok(vec![rec]),
+        };
+    }
+    let found = by_set(&|p| p.set == name)?;
+    if found.is_empty() {
+        // The usual "no staged image" error.
+        return state.load(name).map(|r| vec![r]);
+    }
+    Ok(found)
 }
 
 /// Every staged image, with a quick check of its map (no data is read).
@@ -143,6 +180,8 @@ pub fn list(state: &StateDir) -> Result<Vec<Listing>> {
                     disk: Some(rec.disk.path.clone()),
                     map_valid: check.is_ok(),
                     problem: check.err().map(|e| e.to_string()),
+                    set: rec.image.partition.as_ref().map(|p| p.set.clone()),
+                    partition: rec.image.partition.as_ref().map(|p| p.number),
                 }
             }
             Err(e) => Listing {
@@ -154,6 +193,8 @@ pub fn list(state: &StateDir) -> Result<Vec<Listing>> {
                 disk: None,
                 map_valid: false,
                 problem: Some(e.to_string()),
+                set: None,
+                partition: None,
             },
         })
         .collect())
@@ -194,6 +235,18 @@ pub fn export_map(rec: &StagingRecord) -> Result<MapExport> {
             })
             .collect(),
     })
+}
+
+/// Discard `name`, or, when `name` is the name a whole-disk image was
+/// staged under, every partition staged from it.
+pub fn discard_named(state: &StateDir, name: &str, force: bool) -> Result<Vec<Discarded>> {
+    crate::plan::require_root()?;
+    let names: Vec<String> = if state.exists(name) {
+        vec![name.to_string()]
+    } else {
+        set_of(state, name)?.into_iter().map(|r| r.name).collect()
+    };
+    names.iter().map(|n| discard(state, n, force)).collect()
 }
 
 /// What `discard` did.

@@ -4,7 +4,6 @@
 mod common;
 
 use std::io::Write;
-use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -16,15 +15,6 @@ fn staged_names(cli: &Cli) -> Vec<String> {
         .unwrap()
         .iter()
         .map(|i| i["name"].as_str().unwrap().to_string())
-        .collect()
-}
-
-fn containers_in(dir: &Path) -> Vec<String> {
-    std::fs::read_dir(dir)
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.ends_with(".liverestore"))
         .collect()
 }
 

@@ -49,11 +49,17 @@ fn qcow2_and_sparse_images_land_as_raw_bytes() {
             "--dir",
             disk.mnt.to_str().unwrap(),
         ]);
-        assert_eq!(out["kind"], kind, "{out}");
-        assert_eq!(out["image_size"], data.len() as u64);
+        assert_eq!(out["stagings"][0]["kind"], kind, "{out}");
+        assert_eq!(out["stagings"][0]["image_size"], data.len() as u64);
         // 22 MiB of zeros are zeroed, not written
-        assert!(out["disk_zeroed"].as_u64().unwrap() >= 20 * MIB, "{out}");
-        assert!(out["disk_written"].as_u64().unwrap() <= 20 * MIB, "{out}");
+        assert!(
+            out["stagings"][0]["disk_zeroed"].as_u64().unwrap() >= 20 * MIB,
+            "{out}"
+        );
+        assert!(
+            out["stagings"][0]["disk_written"].as_u64().unwrap() <= 20 * MIB,
+            "{out}"
+        );
         assert_image_on_disk(&disk, &cli.json(&["map", name, "--json"]), &data);
         let v = cli.json(&["verify", name, "--json"]);
         assert_eq!(v["ok"], true, "{v}");
@@ -164,7 +170,7 @@ fn http_with_a_dropped_connection_404_and_wrong_length() {
     let out = cli.json(&[
         "--json", "stage", &url, "--name", "web", "--dir", dir, "--sha256", &expected,
     ]);
-    assert_eq!(out["sha256"], expected, "{out}");
+    assert_eq!(out["stagings"][0]["sha256"], expected, "{out}");
     assert!(
         server.gets.load(Ordering::SeqCst) >= 2,
         "the drop forced a range request"

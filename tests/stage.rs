@@ -212,8 +212,8 @@ fn stage_from_stdin_with_json_progress_and_raw_scan() {
     );
     let result = events.last().unwrap();
     assert_eq!(result["event"], "result");
-    assert_eq!(result["sha256"], sha256_hex(&image));
-    assert_eq!(result["image_size"], image.len() as u64);
+    assert_eq!(result["stagings"][0]["sha256"], sha256_hex(&image));
+    assert_eq!(result["stagings"][0]["image_size"], image.len() as u64);
     assert_image_on_disk(&disk, &cli.json(&["map", "piped", "--json"]), &image);
 
     // The state directory is not needed to find it again: a raw scan of

@@ -13,6 +13,7 @@
 pub mod bmap;
 pub mod bytes;
 pub mod compression;
+pub mod partitions;
 pub mod probe;
 pub mod qcow2;
 pub mod sparse;
@@ -112,6 +113,9 @@ pub struct Image {
     /// The first logical byte this reader can deliver (non-zero only for
     /// a raw image over HTTP opened with [`OpenOptions::start_at`]).
     pub starts_at: u64,
+    /// The first bytes, once [`Image::head`] read them: chunk reads are
+    /// served from here until they pass its end.
+    head: Option<Vec<u8>>,
 }
 
 impl std::fmt::Debug for Image {
@@ -215,6 +219,7 @@ impl Image {
             location,
             hash_file,
             starts_at,
+            head: None,
         })
     }
 
@@ -231,9 +236,45 @@ impl Image {
         }
     }
 
+    /// The first `min(len, size)` logical bytes, read before any chunk
+    /// (partition tables are looked up here). Later chunk reads get these
+    /// bytes again without reading the source twice, so a stream is still
+    /// read once.
+    pub fn head(&mut self, len: usize) -> Result<&[u8]> {
+        if self.head.is_none() {
+            if self.starts_at > 0 {
+                return Err(Error::new(
+                    ErrorKind::InvalidState,
+                    "the image was opened past its start",
+                ));
+            }
+            let mut buf = vec![0u8; (len as u64).min(self.size) as usize];
+            // A `Zero` fill leaves the zeroed buffer as it is.
+            self.reader.read_chunk(0, &mut buf)?;
+            self.head = Some(buf);
+        }
+        Ok(self.head.as_deref().expect("just read"))
+    }
+
     /// See [`ImageReader::read_chunk`].
     pub fn read_chunk(&mut self, offset: u64, buf: &mut [u8]) -> Result<Fill> {
-        self.reader.read_chunk(offset, buf)
+        let Some(head) = self.head.as_ref() else {
+            return self.reader.read_chunk(offset, buf);
+        };
+        let head_len = head.len() as u64;
+        if offset >= head_len {
+            self.head = None;
+            return self.reader.read_chunk(offset, buf);
+        }
+        let n = ((head_len - offset) as usize).min(buf.len());
+        buf[..n].copy_from_slice(&head[offset as usize..offset as usize + n]);
+        if n < buf.len() {
+            self.head = None;
+            if self.reader.read_chunk(head_len, &mut buf[n..])? == Fill::Zero {
+                buf[n..].fill(0);
+            }
+        }
+        Ok(Fill::Data)
     }
 
     /// See [`ImageReader::finish`].

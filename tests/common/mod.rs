@@ -12,6 +12,7 @@ use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
@@ -138,6 +139,12 @@ impl ChildGuard {
     }
 }
 
+impl From<std::process::Child> for ChildGuard {
+    fn from(c: std::process::Child) -> Self {
+        ChildGuard(Some(c))
+    }
+}
+
 impl std::ops::Deref for ChildGuard {
     type Target = std::process::Child;
     fn deref(&self) -> &std::process::Child {
@@ -219,9 +226,17 @@ impl LoopDisk {
             mount: None,
             attached: true,
         };
-        if !Path::new(&disk.part).exists() {
-            sh("partx", &["-a", &disk.dev]);
-        }
+        // Make the kernel's partitions match the table: without udev, a
+        // partition (or node) can be left over from an earlier user of loopN.
+        sh("partx", &["-u", &disk.dev]);
+        assert!(
+            fs::metadata(&disk.part).is_ok_and(|m| {
+                use std::os::unix::fs::FileTypeExt;
+                m.file_type().is_block_device()
+            }),
+            "{} is not a block device (a stray file left in /dev?)",
+            disk.part
+        );
         match fs_kind {
             Fs::Ext4 => sh(
                 "mkfs.ext4",
@@ -533,4 +548,62 @@ pub fn assert_image_on_disk(disk: &LoopDisk, map: &serde_json::Value, image: &[u
         covered += l;
     }
     assert_eq!(covered, image.len() as u64);
+}
+
+pub fn containers_in(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".liverestore"))
+        .collect()
+}
+
+pub fn recorded_written(cli: &Cli, name: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(cli.state_dir.join(format!("images/{name}.json"))).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    v["record"]["image"]["written"].as_u64()
+}
+
+/// Start staging `image` from stdin as `name`, feed it `feed` bytes, and
+/// SIGKILL it as soon as the staging `watch` (`name`, or a partition of
+/// it) has a checkpoint past `at_least` bytes on record.
+pub fn stage_and_kill(
+    cli: &Cli,
+    disk: &LoopDisk,
+    name: &str,
+    watch: &str,
+    image: &[u8],
+    feed: usize,
+    at_least: u64,
+) {
+    let mut child = cli.spawn_stdin_stage(
+        image.len() as u64,
+        name,
+        &disk.mnt,
+        &[],
+        Stdio::null(),
+        Stdio::null(),
+    );
+    let mut stdin = child.stdin.take().unwrap();
+    let part = image[..feed].to_vec();
+    // The feeder blocks once the pipe is full and fails with EPIPE after the
+    // kill; either is fine. Its end of the pipe stays open, so the stager is
+    // still waiting for data (not at EOF) when it is killed.
+    let feeder = std::thread::spawn(move || {
+        let _ = stdin.write_all(&part);
+        std::thread::sleep(Duration::from_secs(60));
+    });
+    let start = Instant::now();
+    while recorded_written(cli, watch).unwrap_or(0) < at_least {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "no checkpoint past {at_least} bytes"
+        );
+        assert!(child.try_wait().unwrap().is_none(), "stage exited early");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    drop(feeder); // detached; it only sleeps
 }
