@@ -22,7 +22,10 @@ source scripts/scratch-disk.sh
 
 host_mib=$((size_mib * 3 / 2 + 64))
 raw_mib=$((size_mib + 16))
-truncate -s $(( (host_mib + raw_mib + 4) ))M "$work/disk.img"
+# Written, not sparse: writes into holes of the backing file (or unwritten
+# extents) cost the loop device's flush a journal commit, which would
+# penalise whoever writes to fresh blocks: a real disk has no holes.
+dd if=/dev/zero of="$work/disk.img" bs=4M count=$(( (host_mib + raw_mib + 4) / 4 + 1 )) status=none
 sgdisk -n 1:2048:+${host_mib}M -t 1:8300 -n 2:0:+${raw_mib}M -t 2:8300 "$work/disk.img" >/dev/null
 attach_scratch_disk --direct-io=on
 mkfs.ext4 -q -E nodiscard "${loopdev}p1"
@@ -75,7 +78,12 @@ for c in ${CASES:-raw zstd ext4 bmap qcow2}; do
     printf '%-6s %-5s %8.2f %8.2f %7.3f %7s MiB %6s MiB %6s MiB\n' "$c" "$r" "$t_peer" "$t_lr" \
       "$(echo "$t_lr / $t_peer" | bc -l)" "$written_mib" "$((zeroed >> 20))" "$(( $(cat "$work/rss") >> 10 ))"
     "$lr" discard bench >/dev/null
+    echo "$c $t_peer $t_lr" >> "$work/times"
   done
 done
 echo "ratio   = stage time / peer time (lower is better)"
+echo
+echo "per case, all rounds together (this VM's timings vary a lot from run to run):"
+awk '{p[$1]+=$2; s[$1]+=$3; if(!($1 in seen)){seen[$1]=1; order[++n]=$1}}
+     END{for(i=1;i<=n;i++){c=order[i]; printf "%-6s peer %6.2f s  stage %6.2f s  ratio of totals %.3f\n", c, p[c], s[c], s[c]/p[c]}}' "$work/times"
 echo "written = bytes the device received from stage minus what it zeroed (header included)"

@@ -44,6 +44,9 @@ pub enum ErrorKind {
     InvalidState,
     /// An unexpected I/O error from the system.
     Io,
+    /// The running kernel lacks what the operation needs (device-mapper,
+    /// loop devices, FUSE).
+    KernelLacks,
 }
 
 impl ErrorKind {
@@ -65,6 +68,7 @@ impl ErrorKind {
             ErrorKind::Busy => 21,
             ErrorKind::InvalidState => 22,
             ErrorKind::Io => 23,
+            ErrorKind::KernelLacks => 24,
         }
     }
 
@@ -85,11 +89,12 @@ impl ErrorKind {
             ErrorKind::Busy => "busy",
             ErrorKind::InvalidState => "invalid_state",
             ErrorKind::Io => "io",
+            ErrorKind::KernelLacks => "kernel_lacks",
         }
     }
 
     /// All kinds, for documentation and tests.
-    pub const ALL: [ErrorKind; 14] = [
+    pub const ALL: [ErrorKind; 15] = [
         ErrorKind::NotRoot,
         ErrorKind::UnsupportedFilesystem,
         ErrorKind::UnsupportedDevice,
@@ -104,6 +109,7 @@ impl ErrorKind {
         ErrorKind::Busy,
         ErrorKind::InvalidState,
         ErrorKind::Io,
+        ErrorKind::KernelLacks,
     ];
 }
 

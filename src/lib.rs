@@ -13,8 +13,10 @@
 //!   and on the disk.
 //! - [`stage`], [`verify`], [`staged`], [`plan`], [`scan`]: the operations.
 
+pub mod attach;
 pub mod container;
 pub mod disk_io;
+pub mod dm;
 pub mod error;
 pub mod extent_map;
 pub mod fiemap;
@@ -22,6 +24,7 @@ pub mod header;
 pub mod hostfs;
 pub mod identity;
 pub mod input;
+pub mod loop_device;
 pub mod plan;
 pub mod progress;
 pub mod record;
@@ -31,6 +34,7 @@ pub mod stage;
 pub mod staged;
 pub mod state_dir;
 mod sys;
+pub mod test_restore;
 pub mod verify;
 
 pub use error::{Error, ErrorKind, Result};

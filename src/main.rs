@@ -10,7 +10,7 @@ use serde_json::json;
 use liverestore::progress::{JsonProgress, NoProgress, Progress, TerminalProgress, emit_json};
 use liverestore::split::{self, Split};
 use liverestore::state_dir::{DEFAULT_STATE_DIR, StateDir};
-use liverestore::{Error, ErrorKind, plan, scan, stage, staged, verify};
+use liverestore::{Error, ErrorKind, attach, plan, scan, stage, staged, verify};
 
 const EXIT_CODES: &str = "\
 Exit codes:
@@ -30,7 +30,8 @@ Exit codes:
   20  verification failed (data on disk differs from the recorded hashes)
   21  busy: another liverestore holds the lock
   22  invalid state for this operation (e.g. resuming a complete image)
-  23  I/O error";
+  23  I/O error
+  24  the kernel lacks what is needed (device-mapper, loop, FUSE)";
 
 /// Restore a disk or partition image onto the disk the running Linux
 /// system lives on, while it keeps running.
@@ -183,6 +184,44 @@ enum Command {
     /// Scan a disk (or disk image file) for liverestore headers, without
     /// the state directory.
     Scan { disk: PathBuf },
+    /// Show a complete staged image as a block device (prints its path),
+    /// without rebooting: a device-mapper table built from the map, over a
+    /// loop device on the whole disk. Read-only unless --rw.
+    ///
+    ///   liverestore attach web            # read-only: fsck -n, mount -o ro
+    ///   liverestore attach web --rw       # writable, changes thrown away on detach
+    ///   liverestore attach web --rw=direct  # writable, changes the staged image
+    #[command(verbatim_doc_comment)]
+    Attach {
+        name: String,
+        /// Writable: `overlay` (default) keeps writes in a throw-away
+        /// copy-on-write store; `direct` writes into the staged image.
+        #[arg(long, value_enum, num_args = 0..=1, default_missing_value = "overlay", require_equals = true)]
+        rw: Option<RwMode>,
+    },
+    /// Take down an attachment (device-mapper devices, loop devices, the
+    /// overlay store); also cleans up after an interrupted attach.
+    Detach { name: String },
+    /// Test a staged filesystem image for real, then throw the test away:
+    /// attach it through an overlay, fsck it read-only, mount it, run CMD
+    /// with the mount point in $LIVERESTORE_ROOT (and as working
+    /// directory), report pass/fail, always detach. The staged image is
+    /// never changed.
+    ///
+    ///   liverestore test-restore web --run 'test -s "$LIVERESTORE_ROOT/etc/hostname"'
+    #[command(verbatim_doc_comment)]
+    TestRestore {
+        name: String,
+        /// Shell command to run against the mounted image.
+        #[arg(long, value_name = "CMD")]
+        run: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum RwMode {
+    Overlay,
+    Direct,
 }
 
 fn progress_for(json: bool) -> Box<dyn Progress> {
@@ -532,6 +571,61 @@ fn run(cli: Cli) -> Outcome {
                 emit_json(&json!({ "event": "result", "ok": true, "discarded": done }));
             }
             Ok(0)
+        }
+        Command::Attach { name, rw } => {
+            let mode = match rw {
+                None => attach::AttachMode::ReadOnly,
+                Some(RwMode::Overlay) => attach::AttachMode::Overlay,
+                Some(RwMode::Direct) => attach::AttachMode::Direct,
+            };
+            let a = attach::attach(&state, &name, mode)?;
+            if cli.json {
+                emit_json(&json!({ "event": "result", "ok": true, "attachment": a }));
+            } else {
+                println!("{}", a.device);
+            }
+            Ok(0)
+        }
+        Command::Detach { name } => {
+            let a = attach::detach(&state, &name)?;
+            if cli.json {
+                emit_json(&json!({ "event": "result", "ok": true, "detached": a }));
+            } else {
+                println!("detached '{}'", a.name);
+            }
+            Ok(0)
+        }
+        Command::TestRestore { name, run } => {
+            let r = liverestore::test_restore::test_restore(&state, &name, run.as_deref())?;
+            if cli.json {
+                emit_json(&json!({ "event": "result", "ok": r.passed, "report": r }));
+            } else {
+                let yes = |b: bool| if b { "ok" } else { "FAILED" };
+                println!(
+                    "filesystem: {}",
+                    r.filesystem.as_deref().unwrap_or("unknown")
+                );
+                println!(
+                    "fsck:       {} ({})",
+                    yes(r.fsck_clean),
+                    r.fsck_command.as_deref().unwrap_or("-")
+                );
+                println!(
+                    "mount:      {}",
+                    r.mount_error
+                        .clone()
+                        .unwrap_or_else(|| yes(r.mounted).into())
+                );
+                if let (Some(c), Some(st)) = (&r.command, r.command_status) {
+                    println!("command:    {} (exit {st}): {c}", yes(st == 0));
+                }
+                println!(
+                    "{}: test-restore of '{}'",
+                    if r.passed { "PASSED" } else { "FAILED" },
+                    r.name
+                );
+            }
+            Ok(if r.passed { 0 } else { 20 })
         }
         Command::Scan { disk } => {
             let found = scan::scan(&disk, progress.as_ref())?;

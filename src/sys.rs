@@ -1,5 +1,6 @@
-//! The few raw ioctls that rustix does not wrap, with their `#[repr(C)]`
-//! structs. This is the only module with `unsafe` code; each block says why
+//! The few raw ioctls that rustix does not wrap (FIEMAP, block device
+//! size and zero-out, inode generation, loop devices, device-mapper), with
+//! their `#[repr(C)]` structs. This is the only module with `unsafe` code; each block says why
 //! it is sound. Everything here is a thin transport: interpretation of the
 //! results (e.g. which FIEMAP flags are acceptable) lives in pure modules.
 
@@ -198,6 +199,209 @@ pub fn inode_generation<Fd: AsFd>(fd: Fd) -> io::Result<u32> {
     ))
 }
 
+/// An ioctl whose argument is ignored or an integer passed by value, and
+/// whose answer is the return value (LOOP_CTL_GET_FREE, LOOP_CLR_FD).
+struct IntIoctl {
+    opcode: Opcode,
+    arg: usize,
+}
+
+// SAFETY: the argument is passed as a plain integer disguised as a pointer
+// (the kernel never dereferences it for the opcodes used with IntIoctl),
+// nothing is written through it (IS_MUTATING false), and the output is the
+// syscall's integer return value.
+unsafe impl Ioctl for IntIoctl {
+    type Output = i32;
+    const IS_MUTATING: bool = false;
+
+    fn opcode(&self) -> Opcode {
+        self.opcode
+    }
+
+    fn as_ptr(&mut self) -> *mut std::ffi::c_void {
+        std::ptr::without_provenance_mut(self.arg)
+    }
+
+    unsafe fn output_from_ptr(out: IoctlOutput, _ptr: *mut std::ffi::c_void) -> io::Result<i32> {
+        Ok(out)
+    }
+}
+
+/// `LOOP_CTL_GET_FREE`, on /dev/loop-control: the number of a free loop
+/// device (created if needed).
+const LOOP_CTL_GET_FREE: Opcode = 0x4C82;
+/// `LOOP_CLR_FD`: detach a loop device (deferred while it is open).
+const LOOP_CLR_FD: Opcode = 0x4C01;
+/// `LOOP_CONFIGURE`: attach and configure in one call (Linux 5.8).
+const LOOP_CONFIGURE: Opcode = 0x4C0A;
+/// `LOOP_GET_STATUS64`.
+const LOOP_GET_STATUS64: Opcode = 0x4C05;
+
+/// `LO_FLAGS_*` from `<linux/loop.h>`.
+pub const LO_FLAGS_READ_ONLY: u32 = 1;
+pub const LO_FLAGS_AUTOCLEAR: u32 = 4;
+pub const LO_FLAGS_DIRECT_IO: u32 = 16;
+
+/// `struct loop_info64` (232 bytes).
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct LoopInfo64 {
+    pub lo_device: u64,
+    pub lo_inode: u64,
+    pub lo_rdevice: u64,
+    pub lo_offset: u64,
+    pub lo_sizelimit: u64,
+    pub lo_number: u32,
+    pub lo_encrypt_type: u32,
+    pub lo_encrypt_key_size: u32,
+    pub lo_flags: u32,
+    pub lo_file_name: [u8; 64],
+    pub lo_crypt_name: [u8; 64],
+    pub lo_encrypt_key: [u8; 32],
+    pub lo_init: [u64; 2],
+}
+
+impl Default for LoopInfo64 {
+    fn default() -> Self {
+        LoopInfo64 {
+            lo_device: 0,
+            lo_inode: 0,
+            lo_rdevice: 0,
+            lo_offset: 0,
+            lo_sizelimit: 0,
+            lo_number: 0,
+            lo_encrypt_type: 0,
+            lo_encrypt_key_size: 0,
+            lo_flags: 0,
+            lo_file_name: [0; 64],
+            lo_crypt_name: [0; 64],
+            lo_encrypt_key: [0; 32],
+            lo_init: [0; 2],
+        }
+    }
+}
+
+/// `struct loop_config` (304 bytes).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+struct LoopConfig {
+    fd: u32,
+    block_size: u32,
+    info: LoopInfo64,
+    reserved: [u64; 8],
+}
+
+/// A free loop device number, from /dev/loop-control.
+pub fn loop_get_free<Fd: AsFd>(control: Fd) -> io::Result<u32> {
+    let ctl = IntIoctl {
+        opcode: LOOP_CTL_GET_FREE,
+        arg: 0,
+    };
+    // SAFETY: see IntIoctl; LOOP_CTL_GET_FREE ignores its argument.
+    let n = unsafe { ioctl::ioctl(control, ctl)? };
+    u32::try_from(n).map_err(|_| io::Errno::RANGE)
+}
+
+/// Attach `backing` to the loop device `dev` with `flags` (LO_FLAGS_*).
+pub fn loop_configure<D: AsFd, B: AsFd>(dev: D, backing: B, flags: u32) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let config = LoopConfig {
+        fd: u32::try_from(backing.as_fd().as_raw_fd()).map_err(|_| io::Errno::BADF)?,
+        info: LoopInfo64 {
+            lo_flags: flags,
+            ..LoopInfo64::default()
+        },
+        ..LoopConfig::default()
+    };
+    // SAFETY: LOOP_CONFIGURE only reads a `struct loop_config` through its
+    // argument; the Setter passes a pointer to `config`, a #[repr(C)] copy
+    // of that struct (layout checked in the tests), alive for the call.
+    unsafe {
+        let ctl = ioctl::Setter::<LOOP_CONFIGURE, LoopConfig>::new(config);
+        ioctl::ioctl(dev, ctl)
+    }
+}
+
+/// What the loop device `dev` is attached to.
+pub fn loop_status<D: AsFd>(dev: D) -> io::Result<LoopInfo64> {
+    // SAFETY: LOOP_GET_STATUS64 writes one `struct loop_info64` into the
+    // Getter's storage, a #[repr(C)] copy of that struct (layout checked in
+    // the tests); every bit pattern is valid for its integer fields.
+    unsafe {
+        let ctl = ioctl::Getter::<LOOP_GET_STATUS64, LoopInfo64>::new();
+        ioctl::ioctl(dev, ctl)
+    }
+}
+
+/// Detach the loop device `dev` (deferred by the kernel while it is open).
+pub fn loop_clear<D: AsFd>(dev: D) -> io::Result<()> {
+    let ctl = IntIoctl {
+        opcode: LOOP_CLR_FD,
+        arg: 0,
+    };
+    // SAFETY: see IntIoctl; LOOP_CLR_FD ignores its argument.
+    unsafe { ioctl::ioctl(dev, ctl)? };
+    Ok(())
+}
+
+/// Size of `struct dm_ioctl`; the encoding lives in `crate::dm`.
+pub const DM_IOCTL_SIZE: usize = 312;
+
+/// One device-mapper ioctl: `_IOWR(0xfd, cmd, struct dm_ioctl)` on
+/// /dev/mapper/control, with the request and the answer in `buf`.
+struct DmRequest<'a> {
+    opcode: Opcode,
+    buf: &'a mut [u64],
+}
+
+// SAFETY: device-mapper ioctls take a `struct dm_ioctl` whose `data_size`
+// field says how large the whole buffer is; `dm_ioctl` below checks that
+// `data_size` equals the buffer's length before the call, so the kernel
+// reads and writes only inside `buf`. The buffer is 8-byte aligned (u64).
+unsafe impl Ioctl for DmRequest<'_> {
+    type Output = ();
+    const IS_MUTATING: bool = true;
+
+    fn opcode(&self) -> Opcode {
+        self.opcode
+    }
+
+    fn as_ptr(&mut self) -> *mut std::ffi::c_void {
+        self.buf.as_mut_ptr().cast()
+    }
+
+    unsafe fn output_from_ptr(_out: IoctlOutput, _ptr: *mut std::ffi::c_void) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Run device-mapper command `cmd` with the encoded request `bytes` (a
+/// `struct dm_ioctl` and its payload, from `crate::dm`); the kernel's
+/// answer replaces `bytes`.
+pub fn dm_ioctl<Fd: AsFd>(control: Fd, cmd: u8, bytes: &mut [u8]) -> io::Result<()> {
+    if bytes.len() < DM_IOCTL_SIZE || !bytes.len().is_multiple_of(8) {
+        return Err(io::Errno::INVAL);
+    }
+    let data_size = u32::from_ne_bytes(bytes[12..16].try_into().expect("4 bytes"));
+    if data_size as usize != bytes.len() {
+        return Err(io::Errno::INVAL);
+    }
+    let mut words: Vec<u64> = bytes
+        .chunks_exact(8)
+        .map(|c| u64::from_ne_bytes(c.try_into().expect("8 bytes")))
+        .collect();
+    let req = DmRequest {
+        opcode: ioctl::opcode::read_write::<[u8; DM_IOCTL_SIZE]>(0xfd, cmd),
+        buf: &mut words,
+    };
+    // SAFETY: see the Ioctl impl for DmRequest; data_size was checked.
+    unsafe { ioctl::ioctl(control, req)? };
+    for (c, w) in bytes.chunks_exact_mut(8).zip(&words) {
+        c.copy_from_slice(&w.to_ne_bytes());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -209,6 +413,13 @@ mod tests {
         // _IOWR('f', 11, struct fiemap) on x86_64/aarch64.
         assert_eq!(FS_IOC_FIEMAP as u64, 0xC020_660B);
         assert_eq!(BLKGETSIZE64 as u64, 0x8008_1272);
+        assert_eq!(size_of::<LoopInfo64>(), 232);
+        assert_eq!(size_of::<LoopConfig>(), 304);
+        // DM_DEV_CREATE = _IOWR(0xfd, 3, struct dm_ioctl)
+        assert_eq!(
+            ioctl::opcode::read_write::<[u8; DM_IOCTL_SIZE]>(0xfd, 3) as u64,
+            0xC138_FD03
+        );
     }
 
     #[test]

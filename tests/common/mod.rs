@@ -16,6 +16,8 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
+pub mod vm;
+
 pub const MIB: u64 = 1 << 20;
 pub const SECTOR: u64 = 512;
 const PATTERN_MAGIC: u64 = 0x4c52_5041_5454_0000; // "LRPATT\0\0"

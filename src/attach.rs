@@ -1,0 +1,383 @@
+//! Attach: show a staged image as a block device without rebooting, built
+//! from its map with a device-mapper `linear` table.
+//!
+//! A mounted filesystem claims its disk, so device-mapper cannot open the
+//! disk itself (EBUSY): the table is backed by a loop device over the whole
+//! disk, which liverestore attaches (with autoclear, so it goes away with
+//! the table). The table only covers the container's extents, so even a
+//! writable attachment cannot touch a byte outside the map.
+//!
+//! Modes: read-only (default); `overlay`, writable through a dm-snapshot
+//! whose copy-on-write store is a sparse file in the state directory
+//! (thrown away on detach: the staged image never changes); `direct`,
+//! writable straight into the staged image.
+//!
+//! An attachment outlives the command; its record (`attached/NAME.json` in
+//! the state directory) says what to take down. `detach` also cleans up
+//! after an attach that was interrupted, by the names it uses.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::dm::{self, Target};
+use crate::error::{Error, ErrorKind, IoContext, Result};
+use crate::loop_device::{LoopDevice, LoopOptions};
+use crate::record::StagingState;
+use crate::staged;
+use crate::state_dir::StateDir;
+
+const SECTOR: u64 = 512;
+
+/// How a staged image is attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttachMode {
+    ReadOnly,
+    /// Writable; writes go to a throw-away copy-on-write store.
+    Overlay,
+    /// Writable; writes change the staged image.
+    Direct,
+}
+
+/// A live attachment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attachment {
+    pub name: String,
+    pub mode: AttachMode,
+    /// The block device showing the image.
+    pub device: String,
+    /// How: "device-mapper".
+    pub backend: String,
+    /// Device-mapper devices, top first.
+    pub dm_devices: Vec<String>,
+    /// Loop devices attached for it (the whole disk; the overlay store).
+    pub loop_devices: Vec<AttachedLoop>,
+    /// The overlay's copy-on-write store.
+    pub cow_file: Option<String>,
+}
+
+/// A loop device and what it was attached to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttachedLoop {
+    pub device: String,
+    pub backing: String,
+}
+
+fn dm_name(name: &str) -> String {
+    format!("liverestore-{name}")
+}
+fn dm_base_name(name: &str) -> String {
+    format!("liverestore-{name}-base")
+}
+fn record_path(state: &StateDir, name: &str) -> PathBuf {
+    state.root().join("attached").join(format!("{name}.json"))
+}
+fn cow_path(state: &StateDir, name: &str) -> PathBuf {
+    state.root().join("attached").join(format!("{name}.cow"))
+}
+
+/// The attachment of `name`, if it is attached.
+pub fn attachment(state: &StateDir, name: &str) -> Result<Option<Attachment>> {
+    let path = record_path(state, name);
+    match fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+            Error::new(
+                ErrorKind::Corrupt,
+                format!(
+                    "attachment record is damaged ({e}); `liverestore detach {name}` cleans up"
+                ),
+            )
+            .with_path(&path)
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io("cannot read the attachment record", e).with_path(&path)),
+    }
+}
+
+fn save(state: &StateDir, a: &Attachment) -> Result<()> {
+    let path = record_path(state, &a.name);
+    let tmp = path.with_extension("json.tmp");
+    let bytes = serde_json::to_vec_pretty(a).expect("serializable");
+    fs::write(&tmp, bytes)
+        .and_then(|()| fs::rename(&tmp, &path))
+        .op(|| "cannot write the attachment record".into())
+        .map_err(|e| e.with_path(&path))
+}
+
+/// The device-mapper table that shows the image of `name`: one `linear`
+/// line per extent of its map, on `disk` (`MAJOR:MINOR`).
+pub fn linear_table(map: &crate::extent_map::ExtentMap, disk: &str) -> Vec<Target> {
+    map.extents()
+        .iter()
+        .map(|e| Target {
+            start: e.logical / SECTOR,
+            length: e.length.div_ceil(SECTOR),
+            kind: "linear".into(),
+            params: format!("{disk} {}", e.disk / SECTOR),
+        })
+        .collect()
+}
+
+/// Attach the staged image `name` (complete, map still valid).
+pub fn attach(state: &StateDir, name: &str, mode: AttachMode) -> Result<Attachment> {
+    crate::plan::require_root()?;
+    let _lock = state.lock()?;
+    let rec = state.load(name)?;
+    if let Some(a) = attachment(state, name)? {
+        return Err(Error::new(
+            ErrorKind::InvalidState,
+            format!(
+                "'{name}' is already attached at {} (`liverestore detach {name}` first)",
+                a.device
+            ),
+        ));
+    }
+    if rec.state != StagingState::Complete {
+        return Err(Error::new(
+            ErrorKind::InvalidState,
+            format!(
+                "'{name}' is {}, not complete: only a complete staging can be attached",
+                rec.state.as_str()
+            ),
+        ));
+    }
+    let checked = staged::revalidate(&rec)?;
+    if !dm::available() {
+        return Err(Error::new(
+            ErrorKind::KernelLacks,
+            "this kernel has no device-mapper (no /dev/mapper/control; try `modprobe dm-mod`)",
+        ));
+    }
+    for n in [dm_name(name), dm_base_name(name)] {
+        if dm::exists(&n)? {
+            return Err(Error::new(
+                ErrorKind::InvalidState,
+                format!(
+                    "device-mapper device {n} is left over from an interrupted attach: `liverestore detach {name}` removes it"
+                ),
+            ));
+        }
+    }
+    fs::create_dir_all(state.root().join("attached"))
+        .op(|| "cannot create the attachment directory".into())?;
+    let image_map = rec.image_map()?;
+    let mut made = Attachment {
+        name: name.to_string(),
+        mode,
+        device: String::new(),
+        backend: "device-mapper".into(),
+        dm_devices: Vec::new(),
+        loop_devices: Vec::new(),
+        cow_file: None,
+    };
+    let result = build(
+        state,
+        &rec,
+        &checked.target.disk_path,
+        &image_map,
+        mode,
+        &mut made,
+    );
+    match result {
+        Ok(()) => {
+            save(state, &made)?;
+            Ok(made)
+        }
+        Err(e) => {
+            let _ = take_down(&made);
+            Err(e)
+        }
+    }
+}
+
+fn build(
+    state: &StateDir,
+    rec: &crate::record::StagingRecord,
+    disk: &Path,
+    image_map: &crate::extent_map::ExtentMap,
+    mode: AttachMode,
+    made: &mut Attachment,
+) -> Result<()> {
+    let name = rec.name.as_str();
+    let (disk_loop, _hold_disk) = LoopDevice::attach(
+        disk,
+        LoopOptions {
+            writable: mode == AttachMode::Direct,
+            autoclear: true,
+            direct_io: true,
+        },
+    )?;
+    made.loop_devices.push(AttachedLoop {
+        device: disk_loop.path.display().to_string(),
+        backing: disk.display().to_string(),
+    });
+    let table = linear_table(image_map, &disk_loop.dev_t());
+    let uuid = format!("LIVERESTORE-{}", rec.id);
+    match mode {
+        AttachMode::ReadOnly | AttachMode::Direct => {
+            let dev = dm::create(&dm_name(name), &uuid, &table, mode == AttachMode::ReadOnly)?;
+            made.dm_devices.push(dm_name(name));
+            made.device = dev.path().display().to_string();
+        }
+        AttachMode::Overlay => {
+            let base = dm::create(&dm_base_name(name), &format!("{uuid}-base"), &table, true)?;
+            made.dm_devices.insert(0, dm_base_name(name));
+            let cow = cow_path(state, name);
+            let _ = fs::remove_file(&cow);
+            let f = fs::File::create(&cow)
+                .op(|| "cannot create the overlay store".into())
+                .map_err(|e| e.with_path(&cow))?;
+            // Sparse: only what is written takes space on the host.
+            f.set_len(rec.image.size.max(16 << 20) + (16 << 20))
+                .op(|| "cannot size the overlay store".into())
+                .map_err(|e| e.with_path(&cow))?;
+            drop(f);
+            made.cow_file = Some(cow.display().to_string());
+            let (cow_loop, _hold_cow) = LoopDevice::attach(
+                &cow,
+                LoopOptions {
+                    writable: true,
+                    autoclear: true,
+                    direct_io: false,
+                },
+            )?;
+            made.loop_devices.push(AttachedLoop {
+                device: cow_loop.path.display().to_string(),
+                backing: cow.display().to_string(),
+            });
+            let sectors = rec.image.size.div_ceil(SECTOR);
+            let snap = [Target {
+                start: 0,
+                length: sectors,
+                kind: "snapshot".into(),
+                params: format!("{}:{} {} N 8", base.major, base.minor, cow_loop.dev_t()),
+            }];
+            let dev = dm::create(&dm_name(name), &uuid, &snap, false)?;
+            made.dm_devices.insert(0, dm_name(name));
+            made.device = dev.path().display().to_string();
+        }
+    }
+    Ok(())
+}
+
+/// Remove what `a` names, top first; loop devices and the store last.
+fn take_down(a: &Attachment) -> Result<()> {
+    for n in &a.dm_devices {
+        dm::remove(n)?;
+    }
+    // Autoclear normally detached them with the tables; detach explicitly
+    // only a device still attached to what we attached it to (its number
+    // may since have been reused by someone else).
+    for l in &a.loop_devices {
+        let Ok(dev) = LoopDevice::open(Path::new(&l.device)) else {
+            continue;
+        };
+        let ours = match (dev.backing()?, fs::metadata(&l.backing)) {
+            (Some((d, i)), Ok(m)) => {
+                use std::os::unix::fs::MetadataExt;
+                (d, i) == (m.dev(), m.ino())
+            }
+            _ => false,
+        };
+        if ours {
+            dev.detach()?;
+        }
+    }
+    if let Some(c) = &a.cow_file {
+        match fs::remove_file(c) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io("cannot delete the overlay store", e).with_path(c)),
+        }
+    }
+    Ok(())
+}
+
+/// Take down the attachment of `name`: device-mapper devices, loop devices,
+/// the overlay store, the record. Also cleans up after an interrupted
+/// attach (by the device names attach uses).
+pub fn detach(state: &StateDir, name: &str) -> Result<Attachment> {
+    crate::plan::require_root()?;
+    let _lock = state.lock()?;
+    crate::record::validate_name(name)?;
+    let recorded = match attachment(state, name) {
+        Ok(a) => a,
+        Err(e) if e.kind() == ErrorKind::Corrupt => None,
+        Err(e) => return Err(e),
+    };
+    let a = match recorded {
+        Some(a) => a,
+        None => {
+            // Leftovers of an interrupted attach, if any.
+            let mut left = Attachment {
+                name: name.to_string(),
+                mode: AttachMode::ReadOnly,
+                device: String::new(),
+                backend: "device-mapper".into(),
+                dm_devices: Vec::new(),
+                loop_devices: Vec::new(),
+                cow_file: None,
+            };
+            if dm::available() {
+                for n in [dm_name(name), dm_base_name(name)] {
+                    if dm::exists(&n)? {
+                        left.dm_devices.push(n);
+                    }
+                }
+            }
+            let cow = cow_path(state, name);
+            if cow.exists() {
+                left.cow_file = Some(cow.display().to_string());
+            }
+            if left.dm_devices.is_empty() && left.cow_file.is_none() {
+                return Err(Error::new(
+                    ErrorKind::InvalidState,
+                    format!("'{name}' is not attached"),
+                ));
+            }
+            left
+        }
+    };
+    take_down(&a)?;
+    let path = record_path(state, name);
+    match fs::remove_file(&path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::io("cannot delete the attachment record", e).with_path(&path)),
+    }
+    Ok(a)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::extent_map::{ExtentMap, MapExtent};
+
+    #[test]
+    fn table_follows_the_map() {
+        let map = ExtentMap::new(
+            vec![
+                MapExtent {
+                    logical: 0,
+                    disk: 1 << 20,
+                    length: 8192,
+                },
+                MapExtent {
+                    logical: 8192,
+                    disk: 10 << 20,
+                    length: 4096,
+                },
+            ],
+            8192 + 4000,
+        )
+        .unwrap();
+        let t = linear_table(&map, "7:3");
+        assert_eq!(t.len(), 2);
+        assert_eq!((t[0].start, t[0].length), (0, 16));
+        assert_eq!(t[0].params, "7:3 2048");
+        assert_eq!((t[1].start, t[1].length), (16, 8));
+        assert_eq!(t[1].params, "7:3 20480");
+    }
+}

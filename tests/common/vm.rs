@@ -1,0 +1,447 @@
+//! The QEMU test guest: Debian's kernel package (unpacked by
+//! `scripts/vm-kernel.sh` into `target/vm/kernel`) booted under TCG with an
+//! initramfs built here — static busybox, a static liverestore, the kernel
+//! modules a scenario asks for (with their dependencies, from modules.dep),
+//! any host binaries it needs (with their shared libraries), and the
+//! scenario, a shell script. The guest's serial console is the scenario's
+//! output; its last line says how the scenario ended.
+//!
+//! This is how we test what this host's kernel cannot do (device-mapper,
+//! vfat) and, later, real boots.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use super::ChildGuard;
+
+/// The repository root (tests run with the package root as cwd, but do
+/// not rely on it).
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The unpacked guest kernel.
+pub struct Kernel {
+    pub vmlinuz: PathBuf,
+    /// `lib/modules/VERSION`
+    pub modules: PathBuf,
+}
+
+impl Kernel {
+    pub fn get() -> Kernel {
+        let dir = repo().join("target/vm/kernel");
+        let vmlinuz = dir.join("vmlinuz");
+        assert!(
+            vmlinuz.exists(),
+            "no guest kernel in {}: run `bash scripts/vm-kernel.sh` (scripts/install-deps.sh does)",
+            dir.display()
+        );
+        let modules = fs::read_dir(dir.join("lib/modules"))
+            .unwrap()
+            .next()
+            .expect("a modules directory")
+            .unwrap()
+            .path();
+        Kernel { vmlinuz, modules }
+    }
+
+    /// `names` (as in modules.dep, `-` and `_` alike) and everything they
+    /// depend on, dependencies first. Built-in modules need nothing.
+    pub fn module_load_order(&self, names: &[&str]) -> Vec<String> {
+        let dep = fs::read_to_string(self.modules.join("modules.dep")).unwrap();
+        let builtin = fs::read_to_string(self.modules.join("modules.builtin")).unwrap_or_default();
+        let norm = |s: &str| s.replace('-', "_");
+        let stem = |path: &str| {
+            let file = path.rsplit('/').next().unwrap();
+            norm(file.split(".ko").next().unwrap())
+        };
+        let mut deps: BTreeMap<String, (String, Vec<String>)> = BTreeMap::new();
+        for line in dep.lines() {
+            let (m, rest) = line.split_once(':').unwrap();
+            deps.insert(
+                stem(m),
+                (
+                    m.to_string(),
+                    rest.split_whitespace().map(str::to_string).collect(),
+                ),
+            );
+        }
+        let builtins: Vec<String> = builtin.lines().map(stem).collect();
+        let mut order = Vec::new();
+        fn visit(
+            name: &str,
+            deps: &BTreeMap<String, (String, Vec<String>)>,
+            order: &mut Vec<String>,
+            stem: &dyn Fn(&str) -> String,
+        ) {
+            let (path, ds) = deps
+                .get(name)
+                .unwrap_or_else(|| panic!("no module {name} in the guest kernel"));
+            for d in ds {
+                visit(&stem(d), deps, order, stem);
+            }
+            if !order.contains(path) {
+                order.push(path.clone());
+            }
+        }
+        for n in names {
+            let n = norm(n);
+            if builtins.contains(&n) {
+                continue;
+            }
+            visit(&n, &deps, &mut order, &stem);
+        }
+        order
+    }
+}
+
+/// A static liverestore for the guest, built once per test run (and kept
+/// in `target/static` between runs; cargo rebuilds it when sources change).
+pub fn static_liverestore() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    static LOCK: Mutex<()> = Mutex::new(());
+    let _g = LOCK.lock().unwrap();
+    BUILT
+        .get_or_init(|| {
+            let target_dir = repo().join("target/static");
+            let status = Command::new(env!("CARGO"))
+                .current_dir(repo())
+                .args([
+                    "build",
+                    "--release",
+                    "--locked",
+                    "--quiet",
+                    "--bin",
+                    "liverestore",
+                    "--target",
+                    "x86_64-unknown-linux-gnu",
+                ])
+                .env("CARGO_TARGET_DIR", &target_dir)
+                .env("RUSTFLAGS", "-C target-feature=+crt-static")
+                .status()
+                .expect("cargo");
+            assert!(status.success(), "static build of liverestore failed");
+            let bin = target_dir.join("x86_64-unknown-linux-gnu/release/liverestore");
+            let out = Command::new("ldd").arg(&bin).output().unwrap();
+            let text = String::from_utf8_lossy(&out.stdout).to_string()
+                + &String::from_utf8_lossy(&out.stderr);
+            assert!(
+                text.contains("not a dynamic executable") || text.contains("statically linked"),
+                "the guest's liverestore is not static: {text}"
+            );
+            bin
+        })
+        .clone()
+}
+
+/// What goes into a guest, and how it runs.
+pub struct Guest {
+    /// Kernel modules to load at boot, in this order (dependencies are
+    /// added and loaded first).
+    pub modules: Vec<&'static str>,
+    /// Host binaries to copy in (with their shared libraries), by name
+    /// found on PATH or by absolute path; they land in /usr/bin.
+    pub binaries: Vec<&'static str>,
+    /// Extra files: (guest path, contents).
+    pub files: Vec<(String, Vec<u8>)>,
+    /// Raw disk images, attached as virtio disks /dev/vda, /dev/vdb, …
+    pub disks: Vec<PathBuf>,
+    /// The scenario: run by `sh -e`; its exit status is reported.
+    pub scenario: String,
+    pub memory_mib: u32,
+    pub timeout: Duration,
+}
+
+impl Default for Guest {
+    fn default() -> Self {
+        Guest {
+            modules: vec![],
+            binaries: vec![],
+            files: vec![],
+            disks: vec![],
+            scenario: String::new(),
+            memory_mib: 768,
+            timeout: Duration::from_secs(300),
+        }
+    }
+}
+
+/// What a guest run printed, and how its scenario ended.
+pub struct GuestRun {
+    pub console: String,
+    /// The scenario's exit status (None: it never finished: panic, timeout).
+    pub status: Option<i32>,
+    pub elapsed: Duration,
+}
+
+impl GuestRun {
+    /// The scenario's own output (between the start and end markers).
+    pub fn output(&self) -> &str {
+        let start = self
+            .console
+            .find(START)
+            .map(|i| i + START.len())
+            .unwrap_or(0);
+        let end = self.console.rfind(END).unwrap_or(self.console.len());
+        self.console.get(start..end).unwrap_or("")
+    }
+
+    /// Assert the scenario exited 0; show the console otherwise.
+    pub fn assert_ok(&self) -> &Self {
+        assert_eq!(
+            self.status,
+            Some(0),
+            "guest scenario failed; console:\n{}",
+            self.console
+        );
+        self
+    }
+
+    /// Values the scenario printed as `LR key=value` lines.
+    pub fn value(&self, key: &str) -> Option<String> {
+        let prefix = format!("LR {key}=");
+        self.output()
+            .lines()
+            .filter_map(|l| l.trim_end_matches('\r').strip_prefix(&prefix))
+            .next_back()
+            .map(str::to_string)
+    }
+}
+
+const START: &str = "== scenario start ==";
+const END: &str = "== scenario exit ";
+
+fn init_script(kernel_version: &str, modules: &[String]) -> String {
+    let mut s = String::from(
+        "#!/bin/busybox sh\n\
+         /bin/busybox --install -s /bin\n\
+         export PATH=/usr/bin:/bin:/sbin:/usr/sbin\n\
+         mkdir -p /proc /sys /dev /tmp /run /mnt /var/lib\n\
+         mount -t proc proc /proc\n\
+         mount -t sysfs sys /sys\n\
+         mount -t devtmpfs dev /dev\n\
+         mount -t tmpfs tmp /tmp\n\
+         mount -t tmpfs run /run\n",
+    );
+    for m in modules {
+        s.push_str(&format!(
+            "insmod /lib/modules/{kernel_version}/{m} || echo \"insmod {m} failed\"\n"
+        ));
+    }
+    s.push_str(&format!(
+        "echo '{START}'\n\
+         sh -e /scenario.sh\n\
+         echo \"{END}$?\"\n\
+         sync\n\
+         poweroff -f\n"
+    ));
+    s
+}
+
+/// Shared libraries of a dynamic executable (and the loader), from ldd.
+fn shared_libraries(bin: &Path) -> Vec<PathBuf> {
+    let out = Command::new("ldd").arg(bin).output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let path = match l.split_once("=>") {
+                Some((_, rest)) => rest.split_whitespace().next()?,
+                None => l.split_whitespace().next()?,
+            };
+            path.starts_with('/').then(|| PathBuf::from(path))
+        })
+        .collect()
+}
+
+fn which(name: &str) -> PathBuf {
+    if name.starts_with('/') {
+        return PathBuf::from(name);
+    }
+    for dir in ["/usr/sbin", "/usr/bin", "/sbin", "/bin"] {
+        let p = Path::new(dir).join(name);
+        if p.exists() {
+            return p;
+        }
+    }
+    panic!("{name} is not installed on the host (scripts/install-deps.sh)")
+}
+
+/// A newc cpio archive being built.
+struct Cpio {
+    out: Vec<u8>,
+    ino: u32,
+    dirs: Vec<String>,
+}
+
+impl Cpio {
+    fn new() -> Cpio {
+        Cpio {
+            out: Vec::new(),
+            ino: 1,
+            dirs: Vec::new(),
+        }
+    }
+
+    fn entry(&mut self, name: &str, mode: u32, data: &[u8]) {
+        self.ino += 1;
+        let b = cpio::NewcBuilder::new(name.trim_start_matches('/'))
+            .ino(self.ino)
+            .mode(mode)
+            .nlink(1);
+        let mut w = b.write(&mut self.out, data.len() as u32);
+        w.write_all(data).unwrap();
+        w.finish().unwrap();
+    }
+
+    fn dir_all(&mut self, path: &str) {
+        let mut cur = String::new();
+        for part in path.trim_matches('/').split('/').filter(|p| !p.is_empty()) {
+            cur.push('/');
+            cur.push_str(part);
+            if !self.dirs.contains(&cur) {
+                self.dirs.push(cur.clone());
+                let c = cur.clone();
+                self.entry(&c, 0o040755, &[]);
+            }
+        }
+    }
+
+    fn file(&mut self, path: &str, mode: u32, data: &[u8]) {
+        if let Some((parent, _)) = path.rsplit_once('/') {
+            self.dir_all(parent);
+        }
+        self.entry(path, 0o100000 | mode, data);
+    }
+
+    fn symlink(&mut self, path: &str, target: &str) {
+        if let Some((parent, _)) = path.rsplit_once('/') {
+            self.dir_all(parent);
+        }
+        self.entry(path, 0o120777, target.as_bytes());
+    }
+
+    fn finish(self) -> Vec<u8> {
+        cpio::newc::trailer(self.out).unwrap()
+    }
+}
+
+impl Guest {
+    fn initramfs(&self, kernel: &Kernel) -> Vec<u8> {
+        let version = kernel
+            .modules
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .to_string();
+        let mut c = Cpio::new();
+        c.file("/bin/busybox", 0o755, &fs::read("/bin/busybox").unwrap());
+        c.file(
+            "/usr/bin/liverestore",
+            0o755,
+            &fs::read(static_liverestore()).unwrap(),
+        );
+        let order = kernel.module_load_order(&self.modules);
+        for m in &order {
+            c.file(
+                &format!("/lib/modules/{version}/{m}"),
+                0o644,
+                &fs::read(kernel.modules.join(m)).unwrap(),
+            );
+        }
+        let mut libs: Vec<PathBuf> = Vec::new();
+        for b in &self.binaries {
+            let path = which(b);
+            let name = path.file_name().unwrap().to_string_lossy().to_string();
+            c.file(
+                &format!("/usr/bin/{name}"),
+                0o755,
+                &fs::read(&path).unwrap(),
+            );
+            for l in shared_libraries(&path) {
+                if !libs.contains(&l) {
+                    libs.push(l);
+                }
+            }
+        }
+        for l in &libs {
+            // At the path ldd names (the loader's is baked into binaries).
+            c.file(&l.to_string_lossy(), 0o755, &fs::read(l).unwrap());
+        }
+        for (path, data) in &self.files {
+            c.file(path, 0o755, data);
+        }
+        c.file("/scenario.sh", 0o755, self.scenario.as_bytes());
+        c.file("/init", 0o755, init_script(&version, &order).as_bytes());
+        c.finish()
+    }
+
+    /// Boot, run the scenario, power off. Panics on a QEMU that cannot
+    /// start; a scenario that fails or hangs is reported in the result.
+    pub fn run(&self, work: &Path) -> GuestRun {
+        let kernel = Kernel::get();
+        fs::create_dir_all(work).unwrap();
+        let initrd = work.join("initrd.cpio");
+        fs::write(&initrd, self.initramfs(&kernel)).unwrap();
+        let console = work.join("console.log");
+        let _ = fs::remove_file(&console);
+        let mut cmd = Command::new("qemu-system-x86_64");
+        cmd.args(["-nodefaults", "-no-reboot", "-display", "none"])
+            .args(["-accel", "tcg", "-cpu", "max", "-smp", "1"])
+            .args(["-m", &self.memory_mib.to_string()])
+            .arg("-kernel")
+            .arg(&kernel.vmlinuz)
+            .arg("-initrd")
+            .arg(&initrd)
+            .args([
+                "-append",
+                "console=ttyS0 panic=-1 quiet loglevel=3 rdinit=/init",
+            ])
+            .arg("-serial")
+            .arg(format!("file:{}", console.display()))
+            .args(["-monitor", "none"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for d in &self.disks {
+            cmd.arg("-drive").arg(format!(
+                "file={},format=raw,if=virtio,cache=unsafe",
+                d.display()
+            ));
+        }
+        let start = Instant::now();
+        let mut child = ChildGuard::from(cmd.spawn().expect("qemu-system-x86_64"));
+        let mut timed_out = false;
+        loop {
+            if child.try_wait().unwrap().is_some() {
+                break;
+            }
+            if start.elapsed() > self.timeout {
+                timed_out = true;
+                let _ = child.kill();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let out = child.wait_with_output().unwrap();
+        let text = fs::read_to_string(&console).unwrap_or_default();
+        assert!(
+            !text.is_empty() || timed_out,
+            "QEMU printed nothing: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let status = text
+            .rfind(END)
+            .and_then(|i| text[i + END.len()..].split_whitespace().next())
+            .and_then(|s| s.parse().ok());
+        GuestRun {
+            console: text,
+            status,
+            elapsed: start.elapsed(),
+        }
+    }
+}
