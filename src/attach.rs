@@ -12,6 +12,10 @@
 //! (thrown away on detach: the staged image never changes); `direct`,
 //! writable straight into the staged image.
 //!
+//! Without device-mapper, a read-only attach falls back to a FUSE file
+//! served from the map (`crate::fuse_image`) with a read-only loop device
+//! on it.
+//!
 //! An attachment outlives the command; its record (`attached/NAME.json` in
 //! the state directory) says what to take down. `detach` also cleans up
 //! after an attach that was interrupted, by the names it uses.
@@ -48,7 +52,7 @@ pub struct Attachment {
     pub mode: AttachMode,
     /// The block device showing the image.
     pub device: String,
-    /// How: "device-mapper".
+    /// How: "device-mapper", or "fuse" (read-only fallback).
     pub backend: String,
     /// Device-mapper devices, top first.
     pub dm_devices: Vec<String>,
@@ -56,6 +60,12 @@ pub struct Attachment {
     pub loop_devices: Vec<AttachedLoop>,
     /// The overlay's copy-on-write store.
     pub cow_file: Option<String>,
+    /// The userspace fallback: where the image file is served, and by
+    /// which process.
+    #[serde(default)]
+    pub fuse_mount: Option<String>,
+    #[serde(default)]
+    pub fuse_pid: Option<u32>,
 }
 
 /// A loop device and what it was attached to.
@@ -144,11 +154,16 @@ pub fn attach(state: &StateDir, name: &str, mode: AttachMode) -> Result<Attachme
         ));
     }
     let checked = staged::revalidate(&rec)?;
+    fs::create_dir_all(state.root().join("attached"))
+        .op(|| "cannot create the attachment directory".into())?;
     if !dm::available() {
-        return Err(Error::new(
-            ErrorKind::KernelLacks,
-            "this kernel has no device-mapper (no /dev/mapper/control; try `modprobe dm-mod`)",
-        ));
+        if mode != AttachMode::ReadOnly {
+            return Err(Error::new(
+                ErrorKind::KernelLacks,
+                "a writable attach needs device-mapper, which this kernel lacks (try `modprobe dm-mod`); a read-only attach works without it",
+            ));
+        }
+        return attach_fuse(state, &rec);
     }
     for n in [dm_name(name), dm_base_name(name)] {
         if dm::exists(&n)? {
@@ -160,8 +175,6 @@ pub fn attach(state: &StateDir, name: &str, mode: AttachMode) -> Result<Attachme
             ));
         }
     }
-    fs::create_dir_all(state.root().join("attached"))
-        .op(|| "cannot create the attachment directory".into())?;
     let image_map = rec.image_map()?;
     let mut made = Attachment {
         name: name.to_string(),
@@ -171,6 +184,8 @@ pub fn attach(state: &StateDir, name: &str, mode: AttachMode) -> Result<Attachme
         dm_devices: Vec::new(),
         loop_devices: Vec::new(),
         cow_file: None,
+        fuse_mount: None,
+        fuse_pid: None,
     };
     let result = build(
         state,
@@ -262,6 +277,123 @@ fn build(
     Ok(())
 }
 
+/// Read-only attach without device-mapper: a FUSE file served by a
+/// background `liverestore serve-image`, with a read-only loop device on it.
+fn attach_fuse(state: &StateDir, rec: &crate::record::StagingRecord) -> Result<Attachment> {
+    let name = rec.name.as_str();
+    if !Path::new("/dev/fuse").exists() {
+        return Err(Error::new(
+            ErrorKind::KernelLacks,
+            "this kernel has neither device-mapper nor FUSE: attach needs one of them (try `modprobe dm-mod` or `modprobe fuse`)",
+        ));
+    }
+    let mnt = PathBuf::from(format!("/run/liverestore/fuse-{name}"));
+    fs::create_dir_all(&mnt)
+        .op(|| "cannot create the FUSE mount point".into())
+        .map_err(|e| e.with_path(&mnt))?;
+    let exe = std::env::current_exe().op(|| "cannot find liverestore's own binary".into())?;
+    let mut child = {
+        use std::os::unix::process::CommandExt;
+        std::process::Command::new(exe)
+            .arg("--state-dir")
+            .arg(state.root())
+            .arg("serve-image")
+            .arg(name)
+            .arg(&mnt)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .process_group(0)
+            .spawn()
+            .op(|| "cannot start the FUSE server".into())?
+    };
+    let mut made = Attachment {
+        name: name.to_string(),
+        mode: AttachMode::ReadOnly,
+        device: String::new(),
+        backend: "fuse".into(),
+        dm_devices: Vec::new(),
+        loop_devices: Vec::new(),
+        cow_file: None,
+        fuse_mount: Some(mnt.display().to_string()),
+        fuse_pid: Some(child.id()),
+    };
+    let file = mnt.join(crate::fuse_image::FILE_NAME);
+    let start = std::time::Instant::now();
+    let served = loop {
+        if fs::metadata(&file).is_ok_and(|m| m.len() == rec.image.size) {
+            break Ok(());
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            break Err(Error::new(
+                ErrorKind::Io,
+                format!("the FUSE server for '{name}' exited ({status})"),
+            ));
+        }
+        if start.elapsed() > std::time::Duration::from_secs(10) {
+            break Err(Error::new(
+                ErrorKind::Io,
+                format!("the FUSE server for '{name}' did not come up"),
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let result = served.and_then(|()| {
+        let (dev, _hold) = LoopDevice::attach(
+            &file,
+            LoopOptions {
+                writable: false,
+                autoclear: false,
+                direct_io: false,
+            },
+        )?;
+        made.device = dev.path.display().to_string();
+        made.loop_devices.push(AttachedLoop {
+            device: dev.path.display().to_string(),
+            backing: file.display().to_string(),
+        });
+        save(state, &made)
+    });
+    match result {
+        Ok(()) => Ok(made),
+        Err(e) => {
+            let _ = take_down(&made);
+            let _ = child.kill();
+            let _ = child.wait();
+            Err(e)
+        }
+    }
+}
+
+/// Unmount the FUSE mount and wait for its server to exit.
+fn stop_fuse(mnt: &Path, pid: Option<u32>) -> Result<()> {
+    for _ in 0..50 {
+        match rustix::mount::unmount(mnt, rustix::mount::UnmountFlags::empty()) {
+            Ok(()) => break,
+            Err(e) if e == rustix::io::Errno::INVAL || e == rustix::io::Errno::NOENT => break,
+            Err(e) if e == rustix::io::Errno::BUSY => {
+                std::thread::sleep(std::time::Duration::from_millis(100))
+            }
+            Err(e) => {
+                return Err(Error::io("cannot unmount the FUSE mount", e.into()).with_path(mnt));
+            }
+        }
+    }
+    if let Some(pid) = pid {
+        let proc_dir = PathBuf::from(format!("/proc/{pid}"));
+        for _ in 0..100 {
+            // Gone, or a zombie of an earlier attach's process.
+            let state = fs::read_to_string(proc_dir.join("stat")).unwrap_or_default();
+            if state.is_empty() || state.contains(") Z") {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+    let _ = fs::remove_dir(mnt);
+    Ok(())
+}
+
 /// Remove what `a` names, top first; loop devices and the store last.
 fn take_down(a: &Attachment) -> Result<()> {
     for n in &a.dm_devices {
@@ -284,6 +416,9 @@ fn take_down(a: &Attachment) -> Result<()> {
         if ours {
             dev.detach()?;
         }
+    }
+    if let Some(m) = &a.fuse_mount {
+        stop_fuse(Path::new(m), a.fuse_pid)?;
     }
     if let Some(c) = &a.cow_file {
         match fs::remove_file(c) {
@@ -319,6 +454,8 @@ pub fn detach(state: &StateDir, name: &str) -> Result<Attachment> {
                 dm_devices: Vec::new(),
                 loop_devices: Vec::new(),
                 cow_file: None,
+                fuse_mount: None,
+                fuse_pid: None,
             };
             if dm::available() {
                 for n in [dm_name(name), dm_base_name(name)] {

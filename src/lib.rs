@@ -20,6 +20,7 @@ pub mod dm;
 pub mod error;
 pub mod extent_map;
 pub mod fiemap;
+pub mod fuse_image;
 pub mod header;
 pub mod hostfs;
 pub mod identity;

@@ -216,6 +216,10 @@ enum Command {
         #[arg(long, value_name = "CMD")]
         run: Option<String>,
     },
+    /// (internal) Serve a staged image as a FUSE file for `attach` on a
+    /// kernel without device-mapper; exits when unmounted.
+    #[command(hide = true)]
+    ServeImage { name: String, mountpoint: PathBuf },
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -583,6 +587,13 @@ fn run(cli: Cli) -> Outcome {
                 emit_json(&json!({ "event": "result", "ok": true, "attachment": a }));
             } else {
                 println!("{}", a.device);
+                if a.backend == "fuse" {
+                    eprintln!(
+                        "no device-mapper in this kernel: '{}' is served read-only through FUSE ({}) and a loop device",
+                        a.name,
+                        a.fuse_mount.as_deref().unwrap_or("-")
+                    );
+                }
             }
             Ok(0)
         }
@@ -626,6 +637,10 @@ fn run(cli: Cli) -> Outcome {
                 );
             }
             Ok(if r.passed { 0 } else { 20 })
+        }
+        Command::ServeImage { name, mountpoint } => {
+            liverestore::fuse_image::serve(&state, &name, &mountpoint)?;
+            Ok(0)
         }
         Command::Scan { disk } => {
             let found = scan::scan(&disk, progress.as_ref())?;

@@ -1,0 +1,96 @@
+//! On this host (no device-mapper): `attach` falls back to a FUSE file
+//! served from the map with a read-only loop device on it; its bytes equal
+//! the image, writes are refused, a writable attach is refused with exit
+//! 24, and `detach` leaves no loop device, mount or server process behind.
+//! (With device-mapper, attach is tested inside a guest: tests/vm_attach.rs.)
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+
+/// Detaches on drop, so a failing test leaves no loop device or FUSE mount.
+struct Detach<'a>(&'a Cli, &'a str);
+
+impl Drop for Detach<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.run(&["detach", self.1]);
+    }
+}
+
+fn loop_backed_by(file: &str) -> bool {
+    sh("losetup", &["-a"]).contains(file)
+}
+
+#[test]
+fn read_only_attach_without_device_mapper_uses_fuse() {
+    require_root();
+    if Path::new("/dev/mapper/control").exists() {
+        eprintln!("this kernel has device-mapper: the fallback is not used here");
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let disk = LoopDisk::new(t.path(), Fs::Ext4, 200);
+    let cli = Cli::new(t.path());
+    let mut image = random_bytes(24 * MIB as usize, 3);
+    image[4 * MIB as usize..9 * MIB as usize].fill(0);
+    let img = t.path().join("image.raw");
+    std::fs::write(&img, &image).unwrap();
+    cli.expect(
+        0,
+        &[
+            "stage",
+            img.to_str().unwrap(),
+            "--name",
+            "ro",
+            "--dir",
+            disk.mnt.to_str().unwrap(),
+        ],
+    );
+
+    let _guard = Detach(&cli, "ro");
+    let out = cli.json(&["--json", "attach", "ro"]);
+    let a = &out["attachment"];
+    assert_eq!(a["backend"], "fuse", "{out}");
+    let dev = a["device"].as_str().unwrap().to_string();
+    assert!(dev.starts_with("/dev/loop"), "{out}");
+    let mnt = a["fuse_mount"].as_str().unwrap().to_string();
+    let pid = a["fuse_pid"].as_u64().unwrap();
+
+    // The device shows exactly the image.
+    assert_eq!(std::fs::read(&dev).unwrap(), image);
+    // Read-only all the way down.
+    let refused = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&dev)
+        .and_then(|mut f| {
+            use std::io::Write;
+            f.write_all(&[0u8; 4096])?;
+            f.sync_all()
+        })
+        .is_err();
+    assert!(refused, "the attached device must refuse writes");
+
+    // Attached twice, or writable without device-mapper: refused.
+    cli.expect_err(22, &["attach", "ro"]);
+    cli.expect(0, &["detach", "ro"]);
+    let err = cli.expect_err(24, &["attach", "ro", "--rw"]);
+    assert!(err.contains("device-mapper"), "{err}");
+
+    // Nothing left behind.
+    assert!(!loop_backed_by(&format!("{mnt}/image")));
+    assert!(
+        !std::fs::read_to_string("/proc/mounts")
+            .unwrap()
+            .contains(&mnt)
+    );
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    assert!(
+        stat.is_empty() || stat.contains(") Z"),
+        "the FUSE server is still running: {stat}"
+    );
+    cli.expect_err(22, &["detach", "ro"]);
+    assert_eq!(cli.json(&["verify", "ro", "--json"])["ok"], true);
+    cli.expect(0, &["discard", "ro"]);
+}
