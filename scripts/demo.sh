@@ -43,6 +43,9 @@ with open(m["disk"], "rb") as d, open(sys.argv[1], "wb") as out:
 cmp "$work/restore.img" "$work/readback.img" && echo "read back == image"
 e2fsck -fn "$work/readback.img" | tail -1
 
+say "liverestore test-restore: attach, fsck, mount and look inside, without rebooting (read-only via FUSE on a kernel without device-mapper)"
+"$lr" test-restore demo --run 'ls "$LIVERESTORE_ROOT"'
+
 say "the host filesystem is untouched"
 cat "$work/host/precious.txt"
 "$lr" discard demo

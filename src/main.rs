@@ -622,10 +622,15 @@ fn run(cli: Cli) -> Outcome {
                     r.fsck_command.as_deref().unwrap_or("-")
                 );
                 println!(
-                    "mount:      {}",
+                    "mount:      {}{}",
                     r.mount_error
                         .clone()
-                        .unwrap_or_else(|| yes(r.mounted).into())
+                        .unwrap_or_else(|| yes(r.mounted).into()),
+                    if r.read_only {
+                        " (read-only: no device-mapper here for a writable overlay)"
+                    } else {
+                        ""
+                    }
                 );
                 if let (Some(c), Some(st)) = (&r.command, r.command_status) {
                     println!("command:    {} (exit {st}): {c}", yes(st == 0));

@@ -2,7 +2,7 @@
 //! staged filesystem image through a throw-away overlay, check it with the
 //! filesystem's own fsck (read-only), mount it, run a command against it,
 //! and always take everything down again. The staged image is never
-//! changed.
+//! changed. Without device-mapper (no overlay) the test runs read-only.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -18,6 +18,8 @@ use crate::state_dir::StateDir;
 pub struct TestReport {
     pub name: String,
     pub device: String,
+    /// Mounted read-only (no device-mapper for an overlay here).
+    pub read_only: bool,
     pub filesystem: Option<String>,
     /// The read-only fsck: command, exit status, clean or not.
     pub fsck_command: Option<String>,
@@ -69,15 +71,23 @@ fn mount_point(name: &str) -> PathBuf {
 
 /// Run the test; the attachment is always taken down, also on error.
 pub fn test_restore(state: &StateDir, name: &str, command: Option<&str>) -> Result<TestReport> {
-    let a = attach::attach(state, name, AttachMode::Overlay)?;
-    let result = run(name, &a.device, command);
+    // Without device-mapper there is no overlay: test read-only instead
+    // (the FUSE fallback), mounted without journal replay.
+    let a = match attach::attach(state, name, AttachMode::Overlay) {
+        Err(e) if e.kind() == ErrorKind::KernelLacks => {
+            attach::attach(state, name, AttachMode::ReadOnly)?
+        }
+        other => other?,
+    };
+    let read_only = a.mode == AttachMode::ReadOnly;
+    let result = run(name, &a.device, command, read_only);
     let down = attach::detach(state, name);
     let report = result?;
     down?;
     Ok(report)
 }
 
-fn run(name: &str, device: &str, command: Option<&str>) -> Result<TestReport> {
+fn run(name: &str, device: &str, command: Option<&str>, read_only: bool) -> Result<TestReport> {
     let mut head = vec![0u8; 0x10048];
     {
         use std::os::unix::fs::FileExt;
@@ -91,6 +101,7 @@ fn run(name: &str, device: &str, command: Option<&str>) -> Result<TestReport> {
     let mut report = TestReport {
         name: name.to_string(),
         device: device.to_string(),
+        read_only,
         filesystem: fs.map(str::to_string),
         fsck_command: None,
         fsck_status: None,
@@ -126,7 +137,18 @@ fn run(name: &str, device: &str, command: Option<&str>) -> Result<TestReport> {
     std::fs::create_dir_all(&mnt)
         .op(|| "cannot create the mount point".into())
         .map_err(|e| e.with_path(&mnt))?;
-    match rustix::mount::mount(device, &mnt, fs, rustix::mount::MountFlags::empty(), None) {
+    let (flags, data) = if read_only {
+        // No journal replay: the device cannot take writes.
+        let data = match fs {
+            "ext4" => Some(c"noload"),
+            "xfs" => Some(c"norecovery"),
+            _ => None,
+        };
+        (rustix::mount::MountFlags::RDONLY, data)
+    } else {
+        (rustix::mount::MountFlags::empty(), None)
+    };
+    match rustix::mount::mount(device, &mnt, fs, flags, data) {
         Ok(()) => report.mounted = true,
         Err(e) => report.mount_error = Some(format!("mount {device} ({fs}) failed: {e}")),
     }

@@ -1,7 +1,8 @@
 //! On this host (no device-mapper): `attach` falls back to a FUSE file
 //! served from the map with a read-only loop device on it; its bytes equal
 //! the image, writes are refused, a writable attach is refused with exit
-//! 24, and `detach` leaves no loop device, mount or server process behind.
+//! 24, and `detach` leaves no loop device, mount or server process behind;
+//! test-restore runs read-only on it.
 //! (With device-mapper, attach is tested inside a guest: tests/vm_attach.rs.)
 
 mod common;
@@ -93,4 +94,63 @@ fn read_only_attach_without_device_mapper_uses_fuse() {
     cli.expect_err(22, &["detach", "ro"]);
     assert_eq!(cli.json(&["verify", "ro", "--json"])["ok"], true);
     cli.expect(0, &["discard", "ro"]);
+}
+
+#[test]
+fn test_restore_without_device_mapper_runs_read_only() {
+    require_root();
+    if Path::new("/dev/mapper/control").exists() {
+        eprintln!("this kernel has device-mapper: the fallback is not used here");
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let disk = LoopDisk::new(t.path(), Fs::Ext4, 200);
+    let cli = Cli::new(t.path());
+    let tree = t.path().join("tree");
+    populate(&tree);
+    std::fs::write(tree.join("hostname"), "restored\n").unwrap();
+    let img = t.path().join("fs.ext4");
+    sh(
+        "mkfs.ext4",
+        &[
+            "-q",
+            "-F",
+            "-d",
+            tree.to_str().unwrap(),
+            img.to_str().unwrap(),
+            "32M",
+        ],
+    );
+    let dir = disk.mnt.to_str().unwrap();
+    cli.expect(
+        0,
+        &["stage", img.to_str().unwrap(), "--name", "fs", "--dir", dir],
+    );
+    let _guard = Detach(&cli, "fs");
+    let out = cli.json(&[
+        "--json",
+        "test-restore",
+        "fs",
+        "--run",
+        "grep -q restored \"$LIVERESTORE_ROOT/hostname\"",
+    ]);
+    let r = &out["report"];
+    assert_eq!(out["ok"], true, "{out}");
+    assert_eq!(r["read_only"], true);
+    assert_eq!(r["filesystem"], "ext4");
+    assert_eq!(r["fsck_clean"], true);
+    assert_eq!(r["command_status"], 0);
+    // A command that fails, fails the test (exit 20); nothing stays attached.
+    cli.expect_err(
+        20,
+        &[
+            "test-restore",
+            "fs",
+            "--run",
+            "touch \"$LIVERESTORE_ROOT/x\"",
+        ],
+    );
+    cli.expect_err(22, &["detach", "fs"]);
+    assert_eq!(cli.json(&["verify", "fs", "--json"])["ok"], true);
+    cli.expect(0, &["discard", "fs"]);
 }
