@@ -1,11 +1,21 @@
 #!/usr/bin/env bash
 # Fetch Debian's kernel package (linux-image-amd64's current dependency) and
-# unpack it for the QEMU test guest: DIR/vmlinuz and DIR/lib/modules/VERSION
-# with a modules.dep made by depmod. Idempotent; DIR defaults to target/vm.
+# unpack it for the QEMU test guest: DIR/kernel/vmlinuz and
+# DIR/kernel/lib/modules/VERSION with a modules.dep made by depmod; and a
+# static busybox (DIR/busybox, from busybox-static, unpacked rather than
+# installed: installing it would replace the system's busybox). Idempotent;
+# DIR defaults to target/vm.
 # Needs: apt-get, dpkg-deb, depmod (kmod). No root needed once apt works.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dir=${1:-target/vm}
+if [ ! -x "$dir/busybox" ]; then
+  bb=$(mktemp -d)
+  (cd "$bb" && apt-get download -q busybox-static >/dev/null 2>&1) || { echo "apt-get download busybox-static failed" >&2; rm -rf "$bb"; exit 1; }
+  dpkg-deb -x "$bb"/busybox-static_*.deb "$bb/root"
+  mkdir -p "$dir" && cp "$bb/root/bin/busybox" "$dir/busybox"
+  rm -rf "$bb"
+fi
 if [ -e "$dir/kernel/vmlinuz" ] && ls "$dir"/kernel/lib/modules/*/modules.dep >/dev/null 2>&1; then
   exit 0
 fi

@@ -339,7 +339,14 @@ impl Guest {
             .to_string_lossy()
             .to_string();
         let mut c = Cpio::new();
-        c.file("/bin/busybox", 0o755, &fs::read("/bin/busybox").unwrap());
+        let busybox = repo().join("target/vm/busybox");
+        let busybox = fs::read(&busybox).unwrap_or_else(|e| {
+            panic!(
+                "{}: {e}: run `bash scripts/vm-kernel.sh` (scripts/install-deps.sh does)",
+                busybox.display()
+            )
+        });
+        c.file("/bin/busybox", 0o755, &busybox);
         c.file(
             "/usr/bin/liverestore",
             0o755,
