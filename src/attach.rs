@@ -68,6 +68,23 @@ pub struct Attachment {
     pub fuse_pid: Option<u32>,
 }
 
+impl Attachment {
+    /// Nothing built yet.
+    fn new(name: &str, mode: AttachMode, backend: &str) -> Attachment {
+        Attachment {
+            name: name.to_string(),
+            mode,
+            device: String::new(),
+            backend: backend.into(),
+            dm_devices: Vec::new(),
+            loop_devices: Vec::new(),
+            cow_file: None,
+            fuse_mount: None,
+            fuse_pid: None,
+        }
+    }
+}
+
 /// A loop device and what it was attached to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AttachedLoop {
@@ -176,17 +193,7 @@ pub fn attach(state: &StateDir, name: &str, mode: AttachMode) -> Result<Attachme
         }
     }
     let image_map = rec.image_map()?;
-    let mut made = Attachment {
-        name: name.to_string(),
-        mode,
-        device: String::new(),
-        backend: "device-mapper".into(),
-        dm_devices: Vec::new(),
-        loop_devices: Vec::new(),
-        cow_file: None,
-        fuse_mount: None,
-        fuse_pid: None,
-    };
+    let mut made = Attachment::new(name, mode, "device-mapper");
     let result = build(
         state,
         &rec,
@@ -308,15 +315,9 @@ fn attach_fuse(state: &StateDir, rec: &crate::record::StagingRecord) -> Result<A
             .op(|| "cannot start the FUSE server".into())?
     };
     let mut made = Attachment {
-        name: name.to_string(),
-        mode: AttachMode::ReadOnly,
-        device: String::new(),
-        backend: "fuse".into(),
-        dm_devices: Vec::new(),
-        loop_devices: Vec::new(),
-        cow_file: None,
         fuse_mount: Some(mnt.display().to_string()),
         fuse_pid: Some(child.id()),
+        ..Attachment::new(name, AttachMode::ReadOnly, "fuse")
     };
     let file = mnt.join(crate::fuse_image::FILE_NAME);
     let start = std::time::Instant::now();
@@ -367,18 +368,7 @@ fn attach_fuse(state: &StateDir, rec: &crate::record::StagingRecord) -> Result<A
 
 /// Unmount the FUSE mount and wait for its server to exit.
 fn stop_fuse(mnt: &Path, pid: Option<u32>) -> Result<()> {
-    for _ in 0..50 {
-        match rustix::mount::unmount(mnt, rustix::mount::UnmountFlags::empty()) {
-            Ok(()) => break,
-            Err(e) if e == rustix::io::Errno::INVAL || e == rustix::io::Errno::NOENT => break,
-            Err(e) if e == rustix::io::Errno::BUSY => {
-                std::thread::sleep(std::time::Duration::from_millis(100))
-            }
-            Err(e) => {
-                return Err(Error::io("cannot unmount the FUSE mount", e.into()).with_path(mnt));
-            }
-        }
-    }
+    unmount(mnt)?;
     if let Some(pid) = pid {
         let proc_dir = PathBuf::from(format!("/proc/{pid}"));
         for _ in 0..100 {
@@ -392,6 +382,23 @@ fn stop_fuse(mnt: &Path, pid: Option<u32>) -> Result<()> {
     }
     let _ = fs::remove_dir(mnt);
     Ok(())
+}
+
+/// Unmount `mnt`, waiting out a brief EBUSY (a process that is just
+/// leaving it), then lazily; not mounted (any more) is fine.
+pub(crate) fn unmount(mnt: &Path) -> Result<()> {
+    use rustix::io::Errno;
+    use rustix::mount::UnmountFlags;
+    let fail = |e: Errno| Error::io("cannot unmount", e.into()).with_path(mnt);
+    for _ in 0..50 {
+        match rustix::mount::unmount(mnt, UnmountFlags::empty()) {
+            Ok(()) => return Ok(()),
+            Err(e) if e == Errno::INVAL || e == Errno::NOENT => return Ok(()),
+            Err(e) if e == Errno::BUSY => std::thread::sleep(std::time::Duration::from_millis(100)),
+            Err(e) => return Err(fail(e)),
+        }
+    }
+    rustix::mount::unmount(mnt, UnmountFlags::DETACH).map_err(fail)
 }
 
 /// Remove what `a` names, top first; loop devices and the store last.
@@ -446,17 +453,7 @@ pub fn detach(state: &StateDir, name: &str) -> Result<Attachment> {
         Some(a) => a,
         None => {
             // Leftovers of an interrupted attach, if any.
-            let mut left = Attachment {
-                name: name.to_string(),
-                mode: AttachMode::ReadOnly,
-                device: String::new(),
-                backend: "device-mapper".into(),
-                dm_devices: Vec::new(),
-                loop_devices: Vec::new(),
-                cow_file: None,
-                fuse_mount: None,
-                fuse_pid: None,
-            };
+            let mut left = Attachment::new(name, AttachMode::ReadOnly, "device-mapper");
             if dm::available() {
                 for n in [dm_name(name), dm_base_name(name)] {
                     if dm::exists(&n)? {

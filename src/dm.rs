@@ -6,10 +6,11 @@
 //! five commands and two target types, and that crate brings a large
 //! dependency tree (nix, bindgen-era types) for them.
 
-use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
+use rustix::io::Errno;
+
+use crate::dev_node;
 use crate::error::{Error, ErrorKind, Result};
 use crate::sys::{self, DM_IOCTL_SIZE};
 
@@ -178,51 +179,48 @@ pub fn decode(b: &[u8]) -> Result<DeviceInfo> {
     })
 }
 
-/// The control device, or why there is none.
-fn control() -> Result<File> {
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(CONTROL)
-        .map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
-                Error::new(
-                    ErrorKind::KernelLacks,
-                    "this kernel has no device-mapper (no /dev/mapper/control; try `modprobe dm-mod`)",
-                )
-            } else {
-                Error::io("cannot open the device-mapper control device", e).with_path(CONTROL)
-            }
-        })
-}
-
 /// Whether device-mapper is usable here.
 pub fn available() -> bool {
     Path::new(CONTROL).exists()
 }
 
-fn call(cmd: u8, what: &str, mut req: Vec<u8>) -> Result<Vec<u8>> {
-    let ctl = control()?;
-    sys::dm_ioctl(&ctl, cmd, &mut req)
-        .map_err(|e| Error::io(format!("device-mapper: {what}"), e.into()))?;
-    Ok(req)
+/// Run `cmd` with `req`; the answer, or None when the kernel says there is
+/// no such device (ENXIO). Other failures are returned as the errno.
+fn call(cmd: u8, mut req: Vec<u8>) -> Result<std::result::Result<Option<Vec<u8>>, Errno>> {
+    let ctl = dev_node::open_control(
+        CONTROL,
+        "this kernel has no device-mapper (no /dev/mapper/control; try `modprobe dm-mod`)",
+    )?;
+    Ok(match sys::dm_ioctl(&ctl, cmd, &mut req) {
+        Ok(()) => Ok(Some(req)),
+        Err(e) if e == Errno::NXIO => Ok(None),
+        Err(e) => Err(e),
+    })
+}
+
+/// [`call`] where any failure, and a missing device, is an error.
+fn call_ok(cmd: u8, what: &str, req: Vec<u8>) -> Result<Vec<u8>> {
+    let fail = |e: Errno| Error::io(format!("device-mapper: {what}"), e.into());
+    call(cmd, req)?
+        .map_err(fail)?
+        .ok_or_else(|| fail(Errno::NXIO))
 }
 
 /// Create device `name` with `targets` and activate it; wait for its node.
 pub fn create(name: &str, uuid: &str, targets: &[Target], read_only: bool) -> Result<DeviceInfo> {
     let flags = if read_only { DM_READONLY_FLAG } else { 0 };
-    call(
+    call_ok(
         DM_DEV_CREATE,
         &format!("create {name}"),
         encode(name, Some(uuid), flags, &[], 0)?,
     )?;
-    let loaded = call(
+    let loaded = call_ok(
         DM_TABLE_LOAD,
         &format!("load the table of {name}"),
         encode(name, None, flags, targets, 0)?,
     )
     .and_then(|_| {
-        call(
+        call_ok(
             DM_DEV_SUSPEND,
             &format!("activate {name}"),
             encode(name, None, 0, &[], 0)?,
@@ -238,23 +236,8 @@ pub fn create(name: &str, uuid: &str, targets: &[Target], read_only: bool) -> Re
             format!("device-mapper device {name} vanished"),
         )
     })?;
-    wait_for_node(&info.path())?;
+    dev_node::wait_for(&info.path())?;
     Ok(info)
-}
-
-/// The node of a new block device appears (devtmpfs, udev) shortly after.
-pub fn wait_for_node(path: &Path) -> Result<()> {
-    let start = Instant::now();
-    while !path.exists() {
-        if start.elapsed() > Duration::from_secs(10) {
-            return Err(Error::new(
-                ErrorKind::Io,
-                format!("{} did not appear (no devtmpfs or udev?)", path.display()),
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    Ok(())
 }
 
 /// The device `name` with its live table, or None if there is none.
@@ -262,18 +245,9 @@ pub fn status(name: &str) -> Result<Option<DeviceInfo>> {
     let mut room = 16 << 10;
     loop {
         let req = encode(name, None, DM_STATUS_TABLE_FLAG, &[], room)?;
-        let ctl = control()?;
-        let mut buf = req;
-        match sys::dm_ioctl(&ctl, DM_TABLE_STATUS, &mut buf) {
-            Ok(()) => {}
-            Err(e) if e == rustix::io::Errno::NXIO => return Ok(None),
-            Err(e) => {
-                return Err(Error::io(
-                    format!("device-mapper: status of {name}"),
-                    e.into(),
-                ));
-            }
-        }
+        let buf = call(DM_TABLE_STATUS, req)?
+            .map_err(|e| Error::io(format!("device-mapper: status of {name}"), e.into()))?;
+        let Some(buf) = buf else { return Ok(None) };
         if get_u32(&buf, 28) & DM_BUFFER_FULL_FLAG != 0 && room < 64 << 20 {
             room *= 4;
             continue;
@@ -284,26 +258,17 @@ pub fn status(name: &str) -> Result<Option<DeviceInfo>> {
 
 /// Whether a device `name` exists.
 pub fn exists(name: &str) -> Result<bool> {
-    let ctl = control()?;
-    let mut buf = encode(name, None, 0, &[], 0)?;
-    match sys::dm_ioctl(&ctl, DM_DEV_STATUS, &mut buf) {
-        Ok(()) => Ok(true),
-        Err(e) if e == rustix::io::Errno::NXIO => Ok(false),
-        Err(e) => Err(Error::io(
-            format!("device-mapper: status of {name}"),
-            e.into(),
-        )),
-    }
+    call(DM_DEV_STATUS, encode(name, None, 0, &[], 0)?)?
+        .map(|answer| answer.is_some())
+        .map_err(|e| Error::io(format!("device-mapper: status of {name}"), e.into()))
 }
 
-/// Remove device `name` (an error if it is open, e.g. mounted).
+/// Remove device `name` (an error if it is open, e.g. mounted); removing
+/// one that is not there is not an error.
 pub fn remove(name: &str) -> Result<()> {
-    let ctl = control()?;
-    let mut buf = encode(name, None, 0, &[], 0)?;
-    match sys::dm_ioctl(&ctl, DM_DEV_REMOVE, &mut buf) {
-        Ok(()) => Ok(()),
-        Err(e) if e == rustix::io::Errno::NXIO => Ok(()),
-        Err(e) if e == rustix::io::Errno::BUSY => Err(Error::new(
+    match call(DM_DEV_REMOVE, encode(name, None, 0, &[], 0)?)? {
+        Ok(_) => Ok(()),
+        Err(e) if e == Errno::BUSY => Err(Error::new(
             ErrorKind::Busy,
             format!("{name} is in use (mounted or open): unmount it first"),
         )),

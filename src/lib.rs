@@ -15,6 +15,7 @@
 
 pub mod attach;
 pub mod container;
+pub mod dev_node;
 pub mod disk_io;
 pub mod dm;
 pub mod error;

@@ -6,6 +6,7 @@ use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
+use crate::dev_node;
 use crate::error::{Error, ErrorKind, Result};
 use crate::sys;
 
@@ -36,20 +37,10 @@ impl LoopDevice {
     /// last opener closes it, so hold the file until its real user (a
     /// device-mapper table) has it open.
     pub fn attach(backing: &Path, opts: LoopOptions) -> Result<(LoopDevice, File)> {
-        let control = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(CONTROL)
-            .map_err(|e| {
-                if e.kind() == std::io::ErrorKind::NotFound {
-                    Error::new(
-                        ErrorKind::KernelLacks,
-                        "this kernel has no loop devices (no /dev/loop-control; try `modprobe loop`)",
-                    )
-                } else {
-                    Error::io("cannot open the loop control device", e).with_path(CONTROL)
-                }
-            })?;
+        let control = dev_node::open_control(
+            CONTROL,
+            "this kernel has no loop devices (no /dev/loop-control; try `modprobe loop`)",
+        )?;
         let file = OpenOptions::new()
             .read(true)
             .write(opts.writable)
@@ -70,7 +61,7 @@ impl LoopDevice {
             let number = sys::loop_get_free(&control)
                 .map_err(|e| Error::io("no free loop device", e.into()))?;
             let path = PathBuf::from(format!("/dev/loop{number}"));
-            crate::dm::wait_for_node(&path)?;
+            dev_node::wait_for(&path)?;
             let dev = OpenOptions::new()
                 .read(true)
                 .write(opts.writable)

@@ -515,8 +515,9 @@ struct Sink<'r> {
 }
 
 impl Sink<'_> {
-    /// Flush, sync and record how far this staging got.
-    fn checkpoint(&mut self, state: &StateDir, done: u64) -> Result<()> {
+    /// Flush, sync and record how far this staging got (`done`).
+    fn checkpoint(&mut self, state: &StateDir) -> Result<()> {
+        let done = self.done;
         self.pending.flush(&mut self.writer)?;
         self.writer.sync()?;
         self.rec.image.written = done.min(self.rec.image.size);
@@ -530,7 +531,7 @@ impl Sink<'_> {
     /// Checkpoint if anything was staged since the last checkpoint.
     fn checkpoint_if_behind(&mut self, state: &StateDir) -> Result<()> {
         if self.done > self.last_checkpoint.0 {
-            self.checkpoint(state, self.done)?;
+            self.checkpoint(state)?;
         }
         Ok(())
     }
@@ -592,7 +593,7 @@ impl Sink<'_> {
         if done - self.last_checkpoint.0 >= CHECKPOINT_BYTES
             || self.last_checkpoint.1.elapsed() >= CHECKPOINT_INTERVAL
         {
-            self.checkpoint(state, done)?;
+            self.checkpoint(state)?;
         }
         Ok(())
     }

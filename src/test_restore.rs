@@ -4,7 +4,7 @@
 //! and always take everything down again. The staged image is never
 //! changed. Without device-mapper (no overlay) the test runs read-only.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 use serde::Serialize;
@@ -165,29 +165,12 @@ fn run(name: &str, device: &str, command: Option<&str>, read_only: bool) -> Resu
                 Err(_) => 127,
             });
         }
-        unmount(&mnt)?;
+        attach::unmount(&mnt)?;
     }
     let _ = std::fs::remove_dir(&mnt);
     report.passed =
         report.fsck_clean && report.mounted && report.command_status.is_none_or(|s| s == 0);
     Ok(report)
-}
-
-fn unmount(mnt: &Path) -> Result<()> {
-    // A command may have left a process in the tree for a moment.
-    for _ in 0..50 {
-        match rustix::mount::unmount(mnt, rustix::mount::UnmountFlags::empty()) {
-            Ok(()) => return Ok(()),
-            Err(e) if e == rustix::io::Errno::BUSY => {
-                std::thread::sleep(std::time::Duration::from_millis(100));
-            }
-            Err(e) => {
-                return Err(Error::io("cannot unmount the test mount", e.into()).with_path(mnt));
-            }
-        }
-    }
-    rustix::mount::unmount(mnt, rustix::mount::UnmountFlags::DETACH)
-        .map_err(|e| Error::io("cannot unmount the test mount", e.into()).with_path(mnt))
 }
 
 #[cfg(test)]

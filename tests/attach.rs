@@ -7,8 +7,6 @@
 
 mod common;
 
-use std::path::Path;
-
 use common::*;
 
 /// Detaches on drop, so a failing test leaves no loop device or FUSE mount.
@@ -20,20 +18,29 @@ impl Drop for Detach<'_> {
     }
 }
 
+/// A scratch disk and a CLI, on a kernel where attach uses the fallback;
+/// None (the test has nothing to check) where device-mapper exists.
+fn fallback_fixture() -> Option<(tempfile::TempDir, LoopDisk, Cli)> {
+    require_root();
+    if liverestore::dm::available() {
+        eprintln!("this kernel has device-mapper: the fallback is not used here");
+        return None;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let disk = LoopDisk::new(t.path(), Fs::Ext4, 200);
+    let cli = Cli::new(t.path());
+    Some((t, disk, cli))
+}
+
 fn loop_backed_by(file: &str) -> bool {
     sh("losetup", &["-a"]).contains(file)
 }
 
 #[test]
 fn read_only_attach_without_device_mapper_uses_fuse() {
-    require_root();
-    if Path::new("/dev/mapper/control").exists() {
-        eprintln!("this kernel has device-mapper: the fallback is not used here");
+    let Some((t, disk, cli)) = fallback_fixture() else {
         return;
-    }
-    let t = tempfile::tempdir().unwrap();
-    let disk = LoopDisk::new(t.path(), Fs::Ext4, 200);
-    let cli = Cli::new(t.path());
+    };
     let mut image = random_bytes(24 * MIB as usize, 3);
     image[4 * MIB as usize..9 * MIB as usize].fill(0);
     let img = t.path().join("image.raw");
@@ -98,29 +105,10 @@ fn read_only_attach_without_device_mapper_uses_fuse() {
 
 #[test]
 fn test_restore_without_device_mapper_runs_read_only() {
-    require_root();
-    if Path::new("/dev/mapper/control").exists() {
-        eprintln!("this kernel has device-mapper: the fallback is not used here");
+    let Some((t, disk, cli)) = fallback_fixture() else {
         return;
-    }
-    let t = tempfile::tempdir().unwrap();
-    let disk = LoopDisk::new(t.path(), Fs::Ext4, 200);
-    let cli = Cli::new(t.path());
-    let tree = t.path().join("tree");
-    populate(&tree);
-    std::fs::write(tree.join("hostname"), "restored\n").unwrap();
-    let img = t.path().join("fs.ext4");
-    sh(
-        "mkfs.ext4",
-        &[
-            "-q",
-            "-F",
-            "-d",
-            tree.to_str().unwrap(),
-            img.to_str().unwrap(),
-            "32M",
-        ],
-    );
+    };
+    let img = ext4_image(t.path(), "fs.ext4", 32, &[("hostname", "restored\n")]);
     let dir = disk.mnt.to_str().unwrap();
     cli.expect(
         0,

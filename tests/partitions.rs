@@ -51,20 +51,7 @@ fn gpt_image(dir: &Path) -> (Vec<u8>, [(u64, u64); 2]) {
     );
     let parts = [(MIB, 20 * MIB), (21 * MIB, 30 * MIB)];
     // The root filesystem, built from a directory without mounting.
-    let tree = dir.join("tree");
-    populate(&tree);
-    let fs_img = dir.join("root.ext4");
-    std::fs::write(&fs_img, vec![0u8; parts[0].1 as usize]).unwrap();
-    sh(
-        "mkfs.ext4",
-        &[
-            "-q",
-            "-F",
-            "-d",
-            tree.to_str().unwrap(),
-            fs_img.to_str().unwrap(),
-        ],
-    );
+    let fs_img = ext4_image(dir, "root.ext4", parts[0].1 / MIB, &[]);
     let mut data = std::fs::read(&img).unwrap();
     let root = std::fs::read(&fs_img).unwrap();
     data[parts[0].0 as usize..(parts[0].0 + parts[0].1) as usize].copy_from_slice(&root);
@@ -250,7 +237,7 @@ fn a_wrong_sha256_fails_every_member_of_the_set() {
     let t = tempfile::tempdir().unwrap();
     let disk = LoopDisk::new(t.path(), Fs::Ext4, 256);
     let cli = Cli::new(t.path());
-    let (_, _) = gpt_image(t.path());
+    gpt_image(t.path());
     let img = t.path().join("whole.img");
     let (img_s, dir) = (img.to_str().unwrap(), disk.mnt.to_str().unwrap());
     let wrong = "0".repeat(64);

@@ -37,27 +37,6 @@ fn host_disk(dir: &Path, mib: u64) -> std::path::PathBuf {
     disk
 }
 
-/// A 64 MiB ext4 image with a few files (the image to restore).
-fn ext4_image(dir: &Path) -> std::path::PathBuf {
-    let tree = dir.join("tree");
-    populate(&tree);
-    std::fs::create_dir_all(tree.join("etc")).unwrap();
-    std::fs::write(tree.join("etc/hostname"), "restored\n").unwrap();
-    let img = dir.join("image.ext4");
-    sh(
-        "mkfs.ext4",
-        &[
-            "-q",
-            "-F",
-            "-d",
-            tree.to_str().unwrap(),
-            img.to_str().unwrap(),
-            "64M",
-        ],
-    );
-    img
-}
-
 const SCENARIO: &str = r#"
 export LIVERESTORE_STATE_DIR=/var/lib/liverestore
 mkdir -p /mnt/host
@@ -121,7 +100,13 @@ fn attach_detach_and_test_restore_in_a_guest() {
     require_root();
     let t = tempfile::tempdir().unwrap();
     let disk = host_disk(t.path(), 400);
-    let image = ext4_image(t.path());
+    // The image to restore: 64 MiB of ext4 with a few files.
+    let image = ext4_image(
+        t.path(),
+        "image.ext4",
+        64,
+        &[("etc/hostname", "restored\n")],
+    );
     let guest = Guest {
         modules: vec![
             "virtio_pci",

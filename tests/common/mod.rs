@@ -426,6 +426,32 @@ pub fn tree_hashes(root: &Path) -> BTreeMap<PathBuf, String> {
     out
 }
 
+/// An ext4 filesystem image of `size_mib` MiB at `dir/name`, built without
+/// mounting (`mkfs.ext4 -d`) from files a user would have ([`populate`])
+/// plus `extra` (path, contents).
+pub fn ext4_image(dir: &Path, name: &str, size_mib: u64, extra: &[(&str, &str)]) -> PathBuf {
+    let tree = dir.join(format!("{name}.tree"));
+    populate(&tree);
+    for (path, contents) in extra {
+        let p = tree.join(path);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(p, contents).unwrap();
+    }
+    let img = dir.join(name);
+    sh(
+        "mkfs.ext4",
+        &[
+            "-q",
+            "-F",
+            "-d",
+            tree.to_str().unwrap(),
+            img.to_str().unwrap(),
+            &format!("{size_mib}M"),
+        ],
+    );
+    img
+}
+
 /// Populate a filesystem with files a user would have.
 pub fn populate(root: &Path) {
     for d in ["etc", "home/alice", "var/log"] {

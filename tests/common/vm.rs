@@ -318,13 +318,6 @@ impl Cpio {
         self.entry(path, 0o100000 | mode, data);
     }
 
-    fn symlink(&mut self, path: &str, target: &str) {
-        if let Some((parent, _)) = path.rsplit_once('/') {
-            self.dir_all(parent);
-        }
-        self.entry(path, 0o120777, target.as_bytes());
-    }
-
     fn finish(self) -> Vec<u8> {
         cpio::newc::trailer(self.out).unwrap()
     }
