@@ -95,14 +95,30 @@ fn open_direct(path: &Path, write: bool) -> Result<File> {
         })
 }
 
+/// Whether disk bytes `[disk, disk + len)` lie inside one of `bounds`.
+fn within(bounds: &[(u64, u64)], disk: u64, len: u64) -> bool {
+    bounds
+        .iter()
+        .any(|&(lo, hi)| disk >= lo && disk.saturating_add(len) <= hi)
+}
+
+fn describe_bounds(bounds: &[(u64, u64)]) -> String {
+    let ranges: Vec<String> = bounds
+        .iter()
+        .map(|(lo, hi)| format!("{lo}..{hi}"))
+        .collect();
+    format!("the staging's space ({})", ranges.join(", "))
+}
+
 /// The one checked choke point for disk writes.
 pub struct DiskWriter {
     file: File,
     path: PathBuf,
     map: ExtentMap,
-    /// Disk bytes `[lo, hi)` the map may touch at all: the filesystem's
-    /// partition. Checked again for every run, in case a map was built wrong.
-    bounds: (u64, u64),
+    /// Disk byte ranges `[lo, hi)` the map may touch at all: the partition
+    /// of each filesystem holding a container, and each unallocated
+    /// segment. Checked again for every run, in case a map was built wrong.
+    bounds: Vec<(u64, u64)>,
     align: u64,
     written: u64,
     zeroed: u64,
@@ -113,22 +129,28 @@ const ZERO_WRITE_LEN: usize = 1 << 20;
 
 impl DiskWriter {
     /// Open the whole-disk device `disk` with O_DIRECT for writes through
-    /// `map`, confined to the disk bytes `bounds`, with I/O aligned to
-    /// `align` (the logical sector size).
-    pub fn open(disk: &Path, map: ExtentMap, bounds: (u64, u64), align: u64) -> Result<DiskWriter> {
+    /// `map`, confined to the disk byte ranges `bounds`, with I/O aligned
+    /// to `align` (the logical sector size).
+    pub fn open(
+        disk: &Path,
+        map: ExtentMap,
+        bounds: Vec<(u64, u64)>,
+        align: u64,
+    ) -> Result<DiskWriter> {
         let file = open_direct(disk, true)?;
         DiskWriter::from_file(file, disk, map, bounds, align)
     }
 
-    /// A writer on the disk of `target`, confined to its partition and
-    /// aligned to its sectors: how every writer of a container is made.
-    pub fn for_target(target: &crate::hostfs::HostTarget, map: ExtentMap) -> Result<DiskWriter> {
-        DiskWriter::open(
-            &target.disk_path,
-            map,
-            target.partition_range(),
-            target.io_align(),
-        )
+    /// A writer for staging `rec` on the disk of `target` (its first
+    /// container's filesystem), confined to the partitions and unallocated
+    /// ranges the record names and aligned to the disk's sectors: how every
+    /// writer of a staging is made.
+    pub fn for_staging(
+        rec: &crate::record::StagingRecord,
+        target: &crate::hostfs::HostTarget,
+        map: ExtentMap,
+    ) -> Result<DiskWriter> {
+        DiskWriter::open(&target.disk_path, map, rec.disk_bounds(), target.io_align())
     }
 
     /// As [`DiskWriter::open`] on an already open file (tests use a
@@ -137,17 +159,21 @@ impl DiskWriter {
         file: File,
         path: &Path,
         map: ExtentMap,
-        bounds: (u64, u64),
+        bounds: Vec<(u64, u64)>,
         align: u64,
     ) -> Result<DiskWriter> {
-        if let Some((lo, hi)) = map.disk_bounds()
-            && (lo < bounds.0 || hi > bounds.1)
+        if let Some(e) = map
+            .extents()
+            .iter()
+            .find(|e| !within(&bounds, e.disk, e.length))
         {
             return Err(Error::new(
                 ErrorKind::Corrupt,
                 format!(
-                    "refused: the map reaches disk bytes {lo}..{hi}, outside the partition {}..{}",
-                    bounds.0, bounds.1
+                    "refused: the map reaches disk bytes {}..{}, outside {}",
+                    e.disk,
+                    e.disk + e.length,
+                    describe_bounds(&bounds)
                 ),
             )
             .with_path(path));
@@ -197,13 +223,15 @@ impl DiskWriter {
         let runs = self.map.translate(offset, len)?;
         if let Some(run) = runs
             .iter()
-            .find(|r| r.disk < self.bounds.0 || r.disk + r.length > self.bounds.1)
+            .find(|r| !within(&self.bounds, r.disk, r.length))
         {
             return Err(Error::new(
                 ErrorKind::Io,
                 format!(
-                    "refused: disk bytes {}+{} lie outside the partition",
-                    run.disk, run.length
+                    "refused: disk bytes {}+{} lie outside {}",
+                    run.disk,
+                    run.length,
+                    describe_bounds(&self.bounds)
                 ),
             ));
         }
@@ -353,7 +381,7 @@ mod tests {
             disk.reopen().unwrap(),
             disk.path(),
             map.clone(),
-            (4096, 60000),
+            vec![(4096, 60000)],
             512,
         )
         .unwrap();
@@ -378,7 +406,7 @@ mod tests {
             disk.reopen().unwrap(),
             disk.path(),
             map.clone(),
-            (0, 65536),
+            vec![(0, 65536)],
             512,
         )
         .unwrap();
@@ -396,8 +424,29 @@ mod tests {
             DiskWriter::from_file(
                 disk.reopen().unwrap(),
                 disk.path(),
+                map.clone(),
+                vec![(10000, 65536)],
+                512
+            )
+            .is_err()
+        );
+        // every extent must fit inside one of several ranges
+        assert!(
+            DiskWriter::from_file(
+                disk.reopen().unwrap(),
+                disk.path(),
+                map.clone(),
+                vec![(8192, 16384), (16384, 20480)],
+                512
+            )
+            .is_ok()
+        );
+        assert!(
+            DiskWriter::from_file(
+                disk.reopen().unwrap(),
+                disk.path(),
                 map,
-                (10000, 65536),
+                vec![(8192, 16000), (16384, 20480)],
                 512
             )
             .is_err()

@@ -214,6 +214,33 @@ impl ExtentMap {
         ExtentMap::new(extents, len)
     }
 
+    /// The maps of `parts` one after the other: part `i` starts where part
+    /// `i - 1` ended. No two parts may share a disk byte.
+    pub fn concat(parts: &[ExtentMap]) -> Result<ExtentMap> {
+        let mut extents = Vec::new();
+        let mut offset = 0u64;
+        for part in parts {
+            extents.extend(part.extents.iter().map(|e| MapExtent {
+                logical: e.logical + offset,
+                ..*e
+            }));
+            offset += part.len;
+        }
+        ExtentMap::new(extents, offset)
+    }
+
+    /// The map of `length` contiguous disk bytes at `disk`.
+    pub fn contiguous(disk: u64, length: u64) -> Result<ExtentMap> {
+        ExtentMap::new(
+            vec![MapExtent {
+                logical: 0,
+                disk,
+                length,
+            }],
+            length,
+        )
+    }
+
     /// A one-line description of the first difference from `other`, or None
     /// when both maps send every byte to the same place.
     pub fn difference(&self, other: &ExtentMap) -> Option<String> {
@@ -260,6 +287,17 @@ mod tests {
             200,
         )
         .unwrap()
+    }
+
+    #[test]
+    fn concat_shifts_parts_and_refuses_shared_bytes() {
+        let joined =
+            ExtentMap::concat(&[sample(), ExtentMap::contiguous(9000, 300).unwrap()]).unwrap();
+        assert_eq!(joined.len(), 500);
+        assert_eq!(joined.extents().last().unwrap(), &m(200, 9000, 300));
+        assert_eq!(joined.translate(150, 100).unwrap()[1].disk, 9000);
+        let clash = ExtentMap::concat(&[sample(), ExtentMap::contiguous(5020, 10).unwrap()]);
+        assert_eq!(clash.unwrap_err().kind(), ErrorKind::Corrupt);
     }
 
     #[test]

@@ -139,8 +139,86 @@ pub fn validate(
     Ok(out)
 }
 
+/// Extents from a block map (FIBMAP answers, for filesystems without
+/// FIEMAP): `starts[i]` is the filesystem block (counted in `block`-byte
+/// units) of the first of `per_run` contiguous blocks at file block
+/// `i * per_run`; 0 is a hole, refused. Runs that continue each other on
+/// disk merge; the last extent ends at `size` rounded up to `block`.
+pub fn extents_from_block_map(
+    starts: &[u64],
+    per_run: u64,
+    block: u64,
+    size: u64,
+) -> Result<Vec<FileExtent>> {
+    let run_len = per_run * block;
+    let end = size.div_ceil(block) * block;
+    if (starts.len() as u64) < size.div_ceil(run_len) {
+        return Err(Error::new(
+            ErrorKind::UnsupportedFilesystem,
+            format!(
+                "the block map covers {} of {size} bytes",
+                starts.len() as u64 * run_len
+            ),
+        ));
+    }
+    let mut out: Vec<FileExtent> = Vec::new();
+    for (i, &start) in starts.iter().enumerate() {
+        let logical = i as u64 * run_len;
+        if logical >= end {
+            break;
+        }
+        if start == 0 {
+            return Err(Error::new(
+                ErrorKind::UnsupportedFilesystem,
+                format!("the file has a hole at offset {logical} (not fully allocated)"),
+            ));
+        }
+        let physical = start.checked_mul(block).ok_or_else(|| {
+            Error::new(ErrorKind::UnsupportedFilesystem, "block number overflows")
+        })?;
+        let length = run_len.min(end - logical);
+        match out.last_mut() {
+            Some(prev) if prev.physical + prev.length == physical => prev.length += length,
+            _ => out.push(FileExtent {
+                logical,
+                physical,
+                length,
+            }),
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn block_maps_merge_runs_and_refuse_holes() {
+        // clusters of 8 blocks of 512 bytes; the file is 3.5 clusters long
+        let ext = extents_from_block_map(&[100, 108, 300, 308], 8, 512, 4096 * 3 + 2048).unwrap();
+        assert_eq!(
+            ext,
+            vec![
+                FileExtent {
+                    logical: 0,
+                    physical: 100 * 512,
+                    length: 8192
+                },
+                FileExtent {
+                    logical: 8192,
+                    physical: 300 * 512,
+                    length: 4096 + 2048
+                },
+            ]
+        );
+        let hole = extents_from_block_map(&[100, 0], 8, 512, 8192).unwrap_err();
+        assert_eq!(hole.kind(), ErrorKind::UnsupportedFilesystem);
+        assert!(
+            extents_from_block_map(&[100], 8, 512, 8192).is_err(),
+            "too few"
+        );
+        assert_eq!(extents_from_block_map(&[], 8, 512, 0).unwrap(), vec![]);
+    }
+
     use super::*;
 
     fn ext(logical: u64, physical: u64, length: u64, flags: u32) -> RawFiemapExtent {

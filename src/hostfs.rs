@@ -16,6 +16,9 @@ use crate::error::{Error, ErrorKind, IoContext, Result};
 pub enum FsKind {
     Ext4,
     Xfs,
+    /// FAT12/16/32 mounted as vfat: no FIEMAP (FIBMAP instead), no
+    /// unwritten extents, files of at most 4 GiB − 1 (containers are split).
+    Vfat,
 }
 
 impl FsKind {
@@ -23,6 +26,7 @@ impl FsKind {
         match self {
             FsKind::Ext4 => "ext4",
             FsKind::Xfs => "xfs",
+            FsKind::Vfat => "vfat",
         }
     }
 }
@@ -33,31 +37,35 @@ pub fn classify_fs(fs_type: &str) -> Result<FsKind> {
     match fs_type {
         "ext4" => Ok(FsKind::Ext4),
         "xfs" => Ok(FsKind::Xfs),
+        "vfat" => Ok(FsKind::Vfat),
         "btrfs" | "bcachefs" | "zfs" => refuse(format!(
-            "{fs_type} is copy-on-write: its FIEMAP addresses are logical and it moves data; pick a directory on ext4 or xfs"
+            "{fs_type} is copy-on-write: its FIEMAP addresses are logical and it moves data; pick a directory on ext4, xfs or vfat"
         )),
         "tmpfs" | "ramfs" | "devtmpfs" | "proc" | "sysfs" => refuse(format!(
-            "{fs_type} lives in memory, not on a disk; pick a directory on ext4 or xfs"
+            "{fs_type} lives in memory, not on a disk; pick a directory on ext4, xfs or vfat"
         )),
         "overlay" | "aufs" | "squashfs" | "erofs" => refuse(format!(
-            "{fs_type} is a layered or read-only filesystem whose blocks are not on one disk; pick a directory on ext4 or xfs"
+            "{fs_type} is a layered or read-only filesystem whose blocks are not on one disk; pick a directory on ext4, xfs or vfat"
         )),
         "nfs" | "nfs4" | "cifs" | "smb3" | "ceph" | "9p" | "glusterfs" | "afs" | "virtiofs" => {
             refuse(format!(
-                "{fs_type} is a network filesystem, not a local disk; pick a directory on ext4 or xfs"
+                "{fs_type} is a network filesystem, not a local disk; pick a directory on ext4, xfs or vfat"
             ))
         }
         t if t.starts_with("fuse") => refuse(format!(
-            "{fs_type} is a FUSE filesystem whose block layout is unknown; pick a directory on ext4 or xfs"
+            "{fs_type} is a FUSE filesystem whose block layout is unknown; pick a directory on ext4, xfs or vfat"
         )),
         "ext2" | "ext3" => refuse(format!(
-            "{fs_type} cannot preallocate files (no extents); pick a directory on ext4 or xfs"
+            "{fs_type} cannot preallocate files (no extents); pick a directory on ext4, xfs or vfat"
         )),
-        "vfat" | "msdos" | "exfat" | "ntfs" | "ntfs3" => refuse(format!(
-            "{fs_type} hosts are not supported yet; pick a directory on ext4 or xfs"
+        "msdos" => refuse(
+            "msdos (FAT with 8.3 names only) cannot hold container names; mount it as vfat".into(),
+        ),
+        "exfat" | "ntfs" | "ntfs3" | "fuseblk" => refuse(format!(
+            "{fs_type} hosts are not supported yet; pick a directory on ext4, xfs or vfat"
         )),
         other => refuse(format!(
-            "{other} is not supported; pick a directory on ext4 or xfs"
+            "{other} is not supported; pick a directory on ext4, xfs or vfat"
         )),
     }
 }
@@ -131,9 +139,19 @@ pub fn cmdline_forbids_write_mounted(cmdline: &str) -> bool {
     })
 }
 
-/// The filesystem UUID from the first 2 KiB of an ext4 or xfs device.
+/// The filesystem UUID from the first 2 KiB of an ext4 or xfs device (for
+/// vfat: the volume serial number, as `ABCD-1234` like blkid prints it).
 pub fn fs_uuid(kind: FsKind, head: &[u8]) -> Option<String> {
     let (magic_ok, at) = match kind {
+        FsKind::Vfat => {
+            if head.get(510..512)? != [0x55, 0xaa] {
+                return None;
+            }
+            // FAT32 (BPB_FATSz16 == 0) keeps BS_VolID at 67, FAT12/16 at 39.
+            let at = if head.get(22..24)? == [0, 0] { 67 } else { 39 };
+            let id = u32::from_le_bytes(head.get(at..at + 4)?.try_into().ok()?);
+            return Some(format!("{:04X}-{:04X}", id >> 16, id & 0xffff));
+        }
         // ext4 superblock at 1024: s_magic at +0x38, s_uuid at +0x68
         FsKind::Ext4 => (
             head.get(1024 + 0x38..1024 + 0x3a)? == [0x53, 0xef],
@@ -292,6 +310,35 @@ impl HostTarget {
     }
 }
 
+/// The largest file size the filesystem of `dir` allows, probed without
+/// allocating anything: `lseek` past the filesystem's limit fails with
+/// `EINVAL`, so a binary search over an empty temporary file finds it
+/// (vfat: 4 GiB − 1; ext4: 16 TiB − one block).
+pub fn max_file_size(dir: &Path) -> Result<u64> {
+    use std::io::{Seek, SeekFrom};
+    let probe = dir.join(format!(".liverestore-probe-{}", std::process::id()));
+    let mut file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&probe)
+        .op(|| "create a probe file to find the largest file size".into())
+        .map_err(|e| e.with_path(&probe))?;
+    fs::remove_file(&probe)
+        .op(|| "remove the probe file".into())
+        .map_err(|e| e.with_path(&probe))?;
+    let (mut ok, mut bad) = (0u64, 1u64 << 62);
+    while bad - ok > 1 {
+        let mid = ok + (bad - ok) / 2;
+        if file.seek(SeekFrom::Start(mid)).is_ok() {
+            ok = mid;
+        } else {
+            bad = mid;
+        }
+    }
+    Ok(ok)
+}
+
 /// Find the device behind a block device number: `/dev/<name>`, checked.
 pub fn dev_node(name: &str, major: u32, minor: u32) -> Result<PathBuf> {
     let path = PathBuf::from("/dev").join(name);
@@ -396,6 +443,7 @@ bad line
     fn classification() {
         assert_eq!(classify_fs("ext4").unwrap(), FsKind::Ext4);
         assert_eq!(classify_fs("xfs").unwrap(), FsKind::Xfs);
+        assert_eq!(classify_fs("vfat").unwrap(), FsKind::Vfat);
         for t in [
             "btrfs",
             "tmpfs",
@@ -404,7 +452,8 @@ bad line
             "cifs",
             "fuse.sshfs",
             "ext3",
-            "vfat",
+            "msdos",
+            "ntfs3",
             "weirdfs",
         ] {
             let e = classify_fs(t).unwrap_err();
@@ -448,6 +497,15 @@ bad line
             "abababab-abab-abab-abab-abababababab"
         );
         assert_eq!(fs_uuid(FsKind::Ext4, &xfs[..100]), None);
+        let mut fat32 = vec![0u8; 1024];
+        fat32[510..512].copy_from_slice(&[0x55, 0xaa]);
+        fat32[67..71].copy_from_slice(&0x1234_abcdu32.to_le_bytes());
+        assert_eq!(fs_uuid(FsKind::Vfat, &fat32).unwrap(), "1234-ABCD");
+        let mut fat16 = fat32.clone();
+        fat16[22] = 32;
+        fat16[39..43].copy_from_slice(&0xdead_beefu32.to_le_bytes());
+        assert_eq!(fs_uuid(FsKind::Vfat, &fat16).unwrap(), "DEAD-BEEF");
+        assert_eq!(fs_uuid(FsKind::Vfat, &xfs), None);
     }
 
     fn write(p: &Path, s: &str) {

@@ -2,10 +2,12 @@
 //! Linux system lives on, while it keeps running.
 //!
 //! The image is written into the pinned extents of an ordinary file (the
-//! *container*) of a live ext4 or xfs filesystem, straight through the raw
-//! whole-disk device. Where things happen:
+//! *container*) of a live ext4, xfs or vfat filesystem, straight through the
+//! raw whole-disk device. Where things happen:
 //!
 //! - [`hostfs`]: directory → filesystem → partition → disk.
+//! - [`space`] + [`unallocated`]: where a staging's space comes from (one
+//!   directory, or a segment set of several filesystems and free disk).
 //! - [`container`]: create, preallocate, pin and map the container file.
 //! - [`fiemap`] + [`extent_map`]: the container → disk map and its checks.
 //! - [`disk_io`]: **the only place that writes to a disk** ([`disk_io::DiskWriter`]).
@@ -31,12 +33,14 @@ pub mod plan;
 pub mod progress;
 pub mod record;
 pub mod scan;
+pub mod space;
 pub mod split;
 pub mod stage;
 pub mod staged;
 pub mod state_dir;
 mod sys;
 pub mod test_restore;
+pub mod unallocated;
 pub mod verify;
 
 pub use error::{Error, ErrorKind, Result};

@@ -8,6 +8,8 @@ use clap::{Parser, Subcommand};
 use serde_json::json;
 
 use liverestore::progress::{JsonProgress, NoProgress, Progress, TerminalProgress, emit_json};
+use liverestore::record::Segment;
+use liverestore::space::{Planned, SpaceRequest};
 use liverestore::split::{self, Split};
 use liverestore::state_dir::{DEFAULT_STATE_DIR, StateDir};
 use liverestore::{Error, ErrorKind, attach, plan, scan, stage, staged, verify};
@@ -37,7 +39,7 @@ Exit codes:
 /// system lives on, while it keeps running.
 ///
 /// The image is written into the pinned extents of an ordinary file (the
-/// container) of a mounted ext4 or xfs filesystem, straight through the
+/// container) of a mounted ext4, xfs or vfat filesystem, straight through the
 /// whole-disk device. The host filesystem never sees the data and stays
 /// intact; every write is checked against the container's map.
 ///
@@ -61,6 +63,64 @@ struct Cli {
 
     #[command(subcommand)]
     command: Command,
+}
+
+/// Where the staged image's space comes from.
+#[derive(clap::Args, Debug, Clone)]
+struct SpaceArgs {
+    /// Directory on a mounted ext4, xfs or vfat filesystem of the target
+    /// disk. Repeat it to join several filesystems of the same disk into one
+    /// segment set; they are filled in the order given, and the first holds
+    /// the on-disk header.
+    #[arg(long, value_name = "DIR")]
+    dir: Vec<PathBuf>,
+    /// Also use the disk's free space outside every partition (after the
+    /// directories). Nothing protects that space from a partitioning tool:
+    /// `list` shows the staging invalid if a partition is created over it.
+    #[arg(long)]
+    unallocated: bool,
+    /// Leave at least SIZE free on every filesystem (bytes, or with a K, M,
+    /// G or T suffix, powers of 1024).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "0")]
+    keep_free: u64,
+    /// Split containers into files of at most SIZE. By default the largest
+    /// file each filesystem allows is probed (vfat: 4 GiB - 1 byte).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    max_file_size: Option<u64>,
+}
+
+impl SpaceArgs {
+    fn request(&self) -> SpaceRequest {
+        SpaceRequest {
+            dirs: self.dir.clone(),
+            unallocated: self.unallocated,
+            keep_free: self.keep_free,
+            max_file_size: self.max_file_size,
+        }
+    }
+}
+
+/// A size in bytes, with an optional K, M, G or T suffix (powers of 1024).
+fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let (digits, shift) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let shift = match c.to_ascii_uppercase() {
+                'K' => 10,
+                'M' => 20,
+                'G' => 30,
+                'T' => 40,
+                _ => return Err(format!("unknown size suffix '{c}' (use K, M, G or T)")),
+            };
+            (&t[..i], shift)
+        }
+        _ => (t, 0),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("'{text}' is not a size (e.g. 4096, 64M, 2G)"))?;
+    n.checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("'{text}' is too large"))
 }
 
 /// How to read the image.
@@ -113,9 +173,8 @@ enum Command {
     Plan {
         /// Image file, block device, http(s) URL, or `-` for stdin.
         image: String,
-        /// Directory on a mounted ext4 or xfs filesystem of the target disk.
-        #[arg(long)]
-        dir: PathBuf,
+        #[command(flatten)]
+        space: SpaceArgs,
         #[command(flatten)]
         input: ImageArgs,
         /// Also check that this name is free.
@@ -141,6 +200,14 @@ enum Command {
     /// attributes) for activation. --partition N stages only partition N;
     /// --whole-disk stages the image as it is.
     ///
+    /// Space: the container is DIR/NAME.liverestore. Several --dir (other
+    /// filesystems of the same disk) and --unallocated (the disk's space
+    /// outside every partition) make a segment set, filled in that order;
+    /// files never exceed what the filesystem allows (probed; on vfat
+    /// 4 GiB less one byte), so a large image on vfat becomes
+    /// NAME.liverestore, NAME+2.liverestore, …
+    ///   liverestore stage root.img --name web --dir / --dir /data --unallocated
+    ///
     /// With --resume NAME, continue a staging interrupted by a crash or
     /// power loss: IMAGE defaults to the recorded path (`-` to pipe it again).
     /// For a split image, NAME (or any NAME-pN) resumes all its partitions.
@@ -151,9 +218,8 @@ enum Command {
         /// Name of the staged image (letters, digits, '.', '-', '_').
         #[arg(long, required_unless_present = "resume", conflicts_with = "resume")]
         name: Option<String>,
-        /// Directory on a mounted ext4 or xfs filesystem of the target disk.
-        #[arg(long, required_unless_present = "resume", conflicts_with = "resume")]
-        dir: Option<PathBuf>,
+        #[command(flatten)]
+        space: SpaceArgs,
         #[command(flatten)]
         input: ImageArgs,
         /// The image's SHA-256 (64 hex digits): checked before completing.
@@ -287,13 +353,16 @@ fn run(cli: Cli) -> Outcome {
     match cli.command {
         Command::Plan {
             image,
-            dir,
+            space,
             input,
             name,
         } => {
+            if space.dir.is_empty() {
+                return Err(Error::new(ErrorKind::NoSpace, "give at least one --dir"));
+            }
             let pieces = liverestore::input::Image::open(&image, &input.options())
                 .and_then(|mut i| split::pieces(&mut i, name.as_deref(), input.split()));
-            let a = plan::assess(&state, &dir, pieces);
+            let a = plan::assess(&state, &space.request(), pieces);
             let p = &a.plan;
             if cli.json {
                 print_json(p);
@@ -311,6 +380,41 @@ fn run(cli: Cli) -> Outcome {
                 show("image size", p.image_size.map(human_bytes));
                 show("container size", p.container_size.map(human_bytes));
                 show("free space", p.free_bytes.map(human_bytes));
+                if p.sources.len() > 1 || p.stagings.iter().any(|s| s.space.len() > 1) {
+                    for (i, src) in p.sources.iter().enumerate() {
+                        let limit = src
+                            .max_file_size
+                            .map(|m| format!(", files up to {}", human_bytes(m)))
+                            .unwrap_or_default();
+                        show(
+                            &format!("source {}", i + 1),
+                            Some(format!(
+                                "{} {} ({}{limit})",
+                                src.kind,
+                                src.location,
+                                human_bytes(src.available)
+                            )),
+                        );
+                    }
+                    for st in &p.stagings {
+                        let pieces: Vec<String> = st
+                            .space
+                            .iter()
+                            .map(|piece| match piece {
+                                Planned::File { source, size } => {
+                                    format!("{} in source {}", human_bytes(*size), source + 1)
+                                }
+                                Planned::Unallocated { disk, length } => {
+                                    format!("{} unallocated at {disk}", human_bytes(*length))
+                                }
+                            })
+                            .collect();
+                        show(
+                            &format!("space of {}", st.name.as_deref().unwrap_or("the image")),
+                            Some(pieces.join(" + ")),
+                        );
+                    }
+                }
                 if p.stagings.iter().any(|s| s.partition.is_some()) {
                     for st in &p.stagings {
                         show(
@@ -337,22 +441,35 @@ fn run(cli: Cli) -> Outcome {
         Command::Stage {
             image,
             name,
-            dir,
+            space,
             input,
             sha256,
             resume,
         } => {
-            let recs = match (resume, name, dir) {
-                (Some(resume), _, _) => {
+            let recs = match (resume, name) {
+                (Some(_), _) if !space.dir.is_empty() || space.unallocated => {
+                    return Err(Error::new(
+                        ErrorKind::InvalidState,
+                        "--resume continues in the space recorded for the staging; drop --dir and --unallocated",
+                    ));
+                }
+                (Some(resume), _) => {
                     stage::resume(&state, &resume, image.as_deref(), progress.as_ref())?
                 }
-                (None, Some(name), Some(dir)) => {
+                (None, Some(name)) => {
+                    if space.dir.is_empty() {
+                        return Err(Error::new(
+                            ErrorKind::NoSpace,
+                            "give at least one --dir (the first holds the staging's header)",
+                        ));
+                    }
                     let image = image.ok_or_else(|| {
                         Error::new(ErrorKind::BadImage, "no IMAGE given (use `-` for stdin)")
                     })?;
+                    let space = space.request();
                     let req = stage::StageRequest {
                         name: &name,
-                        dir: &dir,
+                        space: &space,
                         image: &image,
                         open: input.options(),
                         sha256,
@@ -360,7 +477,7 @@ fn run(cli: Cli) -> Outcome {
                     };
                     stage::stage(&state, &req, progress.as_ref())?
                 }
-                _ => unreachable!("clap requires --name and --dir without --resume"),
+                _ => unreachable!("clap requires --name without --resume"),
             };
             if cli.json {
                 let stagings = recs
@@ -492,6 +609,23 @@ fn run(cli: Cli) -> Outcome {
                     rec.host.device,
                     rec.host.fs_uuid.as_deref().unwrap_or("-")
                 );
+                for (i, segment) in rec.segments.iter().enumerate() {
+                    let what = match segment {
+                        Segment::File { container, host } => format!(
+                            "{} ({}, {} {})",
+                            container.path,
+                            human_bytes(container.size),
+                            host.fs_type,
+                            host.mount_point
+                        ),
+                        Segment::Unallocated { disk, length } => format!(
+                            "unallocated disk bytes {disk}..{} ({})",
+                            disk + length,
+                            human_bytes(*length)
+                        ),
+                    };
+                    println!("segment {:<4} {what}", i + 2);
+                }
                 println!(
                     "disk:        {} ({}, {}-byte sectors)",
                     rec.disk.path,
@@ -705,5 +839,28 @@ fn main() -> ExitCode {
             eprintln!("liverestore: error: {e}");
             ExitCode::from(code as u8)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_binary_suffixes() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("64M"), Ok(64 << 20));
+        assert_eq!(parse_size("2g"), Ok(2 << 30));
+        assert_eq!(parse_size("1T"), Ok(1 << 40));
+        assert_eq!(parse_size("0"), Ok(0));
+        assert!(parse_size("5Q").is_err());
+        assert!(parse_size("M").is_err());
+        assert!(parse_size("99999999999T").is_err());
+    }
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
     }
 }

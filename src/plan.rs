@@ -3,14 +3,13 @@
 //! `liverestore plan` shows it; `stage` runs it and stops on the first
 //! refusal.
 
-use std::path::Path;
-
 use serde::Serialize;
 
 use crate::error::{Error, ErrorKind};
 use crate::header;
 use crate::hostfs::{self, HostTarget};
 use crate::record;
+use crate::space::{self, Capacity, Planned, Source, SpaceRequest};
 use crate::split::Piece;
 use crate::state_dir::StateDir;
 
@@ -71,6 +70,7 @@ pub struct Refusal {
 #[derive(Debug, Clone, Serialize)]
 pub struct Plan {
     pub ok: bool,
+    /// The first `--dir` (its filesystem holds the headers).
     pub dir: String,
     pub fs_type: Option<String>,
     pub mount_point: Option<String>,
@@ -82,10 +82,28 @@ pub struct Plan {
     pub image_size: Option<u64>,
     pub container_size: Option<u64>,
     pub free_bytes: Option<u64>,
+    /// Every source of space (the `--dir`s, then the unallocated space),
+    /// in the order it is used.
+    pub sources: Vec<PlannedSource>,
     /// The stagings the image becomes (one per partition of a whole-disk
     /// image, else one).
     pub stagings: Vec<PlannedStaging>,
     pub refusals: Vec<Refusal>,
+}
+
+/// A source of space.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlannedSource {
+    /// `dir` or `unallocated`.
+    pub kind: &'static str,
+    /// The directory, or the disk.
+    pub location: String,
+    pub fs_type: Option<String>,
+    /// The largest file the filesystem allows (probed).
+    pub max_file_size: Option<u64>,
+    /// Bytes it can give (free space less `--keep-free`, or the free
+    /// ranges' total).
+    pub available: u64,
 }
 
 /// One container staging would create.
@@ -98,14 +116,22 @@ pub struct PlannedStaging {
     pub image_offset: u64,
     pub image_size: u64,
     pub container_size: Option<u64>,
+    /// Where its space comes from, in map order (`source` indexes
+    /// `sources`).
+    pub space: Vec<Planned>,
 }
 
 /// The preflight's findings, with the errors kept for `stage`.
 pub struct Assessment {
     pub plan: Plan,
+    /// The first directory's filesystem (holds the headers).
     pub target: Option<HostTarget>,
+    /// Every source of space, in order.
+    pub sources: Vec<Source>,
     /// One per piece, in order (empty when the target is unknown).
     pub layouts: Vec<Layout>,
+    /// The space of each piece, in order (empty when it does not fit).
+    pub space: Vec<Vec<Planned>>,
     errors: Vec<Error>,
 }
 
@@ -117,10 +143,10 @@ impl Assessment {
 }
 
 /// Check staging the `pieces` of an image (or an image that could not be
-/// opened or split: the error) into `dir`.
+/// opened or split: the error) into the space `space` asks for.
 pub fn assess(
     state: &StateDir,
-    dir: &Path,
+    space: &SpaceRequest,
     pieces: std::result::Result<Vec<Piece>, Error>,
 ) -> Assessment {
     let mut errors = Vec::new();
@@ -148,14 +174,25 @@ pub fn assess(
         }
     }
     let image_size = (!pieces.is_empty()).then(|| pieces.iter().map(|p| p.size).sum::<u64>());
-    let target = match hostfs::discover(dir) {
-        Ok(t) => Some(t),
+    let others: Vec<crate::record::StagingRecord> = state
+        .names()
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|n| state.load(n).ok())
+        .collect();
+    let sources = match space::discover(space, &others) {
+        Ok(s) => s,
         Err(e) => {
             errors.push(e);
-            None
+            Vec::new()
         }
     };
+    let target = sources.iter().find_map(|s| match s {
+        Source::Dir { target, .. } => Some((**target).clone()),
+        Source::Unallocated { .. } => None,
+    });
     let mut layouts = Vec::new();
+    let mut planned = Vec::new();
     if let Some(t) = &target {
         let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
         if hostfs::cmdline_forbids_write_mounted(&cmdline) && t.block.partition_number.is_none() {
@@ -178,36 +215,47 @@ pub fn assess(
             ));
         }
         for n in pieces.iter().filter_map(|p| p.name.as_deref()) {
-            let path = crate::container::path_for(&t.dir, n);
-            if is_root && path.exists() {
-                errors.push(
-                    Error::new(
-                        ErrorKind::NameInUse,
-                        "a file with the container's name already exists",
-                    )
-                    .with_path(path),
-                );
+            for s in &sources {
+                let Source::Dir { target, .. } = s else {
+                    continue;
+                };
+                let taken = std::fs::read_dir(&target.dir)
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .find(|e| {
+                        e.file_name()
+                            .to_str()
+                            .is_some_and(|f| crate::container::is_container_of(f, n))
+                    });
+                if let Some(entry) = taken {
+                    errors.push(
+                        Error::new(
+                            ErrorKind::NameInUse,
+                            "a file with the container's name already exists",
+                        )
+                        .with_path(entry.path()),
+                    );
+                }
             }
         }
         layouts = pieces
             .iter()
             .map(|p| Layout::new(p.size, t.fs_block_size))
             .collect();
-        let needed: u64 = layouts.iter().map(|l| l.container_size).sum();
-        if !layouts.is_empty() && needed > t.free_bytes {
-            let what = if layouts.len() == 1 {
-                "the container needs".to_string()
-            } else {
-                format!("the {} containers need", layouts.len())
-            };
-            errors.push(Error::new(
-                ErrorKind::NoSpace,
-                format!(
-                    "not enough space: {what} {needed} bytes but {} has {} free; free space or pick another --dir",
-                    t.mount.mount_point.display(),
-                    t.free_bytes
-                ),
-            ));
+        if !layouts.is_empty() {
+            let needs: Vec<(u64, u64)> = layouts
+                .iter()
+                .map(|l| (l.container_size, l.header_len))
+                .collect();
+            let caps: Vec<Capacity> = sources
+                .iter()
+                .map(|s| s.capacity(space.keep_free))
+                .collect();
+            match space::assign(&needs, &caps) {
+                Ok(p) => planned = p,
+                Err(e) => errors.push(e),
+            }
         }
         if is_root && let Err(e) = std::fs::OpenOptions::new().write(true).open(&t.disk_path) {
             errors.push(
@@ -219,7 +267,11 @@ pub fn assess(
     }
     let plan = Plan {
         ok: errors.is_empty(),
-        dir: dir.display().to_string(),
+        dir: space
+            .dirs
+            .first()
+            .map(|d| d.display().to_string())
+            .unwrap_or_default(),
         fs_type: target.as_ref().map(|t| t.fs.as_str().to_string()),
         mount_point: target
             .as_ref()
@@ -232,6 +284,28 @@ pub fn assess(
         container_size: (!layouts.is_empty())
             .then(|| layouts.iter().map(|l| l.container_size).sum()),
         free_bytes: target.as_ref().map(|t| t.free_bytes),
+        sources: sources
+            .iter()
+            .map(|s| match s {
+                Source::Dir { target, max_file } => PlannedSource {
+                    kind: "dir",
+                    location: target.dir.display().to_string(),
+                    fs_type: Some(target.fs.as_str().to_string()),
+                    max_file_size: Some(*max_file),
+                    available: s.available(space.keep_free),
+                },
+                Source::Unallocated { .. } => PlannedSource {
+                    kind: "unallocated",
+                    location: target
+                        .as_ref()
+                        .map(|t| t.disk_path.display().to_string())
+                        .unwrap_or_default(),
+                    fs_type: None,
+                    max_file_size: None,
+                    available: s.available(space.keep_free),
+                },
+            })
+            .collect(),
         stagings: pieces
             .iter()
             .enumerate()
@@ -241,6 +315,7 @@ pub fn assess(
                 image_offset: p.offset,
                 image_size: p.size,
                 container_size: layouts.get(i).map(|l| l.container_size),
+                space: planned.get(i).cloned().unwrap_or_default(),
             })
             .collect(),
         refusals: errors
@@ -255,7 +330,9 @@ pub fn assess(
     Assessment {
         plan,
         target,
+        sources,
         layouts,
+        space: planned,
         errors,
     }
 }

@@ -12,8 +12,11 @@ use sha2::{Digest, Sha256};
 use crate::error::{Error, ErrorKind, Result};
 use crate::extent_map::ExtentMap;
 
-/// Current record format version.
-pub const RECORD_VERSION: u32 = 2;
+/// Current record format version. Version 3 added [`StagingRecord::segments`];
+/// version 2 records (no segments) are still read.
+pub const RECORD_VERSION: u32 = 3;
+/// The oldest record version still read.
+pub const OLDEST_RECORD_VERSION: u32 = 2;
 
 /// Where a staging is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -115,6 +118,35 @@ impl ImageInfo {
     }
 }
 
+/// A piece of a staging's space after its first container, in map order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Segment {
+    /// Another container file: on another filesystem of the same disk, or
+    /// the next piece of a container split because the filesystem's files
+    /// cannot be that large.
+    File {
+        container: ContainerInfo,
+        host: HostInfo,
+    },
+    /// Disk bytes `[disk, disk + length)` outside every partition.
+    Unallocated { disk: u64, length: u64 },
+}
+
+impl Segment {
+    /// Bytes of the staging's space this segment holds.
+    pub fn len(&self) -> u64 {
+        match self {
+            Segment::File { container, .. } => container.size,
+            Segment::Unallocated { length, .. } => *length,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// The container file on the host filesystem.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContainerInfo {
@@ -168,11 +200,45 @@ pub struct StagingRecord {
     pub container: ContainerInfo,
     pub host: HostInfo,
     pub disk: DiskInfo,
-    /// Container offset → whole-disk offset. None while allocating.
+    /// Space after `container` (a segment set or a split container), in
+    /// map order; empty when the container holds everything.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub segments: Vec<Segment>,
+    /// Container offset → whole-disk offset. None while allocating. With
+    /// segments, "container offset" runs on through each segment in turn.
     pub map: Option<ExtentMap>,
 }
 
 impl StagingRecord {
+    /// Every container file with the filesystem holding it, the first
+    /// (which holds the header) first.
+    pub fn container_files(&self) -> Vec<(&ContainerInfo, &HostInfo)> {
+        let mut out = vec![(&self.container, &self.host)];
+        out.extend(self.segments.iter().filter_map(|s| match s {
+            Segment::File { container, host } => Some((container, host)),
+            Segment::Unallocated { .. } => None,
+        }));
+        out
+    }
+
+    /// Bytes of space the map covers: every container and segment.
+    pub fn space_len(&self) -> u64 {
+        self.container.size + self.segments.iter().map(Segment::len).sum::<u64>()
+    }
+
+    /// Disk bytes the map may reach: each container's partition and each
+    /// unallocated segment, as `[start, end)`.
+    pub fn disk_bounds(&self) -> Vec<(u64, u64)> {
+        let mut out = vec![(self.host.start, self.host.start + self.host.size)];
+        for s in &self.segments {
+            out.push(match s {
+                Segment::File { host, .. } => (host.start, host.start + host.size),
+                Segment::Unallocated { disk, length } => (*disk, disk + length),
+            });
+        }
+        out
+    }
+
     /// The map of the image bytes alone (container map minus the header).
     pub fn image_map(&self) -> Result<ExtentMap> {
         let map = self.map.as_ref().ok_or_else(|| {
@@ -227,7 +293,7 @@ pub fn decode_state_file(bytes: &[u8]) -> Result<StagingRecord> {
     }
     let record: StagingRecord = serde_json::from_str(env.record.get())
         .map_err(|e| corrupt(format!("state record is not valid: {e}")))?;
-    if record.version != RECORD_VERSION {
+    if !(OLDEST_RECORD_VERSION..=RECORD_VERSION).contains(&record.version) {
         return Err(corrupt(format!(
             "unsupported record version {}",
             record.version
@@ -340,6 +406,7 @@ pub(crate) mod tests {
                 )
                 .unwrap(),
             ),
+            segments: Vec::new(),
         }
     }
 
@@ -348,6 +415,38 @@ pub(crate) mod tests {
         let rec = sample_record();
         let bytes = encode_state_file(&rec);
         assert_eq!(decode_state_file(&bytes).unwrap(), rec);
+        // segments are written only when there are some…
+        assert!(!String::from_utf8_lossy(&bytes).contains("segments"));
+        // …and survive the round trip when there are
+        let mut set = sample_record();
+        set.segments = vec![
+            Segment::File {
+                container: set.container.clone(),
+                host: set.host.clone(),
+            },
+            Segment::Unallocated {
+                disk: 100 << 20,
+                length: 1 << 20,
+            },
+        ];
+        let text = String::from_utf8(encode_state_file(&set)).unwrap();
+        assert!(text.contains(r#""kind":"unallocated""#), "{text}");
+        assert_eq!(decode_state_file(text.as_bytes()).unwrap(), set);
+        assert_eq!(
+            set.space_len(),
+            3 * set.container.size + (1 << 20) - set.container.size
+        );
+        assert_eq!(set.disk_bounds().len(), 3);
+        assert_eq!(set.container_files().len(), 2);
+    }
+
+    #[test]
+    fn version_2_records_are_still_read() {
+        let mut old = sample_record();
+        old.version = 2;
+        assert_eq!(decode_state_file(&encode_state_file(&old)).unwrap(), old);
+        old.version = RECORD_VERSION + 1;
+        assert!(decode_state_file(&encode_state_file(&old)).is_err());
     }
 
     #[test]

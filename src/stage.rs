@@ -30,7 +30,10 @@ use crate::hostfs::HostTarget;
 use crate::identity;
 use crate::plan::{self, CHUNK_SIZE};
 use crate::progress::Progress;
-use crate::record::{ContainerInfo, ImageInfo, RECORD_VERSION, StagingRecord, StagingState};
+use crate::record::{
+    ContainerInfo, ImageInfo, RECORD_VERSION, Segment, StagingRecord, StagingState,
+};
+use crate::space::{Planned, Source, SpaceRequest};
 use crate::split::{self, Split};
 use crate::staged;
 use crate::state_dir::StateDir;
@@ -55,7 +58,8 @@ pub const ZERO_GRAIN: usize = 64 << 10;
 #[derive(Debug, Clone)]
 pub struct StageRequest<'a> {
     pub name: &'a str,
-    pub dir: &'a Path,
+    /// Where the space comes from: the `--dir`s, `--unallocated`, limits.
+    pub space: &'a SpaceRequest,
     /// A path, an http(s) URL, or `-` for stdin.
     pub image: &'a str,
     /// `--size`, `--bmap`, …
@@ -100,8 +104,9 @@ pub fn stage(
         Err(e) => (None, Err(e)),
     };
     let kept = pieces.as_ref().ok().cloned();
-    let assessment = plan::assess(state, req.dir, pieces);
+    let assessment = plan::assess(state, req.space, pieces);
     let (target, layouts) = (assessment.target.clone(), assessment.layouts.clone());
+    let (sources, space) = (assessment.sources.clone(), assessment.space.clone());
     if let Some(err) = assessment.first_error() {
         return Err(err);
     }
@@ -111,7 +116,15 @@ pub fn stage(
         kept.expect("assessed"),
         target.expect("assessed"),
     );
-    let (host, disk) = identity::describe(&target)?;
+    let (_, disk) = identity::describe(&target)?;
+    // The host description of every directory source (index = source).
+    let hosts = sources
+        .iter()
+        .map(|s| match s {
+            Source::Dir { target, .. } => identity::describe(target).map(|(h, _)| Some(h)),
+            Source::Unallocated { .. } => Ok(None),
+        })
+        .collect::<Result<Vec<_>>>()?;
     let created_unix = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -120,8 +133,11 @@ pub fn stage(
     let mut recs: Vec<StagingRecord> = pieces
         .iter()
         .zip(&layouts)
-        .map(|(piece, layout)| {
+        .zip(&space)
+        .map(|((piece, layout), planned)| {
             let name = piece.name.clone().expect("stage names every piece");
+            let (container, host, segments) =
+                record_space(&name, planned, &sources, &hosts, layout.header_len);
             StagingRecord {
                 version: RECORD_VERSION,
                 id: uuid::Uuid::new_v4(),
@@ -144,18 +160,10 @@ pub fn stage(
                     disk_zeroed: 0,
                     partition: piece.partition.clone(),
                 },
-                container: ContainerInfo {
-                    path: container::path_for(&target.dir, &name)
-                        .display()
-                        .to_string(),
-                    inode: 0,
-                    generation: 0,
-                    size: layout.container_size,
-                    data_offset: layout.header_len,
-                    block_size: target.fs_block_size,
-                },
-                host: host.clone(),
+                container,
+                host,
                 disk: disk.clone(),
+                segments,
                 map: None,
                 name,
             }
@@ -166,7 +174,7 @@ pub fn stage(
     for (rec, layout) in recs.iter_mut().zip(&layouts) {
         result = state
             .save(rec)
-            .and_then(|()| allocate(state, rec, &target, layout.max_extents, progress));
+            .and_then(|()| allocate(state, rec, layout.max_extents, progress));
         if result.is_err() {
             break;
         }
@@ -183,7 +191,9 @@ pub fn stage(
             }
             // Nothing half-done is left: remove the container and the record.
             let cleanup = if state.exists(&rec.name) {
-                container::remove(Path::new(&rec.container.path))
+                rec.container_files()
+                    .iter()
+                    .try_for_each(|(c, _)| container::remove(Path::new(&c.path)))
                     .and_then(|()| state.remove(&rec.name))
             } else {
                 Ok(())
@@ -308,25 +318,99 @@ pub fn resume(
     Ok(recs)
 }
 
-/// Steps 2 and 3: create, preallocate, pin, map.
+/// The record's description of the planned space of staging `name`: its
+/// first container file (which holds the `header_len`-byte header), the
+/// filesystem under it, and the segments after it. Files are numbered
+/// across the staging (`NAME.liverestore`, `NAME+2.liverestore`, …).
+fn record_space(
+    name: &str,
+    planned: &[Planned],
+    sources: &[Source],
+    hosts: &[Option<crate::record::HostInfo>],
+    header_len: u64,
+) -> (ContainerInfo, crate::record::HostInfo, Vec<Segment>) {
+    let mut files = 0;
+    let mut out: Vec<Segment> = planned
+        .iter()
+        .map(|p| match *p {
+            Planned::File { source, size } => {
+                let Source::Dir { target, .. } = &sources[source] else {
+                    unreachable!("files are planned in directories")
+                };
+                files += 1;
+                Segment::File {
+                    container: ContainerInfo {
+                        path: container::piece_path_for(&target.dir, name, files)
+                            .display()
+                            .to_string(),
+                        inode: 0,
+                        generation: 0,
+                        size,
+                        data_offset: if files == 1 { header_len } else { 0 },
+                        block_size: target.fs_block_size,
+                    },
+                    host: hosts[source].clone().expect("a directory has a host"),
+                }
+            }
+            Planned::Unallocated { disk, length } => Segment::Unallocated { disk, length },
+        })
+        .collect();
+    match out.remove(0) {
+        Segment::File { container, host } => (container, host, out),
+        Segment::Unallocated { .. } => unreachable!("space::assign starts every staging in a file"),
+    }
+}
+
+/// Create, preallocate, pin and map one container file; returns its map.
+fn allocate_file(
+    container: &mut ContainerInfo,
+    host: &crate::record::HostInfo,
+    name: &str,
+    progress: &dyn Progress,
+) -> Result<crate::extent_map::ExtentMap> {
+    let path = std::path::PathBuf::from(&container.path);
+    let zero_fill = if host.fs_type == "vfat" {
+        " (vfat cannot preallocate without writing zeros: this takes a while)"
+    } else {
+        ""
+    };
+    progress.note(&format!(
+        "allocating {} bytes for '{name}' in {}{zero_fill}",
+        container.size,
+        path.display()
+    ));
+    let file = ContainerFile::create(&path, container.size)?;
+    file.set_pinned(true)?;
+    (container.inode, container.generation) = file.identity()?;
+    file.map(host.start, container.block_size)
+}
+
+/// Steps 2 and 3: create, preallocate, pin and map every container file,
+/// join their maps with the unallocated segments', and check the result
+/// against every other staging.
 fn allocate(
     state: &StateDir,
     rec: &mut StagingRecord,
-    target: &HostTarget,
     max_extents: u64,
     progress: &dyn Progress,
 ) -> Result<()> {
-    let path = std::path::PathBuf::from(&rec.container.path);
-    progress.note(&format!(
-        "allocating {} bytes for '{}' in {}",
-        rec.container.size,
-        rec.name,
-        path.display()
-    ));
-    let file = ContainerFile::create(&path, rec.container.size)?;
-    file.set_pinned(true)?;
-    let (inode, generation) = file.identity()?;
-    let map = file.map(target.block.start, target.fs_block_size)?;
+    let mut parts = vec![allocate_file(
+        &mut rec.container,
+        &rec.host,
+        &rec.name,
+        progress,
+    )?];
+    for segment in &mut rec.segments {
+        parts.push(match segment {
+            Segment::File { container, host } => {
+                allocate_file(container, host, &rec.name, progress)?
+            }
+            Segment::Unallocated { disk, length } => {
+                crate::extent_map::ExtentMap::contiguous(*disk, *length)?
+            }
+        });
+    }
+    let map = crate::extent_map::ExtentMap::concat(&parts)?;
     if map.extents().len() as u64 > max_extents {
         return Err(Error::new(
             ErrorKind::UnsupportedFilesystem,
@@ -336,9 +420,8 @@ fn allocate(
             ),
         ));
     }
-    rec.container.inode = inode;
-    rec.container.generation = generation;
     rec.map = Some(map);
+    staged::check_disjoint(state, rec)?;
     rec.state = StagingState::Staging;
     state.save(rec)
 }
@@ -504,7 +587,6 @@ struct Sink<'r> {
     rec: &'r mut StagingRecord,
     writer: DiskWriter,
     reader: DiskReader,
-    map: crate::extent_map::ExtentMap,
     /// Chunks staged before this pass (checked, not blindly rewritten).
     committed: u64,
     pending: PendingZero,
@@ -623,7 +705,7 @@ fn write_pass(
         if rec.image.chunk_size != chunk {
             return Err(Error::new(ErrorKind::InvalidState, "unexpected chunk size"));
         }
-        let mut writer = DiskWriter::for_target(target, map.clone())?;
+        let mut writer = DiskWriter::for_staging(rec, target, map.clone())?;
         let reader = DiskReader::open(&target.disk_path, map.clone())?;
         write_header(&mut writer, rec, align)?;
         let committed = if resuming {
@@ -637,7 +719,6 @@ fn write_pass(
             rec,
             writer,
             reader,
-            map,
             committed,
             pending: PendingZero::default(),
             done: committed * chunk,
@@ -800,13 +881,7 @@ fn write_pass(
         }
     })?;
     progress.end();
-    finish(
-        state,
-        &mut sinks,
-        target,
-        full_sha256.map(hex::encode),
-        align,
-    )
+    finish(state, &mut sinks, full_sha256.map(hex::encode), align)
 }
 
 /// Step 5 for every sink: sync, check the map did not move, check the
@@ -815,7 +890,6 @@ fn write_pass(
 fn finish(
     state: &StateDir,
     sinks: &mut [Sink<'_>],
-    target: &HostTarget,
     sha256: Option<String>,
     align: u64,
 ) -> Result<()> {
@@ -829,18 +903,13 @@ fn finish(
             Some(p) => p.image_sha256 = sha256.clone(),
             None => rec.image.sha256 = sha256.clone(),
         }
-        // The filesystem must still see the container where we wrote it.
-        let now = ContainerFile::open(Path::new(&rec.container.path))?
-            .map(target.block.start, target.fs_block_size)?;
-        if let Some(diff) = sink.map.difference(&now) {
-            return Err(Error::new(
-                ErrorKind::MapChanged,
-                format!(
-                    "the container of '{}' moved while staging: {diff}",
-                    rec.name
-                ),
-            ));
-        }
+        // The filesystems must still see the containers where we wrote.
+        staged::revalidate(rec).map_err(|e| {
+            Error::new(
+                e.kind(),
+                format!("while staging '{}': {}", rec.name, e.message()),
+            )
+        })?;
     }
     let expected = sinks[0].rec.image.expected_sha256.clone();
     let failure = match (&expected, &sha256) {

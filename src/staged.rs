@@ -13,8 +13,9 @@ use crate::extent_map::ExtentMap;
 use crate::header;
 use crate::hostfs::{self, HostTarget};
 use crate::identity;
-use crate::record::StagingRecord;
+use crate::record::{ContainerInfo, HostInfo, Segment, StagingRecord};
 use crate::state_dir::StateDir;
+use crate::unallocated;
 
 /// A record whose map was just re-derived from the filesystem and found
 /// equal to the recorded one.
@@ -34,83 +35,137 @@ fn changed(rec: &StagingRecord, what: String) -> Error {
     .with_path(&rec.container.path)
 }
 
-/// Re-derive the container's map and identity and compare them with the
-/// record: same file (inode and generation), still pinned, same size, same
-/// partition and filesystem, same extents. Anything else is
-/// [`ErrorKind::MapChanged`].
+/// Re-derive the map of every container file and unallocated segment and
+/// compare it with the record: each file the same (inode and generation,
+/// except on vfat), still pinned, same size, same partition and filesystem;
+/// each unallocated range still outside every partition; the joined map
+/// equal to the recorded one. Anything else is [`ErrorKind::MapChanged`].
 pub fn revalidate(rec: &StagingRecord) -> Result<Revalidated> {
-    let path = Path::new(&rec.container.path);
     let recorded = rec.map.as_ref().ok_or_else(|| {
         Error::new(
             ErrorKind::InvalidState,
             format!("'{}' has no map (allocation did not finish)", rec.name),
         )
     })?;
-    if !path.exists() {
-        return Err(changed(rec, "the container file is gone".into()));
+    let (target, first) = revalidate_file(rec, &rec.container, &rec.host)?;
+    let mut parts = vec![first];
+    for segment in &rec.segments {
+        parts.push(match segment {
+            Segment::File { container, host } => revalidate_file(rec, container, host)?.1,
+            Segment::Unallocated { disk, length } => {
+                unallocated::check_still_free(&target, *disk, *length)
+                    .map_err(|e| changed(rec, e.message().to_string()))?;
+                ExtentMap::contiguous(*disk, *length)?
+            }
+        });
     }
-    let file = ContainerFile::open(path)?;
-    let (inode, generation) = file.identity()?;
-    if (inode, generation) != (rec.container.inode, rec.container.generation) {
-        return Err(changed(
-            rec,
-            format!(
-                "the container file was replaced (inode {inode} generation {generation}, recorded {} generation {})",
-                rec.container.inode, rec.container.generation
-            ),
-        ));
-    }
-    if !file.is_pinned()? {
-        return Err(changed(
-            rec,
-            "the container is no longer pinned (its immutable flag was cleared)".into(),
-        ));
-    }
-    let size = file.size()?;
-    if size != rec.container.size {
-        return Err(changed(
-            rec,
-            format!(
-                "the container is {size} bytes, recorded {}",
-                rec.container.size
-            ),
-        ));
-    }
-    let dir = path.parent().unwrap_or(Path::new("/"));
-    let target = hostfs::discover(dir)?;
-    if (target.block.start, target.block.size) != (rec.host.start, rec.host.size) {
-        return Err(changed(
-            rec,
-            format!(
-                "its filesystem is now at disk bytes {}+{}, recorded {}+{}",
-                target.block.start, target.block.size, rec.host.start, rec.host.size
-            ),
-        ));
-    }
-    if target.block.disk_size != rec.disk.size {
-        return Err(changed(
-            rec,
-            format!(
-                "the disk is now {} bytes, recorded {}",
-                target.block.disk_size, rec.disk.size
-            ),
-        ));
-    }
-    let (host, disk) = identity::describe(&target)?;
-    if host.fs_uuid != rec.host.fs_uuid
-        || host.partition_uuid != rec.host.partition_uuid
-        || disk.gpt_guid != rec.disk.gpt_guid
-    {
-        return Err(changed(
-            rec,
-            "the filesystem, partition or disk identity differs from the recorded one".into(),
-        ));
-    }
-    let map = file.map(target.block.start, rec.container.block_size)?;
+    let map = ExtentMap::concat(&parts).map_err(|e| changed(rec, e.message().to_string()))?;
     if let Some(diff) = recorded.difference(&map) {
         return Err(changed(rec, diff));
     }
     Ok(Revalidated { target, map })
+}
+
+/// Refuse (as [`ErrorKind::MapChanged`]) when `rec`'s map shares a disk
+/// byte with the map of another staging in `state`. Allocation makes this
+/// impossible (files never share blocks; unallocated ranges are taken
+/// outside every other staging); this checks it.
+pub fn check_disjoint(state: &StateDir, rec: &StagingRecord) -> Result<()> {
+    let Some(map) = &rec.map else {
+        return Ok(());
+    };
+    let mine: Vec<(u64, u64)> = map
+        .extents()
+        .iter()
+        .map(|e| (e.disk, e.disk + e.length))
+        .collect();
+    for name in state.names()? {
+        if name == rec.name {
+            continue;
+        }
+        let Ok(other) = state.load(&name) else {
+            continue;
+        };
+        if other.disk.path != rec.disk.path {
+            continue;
+        }
+        let Some(theirs) = &other.map else { continue };
+        for e in theirs.extents() {
+            if let Some((a, b)) = mine
+                .iter()
+                .find(|&&(a, b)| a < e.disk + e.length && e.disk < b)
+            {
+                return Err(changed(
+                    rec,
+                    format!(
+                        "disk bytes {}..{} are also in the map of '{name}'",
+                        (*a).max(e.disk),
+                        (*b).min(e.disk + e.length)
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Check one container file of `rec` against what was recorded for it and
+/// return its filesystem and its current map.
+fn revalidate_file(
+    rec: &StagingRecord,
+    container: &ContainerInfo,
+    host: &HostInfo,
+) -> Result<(HostTarget, ExtentMap)> {
+    let path = Path::new(&container.path);
+    let changed = |what: String| changed(rec, what).with_path(path);
+    if !path.exists() {
+        return Err(changed("the container file is gone".into()));
+    }
+    let file = ContainerFile::open(path)?;
+    let (inode, generation) = file.identity()?;
+    if (inode, generation) != (container.inode, container.generation) {
+        return Err(changed(format!(
+            "the container file was replaced (inode {inode} generation {generation}, recorded {} generation {})",
+            container.inode, container.generation
+        )));
+    }
+    if !file.is_pinned()? {
+        return Err(changed(
+            "the container is no longer pinned (its immutable flag, or on vfat its read-only and system attributes, was cleared)".into(),
+        ));
+    }
+    let size = file.size()?;
+    if size != container.size {
+        return Err(changed(format!(
+            "the container is {size} bytes, recorded {}",
+            container.size
+        )));
+    }
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    let target = hostfs::discover(dir)?;
+    if (target.block.start, target.block.size) != (host.start, host.size) {
+        return Err(changed(format!(
+            "its filesystem is now at disk bytes {}+{}, recorded {}+{}",
+            target.block.start, target.block.size, host.start, host.size
+        )));
+    }
+    if target.block.disk_size != rec.disk.size {
+        return Err(changed(format!(
+            "the disk is now {} bytes, recorded {}",
+            target.block.disk_size, rec.disk.size
+        )));
+    }
+    let (now_host, now_disk) = identity::describe(&target)?;
+    if now_host.fs_uuid != host.fs_uuid
+        || now_host.partition_uuid != host.partition_uuid
+        || now_disk.gpt_guid != rec.disk.gpt_guid
+    {
+        return Err(changed(
+            "the filesystem, partition or disk identity differs from the recorded one".into(),
+        ));
+    }
+    let map = file.map(target.block.start, container.block_size)?;
+    Ok((target, map))
 }
 
 /// One line of `list`.
@@ -170,7 +225,7 @@ pub fn list(state: &StateDir) -> Result<Vec<Listing>> {
         .into_iter()
         .map(|name| match state.load(&name) {
             Ok(rec) => {
-                let check = revalidate(&rec);
+                let check = revalidate(&rec).and_then(|_| check_disjoint(state, &rec));
                 Listing {
                     name,
                     state: Some(rec.state.as_str().to_string()),
@@ -254,6 +309,9 @@ pub fn discard_named(state: &StateDir, name: &str, force: bool) -> Result<Vec<Di
 pub struct Discarded {
     pub name: String,
     pub container: Option<String>,
+    /// The further container files of a split container or segment set.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub other_containers: Vec<String>,
     pub header_wiped: bool,
     pub container_removed: bool,
 }
@@ -268,14 +326,16 @@ pub fn discard(state: &StateDir, name: &str, force: bool) -> Result<Discarded> {
     let rec = match state.load(name) {
         Ok(rec) => rec,
         Err(e) if e.kind() == ErrorKind::Corrupt && force => {
-            let path = salvage_container_path(state, name);
-            if let Some(p) = &path {
+            let paths = salvage_container_paths(state, name);
+            for p in &paths {
                 container::remove(p)?;
             }
             state.remove(name)?;
+            let mut paths = paths.into_iter().map(|p| p.display().to_string());
             return Ok(Discarded {
                 name: name.to_string(),
-                container: path.map(|p| p.display().to_string()),
+                container: paths.next(),
+                other_containers: paths.collect(),
                 header_wiped: false,
                 container_removed: true,
             });
@@ -290,52 +350,81 @@ pub fn discard(state: &StateDir, name: &str, force: bool) -> Result<Discarded> {
         }
         Err(e) => return Err(e),
     };
-    let path = PathBuf::from(&rec.container.path);
+    let files: Vec<(PathBuf, (u64, u32))> = rec
+        .container_files()
+        .iter()
+        .map(|(c, _)| (PathBuf::from(&c.path), (c.inode, c.generation)))
+        .collect();
     let mut header_wiped = false;
-    let mut container_removed = false;
+    let container_removed;
     if rec.map.is_none() {
         // Stopped while allocating: nothing was written to the disk yet, and
-        // the file (created with O_EXCL under our name) can only be ours.
-        container::remove(&path)?;
+        // the files (created with O_EXCL under our names) can only be ours.
+        for (path, _) in &files {
+            container::remove(path)?;
+        }
         container_removed = true;
     } else {
         match revalidate(&rec) {
             Ok(checked) => {
-                let mut w = DiskWriter::for_target(&checked.target, checked.map)?;
+                let mut w = DiskWriter::for_staging(&rec, &checked.target, checked.map)?;
                 w.write_at(0, &AlignedBuf::new(header::BLOCK0_SIZE))?;
                 w.sync()?;
                 header_wiped = true;
-                container::remove(&path)?;
+                for (path, _) in &files {
+                    container::remove(path)?;
+                }
                 container_removed = true;
             }
-            // Only delete a file that is still the one we created.
+            // Only delete files that are still the ones we created.
             Err(e) if e.kind() == ErrorKind::MapChanged => {
-                if let Ok(file) = ContainerFile::open(&path)
-                    && file.identity().ok() == Some((rec.container.inode, rec.container.generation))
-                {
-                    drop(file);
-                    container::remove(&path)?;
-                    container_removed = true;
+                let mut all = true;
+                for (path, identity) in &files {
+                    match ContainerFile::open(path) {
+                        Ok(file) if file.identity().ok() == Some(*identity) => {
+                            drop(file);
+                            container::remove(path)?;
+                        }
+                        Err(_) if !path.exists() => {}
+                        _ => all = false,
+                    }
                 }
+                container_removed = all;
             }
             Err(e) => return Err(e),
         }
     }
     state.remove(name)?;
+    let mut paths = files.into_iter().map(|(p, _)| p.display().to_string());
     Ok(Discarded {
         name: name.to_string(),
-        container: Some(rec.container.path),
+        container: paths.next(),
+        other_containers: paths.collect(),
         header_wiped,
         container_removed,
     })
 }
 
-/// From a state file that fails its checksum, the container path it names,
-/// if that path looks like one of ours.
-fn salvage_container_path(state: &StateDir, name: &str) -> Option<PathBuf> {
-    let bytes = std::fs::read(state.record_path(name)).ok()?;
-    let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
-    let p = PathBuf::from(v.pointer("/record/container/path")?.as_str()?);
-    let file_name = p.file_name()?.to_str()?;
-    (file_name == format!("{name}{}", container::SUFFIX)).then_some(p)
+/// From a state file that fails its checksum, the container paths it
+/// names, where they look like ours.
+fn salvage_container_paths(state: &StateDir, name: &str) -> Vec<PathBuf> {
+    let Some(v) = std::fs::read(state.record_path(name))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+    else {
+        return Vec::new();
+    };
+    let mut named: Vec<&serde_json::Value> = vec![&v["record"]["container"]["path"]];
+    if let Some(segments) = v["record"]["segments"].as_array() {
+        named.extend(segments.iter().map(|s| &s["container"]["path"]));
+    }
+    named
+        .into_iter()
+        .filter_map(|p| p.as_str().map(PathBuf::from))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|f| f.to_str())
+                .is_some_and(|f| container::is_container_of(f, name))
+        })
+        .collect()
 }

@@ -1,5 +1,6 @@
-//! The few raw ioctls that rustix does not wrap (FIEMAP, block device
-//! size and zero-out, inode generation, loop devices, device-mapper), with
+//! The few raw ioctls that rustix does not wrap (FIEMAP, FIBMAP, block
+//! device size and zero-out, inode generation, FAT attributes, loop
+//! devices, device-mapper), with
 //! their `#[repr(C)]` structs. This is the only module with `unsafe` code; each block says why
 //! it is sound. Everything here is a thin transport: interpretation of the
 //! results (e.g. which FIEMAP flags are acceptable) lives in pure modules.
@@ -197,6 +198,65 @@ pub fn inode_generation<Fd: AsFd>(fd: Fd) -> io::Result<u32> {
     Ok(u32::from_le_bytes(
         value.to_le_bytes()[..4].try_into().expect("4 bytes"),
     ))
+}
+
+/// `FIBMAP = _IO(0x00, 1)`: maps one file block (in FIGETBSZ units) to a
+/// filesystem block; takes a pointer to an `int` it reads and overwrites.
+const FIBMAP: Opcode = 1;
+/// `FIGETBSZ = _IO(0x00, 2)`: the block size FIBMAP counts in; writes an
+/// `int` through its pointer.
+const FIGETBSZ: Opcode = 2;
+
+/// The filesystem block holding file block `block` (FIBMAP; 0 = a hole).
+/// Needs CAP_SYS_RAWIO. For filesystems without FIEMAP (vfat).
+pub fn fibmap<Fd: AsFd>(fd: Fd, block: u32) -> io::Result<u32> {
+    let mut value = i32::try_from(block).map_err(|_| io::Errno::FBIG)?;
+    // SAFETY: for FIBMAP the kernel reads one `int` through the pointer and
+    // writes one `int` back; the Updater points at an initialized i32 that
+    // lives for the duration of the call.
+    unsafe {
+        let ctl = ioctl::Updater::<FIBMAP, i32>::new(&mut value);
+        ioctl::ioctl(fd, ctl)?;
+    }
+    u32::try_from(value).map_err(|_| io::Errno::OVERFLOW)
+}
+
+/// The block size FIBMAP counts in (FIGETBSZ).
+pub fn fibmap_block_size<Fd: AsFd>(fd: Fd) -> io::Result<u32> {
+    let mut value: i32 = 0;
+    // SAFETY: FIGETBSZ writes one `int` through the pointer; the Updater
+    // points at an initialized i32 that lives for the duration of the call.
+    unsafe {
+        let ctl = ioctl::Updater::<FIGETBSZ, i32>::new(&mut value);
+        ioctl::ioctl(fd, ctl)?;
+    }
+    u32::try_from(value).map_err(|_| io::Errno::INVAL)
+}
+
+/// `FAT_IOCTL_GET_ATTRIBUTES = _IOR('r', 0x10, __u32)`.
+const FAT_IOCTL_GET_ATTRIBUTES: Opcode = ioctl::opcode::read::<u32>(b'r', 0x10);
+/// `FAT_IOCTL_SET_ATTRIBUTES = _IOW('r', 0x11, __u32)`.
+const FAT_IOCTL_SET_ATTRIBUTES: Opcode = ioctl::opcode::write::<u32>(b'r', 0x11);
+
+/// The FAT attribute byte of a file on vfat (`ATTR_RO` 0x01, `ATTR_SYS`
+/// 0x04, …).
+pub fn fat_attributes<Fd: AsFd>(fd: Fd) -> io::Result<u32> {
+    // SAFETY: FAT_IOCTL_GET_ATTRIBUTES writes one u32 into the Getter's
+    // storage, which is exactly a u32.
+    unsafe {
+        let ctl = ioctl::Getter::<FAT_IOCTL_GET_ATTRIBUTES, u32>::new();
+        ioctl::ioctl(fd, ctl)
+    }
+}
+
+/// Set the FAT attribute byte of a file on vfat.
+pub fn set_fat_attributes<Fd: AsFd>(fd: Fd, attributes: u32) -> io::Result<()> {
+    // SAFETY: FAT_IOCTL_SET_ATTRIBUTES reads one u32 through the pointer;
+    // the Setter passes a pointer to its own u32, live for the call.
+    unsafe {
+        let ctl = ioctl::Setter::<FAT_IOCTL_SET_ATTRIBUTES, u32>::new(attributes);
+        ioctl::ioctl(fd, ctl)
+    }
 }
 
 /// An ioctl whose argument is ignored or an integer passed by value, and

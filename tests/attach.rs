@@ -9,15 +9,6 @@ mod common;
 
 use common::*;
 
-/// Detaches on drop, so a failing test leaves no loop device or FUSE mount.
-struct Detach<'a>(&'a Cli, &'a str);
-
-impl Drop for Detach<'_> {
-    fn drop(&mut self) {
-        let _ = self.0.run(&["detach", self.1]);
-    }
-}
-
 /// A scratch disk and a CLI, on a kernel where attach uses the fallback;
 /// None (the test has nothing to check) where device-mapper exists.
 fn fallback_fixture() -> Option<(tempfile::TempDir, LoopDisk, Cli)> {

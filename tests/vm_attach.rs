@@ -123,13 +123,8 @@ fn attach_detach_and_test_restore_in_a_guest() {
         timeout: Duration::from_secs(600),
         ..Guest::default()
     };
-    let run = guest.run(&t.path().join("vm"));
-    println!("guest ran in {:?}:\n{}", run.elapsed, run.output());
-    run.assert_ok();
-    let v = |k: &str| {
-        run.value(k)
-            .unwrap_or_else(|| panic!("no {k} in:\n{}", run.output()))
-    };
+    let run = guest.run_ok(&t.path().join("vm"));
+    let v = |k: &str| run.get(k);
     assert_eq!(v("before"), "0 0");
     assert!(v("ro_device").starts_with("/dev/dm-"));
     assert_eq!(v("ro_equal"), "yes");

@@ -131,6 +131,16 @@ impl Drop for Mount {
     }
 }
 
+/// Detaches a staged image on drop, so a failing test leaves no loop
+/// device, device-mapper device or FUSE mount behind.
+pub struct Detach<'a>(pub &'a Cli, pub &'a str);
+
+impl Drop for Detach<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.run(&["detach", self.1]);
+    }
+}
+
 /// A liverestore process a test started: killed and reaped on drop, so a
 /// failing test never leaves one holding a mount or the lock.
 pub struct ChildGuard(Option<std::process::Child>);
@@ -185,11 +195,56 @@ pub struct LoopDisk {
     pub mnt: PathBuf,
     mount: Option<Mount>,
     attached: bool,
+    /// Partitions 2, 3, … (see [`LoopDisk::with_partitions`]).
+    pub others: Vec<Partition>,
+}
+
+/// A further partition of a [`LoopDisk`], formatted and mounted.
+pub struct Partition {
+    pub node: String,
+    pub fs: Fs,
+    pub start: u64,
+    pub size: u64,
+    pub mnt: PathBuf,
+    pub mount: Option<Mount>,
+}
+
+fn mkfs(fs_kind: Fs, node: &str) {
+    match fs_kind {
+        Fs::Ext4 => sh(
+            "mkfs.ext4",
+            &[
+                "-q",
+                "-F",
+                "-E",
+                "nodiscard,lazy_itable_init=0,lazy_journal_init=0",
+                node,
+            ],
+        ),
+        Fs::Xfs => sh("mkfs.xfs", &["-q", "-f", "-K", node]),
+        Fs::Btrfs => sh("mkfs.btrfs", &["-q", "-f", "--nodiscard", node]),
+    };
+}
+
+fn fs_type_name(fs_kind: Fs) -> &'static str {
+    match fs_kind {
+        Fs::Ext4 => "ext4",
+        Fs::Xfs => "xfs",
+        Fs::Btrfs => "btrfs",
+    }
 }
 
 impl LoopDisk {
     /// `disk_mib` MiB disk, partition 1 from 1 MiB to 1 MiB before the end.
     pub fn new(dir: &Path, fs_kind: Fs, disk_mib: u64) -> LoopDisk {
+        LoopDisk::with_partitions(dir, disk_mib, &[(fs_kind, 1, disk_mib - 2)])
+    }
+
+    /// `disk_mib` MiB disk with GPT partitions `(fs, start MiB, size MiB)`,
+    /// numbered in order, each formatted and mounted; the first is the
+    /// disk's `part`, the others are in `others`. Bytes outside them stay
+    /// unallocated.
+    pub fn with_partitions(dir: &Path, disk_mib: u64, parts: &[(Fs, u64, u64)]) -> LoopDisk {
         require_root();
         fs::create_dir_all(dir).unwrap();
         let file = dir.join("disk.img");
@@ -201,68 +256,73 @@ impl LoopDisk {
         w.flush().unwrap();
         drop(w);
         f.sync_all().unwrap();
-        let part_start = MIB;
-        let part_size = (disk_mib - 2) * MIB;
-        let end_sector = (part_start + part_size) / SECTOR - 1;
-        sh(
-            "sgdisk",
-            &[
-                "-n",
-                &format!("1:{}:{}", part_start / SECTOR, end_sector),
-                "-t",
-                "1:8300",
-                file.to_str().unwrap(),
-            ],
-        );
+        for (i, &(_, start, size)) in parts.iter().enumerate() {
+            sh(
+                "sgdisk",
+                &[
+                    "-n",
+                    &format!(
+                        "{}:{}:{}",
+                        i + 1,
+                        start * MIB / SECTOR,
+                        (start + size) * MIB / SECTOR - 1
+                    ),
+                    "-t",
+                    &format!("{}:8300", i + 1),
+                    file.to_str().unwrap(),
+                ],
+            );
+        }
         let dev = sh("losetup", &["-f", "--show", file.to_str().unwrap()])
             .trim()
             .to_string();
+        let (fs_kind, start, size) = parts[0];
         let mut disk = LoopDisk {
             part: format!("{dev}p1"),
             dev,
             file,
             fs: fs_kind,
-            part_start,
-            part_size,
+            part_start: start * MIB,
+            part_size: size * MIB,
             mnt: dir.join("mnt"),
             mount: None,
             attached: true,
+            others: Vec::new(),
         };
         // Make the kernel's partitions match the table: without udev, a
         // partition (or node) can be left over from an earlier user of loopN.
         sh("partx", &["-u", &disk.dev]);
-        assert!(
-            fs::metadata(&disk.part).is_ok_and(|m| {
-                use std::os::unix::fs::FileTypeExt;
-                m.file_type().is_block_device()
-            }),
-            "{} is not a block device (a stray file left in /dev?)",
-            disk.part
-        );
-        match fs_kind {
-            Fs::Ext4 => sh(
-                "mkfs.ext4",
-                &[
-                    "-q",
-                    "-F",
-                    "-E",
-                    "nodiscard,lazy_itable_init=0,lazy_journal_init=0",
-                    &disk.part,
-                ],
-            ),
-            Fs::Xfs => sh("mkfs.xfs", &["-q", "-f", "-K", &disk.part]),
-            Fs::Btrfs => sh("mkfs.btrfs", &["-q", "-f", "--nodiscard", &disk.part]),
-        };
+        for i in 1..=parts.len() {
+            let node = format!("{}p{i}", disk.dev);
+            assert!(
+                fs::metadata(&node).is_ok_and(|m| {
+                    use std::os::unix::fs::FileTypeExt;
+                    m.file_type().is_block_device()
+                }),
+                "{node} is not a block device (a stray file left in /dev?)"
+            );
+        }
+        mkfs(fs_kind, &disk.part);
         disk.mount();
+        for (i, &(fs_kind, start, size)) in parts.iter().enumerate().skip(1) {
+            let node = format!("{}p{}", disk.dev, i + 1);
+            mkfs(fs_kind, &node);
+            let mnt = dir.join(format!("mnt{}", i + 1));
+            let mount = Some(Mount::new(&node, &mnt, fs_type_name(fs_kind), ""));
+            disk.others.push(Partition {
+                node,
+                fs: fs_kind,
+                start: start * MIB,
+                size: size * MIB,
+                mnt,
+                mount,
+            });
+        }
         disk
     }
 
     pub fn fs_name(&self) -> &'static str {
-        match self.fs {
-            Fs::Ext4 => "ext4",
-            Fs::Xfs => "xfs",
-            Fs::Btrfs => "btrfs",
-        }
+        fs_type_name(self.fs)
     }
 
     pub fn mount(&mut self) {
@@ -391,6 +451,7 @@ impl LoopDisk {
 impl Drop for LoopDisk {
     fn drop(&mut self) {
         self.mount.take();
+        self.others.clear();
         if self.attached {
             let _ = Command::new("partx")
                 .args(["-d", &self.dev])

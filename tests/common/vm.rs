@@ -202,6 +202,13 @@ impl GuestRun {
         self
     }
 
+    /// The value the scenario printed for `key`; panics (showing the
+    /// scenario's output) when there is none.
+    pub fn get(&self, key: &str) -> String {
+        self.value(key)
+            .unwrap_or_else(|| panic!("no {key} in:\n{}", self.output()))
+    }
+
     /// Values the scenario printed as `LR key=value` lines.
     pub fn value(&self, key: &str) -> Option<String> {
         let prefix = format!("LR {key}=");
@@ -382,6 +389,15 @@ impl Guest {
 
     /// Boot, run the scenario, power off. Panics on a QEMU that cannot
     /// start; a scenario that fails or hangs is reported in the result.
+    /// Run, print the scenario's output (shown by `cargo test` on failure)
+    /// and assert it exited 0.
+    pub fn run_ok(&self, work: &Path) -> GuestRun {
+        let run = self.run(work);
+        println!("guest ran in {:?}:\n{}", run.elapsed, run.output());
+        run.assert_ok();
+        run
+    }
+
     pub fn run(&self, work: &Path) -> GuestRun {
         let kernel = Kernel::get();
         fs::create_dir_all(work).unwrap();
