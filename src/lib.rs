@@ -14,12 +14,16 @@
 //! - [`record`], [`header`], [`state_dir`]: what is remembered, on the host
 //!   and on the disk.
 //! - [`stage`], [`verify`], [`staged`], [`plan`], [`scan`]: the operations.
+//! - [`boot_plan`], [`initrd`], [`early_boot`], [`kmod`]: booting a staged
+//!   image: the plan, the appended early-boot initramfs, and `/lr/init`.
 
 pub mod attach;
+pub mod boot_plan;
 pub mod container;
 pub mod dev_node;
 pub mod disk_io;
 pub mod dm;
+pub mod early_boot;
 pub mod error;
 pub mod extent_map;
 pub mod fiemap;
@@ -27,7 +31,9 @@ pub mod fuse_image;
 pub mod header;
 pub mod hostfs;
 pub mod identity;
+pub mod initrd;
 pub mod input;
+pub mod kmod;
 pub mod loop_device;
 pub mod plan;
 pub mod progress;

@@ -1,7 +1,7 @@
 //! The `liverestore` command: a thin layer over the library that parses
 //! arguments, shows progress and results, and maps errors to exit codes.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -250,6 +250,27 @@ enum Command {
     /// Scan a disk (or disk image file) for liverestore headers, without
     /// the state directory.
     Scan { disk: PathBuf },
+    /// Write the early-boot initramfs that boots the staged image NAME.
+    ///
+    /// Append it to the restored system's own initrd and boot its kernel
+    /// with `rdinit=/lr/init root=/dev/dm-0`: `/lr/init` (a static
+    /// liverestore) loads the disk's driver and dm-mod from that initrd's
+    /// modules, finds the disk by the staging's on-disk header, maps the
+    /// image with device-mapper (`/dev/dm-0`, named liverestore-root) and
+    /// starts the initrd's `/init`. On any failure it reboots after 10 s.
+    ///   liverestore initrd web --output /boot/lr-web.cpio
+    ///   cat /boot/initrd.img-6.1.0 /boot/lr-web.cpio > /boot/initrd-web.img
+    #[command(verbatim_doc_comment)]
+    Initrd {
+        name: String,
+        /// Where to write the archive.
+        #[arg(long, value_name = "FILE")]
+        output: PathBuf,
+        /// The static liverestore to put in it (default: this program,
+        /// if it is statically linked).
+        #[arg(long, value_name = "FILE")]
+        helper: Option<PathBuf>,
+    },
     /// Show a complete staged image as a block device (prints its path),
     /// without rebooting: a device-mapper table built from the map, over a
     /// loop device on the whole disk. Read-only unless --rw.
@@ -781,6 +802,49 @@ fn run(cli: Cli) -> Outcome {
             liverestore::fuse_image::serve(&state, &name, &mountpoint)?;
             Ok(0)
         }
+        Command::Initrd {
+            name,
+            output,
+            helper,
+        } => {
+            let rec = state.load(&name)?;
+            staged::revalidate(&rec)?;
+            let disk_name = std::path::Path::new(&rec.disk.path)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let modules = liverestore::kmod::disk_driver_modules(Path::new("/sys"), &disk_name);
+            let plan = liverestore::boot_plan::BootPlan::for_staging(&rec, modules)?;
+            let helper = match helper {
+                Some(p) => p,
+                None => std::env::current_exe().map_err(|e| Error::io("find this program", e))?,
+            };
+            let helper_bytes = std::fs::read(&helper)
+                .map_err(|e| Error::io("read the helper", e).with_path(&helper))?;
+            let bytes = liverestore::initrd::early_boot_cpio(&plan, &helper_bytes)?;
+            std::fs::write(&output, &bytes)
+                .map_err(|e| Error::io("write the initramfs", e).with_path(&output))?;
+            if cli.json {
+                emit_json(&json!({
+                    "event": "result", "ok": true, "output": output, "bytes": bytes.len(),
+                    "modules": plan.modules, "extents": plan.extents.len(),
+                    "dm_name": liverestore::boot_plan::DM_NAME,
+                }));
+            } else {
+                println!(
+                    "{}: {} bytes; append it to the restored initrd and boot with rdinit={} (modules: {})",
+                    output.display(),
+                    bytes.len(),
+                    liverestore::initrd::INIT_PATH,
+                    if plan.modules.is_empty() {
+                        "built in".to_string()
+                    } else {
+                        plan.modules.join(", ")
+                    }
+                );
+            }
+            Ok(0)
+        }
         Command::Scan { disk } => {
             let found = scan::scan(&disk, progress.as_ref())?;
             if cli.json {
@@ -825,6 +889,9 @@ fn staging_json(rec: &liverestore::record::StagingRecord) -> Result<serde_json::
 }
 
 fn main() -> ExitCode {
+    if liverestore::early_boot::is_early_boot() {
+        liverestore::early_boot::run();
+    }
     let cli = Cli::parse();
     let json = cli.json;
     match run(cli) {

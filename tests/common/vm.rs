@@ -9,7 +9,6 @@
 //! This is how we test what this host's kernel cannot do (device-mapper,
 //! vfat) and, later, real boots.
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -55,48 +54,18 @@ impl Kernel {
     pub fn module_load_order(&self, names: &[&str]) -> Vec<String> {
         let dep = fs::read_to_string(self.modules.join("modules.dep")).unwrap();
         let builtin = fs::read_to_string(self.modules.join("modules.builtin")).unwrap_or_default();
-        let norm = |s: &str| s.replace('-', "_");
-        let stem = |path: &str| {
-            let file = path.rsplit('/').next().unwrap();
-            norm(file.split(".ko").next().unwrap())
-        };
-        let mut deps: BTreeMap<String, (String, Vec<String>)> = BTreeMap::new();
-        for line in dep.lines() {
-            let (m, rest) = line.split_once(':').unwrap();
-            deps.insert(
-                stem(m),
-                (
-                    m.to_string(),
-                    rest.split_whitespace().map(str::to_string).collect(),
-                ),
-            );
-        }
-        let builtins: Vec<String> = builtin.lines().map(stem).collect();
-        let mut order = Vec::new();
-        fn visit(
-            name: &str,
-            deps: &BTreeMap<String, (String, Vec<String>)>,
-            order: &mut Vec<String>,
-            stem: &dyn Fn(&str) -> String,
-        ) {
-            let (path, ds) = deps
-                .get(name)
-                .unwrap_or_else(|| panic!("no module {name} in the guest kernel"));
-            for d in ds {
-                visit(&stem(d), deps, order, stem);
-            }
-            if !order.contains(path) {
-                order.push(path.clone());
-            }
-        }
-        for n in names {
-            let n = norm(n);
-            if builtins.contains(&n) {
-                continue;
-            }
-            visit(&n, &deps, &mut order, &stem);
-        }
-        order
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        liverestore::kmod::load_order(&dep, &builtin, &names)
+            .unwrap_or_else(|e| panic!("guest kernel modules: {e}"))
+    }
+
+    /// The kernel release (the modules directory's name).
+    pub fn release(&self) -> String {
+        self.modules
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .to_string()
     }
 }
 
@@ -155,6 +124,17 @@ pub struct Guest {
     pub scenario: String,
     pub memory_mib: u32,
     pub timeout: Duration,
+    /// Boot this instead of the harness's own initramfs (which then is not
+    /// built, and `modules`, `binaries`, `files` and `scenario` are
+    /// unused): what a boot loader would load.
+    pub boot: Option<Boot>,
+}
+
+/// An initrd and kernel arguments, as a boot loader would pass them.
+pub struct Boot {
+    pub initrd: Vec<u8>,
+    /// Appended to the console arguments.
+    pub append: String,
 }
 
 impl Default for Guest {
@@ -167,6 +147,7 @@ impl Default for Guest {
             scenario: String::new(),
             memory_mib: 768,
             timeout: Duration::from_secs(300),
+            boot: None,
         }
     }
 }
@@ -223,7 +204,10 @@ impl GuestRun {
 const START: &str = "== scenario start ==";
 const END: &str = "== scenario exit ";
 
-fn init_script(kernel_version: &str, modules: &[String]) -> String {
+/// The harness's `/init`: mount the usual filesystems, load `modules`,
+/// run `/scenario.sh` between markers, power off. Also the `/sbin/init` of
+/// test systems that are booted as restored images.
+pub fn init_script(kernel_version: &str, modules: &[String]) -> String {
     let mut s = String::from(
         "#!/bin/busybox sh\n\
          /bin/busybox --install -s /bin\n\
@@ -276,6 +260,96 @@ fn which(name: &str) -> PathBuf {
         }
     }
     panic!("{name} is not installed on the host (scripts/install-deps.sh)")
+}
+
+/// The guest's static busybox.
+pub fn busybox() -> Vec<u8> {
+    let path = repo().join("target/vm/busybox");
+    fs::read(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}: run `bash scripts/vm-kernel.sh` (scripts/install-deps.sh does)",
+            path.display()
+        )
+    })
+}
+
+/// A small bootable "restored system" for boot tests: an ext4 image of
+/// `mib` MiB at `path` whose `/sbin/init` runs `scenario` (like the
+/// harness's own init, markers and all), with `hostname` in /etc/hostname.
+pub fn restored_root_image(path: &Path, mib: u64, hostname: &str, scenario: &str) {
+    let tree = path.with_extension("tree");
+    for d in [
+        "bin", "sbin", "etc", "proc", "sys", "dev", "tmp", "run", "mnt",
+    ] {
+        fs::create_dir_all(tree.join(d)).unwrap();
+    }
+    let write = |p: &str, data: &[u8], mode: u32| {
+        use std::os::unix::fs::PermissionsExt;
+        fs::write(tree.join(p), data).unwrap();
+        fs::set_permissions(tree.join(p), fs::Permissions::from_mode(mode)).unwrap();
+    };
+    write("bin/busybox", &busybox(), 0o755);
+    write("sbin/init", init_script("none", &[]).as_bytes(), 0o755);
+    write("scenario.sh", scenario.as_bytes(), 0o755);
+    write("etc/hostname", format!("{hostname}\n").as_bytes(), 0o644);
+    super::sh(
+        "mkfs.ext4",
+        &[
+            "-q",
+            "-F",
+            "-d",
+            tree.to_str().unwrap(),
+            path.to_str().unwrap(),
+            &format!("{mib}M"),
+        ],
+    );
+}
+
+/// The initrd a restored system of the guest kernel would have: busybox,
+/// the guest kernel's modules `modules` (with dependencies) and its
+/// `modules.dep`, and an `/init` that loads `init_modules`, mounts
+/// `root=` (a path or `UUID=`) and switches to it.
+pub fn restored_initrd(modules: &[&str], init_modules: &[&str]) -> Vec<u8> {
+    let kernel = Kernel::get();
+    let version = kernel.release();
+    let mut c = Cpio::new();
+    c.file("/bin/busybox", 0o755, &busybox());
+    for m in kernel.module_load_order(modules) {
+        c.file(
+            &format!("/lib/modules/{version}/{m}"),
+            0o644,
+            &fs::read(kernel.modules.join(&m)).unwrap(),
+        );
+    }
+    for f in ["modules.dep", "modules.builtin"] {
+        if let Ok(data) = fs::read(kernel.modules.join(f)) {
+            c.file(&format!("/lib/modules/{version}/{f}"), 0o644, &data);
+        }
+    }
+    let mut init = String::from(
+        "#!/bin/busybox sh\n\
+         /bin/busybox --install -s /bin\n\
+         mkdir -p /proc /sys /dev /newroot\n\
+         mount -t proc proc /proc\n\
+         mount -t sysfs sys /sys\n\
+         mount -t devtmpfs dev /dev\n",
+    );
+    for m in kernel.module_load_order(init_modules) {
+        init.push_str(&format!(
+            "[ -d /sys/module/$(basename {m} .ko | tr - _) ] || insmod /lib/modules/{version}/{m}\n"
+        ));
+    }
+    init.push_str(
+        "root=$(sed -n 's/.*root=\\([^ ]*\\).*/\\1/p' /proc/cmdline)\n\
+         case \"$root\" in UUID=*) for i in $(seq 50); do r=$(findfs \"$root\" 2>/dev/null) && break; sleep 0.2; done; root=$r;; esac\n\
+         for i in $(seq 50); do [ -b \"$root\" ] && break; sleep 0.2; done\n\
+         echo \"initrd: root is $root\"\n\
+         mount -t ext4 \"$root\" /newroot || { echo 'initrd: cannot mount root'; poweroff -f; }\n\
+         umount /proc /sys /dev\n\
+         exec switch_root /newroot /sbin/init\n",
+    );
+    c.file("/init", 0o755, init.as_bytes());
+    c.finish()
 }
 
 /// A newc cpio archive being built.
@@ -332,21 +406,9 @@ impl Cpio {
 
 impl Guest {
     fn initramfs(&self, kernel: &Kernel) -> Vec<u8> {
-        let version = kernel
-            .modules
-            .file_name()
-            .unwrap()
-            .to_string_lossy()
-            .to_string();
+        let version = kernel.release();
         let mut c = Cpio::new();
-        let busybox = repo().join("target/vm/busybox");
-        let busybox = fs::read(&busybox).unwrap_or_else(|e| {
-            panic!(
-                "{}: {e}: run `bash scripts/vm-kernel.sh` (scripts/install-deps.sh does)",
-                busybox.display()
-            )
-        });
-        c.file("/bin/busybox", 0o755, &busybox);
+        c.file("/bin/busybox", 0o755, &busybox());
         c.file(
             "/usr/bin/liverestore",
             0o755,
@@ -387,8 +449,6 @@ impl Guest {
         c.finish()
     }
 
-    /// Boot, run the scenario, power off. Panics on a QEMU that cannot
-    /// start; a scenario that fails or hangs is reported in the result.
     /// Run, print the scenario's output (shown by `cargo test` on failure)
     /// and assert it exited 0.
     pub fn run_ok(&self, work: &Path) -> GuestRun {
@@ -398,11 +458,22 @@ impl Guest {
         run
     }
 
+    /// Boot, run the scenario, power off. Panics on a QEMU that cannot
+    /// start; a scenario that fails or hangs is reported in the result.
     pub fn run(&self, work: &Path) -> GuestRun {
         let kernel = Kernel::get();
         fs::create_dir_all(work).unwrap();
         let initrd = work.join("initrd.cpio");
-        fs::write(&initrd, self.initramfs(&kernel)).unwrap();
+        let append = match &self.boot {
+            Some(b) => {
+                fs::write(&initrd, &b.initrd).unwrap();
+                format!("console=ttyS0 panic=-1 loglevel=3 {}", b.append)
+            }
+            None => {
+                fs::write(&initrd, self.initramfs(&kernel)).unwrap();
+                "console=ttyS0 panic=-1 quiet loglevel=3 rdinit=/init".to_string()
+            }
+        };
         let console = work.join("console.log");
         let _ = fs::remove_file(&console);
         let mut cmd = Command::new("qemu-system-x86_64");
@@ -413,10 +484,8 @@ impl Guest {
             .arg(&kernel.vmlinuz)
             .arg("-initrd")
             .arg(&initrd)
-            .args([
-                "-append",
-                "console=ttyS0 panic=-1 quiet loglevel=3 rdinit=/init",
-            ])
+            .arg("-append")
+            .arg(&append)
             .arg("-serial")
             .arg(format!("file:{}", console.display()))
             .args(["-monitor", "none"])

@@ -1,0 +1,143 @@
+//! The early-boot initramfs: a small newc cpio archive, appended to the
+//! restored system's own initrd (the kernel unpacks concatenated archives
+//! one after the other), holding `/lr/init` — a static liverestore, which
+//! runs as the early-boot step when started under that name (kernel
+//! argument `rdinit=/lr/init`) — and `/lr/boot.json`, its [`BootPlan`].
+//! `/lr/init` assembles the staged image as a device-mapper device and
+//! hands over to the restored initrd's `/init` (see [`crate::early_boot`]).
+
+use std::io::Write;
+
+use crate::boot_plan::BootPlan;
+use crate::error::{Error, ErrorKind, Result};
+
+/// Where the early-boot program and its plan live in the initramfs.
+pub const INIT_PATH: &str = "/lr/init";
+pub const PLAN_PATH: &str = "/lr/boot.json";
+
+/// Whether `elf` is a statically linked executable (no `PT_INTERP`
+/// program header): only such a program can run inside a foreign
+/// initramfs.
+pub fn is_static_elf(elf: &[u8]) -> bool {
+    const PT_INTERP: u32 = 3;
+    let u16_at = |at: usize| {
+        elf.get(at..at + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]))
+    };
+    let u32_at = |at: usize| {
+        elf.get(at..at + 4)
+            .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")))
+    };
+    let u64_at = |at: usize| {
+        elf.get(at..at + 8)
+            .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+    };
+    // 64-bit little-endian ELF executables only (ELFCLASS64, ELFDATA2LSB).
+    if elf.get(0..6) != Some(b"\x7fELF\x02\x01") {
+        return false;
+    }
+    let (Some(phoff), Some(phentsize), Some(phnum)) = (u64_at(0x20), u16_at(0x36), u16_at(0x38))
+    else {
+        return false;
+    };
+    (0..u64::from(phnum)).all(|i| {
+        let at = phoff + i * u64::from(phentsize);
+        usize::try_from(at)
+            .ok()
+            .and_then(u32_at)
+            .is_some_and(|p_type| p_type != PT_INTERP)
+    })
+}
+
+fn entry(out: &mut Vec<u8>, ino: u32, name: &str, mode: u32, data: &[u8]) -> Result<()> {
+    let io = |e: std::io::Error| Error::io("build the early-boot initramfs", e);
+    let mut w = cpio::NewcBuilder::new(name)
+        .ino(ino)
+        .mode(mode)
+        .nlink(1)
+        .write(&mut *out, data.len() as u32);
+    w.write_all(data).map_err(io)?;
+    w.finish().map_err(io)?;
+    Ok(())
+}
+
+/// The archive: `/lr` with `init` (the static `helper` executable) and
+/// `boot.json` (`plan`).
+pub fn early_boot_cpio(plan: &BootPlan, helper: &[u8]) -> Result<Vec<u8>> {
+    if !is_static_elf(helper) {
+        return Err(Error::new(
+            ErrorKind::InvalidState,
+            "the early-boot helper must be a statically linked x86-64 liverestore (build one with RUSTFLAGS='-C target-feature=+crt-static' cargo build --release --target x86_64-unknown-linux-gnu, and pass it with --helper)",
+        ));
+    }
+    let mut out = Vec::new();
+    entry(&mut out, 1, "lr", 0o040755, &[])?;
+    entry(&mut out, 2, &INIT_PATH[1..], 0o100755, helper)?;
+    entry(&mut out, 3, &PLAN_PATH[1..], 0o100644, &plan.encode())?;
+    cpio::newc::trailer(out).map_err(|e| Error::io("build the early-boot initramfs", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn elf(interp: bool) -> Vec<u8> {
+        let mut e = vec![0u8; 0x40 + 2 * 56];
+        e[..6].copy_from_slice(b"\x7fELF\x02\x01");
+        e[0x20..0x28].copy_from_slice(&0x40u64.to_le_bytes());
+        e[0x36..0x38].copy_from_slice(&56u16.to_le_bytes());
+        e[0x38..0x3a].copy_from_slice(&2u16.to_le_bytes());
+        e[0x40..0x44].copy_from_slice(&1u32.to_le_bytes()); // PT_LOAD
+        let second = if interp { 3u32 } else { 6 }; // PT_INTERP or PT_PHDR
+        e[0x40 + 56..0x40 + 60].copy_from_slice(&second.to_le_bytes());
+        e
+    }
+
+    #[test]
+    fn static_executables_are_told_apart() {
+        assert!(is_static_elf(&elf(false)));
+        assert!(!is_static_elf(&elf(true)));
+        assert!(!is_static_elf(b"#!/bin/sh\n"));
+        assert!(!is_static_elf(&elf(false)[..0x50]), "truncated headers");
+        let this = std::fs::read(std::env::current_exe().unwrap()).unwrap();
+        // the test binary is whatever the build made it; just do not panic
+        let _ = is_static_elf(&this);
+    }
+
+    #[test]
+    fn archive_holds_init_and_plan() {
+        let mut rec = crate::record::tests::sample_record();
+        rec.state = crate::record::StagingState::Complete;
+        let plan = BootPlan::for_staging(&rec, vec!["dm_mod".into()]).unwrap();
+        assert!(early_boot_cpio(&plan, &elf(true)).is_err());
+        let helper = elf(false);
+        let bytes = early_boot_cpio(&plan, &helper).unwrap();
+        assert_eq!(bytes.len() % 4, 0, "concatenable");
+        let mut rest: &[u8] = &bytes;
+        let mut seen = Vec::new();
+        loop {
+            let mut r = cpio::NewcReader::new(rest).unwrap();
+            if r.entry().is_trailer() {
+                break;
+            }
+            let (name, mode) = (r.entry().name().to_string(), r.entry().mode());
+            let mut data = Vec::new();
+            std::io::Read::read_to_end(&mut r, &mut data).unwrap();
+            match name.as_str() {
+                "lr/init" => assert_eq!(data, helper),
+                "lr/boot.json" => assert_eq!(BootPlan::decode(&data).unwrap(), plan),
+                _ => {}
+            }
+            seen.push((name, mode & 0o777));
+            rest = r.finish().unwrap();
+        }
+        assert_eq!(
+            seen,
+            [
+                ("lr".into(), 0o755),
+                ("lr/init".into(), 0o755),
+                ("lr/boot.json".into(), 0o644)
+            ]
+        );
+    }
+}

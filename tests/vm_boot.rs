@@ -1,0 +1,204 @@
+//! Mapped boot, inside real guests: a running system (the first guest)
+//! stages a small bootable system image onto its own mounted ext4 and
+//! writes the early-boot initramfs for it (`liverestore initrd`); the
+//! second guest boots the restored system's kernel with the restored
+//! initrd plus that initramfs appended and `rdinit=/lr/init` — as a boot
+//! loader would — and the restored system comes up from the staged bytes,
+//! through a device-mapper table built from the map at boot (the host's
+//! free space is fragmented first, so the map has dozens of extents), with
+//! only the original disk attached.
+//!
+//! The boot loader part (UEFI `Boot####`/`BootNext`, GRUB) is not here
+//! yet: the test passes the kernel, initrd and arguments itself.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::vm::{Boot, Guest};
+use common::*;
+
+/// GPT disk, one ext4-to-be partition at 1 MiB filling it.
+fn host_disk(dir: &Path) -> std::path::PathBuf {
+    let disk = dir.join("host-disk.img");
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(300 * MIB)
+        .unwrap();
+    sh(
+        "sgdisk",
+        &[
+            "-o",
+            "-n",
+            "1:2048:0",
+            "-t",
+            "1:8300",
+            disk.to_str().unwrap(),
+        ],
+    );
+    disk
+}
+
+const RUNNING_SYSTEM: &str = r#"
+export LIVERESTORE_STATE_DIR=/mnt/host/var/lib/liverestore
+mkfs.ext4 -q -F -E nodiscard /dev/vda1
+mkdir -p /mnt/host
+mount -t ext4 /dev/vda1 /mnt/host
+echo old > /mnt/host/old-system-file
+# Fragment the free space: fill it with 1 MiB files, delete every other.
+i=0
+while fallocate -l 1048576 /mnt/host/fill$i 2>/dev/null; do i=$((i + 1)); done
+for j in $(seq 0 2 $i); do rm -f /mnt/host/fill$j; done
+liverestore stage /dev/vdb --name next --dir /mnt/host 2>/dev/null
+echo "LR extents=$(liverestore --json map next | grep -o '"disk_offset"' | wc -l)"
+liverestore --json initrd next --output /tmp/lr.cpio > /tmp/initrd.json
+echo "LR modules=$(grep -o '"modules":\[[^]]*\]' /tmp/initrd.json)"
+echo "LR cpio_bytes=$(stat -c %s /tmp/lr.cpio)"
+dd if=/tmp/lr.cpio of=/dev/vdc bs=4096 conv=sync 2>/dev/null
+sync
+set +e
+liverestore initrd nothing --output /tmp/x.cpio 2>/dev/null; echo "LR unknown_name=$?"
+set -e
+umount /mnt/host
+"#;
+
+const RESTORED_SYSTEM: &str = r#"
+echo "LR restored_hostname=$(cat /etc/hostname)"
+echo "LR root_device=$(awk '$2 == "/" { print $1 }' /proc/mounts)"
+echo "LR dm_name=$(cat /sys/block/dm-0/dm/name)"
+echo "LR dm_sectors=$(cat /sys/block/dm-0/size)"
+echo "LR disks=$(ls /sys/block | grep -v -e loop -e ram | tr '\n' ' ')"
+[ -e /old-system-file ] && echo "LR sees_old_root=yes" || echo "LR sees_old_root=no"
+"#;
+
+#[test]
+fn a_staged_system_boots_through_the_map() {
+    require_root();
+    let t = tempfile::tempdir().unwrap();
+    let disk = host_disk(t.path());
+    let root_image = t.path().join("restored-root.ext4");
+    common::vm::restored_root_image(&root_image, 48, "restored-system", RESTORED_SYSTEM);
+    let out_disk = t.path().join("out.img");
+    std::fs::File::create(&out_disk)
+        .unwrap()
+        .set_len(64 * MIB)
+        .unwrap();
+
+    // Boot 1: the running system stages the image and writes the
+    // early-boot initramfs.
+    let run = Guest {
+        modules: vec!["virtio_pci", "virtio_blk", "crc32c_generic", "ext4"],
+        binaries: vec!["mkfs.ext4"],
+        disks: vec![disk.clone(), root_image.clone(), out_disk.clone()],
+        scenario: RUNNING_SYSTEM.into(),
+        timeout: Duration::from_secs(300),
+        ..Guest::default()
+    }
+    .run_ok(&t.path().join("vm1"));
+    assert_eq!(
+        run.get("modules"),
+        r#""modules":["virtio_pci","virtio_blk"]"#,
+        "the disk's drivers, found in sysfs"
+    );
+    assert_eq!(run.get("unknown_name"), "17");
+    let extents: usize = run.get("extents").parse().unwrap();
+    assert!(
+        extents > 20,
+        "the image should be fragmented: {extents} extents"
+    );
+    let len: usize = run.get("cpio_bytes").parse().unwrap();
+    let early = std::fs::read(&out_disk).unwrap()[..len].to_vec();
+
+    // Boot 2: what a boot loader would start: the restored system's kernel
+    // and initrd, the early-boot initramfs appended, rdinit=/lr/init. Only
+    // the original disk is attached.
+    let mut initrd = common::vm::restored_initrd(
+        &[
+            "virtio_pci",
+            "virtio_blk",
+            "dm-mod",
+            "crc32c_generic",
+            "ext4",
+        ],
+        &["crc32c_generic", "ext4"],
+    );
+    initrd.extend_from_slice(&early);
+    // The same disk with the staging's header wiped, for the failure case.
+    let plan = boot_plan_of(&early);
+    let wiped = t.path().join("wiped-disk.img");
+    std::fs::copy(&disk, &wiped).unwrap();
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&wiped)
+            .unwrap();
+        f.write_all_at(&[0u8; 4096], plan.header_offset).unwrap();
+    }
+    let run = Guest {
+        disks: vec![disk],
+        timeout: Duration::from_secs(300),
+        boot: Some(Boot {
+            initrd: initrd.clone(),
+            append: "rdinit=/lr/init root=/dev/dm-0".into(),
+        }),
+        ..Guest::default()
+    }
+    .run_ok(&t.path().join("vm2"));
+    assert_eq!(run.get("restored_hostname"), "restored-system");
+    assert_eq!(run.get("root_device"), "/dev/dm-0");
+    assert_eq!(run.get("dm_name"), "liverestore-root");
+    assert_eq!(run.get("dm_sectors"), (48 * MIB / 512).to_string());
+    assert_eq!(run.get("disks"), "dm-0 vda ");
+    assert_eq!(run.get("sees_old_root"), "no");
+    assert!(
+        run.console
+            .contains("liverestore: 'next' found on /dev/vda"),
+        "{}",
+        run.console
+    );
+
+    // Boot 3: the header is gone (the staging was discarded, or the disk
+    // is another one): /lr/init says why and reboots, so a trial boot
+    // falls back. QEMU (-no-reboot) exits on the reboot.
+    let run = Guest {
+        disks: vec![wiped],
+        timeout: Duration::from_secs(300),
+        boot: Some(Boot {
+            initrd,
+            append:
+                "rdinit=/lr/init root=/dev/dm-0 liverestore.disk_wait=2 liverestore.failure_pause=0"
+                    .into(),
+        }),
+        ..Guest::default()
+    }
+    .run(&t.path().join("vm3"));
+    println!("{}", run.console);
+    assert_eq!(run.status, None, "the restored system must not start");
+    assert!(
+        run.elapsed < Duration::from_secs(200),
+        "it rebooted, not hung"
+    );
+    assert!(
+        run.console.contains("early boot failed: no disk of")
+            && run.console.contains("rebooting in 0 s"),
+        "{}",
+        run.console
+    );
+}
+
+/// The boot plan inside an early-boot initramfs.
+fn boot_plan_of(cpio_bytes: &[u8]) -> liverestore::boot_plan::BootPlan {
+    let mut rest = cpio_bytes;
+    loop {
+        let mut r = cpio::NewcReader::new(rest).unwrap();
+        assert!(!r.entry().is_trailer(), "no lr/boot.json");
+        if r.entry().name() == "lr/boot.json" {
+            let mut data = Vec::new();
+            std::io::Read::read_to_end(&mut r, &mut data).unwrap();
+            return liverestore::boot_plan::BootPlan::decode(&data).unwrap();
+        }
+        rest = r.finish().unwrap();
+    }
+}
