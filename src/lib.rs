@@ -16,7 +16,10 @@
 //! - [`stage`], [`verify`], [`staged`], [`plan`], [`scan`]: the operations.
 //! - [`boot_plan`], [`initrd`], [`early_boot`], [`kmod`]: booting a staged
 //!   image: the plan, the appended early-boot initramfs, and `/lr/init`.
+//! - [`activate`], [`efi`], [`efivars`]: the UEFI trial boot, status and
+//!   rollback.
 
+pub mod activate;
 pub mod attach;
 pub mod boot_plan;
 pub mod container;
@@ -24,6 +27,8 @@ pub mod dev_node;
 pub mod disk_io;
 pub mod dm;
 pub mod early_boot;
+pub mod efi;
+pub mod efivars;
 pub mod error;
 pub mod extent_map;
 pub mod fiemap;

@@ -12,7 +12,7 @@ use liverestore::record::Segment;
 use liverestore::space::{Planned, SpaceRequest};
 use liverestore::split::{self, Split};
 use liverestore::state_dir::{DEFAULT_STATE_DIR, StateDir};
-use liverestore::{Error, ErrorKind, attach, plan, scan, stage, staged, verify};
+use liverestore::{Error, ErrorKind, activate, attach, plan, scan, stage, staged, verify};
 
 const EXIT_CODES: &str = "\
 Exit codes:
@@ -250,6 +250,38 @@ enum Command {
     /// Scan a disk (or disk image file) for liverestore headers, without
     /// the state directory.
     Scan { disk: PathBuf },
+    /// Make the next boot (once) start the staged image NAME, through UEFI.
+    ///
+    /// Re-validates the map and re-reads every staged byte, finds the
+    /// image's /boot/vmlinuz-VERSION and /boot/initrd.img-VERSION, copies
+    /// them to ESP/liverestore/NAME/ (the initrd with the early-boot
+    /// initramfs appended, see `liverestore initrd`), creates a Boot####
+    /// load option for the kernel's EFI stub and sets BootNext to it.
+    /// BootOrder is left alone: if the restored system does not come up,
+    /// the boot after that is the old system again. Only one image can be
+    /// activated at a time; `liverestore rollback` takes it back.
+    #[command(verbatim_doc_comment)]
+    Activate {
+        name: String,
+        /// The mounted EFI system partition.
+        #[arg(long, value_name = "DIR", default_value = "/boot/efi")]
+        esp: PathBuf,
+        /// Extra kernel arguments for the restored system.
+        #[arg(long, value_name = "ARGS")]
+        append: Option<String>,
+        /// The static liverestore for the early-boot step (default: this
+        /// program, if it is statically linked).
+        #[arg(long, value_name = "FILE")]
+        helper: Option<PathBuf>,
+        /// Boot the image once (the default; a permanent switch is
+        /// `liverestore commit`, not available yet).
+        #[arg(long, default_value_t = true)]
+        trial: bool,
+    },
+    /// Which system is running, what is activated, what the next boot starts.
+    Status,
+    /// Undo an activation: BootNext, the Boot#### entry, the files on the ESP.
+    Rollback,
     /// Write the early-boot initramfs that boots the staged image NAME.
     ///
     /// Append it to the restored system's own initrd and boot its kernel
@@ -800,6 +832,65 @@ fn run(cli: Cli) -> Outcome {
         }
         Command::ServeImage { name, mountpoint } => {
             liverestore::fuse_image::serve(&state, &name, &mountpoint)?;
+            Ok(0)
+        }
+        Command::Activate {
+            name,
+            esp,
+            append,
+            helper,
+            trial: _,
+        } => {
+            let opts = activate::ActivateOptions {
+                esp: &esp,
+                append: append.as_deref(),
+                helper: helper.as_deref(),
+            };
+            let a = activate::activate(&state, &name, &opts, progress.as_ref())?;
+            if cli.json {
+                emit_json(&json!({ "event": "result", "ok": true, "activation": a }));
+            } else {
+                println!(
+                    "'{}' activated for the next boot only: Boot{:04X} ({}), BootNext set; kernel {}",
+                    a.name, a.boot_number, a.loader, a.kernel_version
+                );
+            }
+            Ok(0)
+        }
+        Command::Status => {
+            let s = activate::status(&state)?;
+            if cli.json {
+                print_json(&s);
+            } else {
+                println!(
+                    "running:    {}",
+                    if s.booted_restored {
+                        "a restored image (booted through liverestore)"
+                    } else {
+                        "the installed system"
+                    }
+                );
+                match &s.activation {
+                    Some(a) => println!(
+                        "activated:  '{}' as Boot{:04X} (kernel {})",
+                        a.name, a.boot_number, a.kernel_version
+                    ),
+                    None => println!("activated:  nothing"),
+                }
+                println!("next boot:  {}", s.next_boot);
+            }
+            Ok(0)
+        }
+        Command::Rollback => {
+            let a = activate::rollback(&state)?;
+            if cli.json {
+                emit_json(&json!({ "event": "result", "ok": true, "rolled_back": a }));
+            } else {
+                println!(
+                    "'{}' is no longer activated: Boot{:04X}, BootNext and {} removed",
+                    a.name, a.boot_number, a.esp_dir
+                );
+            }
             Ok(0)
         }
         Command::Initrd {

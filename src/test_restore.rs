@@ -69,6 +69,50 @@ fn mount_point(name: &str) -> PathBuf {
     PathBuf::from(format!("/run/liverestore/test-{name}"))
 }
 
+/// Attach `name` read-only, mount its filesystem read-only (no journal
+/// replay), run `f` on the mount point, and take everything down again,
+/// also on error.
+pub fn with_mounted<T>(
+    state: &StateDir,
+    name: &str,
+    f: impl FnOnce(&std::path::Path) -> Result<T>,
+) -> Result<T> {
+    let a = attach::attach(state, name, AttachMode::ReadOnly)?;
+    let result = (|| {
+        let mut head = vec![0u8; 0x10048];
+        let file = std::fs::File::open(&a.device)
+            .op(|| "cannot open the attached device".into())
+            .map_err(|e| e.with_path(&a.device))?;
+        let n = std::os::unix::fs::FileExt::read_at(&file, &mut head, 0).unwrap_or(0);
+        head.truncate(n);
+        let fs = detect_filesystem(&head).ok_or_else(|| {
+            Error::new(
+                ErrorKind::BadImage,
+                format!("'{name}' holds no filesystem liverestore recognizes"),
+            )
+        })?;
+        let mnt = PathBuf::from(format!("/run/liverestore/mount-{name}"));
+        std::fs::create_dir_all(&mnt)
+            .op(|| "cannot create the mount point".into())
+            .map_err(|e| e.with_path(&mnt))?;
+        let data = match fs {
+            "ext4" => Some(c"noload"),
+            "xfs" => Some(c"norecovery"),
+            _ => None,
+        };
+        rustix::mount::mount(&a.device, &mnt, fs, rustix::mount::MountFlags::RDONLY, data)
+            .map_err(|e| Error::from(e).with_path(&mnt))?;
+        let out = f(&mnt);
+        attach::unmount(&mnt)?;
+        let _ = std::fs::remove_dir(&mnt);
+        out
+    })();
+    let down = attach::detach(state, name);
+    let out = result?;
+    down?;
+    Ok(out)
+}
+
 /// Run the test; the attachment is always taken down, also on error.
 pub fn test_restore(state: &StateDir, name: &str, command: Option<&str>) -> Result<TestReport> {
     // Without device-mapper there is no overlay: test read-only instead

@@ -128,6 +128,18 @@ pub struct Guest {
     /// built, and `modules`, `binaries`, `files` and `scenario` are
     /// unused): what a boot loader would load.
     pub boot: Option<Boot>,
+    /// Boot through UEFI firmware (OVMF, with its own variable store)
+    /// instead: the harness puts the kernel, its initramfs and a
+    /// `startup.nsh` that starts them into the ESP on `disks[0]`; reboots
+    /// go back to the firmware (no `-no-reboot`), so one run can hold
+    /// several boots.
+    pub uefi: Option<Uefi>,
+}
+
+/// Where the ESP is on `disks[0]` (bytes; a GPT partition the test made).
+pub struct Uefi {
+    pub esp_offset: u64,
+    pub esp_size: u64,
 }
 
 /// An initrd and kernel arguments, as a boot loader would pass them.
@@ -148,6 +160,7 @@ impl Default for Guest {
             memory_mib: 768,
             timeout: Duration::from_secs(300),
             boot: None,
+            uefi: None,
         }
     }
 }
@@ -200,6 +213,9 @@ impl GuestRun {
             .map(str::to_string)
     }
 }
+
+/// Debian's OVMF (package `ovmf`).
+const OVMF: &str = "/usr/share/OVMF";
 
 const START: &str = "== scenario start ==";
 const END: &str = "== scenario exit ";
@@ -277,7 +293,27 @@ pub fn busybox() -> Vec<u8> {
 /// `mib` MiB at `path` whose `/sbin/init` runs `scenario` (like the
 /// harness's own init, markers and all), with `hostname` in /etc/hostname.
 pub fn restored_root_image(path: &Path, mib: u64, hostname: &str, scenario: &str) {
+    restored_root_image_with(path, mib, hostname, scenario, None)
+}
+
+/// As [`restored_root_image`], with `/boot/vmlinuz-VERSION` and
+/// `/boot/initrd.img-VERSION` (the guest kernel and `initrd`) when given:
+/// what `activate` looks for.
+pub fn restored_root_image_with(
+    path: &Path,
+    mib: u64,
+    hostname: &str,
+    scenario: &str,
+    initrd: Option<&[u8]>,
+) {
     let tree = path.with_extension("tree");
+    if let Some(initrd) = initrd {
+        let kernel = Kernel::get();
+        let v = kernel.release();
+        fs::create_dir_all(tree.join("boot")).unwrap();
+        fs::copy(&kernel.vmlinuz, tree.join(format!("boot/vmlinuz-{v}"))).unwrap();
+        fs::write(tree.join(format!("boot/initrd.img-{v}")), initrd).unwrap();
+    }
     for d in [
         "bin", "sbin", "etc", "proc", "sys", "dev", "tmp", "run", "mnt",
     ] {
@@ -449,6 +485,39 @@ impl Guest {
         c.finish()
     }
 
+    /// Format the ESP of `disks[0]` (mtools, no kernel support needed) and
+    /// put the kernel, the initramfs and a `startup.nsh` in it, which the
+    /// firmware's shell runs when no other boot option works.
+    fn write_esp(&self, u: &Uefi, kernel: &Kernel, initrd: &Path, append: &str) {
+        let img = format!("{}@@{}", self.disks[0].display(), u.esp_offset);
+        super::sh(
+            "mformat",
+            &[
+                "-i",
+                &img,
+                "-F",
+                "-T",
+                &(u.esp_size / 512).to_string(),
+                "-v",
+                "ESP",
+                "::",
+            ],
+        );
+        let nsh = initrd.with_file_name("startup.nsh");
+        fs::write(
+            &nsh,
+            format!("fs0:\\vmlinuz.efi initrd=\\old.img {append}\r\n"),
+        )
+        .unwrap();
+        for (src, dst) in [
+            (kernel.vmlinuz.as_path(), "::/vmlinuz.efi"),
+            (initrd, "::/old.img"),
+            (nsh.as_path(), "::/startup.nsh"),
+        ] {
+            super::sh("mcopy", &["-o", "-i", &img, src.to_str().unwrap(), dst]);
+        }
+    }
+
     /// Run, print the scenario's output (shown by `cargo test` on failure)
     /// and assert it exited 0.
     pub fn run_ok(&self, work: &Path) -> GuestRun {
@@ -474,19 +543,34 @@ impl Guest {
                 "console=ttyS0 panic=-1 quiet loglevel=3 rdinit=/init".to_string()
             }
         };
+        if let Some(u) = &self.uefi {
+            self.write_esp(u, &kernel, &initrd, &append);
+        }
         let console = work.join("console.log");
         let _ = fs::remove_file(&console);
         let mut cmd = Command::new("qemu-system-x86_64");
-        cmd.args(["-nodefaults", "-no-reboot", "-display", "none"])
+        cmd.args(["-nodefaults", "-display", "none"])
             .args(["-accel", "tcg", "-cpu", "max", "-smp", "1"])
-            .args(["-m", &self.memory_mib.to_string()])
-            .arg("-kernel")
-            .arg(&kernel.vmlinuz)
-            .arg("-initrd")
-            .arg(&initrd)
-            .arg("-append")
-            .arg(&append)
-            .arg("-serial")
+            .args(["-m", &self.memory_mib.to_string()]);
+        if self.uefi.is_some() {
+            let vars = work.join("OVMF_VARS.fd");
+            fs::copy(format!("{OVMF}/OVMF_VARS_4M.fd"), &vars).unwrap();
+            cmd.arg("-drive")
+                .arg(format!(
+                    "if=pflash,format=raw,readonly=on,file={OVMF}/OVMF_CODE_4M.fd"
+                ))
+                .arg("-drive")
+                .arg(format!("if=pflash,format=raw,file={}", vars.display()));
+        } else {
+            cmd.arg("-no-reboot")
+                .arg("-kernel")
+                .arg(&kernel.vmlinuz)
+                .arg("-initrd")
+                .arg(&initrd)
+                .arg("-append")
+                .arg(&append);
+        }
+        cmd.arg("-serial")
             .arg(format!("file:{}", console.display()))
             .args(["-monitor", "none"])
             .stdin(Stdio::null())

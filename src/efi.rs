@@ -1,0 +1,242 @@
+//! UEFI boot variables as bytes (pure, unit-tested): `EFI_LOAD_OPTION`
+//! with a hard-drive + file device path, `BootOrder`/`BootNext`, and the
+//! efivarfs file layout (4 bytes of attributes, then the data).
+//!
+//! Written here rather than driving `efibootmgr`: it is not always
+//! installed, and `efibootmgr -c` also puts the new entry first in
+//! `BootOrder`, which would turn a trial boot into a permanent switch.
+
+use crate::error::{Error, ErrorKind, Result};
+
+/// `EFI_GLOBAL_VARIABLE`, the vendor GUID of `Boot####`, `BootOrder`, ….
+pub const GLOBAL_GUID: &str = "8be4df61-93ca-11d2-aa0d-00e098032b8c";
+/// NON_VOLATILE | BOOTSERVICE_ACCESS | RUNTIME_ACCESS.
+pub const NV_BS_RT: u32 = 0x7;
+/// `LOAD_OPTION_ACTIVE`.
+pub const LOAD_OPTION_ACTIVE: u32 = 0x1;
+
+/// The efivarfs file name of global variable `name`.
+pub fn var_name(name: &str) -> String {
+    format!("{name}-{GLOBAL_GUID}")
+}
+
+/// `Boot####` for `number`.
+pub fn boot_var(number: u16) -> String {
+    format!("Boot{number:04X}")
+}
+
+/// The number of a `Boot####-GUID` efivarfs file name.
+pub fn boot_number_of(file_name: &str) -> Option<u16> {
+    let rest = file_name.strip_prefix("Boot")?;
+    let (hex, guid) = rest.split_at_checked(4)?;
+    if guid != format!("-{GLOBAL_GUID}") || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    u16::from_str_radix(hex, 16).ok()
+}
+
+/// The lowest `Boot####` number not in `used`.
+pub fn free_boot_number(used: &[u16]) -> Option<u16> {
+    (0..=u16::MAX).find(|n| !used.contains(n))
+}
+
+/// A variable file's contents: attributes, then data.
+pub fn var_file(attributes: u32, data: &[u8]) -> Vec<u8> {
+    let mut out = attributes.to_le_bytes().to_vec();
+    out.extend_from_slice(data);
+    out
+}
+
+/// Split a variable file into attributes and data.
+pub fn parse_var_file(bytes: &[u8]) -> Result<(u32, &[u8])> {
+    if bytes.len() < 4 {
+        return Err(Error::new(
+            ErrorKind::Corrupt,
+            "an EFI variable shorter than its attributes",
+        ));
+    }
+    let attrs = u32::from_le_bytes(bytes[..4].try_into().expect("4 bytes"));
+    Ok((attrs, &bytes[4..]))
+}
+
+/// `BootOrder` (or any UINT16 array) as numbers.
+pub fn parse_u16s(data: &[u8]) -> Vec<u16> {
+    data.chunks_exact(2)
+        .map(|c| u16::from_le_bytes([c[0], c[1]]))
+        .collect()
+}
+
+pub fn u16s(numbers: &[u16]) -> Vec<u8> {
+    numbers.iter().flat_map(|n| n.to_le_bytes()).collect()
+}
+
+fn utf16z(s: &str) -> Vec<u8> {
+    s.encode_utf16()
+        .chain(std::iter::once(0))
+        .flat_map(u16::to_le_bytes)
+        .collect()
+}
+
+/// A GPT partition as a UEFI hard-drive device path node needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GptPartition {
+    pub number: u32,
+    pub start_lba: u64,
+    pub size_lba: u64,
+    pub guid: uuid::Uuid,
+}
+
+/// Device path: `HD(number, GPT, guid, start, size)/\path`, then the end node.
+pub fn device_path(part: &GptPartition, path: &str) -> Vec<u8> {
+    let mut hd = vec![0x04, 0x01, 42, 0];
+    hd.extend_from_slice(&part.number.to_le_bytes());
+    hd.extend_from_slice(&part.start_lba.to_le_bytes());
+    hd.extend_from_slice(&part.size_lba.to_le_bytes());
+    hd.extend_from_slice(&part.guid.to_bytes_le());
+    hd.extend_from_slice(&[0x02, 0x02]); // GPT, GUID signature
+    let name = utf16z(path);
+    let len = u16::try_from(4 + name.len()).expect("a short path");
+    let mut file = vec![0x04, 0x04];
+    file.extend_from_slice(&len.to_le_bytes());
+    file.extend_from_slice(&name);
+    let mut out = hd;
+    out.extend_from_slice(&file);
+    out.extend_from_slice(&[0x7f, 0xff, 0x04, 0x00]);
+    out
+}
+
+/// An `EFI_LOAD_OPTION`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadOption {
+    pub attributes: u32,
+    pub description: String,
+    pub device_path: Vec<u8>,
+    /// For a Linux EFI stub: the kernel command line, UTF-16.
+    pub optional_data: Vec<u8>,
+}
+
+impl LoadOption {
+    /// An active option that starts the EFI executable `path` on `part`
+    /// with the command line `args`.
+    pub fn linux(description: &str, part: &GptPartition, path: &str, args: &str) -> LoadOption {
+        LoadOption {
+            attributes: LOAD_OPTION_ACTIVE,
+            description: description.into(),
+            device_path: device_path(part, path),
+            optional_data: utf16z(args),
+        }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = self.attributes.to_le_bytes().to_vec();
+        out.extend_from_slice(
+            &u16::try_from(self.device_path.len())
+                .expect("a short device path")
+                .to_le_bytes(),
+        );
+        out.extend_from_slice(&utf16z(&self.description));
+        out.extend_from_slice(&self.device_path);
+        out.extend_from_slice(&self.optional_data);
+        out
+    }
+
+    pub fn decode(b: &[u8]) -> Result<LoadOption> {
+        let bad = |m: &str| Error::new(ErrorKind::Corrupt, format!("EFI load option: {m}"));
+        if b.len() < 6 {
+            return Err(bad("too short"));
+        }
+        let attributes = u32::from_le_bytes(b[..4].try_into().expect("4 bytes"));
+        let path_len = usize::from(u16::from_le_bytes([b[4], b[5]]));
+        let mut units = Vec::new();
+        let mut at = 6;
+        loop {
+            let pair = b
+                .get(at..at + 2)
+                .ok_or_else(|| bad("unterminated description"))?;
+            at += 2;
+            let u = u16::from_le_bytes([pair[0], pair[1]]);
+            if u == 0 {
+                break;
+            }
+            units.push(u);
+        }
+        let description =
+            String::from_utf16(&units).map_err(|_| bad("description is not UTF-16"))?;
+        let device_path = b
+            .get(at..at + path_len)
+            .ok_or_else(|| bad("device path past the end"))?
+            .to_vec();
+        Ok(LoadOption {
+            attributes,
+            description,
+            device_path,
+            optional_data: b[at + path_len..].to_vec(),
+        })
+    }
+
+    /// The optional data as text (a Linux command line), if it is UTF-16.
+    pub fn args(&self) -> Option<String> {
+        let units: Vec<u16> = parse_u16s(&self.optional_data)
+            .into_iter()
+            .take_while(|&u| u != 0)
+            .collect();
+        String::from_utf16(&units).ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn esp() -> GptPartition {
+        GptPartition {
+            number: 1,
+            start_lba: 2048,
+            size_lba: 131072,
+            guid: "c12a7328-f81f-11d2-ba4b-00a0c93ec93b".parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn load_option_bytes() {
+        let o = LoadOption::linux("lr", &esp(), "\\a.efi", "x=1");
+        let b = o.encode();
+        assert_eq!(&b[..4], &[1, 0, 0, 0]);
+        let path_len = u16::from_le_bytes([b[4], b[5]]) as usize;
+        assert_eq!(path_len, 42 + 4 + 14 + 4, "HD + file(\\a.efi + NUL) + end");
+        // "lr\0" in UTF-16
+        assert_eq!(&b[6..12], &[b'l', 0, b'r', 0, 0, 0]);
+        let dp = &b[12..12 + path_len];
+        assert_eq!(&dp[..4], &[4, 1, 42, 0]);
+        assert_eq!(u32::from_le_bytes(dp[4..8].try_into().unwrap()), 1);
+        assert_eq!(u64::from_le_bytes(dp[8..16].try_into().unwrap()), 2048);
+        assert_eq!(u64::from_le_bytes(dp[16..24].try_into().unwrap()), 131072);
+        // mixed-endian GUID: first field little-endian
+        assert_eq!(&dp[24..28], &[0x28, 0x73, 0x2a, 0xc1]);
+        assert_eq!(&dp[40..42], &[2, 2]);
+        assert_eq!(&dp[42..44], &[4, 4]);
+        assert_eq!(&dp[dp.len() - 4..], &[0x7f, 0xff, 4, 0]);
+        let back = LoadOption::decode(&b).unwrap();
+        assert_eq!(back, o);
+        assert_eq!(back.args().as_deref(), Some("x=1"));
+        assert!(LoadOption::decode(&b[..8]).is_err());
+        assert!(LoadOption::decode(&b[..20]).is_err());
+    }
+
+    #[test]
+    fn variables_and_numbers() {
+        assert_eq!(boot_var(0x1a), "Boot001A");
+        assert_eq!(
+            boot_number_of(&var_name("Boot001A")),
+            Some(0x1a),
+            "efivarfs file name"
+        );
+        assert_eq!(boot_number_of(&var_name("BootOrder")), None);
+        assert_eq!(boot_number_of("Boot0001-other-guid"), None);
+        assert_eq!(free_boot_number(&[0, 1, 3]), Some(2));
+        assert_eq!(parse_u16s(&u16s(&[3, 0x1001])), [3, 0x1001]);
+        let f = var_file(NV_BS_RT, &[1, 2]);
+        assert_eq!(parse_var_file(&f).unwrap(), (7, &[1u8, 2][..]));
+        assert!(parse_var_file(&[1]).is_err());
+    }
+}

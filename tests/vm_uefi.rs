@@ -1,0 +1,178 @@
+//! The UEFI trial boot, end to end under OVMF: an "old" system (booted by
+//! the firmware from its ESP) stages a small bootable system onto its own
+//! ext4, fragmented, and `activate`s it; the next boot (BootNext) starts
+//! the restored system from the staged bytes through the map; the boot
+//! after that — nobody committed — is the old system again, which sees
+//! `status`, rolls back, and finds nothing of the activation left.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::vm::{Guest, Uefi};
+use common::*;
+
+const ESP_MIB: u64 = 64;
+
+/// GPT: ESP at 1..65 MiB, ext4-to-be after it (300 MiB).
+fn host_disk(dir: &Path) -> std::path::PathBuf {
+    let disk = dir.join("host-disk.img");
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len((2 + ESP_MIB + 300) * MIB)
+        .unwrap();
+    let mib = MIB / 512;
+    sh(
+        "sgdisk",
+        &[
+            "-o",
+            "-n",
+            &format!("1:{}:{}", mib, (1 + ESP_MIB) * mib - 1),
+            "-t",
+            "1:ef00",
+            "-n",
+            &format!(
+                "2:{}:{}",
+                (1 + ESP_MIB) * mib,
+                (1 + ESP_MIB + 300) * mib - 1
+            ),
+            "-t",
+            "2:8300",
+            disk.to_str().unwrap(),
+        ],
+    );
+    disk
+}
+
+const OLD_SYSTEM: &str = r#"
+export LIVERESTORE_STATE_DIR=/mnt/host/var/lib/liverestore
+mkdir -p /mnt/host /mnt/esp
+mount -t efivarfs efivarfs /sys/firmware/efi/efivars
+mount -t vfat /dev/vda1 /mnt/esp
+if ! mount -t ext4 /dev/vda2 /mnt/host 2>/dev/null; then
+  mkfs.ext4 -q -F -E nodiscard /dev/vda2
+  mount -t ext4 /dev/vda2 /mnt/host
+fi
+n=$(( $(cat /mnt/host/boots 2>/dev/null || echo 0) + 1 ))
+echo $n > /mnt/host/boots
+sync
+echo "LR old_boot_$n=yes"
+next() { liverestore --json status | grep -o '"next_boot":"[^"]*"' | cut -d'"' -f4; }
+case $n in
+1)
+  i=0
+  while fallocate -l 1048576 /mnt/host/fill$i 2>/dev/null; do i=$((i + 1)); done
+  for j in $(seq 0 2 $i); do rm -f /mnt/host/fill$j; done
+  liverestore stage /dev/vdb --name web --dir /mnt/host 2>/dev/null
+  echo "LR extents=$(liverestore --json map web | grep -o '"disk_offset"' | wc -l)"
+  set +e
+  liverestore activate web --esp /mnt/esp >/tmp/activate.out 2>&1
+  echo "LR activate=$?"
+  cat /tmp/activate.out
+  liverestore activate web --esp /mnt/esp >/dev/null 2>&1
+  echo "LR activate_twice=$?"
+  set -e
+  echo "LR next_1=$(next)"
+  liverestore --json status | grep -o '"boot_number":[0-9]*' | cut -d: -f2 > /mnt/host/boot-number
+  echo "LR esp_files=$(echo $(ls /mnt/esp/liverestore/web))"
+  umount /mnt/esp
+  umount /mnt/host
+  reboot -f
+  ;;
+2)
+  echo "LR next_2=$(next)"
+  ours=$(printf 'Boot%04X-' "$(cat /mnt/host/boot-number)")
+  echo "LR ours_before_rollback=$(ls /sys/firmware/efi/efivars | grep -c "^$ours" || true)"
+  liverestore rollback >/dev/null
+  echo "LR ours_after_rollback=$(ls /sys/firmware/efi/efivars | grep -c "^$ours" || true)"
+  echo "LR next_after_rollback=$(next)"
+  echo "LR esp_left=$(ls /mnt/esp | grep -c liverestore || true)"
+  umount /mnt/esp
+  umount /mnt/host
+  e2fsck -f -n /dev/vda2 >/dev/null && echo "LR old_fsck=clean"
+  ;;
+esac
+"#;
+
+const RESTORED_SYSTEM: &str = r#"
+echo "LR restored_up=$(cat /etc/hostname)"
+echo "LR restored_root=$(awk '$2 == "/" { print $1 }' /proc/mounts)"
+echo "LR restored_cmdline_rdinit=$(grep -o 'rdinit=[^ ]*' /proc/cmdline)"
+reboot -f
+"#;
+
+#[test]
+fn uefi_trial_boot_then_back_to_the_old_system() {
+    require_root();
+    let t = tempfile::tempdir().unwrap();
+    let disk = host_disk(t.path());
+    let restored_initrd = common::vm::restored_initrd(
+        &[
+            "virtio_pci",
+            "virtio_blk",
+            "dm-mod",
+            "crc32c_generic",
+            "ext4",
+        ],
+        &["crc32c_generic", "ext4"],
+    );
+    let image = t.path().join("restored-root.ext4");
+    common::vm::restored_root_image_with(
+        &image,
+        64,
+        "restored-system",
+        RESTORED_SYSTEM,
+        Some(&restored_initrd),
+    );
+    let run = Guest {
+        modules: vec![
+            "virtio_pci",
+            "virtio_blk",
+            "crc32c_generic",
+            "ext4",
+            "vfat",
+            "nls_cp437",
+            "nls_ascii",
+            "loop",
+            "dm-mod",
+            "efivarfs",
+        ],
+        binaries: vec!["mkfs.ext4", "e2fsck"],
+        disks: vec![disk, image],
+        scenario: OLD_SYSTEM.into(),
+        timeout: Duration::from_secs(600),
+        uefi: Some(Uefi {
+            esp_offset: MIB,
+            esp_size: ESP_MIB * MIB,
+        }),
+        ..Guest::default()
+    }
+    .run_ok(&t.path().join("vm"));
+    // boot 1: the old system stages and activates
+    assert_eq!(run.get("old_boot_1"), "yes");
+    let extents: usize = run.get("extents").parse().unwrap();
+    assert!(extents > 20, "fragmented: {extents}");
+    assert_eq!(run.get("activate"), "0");
+    assert_eq!(run.get("activate_twice"), "22", "one activation at a time");
+    assert_eq!(run.get("next_1"), "restored system (trial, once)");
+    assert_eq!(run.get("esp_files"), "initrd.img vmlinuz.efi");
+    // boot 2: BootNext starts the restored system, from the map
+    assert_eq!(run.get("restored_up"), "restored-system");
+    assert_eq!(run.get("restored_root"), "/dev/dm-0");
+    assert_eq!(run.get("restored_cmdline_rdinit"), "rdinit=/lr/init");
+    // boot 3: nobody committed: the old system again
+    assert_eq!(run.get("old_boot_2"), "yes");
+    assert_eq!(run.get("next_2"), "old system (the firmware's BootOrder)");
+    assert_eq!(
+        run.get("next_after_rollback"),
+        "old system (the firmware's BootOrder)"
+    );
+    assert_eq!(run.get("esp_left"), "0");
+    assert_eq!(run.get("old_fsck"), "clean");
+    let order = ["LR old_boot_1", "LR restored_up", "LR old_boot_2"]
+        .map(|k| run.console.find(k).unwrap_or_else(|| panic!("{k} missing")));
+    assert!(order[0] < order[1] && order[1] < order[2], "boot order");
+    assert_eq!(run.get("ours_before_rollback"), "1");
+    assert_eq!(run.get("ours_after_rollback"), "0");
+}
