@@ -265,7 +265,8 @@ pub fn activate(
         .map(|s| s.f_bavail * s.f_frsize)
         .unwrap_or(u64::MAX);
     if free < space_needed {
-        let _ = rollback(state);
+        let _ = std::fs::remove_dir_all(&esp_dir);
+        let _ = std::fs::remove_file(record_path(state));
         return Err(Error::new(
             ErrorKind::NoSpace,
             format!("the ESP has {free} bytes free, the kernel and initrd need {space_needed}"),
@@ -292,13 +293,64 @@ pub struct Status {
     pub next_boot: String,
 }
 
+/// Whether the running system was started through `/lr/init`.
+pub fn booted_restored() -> bool {
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    cmdline
+        .split_whitespace()
+        .any(|w| w == format!("rdinit={}", initrd::INIT_PATH))
+}
+
+/// The liverestore `Boot####` the running restored system was started
+/// from (`BootCurrent`, checked to be one of ours), with its option.
+fn current_entry(vars: &EfiVars) -> Result<(u16, LoadOption)> {
+    if !booted_restored() {
+        return Err(Error::new(
+            ErrorKind::InvalidState,
+            "this is not a system booted through liverestore (no rdinit=/lr/init): run it in the restored system",
+        ));
+    }
+    let cur = vars.get_u16("BootCurrent")?.ok_or_else(|| {
+        Error::new(
+            ErrorKind::InvalidState,
+            "the firmware does not report BootCurrent",
+        )
+    })?;
+    let option = vars
+        .get(&efi::boot_var(cur))?
+        .map(|d| LoadOption::decode(&d))
+        .transpose()?
+        .filter(|o| o.description.starts_with("liverestore "))
+        .ok_or_else(|| {
+            Error::new(
+                ErrorKind::InvalidState,
+                format!("Boot{cur:04X} (BootCurrent) is not a liverestore boot entry"),
+            )
+        })?;
+    Ok((cur, option))
+}
+
+/// Make the running restored system the default (run in it): its
+/// `Boot####` goes first in `BootOrder`. Returns the number.
+pub fn commit() -> Result<u16> {
+    crate::plan::require_root()?;
+    let vars = EfiVars::open()?;
+    let (cur, _) = current_entry(&vars)?;
+    let order = vars
+        .get("BootOrder")?
+        .map(|d| efi::parse_u16s(&d))
+        .unwrap_or_default();
+    vars.set("BootOrder", &efi::u16s(&efi::order_with_first(&order, cur)))?;
+    if vars.get_u16("BootNext")? == Some(cur) {
+        vars.remove("BootNext")?;
+    }
+    Ok(cur)
+}
+
 /// Which system runs and what the next boot starts.
 pub fn status(state: &StateDir) -> Result<Status> {
     let activation = current(state)?;
-    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
-    let booted_restored = cmdline
-        .split_whitespace()
-        .any(|w| w == format!("rdinit={}", initrd::INIT_PATH));
+    let booted_restored = booted_restored();
     let vars = EfiVars::open().ok();
     let get = |n: &str| vars.as_ref().and_then(|v| v.get_u16(n).ok().flatten());
     let boot_order = vars
@@ -307,7 +359,12 @@ pub fn status(state: &StateDir) -> Result<Status> {
         .map(|d| efi::parse_u16s(&d))
         .unwrap_or_default();
     let boot_next = get("BootNext");
-    let ours = activation.as_ref().map(|a| a.boot_number);
+    // In the restored system the old one's records are not at hand: the
+    // entry it was started from is ours.
+    let ours = activation
+        .as_ref()
+        .map(|a| a.boot_number)
+        .or_else(|| booted_restored.then(|| get("BootCurrent")).flatten());
     let next_boot = match (boot_next, ours) {
         (Some(n), Some(o)) if n == o => "restored system (trial, once)".to_string(),
         _ if ours.is_some() && boot_order.first().copied() == ours => {
@@ -326,24 +383,44 @@ pub fn status(state: &StateDir) -> Result<Status> {
     })
 }
 
-/// Undo the activation: `BootNext` (if ours), `BootOrder` entry,
-/// `Boot####`, the ESP files, the record. Returns what was undone.
-pub fn rollback(state: &StateDir) -> Result<Activation> {
+/// What `rollback` undid.
+#[derive(Debug, Clone, Serialize)]
+pub struct RolledBack {
+    pub boot_number: u16,
+    pub description: String,
+    /// The ESP directory of the activation (as the firmware names it in
+    /// the restored system).
+    pub esp_dir: Option<String>,
+    /// False in the restored system: the files stay for the old system's
+    /// `rollback`.
+    pub esp_files_removed: bool,
+}
+
+/// Undo the activation: `BootNext` (if ours), our `BootOrder` entry,
+/// `Boot####`, the ESP files, the record. In the old system it uses the
+/// activation record; in the restored system (which has not got it) the
+/// entry it was started from, and the ESP files stay for the old system's
+/// `rollback` (the ESP is on the disk device-mapper holds, so it cannot
+/// be mounted there).
+pub fn rollback(state: &StateDir) -> Result<RolledBack> {
     crate::plan::require_root()?;
-    let a = current(state)?
-        .ok_or_else(|| Error::new(ErrorKind::InvalidState, "nothing is activated"))?;
     let vars = EfiVars::open()?;
-    if vars.get_u16("BootNext")? == Some(a.boot_number) {
-        vars.remove("BootNext")?;
-    }
-    if let Some(order) = vars.get("BootOrder")? {
-        let order = efi::parse_u16s(&order);
-        if order.contains(&a.boot_number) {
-            let kept: Vec<u16> = order.into_iter().filter(|&n| n != a.boot_number).collect();
-            vars.set("BootOrder", &efi::u16s(&kept))?;
+    let Some(a) = current(state)? else {
+        if !booted_restored() {
+            return Err(Error::new(ErrorKind::InvalidState, "nothing is activated"));
         }
-    }
-    vars.remove(&efi::boot_var(a.boot_number))?;
+        let (cur, option) = current_entry(&vars)?;
+        remove_entry(&vars, cur)?;
+        let esp_dir = efi::file_path_of(&option.device_path)
+            .and_then(|p| p.rsplit_once('\\').map(|(d, _)| d.to_string()));
+        return Ok(RolledBack {
+            boot_number: cur,
+            description: option.description,
+            esp_dir,
+            esp_files_removed: false,
+        });
+    };
+    remove_entry(&vars, a.boot_number)?;
     let dir = Path::new(&a.esp_dir);
     if dir.exists() {
         std::fs::remove_dir_all(dir)
@@ -358,7 +435,28 @@ pub fn rollback(state: &StateDir) -> Result<Activation> {
     std::fs::remove_file(&path)
         .op(|| "remove the activation record".into())
         .map_err(|e| e.with_path(&path))?;
-    Ok(a)
+    Ok(RolledBack {
+        boot_number: a.boot_number,
+        description: format!("liverestore {}", a.name),
+        esp_dir: Some(a.esp_dir),
+        esp_files_removed: true,
+    })
+}
+
+/// Take boot entry `number` out of `BootNext` and `BootOrder` and delete
+/// it; whatever is already gone is fine.
+fn remove_entry(vars: &EfiVars, number: u16) -> Result<()> {
+    if vars.get_u16("BootNext")? == Some(number) {
+        vars.remove("BootNext")?;
+    }
+    if let Some(order) = vars.get("BootOrder")? {
+        let order = efi::parse_u16s(&order);
+        if order.contains(&number) {
+            let kept: Vec<u16> = order.into_iter().filter(|&n| n != number).collect();
+            vars.set("BootOrder", &efi::u16s(&kept))?;
+        }
+    }
+    vars.remove(&efi::boot_var(number))
 }
 
 #[cfg(test)]

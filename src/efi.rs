@@ -105,6 +105,35 @@ pub fn device_path(part: &GptPartition, path: &str) -> Vec<u8> {
     out
 }
 
+/// The file path of a device path (its `File` node), e.g.
+/// `\liverestore\web\vmlinuz.efi`.
+pub fn file_path_of(device_path: &[u8]) -> Option<String> {
+    let mut at = 0;
+    while let Some(node) = device_path.get(at..at + 4) {
+        let len = usize::from(u16::from_le_bytes([node[2], node[3]]));
+        if len < 4 {
+            return None;
+        }
+        if node[0] == 0x04 && node[1] == 0x04 {
+            let units = parse_u16s(device_path.get(at + 4..at + len)?);
+            let units: Vec<u16> = units.into_iter().take_while(|&u| u != 0).collect();
+            return String::from_utf16(&units).ok();
+        }
+        if node[0] == 0x7f {
+            return None;
+        }
+        at += len;
+    }
+    None
+}
+
+/// `order` with `number` first, once.
+pub fn order_with_first(order: &[u16], number: u16) -> Vec<u16> {
+    std::iter::once(number)
+        .chain(order.iter().copied().filter(|&n| n != number))
+        .collect()
+}
+
 /// An `EFI_LOAD_OPTION`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LoadOption {
@@ -221,6 +250,19 @@ mod tests {
         assert_eq!(back.args().as_deref(), Some("x=1"));
         assert!(LoadOption::decode(&b[..8]).is_err());
         assert!(LoadOption::decode(&b[..20]).is_err());
+    }
+
+    #[test]
+    fn file_paths_and_orders() {
+        let dp = device_path(&esp(), "\\liverestore\\web\\vmlinuz.efi");
+        assert_eq!(
+            file_path_of(&dp).as_deref(),
+            Some("\\liverestore\\web\\vmlinuz.efi")
+        );
+        assert_eq!(file_path_of(&[0x7f, 0xff, 4, 0]), None);
+        assert_eq!(file_path_of(&[4, 4, 2, 0]), None, "bad length");
+        assert_eq!(order_with_first(&[0, 3, 1], 3), [3, 0, 1]);
+        assert_eq!(order_with_first(&[0, 1], 4), [4, 0, 1]);
     }
 
     #[test]

@@ -273,15 +273,20 @@ enum Command {
         /// program, if it is statically linked).
         #[arg(long, value_name = "FILE")]
         helper: Option<PathBuf>,
-        /// Boot the image once (the default; a permanent switch is
-        /// `liverestore commit`, not available yet).
+        /// Boot the image once (the default; the restored system makes
+        /// itself the default with `liverestore commit`).
         #[arg(long, default_value_t = true)]
         trial: bool,
     },
     /// Which system is running, what is activated, what the next boot starts.
     Status,
-    /// Undo an activation: BootNext, the Boot#### entry, the files on the ESP.
+    /// Undo an activation, from either system: BootNext, the BootOrder
+    /// entry, the Boot#### entry, and (from the old system) the files on
+    /// the ESP. The next boot starts the old system.
     Rollback,
+    /// Run in the restored system after a trial boot: make it the default
+    /// (its Boot#### goes first in BootOrder).
+    Commit,
     /// Write the early-boot initramfs that boots the staged image NAME.
     ///
     /// Append it to the restored system's own initrd and boot its kernel
@@ -882,14 +887,28 @@ fn run(cli: Cli) -> Outcome {
             Ok(0)
         }
         Command::Rollback => {
-            let a = activate::rollback(&state)?;
+            let r = activate::rollback(&state)?;
             if cli.json {
-                emit_json(&json!({ "event": "result", "ok": true, "rolled_back": a }));
+                emit_json(&json!({ "event": "result", "ok": true, "rolled_back": r }));
             } else {
                 println!(
-                    "'{}' is no longer activated: Boot{:04X}, BootNext and {} removed",
-                    a.name, a.boot_number, a.esp_dir
+                    "Boot{:04X} ({}) removed; the next boot starts the old system",
+                    r.boot_number, r.description
                 );
+                if let (false, Some(dir)) = (r.esp_files_removed, &r.esp_dir) {
+                    println!(
+                        "the files in {dir} on the ESP stay until `liverestore rollback` runs in the old system"
+                    );
+                }
+            }
+            Ok(0)
+        }
+        Command::Commit => {
+            let n = activate::commit()?;
+            if cli.json {
+                emit_json(&json!({ "event": "result", "ok": true, "boot_number": n }));
+            } else {
+                println!("Boot{n:04X} is first in BootOrder: this system now starts by default");
             }
             Ok(0)
         }

@@ -1,9 +1,12 @@
-//! The UEFI trial boot, end to end under OVMF: an "old" system (booted by
-//! the firmware from its ESP) stages a small bootable system onto its own
-//! ext4, fragmented, and `activate`s it; the next boot (BootNext) starts
-//! the restored system from the staged bytes through the map; the boot
-//! after that — nobody committed — is the old system again, which sees
-//! `status`, rolls back, and finds nothing of the activation left.
+//! The UEFI trial boot, end to end under OVMF, six boots in one run: an
+//! "old" system (booted by the firmware from its ESP) stages a small
+//! bootable system onto its own fragmented ext4 and `activate`s it; the
+//! next boot (BootNext) starts the restored system from the staged bytes
+//! through the map; nobody commits, so the boot after that is the old
+//! system again, which rolls back (nothing left) and activates again; the
+//! restored system, started once more, `commit`s; it then starts by
+//! default, and rolls back from its side; the old system starts again and
+//! removes what was left on the ESP.
 
 mod common;
 
@@ -67,7 +70,7 @@ case $n in
   liverestore stage /dev/vdb --name web --dir /mnt/host 2>/dev/null
   echo "LR extents=$(liverestore --json map web | grep -o '"disk_offset"' | wc -l)"
   set +e
-  liverestore activate web --esp /mnt/esp >/tmp/activate.out 2>&1
+  liverestore activate web --esp /mnt/esp --append lr.test=trial >/tmp/activate.out 2>&1
   echo "LR activate=$?"
   cat /tmp/activate.out
   liverestore activate web --esp /mnt/esp >/dev/null 2>&1
@@ -88,6 +91,20 @@ case $n in
   echo "LR ours_after_rollback=$(ls /sys/firmware/efi/efivars | grep -c "^$ours" || true)"
   echo "LR next_after_rollback=$(next)"
   echo "LR esp_left=$(ls /mnt/esp | grep -c liverestore || true)"
+  # activate again (the trial mounted the image read-only: it still
+  # verifies): this time the restored system commits
+  liverestore activate web --esp /mnt/esp --append lr.test=commit 2>/dev/null
+  echo "LR activate_again=$?"
+  umount /mnt/esp
+  umount /mnt/host
+  reboot -f
+  ;;
+3)
+  # the restored system committed, then rolled back from its side
+  echo "LR next_3=$(next)"
+  liverestore rollback >/dev/null
+  echo "LR esp_left_3=$(ls /mnt/esp | grep -c liverestore || true)"
+  echo "LR activation_left=$(ls $LIVERESTORE_STATE_DIR | grep -c activation || true)"
   umount /mnt/esp
   umount /mnt/host
   e2fsck -f -n /dev/vda2 >/dev/null && echo "LR old_fsck=clean"
@@ -96,9 +113,24 @@ esac
 "#;
 
 const RESTORED_SYSTEM: &str = r#"
-echo "LR restored_up=$(cat /etc/hostname)"
-echo "LR restored_root=$(awk '$2 == "/" { print $1 }' /proc/mounts)"
-echo "LR restored_cmdline_rdinit=$(grep -o 'rdinit=[^ ]*' /proc/cmdline)"
+mode=$(grep -o 'lr.test=[a-z]*' /proc/cmdline | cut -d= -f2)
+mount -t efivarfs efivarfs /sys/firmware/efi/efivars
+next() { liverestore --json status | grep -o '"next_boot":"[^"]*"' | cut -d'"' -f4; }
+now=$(next)
+case "$mode/$now" in
+trial/*) n=1 ;;                         # a trial nobody commits
+commit/old*) n=2 ;;                     # a trial that commits
+commit/*) n=3 ;;                        # started by default
+esac
+echo "LR restored_boot_$n=$(cat /etc/hostname)"
+echo "LR restored_root_$n=$(awk '$2 == "/" { print $1 }' /proc/mounts)"
+case $n in
+2) liverestore commit >/dev/null && echo "LR commit=ok"
+   echo "LR restored_next_2=$(next)" ;;
+3) echo "LR restored_next_3=$now"
+   liverestore rollback
+   echo "LR restored_next_after_rollback=$(next)" ;;
+esac
 reboot -f
 "#;
 
@@ -115,7 +147,7 @@ fn uefi_trial_boot_then_back_to_the_old_system() {
             "crc32c_generic",
             "ext4",
         ],
-        &["crc32c_generic", "ext4"],
+        &["crc32c_generic", "ext4", "efivarfs"],
     );
     let image = t.path().join("restored-root.ext4");
     common::vm::restored_root_image_with(
@@ -158,21 +190,48 @@ fn uefi_trial_boot_then_back_to_the_old_system() {
     assert_eq!(run.get("next_1"), "restored system (trial, once)");
     assert_eq!(run.get("esp_files"), "initrd.img vmlinuz.efi");
     // boot 2: BootNext starts the restored system, from the map
-    assert_eq!(run.get("restored_up"), "restored-system");
-    assert_eq!(run.get("restored_root"), "/dev/dm-0");
-    assert_eq!(run.get("restored_cmdline_rdinit"), "rdinit=/lr/init");
-    // boot 3: nobody committed: the old system again
+    assert_eq!(run.get("restored_boot_1"), "restored-system");
+    assert_eq!(run.get("restored_root_1"), "/dev/dm-0");
+    // boot 3: nobody committed: the old system again; rollback; activate again
     assert_eq!(run.get("old_boot_2"), "yes");
     assert_eq!(run.get("next_2"), "old system (the firmware's BootOrder)");
+    assert_eq!(run.get("ours_before_rollback"), "1");
+    assert_eq!(run.get("ours_after_rollback"), "0");
     assert_eq!(
         run.get("next_after_rollback"),
         "old system (the firmware's BootOrder)"
     );
     assert_eq!(run.get("esp_left"), "0");
+    assert_eq!(run.get("activate_again"), "0");
+    // boot 4: the restored system commits
+    assert_eq!(run.get("restored_boot_2"), "restored-system");
+    assert_eq!(run.get("commit"), "ok");
+    assert_eq!(run.get("restored_next_2"), "restored system (default)");
+    // boot 5: it starts by default; it rolls back from its side
+    assert_eq!(run.get("restored_boot_3"), "restored-system");
+    assert_eq!(run.get("restored_root_3"), "/dev/dm-0");
+    assert_eq!(run.get("restored_next_3"), "restored system (default)");
+    assert_eq!(
+        run.get("restored_next_after_rollback"),
+        "old system (the firmware's BootOrder)"
+    );
+    // boot 6: the old system, which removes what is left on the ESP
+    assert_eq!(run.get("old_boot_3"), "yes");
+    assert_eq!(run.get("next_3"), "old system (the firmware's BootOrder)");
+    assert_eq!(run.get("esp_left_3"), "0");
+    assert_eq!(run.get("activation_left"), "0");
     assert_eq!(run.get("old_fsck"), "clean");
-    let order = ["LR old_boot_1", "LR restored_up", "LR old_boot_2"]
-        .map(|k| run.console.find(k).unwrap_or_else(|| panic!("{k} missing")));
-    assert!(order[0] < order[1] && order[1] < order[2], "boot order");
-    assert_eq!(run.get("ours_before_rollback"), "1");
-    assert_eq!(run.get("ours_after_rollback"), "0");
+    let order = [
+        "LR old_boot_1",
+        "LR restored_boot_1",
+        "LR old_boot_2",
+        "LR restored_boot_2",
+        "LR restored_boot_3",
+        "LR old_boot_3",
+    ]
+    .map(|k| run.console.find(k).unwrap_or_else(|| panic!("{k} missing")));
+    assert!(
+        order.windows(2).all(|w| w[0] < w[1]),
+        "boot order {order:?}"
+    );
 }

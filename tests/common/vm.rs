@@ -297,8 +297,8 @@ pub fn restored_root_image(path: &Path, mib: u64, hostname: &str, scenario: &str
 }
 
 /// As [`restored_root_image`], with `/boot/vmlinuz-VERSION` and
-/// `/boot/initrd.img-VERSION` (the guest kernel and `initrd`) when given:
-/// what `activate` looks for.
+/// `/boot/initrd.img-VERSION` (the guest kernel and `initrd`: what
+/// `activate` looks for) and `/usr/bin/liverestore` when `initrd` is given.
 pub fn restored_root_image_with(
     path: &Path,
     mib: u64,
@@ -313,6 +313,9 @@ pub fn restored_root_image_with(
         fs::create_dir_all(tree.join("boot")).unwrap();
         fs::copy(&kernel.vmlinuz, tree.join(format!("boot/vmlinuz-{v}"))).unwrap();
         fs::write(tree.join(format!("boot/initrd.img-{v}")), initrd).unwrap();
+        // and liverestore, installed as a user would (for commit/rollback)
+        fs::create_dir_all(tree.join("usr/bin")).unwrap();
+        fs::copy(static_liverestore(), tree.join("usr/bin/liverestore")).unwrap();
     }
     for d in [
         "bin", "sbin", "etc", "proc", "sys", "dev", "tmp", "run", "mnt",
@@ -325,6 +328,15 @@ pub fn restored_root_image_with(
         fs::set_permissions(tree.join(p), fs::Permissions::from_mode(mode)).unwrap();
     };
     write("bin/busybox", &busybox(), 0o755);
+    // The applets as links: the root is mounted read-only, so init's
+    // `busybox --install` cannot make them.
+    let list = super::sh(
+        repo().join("target/vm/busybox").to_str().unwrap(),
+        &["--list"],
+    );
+    for applet in list.lines().filter(|a| !a.is_empty() && *a != "busybox") {
+        let _ = std::os::unix::fs::symlink("busybox", tree.join("bin").join(applet));
+    }
     write("sbin/init", init_script("none", &[]).as_bytes(), 0o755);
     write("scenario.sh", scenario.as_bytes(), 0o755);
     write("etc/hostname", format!("{hostname}\n").as_bytes(), 0o644);
@@ -342,15 +354,17 @@ pub fn restored_root_image_with(
 }
 
 /// The initrd a restored system of the guest kernel would have: busybox,
-/// the guest kernel's modules `modules` (with dependencies) and its
-/// `modules.dep`, and an `/init` that loads `init_modules`, mounts
+/// the guest kernel's modules `modules` and `init_modules` (with
+/// dependencies) and its `modules.dep`, and an `/init` that loads
+/// `init_modules`, mounts
 /// `root=` (a path or `UUID=`) and switches to it.
 pub fn restored_initrd(modules: &[&str], init_modules: &[&str]) -> Vec<u8> {
     let kernel = Kernel::get();
     let version = kernel.release();
     let mut c = Cpio::new();
     c.file("/bin/busybox", 0o755, &busybox());
-    for m in kernel.module_load_order(modules) {
+    let all: Vec<&str> = modules.iter().chain(init_modules).copied().collect();
+    for m in kernel.module_load_order(&all) {
         c.file(
             &format!("/lib/modules/{version}/{m}"),
             0o644,
@@ -380,7 +394,7 @@ pub fn restored_initrd(modules: &[&str], init_modules: &[&str]) -> Vec<u8> {
          case \"$root\" in UUID=*) for i in $(seq 50); do r=$(findfs \"$root\" 2>/dev/null) && break; sleep 0.2; done; root=$r;; esac\n\
          for i in $(seq 50); do [ -b \"$root\" ] && break; sleep 0.2; done\n\
          echo \"initrd: root is $root\"\n\
-         mount -t ext4 \"$root\" /newroot || { echo 'initrd: cannot mount root'; poweroff -f; }\n\
+         mount -o ro -t ext4 \"$root\" /newroot || { echo 'initrd: cannot mount root'; poweroff -f; }\n\
          umount /proc /sys /dev\n\
          exec switch_root /newroot /sbin/init\n",
     );
