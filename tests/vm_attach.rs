@@ -10,7 +10,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::vm::Guest;
+use common::vm::{DM_OVER_LOOP, EXT4, Guest, VIRTIO_BLK};
 use common::*;
 
 /// A disk image file: GPT, one partition at 1 MiB holding an empty ext4
@@ -108,15 +108,7 @@ fn attach_detach_and_test_restore_in_a_guest() {
         &[("etc/hostname", "restored\n")],
     );
     let guest = Guest {
-        modules: vec![
-            "virtio_pci",
-            "virtio_blk",
-            "crc32c_generic",
-            "ext4",
-            "loop",
-            "dm-mod",
-            "dm-snapshot",
-        ],
+        modules: [VIRTIO_BLK, EXT4, DM_OVER_LOOP, &["dm-snapshot"]].concat(),
         binaries: vec!["e2fsck", "dmsetup"],
         disks: vec![disk, image],
         scenario: SCENARIO.into(),

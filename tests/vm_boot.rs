@@ -16,28 +16,12 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::vm::{Boot, Guest};
+use common::vm::{Boot, EXT4, Guest, VIRTIO_BLK};
 use common::*;
 
 /// GPT disk, one ext4-to-be partition at 1 MiB filling it.
 fn host_disk(dir: &Path) -> std::path::PathBuf {
-    let disk = dir.join("host-disk.img");
-    std::fs::File::create(&disk)
-        .unwrap()
-        .set_len(300 * MIB)
-        .unwrap();
-    sh(
-        "sgdisk",
-        &[
-            "-o",
-            "-n",
-            "1:2048:0",
-            "-t",
-            "1:8300",
-            disk.to_str().unwrap(),
-        ],
-    );
-    disk
+    gpt_disk_file(&dir.join("host-disk.img"), 300, &[(1, 298, "8300")])
 }
 
 const RUNNING_SYSTEM: &str = r#"
@@ -70,6 +54,8 @@ echo "LR dm_name=$(cat /sys/block/dm-0/dm/name)"
 echo "LR dm_sectors=$(cat /sys/block/dm-0/size)"
 echo "LR disks=$(ls /sys/block | grep -v -e loop -e ram | tr '\n' ' ')"
 [ -e /old-system-file ] && echo "LR sees_old_root=yes" || echo "LR sees_old_root=no"
+# device-mapper holds the whole disk: its partitions cannot be mounted here
+if mount -o ro -t ext4 /dev/vda1 /mnt 2>/dev/null; then echo "LR old_root_mountable=yes"; umount /mnt; else echo "LR old_root_mountable=no"; fi
 "#;
 
 #[test]
@@ -88,7 +74,7 @@ fn a_staged_system_boots_through_the_map() {
     // Boot 1: the running system stages the image and writes the
     // early-boot initramfs.
     let run = Guest {
-        modules: vec!["virtio_pci", "virtio_blk", "crc32c_generic", "ext4"],
+        modules: [VIRTIO_BLK, EXT4].concat(),
         binaries: vec!["mkfs.ext4"],
         disks: vec![disk.clone(), root_image.clone(), out_disk.clone()],
         scenario: RUNNING_SYSTEM.into(),
@@ -152,6 +138,10 @@ fn a_staged_system_boots_through_the_map() {
     assert_eq!(run.get("dm_sectors"), (48 * MIB / 512).to_string());
     assert_eq!(run.get("disks"), "dm-0 vda ");
     assert_eq!(run.get("sees_old_root"), "no");
+    // A limitation (kept visible): device-mapper claims the whole disk, so
+    // the restored system cannot mount the disk's partitions (the old
+    // root, the ESP) until they are mapped too.
+    assert_eq!(run.get("old_root_mountable"), "no");
     assert!(
         run.console
             .contains("liverestore: 'next' found on /dev/vda"),

@@ -11,34 +11,17 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::vm::Guest;
+use common::vm::{DM_OVER_LOOP, EXT4, Guest, VFAT, VIRTIO_BLK};
 use common::*;
 
 /// The guest's disk: GPT, ext4-to-be at 1..201 MiB, unallocated 201..301
 /// MiB, vfat-to-be at 301..429 MiB, unallocated after that.
 fn host_disk(dir: &Path) -> std::path::PathBuf {
-    let disk = dir.join("host-disk.img");
-    let f = std::fs::File::create(&disk).unwrap();
-    f.set_len(512 * MIB).unwrap();
-    drop(f);
-    let d = disk.to_str().unwrap();
-    let mib = MIB / 512;
-    sh(
-        "sgdisk",
-        &[
-            "-o",
-            "-n",
-            &format!("1:{}:{}", mib, 201 * mib - 1),
-            "-t",
-            "1:8300",
-            "-n",
-            &format!("2:{}:{}", 301 * mib, 429 * mib - 1),
-            "-t",
-            "2:0700",
-            d,
-        ],
-    );
-    disk
+    gpt_disk_file(
+        &dir.join("host-disk.img"),
+        512,
+        &[(1, 200, "8300"), (301, 128, "0700")],
+    )
 }
 
 /// A sparse file of `mib` MiB (a disk the guest formats).
@@ -125,18 +108,7 @@ echo "LR after=$(leftovers)"
 
 fn guest(disks: Vec<std::path::PathBuf>, scenario: &str, timeout: Duration) -> Guest {
     Guest {
-        modules: vec![
-            "virtio_pci",
-            "virtio_blk",
-            "crc32c_generic",
-            "ext4",
-            "vfat",
-            "nls_cp437",
-            "nls_ascii",
-            "loop",
-            "dm-mod",
-            "dm-snapshot",
-        ],
+        modules: [VIRTIO_BLK, EXT4, VFAT, DM_OVER_LOOP, &["dm-snapshot"]].concat(),
         binaries: vec!["e2fsck", "mkfs.ext4", "mkfs.vfat", "fsck.vfat", "dmsetup"],
         disks,
         scenario: format!("{PRELUDE}{scenario}"),

@@ -13,39 +13,18 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::vm::{Guest, Uefi};
+use common::vm::{DM_OVER_LOOP, EXT4, Guest, Uefi, VFAT, VIRTIO_BLK};
 use common::*;
 
 const ESP_MIB: u64 = 64;
 
 /// GPT: ESP at 1..65 MiB, ext4-to-be after it (300 MiB).
 fn host_disk(dir: &Path) -> std::path::PathBuf {
-    let disk = dir.join("host-disk.img");
-    std::fs::File::create(&disk)
-        .unwrap()
-        .set_len((2 + ESP_MIB + 300) * MIB)
-        .unwrap();
-    let mib = MIB / 512;
-    sh(
-        "sgdisk",
-        &[
-            "-o",
-            "-n",
-            &format!("1:{}:{}", mib, (1 + ESP_MIB) * mib - 1),
-            "-t",
-            "1:ef00",
-            "-n",
-            &format!(
-                "2:{}:{}",
-                (1 + ESP_MIB) * mib,
-                (1 + ESP_MIB + 300) * mib - 1
-            ),
-            "-t",
-            "2:8300",
-            disk.to_str().unwrap(),
-        ],
-    );
-    disk
+    gpt_disk_file(
+        &dir.join("host-disk.img"),
+        2 + ESP_MIB + 300,
+        &[(1, ESP_MIB, "ef00"), (1 + ESP_MIB, 300, "8300")],
+    )
 }
 
 const OLD_SYSTEM: &str = r#"
@@ -140,14 +119,8 @@ fn uefi_trial_boot_then_back_to_the_old_system() {
     let t = tempfile::tempdir().unwrap();
     let disk = host_disk(t.path());
     let restored_initrd = common::vm::restored_initrd(
-        &[
-            "virtio_pci",
-            "virtio_blk",
-            "dm-mod",
-            "crc32c_generic",
-            "ext4",
-        ],
-        &["crc32c_generic", "ext4", "efivarfs"],
+        &[VIRTIO_BLK, &["dm-mod"], EXT4].concat(),
+        &[EXT4, &["efivarfs"]].concat(),
     );
     let image = t.path().join("restored-root.ext4");
     common::vm::restored_root_image_with(
@@ -158,18 +131,7 @@ fn uefi_trial_boot_then_back_to_the_old_system() {
         Some(&restored_initrd),
     );
     let run = Guest {
-        modules: vec![
-            "virtio_pci",
-            "virtio_blk",
-            "crc32c_generic",
-            "ext4",
-            "vfat",
-            "nls_cp437",
-            "nls_ascii",
-            "loop",
-            "dm-mod",
-            "efivarfs",
-        ],
+        modules: [VIRTIO_BLK, EXT4, VFAT, DM_OVER_LOOP, &["efivarfs"]].concat(),
         binaries: vec!["mkfs.ext4", "e2fsck"],
         disks: vec![disk, image],
         scenario: OLD_SYSTEM.into(),

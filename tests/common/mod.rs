@@ -499,6 +499,12 @@ pub fn ext4_image(dir: &Path, name: &str, size_mib: u64, extra: &[(&str, &str)])
         fs::write(p, contents).unwrap();
     }
     let img = dir.join(name);
+    mkfs_ext4_from(&tree, &img, size_mib);
+    img
+}
+
+/// `mkfs.ext4 -d tree` into a new `mib` MiB image file at `img`.
+pub fn mkfs_ext4_from(tree: &Path, img: &Path, mib: u64) {
     sh(
         "mkfs.ext4",
         &[
@@ -507,10 +513,29 @@ pub fn ext4_image(dir: &Path, name: &str, size_mib: u64, extra: &[(&str, &str)])
             "-d",
             tree.to_str().unwrap(),
             img.to_str().unwrap(),
-            &format!("{size_mib}M"),
+            &format!("{mib}M"),
         ],
     );
-    img
+}
+
+/// A sparse disk image file of `mib` MiB at `path` with a fresh GPT and
+/// partitions `(start MiB, size MiB, sgdisk type code)`, numbered in
+/// order (nothing formatted). Returns `path`.
+pub fn gpt_disk_file(path: &Path, mib: u64, parts: &[(u64, u64, &str)]) -> PathBuf {
+    fs::File::create(path).unwrap().set_len(mib * MIB).unwrap();
+    let mut args = vec!["-o".to_string()];
+    let s = MIB / SECTOR;
+    for (i, (start, size, code)) in parts.iter().enumerate() {
+        let n = i + 1;
+        args.push("-n".into());
+        args.push(format!("{n}:{}:{}", start * s, (start + size) * s - 1));
+        args.push("-t".into());
+        args.push(format!("{n}:{code}"));
+    }
+    args.push(path.to_str().unwrap().into());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    sh("sgdisk", &args);
+    path.to_path_buf()
 }
 
 /// Populate a filesystem with files a user would have.

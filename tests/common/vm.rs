@@ -214,6 +214,12 @@ impl GuestRun {
     }
 }
 
+/// Module groups for `Guest::modules` (concatenate them).
+pub const VIRTIO_BLK: &[&str] = &["virtio_pci", "virtio_blk"];
+pub const EXT4: &[&str] = &["crc32c_generic", "ext4"];
+pub const VFAT: &[&str] = &["vfat", "nls_cp437", "nls_ascii"];
+pub const DM_OVER_LOOP: &[&str] = &["loop", "dm-mod"];
+
 /// Debian's OVMF (package `ovmf`).
 const OVMF: &str = "/usr/share/OVMF";
 
@@ -340,17 +346,7 @@ pub fn restored_root_image_with(
     write("sbin/init", init_script("none", &[]).as_bytes(), 0o755);
     write("scenario.sh", scenario.as_bytes(), 0o755);
     write("etc/hostname", format!("{hostname}\n").as_bytes(), 0o644);
-    super::sh(
-        "mkfs.ext4",
-        &[
-            "-q",
-            "-F",
-            "-d",
-            tree.to_str().unwrap(),
-            path.to_str().unwrap(),
-            &format!("{mib}M"),
-        ],
-    );
+    super::mkfs_ext4_from(&tree, path, mib);
 }
 
 /// The initrd a restored system of the guest kernel would have: busybox,
