@@ -67,7 +67,17 @@ fn save(state: &StateDir, a: &Activation) -> Result<()> {
         .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
         .and_then(|()| std::fs::rename(&tmp, &path))
         .op(|| "write the activation record".into())
-        .map_err(|e| e.with_path(&path))
+        .map_err(|e| e.with_path(&path))?;
+    sync_dir(state.root())
+}
+
+/// Make a directory's entries durable (after creating, renaming or
+/// removing in it): without this a power cut can lose them.
+fn sync_dir(dir: &Path) -> Result<()> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .op(|| "sync a directory".into())
+        .map_err(|e| e.with_path(dir))
 }
 
 /// What `activate` needs besides the name.
@@ -253,6 +263,7 @@ pub fn activate(
         trial: true,
     };
     save(state, &activation)?;
+    crate::failpoint::hit("activate:record");
     progress.note(&format!(
         "copying the kernel and initrd to {}",
         esp_dir.display()
@@ -274,9 +285,15 @@ pub fn activate(
     }
     write_synced(&esp_dir.join("vmlinuz.efi"), &kernel)?;
     write_synced(&esp_dir.join("initrd.img"), &boot_initrd)?;
+    for dir in esp_dir.ancestors().take(3) {
+        sync_dir(dir)?;
+    }
+    crate::failpoint::hit("activate:esp-files");
     let option = LoadOption::linux(&format!("liverestore {name}"), &part, &loader, &args);
     vars.set(&efi::boot_var(number), &option.encode())?;
+    crate::failpoint::hit("activate:boot-entry");
     vars.set("BootNext", &efi::u16s(&[number]))?;
+    crate::failpoint::hit("activate:boot-next");
     Ok(activation)
 }
 
@@ -341,6 +358,7 @@ pub fn commit() -> Result<u16> {
         .map(|d| efi::parse_u16s(&d))
         .unwrap_or_default();
     vars.set("BootOrder", &efi::u16s(&efi::order_with_first(&order, cur)))?;
+    crate::failpoint::hit("commit:boot-order");
     if vars.get_u16("BootNext")? == Some(cur) {
         vars.remove("BootNext")?;
     }
@@ -421,6 +439,7 @@ pub fn rollback(state: &StateDir) -> Result<RolledBack> {
         });
     };
     remove_entry(&vars, a.boot_number)?;
+    crate::failpoint::hit("rollback:boot-entry");
     let dir = Path::new(&a.esp_dir);
     if dir.exists() {
         std::fs::remove_dir_all(dir)
@@ -430,11 +449,16 @@ pub fn rollback(state: &StateDir) -> Result<RolledBack> {
     // `ESP/liverestore` goes too once nothing else is activated from it.
     if let Some(parent) = dir.parent() {
         let _ = std::fs::remove_dir(parent);
+        for d in parent.ancestors().take(2).filter(|d| d.exists()) {
+            sync_dir(d)?;
+        }
     }
+    crate::failpoint::hit("rollback:esp-files");
     let path = record_path(state);
     std::fs::remove_file(&path)
         .op(|| "remove the activation record".into())
         .map_err(|e| e.with_path(&path))?;
+    sync_dir(state.root())?;
     Ok(RolledBack {
         boot_number: a.boot_number,
         description: format!("liverestore {}", a.name),
@@ -456,6 +480,7 @@ fn remove_entry(vars: &EfiVars, number: u16) -> Result<()> {
             vars.set("BootOrder", &efi::u16s(&kept))?;
         }
     }
+    crate::failpoint::hit("rollback:boot-order");
     vars.remove(&efi::boot_var(number))
 }
 

@@ -31,6 +31,7 @@ pub mod efi;
 pub mod efivars;
 pub mod error;
 pub mod extent_map;
+pub mod failpoint;
 pub mod fiemap;
 pub mod fuse_image;
 pub mod header;

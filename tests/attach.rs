@@ -3,7 +3,7 @@
 //! the image, writes are refused, a writable attach is refused with exit
 //! 24, and `detach` leaves no loop device, mount or server process behind;
 //! test-restore runs read-only on it.
-//! (With device-mapper, attach is tested inside a guest: tests/vm_attach.rs.)
+//! (With device-mapper, attach is tested inside a guest: tests/guest/attach.rs.)
 
 mod common;
 

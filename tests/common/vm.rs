@@ -87,6 +87,9 @@ pub fn static_liverestore() -> PathBuf {
                     "--quiet",
                     "--bin",
                     "liverestore",
+                    // simulated power loss (src/failpoint.rs)
+                    "--features",
+                    "failpoints",
                     "--target",
                     "x86_64-unknown-linux-gnu",
                 ])
@@ -140,6 +143,9 @@ pub struct Guest {
 pub struct Uefi {
     pub esp_offset: u64,
     pub esp_size: u64,
+    /// The firmware's variable store, kept between runs (created from
+    /// OVMF's template when missing); None: a fresh one in the work dir.
+    pub vars: Option<PathBuf>,
 }
 
 /// An initrd and kernel arguments, as a boot loader would pass them.
@@ -500,19 +506,29 @@ impl Guest {
     /// firmware's shell runs when no other boot option works.
     fn write_esp(&self, u: &Uefi, kernel: &Kernel, initrd: &Path, append: &str) {
         let img = format!("{}@@{}", self.disks[0].display(), u.esp_offset);
-        super::sh(
-            "mformat",
-            &[
-                "-i",
-                &img,
-                "-F",
-                "-T",
-                &(u.esp_size / 512).to_string(),
-                "-v",
-                "ESP",
-                "::",
-            ],
-        );
+        // Formatted once: a later run of the same disk keeps what the
+        // guest wrote there, and gets this run's initramfs.
+        let formatted = Command::new("mdir")
+            .args(["-i", &img, "::/startup.nsh"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !formatted {
+            super::sh(
+                "mformat",
+                &[
+                    "-i",
+                    &img,
+                    "-F",
+                    "-T",
+                    &(u.esp_size / 512).to_string(),
+                    "-v",
+                    "ESP",
+                    "::",
+                ],
+            );
+        }
         let nsh = initrd.with_file_name("startup.nsh");
         fs::write(
             &nsh,
@@ -562,9 +578,11 @@ impl Guest {
         cmd.args(["-nodefaults", "-display", "none"])
             .args(["-accel", "tcg", "-cpu", "max", "-smp", "1"])
             .args(["-m", &self.memory_mib.to_string()]);
-        if self.uefi.is_some() {
-            let vars = work.join("OVMF_VARS.fd");
-            fs::copy(format!("{OVMF}/OVMF_VARS_4M.fd"), &vars).unwrap();
+        if let Some(u) = &self.uefi {
+            let vars = u.vars.clone().unwrap_or_else(|| work.join("OVMF_VARS.fd"));
+            if u.vars.is_none() || !vars.exists() {
+                fs::copy(format!("{OVMF}/OVMF_VARS_4M.fd"), &vars).unwrap();
+            }
             cmd.arg("-drive")
                 .arg(format!(
                     "if=pflash,format=raw,readonly=on,file={OVMF}/OVMF_CODE_4M.fd"

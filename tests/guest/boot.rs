@@ -11,13 +11,11 @@
 //! The boot loader part (UEFI `Boot####`/`BootNext`, GRUB) is not here
 //! yet: the test passes the kernel, initrd and arguments itself.
 
-mod common;
-
 use std::path::Path;
 use std::time::Duration;
 
-use common::vm::{Boot, EXT4, Guest, VIRTIO_BLK};
-use common::*;
+use crate::common::vm::{Boot, EXT4, Guest, VIRTIO_BLK};
+use crate::common::*;
 
 /// GPT disk, one ext4-to-be partition at 1 MiB filling it.
 fn host_disk(dir: &Path) -> std::path::PathBuf {
@@ -64,7 +62,7 @@ fn a_staged_system_boots_through_the_map() {
     let t = tempfile::tempdir().unwrap();
     let disk = host_disk(t.path());
     let root_image = t.path().join("restored-root.ext4");
-    common::vm::restored_root_image(&root_image, 48, "restored-system", RESTORED_SYSTEM);
+    crate::common::vm::restored_root_image(&root_image, 48, "restored-system", RESTORED_SYSTEM);
     let out_disk = t.path().join("out.img");
     std::fs::File::create(&out_disk)
         .unwrap()
@@ -99,7 +97,7 @@ fn a_staged_system_boots_through_the_map() {
     // Boot 2: what a boot loader would start: the restored system's kernel
     // and initrd, the early-boot initramfs appended, rdinit=/lr/init. Only
     // the original disk is attached.
-    let mut initrd = common::vm::restored_initrd(
+    let mut initrd = crate::common::vm::restored_initrd(
         &[
             "virtio_pci",
             "virtio_blk",

@@ -8,13 +8,11 @@
 //! default, and rolls back from its side; the old system starts again and
 //! removes what was left on the ESP.
 
-mod common;
-
 use std::path::Path;
 use std::time::Duration;
 
-use common::vm::{DM_OVER_LOOP, EXT4, Guest, Uefi, VFAT, VIRTIO_BLK};
-use common::*;
+use crate::common::vm::{DM_OVER_LOOP, EXT4, Guest, Uefi, VFAT, VIRTIO_BLK};
+use crate::common::*;
 
 const ESP_MIB: u64 = 64;
 
@@ -118,12 +116,12 @@ fn uefi_trial_boot_then_back_to_the_old_system() {
     require_root();
     let t = tempfile::tempdir().unwrap();
     let disk = host_disk(t.path());
-    let restored_initrd = common::vm::restored_initrd(
+    let restored_initrd = crate::common::vm::restored_initrd(
         &[VIRTIO_BLK, &["dm-mod"], EXT4].concat(),
         &[EXT4, &["efivarfs"]].concat(),
     );
     let image = t.path().join("restored-root.ext4");
-    common::vm::restored_root_image_with(
+    crate::common::vm::restored_root_image_with(
         &image,
         64,
         "restored-system",
@@ -139,6 +137,7 @@ fn uefi_trial_boot_then_back_to_the_old_system() {
         uefi: Some(Uefi {
             esp_offset: MIB,
             esp_size: ESP_MIB * MIB,
+            vars: None,
         }),
         ..Guest::default()
     }

@@ -6,13 +6,11 @@
 //! writable overlay (the staged bytes must stay unchanged), and detach and
 //! discard, leaving no device and a clean vfat and ext4 behind.
 
-mod common;
-
 use std::path::Path;
 use std::time::Duration;
 
-use common::vm::{DM_OVER_LOOP, EXT4, Guest, VFAT, VIRTIO_BLK};
-use common::*;
+use crate::common::vm::{DM_OVER_LOOP, EXT4, Guest, VFAT, VIRTIO_BLK};
+use crate::common::*;
 
 /// The guest's disk: GPT, ext4-to-be at 1..201 MiB, unallocated 201..301
 /// MiB, vfat-to-be at 301..429 MiB, unallocated after that.
@@ -172,7 +170,7 @@ fn vfat_split_containers_and_segment_sets_in_a_guest() {
 
 /// The real thing, too slow under TCG for every run (measured: staging
 /// 352 s, `cmp` of the attached device 520 s): a 4.1 GiB image staged onto
-/// vfat becomes two files on its own. `cargo test --test vm_segments --
+/// vfat becomes two files on its own. `cargo test --test guest --
 /// --ignored` runs it.
 #[test]
 #[ignore]

@@ -5,13 +5,11 @@
 //! device's bytes must equal the image; an overlay must never change the
 //! staged bytes.
 
-mod common;
-
 use std::path::Path;
 use std::time::Duration;
 
-use common::vm::{DM_OVER_LOOP, EXT4, Guest, VIRTIO_BLK};
-use common::*;
+use crate::common::vm::{DM_OVER_LOOP, EXT4, Guest, VIRTIO_BLK};
+use crate::common::*;
 
 /// A disk image file: GPT, one partition at 1 MiB holding an empty ext4
 /// host filesystem (the guest's "running system").

@@ -1,0 +1,193 @@
+//! Power loss during activation and rollback, under OVMF: the guest's
+//! liverestore is built with failpoints (src/failpoint.rs), so
+//! `LIVERESTORE_FAILPOINT=STEP` cuts the power right after STEP — no sync,
+//! no cleanup. Each QEMU run below ends that way; the disk and the
+//! firmware's variables carry over to the next run, which must boot one of
+//! the two systems, whose `status` must say what the next boot starts, and
+//! whose `rollback` must clean up whatever the interrupted step left.
+
+use std::path::Path;
+use std::time::Duration;
+
+use crate::common::vm::{DM_OVER_LOOP, EXT4, Guest, GuestRun, Uefi, VFAT, VIRTIO_BLK};
+use crate::common::*;
+
+const ESP_MIB: u64 = 64;
+
+const PRELUDE: &str = r#"
+export LIVERESTORE_STATE_DIR=/mnt/host/var/lib/liverestore
+mkdir -p /mnt/host /mnt/esp
+mount -t efivarfs efivarfs /sys/firmware/efi/efivars
+mount -t vfat /dev/vda1 /mnt/esp
+if ! mount -t ext4 /dev/vda2 /mnt/host 2>/dev/null; then
+  mkfs.ext4 -q -F -E nodiscard /dev/vda2
+  mount -t ext4 /dev/vda2 /mnt/host
+fi
+next() { liverestore --json status | grep -o '"next_boot":"[^"]*"' | cut -d'"' -f4; }
+entries() { ls /sys/firmware/efi/efivars | grep -c '^Boot[0-9A-F][0-9A-F][0-9A-F][0-9A-F]-' || true; }
+activated() { liverestore --json status | grep -c '"activation":{' || true; }
+report() {
+  echo "LR $1_old_up=yes"
+  echo "LR $1_next=$(next)"
+  echo "LR $1_entries=$(entries)"
+  echo "LR $1_activated=$(activated)"
+}
+cut_power_after() { LIVERESTORE_FAILPOINT="$1" liverestore activate web --esp /mnt/esp >/dev/null; echo "LR activate_failed=$?"; }
+"#;
+
+/// One QEMU run with this run's old-system scenario.
+fn run(t: &Path, disks: &[std::path::PathBuf], name: &str, scenario: &str) -> GuestRun {
+    let run = Guest {
+        modules: [VIRTIO_BLK, EXT4, VFAT, DM_OVER_LOOP, &["efivarfs"]].concat(),
+        binaries: vec!["mkfs.ext4", "e2fsck"],
+        disks: disks.to_vec(),
+        scenario: format!("{PRELUDE}{scenario}"),
+        timeout: Duration::from_secs(300),
+        uefi: Some(Uefi {
+            esp_offset: MIB,
+            esp_size: ESP_MIB * MIB,
+            vars: Some(t.join("OVMF_VARS.fd")),
+        }),
+        ..Guest::default()
+    }
+    .run(&t.join(name));
+    println!("== {name} ({:?}):\n{}", run.elapsed, run.output());
+    run
+}
+
+fn powered_off_at(run: &GuestRun, point: &str) {
+    assert!(
+        run.console
+            .contains(&format!("failpoint {point}: powering off")),
+        "the power was not cut at {point}:\n{}",
+        run.console
+    );
+    assert_eq!(run.status, None, "the scenario must not have finished");
+}
+
+#[test]
+fn power_loss_during_activate_and_rollback_leaves_a_bootable_machine() {
+    require_root();
+    let t = tempfile::tempdir().unwrap();
+    let disk = gpt_disk_file(
+        &t.path().join("host-disk.img"),
+        2 + ESP_MIB + 300,
+        &[(1, ESP_MIB, "ef00"), (1 + ESP_MIB, 300, "8300")],
+    );
+    let initrd =
+        crate::common::vm::restored_initrd(&[VIRTIO_BLK, &["dm-mod"], EXT4].concat(), EXT4);
+    let image = t.path().join("restored-root.ext4");
+    crate::common::vm::restored_root_image_with(
+        &image,
+        64,
+        "restored-system",
+        "echo \"LR restored_up=$(cat /etc/hostname)\"\nreboot -f\n",
+        Some(&initrd),
+    );
+    let disks = [disk, image];
+
+    // A: stage, then lose power once the kernel and initrd are on the ESP.
+    let a = run(
+        t.path(),
+        &disks,
+        "a",
+        r#"
+echo "LR a_entries_before=$(entries)"
+liverestore stage /dev/vdb --name web --dir /mnt/host 2>/dev/null
+cut_power_after activate:esp-files
+"#,
+    );
+    powered_off_at(&a, "activate:esp-files");
+    let base = a.get("a_entries_before");
+
+    // B: the old system (no boot entry yet); rollback cleans the ESP files
+    // and the record; then lose power right after the Boot#### is written.
+    let b = run(
+        t.path(),
+        &disks,
+        "b",
+        r#"
+report b
+liverestore rollback >/dev/null && echo "LR b_rollback=ok"
+echo "LR b_esp_files=$(ls /mnt/esp | grep -c liverestore || true)"
+cut_power_after activate:boot-entry
+"#,
+    );
+    powered_off_at(&b, "activate:boot-entry");
+    assert_eq!(b.get("b_old_up"), "yes");
+    assert_eq!(b.get("b_next"), "old system (the firmware's BootOrder)");
+    assert_eq!(b.get("b_entries"), base);
+    assert_eq!(
+        b.get("b_activated"),
+        "1",
+        "status shows the half-done activation"
+    );
+    assert_eq!(b.get("b_rollback"), "ok");
+    assert_eq!(b.get("b_esp_files"), "0");
+
+    // C: the old system again (Boot#### exists, BootNext does not);
+    // rollback removes the entry; lose power once BootNext is set.
+    let c = run(
+        t.path(),
+        &disks,
+        "c",
+        r#"
+report c
+liverestore rollback >/dev/null && echo "LR c_rollback=ok"
+echo "LR c_entries_after=$(entries)"
+cut_power_after activate:boot-next
+"#,
+    );
+    powered_off_at(&c, "activate:boot-next");
+    assert_eq!(c.get("c_next"), "old system (the firmware's BootOrder)");
+    assert_eq!(
+        c.get("c_entries").parse::<u32>().unwrap(),
+        base.parse::<u32>().unwrap() + 1,
+        "the Boot#### written before the power cut"
+    );
+    assert_eq!(c.get("c_rollback"), "ok");
+    assert_eq!(c.get("c_entries_after"), base);
+
+    // D: BootNext was set: the restored system starts, then reboots into
+    // the old one, whose rollback loses power between clearing BootOrder
+    // and deleting the Boot####.
+    let d = run(
+        t.path(),
+        &disks,
+        "d",
+        r#"
+report d
+LIVERESTORE_FAILPOINT=rollback:boot-order liverestore rollback >/dev/null
+"#,
+    );
+    powered_off_at(&d, "rollback:boot-order");
+    assert_eq!(d.get("restored_up"), "restored-system");
+    assert_eq!(d.get("d_old_up"), "yes");
+    assert_eq!(d.get("d_next"), "old system (the firmware's BootOrder)");
+    assert_eq!(d.get("d_activated"), "1");
+
+    // E: the old system; rollback finishes what was left; nothing remains.
+    let e = run(
+        t.path(),
+        &disks,
+        "e",
+        r#"
+report e
+liverestore rollback >/dev/null && echo "LR e_rollback=ok"
+echo "LR e_entries_after=$(entries)"
+echo "LR e_activated_after=$(activated)"
+echo "LR e_esp_files=$(ls /mnt/esp | grep -c liverestore || true)"
+liverestore verify web >/dev/null 2>&1 && echo "LR e_verify=ok"
+umount /mnt/esp /mnt/host
+e2fsck -f -n /dev/vda2 >/dev/null && echo "LR e_fsck=clean"
+"#,
+    );
+    e.assert_ok();
+    assert_eq!(e.get("e_next"), "old system (the firmware's BootOrder)");
+    assert_eq!(e.get("e_rollback"), "ok");
+    assert_eq!(e.get("e_entries_after"), base);
+    assert_eq!(e.get("e_activated_after"), "0");
+    assert_eq!(e.get("e_esp_files"), "0");
+    assert_eq!(e.get("e_verify"), "ok", "the staged image survived it all");
+    assert_eq!(e.get("e_fsck"), "clean");
+}
