@@ -11,19 +11,11 @@ use std::time::Duration;
 
 use crate::common::vm::{DM_OVER_LOOP, EXT4, Guest, GuestRun, Uefi, VFAT, VIRTIO_BLK};
 use crate::common::*;
+use crate::uefi::OLD_SYSTEM_MOUNTS;
 
 const ESP_MIB: u64 = 64;
 
 const PRELUDE: &str = r#"
-export LIVERESTORE_STATE_DIR=/mnt/host/var/lib/liverestore
-mkdir -p /mnt/host /mnt/esp
-mount -t efivarfs efivarfs /sys/firmware/efi/efivars
-mount -t vfat /dev/vda1 /mnt/esp
-if ! mount -t ext4 /dev/vda2 /mnt/host 2>/dev/null; then
-  mkfs.ext4 -q -F -E nodiscard /dev/vda2
-  mount -t ext4 /dev/vda2 /mnt/host
-fi
-next() { liverestore --json status | grep -o '"next_boot":"[^"]*"' | cut -d'"' -f4; }
 entries() { ls /sys/firmware/efi/efivars | grep -c '^Boot[0-9A-F][0-9A-F][0-9A-F][0-9A-F]-' || true; }
 activated() { liverestore --json status | grep -c '"activation":{' || true; }
 report() {
@@ -41,7 +33,7 @@ fn run(t: &Path, disks: &[std::path::PathBuf], name: &str, scenario: &str) -> Gu
         modules: [VIRTIO_BLK, EXT4, VFAT, DM_OVER_LOOP, &["efivarfs"]].concat(),
         binaries: vec!["mkfs.ext4", "e2fsck"],
         disks: disks.to_vec(),
-        scenario: format!("{PRELUDE}{scenario}"),
+        scenario: format!("{OLD_SYSTEM_MOUNTS}{PRELUDE}{scenario}"),
         timeout: Duration::from_secs(300),
         uefi: Some(Uefi {
             esp_offset: MIB,

@@ -25,7 +25,10 @@ fn host_disk(dir: &Path) -> std::path::PathBuf {
     )
 }
 
-const OLD_SYSTEM: &str = r#"
+/// How the "old" system of a UEFI test disk starts: efivarfs, the ESP
+/// (partition 1), its ext4 (partition 2, made on the first boot) with the
+/// state directory on it, and `next` (what `status` says boots next).
+pub const OLD_SYSTEM_MOUNTS: &str = r#"
 export LIVERESTORE_STATE_DIR=/mnt/host/var/lib/liverestore
 mkdir -p /mnt/host /mnt/esp
 mount -t efivarfs efivarfs /sys/firmware/efi/efivars
@@ -34,11 +37,14 @@ if ! mount -t ext4 /dev/vda2 /mnt/host 2>/dev/null; then
   mkfs.ext4 -q -F -E nodiscard /dev/vda2
   mount -t ext4 /dev/vda2 /mnt/host
 fi
+next() { liverestore --json status | grep -o '"next_boot":"[^"]*"' | cut -d'"' -f4; }
+"#;
+
+const OLD_SYSTEM: &str = r#"
 n=$(( $(cat /mnt/host/boots 2>/dev/null || echo 0) + 1 ))
 echo $n > /mnt/host/boots
 sync
 echo "LR old_boot_$n=yes"
-next() { liverestore --json status | grep -o '"next_boot":"[^"]*"' | cut -d'"' -f4; }
 case $n in
 1)
   i=0
@@ -132,7 +138,7 @@ fn uefi_trial_boot_then_back_to_the_old_system() {
         modules: [VIRTIO_BLK, EXT4, VFAT, DM_OVER_LOOP, &["efivarfs"]].concat(),
         binaries: vec!["mkfs.ext4", "e2fsck"],
         disks: vec![disk, image],
-        scenario: OLD_SYSTEM.into(),
+        scenario: format!("{OLD_SYSTEM_MOUNTS}{OLD_SYSTEM}"),
         timeout: Duration::from_secs(600),
         uefi: Some(Uefi {
             esp_offset: MIB,
