@@ -264,37 +264,50 @@ pub fn activate(
     };
     save(state, &activation)?;
     crate::failpoint::hit("activate:record");
-    progress.note(&format!(
-        "copying the kernel and initrd to {}",
-        esp_dir.display()
-    ));
-    std::fs::create_dir_all(&esp_dir)
-        .op(|| "create the directory on the ESP".into())
-        .map_err(|e| e.with_path(&esp_dir))?;
-    let space_needed = (kernel.len() + boot_initrd.len()) as u64;
-    let free = rustix::fs::statvfs(&esp_dir)
-        .map(|s| s.f_bavail * s.f_frsize)
-        .unwrap_or(u64::MAX);
-    if free < space_needed {
-        let _ = std::fs::remove_dir_all(&esp_dir);
-        let _ = std::fs::remove_file(record_path(state));
-        return Err(Error::new(
-            ErrorKind::NoSpace,
-            format!("the ESP has {free} bytes free, the kernel and initrd need {space_needed}"),
+    let armed = (|| {
+        progress.note(&format!(
+            "copying the kernel and initrd to {}",
+            esp_dir.display()
         ));
+        std::fs::create_dir_all(&esp_dir)
+            .op(|| "create the directory on the ESP".into())
+            .map_err(|e| e.with_path(&esp_dir))?;
+        let space_needed = (kernel.len() + boot_initrd.len()) as u64;
+        let free = rustix::fs::statvfs(&esp_dir)
+            .map(|s| s.f_bavail * s.f_frsize)
+            .unwrap_or(u64::MAX);
+        if free < space_needed {
+            return Err(Error::new(
+                ErrorKind::NoSpace,
+                format!("the ESP has {free} bytes free, the kernel and initrd need {space_needed}"),
+            ));
+        }
+        write_synced(&esp_dir.join("vmlinuz.efi"), &kernel)?;
+        write_synced(&esp_dir.join("initrd.img"), &boot_initrd)?;
+        for dir in esp_dir.ancestors().take(3) {
+            sync_dir(dir)?;
+        }
+        crate::failpoint::hit("activate:esp-files");
+        let option = LoadOption::linux(&format!("liverestore {name}"), &part, &loader, &args);
+        vars.set(&efi::boot_var(number), &option.encode())?;
+        crate::failpoint::hit("activate:boot-entry");
+        vars.set("BootNext", &efi::u16s(&[number]))?;
+        crate::failpoint::hit("activate:boot-next");
+        Ok(())
+    })();
+    match armed {
+        Ok(()) => Ok(activation),
+        // Nothing half-done is left: what was written is taken back.
+        Err(e) => match rollback(state) {
+            Ok(_) => Err(e),
+            Err(undo) => Err(Error::new(
+                e.kind(),
+                format!(
+                    "{e}; undoing the activation also failed ({undo}): run `liverestore rollback`"
+                ),
+            )),
+        },
     }
-    write_synced(&esp_dir.join("vmlinuz.efi"), &kernel)?;
-    write_synced(&esp_dir.join("initrd.img"), &boot_initrd)?;
-    for dir in esp_dir.ancestors().take(3) {
-        sync_dir(dir)?;
-    }
-    crate::failpoint::hit("activate:esp-files");
-    let option = LoadOption::linux(&format!("liverestore {name}"), &part, &loader, &args);
-    vars.set(&efi::boot_var(number), &option.encode())?;
-    crate::failpoint::hit("activate:boot-entry");
-    vars.set("BootNext", &efi::u16s(&[number]))?;
-    crate::failpoint::hit("activate:boot-next");
-    Ok(activation)
 }
 
 /// What `status` reports.

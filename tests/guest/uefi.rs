@@ -53,6 +53,13 @@ case $n in
   liverestore stage /dev/vdb --name web --dir /mnt/host 2>/dev/null
   echo "LR extents=$(liverestore --json map web | grep -o '"disk_offset"' | wc -l)"
   set +e
+  # an ESP too full for the kernel and initrd: refused, nothing left behind
+  dd if=/dev/zero of=/mnt/esp/filler bs=1M count=$(( $(df -k /mnt/esp | awk 'NR==2{print $4}') / 1024 - 4 )) 2>/dev/null
+  liverestore activate web --esp /mnt/esp >/dev/null 2>&1
+  echo "LR esp_full_activate=$?"
+  echo "LR esp_full_left=$(ls /mnt/esp | grep -c liverestore)"
+  echo "LR esp_full_activated=$(liverestore --json status | grep -c '"activation":{')"
+  rm /mnt/esp/filler
   liverestore activate web --esp /mnt/esp --append lr.test=trial >/tmp/activate.out 2>&1
   echo "LR activate=$?"
   cat /tmp/activate.out
@@ -152,6 +159,9 @@ fn uefi_trial_boot_then_back_to_the_old_system() {
     assert_eq!(run.get("old_boot_1"), "yes");
     let extents: usize = run.get("extents").parse().unwrap();
     assert!(extents > 20, "fragmented: {extents}");
+    assert_eq!(run.get("esp_full_activate"), "13");
+    assert_eq!(run.get("esp_full_left"), "0");
+    assert_eq!(run.get("esp_full_activated"), "0");
     assert_eq!(run.get("activate"), "0");
     assert_eq!(run.get("activate_twice"), "22", "one activation at a time");
     assert_eq!(run.get("next_1"), "restored system (trial, once)");
