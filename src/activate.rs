@@ -18,14 +18,13 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::boot_plan::BootPlan;
 use crate::efi::{self, GptPartition, LoadOption};
 use crate::efivars::EfiVars;
 use crate::error::{Error, ErrorKind, IoContext, Result};
 use crate::hostfs::{self, FsKind};
 use crate::progress::Progress;
 use crate::state_dir::StateDir;
-use crate::{identity, initrd, kmod, staged, test_restore, verify};
+use crate::{identity, initrd, test_restore, verify};
 
 /// What an activation created.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -196,7 +195,7 @@ pub fn activate(
         ));
     }
     let rec = state.load(name)?;
-    staged::revalidate(&rec)?;
+    // verify re-derives the map (revalidate) before re-reading every byte.
     let report = verify::verify(state, name, progress)?;
     if !report.ok {
         return Err(Error::new(
@@ -216,23 +215,9 @@ pub fn activate(
         };
         Ok((v, read(&k)?, read(&i)?))
     })?;
-    let disk_name = Path::new(&rec.disk.path)
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let plan = BootPlan::for_staging(
-        &rec,
-        kmod::disk_driver_modules(Path::new("/sys"), &disk_name),
-    )?;
-    let helper_path = match opts.helper {
-        Some(p) => p.to_path_buf(),
-        None => std::env::current_exe().map_err(|e| Error::io("find this program", e))?,
-    };
-    let helper = std::fs::read(&helper_path)
-        .op(|| "read the early-boot helper".into())
-        .map_err(|e| e.with_path(&helper_path))?;
+    let (_, early) = initrd::for_staging(&rec, opts.helper)?;
     let mut boot_initrd = initrd_img;
-    boot_initrd.extend_from_slice(&initrd::early_boot_cpio(&plan, &helper)?);
+    boot_initrd.extend_from_slice(&early);
 
     let esp_dir = opts.esp.join("liverestore").join(name);
     let loader = format!("\\liverestore\\{name}\\vmlinuz.efi");

@@ -1,7 +1,7 @@
 //! The `liverestore` command: a thin layer over the library that parses
 //! arguments, shows progress and results, and maps errors to exit codes.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -919,19 +919,7 @@ fn run(cli: Cli) -> Outcome {
         } => {
             let rec = state.load(&name)?;
             staged::revalidate(&rec)?;
-            let disk_name = std::path::Path::new(&rec.disk.path)
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            let modules = liverestore::kmod::disk_driver_modules(Path::new("/sys"), &disk_name);
-            let plan = liverestore::boot_plan::BootPlan::for_staging(&rec, modules)?;
-            let helper = match helper {
-                Some(p) => p,
-                None => std::env::current_exe().map_err(|e| Error::io("find this program", e))?,
-            };
-            let helper_bytes = std::fs::read(&helper)
-                .map_err(|e| Error::io("read the helper", e).with_path(&helper))?;
-            let bytes = liverestore::initrd::early_boot_cpio(&plan, &helper_bytes)?;
+            let (plan, bytes) = liverestore::initrd::for_staging(&rec, helper.as_deref())?;
             std::fs::write(&output, &bytes)
                 .map_err(|e| Error::io("write the initramfs", e).with_path(&output))?;
             if cli.json {

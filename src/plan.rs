@@ -214,27 +214,27 @@ pub fn assess(
                 ),
             ));
         }
-        for n in pieces.iter().filter_map(|p| p.name.as_deref()) {
-            for s in &sources {
-                let Source::Dir { target, .. } = s else {
-                    continue;
-                };
-                let taken = std::fs::read_dir(&target.dir)
-                    .into_iter()
-                    .flatten()
-                    .flatten()
-                    .find(|e| {
-                        e.file_name()
-                            .to_str()
-                            .is_some_and(|f| crate::container::is_container_of(f, n))
-                    });
-                if let Some(entry) = taken {
+        for s in &sources {
+            let Source::Dir { target, .. } = s else {
+                continue;
+            };
+            let files: Vec<String> = std::fs::read_dir(&target.dir)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter_map(|e| e.file_name().into_string().ok())
+                .collect();
+            for n in pieces.iter().filter_map(|p| p.name.as_deref()) {
+                if let Some(f) = files
+                    .iter()
+                    .find(|f| crate::container::is_container_of(f, n))
+                {
                     errors.push(
                         Error::new(
                             ErrorKind::NameInUse,
                             "a file with the container's name already exists",
                         )
-                        .with_path(entry.path()),
+                        .with_path(target.dir.join(f)),
                     );
                 }
             }

@@ -133,20 +133,6 @@ pub enum Segment {
     Unallocated { disk: u64, length: u64 },
 }
 
-impl Segment {
-    /// Bytes of the staging's space this segment holds.
-    pub fn len(&self) -> u64 {
-        match self {
-            Segment::File { container, .. } => container.size,
-            Segment::Unallocated { length, .. } => *length,
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
 /// The container file on the host filesystem.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContainerInfo {
@@ -221,9 +207,15 @@ impl StagingRecord {
         out
     }
 
-    /// Bytes of space the map covers: every container and segment.
-    pub fn space_len(&self) -> u64 {
-        self.container.size + self.segments.iter().map(Segment::len).sum::<u64>()
+    /// The unallocated segments as disk byte ranges `[start, end)`.
+    pub fn unallocated_ranges(&self) -> Vec<(u64, u64)> {
+        self.segments
+            .iter()
+            .filter_map(|s| match s {
+                Segment::Unallocated { disk, length } => Some((*disk, disk + length)),
+                Segment::File { .. } => None,
+            })
+            .collect()
     }
 
     /// Disk bytes the map may reach: each container's partition and each
@@ -432,10 +424,6 @@ pub(crate) mod tests {
         let text = String::from_utf8(encode_state_file(&set)).unwrap();
         assert!(text.contains(r#""kind":"unallocated""#), "{text}");
         assert_eq!(decode_state_file(text.as_bytes()).unwrap(), set);
-        assert_eq!(
-            set.space_len(),
-            3 * set.container.size + (1 << 20) - set.container.size
-        );
         assert_eq!(set.disk_bounds().len(), 3);
         assert_eq!(set.container_files().len(), 2);
     }

@@ -12,7 +12,7 @@
 //! [`assign`] is the pure planner (unit-tested); [`discover`] gathers the
 //! sources from the system.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde::Serialize;
 
@@ -31,16 +31,6 @@ pub struct SpaceRequest {
     /// Cap on each container file's size (`--max-file-size`), below the
     /// filesystem's own limit.
     pub max_file_size: Option<u64>,
-}
-
-impl SpaceRequest {
-    /// One directory, nothing else: the classic single container.
-    pub fn dir(dir: &Path) -> SpaceRequest {
-        SpaceRequest {
-            dirs: vec![dir.to_path_buf()],
-            ..SpaceRequest::default()
-        }
-    }
 }
 
 /// How much one source can give, as the planner sees it.
@@ -241,12 +231,8 @@ pub fn discover(req: &SpaceRequest, others: &[StagingRecord]) -> Result<Vec<Sour
             if let Some(map) = &rec.map {
                 used.extend(map.extents().iter().map(|e| (e.disk, e.disk + e.length)));
             }
-            used.extend(rec.segments.iter().filter_map(|s| match s {
-                crate::record::Segment::Unallocated { disk, length } => {
-                    Some((*disk, disk + length))
-                }
-                crate::record::Segment::File { .. } => None,
-            }));
+            // An interrupted allocation has no map yet, but has claimed these.
+            used.extend(rec.unallocated_ranges());
         }
         let free = unallocated::free_on_disk(&first, &used)?;
         if free.is_empty() {

@@ -48,15 +48,13 @@ pub fn revalidate(rec: &StagingRecord) -> Result<Revalidated> {
         )
     })?;
     let (target, first) = revalidate_file(rec, &rec.container, &rec.host)?;
+    unallocated::check_still_free(&target, &rec.unallocated_ranges())
+        .map_err(|e| changed(rec, e.message().to_string()))?;
     let mut parts = vec![first];
     for segment in &rec.segments {
         parts.push(match segment {
             Segment::File { container, host } => revalidate_file(rec, container, host)?.1,
-            Segment::Unallocated { disk, length } => {
-                unallocated::check_still_free(&target, *disk, *length)
-                    .map_err(|e| changed(rec, e.message().to_string()))?;
-                ExtentMap::contiguous(*disk, *length)?
-            }
+            Segment::Unallocated { disk, length } => ExtentMap::contiguous(*disk, *length)?,
         });
     }
     let map = ExtentMap::concat(&parts).map_err(|e| changed(rec, e.message().to_string()))?;

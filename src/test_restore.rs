@@ -64,6 +64,38 @@ fn fsck_command(fs: &str, dev: &str) -> Vec<String> {
     v
 }
 
+/// The first bytes of `device`: enough for [`detect_filesystem`].
+fn read_head(device: &str) -> Result<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    let mut head = vec![0u8; 0x10048];
+    let f = std::fs::File::open(device)
+        .op(|| "cannot open the attached device".into())
+        .map_err(|e| e.with_path(device))?;
+    let n = f.read_at(&mut head, 0).unwrap_or(0);
+    head.truncate(n);
+    Ok(head)
+}
+
+/// Mount `device` (a filesystem of type `fs`) at `mnt`, creating it.
+/// Read-only mounts skip journal replay (ext4 `noload`, xfs
+/// `norecovery`): the device may not take writes at all.
+fn mount(device: &str, fs: &str, mnt: &std::path::Path, read_only: bool) -> Result<()> {
+    std::fs::create_dir_all(mnt)
+        .op(|| "cannot create the mount point".into())
+        .map_err(|e| e.with_path(mnt))?;
+    let (flags, data) = if read_only {
+        let data = match fs {
+            "ext4" => Some(c"noload"),
+            "xfs" => Some(c"norecovery"),
+            _ => None,
+        };
+        (rustix::mount::MountFlags::RDONLY, data)
+    } else {
+        (rustix::mount::MountFlags::empty(), None)
+    };
+    rustix::mount::mount(device, mnt, fs, flags, data).map_err(|e| Error::from(e).with_path(mnt))
+}
+
 /// Mount point for the test of `name`.
 fn mount_point(name: &str) -> PathBuf {
     PathBuf::from(format!("/run/liverestore/test-{name}"))
@@ -79,29 +111,14 @@ pub fn with_mounted<T>(
 ) -> Result<T> {
     let a = attach::attach(state, name, AttachMode::ReadOnly)?;
     let result = (|| {
-        let mut head = vec![0u8; 0x10048];
-        let file = std::fs::File::open(&a.device)
-            .op(|| "cannot open the attached device".into())
-            .map_err(|e| e.with_path(&a.device))?;
-        let n = std::os::unix::fs::FileExt::read_at(&file, &mut head, 0).unwrap_or(0);
-        head.truncate(n);
-        let fs = detect_filesystem(&head).ok_or_else(|| {
+        let fs = detect_filesystem(&read_head(&a.device)?).ok_or_else(|| {
             Error::new(
                 ErrorKind::BadImage,
                 format!("'{name}' holds no filesystem liverestore recognizes"),
             )
         })?;
         let mnt = PathBuf::from(format!("/run/liverestore/mount-{name}"));
-        std::fs::create_dir_all(&mnt)
-            .op(|| "cannot create the mount point".into())
-            .map_err(|e| e.with_path(&mnt))?;
-        let data = match fs {
-            "ext4" => Some(c"noload"),
-            "xfs" => Some(c"norecovery"),
-            _ => None,
-        };
-        rustix::mount::mount(&a.device, &mnt, fs, rustix::mount::MountFlags::RDONLY, data)
-            .map_err(|e| Error::from(e).with_path(&mnt))?;
+        mount(&a.device, fs, &mnt, true)?;
         let out = f(&mnt);
         attach::unmount(&mnt)?;
         let _ = std::fs::remove_dir(&mnt);
@@ -132,16 +149,7 @@ pub fn test_restore(state: &StateDir, name: &str, command: Option<&str>) -> Resu
 }
 
 fn run(name: &str, device: &str, command: Option<&str>, read_only: bool) -> Result<TestReport> {
-    let mut head = vec![0u8; 0x10048];
-    {
-        use std::os::unix::fs::FileExt;
-        let f = std::fs::File::open(device)
-            .op(|| "cannot open the attached device".into())
-            .map_err(|e| e.with_path(device))?;
-        let n = f.read_at(&mut head, 0).unwrap_or(0);
-        head.truncate(n);
-    }
-    let fs = detect_filesystem(&head);
+    let fs = detect_filesystem(&read_head(device)?);
     let mut report = TestReport {
         name: name.to_string(),
         device: device.to_string(),
@@ -181,18 +189,7 @@ fn run(name: &str, device: &str, command: Option<&str>, read_only: bool) -> Resu
     std::fs::create_dir_all(&mnt)
         .op(|| "cannot create the mount point".into())
         .map_err(|e| e.with_path(&mnt))?;
-    let (flags, data) = if read_only {
-        // No journal replay: the device cannot take writes.
-        let data = match fs {
-            "ext4" => Some(c"noload"),
-            "xfs" => Some(c"norecovery"),
-            _ => None,
-        };
-        (rustix::mount::MountFlags::RDONLY, data)
-    } else {
-        (rustix::mount::MountFlags::empty(), None)
-    };
-    match rustix::mount::mount(device, &mnt, fs, flags, data) {
+    match mount(device, fs, &mnt, read_only) {
         Ok(()) => report.mounted = true,
         Err(e) => report.mount_error = Some(format!("mount {device} ({fs}) failed: {e}")),
     }

@@ -83,11 +83,17 @@ pub fn free_on_disk(target: &HostTarget, also_used: &[(u64, u64)]) -> Result<Vec
     Ok(free_ranges(target.block.disk_size, &used))
 }
 
-/// Refuse (as [`ErrorKind::MapChanged`]) when disk bytes `[disk, disk +
-/// length)` are no longer outside every partition of the disk.
-pub fn check_still_free(target: &HostTarget, disk: u64, length: u64) -> Result<()> {
-    let end = disk + length;
-    if disk < GUARD || end > target.block.disk_size.saturating_sub(GUARD) {
+/// Refuse (as [`ErrorKind::MapChanged`]) when any of the disk byte
+/// `ranges` (`[start, end)`) is no longer outside every partition of the
+/// disk. The partitions are read once for all of them.
+pub fn check_still_free(target: &HostTarget, ranges: &[(u64, u64)]) -> Result<()> {
+    if ranges.is_empty() {
+        return Ok(());
+    }
+    if let Some((disk, end)) = ranges
+        .iter()
+        .find(|&&(a, b)| a < GUARD || b > target.block.disk_size.saturating_sub(GUARD))
+    {
         return Err(Error::new(
             ErrorKind::MapChanged,
             format!("unallocated disk bytes {disk}..{end} now lie off the disk's usable area"),
@@ -102,13 +108,15 @@ pub fn check_still_free(target: &HostTarget, disk: u64, length: u64) -> Result<(
             ),
         )
     })?;
-    if let Some((a, b)) = parts.into_iter().find(|&(a, b)| a < end && disk < b) {
-        return Err(Error::new(
-            ErrorKind::MapChanged,
-            format!(
-                "a partition (disk bytes {a}..{b}) now covers unallocated disk bytes {disk}..{end}"
-            ),
-        ));
+    for &(disk, end) in ranges {
+        if let Some((a, b)) = parts.iter().find(|&&(a, b)| a < end && disk < b) {
+            return Err(Error::new(
+                ErrorKind::MapChanged,
+                format!(
+                    "a partition (disk bytes {a}..{b}) now covers unallocated disk bytes {disk}..{end}"
+                ),
+            ));
+        }
     }
     Ok(())
 }
