@@ -12,9 +12,9 @@
 //! (thrown away on detach: the staged image never changes); `direct`,
 //! writable straight into the staged image.
 //!
-//! Without device-mapper, a read-only attach falls back to a FUSE file
-//! served from the map (`crate::fuse_image`) with a read-only loop device
-//! on it.
+//! Without device-mapper, a read-only or direct attach falls back to a
+//! FUSE file served from the map (`crate::fuse_image`; its writes go
+//! through `DiskWriter`) with a loop device on it.
 //!
 //! An attachment outlives the command; its record (`attached/NAME.json` in
 //! the state directory) says what to take down. `detach` also cleans up
@@ -174,13 +174,13 @@ pub fn attach(state: &StateDir, name: &str, mode: AttachMode) -> Result<Attachme
     fs::create_dir_all(state.root().join("attached"))
         .op(|| "cannot create the attachment directory".into())?;
     if !dm::available() {
-        if mode != AttachMode::ReadOnly {
+        if mode == AttachMode::Overlay {
             return Err(Error::new(
                 ErrorKind::KernelLacks,
-                "a writable attach needs device-mapper, which this kernel lacks (try `modprobe dm-mod`); a read-only attach works without it",
+                "an overlay attach needs device-mapper, which this kernel lacks (try `modprobe dm-mod`); read-only and --rw=direct attach work without it",
             ));
         }
-        return attach_fuse(state, &rec);
+        return attach_fuse(state, &rec, mode);
     }
     for n in [dm_name(name), dm_base_name(name)] {
         if dm::exists(&n)? {
@@ -284,10 +284,15 @@ fn build(
     Ok(())
 }
 
-/// Read-only attach without device-mapper: a FUSE file served by a
-/// background `liverestore serve-image`, with a read-only loop device on it.
-fn attach_fuse(state: &StateDir, rec: &crate::record::StagingRecord) -> Result<Attachment> {
+/// Attach without device-mapper (read-only or direct): a FUSE file served
+/// by a background `liverestore serve-image`, with a loop device on it.
+fn attach_fuse(
+    state: &StateDir,
+    rec: &crate::record::StagingRecord,
+    mode: AttachMode,
+) -> Result<Attachment> {
     let name = rec.name.as_str();
+    let writable = mode == AttachMode::Direct;
     if !Path::new("/dev/fuse").exists() {
         return Err(Error::new(
             ErrorKind::KernelLacks,
@@ -307,6 +312,7 @@ fn attach_fuse(state: &StateDir, rec: &crate::record::StagingRecord) -> Result<A
             .arg("serve-image")
             .arg(name)
             .arg(&mnt)
+            .args(writable.then_some("--writable"))
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
@@ -317,7 +323,7 @@ fn attach_fuse(state: &StateDir, rec: &crate::record::StagingRecord) -> Result<A
     let mut made = Attachment {
         fuse_mount: Some(mnt.display().to_string()),
         fuse_pid: Some(child.id()),
-        ..Attachment::new(name, AttachMode::ReadOnly, "fuse")
+        ..Attachment::new(name, mode, "fuse")
     };
     let file = mnt.join(crate::fuse_image::FILE_NAME);
     let start = std::time::Instant::now();
@@ -343,7 +349,7 @@ fn attach_fuse(state: &StateDir, rec: &crate::record::StagingRecord) -> Result<A
         let (dev, _hold) = LoopDevice::attach(
             &file,
             LoopOptions {
-                writable: false,
+                writable,
                 autoclear: false,
                 direct_io: false,
             },

@@ -200,6 +200,14 @@ impl Error {
     pub fn offset(&self) -> Option<u64> {
         self.offset
     }
+
+    /// The system error underneath, if there is one.
+    pub fn errno(&self) -> Option<rustix::io::Errno> {
+        self.source
+            .as_ref()?
+            .raw_os_error()
+            .map(rustix::io::Errno::from_raw_os_error)
+    }
 }
 
 impl fmt::Display for Error {

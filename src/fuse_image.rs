@@ -1,9 +1,14 @@
 //! The userspace fallback for `attach` on a kernel without device-mapper:
-//! a read-only FUSE filesystem with one file, `image`, whose bytes are read
-//! from the raw disk through the staged image's map; `attach` then puts a
-//! read-only loop device over that file. Served by a background
-//! `liverestore serve-image NAME MOUNTPOINT` process that exits when the
-//! filesystem is unmounted (by `detach`).
+//! a FUSE filesystem with one file, `image`, whose bytes are read from the
+//! raw disk through the staged image's map; `attach` then puts a loop
+//! device over that file. Served by a background `liverestore serve-image
+//! NAME MOUNTPOINT [--writable]` process that exits when the filesystem is
+//! unmounted (by `detach`).
+//!
+//! Writable (`attach --rw=direct`, used by `customize`): writes go through
+//! a [`DiskWriter`] — the one choke point for disk writes — confined to
+//! the staging's map; a write that is not sector-aligned is read, patched
+//! and written back whole.
 
 use std::ffi::OsStr;
 use std::fs::File;
@@ -14,9 +19,10 @@ use std::time::{Duration, SystemTime};
 use fuser::{
     Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
     LockOwner, MountOption, OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory,
-    ReplyEntry, ReplyOpen, Request,
+    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyWrite, Request, WriteFlags,
 };
 
+use crate::disk_io::{AlignedBuf, DiskWriter};
 use crate::error::{Error, Result};
 use crate::extent_map::ExtentMap;
 use crate::state_dir::StateDir;
@@ -31,12 +37,19 @@ struct ImageFs {
     disk: File,
     map: ExtentMap,
     size: u64,
+    /// Writable: the writer (container offsets) and where the image starts
+    /// in the container, and the sector size writes are aligned to.
+    writer: Option<std::sync::Mutex<DiskWriter>>,
+    data_offset: u64,
+    align: u64,
 }
 
 impl ImageFs {
     fn attr(&self, ino: INodeNo) -> FileAttr {
         let (kind, perm, size, nlink) = if ino == ROOT {
             (FileType::Directory, 0o555, 0, 2)
+        } else if self.writer.is_some() {
+            (FileType::RegularFile, 0o644, self.size, 1)
         } else {
             (FileType::RegularFile, 0o444, self.size, 1)
         };
@@ -76,6 +89,40 @@ impl ImageFs {
         }
         Ok(buf)
     }
+
+    /// Write `data` at image offset `offset` through the writer: whole
+    /// sectors, the partial ones at either end read and patched first.
+    fn write_image(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        let Some(writer) = &self.writer else {
+            return Err(std::io::Error::from_raw_os_error(libc_erofs()));
+        };
+        let end = offset + data.len() as u64;
+        if end > self.size {
+            return Err(std::io::Error::from_raw_os_error(
+                rustix::io::Errno::FBIG.raw_os_error(),
+            ));
+        }
+        let a = self.align;
+        let start = offset / a * a;
+        let stop = end.div_ceil(a) * a;
+        let mut buf = AlignedBuf::new((stop - start) as usize);
+        if start != offset || stop != end {
+            // The image size is a multiple of the sector size (staging
+            // requires it), so [start, stop) is all image.
+            let old = self.read_image(start, stop - start)?;
+            buf[..old.len()].copy_from_slice(&old);
+        }
+        buf[(offset - start) as usize..(end - start) as usize].copy_from_slice(data);
+        let mut w = writer
+            .lock()
+            .map_err(|_| std::io::Error::other("writer poisoned"))?;
+        w.write_at(self.data_offset + start, &buf)
+            .map_err(|e| std::io::Error::other(e.to_string()))
+    }
+}
+
+fn libc_erofs() -> i32 {
+    rustix::io::Errno::ROFS.raw_os_error()
 }
 
 impl Filesystem for ImageFs {
@@ -98,7 +145,7 @@ impl Filesystem for ImageFs {
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         if ino != IMAGE {
             reply.error(Errno::EISDIR);
-        } else if flags.acc_mode() != OpenAccMode::O_RDONLY {
+        } else if flags.acc_mode() != OpenAccMode::O_RDONLY && self.writer.is_none() {
             reply.error(Errno::EROFS);
         } else {
             reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE);
@@ -123,6 +170,59 @@ impl Filesystem for ImageFs {
             Ok(data) => reply.data(&data),
             Err(_) => reply.error(Errno::EIO),
         }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        if ino != IMAGE {
+            return reply.error(Errno::EISDIR);
+        }
+        match self.write_image(offset, data) {
+            Ok(()) => reply.written(data.len() as u32),
+            Err(e) => reply.error(Errno::from_i32(e.raw_os_error().unwrap_or(libc_eio()))),
+        }
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        match self.sync() {
+            Ok(()) => reply.ok(),
+            Err(_) => reply.error(Errno::EIO),
+        }
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        match self.sync() {
+            Ok(()) => reply.ok(),
+            Err(_) => reply.error(Errno::EIO),
+        }
+    }
+
+    fn destroy(&mut self) {
+        let _ = self.sync();
     }
 
     fn readdir(
@@ -150,21 +250,51 @@ impl Filesystem for ImageFs {
     }
 }
 
+fn libc_eio() -> i32 {
+    rustix::io::Errno::IO.raw_os_error()
+}
+
+impl ImageFs {
+    fn sync(&self) -> Result<()> {
+        match &self.writer {
+            Some(w) => w
+                .lock()
+                .map_err(|_| Error::new(crate::ErrorKind::Io, "writer poisoned"))?
+                .sync(),
+            None => Ok(()),
+        }
+    }
+}
+
 /// Serve the image of `name` at `mountpoint` until it is unmounted. The
-/// map is revalidated first; the disk is opened read-only.
-pub fn serve(state: &StateDir, name: &str, mountpoint: &Path) -> Result<()> {
+/// map is revalidated first; the disk is opened read-only, and with
+/// `writable` also for writes through a [`DiskWriter`].
+pub fn serve(state: &StateDir, name: &str, mountpoint: &Path, writable: bool) -> Result<()> {
     let rec = state.load(name)?;
     let checked = crate::staged::revalidate(&rec)?;
     let disk = File::open(&checked.target.disk_path)
         .map_err(|e| Error::io("cannot open the disk", e).with_path(&checked.target.disk_path))?;
+    let writer = if writable {
+        let w = DiskWriter::for_staging(&rec, &checked.target, checked.map.clone())?;
+        Some(std::sync::Mutex::new(w))
+    } else {
+        None
+    };
     let fs = ImageFs {
         disk,
         map: rec.image_map()?,
         size: rec.image.size,
+        writer,
+        data_offset: rec.container.data_offset,
+        align: checked.target.io_align(),
     };
     let mut config = Config::default();
     config.mount_options = vec![
-        MountOption::RO,
+        if writable {
+            MountOption::RW
+        } else {
+            MountOption::RO
+        },
         MountOption::FSName(format!("liverestore-{name}")),
         MountOption::Subtype("liverestore".into()),
     ];

@@ -18,11 +18,14 @@
 //!   image: the plan, the appended early-boot initramfs, and `/lr/init`.
 //! - [`activate`], [`efi`], [`efivars`]: the UEFI trial boot, status and
 //!   rollback.
+//! - [`customize`]: change a staged system before its first boot (files to
+//!   keep, network configuration, a new identity, drivers).
 
 pub mod activate;
 pub mod attach;
 pub mod boot_plan;
 pub mod container;
+pub mod customize;
 pub mod dev_node;
 pub mod disk_io;
 pub mod dm;

@@ -340,10 +340,60 @@ enum Command {
         #[arg(long, value_name = "CMD")]
         run: Option<String>,
     },
+    /// Change a staged system before its first boot, so it comes up as
+    /// this machine (or as a new one). The staged bytes are verified
+    /// first; the image is attached writable, its root filesystem mounted
+    /// and changed, and every chunk hashed anew, so `verify` and
+    /// `activate` accept the result. Applied in this order:
+    /// --new-identity, --hostname, --carry-network, --inject-drivers,
+    /// --preserve (what you name explicitly wins). Interrupted, the
+    /// staging stays marked as being customized (verify and activate
+    /// refuse it): run the same command again to finish.
+    ///
+    ///   liverestore customize web --carry-network --preserve /etc/ssh --preserve /home
+    ///   liverestore customize lab-07 --new-identity --hostname lab-07
+    #[command(verbatim_doc_comment)]
+    Customize {
+        name: String,
+        /// Copy this file or tree from the running system into the
+        /// restored one at the same path (mode, owner, time and links
+        /// kept; files the restored system has and this one lacks stay).
+        /// Repeat for more.
+        #[arg(long, value_name = "PATH")]
+        preserve: Vec<PathBuf>,
+        /// Copy this system's network configuration (netplan,
+        /// NetworkManager, systemd-networkd or ifupdown: the stacks both
+        /// systems use) and a plain /etc/resolv.conf, so a remote machine
+        /// comes back online.
+        #[arg(long)]
+        carry_network: bool,
+        /// A machine of its own: empty /etc/machine-id (systemd makes a new
+        /// one at first boot), new SSH host keys of the same types.
+        #[arg(long)]
+        new_identity: bool,
+        /// Set /etc/hostname and the 127.0.1.1 line of /etc/hosts.
+        #[arg(long, value_name = "NAME")]
+        hostname: Option<String>,
+        /// Copy firmware that this machine's loaded modules use and the
+        /// image lacks; and, when the image's kernel is this kernel's
+        /// version, the loaded modules it lacks (then depmod).
+        #[arg(long)]
+        inject_drivers: bool,
+        /// Take preserved files, network configuration and drivers from
+        /// the system whose root is mounted at DIR, not the running one.
+        #[arg(long, value_name = "DIR", default_value = "/")]
+        source_root: PathBuf,
+    },
     /// (internal) Serve a staged image as a FUSE file for `attach` on a
     /// kernel without device-mapper; exits when unmounted.
     #[command(hide = true)]
-    ServeImage { name: String, mountpoint: PathBuf },
+    ServeImage {
+        name: String,
+        mountpoint: PathBuf,
+        /// Take writes (through the map) too.
+        #[arg(long)]
+        writable: bool,
+    },
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -781,8 +831,13 @@ fn run(cli: Cli) -> Outcome {
                 println!("{}", a.device);
                 if a.backend == "fuse" {
                     eprintln!(
-                        "no device-mapper in this kernel: '{}' is served read-only through FUSE ({}) and a loop device",
+                        "no device-mapper in this kernel: '{}' is served {} through FUSE ({}) and a loop device",
                         a.name,
+                        if a.mode == attach::AttachMode::Direct {
+                            "writable"
+                        } else {
+                            "read-only"
+                        },
                         a.fuse_mount.as_deref().unwrap_or("-")
                     );
                 }
@@ -835,8 +890,51 @@ fn run(cli: Cli) -> Outcome {
             }
             Ok(if r.passed { 0 } else { 20 })
         }
-        Command::ServeImage { name, mountpoint } => {
-            liverestore::fuse_image::serve(&state, &name, &mountpoint)?;
+        Command::Customize {
+            name,
+            preserve,
+            carry_network,
+            new_identity,
+            hostname,
+            inject_drivers,
+            source_root,
+        } => {
+            let opts = liverestore::customize::CustomizeOptions {
+                preserve,
+                source_root,
+                carry_network,
+                new_identity,
+                hostname,
+                inject_drivers,
+            };
+            let r = liverestore::customize::customize(&state, &name, &opts, progress.as_ref())?;
+            if cli.json {
+                emit_json(&json!({ "event": "result", "ok": true, "customized": r }));
+            } else {
+                for c in &r.changes {
+                    println!("{:<13} {}  ({})", c.what, c.path, c.detail);
+                }
+                println!(
+                    "'{}' customized{}: {} changes in its {} filesystem; new sha256 {}",
+                    r.name,
+                    if r.resumed {
+                        " (an interrupted run finished)"
+                    } else {
+                        ""
+                    },
+                    r.changes.len(),
+                    r.filesystem,
+                    r.sha256
+                );
+            }
+            Ok(0)
+        }
+        Command::ServeImage {
+            name,
+            mountpoint,
+            writable,
+        } => {
+            liverestore::fuse_image::serve(&state, &name, &mountpoint, writable)?;
             Ok(0)
         }
         Command::Activate {

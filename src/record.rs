@@ -86,6 +86,53 @@ pub struct ImageInfo {
     /// (the whole image's hash is in [`StagedPartition::image_sha256`]).
     #[serde(default)]
     pub partition: Option<StagedPartition>,
+    /// Set (to the Unix time it started) while `customize` changes the
+    /// staged bytes: the chunk hashes are then stale until it finishes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub customizing: Option<u64>,
+    /// What `customize` changed since staging, oldest first. The chunk
+    /// hashes (and `sha256`, then the staged image's own) describe the
+    /// bytes after the last one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub customized: Vec<Customization>,
+}
+
+/// One change `customize` made inside a staged image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Change {
+    /// What kind of change: `preserved`, `machine-id`, `ssh-host-key`,
+    /// `hostname`, `network`, `firmware`, `module`, …
+    pub what: String,
+    /// The path inside the image.
+    pub path: String,
+    pub detail: String,
+}
+
+impl Change {
+    pub fn new(what: &str, path: &std::path::Path, detail: &str) -> Change {
+        Change {
+            what: what.to_string(),
+            path: path.display().to_string(),
+            detail: detail.to_string(),
+        }
+    }
+}
+
+/// One run of `customize`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Customization {
+    pub at_unix: u64,
+    /// The first [`Customization::MAX_KEPT`] changes (the record is also
+    /// the on-disk header, whose room is fixed), and how many there were.
+    pub changes: Vec<Change>,
+    pub change_count: u64,
+    /// SHA-256 of the image before and after.
+    pub sha256_before: Option<String>,
+    pub sha256: String,
+}
+
+impl Customization {
+    pub const MAX_KEPT: usize = 100;
 }
 
 /// One partition of a whole-disk image, staged on its own.
@@ -352,6 +399,8 @@ pub(crate) mod tests {
                 disk_written: 0,
                 disk_zeroed: 0,
                 partition: None,
+                customizing: None,
+                customized: Vec::new(),
             },
             container: ContainerInfo {
                 path: "/var/tmp/web-01.lrc".into(),

@@ -25,7 +25,6 @@ use crate::input::{Fill, Image, OpenOptions};
 use crate::container::{self, ContainerFile};
 use crate::disk_io::{AlignedBuf, DiskReader, DiskWriter};
 use crate::error::{Error, ErrorKind, Result};
-use crate::header;
 use crate::hostfs::HostTarget;
 use crate::identity;
 use crate::plan::{self, CHUNK_SIZE};
@@ -159,6 +158,8 @@ pub fn stage(
                     disk_written: 0,
                     disk_zeroed: 0,
                     partition: piece.partition.clone(),
+                    customizing: None,
+                    customized: Vec::new(),
                 },
                 container,
                 host,
@@ -520,14 +521,6 @@ fn align_up(n: u64, a: u64) -> u64 {
     n.div_ceil(a) * a
 }
 
-/// Write the header with the record as it is now, through `writer`.
-fn write_header(writer: &mut DiskWriter, rec: &StagingRecord, align: u64) -> Result<()> {
-    let bytes = header::encode(rec, align)?;
-    let mut buf = AlignedBuf::new(bytes.len());
-    buf.copy_from_slice(&bytes);
-    writer.write_at(0, &buf)
-}
-
 /// A byte range of the image the reader delivers: the chunks of a staging
 /// (`sink`) from chunk `first` on, or bytes between stagings that are read
 /// only to be hashed (`sink` None).
@@ -707,7 +700,7 @@ fn write_pass(
         }
         let mut writer = DiskWriter::for_staging(rec, target, map.clone())?;
         let reader = DiskReader::open(&target.disk_path, map.clone())?;
-        write_header(&mut writer, rec, align)?;
+        staged::write_header(&mut writer, rec, align)?;
         let committed = if resuming {
             rec.image.written / chunk
         } else {
@@ -927,7 +920,7 @@ fn finish(
             }
             None => rec.state = StagingState::Complete,
         }
-        write_header(&mut sink.writer, rec, align)?;
+        staged::write_header(&mut sink.writer, rec, align)?;
         sink.writer.sync()?;
         state.save(rec)?;
     }

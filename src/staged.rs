@@ -64,6 +64,24 @@ pub fn revalidate(rec: &StagingRecord) -> Result<Revalidated> {
     Ok(Revalidated { target, map })
 }
 
+/// Write the header with the record as it is now, through `writer`.
+pub(crate) fn write_header(writer: &mut DiskWriter, rec: &StagingRecord, align: u64) -> Result<()> {
+    let bytes = header::encode(rec, align)?;
+    let mut buf = AlignedBuf::new(bytes.len());
+    buf.copy_from_slice(&bytes);
+    writer.write_at(0, &buf)
+}
+
+/// Record `rec` as it is now, in both places: the on-disk header (the map
+/// revalidated first; written through the map, synced) and the state file.
+pub fn record_changed(state: &StateDir, rec: &StagingRecord) -> Result<()> {
+    let checked = revalidate(rec)?;
+    let mut writer = DiskWriter::for_staging(rec, &checked.target, checked.map)?;
+    write_header(&mut writer, rec, checked.target.io_align())?;
+    writer.sync()?;
+    state.save(rec)
+}
+
 /// Refuse (as [`ErrorKind::MapChanged`]) when `rec`'s map shares a disk
 /// byte with the map of another staging in `state`. Allocation makes this
 /// impossible (files never share blocks; unallocated ranges are taken

@@ -65,7 +65,7 @@ fn fsck_command(fs: &str, dev: &str) -> Vec<String> {
 }
 
 /// The first bytes of `device`: enough for [`detect_filesystem`].
-fn read_head(device: &str) -> Result<Vec<u8>> {
+pub(crate) fn read_head(device: &str) -> Result<Vec<u8>> {
     use std::os::unix::fs::FileExt;
     let mut head = vec![0u8; 0x10048];
     let f = std::fs::File::open(device)
@@ -79,7 +79,7 @@ fn read_head(device: &str) -> Result<Vec<u8>> {
 /// Mount `device` (a filesystem of type `fs`) at `mnt`, creating it.
 /// Read-only mounts skip journal replay (ext4 `noload`, xfs
 /// `norecovery`): the device may not take writes at all.
-fn mount(device: &str, fs: &str, mnt: &std::path::Path, read_only: bool) -> Result<()> {
+pub(crate) fn mount(device: &str, fs: &str, mnt: &std::path::Path, read_only: bool) -> Result<()> {
     std::fs::create_dir_all(mnt)
         .op(|| "cannot create the mount point".into())
         .map_err(|e| e.with_path(mnt))?;

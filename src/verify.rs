@@ -55,6 +55,49 @@ pub fn check_header(rec: &StagingRecord, reader: &DiskReader, align: u64) -> Res
     Ok(())
 }
 
+/// The hashes of the staged bytes as they are on the disk now.
+pub struct ImageHashes {
+    /// BLAKE3 (hex) of each chunk.
+    pub chunks: Vec<String>,
+    /// SHA-256 (hex) of the whole image.
+    pub sha256: String,
+}
+
+/// Read every image byte of `rec` from the disk through `reader` and hash
+/// it: per chunk (BLAKE3) and whole (SHA-256). `what` names the progress.
+pub fn hash_image(
+    rec: &StagingRecord,
+    reader: &DiskReader,
+    align: u64,
+    what: &str,
+    progress: &dyn Progress,
+) -> Result<ImageHashes> {
+    let chunk = rec.image.chunk_size;
+    let size = rec.image.size;
+    let mut buf = AlignedBuf::new(chunk as usize);
+    let mut whole = Sha256::new();
+    let mut chunks = Vec::with_capacity(rec.image.chunk_count() as usize);
+    progress.begin(what, size);
+    for index in 0..rec.image.chunk_count() {
+        let offset = index * chunk;
+        let len = (size - offset).min(chunk);
+        let io_len = len.div_ceil(align) * align;
+        reader.read_at(
+            rec.container.data_offset + offset,
+            &mut buf[..io_len as usize],
+        )?;
+        let data = &buf[..len as usize];
+        whole.update(data);
+        chunks.push(blake3::hash(data).to_hex().to_string());
+        progress.update(offset + len);
+    }
+    progress.end();
+    Ok(ImageHashes {
+        chunks,
+        sha256: hex::encode(whole.finalize()),
+    })
+}
+
 /// Verify `name`. Map and header problems are errors ([`ErrorKind::MapChanged`],
 /// [`ErrorKind::Corrupt`]); data mismatches are reported with `ok: false`.
 pub fn verify(state: &StateDir, name: &str, progress: &dyn Progress) -> Result<VerifyReport> {
@@ -77,38 +120,37 @@ pub fn verify(state: &StateDir, name: &str, progress: &dyn Progress) -> Result<V
             ),
         ));
     }
+    if rec.image.customizing.is_some() {
+        return Err(Error::new(
+            ErrorKind::InvalidState,
+            format!(
+                "a `customize` of '{name}' was interrupted, so its bytes and hashes disagree: run `liverestore customize {name}` again (with the same options) to finish it, or discard it"
+            ),
+        ));
+    }
     let checked = staged::revalidate(&rec)?;
     let align = checked.target.io_align();
     let reader = DiskReader::open(&checked.target.disk_path, checked.map)?;
     check_header(&rec, &reader, align)?;
 
-    let chunk = rec.image.chunk_size;
-    let size = rec.image.size;
-    let mut buf = AlignedBuf::new(chunk as usize);
+    let hashes = hash_image(&rec, &reader, align, "verify", progress)?;
     let mut bad = Vec::new();
     let mut bad_count = 0u64;
-    let mut whole = Sha256::new();
-    progress.begin("verify", size);
-    for (index, expected) in rec.image.chunk_blake3.iter().enumerate() {
-        let offset = index as u64 * chunk;
-        let len = (size - offset).min(chunk);
-        let io_len = len.div_ceil(align) * align;
-        reader.read_at(
-            rec.container.data_offset + offset,
-            &mut buf[..io_len as usize],
-        )?;
-        let data = &buf[..len as usize];
-        whole.update(data);
-        if blake3::hash(data).to_hex().as_str() != expected {
+    for (index, (expected, actual)) in rec
+        .image
+        .chunk_blake3
+        .iter()
+        .zip(&hashes.chunks)
+        .enumerate()
+    {
+        if expected != actual {
             bad_count += 1;
             if bad.len() < 64 {
                 bad.push(index as u64);
             }
         }
-        progress.update(offset + len);
     }
-    progress.end();
-    let sha256 = hex::encode(whole.finalize());
+    let sha256 = hashes.sha256;
     let complete = rec.image.chunk_blake3.len() as u64 == rec.image.chunk_count();
     // The whole-image hash is checked when one was recorded.
     let whole_ok = rec.image.sha256.as_deref().is_none_or(|s| s == sha256);
@@ -117,7 +159,7 @@ pub fn verify(state: &StateDir, name: &str, progress: &dyn Progress) -> Result<V
         ok: bad_count == 0 && complete && whole_ok,
         map_valid: true,
         header_valid: true,
-        bytes_checked: size,
+        bytes_checked: rec.image.size,
         chunks_checked: rec.image.chunk_blake3.len() as u64,
         bad_chunks: bad,
         bad_chunk_count: bad_count,

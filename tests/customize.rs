@@ -1,0 +1,391 @@
+//! `customize` on this host (no device-mapper: the image is attached
+//! writable through the FUSE fallback, whose writes go through the
+//! `DiskWriter`): a staged system gets a new identity, a hostname, the
+//! source system's network configuration and preserved files; `verify`
+//! passes on the new bytes; inside the image everything is as asked and
+//! nothing else moved; on the disk, nothing outside the map was written
+//! and the host filesystem is clean with every file unchanged. Then the
+//! faults: corrupt staged bytes are refused before anything changes, an
+//! interrupted customize is refused by `verify` and finished by running
+//! it again, and bad options are refused up front.
+
+mod common;
+
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+
+use common::*;
+
+/// The "restored system": a small root filesystem with an identity, a
+/// systemd-networkd configuration, and links that point at absolute paths
+/// (meaningful inside the image only).
+fn system_image(dir: &Path) -> PathBuf {
+    let tree = dir.join("system.tree");
+    let w = |p: &str, data: &str| {
+        let p = tree.join(p);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, data).unwrap();
+    };
+    w("etc/hostname", "image-host\n");
+    w("etc/hosts", "127.0.0.1\tlocalhost\n127.0.1.1\timage-host\n");
+    w("etc/machine-id", "0123456789abcdef0123456789abcdef\n");
+    w("etc/ssh/ssh_host_ed25519_key", "OLD PRIVATE KEY\n");
+    w(
+        "etc/ssh/ssh_host_ed25519_key.pub",
+        "ssh-ed25519 OLD root@image-host\n",
+    );
+    w("etc/ssh/sshd_config", "PermitRootLogin no\n");
+    w(
+        "etc/systemd/network/10-image.network",
+        "[Match]\nName=en*\n[Network]\nDHCP=yes\n",
+    );
+    w("srv/data/unrelated", "stays\n");
+    std::fs::create_dir_all(tree.join("var/lib/dbus")).unwrap();
+    symlink("/etc/machine-id", tree.join("var/lib/dbus/machine-id")).unwrap();
+    // /etc/motd -> /etc/hostname: writing "through" it from the host
+    // would hit the host's file.
+    symlink("/etc/hostname", tree.join("etc/motd")).unwrap();
+    let img = dir.join("system.ext4");
+    mkfs_ext4_from(&tree, &img, 48);
+    img
+}
+
+/// The "running system" whose files are carried over (`--source-root`):
+/// networkd configuration, resolv.conf, and a tree to keep.
+fn source_system(dir: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let root = dir.join("source");
+    let w = |p: &str, data: &str, mode: u32| {
+        let p = root.join(p);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, data).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+    };
+    w(
+        "etc/systemd/network/20-wired.network",
+        "[Match]\nName=enp1s0\n[Network]\nAddress=192.0.2.7/24\nGateway=192.0.2.1\n",
+        0o644,
+    );
+    w("etc/resolv.conf", "nameserver 192.0.2.53\n", 0o644);
+    w("opt/site/secret.key", "site secret\n", 0o600);
+    w("opt/site/conf/app.ini", "[app]\nmode=prod\n", 0o640);
+    symlink("conf/app.ini", root.join("opt/site/current")).unwrap();
+    root
+}
+
+/// Run `script` against the staged image mounted read-only (test-restore);
+/// its output lines `key=value`.
+fn look_inside(cli: &Cli, name: &str, script: &str) -> std::collections::BTreeMap<String, String> {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let cmd = format!(
+        "cd \"$LIVERESTORE_ROOT\" && ( {script} ) > {}",
+        out.display()
+    );
+    let r = cli.json(&["--json", "test-restore", name, "--run", &cmd]);
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(r["report"]["fsck_clean"], true, "{r}");
+    std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+const LOOK: &str = r#"
+echo "hostname=$(cat etc/hostname)"
+echo "hosts=$(grep 127.0.1.1 etc/hosts | tr '\t' ' ')"
+echo "machine_id_bytes=$(stat -c %s etc/machine-id)"
+echo "dbus_link=$(readlink var/lib/dbus/machine-id)"
+echo "motd_link=$(readlink etc/motd)"
+echo "key_head=$(head -c 35 etc/ssh/ssh_host_ed25519_key)"
+echo "key_mode=$(stat -c %a etc/ssh/ssh_host_ed25519_key)"
+echo "pub_tail=$(awk '{print $3}' etc/ssh/ssh_host_ed25519_key.pub)"
+echo "sshd_config=$(cat etc/ssh/sshd_config)"
+echo "networks=$(ls etc/systemd/network | tr '\n' ' ')"
+echo "resolv=$(cat etc/resolv.conf)"
+echo "secret=$(cat opt/site/secret.key) $(stat -c %a opt/site/secret.key)"
+echo "app_mode=$(stat -c %a opt/site/conf/app.ini)"
+echo "current=$(readlink opt/site/current)"
+echo "unrelated=$(cat srv/data/unrelated)"
+"#;
+
+#[test]
+fn customize_changes_the_staged_system_and_nothing_else() {
+    require_root();
+    let t = tempfile::tempdir().unwrap();
+    let mut disk = LoopDisk::new(t.path(), Fs::Ext4, 200);
+    populate(&disk.mnt);
+    let img = system_image(t.path());
+    let source = source_system(t.path());
+    // A host file that an escaping link inside the image would hit.
+    std::fs::write(disk.mnt.join("hostname"), "host file\n").unwrap();
+    let cli = Cli::new(t.path());
+    let dir = disk.mnt.to_str().unwrap().to_string();
+    cli.expect(
+        0,
+        &[
+            "stage",
+            img.to_str().unwrap(),
+            "--name",
+            "sys",
+            "--dir",
+            &dir,
+        ],
+    );
+    let staged_sha = sha256_hex(&std::fs::read(&img).unwrap());
+
+    disk.unmount();
+    let pattern_before = disk.pattern_sectors();
+    disk.mount();
+    let files_before = tree_hashes(&disk.mnt);
+
+    let out = cli.json(&[
+        "--json",
+        "customize",
+        "sys",
+        "--new-identity",
+        "--hostname",
+        "web-7.example.org",
+        "--carry-network",
+        "--preserve",
+        "/opt/site",
+        "--source-root",
+        source.to_str().unwrap(),
+    ]);
+    assert_eq!(out["ok"], true, "{out}");
+    let r = &out["customized"];
+    println!("{}", serde_json::to_string_pretty(r).unwrap());
+    assert_eq!(r["backend"], "fuse", "no device-mapper here: the FUSE path");
+    assert_eq!(r["filesystem"], "ext4");
+    assert_eq!(r["resumed"], false);
+    assert_eq!(r["sha256_before"], staged_sha.as_str());
+    assert_ne!(r["sha256"], staged_sha.as_str());
+    let whats: Vec<&str> = r["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["what"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        whats,
+        [
+            "machine-id",
+            "ssh-host-key",
+            "hostname",
+            "hostname",
+            "network",
+            "network",
+            "preserved"
+        ],
+        "{r}"
+    );
+
+    // The new bytes are what is recorded: verify passes, and the record
+    // and the on-disk header both say what changed.
+    let v = cli.json(&["--json", "verify", "sys"]);
+    assert_eq!(v["ok"], true, "{v}");
+    assert_eq!(v["sha256"], r["sha256"]);
+    let info = cli.json(&["info", "sys", "--json"]);
+    let c = &info["record"]["image"]["customized"][0];
+    assert_eq!(c["sha256_before"], staged_sha.as_str(), "{info}");
+    assert_eq!(c["change_count"], 7);
+    assert!(info["record"]["image"].get("customizing").is_none());
+    let found = cli.json(&["--json", "scan", &disk.dev]);
+    assert_eq!(found["headers"][0]["valid"], true, "{found}");
+
+    // Inside the image.
+    let got = look_inside(&cli, "sys", LOOK);
+    let expect = [
+        ("hostname", "web-7.example.org"),
+        ("hosts", "127.0.1.1 web-7.example.org web-7"),
+        ("machine_id_bytes", "0"),
+        ("dbus_link", "/etc/machine-id"),
+        ("motd_link", "/etc/hostname"),
+        ("key_head", "-----BEGIN OPENSSH PRIVATE KEY-----"),
+        ("key_mode", "600"),
+        ("pub_tail", "root@web-7.example.org"),
+        ("sshd_config", "PermitRootLogin no"),
+        ("networks", "10-image.network 20-wired.network "),
+        ("resolv", "nameserver 192.0.2.53"),
+        ("secret", "site secret 600"),
+        ("app_mode", "640"),
+        ("current", "conf/app.ini"),
+        ("unrelated", "stays"),
+    ];
+    for (k, v) in expect {
+        assert_eq!(got.get(k).map(String::as_str), Some(v), "{k}: {got:?}");
+    }
+
+    // The host: its files unchanged (the one an escaping link would have
+    // hit included), fsck-clean, and every free sector that held its
+    // pattern still holds it, except inside the container.
+    assert_eq!(tree_hashes(&disk.mnt), files_before);
+    assert_eq!(
+        std::fs::read_to_string(disk.mnt.join("hostname")).unwrap(),
+        "host file\n"
+    );
+    let ranges = container_ranges(&cli, "sys");
+    disk.unmount();
+    assert!(disk.fsck_clean());
+    let pattern_after = disk.pattern_sectors();
+    let stray: Vec<usize> = (0..pattern_before.len())
+        .filter(|&n| pattern_before[n] && !pattern_after[n])
+        .filter(|&n| {
+            let b = n as u64 * 512;
+            !ranges.iter().any(|&(s, e)| b >= s && b < e)
+        })
+        .collect();
+    // ext4 rewrites its superblock and journal on mount/unmount; those
+    // sectors never held the pattern. Anything else is a stray write.
+    assert!(
+        stray.is_empty(),
+        "{} sectors outside the map were written, first {:?}",
+        stray.len(),
+        &stray[..stray.len().min(8)]
+    );
+    assert_no_leftovers(&cli, "sys");
+}
+
+/// Disk byte ranges of the whole container, from `info`.
+fn container_ranges(cli: &Cli, name: &str) -> Vec<(u64, u64)> {
+    let info = cli.json(&["info", name, "--json"]);
+    info["record"]["map"]["extents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let d = e["disk"].as_u64().unwrap();
+            (d, d + e["length"].as_u64().unwrap())
+        })
+        .collect()
+}
+
+/// No attachment, FUSE mount or customize mount of `name` is left.
+fn assert_no_leftovers(cli: &Cli, name: &str) {
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+    assert!(!mounts.contains(&format!("fuse-{name}")), "{mounts}");
+    assert!(!mounts.contains(&format!("customize-{name}")), "{mounts}");
+    assert!(!sh("losetup", &["-a"]).contains(&format!("fuse-{name}")));
+    cli.expect_err(22, &["detach", name]);
+}
+
+#[test]
+fn corrupt_bytes_are_refused_and_an_interrupted_customize_finishes() {
+    require_root();
+    let t = tempfile::tempdir().unwrap();
+    let disk = LoopDisk::new(t.path(), Fs::Ext4, 160);
+    let img = system_image(t.path());
+    let source = source_system(t.path());
+    let cli = Cli::new(t.path());
+    let dir = disk.mnt.to_str().unwrap().to_string();
+    let src = source.to_str().unwrap().to_string();
+    cli.expect(
+        0,
+        &[
+            "stage",
+            img.to_str().unwrap(),
+            "--name",
+            "sys2",
+            "--dir",
+            &dir,
+        ],
+    );
+
+    // Options that cannot work are refused before anything happens.
+    let e = cli.expect_err(22, &["customize", "sys2"]);
+    assert!(e.contains("nothing to do"), "{e}");
+    let e = cli.expect_err(22, &["customize", "sys2", "--hostname", "bad_name"]);
+    assert!(e.contains("not a valid host name"), "{e}");
+    let e = cli.expect_err(
+        17,
+        &[
+            "customize",
+            "sys2",
+            "--preserve",
+            "/no/such/file",
+            "--source-root",
+            &src,
+        ],
+    );
+    assert!(e.contains("no such file"), "{e}");
+    let e = cli.expect_err(22, &["customize", "sys2", "--preserve", "relative/path"]);
+    assert!(e.contains("absolute"), "{e}");
+    cli.expect_err(17, &["customize", "nosuch", "--new-identity"]);
+
+    // An interruption after the bytes started to change: the source uses
+    // ifupdown, the image systemd-networkd, so --carry-network stops the
+    // run inside the mounted image.
+    let other = t.path().join("ifupdown-source");
+    for (p, data) in [
+        ("sbin/ifup", ""),
+        (
+            "etc/network/interfaces",
+            "auto eth0\niface eth0 inet dhcp\n",
+        ),
+    ] {
+        let p = other.join(p);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, data).unwrap();
+    }
+    let e = cli.expect_err(
+        22,
+        &[
+            "customize",
+            "sys2",
+            "--hostname",
+            "half",
+            "--carry-network",
+            "--source-root",
+            other.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        e.contains("configured with ifupdown, the restored system uses systemd-networkd"),
+        "{e}"
+    );
+    assert!(e.contains("run `liverestore customize sys2` again"), "{e}");
+    assert_no_leftovers(&cli, "sys2");
+    let e = cli.expect_err(22, &["verify", "sys2"]);
+    assert!(e.contains("was interrupted"), "{e}");
+    let e = cli.expect_err(
+        22,
+        &[
+            "initrd",
+            "sys2",
+            "--output",
+            t.path().join("x.cpio").to_str().unwrap(),
+        ],
+    );
+    assert!(e.contains("was interrupted"), "{e}");
+    // Run again (fixed): finishes, and verify passes again.
+    let out = cli.json(&[
+        "--json",
+        "customize",
+        "sys2",
+        "--hostname",
+        "whole",
+        "--carry-network",
+        "--source-root",
+        &src,
+    ]);
+    assert_eq!(out["customized"]["resumed"], true, "{out}");
+    assert_eq!(out["customized"]["sha256_before"], serde_json::Value::Null);
+    assert_eq!(cli.json(&["--json", "verify", "sys2"])["ok"], true);
+    let got = look_inside(&cli, "sys2", "echo \"hostname=$(cat etc/hostname)\"");
+    assert_eq!(got["hostname"], "whole");
+
+    // Corrupt staged bytes: refused before anything changes (the record
+    // is not marked, verify still reports the corruption itself).
+    let map = cli.json(&["map", "sys2", "--json"]);
+    let e0 = &map["extents"][0];
+    let at = e0["disk_offset"].as_u64().unwrap() + 8192;
+    disk.poke(at, b"CORRUPTION");
+    let e = cli.expect_err(20, &["customize", "sys2", "--new-identity"]);
+    assert!(e.contains("do not match their hashes"), "{e}");
+    let v = cli.run(&["--json", "verify", "sys2"]);
+    assert_eq!(v.status.code(), Some(20), "{v:?}");
+    assert_no_leftovers(&cli, "sys2");
+    cli.expect(0, &["discard", "sys2"]);
+}
