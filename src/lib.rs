@@ -44,6 +44,7 @@ pub mod initrd;
 pub mod input;
 pub mod kmod;
 pub mod loop_device;
+pub mod make_room;
 pub mod plan;
 pub mod progress;
 pub mod record;

@@ -87,6 +87,13 @@ struct SpaceArgs {
     /// file each filesystem allows is probed (vfat: 4 GiB - 1 byte).
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     max_file_size: Option<u64>,
+    /// When the image does not fit, delete files listed in FILE (absolute
+    /// glob patterns, one a line, least critical first; `#` comments)
+    /// until it does, and no more. Only single-link regular files on the
+    /// --dir filesystems; never a container or the state directory.
+    /// `plan` shows what would be deleted.
+    #[arg(long, value_name = "FILE")]
+    make_room: Option<PathBuf>,
 }
 
 impl SpaceArgs {
@@ -96,6 +103,7 @@ impl SpaceArgs {
             unallocated: self.unallocated,
             keep_free: self.keep_free,
             max_file_size: self.max_file_size,
+            make_room: self.make_room.clone(),
         }
     }
 }
@@ -533,6 +541,25 @@ fn run(cli: Cli) -> Outcome {
                                 st.image_offset,
                                 st.name.as_deref().unwrap_or("(no --name)")
                             )),
+                        );
+                    }
+                }
+                if !p.make_room.is_empty() {
+                    let total: u64 = p.make_room.iter().map(|c| c.bytes).sum();
+                    show(
+                        "make room",
+                        Some(format!(
+                            "delete {} files ({})",
+                            p.make_room.len(),
+                            human_bytes(total)
+                        )),
+                    );
+                    for c in &p.make_room {
+                        println!(
+                            "{:>20}  {} ({})",
+                            "",
+                            c.path.display(),
+                            human_bytes(c.bytes)
                         );
                     }
                 }

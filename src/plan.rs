@@ -88,6 +88,9 @@ pub struct Plan {
     /// The stagings the image becomes (one per partition of a whole-disk
     /// image, else one).
     pub stagings: Vec<PlannedStaging>,
+    /// Files `--make-room` deletes so that the image fits, in order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub make_room: Vec<crate::make_room::Candidate>,
     pub refusals: Vec<Refusal>,
 }
 
@@ -130,8 +133,11 @@ pub struct Assessment {
     pub sources: Vec<Source>,
     /// One per piece, in order (empty when the target is unknown).
     pub layouts: Vec<Layout>,
-    /// The space of each piece, in order (empty when it does not fit).
+    /// The space of each piece, in order (empty when it does not fit);
+    /// with `deletions`, the space once they are deleted.
     pub space: Vec<Vec<Planned>>,
+    /// Files to delete first (`--make-room`).
+    pub deletions: Vec<crate::make_room::Candidate>,
     errors: Vec<Error>,
 }
 
@@ -193,6 +199,7 @@ pub fn assess(
     });
     let mut layouts = Vec::new();
     let mut planned = Vec::new();
+    let mut deletions = Vec::new();
     if let Some(t) = &target {
         let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
         if hostfs::cmdline_forbids_write_mounted(&cmdline) && t.block.partition_number.is_none() {
@@ -252,9 +259,27 @@ pub fn assess(
                 .iter()
                 .map(|s| s.capacity(space.keep_free))
                 .collect();
-            match space::assign(&needs, &caps) {
-                Ok(p) => planned = p,
-                Err(e) => errors.push(e),
+            // A bad list is refused even when it is not needed.
+            let patterns = match space.make_room.as_deref().map(crate::make_room::read_list) {
+                Some(Err(e)) => {
+                    errors.push(e);
+                    None
+                }
+                Some(Ok(p)) => Some(p),
+                None => None,
+            };
+            match (space::assign(&needs, &caps), &patterns) {
+                (Ok(p), _) => planned = p,
+                (Err(e), Some(patterns)) if e.kind() == ErrorKind::NoSpace => {
+                    match make_room(state, patterns, &sources, &needs, &caps) {
+                        Ok((d, p)) => {
+                            deletions = d;
+                            planned = p;
+                        }
+                        Err(e) => errors.push(e),
+                    }
+                }
+                (Err(e), _) => errors.push(e),
             }
         }
         if is_root && let Err(e) = std::fs::OpenOptions::new().write(true).open(&t.disk_path) {
@@ -318,6 +343,7 @@ pub fn assess(
                 space: planned.get(i).cloned().unwrap_or_default(),
             })
             .collect(),
+        make_room: deletions.clone(),
         refusals: errors
             .iter()
             .map(|e| Refusal {
@@ -333,8 +359,33 @@ pub fn assess(
         sources,
         layouts,
         space: planned,
+        deletions,
         errors,
     }
+}
+
+/// The files matching the `--make-room` `patterns` whose deletion lets the
+/// stagings fit, and the plan then.
+fn make_room(
+    state: &StateDir,
+    patterns: &[String],
+    sources: &[Source],
+    needs: &[(u64, u64)],
+    caps: &[Capacity],
+) -> crate::Result<(Vec<crate::make_room::Candidate>, Vec<Vec<Planned>>)> {
+    use std::os::unix::fs::MetadataExt;
+    let filesystems: Vec<(usize, u64)> = sources
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| match s {
+            Source::Dir { target, .. } => std::fs::metadata(&target.dir).ok().map(|m| (i, m.dev())),
+            Source::Unallocated { .. } => None,
+        })
+        .collect();
+    let candidates =
+        crate::make_room::candidates(patterns, &filesystems, &[state.root().to_path_buf()])?;
+    let (n, plan) = crate::make_room::plan_deletions(needs, caps, &candidates)?;
+    Ok((candidates[..n].to_vec(), plan))
 }
 
 #[cfg(test)]

@@ -31,6 +31,9 @@ pub struct SpaceRequest {
     /// Cap on each container file's size (`--max-file-size`), below the
     /// filesystem's own limit.
     pub max_file_size: Option<u64>,
+    /// A list of files that may be deleted when space is short
+    /// (`--make-room`, see [`crate::make_room`]).
+    pub make_room: Option<PathBuf>,
 }
 
 /// How much one source can give, as the planner sees it.

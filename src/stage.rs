@@ -103,7 +103,35 @@ pub fn stage(
         Err(e) => (None, Err(e)),
     };
     let kept = pieces.as_ref().ok().cloned();
-    let assessment = plan::assess(state, req.space, pieces);
+    let mut assessment = plan::assess(state, req.space, pieces);
+    if assessment.plan.ok && !assessment.deletions.is_empty() {
+        // --make-room: delete what the plan needs gone, then plan again
+        // from what is really free now.
+        for c in &assessment.deletions {
+            progress.note(&format!(
+                "deleting {} ({} bytes) to make room",
+                c.path.display(),
+                c.bytes
+            ));
+        }
+        crate::make_room::delete(&assessment.deletions)?;
+        let deleted = assessment.deletions.len();
+        let mut again = req.space.clone();
+        again.make_room = None;
+        assessment = plan::assess(
+            state,
+            &again,
+            kept.clone()
+                .ok_or_else(|| Error::new(ErrorKind::Io, "pieces")),
+        );
+        if !assessment.plan.ok {
+            let e = assessment.first_error().expect("not ok: an error");
+            return Err(Error::new(
+                e.kind(),
+                format!("after deleting {deleted} files to make room: {e}"),
+            ));
+        }
+    }
     let (target, layouts) = (assessment.target.clone(), assessment.layouts.clone());
     let (sources, space) = (assessment.sources.clone(), assessment.space.clone());
     if let Some(err) = assessment.first_error() {

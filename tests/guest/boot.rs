@@ -8,13 +8,17 @@
 //! free space is fragmented first, so the map has dozens of extents), with
 //! only the original disk attached.
 //!
-//! The boot loader part (UEFI `Boot####`/`BootNext`, GRUB) is not here
-//! yet: the test passes the kernel, initrd and arguments itself.
+//! Before that, the running system customizes the staged system
+//! (`customize`: through a writable device-mapper attach here) with a new
+//! hostname and a preserved file, and the restored system shows both.
+//!
+//! The boot loader part (UEFI `Boot####`/`BootNext`) is in `uefi.rs`:
+//! this test passes the kernel, initrd and arguments itself.
 
 use std::path::Path;
 use std::time::Duration;
 
-use crate::common::vm::{Boot, EXT4, Guest, VIRTIO_BLK};
+use crate::common::vm::{Boot, DM_OVER_LOOP, EXT4, Guest, VIRTIO_BLK};
 use crate::common::*;
 
 /// GPT disk, one ext4-to-be partition at 1 MiB filling it.
@@ -34,6 +38,13 @@ while fallocate -l 1048576 /mnt/host/fill$i 2>/dev/null; do i=$((i + 1)); done
 for j in $(seq 0 2 $i); do rm -f /mnt/host/fill$j; done
 liverestore stage /dev/vdb --name next --dir /mnt/host 2>/dev/null
 echo "LR extents=$(liverestore --json map next | grep -o '"disk_offset"' | wc -l)"
+# Customize it before its first boot: a new name, a file to keep.
+mkdir -p /etc/lr-keep && echo "kept from the old system" > /etc/lr-keep/token
+liverestore --json customize next --new-identity --hostname customized-box --preserve /etc/lr-keep > /tmp/customize.json
+echo "LR customize_backend=$(grep -o '"backend":"[a-z-]*"' /tmp/customize.json)"
+echo "LR customize_changes=$(grep -o '"what":"[a-z-]*"' /tmp/customize.json | tr '\n' ' ')"
+echo "LR verify_after_customize=$(liverestore --json verify next | grep -o '"ok":[a-z]*')"
+echo "LR dm_left=$(ls /sys/block | grep -c dm- || true)"
 liverestore --json initrd next --output /tmp/lr.cpio > /tmp/initrd.json
 echo "LR modules=$(grep -o '"modules":\[[^]]*\]' /tmp/initrd.json)"
 echo "LR cpio_bytes=$(stat -c %s /tmp/lr.cpio)"
@@ -47,6 +58,7 @@ umount /mnt/host
 
 const RESTORED_SYSTEM: &str = r#"
 echo "LR restored_hostname=$(cat /etc/hostname)"
+echo "LR kept=$(cat /etc/lr-keep/token)"
 echo "LR root_device=$(awk '$2 == "/" { print $1 }' /proc/mounts)"
 echo "LR dm_name=$(cat /sys/block/dm-0/dm/name)"
 echo "LR dm_sectors=$(cat /sys/block/dm-0/size)"
@@ -72,7 +84,7 @@ fn a_staged_system_boots_through_the_map() {
     // Boot 1: the running system stages the image and writes the
     // early-boot initramfs.
     let run = Guest {
-        modules: [VIRTIO_BLK, EXT4].concat(),
+        modules: [VIRTIO_BLK, EXT4, DM_OVER_LOOP].concat(),
         binaries: vec!["mkfs.ext4"],
         disks: vec![disk.clone(), root_image.clone(), out_disk.clone()],
         scenario: RUNNING_SYSTEM.into(),
@@ -86,6 +98,17 @@ fn a_staged_system_boots_through_the_map() {
         "the disk's drivers, found in sysfs"
     );
     assert_eq!(run.get("unknown_name"), "17");
+    assert_eq!(run.get("customize_backend"), r#""backend":"device-mapper""#);
+    assert_eq!(
+        run.get("customize_changes"),
+        r#""what":"hostname" "what":"hostname" "what":"preserved" "#
+    );
+    assert_eq!(run.get("verify_after_customize"), r#""ok":true"#);
+    assert_eq!(
+        run.get("dm_left"),
+        "0",
+        "customize detached what it attached"
+    );
     let extents: usize = run.get("extents").parse().unwrap();
     assert!(
         extents > 20,
@@ -130,7 +153,8 @@ fn a_staged_system_boots_through_the_map() {
         ..Guest::default()
     }
     .run_ok(&t.path().join("vm2"));
-    assert_eq!(run.get("restored_hostname"), "restored-system");
+    assert_eq!(run.get("restored_hostname"), "customized-box");
+    assert_eq!(run.get("kept"), "kept from the old system");
     assert_eq!(run.get("root_device"), "/dev/dm-0");
     assert_eq!(run.get("dm_name"), "liverestore-root");
     assert_eq!(run.get("dm_sectors"), (48 * MIB / 512).to_string());
