@@ -1,4 +1,4 @@
-//! Power loss during activation and rollback, under OVMF: the guest's
+//! Power loss during activation, commit and rollback, under OVMF: the guest's
 //! liverestore is built with failpoints (src/failpoint.rs), so
 //! `LIVERESTORE_FAILPOINT=STEP` cuts the power right after STEP — no sync,
 //! no cleanup. Each QEMU run below ends that way; the disk and the
@@ -25,6 +25,23 @@ report() {
   echo "LR $1_activated=$(activated)"
 }
 cut_power_after() { LIVERESTORE_FAILPOINT="$1" liverestore activate web --esp /mnt/esp >/dev/null; echo "LR activate_failed=$?"; }
+"#;
+
+/// The restored system: reports itself; activated with `lr.test=commit`
+/// it commits — losing power right after `BootOrder` is written — when
+/// it was started by `BootNext`, and rolls back when started by default.
+const RESTORED_SYSTEM: &str = r#"
+echo "LR restored_up=$(cat /etc/hostname)"
+if grep -q lr.test=commit /proc/cmdline; then
+  mount -t efivarfs efivarfs /sys/firmware/efi/efivars
+  now=$(liverestore --json status | grep -o '"next_boot":"[^"]*"' | cut -d'"' -f4)
+  echo "LR restored_next=$now"
+  case "$now" in
+  old*) LIVERESTORE_FAILPOINT=commit:boot-order liverestore commit >/dev/null ;;
+  *) liverestore rollback >/dev/null && echo "LR restored_rollback=ok" ;;
+  esac
+fi
+reboot -f
 "#;
 
 /// One QEMU run with this run's old-system scenario.
@@ -58,7 +75,7 @@ fn powered_off_at(run: &GuestRun, point: &str) {
 }
 
 #[test]
-fn power_loss_during_activate_and_rollback_leaves_a_bootable_machine() {
+fn power_loss_during_activate_commit_and_rollback_leaves_a_bootable_machine() {
     require_root();
     let t = tempfile::tempdir().unwrap();
     let disk = gpt_disk_file(
@@ -66,14 +83,16 @@ fn power_loss_during_activate_and_rollback_leaves_a_bootable_machine() {
         2 + ESP_MIB + 300,
         &[(1, ESP_MIB, "ef00"), (1 + ESP_MIB, 300, "8300")],
     );
-    let initrd =
-        crate::common::vm::restored_initrd(&[VIRTIO_BLK, &["dm-mod"], EXT4].concat(), EXT4);
+    let initrd = crate::common::vm::restored_initrd(
+        &[VIRTIO_BLK, &["dm-mod"], EXT4].concat(),
+        &[EXT4, &["efivarfs"]].concat(),
+    );
     let image = t.path().join("restored-root.ext4");
     crate::common::vm::restored_root_image_with(
         &image,
         64,
         "restored-system",
-        "echo \"LR restored_up=$(cat /etc/hostname)\"\nreboot -f\n",
+        RESTORED_SYSTEM,
         Some(&initrd),
     );
     let disks = [disk, image];
@@ -182,4 +201,58 @@ e2fsck -f -n /dev/vda2 >/dev/null && echo "LR e_fsck=clean"
     assert_eq!(e.get("e_esp_files"), "0");
     assert_eq!(e.get("e_verify"), "ok", "the staged image survived it all");
     assert_eq!(e.get("e_fsck"), "clean");
+
+    // F: activate once more; BootNext starts the restored system, whose
+    // `commit` loses power right after it wrote BootOrder.
+    let f = run(
+        t.path(),
+        &disks,
+        "f",
+        r#"
+liverestore activate web --esp /mnt/esp --append lr.test=commit >/dev/null && echo "LR f_activate=ok"
+umount /mnt/esp /mnt/host
+reboot -f
+"#,
+    );
+    powered_off_at(&f, "commit:boot-order");
+    assert_eq!(f.get("f_activate"), "ok");
+    assert_eq!(
+        f.get("restored_next"),
+        "old system (the firmware's BootOrder)"
+    );
+
+    // G: the commit held: the firmware starts the restored system by
+    // default; it rolls back from its side; the old system comes up, says
+    // it boots next, and its rollback leaves nothing.
+    let g = run(
+        t.path(),
+        &disks,
+        "g",
+        r#"
+report g
+liverestore rollback >/dev/null && echo "LR g_rollback=ok"
+echo "LR g_entries_after=$(entries)"
+echo "LR g_activated_after=$(activated)"
+echo "LR g_esp_files=$(ls /mnt/esp | grep -c liverestore || true)"
+umount /mnt/esp /mnt/host
+e2fsck -f -n /dev/vda2 >/dev/null && echo "LR g_fsck=clean"
+"#,
+    );
+    g.assert_ok();
+    assert_eq!(
+        g.get("restored_next"),
+        "restored system (default)",
+        "the commit survived the power cut"
+    );
+    assert_eq!(g.get("restored_rollback"), "ok");
+    assert!(
+        g.console.find("LR restored_up").unwrap() < g.console.find("LR g_old_up").unwrap(),
+        "the restored system started first, by default"
+    );
+    assert_eq!(g.get("g_next"), "old system (the firmware's BootOrder)");
+    assert_eq!(g.get("g_rollback"), "ok");
+    assert_eq!(g.get("g_entries_after"), base);
+    assert_eq!(g.get("g_activated_after"), "0");
+    assert_eq!(g.get("g_esp_files"), "0");
+    assert_eq!(g.get("g_fsck"), "clean");
 }
