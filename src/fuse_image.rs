@@ -201,10 +201,7 @@ impl Filesystem for ImageFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        match self.sync() {
-            Ok(()) => reply.ok(),
-            Err(_) => reply.error(Errno::EIO),
-        }
+        self.reply_sync(reply);
     }
 
     fn flush(
@@ -215,10 +212,7 @@ impl Filesystem for ImageFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        match self.sync() {
-            Ok(()) => reply.ok(),
-            Err(_) => reply.error(Errno::EIO),
-        }
+        self.reply_sync(reply);
     }
 
     fn destroy(&mut self) {
@@ -255,6 +249,14 @@ fn libc_eio() -> i32 {
 }
 
 impl ImageFs {
+    /// Flush what was written to the disk, and answer.
+    fn reply_sync(&self, reply: ReplyEmpty) {
+        match self.sync() {
+            Ok(()) => reply.ok(),
+            Err(_) => reply.error(Errno::EIO),
+        }
+    }
+
     fn sync(&self) -> Result<()> {
         match &self.writer {
             Some(w) => w

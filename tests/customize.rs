@@ -248,20 +248,6 @@ fn customize_changes_the_staged_system_and_nothing_else() {
     assert_no_leftovers(&cli, "sys");
 }
 
-/// Disk byte ranges of the whole container, from `info`.
-fn container_ranges(cli: &Cli, name: &str) -> Vec<(u64, u64)> {
-    let info = cli.json(&["info", name, "--json"]);
-    info["record"]["map"]["extents"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| {
-            let d = e["disk"].as_u64().unwrap();
-            (d, d + e["length"].as_u64().unwrap())
-        })
-        .collect()
-}
-
 /// No attachment, FUSE mount or customize mount of `name` is left.
 fn assert_no_leftovers(cli: &Cli, name: &str) {
     let mounts = std::fs::read_to_string("/proc/mounts").unwrap();

@@ -12,20 +12,6 @@ use std::process::Stdio;
 
 use common::*;
 
-/// Disk byte ranges of the whole container (header included), from `info`.
-fn container_ranges(cli: &Cli, name: &str) -> Vec<(u64, u64)> {
-    let info = cli.json(&["info", name, "--json"]);
-    info["record"]["map"]["extents"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| {
-            let d = e["disk"].as_u64().unwrap();
-            (d, d + e["length"].as_u64().unwrap())
-        })
-        .collect()
-}
-
 fn stage_and_prove_nothing_stray(fs: Fs) {
     let t = tempfile::tempdir().unwrap();
     let mut disk = LoopDisk::new(t.path(), fs, 512);

@@ -47,23 +47,8 @@ pub fn firmware_names(modinfo: &str) -> Vec<String> {
 
 const FIRMWARE_FORMS: [&str; 3] = ["", ".xz", ".zst"];
 
-fn run(cmd: &mut Command, what: &str) -> Result<String> {
-    let out = cmd.output().map_err(|e| {
-        Error::new(
-            ErrorKind::KernelLacks,
-            format!("cannot run {what} ({e}): install kmod"),
-        )
-    })?;
-    if !out.status.success() {
-        return Err(Error::new(
-            ErrorKind::Io,
-            format!(
-                "{what} failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ),
-        ));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+fn run(cmd: &mut Command) -> Result<String> {
+    super::run_tool(cmd, "kmod")
 }
 
 /// Carry firmware and (same kernel version) modules from this system,
@@ -85,22 +70,15 @@ pub fn inject(source_root: &Path, root: &RootDir) -> Result<Vec<Change>> {
         return Ok(changes);
     }
 
-    let modinfo = run(
-        Command::new("modinfo")
-            .args(["-F", "firmware", "-k", &release])
-            .args(&loaded),
-        "modinfo",
-    )
+    let modinfo = run(Command::new("modinfo")
+        .args(["-F", "firmware", "-k", &release])
+        .args(&loaded))
     .or_else(|e| match e.kind() {
         // A module that vanished between the two reads: ask one by one.
         ErrorKind::Io => Ok(loaded
             .iter()
             .filter_map(|m| {
-                run(
-                    Command::new("modinfo").args(["-F", "firmware", "-k", &release, m]),
-                    "modinfo",
-                )
-                .ok()
+                run(Command::new("modinfo").args(["-F", "firmware", "-k", &release, m])).ok()
             })
             .collect()),
         _ => Err(e),
@@ -189,10 +167,7 @@ pub fn inject(source_root: &Path, root: &RootDir) -> Result<Vec<Change>> {
                     ),
                 )
             })?;
-        run(
-            Command::new("depmod").arg("-b").arg(base).arg(&release),
-            "depmod",
-        )?;
+        run(Command::new("depmod").arg("-b").arg(base).arg(&release))?;
         changes.push(Change::new(
             "module",
             &image_modules.join("modules.dep"),

@@ -100,6 +100,33 @@ pub struct CustomizeReport {
     pub sha256: String,
 }
 
+/// Run a host tool for a change; its stdout. A missing tool is
+/// [`ErrorKind::KernelLacks`] naming the Debian package that has it.
+pub(crate) fn run_tool(cmd: &mut std::process::Command, package: &str) -> Result<String> {
+    let what = cmd.get_program().to_string_lossy().into_owned();
+    let out = cmd.output().map_err(|e| {
+        Error::new(
+            ErrorKind::KernelLacks,
+            format!("cannot run {what} ({e}): install {package}"),
+        )
+    })?;
+    if !out.status.success() {
+        let args: Vec<String> = cmd
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        return Err(Error::new(
+            ErrorKind::Io,
+            format!(
+                "{what} {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 fn now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

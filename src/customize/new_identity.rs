@@ -153,25 +153,12 @@ fn ssh_host_keys(root: &RootDir, hostname: Option<&str>) -> Result<Vec<Change>> 
     let mut changes = Vec::new();
     for t in &types {
         let file = work.path().join(format!("ssh_host_{t}_key"));
-        let out = Command::new("ssh-keygen")
-            .args(["-q", "-N", "", "-t", t, "-C", &comment, "-f"])
-            .arg(&file)
-            .output()
-            .map_err(|e| {
-                Error::new(
-                    ErrorKind::KernelLacks,
-                    format!("cannot run ssh-keygen ({e}): install openssh-client to make new SSH host keys"),
-                )
-            })?;
-        if !out.status.success() {
-            return Err(Error::new(
-                ErrorKind::Io,
-                format!(
-                    "ssh-keygen -t {t} failed: {}",
-                    String::from_utf8_lossy(&out.stderr).trim()
-                ),
-            ));
-        }
+        super::run_tool(
+            Command::new("ssh-keygen")
+                .args(["-q", "-N", "", "-t", t, "-C", &comment, "-f"])
+                .arg(&file),
+            "openssh-client",
+        )?;
         for (suffix, mode) in [("", 0o600), (".pub", 0o644)] {
             let name = format!("ssh_host_{t}_key{suffix}");
             let data = std::fs::read(work.path().join(&name))

@@ -721,3 +721,18 @@ pub fn stage_and_kill(
     child.wait().unwrap();
     drop(feeder); // detached; it only sleeps
 }
+
+/// Disk byte ranges `[start, end)` of a staging's whole container (header
+/// included), from `info`.
+pub fn container_ranges(cli: &Cli, name: &str) -> Vec<(u64, u64)> {
+    let info = cli.json(&["info", name, "--json"]);
+    info["record"]["map"]["extents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let d = e["disk"].as_u64().unwrap();
+            (d, d + e["length"].as_u64().unwrap())
+        })
+        .collect()
+}
