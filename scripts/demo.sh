@@ -46,6 +46,12 @@ e2fsck -fn "$work/readback.img" | tail -1
 say "liverestore test-restore: attach, fsck, mount and look inside, without rebooting (read-only via FUSE on a kernel without device-mapper)"
 "$lr" test-restore demo --run 'ls "$LIVERESTORE_ROOT"'
 
+say "liverestore customize: give the restored system a name of its own before its first boot, and keep a file of this one"
+mkdir -p "$work/keep" && echo "kept from the running system" > "$work/keep/note.txt"
+"$lr" customize demo --hostname demo-restored --preserve "$work/keep"
+"$lr" verify demo
+"$lr" test-restore demo --run "cat \"\$LIVERESTORE_ROOT/etc/hostname\" \"\$LIVERESTORE_ROOT$work/keep/note.txt\""
+
 say "the host filesystem is untouched"
 cat "$work/host/precious.txt"
 "$lr" discard demo
