@@ -54,15 +54,7 @@ impl BootPlan {
                 ),
             ));
         }
-        if rec.image.customizing.is_some() {
-            return Err(Error::new(
-                ErrorKind::InvalidState,
-                format!(
-                    "a `customize` of '{}' was interrupted: run it again to finish it before booting the image",
-                    rec.name
-                ),
-            ));
-        }
+        rec.check_not_customizing()?;
         let map = rec.map.as_ref().ok_or_else(|| {
             Error::new(
                 ErrorKind::InvalidState,

@@ -90,17 +90,33 @@ impl ImageFs {
         Ok(buf)
     }
 
+    /// Flush what was written to the disk, and answer.
+    fn reply_sync(&self, reply: ReplyEmpty) {
+        match self.sync() {
+            Ok(()) => reply.ok(),
+            Err(_) => reply.error(Errno::EIO),
+        }
+    }
+
+    fn sync(&self) -> Result<()> {
+        match &self.writer {
+            Some(w) => w
+                .lock()
+                .map_err(|_| Error::new(crate::ErrorKind::Io, "writer poisoned"))?
+                .sync(),
+            None => Ok(()),
+        }
+    }
+
     /// Write `data` at image offset `offset` through the writer: whole
     /// sectors, the partial ones at either end read and patched first.
     fn write_image(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
         let Some(writer) = &self.writer else {
-            return Err(std::io::Error::from_raw_os_error(libc_erofs()));
+            return Err(rustix::io::Errno::ROFS.into());
         };
         let end = offset + data.len() as u64;
         if end > self.size {
-            return Err(std::io::Error::from_raw_os_error(
-                rustix::io::Errno::FBIG.raw_os_error(),
-            ));
+            return Err(rustix::io::Errno::FBIG.into());
         }
         let a = self.align;
         let start = offset / a * a;
@@ -119,10 +135,6 @@ impl ImageFs {
         w.write_at(self.data_offset + start, &buf)
             .map_err(|e| std::io::Error::other(e.to_string()))
     }
-}
-
-fn libc_erofs() -> i32 {
-    rustix::io::Errno::ROFS.raw_os_error()
 }
 
 impl Filesystem for ImageFs {
@@ -189,7 +201,10 @@ impl Filesystem for ImageFs {
         }
         match self.write_image(offset, data) {
             Ok(()) => reply.written(data.len() as u32),
-            Err(e) => reply.error(Errno::from_i32(e.raw_os_error().unwrap_or(libc_eio()))),
+            Err(e) => reply.error(Errno::from_i32(
+                e.raw_os_error()
+                    .unwrap_or(rustix::io::Errno::IO.raw_os_error()),
+            )),
         }
     }
 
@@ -241,30 +256,6 @@ impl Filesystem for ImageFs {
             }
         }
         reply.ok();
-    }
-}
-
-fn libc_eio() -> i32 {
-    rustix::io::Errno::IO.raw_os_error()
-}
-
-impl ImageFs {
-    /// Flush what was written to the disk, and answer.
-    fn reply_sync(&self, reply: ReplyEmpty) {
-        match self.sync() {
-            Ok(()) => reply.ok(),
-            Err(_) => reply.error(Errno::EIO),
-        }
-    }
-
-    fn sync(&self) -> Result<()> {
-        match &self.writer {
-            Some(w) => w
-                .lock()
-                .map_err(|_| Error::new(crate::ErrorKind::Io, "writer poisoned"))?
-                .sync(),
-            None => Ok(()),
-        }
     }
 }
 

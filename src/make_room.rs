@@ -154,8 +154,7 @@ pub fn plan_deletions(
 }
 
 /// Delete `chosen`, then sync each filesystem so the freed blocks count.
-/// Returns the files deleted (all of them, or an error at the first that
-/// could not be).
+/// Stops with an error at the first file that cannot be deleted.
 pub fn delete(chosen: &[Candidate]) -> Result<()> {
     let mut dirs: Vec<PathBuf> = Vec::new();
     for c in chosen {

@@ -134,10 +134,8 @@ pub struct Assessment {
     /// One per piece, in order (empty when the target is unknown).
     pub layouts: Vec<Layout>,
     /// The space of each piece, in order (empty when it does not fit);
-    /// with `deletions`, the space once they are deleted.
+    /// with `plan.make_room`, the space once those files are deleted.
     pub space: Vec<Vec<Planned>>,
-    /// Files to delete first (`--make-room`).
-    pub deletions: Vec<crate::make_room::Candidate>,
     errors: Vec<Error>,
 }
 
@@ -343,7 +341,7 @@ pub fn assess(
                 space: planned.get(i).cloned().unwrap_or_default(),
             })
             .collect(),
-        make_room: deletions.clone(),
+        make_room: deletions,
         refusals: errors
             .iter()
             .map(|e| Refusal {
@@ -359,7 +357,6 @@ pub fn assess(
         sources,
         layouts,
         space: planned,
-        deletions,
         errors,
     }
 }

@@ -278,6 +278,21 @@ impl StagingRecord {
         out
     }
 
+    /// Refuse ([`ErrorKind::InvalidState`]) while an interrupted
+    /// `customize` left the staged bytes and their hashes disagreeing.
+    pub fn check_not_customizing(&self) -> Result<()> {
+        if self.image.customizing.is_some() {
+            return Err(Error::new(
+                ErrorKind::InvalidState,
+                format!(
+                    "a `customize` of '{0}' was interrupted, so its bytes and hashes disagree: run `liverestore customize {0}` again (with the same options) to finish it, or discard it",
+                    self.name
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// The map of the image bytes alone (container map minus the header).
     pub fn image_map(&self) -> Result<ExtentMap> {
         let map = self.map.as_ref().ok_or_else(|| {

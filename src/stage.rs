@@ -104,18 +104,18 @@ pub fn stage(
     };
     let kept = pieces.as_ref().ok().cloned();
     let mut assessment = plan::assess(state, req.space, pieces);
-    if assessment.plan.ok && !assessment.deletions.is_empty() {
+    if assessment.plan.ok && !assessment.plan.make_room.is_empty() {
         // --make-room: delete what the plan needs gone, then plan again
         // from what is really free now.
-        for c in &assessment.deletions {
+        for c in &assessment.plan.make_room {
             progress.note(&format!(
                 "deleting {} ({} bytes) to make room",
                 c.path.display(),
                 c.bytes
             ));
         }
-        crate::make_room::delete(&assessment.deletions)?;
-        let deleted = assessment.deletions.len();
+        crate::make_room::delete(&assessment.plan.make_room)?;
+        let deleted = assessment.plan.make_room.len();
         let mut again = req.space.clone();
         again.make_room = None;
         assessment = plan::assess(

@@ -120,14 +120,7 @@ pub fn verify(state: &StateDir, name: &str, progress: &dyn Progress) -> Result<V
             ),
         ));
     }
-    if rec.image.customizing.is_some() {
-        return Err(Error::new(
-            ErrorKind::InvalidState,
-            format!(
-                "a `customize` of '{name}' was interrupted, so its bytes and hashes disagree: run `liverestore customize {name}` again (with the same options) to finish it, or discard it"
-            ),
-        ));
-    }
+    rec.check_not_customizing()?;
     let checked = staged::revalidate(&rec)?;
     let align = checked.target.io_align();
     let reader = DiskReader::open(&checked.target.disk_path, checked.map)?;

@@ -32,7 +32,7 @@ use crate::disk_io::DiskReader;
 use crate::error::{Error, ErrorKind, Result};
 use crate::progress::Progress;
 pub use crate::record::Change;
-use crate::record::{Customization, StagingState};
+use crate::record::Customization;
 use crate::state_dir::StateDir;
 use crate::{staged, test_restore, verify};
 
@@ -164,16 +164,9 @@ pub fn customize(
 ) -> Result<CustomizeReport> {
     crate::plan::require_root()?;
     opts.check()?;
+    // verify (first run) and attach (resumed run) refuse an incomplete
+    // staging.
     let rec = load(state, name)?;
-    if rec.state != StagingState::Complete {
-        return Err(Error::new(
-            ErrorKind::InvalidState,
-            format!(
-                "'{name}' is {}, not complete: only a complete staging can be customized",
-                rec.state.as_str()
-            ),
-        ));
-    }
     if crate::activate::current(state)?.is_some_and(|a| a.name == name) {
         return Err(Error::new(
             ErrorKind::InvalidState,
