@@ -47,6 +47,10 @@ pub enum ErrorKind {
     /// The running kernel lacks what the operation needs (device-mapper,
     /// loop devices, FUSE).
     KernelLacks,
+    /// No boot loader liverestore can drive: efivarfs missing or
+    /// read-only and no GRUB configuration that honours `next_entry` and
+    /// `custom.cfg`.
+    UnsupportedBootLoader,
 }
 
 impl ErrorKind {
@@ -69,6 +73,7 @@ impl ErrorKind {
             ErrorKind::InvalidState => 22,
             ErrorKind::Io => 23,
             ErrorKind::KernelLacks => 24,
+            ErrorKind::UnsupportedBootLoader => 25,
         }
     }
 
@@ -90,11 +95,12 @@ impl ErrorKind {
             ErrorKind::InvalidState => "invalid_state",
             ErrorKind::Io => "io",
             ErrorKind::KernelLacks => "kernel_lacks",
+            ErrorKind::UnsupportedBootLoader => "unsupported_boot_loader",
         }
     }
 
     /// All kinds, for documentation and tests.
-    pub const ALL: [ErrorKind; 15] = [
+    pub const ALL: [ErrorKind; 16] = [
         ErrorKind::NotRoot,
         ErrorKind::UnsupportedFilesystem,
         ErrorKind::UnsupportedDevice,
@@ -110,6 +116,7 @@ impl ErrorKind {
         ErrorKind::InvalidState,
         ErrorKind::Io,
         ErrorKind::KernelLacks,
+        ErrorKind::UnsupportedBootLoader,
     ];
 }
 

@@ -75,6 +75,9 @@ pub fn classify_fs(fs_type: &str) -> Result<FsKind> {
 pub struct MountEntry {
     pub major: u32,
     pub minor: u32,
+    /// The directory of the filesystem that is mounted here (`/` unless a
+    /// bind mount or a btrfs subvolume).
+    pub root: PathBuf,
     pub mount_point: PathBuf,
     pub fs_type: String,
     pub source: String,
@@ -111,6 +114,7 @@ pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
             Some(MountEntry {
                 major: major.parse().ok()?,
                 minor: minor.parse().ok()?,
+                root: PathBuf::from(unescape_octal(pre.get(3)?)),
                 mount_point: PathBuf::from(unescape_octal(pre.get(4)?)),
                 fs_type: (*post.first()?).to_string(),
                 source: unescape_octal(post.get(1)?),
@@ -426,6 +430,7 @@ bad line
         let m = parse_mountinfo(MOUNTINFO);
         assert_eq!(m.len(), 6);
         assert_eq!(m[2].mount_point, Path::new("/mnt/with space"));
+        assert_eq!(m[2].root, Path::new("/"));
         assert_eq!((m[2].major, m[2].minor), (7, 1));
         assert_eq!(m[2].fs_type, "xfs");
         let find = |p: &str| mount_for(&m, Path::new(p)).unwrap().fs_type.clone();

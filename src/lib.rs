@@ -37,6 +37,7 @@ pub mod extent_map;
 pub mod failpoint;
 pub mod fiemap;
 pub mod fuse_image;
+pub mod grub_format;
 pub mod header;
 pub mod hostfs;
 pub mod identity;

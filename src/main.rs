@@ -258,22 +258,37 @@ enum Command {
     /// Scan a disk (or disk image file) for liverestore headers, without
     /// the state directory.
     Scan { disk: PathBuf },
-    /// Make the next boot (once) start the staged image NAME, through UEFI.
+    /// Make the next boot (once) start the staged image NAME.
     ///
     /// Re-validates the map and re-reads every staged byte, finds the
     /// image's /boot/vmlinuz-VERSION and /boot/initrd.img-VERSION, copies
-    /// them to ESP/liverestore/NAME/ (the initrd with the early-boot
-    /// initramfs appended, see `liverestore initrd`), creates a Boot####
-    /// load option for the kernel's EFI stub and sets BootNext to it.
-    /// BootOrder is left alone: if the restored system does not come up,
-    /// the boot after that is the old system again. Only one image can be
+    /// them where the boot loader reads files (the initrd with the
+    /// early-boot initramfs appended, see `liverestore initrd`) and arms a
+    /// one-shot boot of them:
+    ///
+    ///   UEFI  files in ESP/liverestore/NAME/, a Boot#### load option for
+    ///         the kernel's EFI stub, BootNext set to it.
+    ///   GRUB  files in /boot/liverestore/NAME/, a menu entry in
+    ///         GRUB_DIR/custom.cfg, next_entry set in GRUB_DIR/grubenv
+    ///         (BIOS or UEFI; grub.cfg as update-grub makes it).
+    ///
+    /// --loader auto (the default) uses UEFI when efivarfs is mounted and
+    /// writable and falls back to GRUB otherwise, saying so. Nothing else
+    /// changes: if the restored system does not come up and `commit`, the
+    /// boot after that is the old system again. Only one image can be
     /// activated at a time; `liverestore rollback` takes it back.
     #[command(verbatim_doc_comment)]
     Activate {
         name: String,
-        /// The mounted EFI system partition.
+        /// Which boot loader to arm.
+        #[arg(long, value_enum, default_value_t = LoaderArg::Auto)]
+        loader: LoaderArg,
+        /// The mounted EFI system partition (UEFI).
         #[arg(long, value_name = "DIR", default_value = "/boot/efi")]
         esp: PathBuf,
+        /// GRUB's directory, with grub.cfg and grubenv (GRUB).
+        #[arg(long, value_name = "DIR", default_value = "/boot/grub")]
+        grub_dir: PathBuf,
         /// Extra kernel arguments for the restored system.
         #[arg(long, value_name = "ARGS")]
         append: Option<String>,
@@ -288,12 +303,17 @@ enum Command {
     },
     /// Which system is running, what is activated, what the next boot starts.
     Status,
-    /// Undo an activation, from either system: BootNext, the BootOrder
-    /// entry, the Boot#### entry, and (from the old system) the files on
-    /// the ESP. The next boot starts the old system.
+    /// Undo an activation, from either system. From the old system:
+    /// the one-shot choice (BootNext / next_entry), the default (BootOrder
+    /// entry / liverestore_default), the boot entry (Boot#### / the
+    /// custom.cfg block) and the kernel and initrd files. From the
+    /// restored system: the boot loader's choice of it (the files stay
+    /// until `rollback` runs in the old system). The next boot starts the
+    /// old system.
     Rollback,
     /// Run in the restored system after a trial boot: make it the default
-    /// (its Boot#### goes first in BootOrder).
+    /// (UEFI: its Boot#### goes first in BootOrder; GRUB: liverestore_default
+    /// is set in grubenv, which its custom.cfg block turns into the default).
     Commit,
     /// Write the early-boot initramfs that boots the staged image NAME.
     ///
@@ -402,6 +422,15 @@ enum Command {
         #[arg(long)]
         writable: bool,
     },
+}
+
+/// `activate --loader`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LoaderArg {
+    /// UEFI when efivarfs is mounted and writable, GRUB otherwise.
+    Auto,
+    Uefi,
+    Grub,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -966,13 +995,21 @@ fn run(cli: Cli) -> Outcome {
         }
         Command::Activate {
             name,
+            loader,
             esp,
+            grub_dir,
             append,
             helper,
             trial: _,
         } => {
             let opts = activate::ActivateOptions {
+                loader: match loader {
+                    LoaderArg::Auto => activate::LoaderChoice::Auto,
+                    LoaderArg::Uefi => activate::LoaderChoice::Uefi,
+                    LoaderArg::Grub => activate::LoaderChoice::Grub,
+                },
                 esp: &esp,
+                grub_dir: &grub_dir,
                 append: append.as_deref(),
                 helper: helper.as_deref(),
             };
@@ -980,9 +1017,22 @@ fn run(cli: Cli) -> Outcome {
             if cli.json {
                 emit_json(&json!({ "event": "result", "ok": true, "activation": a }));
             } else {
+                let how = match (&a.uefi, &a.grub) {
+                    (Some(u), _) => {
+                        format!("Boot{:04X} ({}), BootNext set", u.boot_number, u.loader)
+                    }
+                    (_, Some(g)) => format!(
+                        "GRUB entry '{}' in {}/custom.cfg, next_entry set",
+                        g.entry_id, g.grub_dir
+                    ),
+                    _ => String::new(),
+                };
+                if let Some(why) = &a.fallback {
+                    eprintln!("{why}");
+                }
                 println!(
-                    "'{}' activated for the next boot only: Boot{:04X} ({}), BootNext set; kernel {}",
-                    a.name, a.boot_number, a.loader, a.kernel_version
+                    "'{}' activated for the next boot only: {how}; kernel {} in {}",
+                    a.name, a.kernel_version, a.files_dir
                 );
             }
             Ok(0)
@@ -1002,8 +1052,10 @@ fn run(cli: Cli) -> Outcome {
                 );
                 match &s.activation {
                     Some(a) => println!(
-                        "activated:  '{}' as Boot{:04X} (kernel {})",
-                        a.name, a.boot_number, a.kernel_version
+                        "activated:  '{}' as {} (kernel {})",
+                        a.name,
+                        a.entry(),
+                        a.kernel_version
                     ),
                     None => println!("activated:  nothing"),
                 }
@@ -1017,23 +1069,35 @@ fn run(cli: Cli) -> Outcome {
                 emit_json(&json!({ "event": "result", "ok": true, "rolled_back": r }));
             } else {
                 println!(
-                    "Boot{:04X} ({}) removed; the next boot starts the old system",
-                    r.boot_number, r.description
+                    "{} ({}) removed; the next boot starts the old system",
+                    r.entry, r.description
                 );
-                if let (false, Some(dir)) = (r.esp_files_removed, &r.esp_dir) {
+                if !r.files_removed {
                     println!(
-                        "the files in {dir} on the ESP stay until `liverestore rollback` runs in the old system"
+                        "the kernel and initrd{} stay until `liverestore rollback` runs in the old system",
+                        r.files_dir
+                            .as_deref()
+                            .map(|d| format!(" in {d}"))
+                            .unwrap_or_default()
                     );
                 }
             }
             Ok(0)
         }
         Command::Commit => {
-            let n = activate::commit()?;
+            let c = activate::commit()?;
             if cli.json {
-                emit_json(&json!({ "event": "result", "ok": true, "boot_number": n }));
+                emit_json(&json!({ "event": "result", "ok": true, "committed": c }));
             } else {
-                println!("Boot{n:04X} is first in BootOrder: this system now starts by default");
+                match (c.boot_number, &c.grub_entry) {
+                    (Some(n), _) => println!(
+                        "Boot{n:04X} is first in BootOrder: this system now starts by default"
+                    ),
+                    (_, Some(id)) => println!(
+                        "GRUB's default is now '{id}' (liverestore_default in grubenv): this system now starts by default"
+                    ),
+                    _ => {}
+                }
             }
             Ok(0)
         }

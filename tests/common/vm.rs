@@ -137,6 +137,28 @@ pub struct Guest {
     /// go back to the firmware (no `-no-reboot`), so one run can hold
     /// several boots.
     pub uefi: Option<Uefi>,
+    /// Boot through the BIOS (QEMU's SeaBIOS) and GRUB from `disks[0]`
+    /// instead; reboots go back to the firmware, as with `uefi`.
+    pub bios: Option<Bios>,
+}
+
+/// Where GRUB and the old system go on `disks[0]` (bytes; GPT partitions
+/// the test made). On the first run (no ext4 there yet) the harness makes
+/// the old system's ext4 in `root` — `/boot/vmlinuz`, `/boot/old.img` (the
+/// harness's initramfs), and `/boot/grub` as Debian's `grub-install` and
+/// `update-grub` leave it: the i386-pc modules, `grubenv`, and a
+/// `grub.cfg` with Debian's `00_header` (load_env, next_entry) and
+/// `41_custom` (source custom.cfg) around the old system's entry — and
+/// installs GRUB's boot sector and core image as `grub-bios-setup` does
+/// (boot.img in the MBR, core.img in the BIOS boot partition). Later runs
+/// boot what the disk holds.
+pub struct Bios {
+    /// The BIOS boot partition (type ef02) that holds GRUB's core image.
+    pub core_offset: u64,
+    /// The old system's ext4 partition and its GPT number.
+    pub root_offset: u64,
+    pub root_size: u64,
+    pub root_partition: u32,
 }
 
 /// Where the ESP is on `disks[0]` (bytes; a GPT partition the test made).
@@ -167,6 +189,7 @@ impl Default for Guest {
             timeout: Duration::from_secs(300),
             boot: None,
             uefi: None,
+            bios: None,
         }
     }
 }
@@ -218,6 +241,47 @@ impl GuestRun {
             .next_back()
             .map(str::to_string)
     }
+}
+
+/// A `grub.cfg` as Debian's `update-grub` writes it, cut to what matters
+/// here: `00_header` (load grubenv, honour and clear `next_entry`), the
+/// old system's entry, `41_custom` (source `custom.cfg`); with no menu
+/// delay and GRUB on the serial console.
+pub fn debian_grub_cfg(append: &str) -> String {
+    format!(
+        r#"# from /etc/grub.d/00_header
+if [ -s $prefix/grubenv ]; then
+  set have_grubenv=true
+  load_env
+fi
+if [ "${{next_entry}}" ] ; then
+   set default="${{next_entry}}"
+   set next_entry=
+   save_env next_entry
+   set boot_once=true
+else
+   set default="0"
+fi
+serial --unit=0 --speed=115200
+terminal_input serial
+terminal_output serial
+set timeout=0
+# from /etc/grub.d/10_linux
+menuentry 'Old system' --id old-system {{
+	insmod part_gpt
+	insmod ext2
+	echo 'GRUB: starting the old system'
+	linux /boot/vmlinuz {append}
+	initrd /boot/old.img
+}}
+# from /etc/grub.d/41_custom
+if [ -f  ${{config_directory}}/custom.cfg ]; then
+  source ${{config_directory}}/custom.cfg
+elif [ -z "${{config_directory}}" -a -f  $prefix/custom.cfg ]; then
+  source $prefix/custom.cfg
+fi
+"#
+    )
 }
 
 /// Module groups for `Guest::modules` (concatenate them).
@@ -544,6 +608,94 @@ impl Guest {
         }
     }
 
+    /// Make the old system's ext4 and install GRUB on `disks[0]` (see
+    /// [`Bios`]), unless a first run did.
+    fn install_grub(&self, b: &Bios, kernel: &Kernel, initrd: &Path, append: &str) {
+        const GRUB_PC: &str = "/usr/lib/grub/i386-pc";
+        let disk = &self.disks[0];
+        let mut f = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(disk)
+            .unwrap();
+        let mut magic = [0u8; 2];
+        {
+            use std::os::unix::fs::FileExt;
+            f.read_exact_at(&mut magic, b.root_offset + 1024 + 0x38)
+                .unwrap();
+        }
+        if magic == [0x53, 0xef] {
+            return;
+        }
+        let work = initrd.with_file_name("bios");
+        let tree = work.join("tree");
+        let grub = tree.join("boot/grub");
+        fs::create_dir_all(grub.join("i386-pc")).unwrap();
+        for e in fs::read_dir(GRUB_PC).unwrap().flatten() {
+            let n = e.file_name().to_string_lossy().to_string();
+            if n.ends_with(".mod") || n.ends_with(".lst") {
+                fs::copy(e.path(), grub.join("i386-pc").join(&n)).unwrap();
+            }
+        }
+        fs::copy(&kernel.vmlinuz, tree.join("boot/vmlinuz")).unwrap();
+        fs::copy(initrd, tree.join("boot/old.img")).unwrap();
+        fs::write(grub.join("grub.cfg"), debian_grub_cfg(append)).unwrap();
+        super::sh(
+            "grub-editenv",
+            &[grub.join("grubenv").to_str().unwrap(), "create"],
+        );
+        super::sh(
+            "mkfs.ext4",
+            &[
+                "-q",
+                "-F",
+                // what GRUB 2.06 and the guest's kernel read
+                "-O",
+                "^metadata_csum_seed,^orphan_file",
+                "-E",
+                &format!("offset={},nodiscard", b.root_offset),
+                "-d",
+                tree.to_str().unwrap(),
+                disk.to_str().unwrap(),
+                &format!("{}k", b.root_size / 1024),
+            ],
+        );
+        let core = work.join("core.img");
+        super::sh(
+            "grub-mkimage",
+            &[
+                "-d",
+                GRUB_PC,
+                "-O",
+                "i386-pc",
+                "-p",
+                &format!("(hd0,gpt{})/boot/grub", b.root_partition),
+                "-o",
+                core.to_str().unwrap(),
+                "biosdisk",
+                "part_gpt",
+                "ext2",
+            ],
+        );
+        let core = fs::read(&core).unwrap();
+        assert!(core.len() as u64 <= b.root_offset - b.core_offset);
+        let core_lba = b.core_offset / 512;
+        let boot = fs::read(format!("{GRUB_PC}/boot.img")).unwrap();
+        use std::io::{Seek, SeekFrom};
+        // core.img, told where its second sector is (diskboot's block
+        // list: the start sector at byte 500 of its first sector)
+        f.seek(SeekFrom::Start(b.core_offset)).unwrap();
+        f.write_all(&core).unwrap();
+        f.seek(SeekFrom::Start(b.core_offset + 500)).unwrap();
+        f.write_all(&(core_lba + 1).to_le_bytes()).unwrap();
+        // boot.img's code (not the partition table), told where core.img is
+        f.seek(SeekFrom::Start(0)).unwrap();
+        f.write_all(&boot[..440]).unwrap();
+        f.seek(SeekFrom::Start(0x5c)).unwrap();
+        f.write_all(&core_lba.to_le_bytes()).unwrap();
+        f.sync_all().unwrap();
+    }
+
     /// Run, print the scenario's output (shown by `cargo test` on failure)
     /// and assert it exited 0.
     pub fn run_ok(&self, work: &Path) -> GuestRun {
@@ -572,6 +724,9 @@ impl Guest {
         if let Some(u) = &self.uefi {
             self.write_esp(u, &kernel, &initrd, &append);
         }
+        if let Some(b) = &self.bios {
+            self.install_grub(b, &kernel, &initrd, &append);
+        }
         let console = work.join("console.log");
         let _ = fs::remove_file(&console);
         let mut cmd = Command::new("qemu-system-x86_64");
@@ -589,6 +744,8 @@ impl Guest {
                 ))
                 .arg("-drive")
                 .arg(format!("if=pflash,format=raw,file={}", vars.display()));
+        } else if self.bios.is_some() {
+            // SeaBIOS, QEMU's default firmware, boots disks[0]
         } else {
             cmd.arg("-no-reboot")
                 .arg("-kernel")

@@ -7,6 +7,7 @@ mod common;
 
 mod attach;
 mod boot;
+mod grub;
 mod power_loss;
 mod segments;
 mod uefi;

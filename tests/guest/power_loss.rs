@@ -105,10 +105,10 @@ fn power_loss_during_activate_commit_and_rollback_leaves_a_bootable_machine() {
         r#"
 echo "LR a_entries_before=$(entries)"
 liverestore stage /dev/vdb --name web --dir /mnt/host 2>/dev/null
-cut_power_after activate:esp-files
+cut_power_after activate:files
 "#,
     );
-    powered_off_at(&a, "activate:esp-files");
+    powered_off_at(&a, "activate:files");
     let base = a.get("a_entries_before");
 
     // B: the old system (no boot entry yet); rollback cleans the ESP files

@@ -1,0 +1,410 @@
+//! GRUB's formats, on bytes in memory: the environment block (`grubenv`),
+//! liverestore's marked block in `custom.cfg`, and the check that a
+//! `grub.cfg` honours both.
+//!
+//! Written here rather than taken from a crate: no crate on crates.io
+//! reads or writes GRUB's environment block, and the format is small
+//! (GRUB's `grub-core/lib/envblk.c`): the signature line
+//! `# GRUB Environment Block`, then `name=value` lines, padded with `#` to
+//! a fixed size (1024 bytes) that never changes — GRUB rewrites the block
+//! in place at boot, through its block list, so the file must keep its
+//! size and its blocks.
+
+use crate::error::{Error, ErrorKind, Result};
+
+/// The first line of every environment block.
+pub const SIGNATURE: &str = "# GRUB Environment Block\n";
+/// The size `grub-editenv create` gives the block.
+pub const ENV_SIZE: usize = 1024;
+
+/// A parsed environment block: variables in file order, and its size.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrubEnv {
+    vars: Vec<(String, String)>,
+    size: usize,
+}
+
+fn corrupt(msg: impl Into<String>) -> Error {
+    Error::new(ErrorKind::Corrupt, msg)
+}
+
+/// Whether `name` is a GRUB variable name liverestore may write.
+fn valid_name(name: &str) -> bool {
+    !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+impl GrubEnv {
+    /// An empty block of the standard size.
+    pub fn new() -> GrubEnv {
+        GrubEnv {
+            vars: Vec::new(),
+            size: ENV_SIZE,
+        }
+    }
+
+    /// Parse a whole block. Refused: a missing signature, a line without
+    /// `=`, a value cut off by the end of the block.
+    pub fn parse(block: &[u8]) -> Result<GrubEnv> {
+        let rest = block.strip_prefix(SIGNATURE.as_bytes()).ok_or_else(|| {
+            corrupt("not a GRUB environment block (no '# GRUB Environment Block' line)")
+        })?;
+        let mut vars = Vec::new();
+        let mut i = 0;
+        while i < rest.len() {
+            match rest[i] {
+                // padding and comments run to the end of their line
+                b'#' => {
+                    while i < rest.len() && rest[i] != b'\n' {
+                        i += 1;
+                    }
+                    i += 1;
+                }
+                b'\n' => i += 1,
+                _ => {
+                    let eq = rest[i..]
+                        .iter()
+                        .position(|&b| b == b'=' || b == b'\n')
+                        .filter(|&p| rest[i + p] == b'=')
+                        .ok_or_else(|| corrupt(format!("line at byte {i} has no '='")))?;
+                    let name = String::from_utf8_lossy(&rest[i..i + eq]).into_owned();
+                    i += eq + 1;
+                    let mut value = Vec::new();
+                    loop {
+                        match rest.get(i) {
+                            None => return Err(corrupt(format!("value of '{name}' is cut off"))),
+                            Some(b'\n') => break,
+                            Some(b'\\') => {
+                                let c = *rest.get(i + 1).ok_or_else(|| {
+                                    corrupt(format!("value of '{name}' is cut off"))
+                                })?;
+                                value.push(c);
+                                i += 2;
+                            }
+                            Some(&c) => {
+                                value.push(c);
+                                i += 1;
+                            }
+                        }
+                    }
+                    i += 1;
+                    vars.push((name, String::from_utf8_lossy(&value).into_owned()));
+                }
+            }
+        }
+        Ok(GrubEnv {
+            vars,
+            size: block.len(),
+        })
+    }
+
+    /// The block, padded with `#` to its size. Fails when the variables
+    /// no longer fit.
+    pub fn encode(&self) -> Result<Vec<u8>> {
+        let mut out = SIGNATURE.as_bytes().to_vec();
+        for (name, value) in &self.vars {
+            out.extend_from_slice(name.as_bytes());
+            out.push(b'=');
+            for &b in value.as_bytes() {
+                if b == b'\\' || b == b'\n' {
+                    out.push(b'\\');
+                }
+                out.push(b);
+            }
+            out.push(b'\n');
+        }
+        if out.len() > self.size {
+            return Err(Error::new(
+                ErrorKind::NoSpace,
+                format!(
+                    "the GRUB environment block is full ({} bytes needed, {} available)",
+                    out.len(),
+                    self.size
+                ),
+            ));
+        }
+        out.resize(self.size, b'#');
+        Ok(out)
+    }
+
+    /// The value of `name`; an empty value counts as unset, as in GRUB's
+    /// `[ "${name}" ]` (GRUB clears `next_entry` by saving it empty).
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.vars
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+            .filter(|v| !v.is_empty())
+    }
+
+    /// Set `name` (kept in place if present, appended otherwise).
+    pub fn set(&mut self, name: &str, value: &str) {
+        assert!(valid_name(name), "GRUB variable name '{name}'");
+        match self.vars.iter_mut().find(|(n, _)| n == name) {
+            Some((_, v)) => *v = value.to_string(),
+            None => self.vars.push((name.to_string(), value.to_string())),
+        }
+    }
+
+    /// Remove `name`; whether it was there.
+    pub fn remove(&mut self, name: &str) -> bool {
+        let before = self.vars.len();
+        self.vars.retain(|(n, _)| n != name);
+        self.vars.len() != before
+    }
+
+    pub fn size(&self) -> usize {
+        self.size
+    }
+}
+
+impl Default for GrubEnv {
+    fn default() -> Self {
+        GrubEnv::new()
+    }
+}
+
+/// Variables liverestore keeps in the environment block.
+pub mod vars {
+    /// GRUB's one-shot choice (Debian's `00_header` honours and clears it).
+    pub const NEXT_ENTRY: &str = "next_entry";
+    /// The menu entry id of the active liverestore activation: marks the
+    /// block as the one activation found (the restored system checks it
+    /// before it writes the block through the raw disk).
+    pub const ENTRY: &str = "liverestore_entry";
+    /// Set by `commit`: liverestore's `custom.cfg` block then makes its
+    /// entry GRUB's default.
+    pub const DEFAULT: &str = "liverestore_default";
+}
+
+fn begin_marker(name: &str) -> String {
+    format!("### BEGIN liverestore {name} ###")
+}
+
+fn end_marker(name: &str) -> String {
+    format!("### END liverestore {name} ###")
+}
+
+/// The menu entry id of staging `name`.
+pub fn entry_id(name: &str) -> String {
+    let safe: String = name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    format!("liverestore-{safe}")
+}
+
+/// What the menu entry boots.
+pub struct MenuEntry<'a> {
+    pub name: &'a str,
+    /// GRUB's module of the filesystem holding the kernel: `ext2`, `xfs`.
+    pub fs_module: &'a str,
+    pub fs_uuid: &'a str,
+    /// Paths inside that filesystem, as GRUB sees them.
+    pub kernel: &'a str,
+    pub initrd: &'a str,
+    pub args: &'a str,
+}
+
+/// Quote `s` for grub.cfg: single quotes, with `'` written as `'\''`.
+fn quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+/// liverestore's block for `custom.cfg`: the menu entry, and the line that
+/// makes it the default once `commit` set [`vars::DEFAULT`] (unless this
+/// boot is a one-shot choice of something else).
+pub fn custom_block(e: &MenuEntry<'_>) -> String {
+    let id = entry_id(e.name);
+    format!(
+        "{begin}\n\
+         # Added by `liverestore activate`; `liverestore rollback` removes it.\n\
+         menuentry {title} --id {id} {{\n\
+         \tinsmod part_gpt\n\
+         \tinsmod part_msdos\n\
+         \tinsmod {fs}\n\
+         \tsearch --no-floppy --fs-uuid --set=root {uuid}\n\
+         \tlinux {kernel} {args}\n\
+         \tinitrd {initrd}\n\
+         }}\n\
+         if [ \"${{{default}}}\" = \"{id}\" -a -z \"${{boot_once}}\" ]; then\n\
+         \tset default=\"{id}\"\n\
+         fi\n\
+         {end}\n",
+        begin = begin_marker(e.name),
+        end = end_marker(e.name),
+        title = quote(&format!("liverestore {} (restored system)", e.name)),
+        fs = e.fs_module,
+        uuid = e.fs_uuid,
+        kernel = quote(e.kernel),
+        initrd = quote(e.initrd),
+        args = e.args,
+        default = vars::DEFAULT,
+    )
+}
+
+/// `custom.cfg` text without the block of `name` (unchanged when absent).
+/// A begin marker without its end marker is refused: that file was edited
+/// by hand and liverestore will not guess.
+pub fn without_block(text: &str, name: &str) -> Result<String> {
+    let (begin, end) = (begin_marker(name), end_marker(name));
+    let Some(b) = text.find(&begin) else {
+        return Ok(text.to_string());
+    };
+    let e = text[b..]
+        .find(&end)
+        .map(|i| b + i + end.len())
+        .ok_or_else(|| {
+            corrupt(format!(
+                "custom.cfg has '{begin}' without '{end}': fix it by hand"
+            ))
+        })?;
+    let after = text[e..].strip_prefix('\n').unwrap_or(&text[e..]);
+    Ok(format!("{}{}", &text[..b], after))
+}
+
+/// `custom.cfg` text with `block` as the block of `name` (replacing any).
+pub fn with_block(text: &str, name: &str, block: &str) -> Result<String> {
+    let mut out = without_block(text, name)?;
+    if !out.is_empty() && !out.ends_with('\n') {
+        out.push('\n');
+    }
+    out.push_str(block);
+    Ok(out)
+}
+
+/// Check that `grub.cfg` loads the environment block, honours
+/// `next_entry` and sources `custom.cfg` (as Debian's and Ubuntu's
+/// generated configurations do: `00_header`, `41_custom`).
+pub fn check_config(grub_cfg: &str) -> Result<()> {
+    let missing: Vec<&str> = [
+        ("load_env", "load_env"),
+        ("next_entry", "${next_entry}"),
+        ("custom.cfg", "source …/custom.cfg"),
+    ]
+    .iter()
+    .filter(|(needle, _)| !grub_cfg.contains(needle))
+    .map(|(_, what)| *what)
+    .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(Error::new(
+        ErrorKind::UnsupportedBootLoader,
+        format!(
+            "grub.cfg lacks {}: liverestore needs a configuration made by grub-mkconfig with \
+             Debian's 00_header and 41_custom (update-grub), which honour next_entry and source custom.cfg",
+            missing.join(", ")
+        ),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_round_trip() {
+        // as `grub-editenv grubenv set next_entry=x saved_entry=0` writes it
+        let mut raw = b"# GRUB Environment Block\nnext_entry=x\nsaved_entry=0\n".to_vec();
+        raw.resize(ENV_SIZE, b'#');
+        let mut env = GrubEnv::parse(&raw).unwrap();
+        assert_eq!(env.get("next_entry"), Some("x"));
+        assert_eq!(env.get("saved_entry"), Some("0"));
+        assert_eq!(env.encode().unwrap(), raw);
+        env.set("next_entry", "liverestore-web");
+        env.set(vars::DEFAULT, "a\\b\nc");
+        let again = GrubEnv::parse(&env.encode().unwrap()).unwrap();
+        assert_eq!(again.get("next_entry"), Some("liverestore-web"));
+        assert_eq!(again.get(vars::DEFAULT), Some("a\\b\nc"));
+        assert_eq!(again.encode().unwrap().len(), ENV_SIZE);
+        assert!(env.remove("next_entry"));
+        assert!(!env.remove("next_entry"));
+        // GRUB clears next_entry by saving it empty
+        env.set("next_entry", "");
+        assert_eq!(env.get("next_entry"), None);
+        assert_eq!(GrubEnv::new().encode().unwrap().len(), ENV_SIZE);
+    }
+
+    #[test]
+    fn env_refusals() {
+        assert_eq!(
+            GrubEnv::parse(b"hello").unwrap_err().kind(),
+            ErrorKind::Corrupt
+        );
+        assert!(GrubEnv::parse(b"# GRUB Environment Block\nnoequals\n").is_err());
+        assert!(GrubEnv::parse(b"# GRUB Environment Block\na=cut").is_err());
+        assert!(GrubEnv::parse(b"# GRUB Environment Block\na=\\").is_err());
+        let mut env = GrubEnv::new();
+        env.set("x", &"v".repeat(ENV_SIZE));
+        assert_eq!(env.encode().unwrap_err().kind(), ErrorKind::NoSpace);
+    }
+
+    fn entry() -> MenuEntry<'static> {
+        MenuEntry {
+            name: "web",
+            fs_module: "ext2",
+            fs_uuid: "0b5e-uuid",
+            kernel: "/boot/liverestore/web/vmlinuz",
+            initrd: "/boot/liverestore/web/initrd.img",
+            args: "rdinit=/lr/init root=/dev/dm-0 rw",
+        }
+    }
+
+    #[test]
+    fn custom_cfg_block_in_and_out() {
+        let block = custom_block(&entry());
+        assert!(
+            block.contains("menuentry 'liverestore web (restored system)' --id liverestore-web {")
+        );
+        assert!(block.contains("search --no-floppy --fs-uuid --set=root 0b5e-uuid"));
+        assert!(block.contains("linux '/boot/liverestore/web/vmlinuz' rdinit=/lr/init"));
+        assert!(block.contains(
+            "if [ \"${liverestore_default}\" = \"liverestore-web\" -a -z \"${boot_once}\" ]"
+        ));
+        let user = "menuentry 'mine' { true }";
+        let with = with_block(user, "web", &block).unwrap();
+        assert!(with.starts_with("menuentry 'mine' { true }\n### BEGIN liverestore web ###"));
+        // replacing keeps one block
+        let twice = with_block(&with, "web", &block).unwrap();
+        assert_eq!(twice.matches("### BEGIN").count(), 1);
+        // another staging's block is left alone
+        let other = with_block(
+            &with,
+            "db",
+            &custom_block(&MenuEntry {
+                name: "db",
+                ..entry()
+            }),
+        )
+        .unwrap();
+        let back = without_block(&other, "web").unwrap();
+        assert!(back.contains("liverestore db") && !back.contains("liverestore web"));
+        assert_eq!(
+            without_block(&with, "web").unwrap(),
+            "menuentry 'mine' { true }\n"
+        );
+        assert_eq!(without_block(user, "web").unwrap(), user);
+        let broken = with.replace("### END liverestore web ###", "");
+        assert_eq!(
+            without_block(&broken, "web").unwrap_err().kind(),
+            ErrorKind::Corrupt
+        );
+    }
+
+    #[test]
+    fn entry_ids_and_quoting() {
+        assert_eq!(entry_id("web-1.x"), "liverestore-web_1_x");
+        assert_eq!(quote("it's"), "'it'\\''s'");
+    }
+
+    #[test]
+    fn config_check() {
+        let debian = "if [ -s $prefix/grubenv ]; then\n  load_env\nfi\nif [ \"${next_entry}\" ] ; then\n\
+                      set default=\"${next_entry}\"\nfi\nif [ -f ${config_directory}/custom.cfg ]; then\n\
+                      source ${config_directory}/custom.cfg\nfi\n";
+        check_config(debian).unwrap();
+        let e = check_config("menuentry x { }").unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::UnsupportedBootLoader);
+        assert!(e.to_string().contains("load_env"), "{e}");
+    }
+}
