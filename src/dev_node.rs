@@ -7,15 +7,20 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, ErrorKind, Result};
 
-/// Open the control device at `path` read-write. Missing: the kernel lacks
-/// the feature, and `missing` says what to do ([`ErrorKind::KernelLacks`]).
+/// Open the control device at `path` read-write. Missing, or a node with
+/// no driver behind it (ENODEV, ENXIO: left by a tool on a kernel without
+/// the feature): the kernel lacks the feature, and `missing` says what to
+/// do ([`ErrorKind::KernelLacks`]).
 pub fn open_control(path: &str, missing: &str) -> Result<File> {
     OpenOptions::new()
         .read(true)
         .write(true)
         .open(path)
         .map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
+            let no_driver = [rustix::io::Errno::NODEV, rustix::io::Errno::NXIO]
+                .iter()
+                .any(|n| e.raw_os_error() == Some(n.raw_os_error()));
+            if e.kind() == std::io::ErrorKind::NotFound || no_driver {
                 Error::new(ErrorKind::KernelLacks, missing)
             } else {
                 Error::io("cannot open the control device", e).with_path(path)

@@ -181,7 +181,9 @@ pub fn decode(b: &[u8]) -> Result<DeviceInfo> {
 
 /// Whether device-mapper is usable here.
 pub fn available() -> bool {
-    Path::new(CONTROL).exists()
+    // The node alone proves nothing: libdevmapper users (grub-probe,
+    // dmsetup) create it even where the kernel has no device-mapper.
+    Path::new(CONTROL).exists() && Path::new("/sys/class/misc/device-mapper").exists()
 }
 
 /// Run `cmd` with `req`; the answer, or None when the kernel says there is

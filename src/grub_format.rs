@@ -17,11 +17,19 @@ pub const SIGNATURE: &str = "# GRUB Environment Block\n";
 /// The size `grub-editenv create` gives the block.
 pub const ENV_SIZE: usize = 1024;
 
-/// A parsed environment block: variables in file order, and its size.
+/// A parsed environment block: its lines in file order (comment lines,
+/// such as the warning `grub-editenv` writes, are kept), and its size.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GrubEnv {
-    vars: Vec<(String, String)>,
+    lines: Vec<Line>,
     size: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Line {
+    /// A `#` line ended by a newline (not the padding, which has none).
+    Comment(String),
+    Var(String, String),
 }
 
 fn corrupt(msg: impl Into<String>) -> Error {
@@ -37,7 +45,7 @@ impl GrubEnv {
     /// An empty block of the standard size.
     pub fn new() -> GrubEnv {
         GrubEnv {
-            vars: Vec::new(),
+            lines: Vec::new(),
             size: ENV_SIZE,
         }
     }
@@ -48,17 +56,19 @@ impl GrubEnv {
         let rest = block.strip_prefix(SIGNATURE.as_bytes()).ok_or_else(|| {
             corrupt("not a GRUB environment block (no '# GRUB Environment Block' line)")
         })?;
-        let mut vars = Vec::new();
+        let mut lines = Vec::new();
         let mut i = 0;
         while i < rest.len() {
             match rest[i] {
-                // padding and comments run to the end of their line
-                b'#' => {
-                    while i < rest.len() && rest[i] != b'\n' {
-                        i += 1;
+                // a comment line, or the padding that runs to the end
+                b'#' => match rest[i..].iter().position(|&b| b == b'\n') {
+                    Some(n) => {
+                        let text = String::from_utf8_lossy(&rest[i..i + n]).into_owned();
+                        lines.push(Line::Comment(text));
+                        i += n + 1;
                     }
-                    i += 1;
-                }
+                    None => break,
+                },
                 b'\n' => i += 1,
                 _ => {
                     let eq = rest[i..]
@@ -87,12 +97,15 @@ impl GrubEnv {
                         }
                     }
                     i += 1;
-                    vars.push((name, String::from_utf8_lossy(&value).into_owned()));
+                    lines.push(Line::Var(
+                        name,
+                        String::from_utf8_lossy(&value).into_owned(),
+                    ));
                 }
             }
         }
         Ok(GrubEnv {
-            vars,
+            lines,
             size: block.len(),
         })
     }
@@ -101,7 +114,15 @@ impl GrubEnv {
     /// no longer fit.
     pub fn encode(&self) -> Result<Vec<u8>> {
         let mut out = SIGNATURE.as_bytes().to_vec();
-        for (name, value) in &self.vars {
+        for line in &self.lines {
+            let (name, value) = match line {
+                Line::Comment(text) => {
+                    out.extend_from_slice(text.as_bytes());
+                    out.push(b'\n');
+                    continue;
+                }
+                Line::Var(name, value) => (name, value),
+            };
             out.extend_from_slice(name.as_bytes());
             out.push(b'=');
             for &b in value.as_bytes() {
@@ -129,27 +150,36 @@ impl GrubEnv {
     /// The value of `name`; an empty value counts as unset, as in GRUB's
     /// `[ "${name}" ]` (GRUB clears `next_entry` by saving it empty).
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.vars
+        self.lines
             .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
+            .find_map(|l| match l {
+                Line::Var(n, v) if n == name => Some(v.as_str()),
+                _ => None,
+            })
             .filter(|v| !v.is_empty())
     }
 
     /// Set `name` (kept in place if present, appended otherwise).
     pub fn set(&mut self, name: &str, value: &str) {
         assert!(valid_name(name), "GRUB variable name '{name}'");
-        match self.vars.iter_mut().find(|(n, _)| n == name) {
-            Some((_, v)) => *v = value.to_string(),
-            None => self.vars.push((name.to_string(), value.to_string())),
+        let existing = self.lines.iter_mut().find_map(|l| match l {
+            Line::Var(n, v) if n == name => Some(v),
+            _ => None,
+        });
+        match existing {
+            Some(v) => *v = value.to_string(),
+            None => self
+                .lines
+                .push(Line::Var(name.to_string(), value.to_string())),
         }
     }
 
     /// Remove `name`; whether it was there.
     pub fn remove(&mut self, name: &str) -> bool {
-        let before = self.vars.len();
-        self.vars.retain(|(n, _)| n != name);
-        self.vars.len() != before
+        let before = self.lines.len();
+        self.lines
+            .retain(|l| !matches!(l, Line::Var(n, _) if n == name));
+        self.lines.len() != before
     }
 
     pub fn size(&self) -> usize {
@@ -242,24 +272,25 @@ pub fn custom_block(e: &MenuEntry<'_>) -> String {
     )
 }
 
-/// `custom.cfg` text without the block of `name` (unchanged when absent).
-/// A begin marker without its end marker is refused: that file was edited
-/// by hand and liverestore will not guess.
+/// `custom.cfg` text without the blocks of `name` (unchanged when there
+/// are none). A begin marker without its end marker is refused: that file
+/// was edited by hand and liverestore will not guess.
 pub fn without_block(text: &str, name: &str) -> Result<String> {
     let (begin, end) = (begin_marker(name), end_marker(name));
-    let Some(b) = text.find(&begin) else {
-        return Ok(text.to_string());
-    };
-    let e = text[b..]
-        .find(&end)
-        .map(|i| b + i + end.len())
-        .ok_or_else(|| {
-            corrupt(format!(
-                "custom.cfg has '{begin}' without '{end}': fix it by hand"
-            ))
-        })?;
-    let after = text[e..].strip_prefix('\n').unwrap_or(&text[e..]);
-    Ok(format!("{}{}", &text[..b], after))
+    let mut text = text.to_string();
+    while let Some(b) = text.find(&begin) {
+        let e = text[b..]
+            .find(&end)
+            .map(|i| b + i + end.len())
+            .ok_or_else(|| {
+                corrupt(format!(
+                    "custom.cfg has '{begin}' without '{end}': fix it by hand"
+                ))
+            })?;
+        let after = text[e..].strip_prefix('\n').unwrap_or(&text[e..]);
+        text = format!("{}{}", &text[..b], after);
+    }
+    Ok(text)
 }
 
 /// `custom.cfg` text with `block` as the block of `name` (replacing any).
@@ -304,8 +335,9 @@ mod tests {
 
     #[test]
     fn env_round_trip() {
-        // as `grub-editenv grubenv set next_entry=x saved_entry=0` writes it
-        let mut raw = b"# GRUB Environment Block\nnext_entry=x\nsaved_entry=0\n".to_vec();
+        // as `grub-editenv grubenv set next_entry=x saved_entry=0` writes
+        // it (GRUB 2.06 adds the warning line)
+        let mut raw = b"# GRUB Environment Block\n# WARNING: Do not edit this file by tools other than grub-editenv!!!\nnext_entry=x\nsaved_entry=0\n".to_vec();
         raw.resize(ENV_SIZE, b'#');
         let mut env = GrubEnv::parse(&raw).unwrap();
         assert_eq!(env.get("next_entry"), Some("x"));
@@ -367,6 +399,12 @@ mod tests {
         // replacing keeps one block
         let twice = with_block(&with, "web", &block).unwrap();
         assert_eq!(twice.matches("### BEGIN").count(), 1);
+        // a block copied twice by hand: both go
+        let doubled = format!("{with}{block}");
+        assert_eq!(
+            without_block(&doubled, "web").unwrap(),
+            "menuentry 'mine' { true }\n"
+        );
         // another staging's block is left alone
         let other = with_block(
             &with,

@@ -33,7 +33,8 @@ Exit codes:
   21  busy: another liverestore holds the lock
   22  invalid state for this operation (e.g. resuming a complete image)
   23  I/O error
-  24  the kernel lacks what is needed (device-mapper, loop, FUSE)";
+  24  the kernel lacks what is needed (device-mapper, loop, FUSE)
+  25  no boot loader to drive (no writable efivarfs, no usable GRUB)";
 
 /// Restore a disk or partition image onto the disk the running Linux
 /// system lives on, while it keeps running.

@@ -1,6 +1,6 @@
 //! The few raw ioctls that rustix does not wrap (FIEMAP, FIBMAP, block
-//! device size and zero-out, inode generation, FAT attributes, loop
-//! devices, device-mapper), with
+//! device size and zero-out, inode generation, FAT attributes, filesystem
+//! freeze, loop devices, device-mapper), with
 //! their `#[repr(C)]` structs. This is the only module with `unsafe` code; each block says why
 //! it is sound. Everything here is a thin transport: interpretation of the
 //! results (e.g. which FIEMAP flags are acceptable) lives in pure modules.
@@ -198,6 +198,34 @@ pub fn inode_generation<Fd: AsFd>(fd: Fd) -> io::Result<u32> {
     Ok(u32::from_le_bytes(
         value.to_le_bytes()[..4].try_into().expect("4 bytes"),
     ))
+}
+
+/// `FIFREEZE = _IOWR('X', 119, int)` and `FITHAW = _IOWR('X', 120, int)`;
+/// the kernel ignores their argument.
+const FIFREEZE: Opcode = ioctl::opcode::read_write::<std::ffi::c_int>(b'X', 119);
+const FITHAW: Opcode = ioctl::opcode::read_write::<std::ffi::c_int>(b'X', 120);
+
+/// Freeze the filesystem of `fd`, then thaw it. Freezing makes ext4 and
+/// xfs write their journal back to the blocks' home locations, so a reader
+/// that does not replay the journal — a boot loader — sees every change
+/// committed so far. Writers on that filesystem wait for the moment it is
+/// frozen. The thaw is retried: a filesystem left frozen would stall the
+/// system.
+pub fn freeze_and_thaw<Fd: AsFd>(fd: Fd) -> io::Result<()> {
+    let fd = fd.as_fd();
+    // SAFETY: FIFREEZE takes no argument; NoArg passes none and reads
+    // nothing back.
+    unsafe { ioctl::ioctl(fd, ioctl::NoArg::<FIFREEZE>::new())? };
+    let mut last = Ok(());
+    for _ in 0..5 {
+        // SAFETY: as for FIFREEZE.
+        last = unsafe { ioctl::ioctl(fd, ioctl::NoArg::<FITHAW>::new()) };
+        if last.is_ok() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    last
 }
 
 /// `FIBMAP = _IO(0x00, 1)`: maps one file block (in FIGETBSZ units) to a

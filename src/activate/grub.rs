@@ -179,6 +179,10 @@ impl Target {
         let cfg = g.custom_cfg();
         let text = read_optional(&cfg)?;
         replace_file(&cfg, &grub_format::with_block(&text, &a.name, &block)?)?;
+        // GRUB reads the filesystem without replaying its journal: the
+        // new files and custom.cfg must be in their home blocks before
+        // next_entry can send GRUB to them.
+        checkpoint(&[files, &self.grub_dir])?;
         crate::failpoint::hit("activate:boot-entry");
         let env_path = g.env_path();
         let mut env = read_env_at(&env_path)?;
@@ -201,6 +205,26 @@ impl Target {
         crate::failpoint::hit("activate:boot-next");
         Ok(())
     }
+}
+
+/// Make the filesystems holding `dirs` write their journals back
+/// (freeze, thaw), once per filesystem.
+fn checkpoint(dirs: &[&Path]) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let mut done = Vec::new();
+    for dir in dirs {
+        let f = std::fs::File::open(dir)
+            .op(|| "open a directory".into())
+            .map_err(|e| e.with_path(dir))?;
+        let dev = f.metadata().op(|| "stat a directory".into())?.dev();
+        if done.contains(&dev) {
+            continue;
+        }
+        crate::sys::freeze_and_thaw(&f)
+            .map_err(|e| Error::from(e).with_path(dir).with_kind(ErrorKind::Io))?;
+        done.push(dev);
+    }
+    Ok(())
 }
 
 /// A file's text, empty when it does not exist.

@@ -181,11 +181,19 @@ pub fn consoles(cmdline: &str) -> Vec<&str> {
         .collect()
 }
 
+/// Seconds a panicking restored kernel waits before it reboots: without
+/// `panic=` it would hang, and a trial would never return to the old
+/// system by itself.
+pub const PANIC_REBOOT_SECS: u32 = 30;
+
 /// The kernel arguments of the restored system's boot: the early-boot
-/// step and the mapped root, `loader_args`, the running kernel's consoles,
-/// then the user's `append`.
+/// step and the mapped root, a reboot on panic, `loader_args`, the running
+/// kernel's consoles, then the user's `append` (whose `panic=` wins).
 fn kernel_args(loader_args: &str, cmdline: &str, append: Option<&str>) -> String {
-    let mut args = format!("rdinit={} root=/dev/dm-0 rw", initrd::INIT_PATH);
+    let mut args = format!(
+        "rdinit={} root=/dev/dm-0 rw panic={PANIC_REBOOT_SECS}",
+        initrd::INIT_PATH
+    );
     for word in std::iter::once(loader_args)
         .chain(consoles(cmdline))
         .chain(append)
@@ -589,11 +597,11 @@ mod tests {
                 "quiet console=ttyS0",
                 Some("lr.test=x")
             ),
-            "rdinit=/lr/init root=/dev/dm-0 rw liverestore.grubenv=4096 console=ttyS0 lr.test=x"
+            "rdinit=/lr/init root=/dev/dm-0 rw panic=30 liverestore.grubenv=4096 console=ttyS0 lr.test=x"
         );
         assert_eq!(
             kernel_args("", "", None),
-            "rdinit=/lr/init root=/dev/dm-0 rw"
+            "rdinit=/lr/init root=/dev/dm-0 rw panic=30"
         );
     }
 

@@ -225,6 +225,18 @@ impl GuestRun {
         self
     }
 
+    /// Assert the run ended by a simulated power cut at failpoint `point`
+    /// (src/failpoint.rs), before the scenario finished.
+    pub fn assert_powered_off_at(&self, point: &str) {
+        assert!(
+            self.console
+                .contains(&format!("failpoint {point}: powering off")),
+            "the power was not cut at {point}:\n{}",
+            self.console
+        );
+        assert_eq!(self.status, None, "the scenario must not have finished");
+    }
+
     /// The value the scenario printed for `key`; panics (showing the
     /// scenario's output) when there is none.
     pub fn get(&self, key: &str) -> String {

@@ -210,3 +210,171 @@ fn bios_grub_trial_boot_then_back_to_the_old_system() {
         "boot order {order:?}"
     );
 }
+
+/// The old system of the power-loss runs: one initramfs for all of them
+/// (the harness makes the disk once), so the step is chosen by a boot
+/// counter on its ext4.
+const OLD_SYSTEM_POWER_LOSS: &str = r#"
+export LIVERESTORE_STATE_DIR=/mnt/host/var/lib/liverestore
+G=/mnt/host/boot/grub
+mkdir -p /mnt/host
+mount -t ext4 /dev/vda2 /mnt/host
+next() { liverestore --json status | grep -o '"next_boot":"[^"]*"' | cut -d'"' -f4; }
+env_var() { grep -a "^$1=" $G/grubenv | cut -d= -f2; }
+report() {
+  echo "LR $1_old_up=yes"
+  echo "LR $1_next=$(next)"
+  echo "LR $1_next_entry=$(env_var next_entry)"
+  echo "LR $1_activated=$(liverestore --json status | grep -c '"activation":{' || true)"
+  echo "LR $1_entries=$(grep -sc '^menuentry' $G/custom.cfg || true)"
+}
+left() {
+  echo "LR $1_custom_left=$(ls $G | grep -c custom.cfg || true)"
+  echo "LR $1_files_left=$(ls /mnt/host/boot | grep -c liverestore || true)"
+  echo "LR $1_env_left=$(grep -ac liverestore $G/grubenv || true)"
+}
+cut_power_after() { LIVERESTORE_FAILPOINT="$1" liverestore activate web --grub-dir $G $2 >/dev/null; echo "LR activate_failed=$?"; }
+n=$(( $(cat /mnt/host/boots 2>/dev/null || echo 0) + 1 ))
+echo $n > /mnt/host/boots
+sync
+case $n in
+1)
+  liverestore stage /dev/vdb --name web --dir /mnt/host 2>/dev/null
+  cut_power_after activate:boot-entry
+  ;;
+2)
+  report b
+  liverestore rollback >/dev/null && echo "LR b_rollback=ok"
+  left b
+  cut_power_after activate:boot-next "--append lr.test=commit"
+  ;;
+3)
+  report d
+  LIVERESTORE_FAILPOINT=rollback:boot-order liverestore rollback >/dev/null
+  ;;
+4)
+  report e
+  liverestore rollback >/dev/null && echo "LR e_rollback=ok"
+  left e
+  echo "LR e_activated_after=$(liverestore --json status | grep -c '"activation":{' || true)"
+  liverestore verify web >/dev/null 2>&1 && echo "LR e_verify=ok"
+  umount /mnt/host
+  e2fsck -f -n /dev/vda2 >/dev/null && echo "LR e_fsck=clean"
+  ;;
+esac
+"#;
+
+/// The restored system of the power-loss runs: started by `next_entry`
+/// it commits, losing power right after `grubenv` is written; started by
+/// default it rolls back.
+const RESTORED_POWER_LOSS: &str = r#"
+next() { liverestore --json status | grep -o '"next_boot":"[^"]*"' | cut -d'"' -f4; }
+echo "LR restored_up=$(cat /etc/hostname)"
+now=$(next)
+echo "LR restored_next=$now"
+case "$now" in
+old*) LIVERESTORE_FAILPOINT=commit:boot-order liverestore commit >/dev/null ;;
+*) liverestore rollback >/dev/null && echo "LR restored_rollback=ok" ;;
+esac
+reboot -f
+"#;
+
+/// Power loss during GRUB activation, commit and rollback: each QEMU run
+/// ends with the power cut right after a step (the guest's liverestore is
+/// built with failpoints); the next run must boot one of the two systems,
+/// whose `status` must say what boots next, and whose `rollback` cleans up.
+#[test]
+fn grub_power_loss_leaves_a_bootable_machine() {
+    require_root();
+    let t = tempfile::tempdir().unwrap();
+    let disk = host_disk(t.path());
+    let restored_initrd =
+        crate::common::vm::restored_initrd(&[VIRTIO_BLK, &["dm-mod"], EXT4].concat(), EXT4);
+    let image = t.path().join("restored-root.ext4");
+    crate::common::vm::restored_root_image_with(
+        &image,
+        64,
+        "restored-system",
+        RESTORED_POWER_LOSS,
+        Some(&restored_initrd),
+    );
+    let disks = vec![disk, image];
+    let run = |name: &str| {
+        let run = Guest {
+            modules: [VIRTIO_BLK, EXT4, DM_OVER_LOOP].concat(),
+            binaries: vec!["e2fsck"],
+            disks: disks.clone(),
+            scenario: OLD_SYSTEM_POWER_LOSS.into(),
+            timeout: Duration::from_secs(300),
+            bios: Some(Bios {
+                core_offset: MIB,
+                root_offset: 2 * MIB,
+                root_size: ROOT_MIB * MIB,
+                root_partition: 2,
+            }),
+            ..Guest::default()
+        }
+        .run(&t.path().join(name));
+        println!("== {name} ({:?}):\n{}", run.elapsed, run.output());
+        run
+    };
+
+    // A: stage; the power goes once the custom.cfg entry is written
+    // (next_entry is not set yet).
+    let a = run("a");
+    a.assert_powered_off_at("activate:boot-entry");
+
+    // B: GRUB starts the old system; status tells the half-done
+    // activation; rollback cleans it; activate again, and the power goes
+    // right after next_entry is written.
+    let b = run("b");
+    b.assert_powered_off_at("activate:boot-next");
+    assert_eq!(b.get("b_old_up"), "yes");
+    assert_eq!(b.get("b_next"), "old system (GRUB's default entry)");
+    assert_eq!(b.get("b_next_entry"), "");
+    assert_eq!(b.get("b_activated"), "1");
+    assert_eq!(b.get("b_entries"), "1", "the entry written before the cut");
+    assert_eq!(b.get("b_rollback"), "ok");
+    assert_eq!(b.get("b_custom_left"), "0");
+    assert_eq!(b.get("b_files_left"), "0");
+    assert_eq!(b.get("b_env_left"), "0");
+
+    // C: next_entry starts the restored system; its commit loses power
+    // right after grubenv is written on the raw disk.
+    let c = run("c");
+    c.assert_powered_off_at("commit:boot-order");
+    assert_eq!(c.get("restored_up"), "restored-system");
+    assert_eq!(c.get("restored_next"), "old system (GRUB's default entry)");
+
+    // D: the commit held: GRUB starts the restored system by default; it
+    // rolls back; the old system comes up, and its rollback loses power
+    // between grubenv and custom.cfg.
+    let d = run("d");
+    d.assert_powered_off_at("rollback:boot-order");
+    assert_eq!(
+        d.get("restored_next"),
+        "restored system (default)",
+        "the commit survived the power cut"
+    );
+    assert_eq!(d.get("restored_rollback"), "ok");
+    assert!(
+        d.console.find("LR restored_up").unwrap() < d.console.find("LR d_old_up").unwrap(),
+        "the restored system started first, by default"
+    );
+    assert_eq!(d.get("d_next"), "old system (GRUB's default entry)");
+    assert_eq!(d.get("d_activated"), "1");
+
+    // E: the old system; the entry is still in custom.cfg, but nothing
+    // chooses it; rollback finishes; nothing remains.
+    let e = run("e");
+    e.assert_ok();
+    assert_eq!(e.get("e_next"), "old system (GRUB's default entry)");
+    assert_eq!(e.get("e_entries"), "1");
+    assert_eq!(e.get("e_rollback"), "ok");
+    assert_eq!(e.get("e_custom_left"), "0");
+    assert_eq!(e.get("e_files_left"), "0");
+    assert_eq!(e.get("e_env_left"), "0");
+    assert_eq!(e.get("e_activated_after"), "0");
+    assert_eq!(e.get("e_verify"), "ok", "the staged image survived it all");
+    assert_eq!(e.get("e_fsck"), "clean");
+}

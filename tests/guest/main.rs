@@ -7,6 +7,7 @@ mod common;
 
 mod attach;
 mod boot;
+mod drivers;
 mod grub;
 mod power_loss;
 mod segments;

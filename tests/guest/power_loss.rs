@@ -64,16 +64,6 @@ fn run(t: &Path, disks: &[std::path::PathBuf], name: &str, scenario: &str) -> Gu
     run
 }
 
-fn powered_off_at(run: &GuestRun, point: &str) {
-    assert!(
-        run.console
-            .contains(&format!("failpoint {point}: powering off")),
-        "the power was not cut at {point}:\n{}",
-        run.console
-    );
-    assert_eq!(run.status, None, "the scenario must not have finished");
-}
-
 #[test]
 fn power_loss_during_activate_commit_and_rollback_leaves_a_bootable_machine() {
     require_root();
@@ -108,7 +98,7 @@ liverestore stage /dev/vdb --name web --dir /mnt/host 2>/dev/null
 cut_power_after activate:files
 "#,
     );
-    powered_off_at(&a, "activate:files");
+    a.assert_powered_off_at("activate:files");
     let base = a.get("a_entries_before");
 
     // B: the old system (no boot entry yet); rollback cleans the ESP files
@@ -124,7 +114,7 @@ echo "LR b_esp_files=$(ls /mnt/esp | grep -c liverestore || true)"
 cut_power_after activate:boot-entry
 "#,
     );
-    powered_off_at(&b, "activate:boot-entry");
+    b.assert_powered_off_at("activate:boot-entry");
     assert_eq!(b.get("b_old_up"), "yes");
     assert_eq!(b.get("b_next"), "old system (the firmware's BootOrder)");
     assert_eq!(b.get("b_entries"), base);
@@ -149,7 +139,7 @@ echo "LR c_entries_after=$(entries)"
 cut_power_after activate:boot-next
 "#,
     );
-    powered_off_at(&c, "activate:boot-next");
+    c.assert_powered_off_at("activate:boot-next");
     assert_eq!(c.get("c_next"), "old system (the firmware's BootOrder)");
     assert_eq!(
         c.get("c_entries").parse::<u32>().unwrap(),
@@ -171,7 +161,7 @@ report d
 LIVERESTORE_FAILPOINT=rollback:boot-order liverestore rollback >/dev/null
 "#,
     );
-    powered_off_at(&d, "rollback:boot-order");
+    d.assert_powered_off_at("rollback:boot-order");
     assert_eq!(d.get("restored_up"), "restored-system");
     assert_eq!(d.get("d_old_up"), "yes");
     assert_eq!(d.get("d_next"), "old system (the firmware's BootOrder)");
@@ -214,7 +204,7 @@ umount /mnt/esp /mnt/host
 reboot -f
 "#,
     );
-    powered_off_at(&f, "commit:boot-order");
+    f.assert_powered_off_at("commit:boot-order");
     assert_eq!(f.get("f_activate"), "ok");
     assert_eq!(
         f.get("restored_next"),

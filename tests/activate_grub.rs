@@ -1,0 +1,287 @@
+//! GRUB activation on this host (no efivarfs: `--loader auto` falls back
+//! to GRUB): the files in `/boot/liverestore/NAME`, the `custom.cfg`
+//! block next to the user's own entries, `next_entry` in `grubenv` as
+//! GRUB's own `grub-editenv` reads it, and the disk address handed to the
+//! restored system really holding `grubenv`'s block; `status`, a second
+//! activation refused, `rollback` restoring every file as it was; the
+//! refusals (exit 25): a `grub.cfg` that ignores `next_entry`, GRUB on
+//! another disk, a `grubenv` GRUB could not rewrite in place. Booting it
+//! is shown in a guest (`tests/guest/grub.rs`).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::*;
+
+const VERSION: &str = "6.1.0-99-test";
+
+/// A system image with a kernel and an initrd liverestore can find.
+fn system_image(dir: &Path) -> PathBuf {
+    let tree = dir.join("system.tree");
+    std::fs::create_dir_all(tree.join("boot")).unwrap();
+    std::fs::write(tree.join(format!("boot/vmlinuz-{VERSION}")), kernel()).unwrap();
+    std::fs::write(tree.join(format!("boot/initrd.img-{VERSION}")), b"INITRD").unwrap();
+    std::fs::create_dir_all(tree.join("etc")).unwrap();
+    std::fs::write(tree.join("etc/hostname"), "restored\n").unwrap();
+    let img = dir.join("system.ext4");
+    mkfs_ext4_from(&tree, &img, 32);
+    img
+}
+
+fn kernel() -> Vec<u8> {
+    random_bytes(300_000, 11)
+}
+
+/// The static program `/lr/init` needs: the guest's static busybox stands
+/// in (the initramfs is built, not booted, here).
+fn helper() -> String {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/vm/busybox");
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/install-deps.sh",
+        p.display()
+    );
+    p.display().to_string()
+}
+
+fn grub_dir(mnt: &Path) -> PathBuf {
+    let g = mnt.join("boot/grub");
+    std::fs::create_dir_all(&g).unwrap();
+    std::fs::write(g.join("grub.cfg"), common::vm::debian_grub_cfg("quiet")).unwrap();
+    g
+}
+
+fn grubenv_list(g: &Path) -> String {
+    sh(
+        "grub-editenv",
+        &[g.join("grubenv").to_str().unwrap(), "list"],
+    )
+}
+
+#[test]
+fn grub_activation_on_a_live_ext4() {
+    require_root();
+    let t = tempfile::tempdir().unwrap();
+    let mut disk = LoopDisk::new(&t.path().join("d"), Fs::Ext4, 200);
+    let cli = Cli::new(t.path());
+    let img = system_image(t.path());
+    let mnt = disk.mnt.clone();
+    let g = grub_dir(&mnt);
+    sh(
+        "grub-editenv",
+        &[g.join("grubenv").to_str().unwrap(), "create"],
+    );
+    sh(
+        "grub-editenv",
+        &[g.join("grubenv").to_str().unwrap(), "set", "saved_entry=0"],
+    );
+    let user_custom = "menuentry 'my own entry' { true }\n";
+    std::fs::write(g.join("custom.cfg"), user_custom).unwrap();
+    cli.expect(
+        0,
+        &[
+            "stage",
+            img.to_str().unwrap(),
+            "--name",
+            "sys",
+            "--dir",
+            mnt.to_str().unwrap(),
+        ],
+    );
+    let before = tree_hashes(&mnt.join("boot"));
+
+    let helper = helper();
+    let g_str = g.to_str().unwrap();
+    let out = cli.run(&[
+        "activate",
+        "sys",
+        "--grub-dir",
+        g_str,
+        "--helper",
+        &helper,
+        "--append",
+        "quiet",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    if !Path::new("/sys/firmware/efi").exists() {
+        assert!(stderr.contains("falling back to GRUB"), "{stderr}");
+    }
+
+    // The files, where GRUB reads them.
+    let files = mnt.join("boot/liverestore/sys");
+    assert_eq!(std::fs::read(files.join("vmlinuz")).unwrap(), kernel());
+    let initrd = std::fs::read(files.join("initrd.img")).unwrap();
+    assert!(
+        initrd.starts_with(b"INITRD"),
+        "the image's own initrd first"
+    );
+    assert!(initrd.len() > 1000, "then the early-boot initramfs");
+
+    // custom.cfg: the user's entry, then ours.
+    let custom = std::fs::read_to_string(g.join("custom.cfg")).unwrap();
+    assert!(custom.starts_with(user_custom), "{custom}");
+    let uuid = sh("blkid", &["-o", "value", "-s", "UUID", &disk.part])
+        .trim()
+        .to_string();
+    assert!(
+        custom.contains("menuentry 'liverestore sys (restored system)' --id liverestore-sys {"),
+        "{custom}"
+    );
+    assert!(
+        custom.contains(&format!("search --no-floppy --fs-uuid --set=root {uuid}")),
+        "{custom}"
+    );
+    let linux = custom
+        .lines()
+        .find(|l| l.trim_start().starts_with("linux "))
+        .unwrap()
+        .trim()
+        .to_string();
+    assert!(
+        linux.starts_with(
+            "linux '/boot/liverestore/sys/vmlinuz' rdinit=/lr/init root=/dev/dm-0 rw panic=30 liverestore.grubenv="
+        ),
+        "{linux}"
+    );
+    assert!(linux.ends_with(" quiet"), "{linux}");
+    assert!(custom.contains("initrd '/boot/liverestore/sys/initrd.img'"));
+
+    // grubenv, as GRUB's own tool reads it.
+    let env = grubenv_list(&g);
+    assert!(env.contains("saved_entry=0"), "{env}");
+    assert!(env.contains("next_entry=liverestore-sys"), "{env}");
+    assert!(env.contains("liverestore_entry=liverestore-sys"), "{env}");
+
+    // The disk address handed to the restored system holds that block.
+    let offset: u64 = linux
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("liverestore.grubenv="))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(offset >= disk.part_start && offset < disk.part_start + disk.part_size);
+    let raw = disk.read_at(offset, 1024);
+    assert_eq!(raw, std::fs::read(g.join("grubenv")).unwrap());
+
+    // status; one activation at a time
+    let s = cli.json(&["--json", "status"]);
+    assert_eq!(s["loader"], "grub", "{s}");
+    assert_eq!(s["next_boot"], "restored system (trial, once)", "{s}");
+    assert_eq!(s["grub_next_entry"], "liverestore-sys", "{s}");
+    assert_eq!(s["activation"]["grub"]["env_disk_offset"], offset, "{s}");
+    cli.expect_err(
+        22,
+        &["activate", "sys", "--grub-dir", g_str, "--helper", &helper],
+    );
+
+    // rollback: every file of /boot as it was, grubenv without our names
+    let out = cli.expect(0, &["rollback"]);
+    assert!(out.contains("GRUB entry 'liverestore-sys'"), "{out}");
+    assert_eq!(tree_hashes(&mnt.join("boot")), before);
+    assert!(!mnt.join("boot/liverestore").exists());
+    let env = grubenv_list(&g);
+    assert_eq!(env.trim(), "saved_entry=0");
+    let s = cli.json(&["--json", "status"]);
+    assert_eq!(s["next_boot"], "old system (nothing is activated)", "{s}");
+    cli.expect_err(22, &["rollback"]);
+
+    // Without the user's custom.cfg, activation creates it and rollback
+    // removes it again.
+    std::fs::remove_file(g.join("custom.cfg")).unwrap();
+    cli.expect(
+        0,
+        &[
+            "activate",
+            "sys",
+            "--loader",
+            "grub",
+            "--grub-dir",
+            g_str,
+            "--helper",
+            &helper,
+        ],
+    );
+    assert!(g.join("custom.cfg").exists());
+    cli.expect(0, &["rollback"]);
+    assert!(!g.join("custom.cfg").exists());
+
+    cli.expect(0, &["discard", "sys"]);
+    disk.unmount();
+    assert!(disk.fsck_clean());
+}
+
+#[test]
+fn grub_activation_refusals() {
+    require_root();
+    let t = tempfile::tempdir().unwrap();
+    let disk = LoopDisk::new(&t.path().join("d"), Fs::Ext4, 200);
+    let other = LoopDisk::new(&t.path().join("o"), Fs::Xfs, 320);
+    let cli = Cli::new(t.path());
+    let img = system_image(t.path());
+    let mnt = disk.mnt.clone();
+    cli.expect(
+        0,
+        &[
+            "stage",
+            img.to_str().unwrap(),
+            "--name",
+            "sys",
+            "--dir",
+            mnt.to_str().unwrap(),
+        ],
+    );
+    let helper = helper();
+    let activate = |g: &Path| {
+        cli.expect_err(
+            25,
+            &[
+                "activate",
+                "sys",
+                "--loader",
+                "grub",
+                "--grub-dir",
+                g.to_str().unwrap(),
+                "--helper",
+                &helper,
+            ],
+        )
+    };
+
+    // No GRUB at all.
+    let err = activate(&mnt.join("boot/none"));
+    assert!(err.contains("no GRUB configuration"), "{err}");
+
+    // A grub.cfg that ignores next_entry and custom.cfg.
+    let g = mnt.join("boot/grub");
+    std::fs::create_dir_all(&g).unwrap();
+    std::fs::write(g.join("grub.cfg"), "menuentry 'x' { linux /vmlinuz }\n").unwrap();
+    let err = activate(&g);
+    assert!(
+        err.contains("next_entry") && err.contains("custom.cfg"),
+        "{err}"
+    );
+
+    // A grubenv GRUB could not rewrite in place (not 1024 bytes).
+    std::fs::write(g.join("grub.cfg"), common::vm::debian_grub_cfg("")).unwrap();
+    let mut env = b"# GRUB Environment Block\n".to_vec();
+    env.resize(2048, b'#');
+    std::fs::write(g.join("grubenv"), env).unwrap();
+    let err = activate(&g);
+    assert!(err.contains("not 1024"), "{err}");
+
+    // GRUB on another disk than the staging.
+    let og = other.mnt.join("boot/grub");
+    std::fs::create_dir_all(&og).unwrap();
+    std::fs::write(og.join("grub.cfg"), common::vm::debian_grub_cfg("")).unwrap();
+    let err = activate(&og);
+    assert!(err.contains("its own disk"), "{err}");
+
+    // Nothing was activated or left behind.
+    let s = cli.json(&["--json", "status"]);
+    assert!(s["activation"].is_null(), "{s}");
+    assert!(!mnt.join("boot/liverestore").exists());
+    assert!(!g.join("custom.cfg").exists());
+    assert!(!og.join("custom.cfg").exists());
+}
