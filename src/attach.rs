@@ -92,11 +92,12 @@ pub struct AttachedLoop {
     pub backing: String,
 }
 
-fn dm_name(name: &str) -> String {
-    format!("liverestore-{name}")
+/// Device-mapper names of an attachment, from [`StagingRecord::instance`].
+fn dm_name(instance: &str) -> String {
+    format!("liverestore-{instance}")
 }
-fn dm_base_name(name: &str) -> String {
-    format!("liverestore-{name}-base")
+fn dm_base_name(instance: &str) -> String {
+    format!("liverestore-{instance}-base")
 }
 fn record_path(state: &StateDir, name: &str) -> PathBuf {
     state.root().join("attached").join(format!("{name}.json"))
@@ -182,7 +183,8 @@ pub fn attach(state: &StateDir, name: &str, mode: AttachMode) -> Result<Attachme
         }
         return attach_fuse(state, &rec, mode);
     }
-    for n in [dm_name(name), dm_base_name(name)] {
+    let instance = rec.instance();
+    for n in [dm_name(&instance), dm_base_name(&instance)] {
         if dm::exists(&n)? {
             return Err(Error::new(
                 ErrorKind::InvalidState,
@@ -223,6 +225,7 @@ fn build(
     made: &mut Attachment,
 ) -> Result<()> {
     let name = rec.name.as_str();
+    let instance = &rec.instance();
     let (disk_loop, _hold_disk) = LoopDevice::attach(
         disk,
         LoopOptions {
@@ -239,13 +242,23 @@ fn build(
     let uuid = format!("LIVERESTORE-{}", rec.id);
     match mode {
         AttachMode::ReadOnly | AttachMode::Direct => {
-            let dev = dm::create(&dm_name(name), &uuid, &table, mode == AttachMode::ReadOnly)?;
-            made.dm_devices.push(dm_name(name));
+            let dev = dm::create(
+                &dm_name(instance),
+                &uuid,
+                &table,
+                mode == AttachMode::ReadOnly,
+            )?;
+            made.dm_devices.push(dm_name(instance));
             made.device = dev.path().display().to_string();
         }
         AttachMode::Overlay => {
-            let base = dm::create(&dm_base_name(name), &format!("{uuid}-base"), &table, true)?;
-            made.dm_devices.insert(0, dm_base_name(name));
+            let base = dm::create(
+                &dm_base_name(instance),
+                &format!("{uuid}-base"),
+                &table,
+                true,
+            )?;
+            made.dm_devices.insert(0, dm_base_name(instance));
             let cow = cow_path(state, name);
             let _ = fs::remove_file(&cow);
             let f = fs::File::create(&cow)
@@ -276,8 +289,8 @@ fn build(
                 kind: "snapshot".into(),
                 params: format!("{}:{} {} N 8", base.major, base.minor, cow_loop.dev_t()),
             }];
-            let dev = dm::create(&dm_name(name), &uuid, &snap, false)?;
-            made.dm_devices.insert(0, dm_name(name));
+            let dev = dm::create(&dm_name(instance), &uuid, &snap, false)?;
+            made.dm_devices.insert(0, dm_name(instance));
             made.device = dev.path().display().to_string();
         }
     }
@@ -299,7 +312,7 @@ fn attach_fuse(
             "this kernel has neither device-mapper nor FUSE: attach needs one of them (try `modprobe dm-mod` or `modprobe fuse`)",
         ));
     }
-    let mnt = PathBuf::from(format!("/run/liverestore/fuse-{name}"));
+    let mnt = PathBuf::from(format!("/run/liverestore/fuse-{}", rec.instance()));
     fs::create_dir_all(&mnt)
         .op(|| "cannot create the FUSE mount point".into())
         .map_err(|e| e.with_path(&mnt))?;
@@ -374,7 +387,17 @@ fn attach_fuse(
 
 /// Unmount the FUSE mount and wait for its server to exit.
 fn stop_fuse(mnt: &Path, pid: Option<u32>) -> Result<()> {
-    unmount(mnt)?;
+    // Never lazily: a FUSE file still open (a loop device over it that
+    // someone holds) would keep its server running after a "detach".
+    if !try_unmount(mnt)? {
+        return Err(Error::new(
+            ErrorKind::Busy,
+            format!(
+                "the FUSE file at {} is still in use (a mount or a program holding its loop device?): stop using it and run `liverestore detach` again",
+                mnt.display()
+            ),
+        ));
+    }
     if let Some(pid) = pid {
         let proc_dir = PathBuf::from(format!("/proc/{pid}"));
         for _ in 0..100 {
@@ -393,18 +416,26 @@ fn stop_fuse(mnt: &Path, pid: Option<u32>) -> Result<()> {
 /// Unmount `mnt`, waiting out a brief EBUSY (a process that is just
 /// leaving it), then lazily; not mounted (any more) is fine.
 pub(crate) fn unmount(mnt: &Path) -> Result<()> {
+    if try_unmount(mnt)? {
+        return Ok(());
+    }
+    rustix::mount::unmount(mnt, rustix::mount::UnmountFlags::DETACH)
+        .map_err(|e| Error::io("cannot unmount", e.into()).with_path(mnt))
+}
+
+/// Unmount `mnt`, waiting up to 5 s while it is busy; whether it is
+/// unmounted (not mounted any more is fine).
+fn try_unmount(mnt: &Path) -> Result<bool> {
     use rustix::io::Errno;
-    use rustix::mount::UnmountFlags;
-    let fail = |e: Errno| Error::io("cannot unmount", e.into()).with_path(mnt);
     for _ in 0..50 {
-        match rustix::mount::unmount(mnt, UnmountFlags::empty()) {
-            Ok(()) => return Ok(()),
-            Err(e) if e == Errno::INVAL || e == Errno::NOENT => return Ok(()),
+        match rustix::mount::unmount(mnt, rustix::mount::UnmountFlags::empty()) {
+            Ok(()) => return Ok(true),
+            Err(e) if e == Errno::INVAL || e == Errno::NOENT => return Ok(true),
             Err(e) if e == Errno::BUSY => std::thread::sleep(std::time::Duration::from_millis(100)),
-            Err(e) => return Err(fail(e)),
+            Err(e) => return Err(Error::io("cannot unmount", e.into()).with_path(mnt)),
         }
     }
-    rustix::mount::unmount(mnt, UnmountFlags::DETACH).map_err(fail)
+    Ok(false)
 }
 
 /// Remove what `a` names, top first; loop devices and the store last.
@@ -460,8 +491,11 @@ pub fn detach(state: &StateDir, name: &str) -> Result<Attachment> {
         None => {
             // Leftovers of an interrupted attach, if any.
             let mut left = Attachment::new(name, AttachMode::ReadOnly, "device-mapper");
-            if dm::available() {
-                for n in [dm_name(name), dm_base_name(name)] {
+            if dm::available()
+                && let Ok(rec) = state.load(name)
+            {
+                let instance = rec.instance();
+                for n in [dm_name(&instance), dm_base_name(&instance)] {
                     if dm::exists(&n)? {
                         left.dm_devices.push(n);
                     }

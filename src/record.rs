@@ -293,6 +293,14 @@ impl StagingRecord {
         Ok(())
     }
 
+    /// The staging's name for machine-wide things (device-mapper devices,
+    /// mount points under `/run/liverestore`): the name plus the start of
+    /// its id, so that stagings of one name in two state directories never
+    /// share them.
+    pub fn instance(&self) -> String {
+        format!("{}-{}", self.name, &self.id.simple().to_string()[..8])
+    }
+
     /// The map of the image bytes alone (container map minus the header).
     pub fn image_map(&self) -> Result<ExtentMap> {
         let map = self.map.as_ref().ok_or_else(|| {

@@ -96,9 +96,11 @@ pub(crate) fn mount(device: &str, fs: &str, mnt: &std::path::Path, read_only: bo
     rustix::mount::mount(device, mnt, fs, flags, data).map_err(|e| Error::from(e).with_path(mnt))
 }
 
-/// Mount point for the test of `name`.
-fn mount_point(name: &str) -> PathBuf {
-    PathBuf::from(format!("/run/liverestore/test-{name}"))
+/// Mount point for the test of a staging ([`StagingRecord::instance`]).
+///
+/// [`StagingRecord::instance`]: crate::record::StagingRecord::instance
+fn mount_point(instance: &str) -> PathBuf {
+    PathBuf::from(format!("/run/liverestore/test-{instance}"))
 }
 
 /// Attach `name` read-only, mount its filesystem read-only (no journal
@@ -109,6 +111,7 @@ pub fn with_mounted<T>(
     name: &str,
     f: impl FnOnce(&std::path::Path) -> Result<T>,
 ) -> Result<T> {
+    let instance = state.load(name)?.instance();
     let a = attach::attach(state, name, AttachMode::ReadOnly)?;
     let result = (|| {
         let fs = detect_filesystem(&read_head(&a.device)?).ok_or_else(|| {
@@ -117,7 +120,7 @@ pub fn with_mounted<T>(
                 format!("'{name}' holds no filesystem liverestore recognizes"),
             )
         })?;
-        let mnt = PathBuf::from(format!("/run/liverestore/mount-{name}"));
+        let mnt = PathBuf::from(format!("/run/liverestore/mount-{instance}"));
         mount(&a.device, fs, &mnt, true)?;
         let out = f(&mnt);
         attach::unmount(&mnt)?;
@@ -132,6 +135,7 @@ pub fn with_mounted<T>(
 
 /// Run the test; the attachment is always taken down, also on error.
 pub fn test_restore(state: &StateDir, name: &str, command: Option<&str>) -> Result<TestReport> {
+    let instance = state.load(name)?.instance();
     // Without device-mapper there is no overlay: test read-only instead
     // (the FUSE fallback), mounted without journal replay.
     let a = match attach::attach(state, name, AttachMode::Overlay) {
@@ -141,14 +145,20 @@ pub fn test_restore(state: &StateDir, name: &str, command: Option<&str>) -> Resu
         other => other?,
     };
     let read_only = a.mode == AttachMode::ReadOnly;
-    let result = run(name, &a.device, command, read_only);
+    let result = run(name, &instance, &a.device, command, read_only);
     let down = attach::detach(state, name);
     let report = result?;
     down?;
     Ok(report)
 }
 
-fn run(name: &str, device: &str, command: Option<&str>, read_only: bool) -> Result<TestReport> {
+fn run(
+    name: &str,
+    instance: &str,
+    device: &str,
+    command: Option<&str>,
+    read_only: bool,
+) -> Result<TestReport> {
     let fs = detect_filesystem(&read_head(device)?);
     let mut report = TestReport {
         name: name.to_string(),
@@ -185,7 +195,7 @@ fn run(name: &str, device: &str, command: Option<&str>, read_only: bool) -> Resu
             ));
         }
     }
-    let mnt = mount_point(name);
+    let mnt = mount_point(instance);
     std::fs::create_dir_all(&mnt)
         .op(|| "cannot create the mount point".into())
         .map_err(|e| e.with_path(&mnt))?;

@@ -73,6 +73,18 @@ fn read_only_attach_without_device_mapper_uses_fuse() {
 
     // Attached twice, or writable without device-mapper: refused.
     cli.expect_err(22, &["attach", "ro"]);
+    // While someone holds the device, detach refuses (busy) rather than
+    // leave the FUSE server running behind a lazy unmount; once they let
+    // go, it takes everything down.
+    let holder = std::fs::File::open(&dev).unwrap();
+    let err = cli.expect_err(21, &["detach", "ro"]);
+    assert!(err.contains("still in use"), "{err}");
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    assert!(
+        !stat.contains(") Z"),
+        "the server must still serve the holder"
+    );
+    drop(holder);
     cli.expect(0, &["detach", "ro"]);
     let err = cli.expect_err(24, &["attach", "ro", "--rw"]);
     assert!(err.contains("device-mapper"), "{err}");
@@ -132,4 +144,58 @@ fn test_restore_without_device_mapper_runs_read_only() {
     cli.expect_err(22, &["detach", "fs"]);
     assert_eq!(cli.json(&["verify", "fs", "--json"])["ok"], true);
     cli.expect(0, &["discard", "fs"]);
+}
+
+/// Two state directories with a staging of the same name: their
+/// attachments use different machine-wide names (mount points, device
+/// names), so each attaches, and detaching one leaves the other serving.
+#[test]
+fn same_name_in_two_state_directories() {
+    let Some((t, disk, cli)) = fallback_fixture() else {
+        return;
+    };
+    let other = Cli {
+        state_dir: t.path().join("other-state"),
+    };
+    let a = random_bytes(8 * MIB as usize, 21);
+    let b = random_bytes(8 * MIB as usize, 22);
+    for (c, bytes, file) in [(&cli, &a, "a.raw"), (&other, &b, "b.raw")] {
+        let img = t.path().join(file);
+        std::fs::write(&img, bytes).unwrap();
+        let dir = disk.mnt.join(file);
+        std::fs::create_dir_all(&dir).unwrap();
+        c.expect(
+            0,
+            &[
+                "stage",
+                img.to_str().unwrap(),
+                "--name",
+                "same",
+                "--dir",
+                dir.to_str().unwrap(),
+            ],
+        );
+    }
+    let _g1 = Detach(&cli, "same");
+    let _g2 = Detach(&other, "same");
+    let dev_a = cli.json(&["--json", "attach", "same"])["attachment"]["device"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let dev_b = other.json(&["--json", "attach", "same"])["attachment"]["device"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_ne!(dev_a, dev_b);
+    assert_eq!(std::fs::read(&dev_a).unwrap(), a);
+    assert_eq!(std::fs::read(&dev_b).unwrap(), b);
+    cli.expect(0, &["detach", "same"]);
+    assert_eq!(
+        std::fs::read(&dev_b).unwrap(),
+        b,
+        "the other one still serves"
+    );
+    other.expect(0, &["detach", "same"]);
+    cli.expect(0, &["discard", "same"]);
+    other.expect(0, &["discard", "same"]);
 }

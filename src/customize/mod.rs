@@ -197,7 +197,7 @@ pub fn customize(
     };
 
     let a = attach::attach(state, name, AttachMode::Direct)?;
-    let edited = edit(name, &a.device, opts);
+    let edited = edit(name, &rec.instance(), &a.device, opts);
     let down = attach::detach(state, name);
     let (filesystem, changes) = edited.map_err(|e| {
         Error::new(
@@ -244,7 +244,12 @@ pub fn customize(
 
 /// Mount the attached `device` read-write, make the changes, unmount
 /// (also on error).
-fn edit(name: &str, device: &str, opts: &CustomizeOptions) -> Result<(&'static str, Vec<Change>)> {
+fn edit(
+    name: &str,
+    instance: &str,
+    device: &str,
+    opts: &CustomizeOptions,
+) -> Result<(&'static str, Vec<Change>)> {
     let fs =
         test_restore::detect_filesystem(&test_restore::read_head(device)?).ok_or_else(|| {
             Error::new(
@@ -260,7 +265,7 @@ fn edit(name: &str, device: &str, opts: &CustomizeOptions) -> Result<(&'static s
             ),
         ));
     }
-    let mnt = PathBuf::from(format!("/run/liverestore/customize-{name}"));
+    let mnt = PathBuf::from(format!("/run/liverestore/customize-{instance}"));
     test_restore::mount(device, fs, &mnt, false)?;
     let changed = root::RootDir::open(&mnt).and_then(|root| apply(&root, opts));
     // Written back before the unmount returns; syncfs reports errors.

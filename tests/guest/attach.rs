@@ -57,7 +57,7 @@ mkdir -p /mnt/ro && mount -o ro -t ext4 "$dev" /mnt/ro && echo "LR ro_hostname=$
 set +e
 liverestore attach web >/dev/null 2>&1; echo "LR attach_twice=$?"
 set -e
-dmsetup table liverestore-web | head -1 | sed 's/^/LR table=/'
+dmsetup table "$(dmsetup ls | grep -o "^liverestore-web-[0-9a-f]*" | head -1)" | head -1 | sed 's/^/LR table=/'
 echo "LR ro_attached=$(leftovers)"
 liverestore detach web
 echo "LR ro_detached=$(leftovers)"
