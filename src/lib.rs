@@ -46,6 +46,7 @@ pub mod input;
 pub mod kmod;
 pub mod loop_device;
 pub mod make_room;
+pub mod partition_entry;
 pub mod plan;
 pub mod progress;
 pub mod record;

@@ -95,6 +95,12 @@ struct SpaceArgs {
     /// `plan` shows what would be deleted.
     #[arg(long, value_name = "FILE")]
     make_room: Option<PathBuf>,
+    /// Put each image whole in one unallocated range (starting on a 1 MiB
+    /// boundary), with only the on-disk header in the first --dir: then
+    /// `activate` boots it natively, from a partition entry added over
+    /// exactly those bytes, with no device-mapper at boot.
+    #[arg(long, requires = "unallocated")]
+    contiguous: bool,
 }
 
 impl SpaceArgs {
@@ -105,6 +111,7 @@ impl SpaceArgs {
             keep_free: self.keep_free,
             max_file_size: self.max_file_size,
             make_room: self.make_room.clone(),
+            contiguous: self.contiguous,
         }
     }
 }
@@ -274,7 +281,19 @@ enum Command {
     ///         (BIOS or UEFI; grub.cfg as update-grub makes it).
     ///
     /// --loader auto (the default) uses UEFI when efivarfs is mounted and
-    /// writable and falls back to GRUB otherwise, saying so. Nothing else
+    /// writable and falls back to GRUB otherwise, saying so.
+    ///
+    /// The restored system's root:
+    ///
+    ///   native  an image staged with --unallocated --contiguous is one run
+    ///           of the disk outside every partition: a GPT entry is added
+    ///           over exactly it (a free slot: other partitions keep their
+    ///           numbers; the kernel is told with BLKPG) and the restored
+    ///           kernel and initrd boot it as they are, root=PARTUUID=….
+    ///   mapped  anything else: the early-boot step assembles the image
+    ///           from its map with device-mapper (root=/dev/dm-0).
+    ///
+    /// --boot auto (the default) is native when it can be. Nothing else
     /// changes: if the restored system does not come up and `commit`, the
     /// boot after that is the old system again. Only one image can be
     /// activated at a time; `liverestore rollback` takes it back.
@@ -284,6 +303,9 @@ enum Command {
         /// Which boot loader to arm.
         #[arg(long, value_enum, default_value_t = LoaderArg::Auto)]
         loader: LoaderArg,
+        /// How the restored system finds its root.
+        #[arg(long, value_enum, default_value_t = BootArg::Auto)]
+        boot: BootArg,
         /// The mounted EFI system partition (UEFI).
         #[arg(long, value_name = "DIR", default_value = "/boot/efi")]
         esp: PathBuf,
@@ -423,6 +445,16 @@ enum Command {
         #[arg(long)]
         writable: bool,
     },
+}
+
+/// `activate --boot`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum BootArg {
+    /// Native when the image is one contiguous range outside every
+    /// partition of a GPT disk, mapped otherwise.
+    Auto,
+    Native,
+    Mapped,
 }
 
 /// `activate --loader`.
@@ -997,6 +1029,7 @@ fn run(cli: Cli) -> Outcome {
         Command::Activate {
             name,
             loader,
+            boot,
             esp,
             grub_dir,
             append,
@@ -1008,6 +1041,11 @@ fn run(cli: Cli) -> Outcome {
                     LoaderArg::Auto => activate::LoaderChoice::Auto,
                     LoaderArg::Uefi => activate::LoaderChoice::Uefi,
                     LoaderArg::Grub => activate::LoaderChoice::Grub,
+                },
+                boot: match boot {
+                    BootArg::Auto => activate::BootChoice::Auto,
+                    BootArg::Native => activate::BootChoice::Native,
+                    BootArg::Mapped => activate::BootChoice::Mapped,
                 },
                 esp: &esp,
                 grub_dir: &grub_dir,
@@ -1035,6 +1073,16 @@ fn run(cli: Cli) -> Outcome {
                     "'{}' activated for the next boot only: {how}; kernel {} in {}",
                     a.name, a.kernel_version, a.files_dir
                 );
+                match &a.native {
+                    Some(n) => println!(
+                        "native boot: partition {} of {} ({}), root=PARTUUID={}",
+                        n.partition.number,
+                        n.disk,
+                        human_bytes(n.partition.length),
+                        n.partition.guid
+                    ),
+                    None => println!("mapped boot: device-mapper at boot, root=/dev/dm-0"),
+                }
             }
             Ok(0)
         }

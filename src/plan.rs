@@ -266,9 +266,14 @@ pub fn assess(
                 Some(Ok(p)) => Some(p),
                 None => None,
             };
-            match (space::assign(&needs, &caps), &patterns) {
+            let assigned = if space.contiguous {
+                space::assign_contiguous(&needs, &caps)
+            } else {
+                space::assign(&needs, &caps)
+            };
+            match (assigned, &patterns) {
                 (Ok(p), _) => planned = p,
-                (Err(e), Some(patterns)) if e.kind() == ErrorKind::NoSpace => {
+                (Err(e), Some(patterns)) if e.kind() == ErrorKind::NoSpace && !space.contiguous => {
                     match make_room(state, patterns, &sources, &needs, &caps) {
                         Ok((d, p)) => {
                             deletions = d;

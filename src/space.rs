@@ -34,6 +34,9 @@ pub struct SpaceRequest {
     /// A list of files that may be deleted when space is short
     /// (`--make-room`, see [`crate::make_room`]).
     pub make_room: Option<PathBuf>,
+    /// Each image whole in one unallocated range, the header alone in the
+    /// first directory (`--contiguous`): what native activation needs.
+    pub contiguous: bool,
 }
 
 /// How much one source can give, as the planner sees it.
@@ -149,6 +152,76 @@ pub fn assign(needs: &[(u64, u64)], sources: &[Capacity]) -> Result<Vec<Vec<Plan
             }
         }
         out.push(pieces);
+    }
+    Ok(out)
+}
+
+/// Where a contiguous image starts inside free space: partition alignment.
+pub const CONTIGUOUS_ALIGN: u64 = 1 << 20;
+
+/// Plan space for stagings whose images must each be contiguous on the
+/// disk, outside every partition (so that a partition entry can cover
+/// exactly one): the `header` bytes of each in a file of the first
+/// directory with room, the rest (`need - header`) in the first
+/// unallocated range that holds it whole, starting on a 1 MiB boundary.
+pub fn assign_contiguous(needs: &[(u64, u64)], sources: &[Capacity]) -> Result<Vec<Vec<Planned>>> {
+    let mut left: Vec<Capacity> = sources.to_vec();
+    let mut out = Vec::with_capacity(needs.len());
+    for (i, &(need, header)) in needs.iter().enumerate() {
+        let file = left
+            .iter_mut()
+            .enumerate()
+            .find_map(|(src, cap)| match cap {
+                Capacity::Dir {
+                    block,
+                    max_file,
+                    budget,
+                } => {
+                    let size = header.div_ceil(*block) * *block;
+                    (size == header && size <= (*max_file).min(*budget)).then(|| {
+                        *budget -= size;
+                        Planned::File { source: src, size }
+                    })
+                }
+                Capacity::Unallocated { .. } => None,
+            });
+        let file = file.ok_or_else(|| {
+            Error::new(
+                ErrorKind::NoSpace,
+                format!(
+                    "staging {}: no --dir has {header} bytes free for its header",
+                    i + 1
+                ),
+            )
+        })?;
+        let image = (need - header).div_ceil(UNALLOCATED_GRAIN) * UNALLOCATED_GRAIN;
+        let mut largest = 0;
+        let range = left.iter_mut().find_map(|cap| match cap {
+            Capacity::Unallocated { free } => free.iter_mut().find_map(|r| {
+                let start = r.0.div_ceil(CONTIGUOUS_ALIGN) * CONTIGUOUS_ALIGN;
+                let room = r.1.saturating_sub(start);
+                largest = largest.max(room);
+                (room >= image).then(|| {
+                    let piece = Planned::Unallocated {
+                        disk: start,
+                        length: image,
+                    };
+                    r.0 = start + image;
+                    piece
+                })
+            }),
+            Capacity::Dir { .. } => None,
+        });
+        let range = range.ok_or_else(|| {
+            Error::new(
+                ErrorKind::NoSpace,
+                format!(
+                    "staging {}: --contiguous needs {image} unallocated bytes in one range (with --unallocated); the largest free range holds {largest}",
+                    i + 1
+                ),
+            )
+        })?;
+        out.push(vec![file, range]);
     }
     Ok(out)
 }
@@ -374,6 +447,50 @@ mod tests {
                 size: 4 * MIB
             }]
         );
+    }
+
+    #[test]
+    fn contiguous_images_in_one_free_range_each() {
+        let mib = 1 << 20;
+        let free = Capacity::Unallocated {
+            free: vec![(100 * mib + 512, 120 * mib), (200 * mib, 400 * mib)],
+        };
+        // headers of 1 MiB; images of 30 and 50 MiB
+        let p = assign_contiguous(
+            &[(31 * mib, mib), (51 * mib, mib)],
+            &[dir(100 * mib, u64::MAX), free.clone()],
+        )
+        .unwrap();
+        assert_eq!(
+            p[0],
+            [
+                Planned::File {
+                    source: 0,
+                    size: mib
+                },
+                Planned::Unallocated {
+                    disk: 200 * mib,
+                    length: 30 * mib
+                }
+            ],
+            "the first range (19 MiB after alignment) is too small"
+        );
+        assert_eq!(
+            p[1][1],
+            Planned::Unallocated {
+                disk: 230 * mib,
+                length: 50 * mib
+            }
+        );
+        let e =
+            assign_contiguous(&[(300 * mib, mib)], &[dir(100 * mib, u64::MAX), free]).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::NoSpace);
+        assert!(
+            e.to_string().contains("200 MiB") || e.to_string().contains("209715200"),
+            "{e}"
+        );
+        let e = assign_contiguous(&[(3 * mib, mib)], &[dir(mib / 2, u64::MAX)]).unwrap_err();
+        assert!(e.to_string().contains("header"), "{e}");
     }
 
     #[test]

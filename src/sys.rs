@@ -1,6 +1,6 @@
 //! The few raw ioctls that rustix does not wrap (FIEMAP, FIBMAP, block
 //! device size and zero-out, inode generation, FAT attributes, filesystem
-//! freeze, loop devices, device-mapper), with
+//! freeze, BLKPG, loop devices, device-mapper), with
 //! their `#[repr(C)]` structs. This is the only module with `unsafe` code; each block says why
 //! it is sound. Everything here is a thin transport: interpretation of the
 //! results (e.g. which FIEMAP flags are acceptable) lives in pure modules.
@@ -198,6 +198,73 @@ pub fn inode_generation<Fd: AsFd>(fd: Fd) -> io::Result<u32> {
     Ok(u32::from_le_bytes(
         value.to_le_bytes()[..4].try_into().expect("4 bytes"),
     ))
+}
+
+/// `struct blkpg_partition` from `<linux/blkpg.h>`: byte offsets.
+#[repr(C)]
+struct BlkpgPartition {
+    start: i64,
+    length: i64,
+    pno: std::ffi::c_int,
+    devname: [u8; 64],
+    volname: [u8; 64],
+}
+
+/// `struct blkpg_ioctl_arg` from `<linux/blkpg.h>`.
+#[repr(C)]
+struct BlkpgIoctlArg {
+    op: std::ffi::c_int,
+    flags: std::ffi::c_int,
+    datalen: std::ffi::c_int,
+    data: *mut std::ffi::c_void,
+}
+
+/// `BLKPG = _IO(0x12, 105)`.
+const BLKPG: Opcode = ioctl::opcode::none(0x12, 105);
+const BLKPG_ADD_PARTITION: std::ffi::c_int = 1;
+const BLKPG_DEL_PARTITION: std::ffi::c_int = 2;
+
+fn blkpg<Fd: AsFd>(
+    fd: Fd,
+    op: std::ffi::c_int,
+    pno: u32,
+    start: u64,
+    length: u64,
+) -> io::Result<()> {
+    let mut part = BlkpgPartition {
+        start: i64::try_from(start).map_err(|_| io::Errno::INVAL)?,
+        length: i64::try_from(length).map_err(|_| io::Errno::INVAL)?,
+        pno: std::ffi::c_int::try_from(pno).map_err(|_| io::Errno::INVAL)?,
+        devname: [0; 64],
+        volname: [0; 64],
+    };
+    let mut arg = BlkpgIoctlArg {
+        op,
+        flags: 0,
+        datalen: std::mem::size_of::<BlkpgPartition>() as std::ffi::c_int,
+        data: (&mut part as *mut BlkpgPartition).cast(),
+    };
+    // SAFETY: BLKPG reads a `struct blkpg_ioctl_arg` through the pointer
+    // (the Updater passes one to `arg`), and through its `data` a
+    // `struct blkpg_partition` of `datalen` bytes, which is `part`; both
+    // are `#[repr(C)]` copies of the kernel's layouts and outlive the call.
+    unsafe {
+        let ctl = ioctl::Updater::<BLKPG, BlkpgIoctlArg>::new(&mut arg);
+        ioctl::ioctl(fd, ctl)
+    }
+}
+
+/// Tell the kernel about partition `pno` of the whole-disk device `fd`:
+/// `length` bytes at byte `start` (`BLKPG_ADD_PARTITION`). The kernel
+/// refuses (EBUSY) a partition that overlaps one it knows.
+pub fn blkpg_add_partition<Fd: AsFd>(fd: Fd, pno: u32, start: u64, length: u64) -> io::Result<()> {
+    blkpg(fd, BLKPG_ADD_PARTITION, pno, start, length)
+}
+
+/// Make the kernel forget partition `pno` (`BLKPG_DEL_PARTITION`; EBUSY
+/// while it is open or mounted).
+pub fn blkpg_del_partition<Fd: AsFd>(fd: Fd, pno: u32) -> io::Result<()> {
+    blkpg(fd, BLKPG_DEL_PARTITION, pno, 0, 0)
 }
 
 /// `FIFREEZE = _IOWR('X', 119, int)` and `FITHAW = _IOWR('X', 120, int)`;

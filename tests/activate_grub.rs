@@ -5,8 +5,12 @@
 //! restored system really holding `grubenv`'s block; `status`, a second
 //! activation refused, `rollback` restoring every file as it was; the
 //! refusals (exit 25): a `grub.cfg` that ignores `next_entry`, GRUB on
-//! another disk, a `grubenv` GRUB could not rewrite in place. Booting it
-//! is shown in a guest (`tests/guest/grub.rs`).
+//! another disk, a `grubenv` GRUB could not rewrite in place. And the
+//! native boot of an image staged whole in unallocated space: a GPT entry
+//! in a free slot over exactly its bytes, known to the kernel at once
+//! (BLKPG), `root=PARTUUID=…`, the image's initrd as it is; rollback takes
+//! the entry out of the table and the kernel. Booting them is shown in
+//! guests (`tests/guest/grub.rs`, `tests/guest/native.rs`).
 
 mod common;
 
@@ -141,7 +145,7 @@ fn grub_activation_on_a_live_ext4() {
         .to_string();
     assert!(
         linux.starts_with(
-            "linux '/boot/liverestore/sys/vmlinuz' rdinit=/lr/init root=/dev/dm-0 rw panic=30 liverestore.grubenv="
+            "linux '/boot/liverestore/sys/vmlinuz' rdinit=/lr/init root=/dev/dm-0 rw panic=30 liverestore.id="
         ),
         "{linux}"
     );
@@ -284,4 +288,120 @@ fn grub_activation_refusals() {
     assert!(!mnt.join("boot/liverestore").exists());
     assert!(!g.join("custom.cfg").exists());
     assert!(!og.join("custom.cfg").exists());
+}
+
+#[test]
+fn native_activation_adds_a_partition_over_exactly_the_image() {
+    require_root();
+    let t = tempfile::tempdir().unwrap();
+    // ext4 at 1..151 MiB; the rest of the disk is unallocated
+    let mut disk = LoopDisk::with_partitions(&t.path().join("d"), 300, &[(Fs::Ext4, 1, 150)]);
+    let cli = Cli::new(t.path());
+    let img = system_image(t.path());
+    let image = std::fs::read(&img).unwrap();
+    let mnt = disk.mnt.clone();
+    let g = grub_dir(&mnt);
+    let g_str = g.to_str().unwrap();
+    let stage = |extra: &[&str]| {
+        let mut args = vec![
+            "stage",
+            img.to_str().unwrap(),
+            "--name",
+            "sys",
+            "--dir",
+            mnt.to_str().unwrap(),
+        ];
+        args.extend(extra);
+        args.iter().map(|s| s.to_string()).collect::<Vec<_>>()
+    };
+    // --contiguous needs --unallocated (a usage error)
+    let a = stage(&["--contiguous"]);
+    cli.expect_err(2, &a.iter().map(String::as_str).collect::<Vec<_>>());
+    let a = stage(&["--unallocated", "--contiguous"]);
+    cli.expect(0, &a.iter().map(String::as_str).collect::<Vec<_>>());
+    let ranges = container_ranges(&cli, "sys");
+    let image_run = ranges
+        .iter()
+        .find(|r| r.0 >= disk.part_start + disk.part_size)
+        .copied()
+        .expect("a run outside the ext4");
+    assert_eq!(image_run.0 % MIB, 0, "starts on a MiB boundary");
+    let helper = helper();
+    let before = sh("sgdisk", &["-p", &disk.dev]);
+    let out = cli.json(&[
+        "--json",
+        "activate",
+        "sys",
+        "--loader",
+        "grub",
+        "--grub-dir",
+        g_str,
+        "--helper",
+        &helper,
+    ]);
+    let n = &out["activation"]["native"];
+    assert_eq!(n["partition"]["number"], 2, "{out}");
+    let guid = n["partition"]["guid"].as_str().unwrap().to_string();
+    let start = n["partition"]["start"].as_u64().unwrap();
+    assert_eq!(start, image_run.0);
+    // in the table (other partitions as they were) and in the kernel
+    let table = sh("sgdisk", &["-i", "2", &disk.dev]);
+    assert!(table.to_lowercase().contains(&guid), "{table}");
+    assert!(table.contains("liverestore sys"), "{table}");
+    assert!(sh("sgdisk", &["-v", &disk.dev]).contains("No problems found"));
+    let part = format!("{}p2", disk.dev);
+    let sectors: u64 = std::fs::read_to_string(format!(
+        "/sys/class/block/{}/size",
+        Path::new(&part).file_name().unwrap().to_str().unwrap()
+    ))
+    .unwrap()
+    .trim()
+    .parse()
+    .unwrap();
+    assert_eq!(sectors * 512, image.len() as u64);
+    assert_eq!(
+        std::fs::read(&part).unwrap(),
+        image,
+        "the partition is the image"
+    );
+    assert_eq!(
+        sh("blkid", &["-o", "value", "-s", "PARTUUID", &part]).trim(),
+        guid
+    );
+    // booted as it is: root=PARTUUID, the image's own initrd, no /lr/init
+    let custom = std::fs::read_to_string(g.join("custom.cfg")).unwrap();
+    assert!(
+        custom.contains(&format!(
+            "linux '/boot/liverestore/sys/vmlinuz' root=PARTUUID={guid} rw panic=30 liverestore.id="
+        )),
+        "{custom}"
+    );
+    assert!(!custom.contains("rdinit"), "{custom}");
+    let initrd = std::fs::read(mnt.join("boot/liverestore/sys/initrd.img")).unwrap();
+    assert_eq!(initrd, b"INITRD");
+    // rollback: out of the kernel and the table; the table as it was
+    cli.expect(0, &["rollback"]);
+    assert!(!Path::new(&part).exists(), "the kernel forgot {part}");
+    assert_eq!(sh("sgdisk", &["-p", &disk.dev]), before);
+    assert!(sh("sgdisk", &["-v", &disk.dev]).contains("No problems found"));
+    // --boot mapped on the same staging: no partition
+    let out = cli.json(&[
+        "--json",
+        "activate",
+        "sys",
+        "--boot",
+        "mapped",
+        "--loader",
+        "grub",
+        "--grub-dir",
+        g_str,
+        "--helper",
+        &helper,
+    ]);
+    assert!(out["activation"]["native"].is_null(), "{out}");
+    assert_eq!(sh("sgdisk", &["-p", &disk.dev]), before);
+    cli.expect(0, &["rollback"]);
+    cli.expect(0, &["discard", "sys"]);
+    disk.unmount();
+    assert!(disk.fsck_clean());
 }

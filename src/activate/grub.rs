@@ -6,9 +6,9 @@
 //! system's default again. `commit` sets `liverestore_default`, which the
 //! entry's block in `custom.cfg` turns into GRUB's default.
 //!
-//! The restored system cannot mount the old system's `/boot` (the disk is
-//! held by device-mapper), so it reads and writes `grubenv` as GRUB itself
-//! does: in place, at the disk address of the file's one block, which
+//! The restored system cannot mount the old system's `/boot` (in a mapped
+//! boot, device-mapper holds the disk), so it reads and writes `grubenv`
+//! as GRUB itself does: in place, at the disk address of the file's one block, which
 //! `activate` found with FIEMAP and passed on the kernel command line
 //! (`liverestore.grubenv=OFFSET`). The block must name the activation's
 //! entry (`liverestore_entry`) before it is written.
@@ -355,7 +355,18 @@ struct RawEnv {
 
 impl RawEnv {
     fn find(offset: u64) -> Result<RawEnv> {
-        let (disk_name, dev) = dm_disk(Path::new("/sys/block"))?;
+        let (disk_name, dev) = match dm_disk(Path::new("/sys/block")) {
+            Ok(d) => d,
+            // a native boot: the disk whose partition is the root
+            Err(e) if e.kind() == ErrorKind::InvalidState => {
+                let root = hostfs::discover(Path::new("/"))?;
+                (
+                    root.block.disk_name.clone(),
+                    format!("{}:{}", root.block.disk_major, root.block.disk_minor),
+                )
+            }
+            Err(e) => return Err(e),
+        };
         let (major, minor) = dev
             .split_once(':')
             .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)))

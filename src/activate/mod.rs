@@ -20,6 +20,7 @@
 //! undoes them in reverse and tolerates any of them missing.
 
 mod grub;
+mod native;
 mod uefi;
 
 use std::path::{Path, PathBuf};
@@ -27,6 +28,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use grub::GrubBoot;
+pub use native::NativeBoot;
 pub use uefi::UefiBoot;
 
 use crate::error::{Error, ErrorKind, IoContext, Result};
@@ -56,6 +58,10 @@ pub struct Activation {
     /// (`--loader auto` and no usable efivarfs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fallback: Option<String>,
+    /// Set for a native boot (a partition entry over the image); a mapped
+    /// boot (device-mapper at boot) otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub native: Option<NativeBoot>,
 }
 
 impl Activation {
@@ -122,9 +128,20 @@ pub enum LoaderChoice {
     Grub,
 }
 
+/// How the restored system finds its root.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BootChoice {
+    /// Native when the image is one contiguous range outside every
+    /// partition of a GPT disk, mapped otherwise.
+    Auto,
+    Native,
+    Mapped,
+}
+
 /// What `activate` needs besides the name.
 pub struct ActivateOptions<'a> {
     pub loader: LoaderChoice,
+    pub boot: BootChoice,
     /// The mounted EFI system partition (UEFI).
     pub esp: &'a Path,
     /// GRUB's directory: `grub.cfg`, `grubenv`, `custom.cfg` (GRUB).
@@ -186,14 +203,22 @@ pub fn consoles(cmdline: &str) -> Vec<&str> {
 /// system by itself.
 pub const PANIC_REBOOT_SECS: u32 = 30;
 
-/// The kernel arguments of the restored system's boot: the early-boot
-/// step and the mapped root, a reboot on panic, `loader_args`, the running
-/// kernel's consoles, then the user's `append` (whose `panic=` wins).
-fn kernel_args(loader_args: &str, cmdline: &str, append: Option<&str>) -> String {
-    let mut args = format!(
-        "rdinit={} root=/dev/dm-0 rw panic={PANIC_REBOOT_SECS}",
-        initrd::INIT_PATH
-    );
+/// The kernel argument that marks a boot as liverestore's, with the
+/// staging's id.
+pub const ID_ARG: &str = "liverestore.id=";
+
+/// The kernel arguments of the restored system's boot: `root_args` (the
+/// early-boot step and the mapped root, or the native root), a reboot on
+/// panic, the staging's id, `loader_args`, the running kernel's consoles,
+/// then the user's `append` (whose `panic=` wins).
+fn kernel_args(
+    root_args: &str,
+    id: uuid::Uuid,
+    loader_args: &str,
+    cmdline: &str,
+    append: Option<&str>,
+) -> String {
+    let mut args = format!("{root_args} rw panic={PANIC_REBOOT_SECS} {ID_ARG}{id}");
     for word in std::iter::once(loader_args)
         .chain(consoles(cmdline))
         .chain(append)
@@ -277,9 +302,34 @@ pub fn activate(
         };
         Ok((v, read(&k)?, read(&i)?))
     })?;
-    let (_, early) = initrd::for_staging(&rec, opts.helper)?;
+    let native = match (opts.boot, native::image_range(&rec)) {
+        (BootChoice::Mapped, _) | (BootChoice::Auto, None) => None,
+        (BootChoice::Native, None) => {
+            return Err(Error::new(
+                ErrorKind::InvalidState,
+                format!(
+                    "'{name}' is not one contiguous range outside every partition: stage it with --unallocated --contiguous to boot it natively, or leave out --boot native"
+                ),
+            ));
+        }
+        (BootChoice::Native, Some(r)) => Some(native::prepare(&rec, r)?),
+        (BootChoice::Auto, Some(r)) => match native::prepare(&rec, r) {
+            Ok(n) => Some(n),
+            Err(e) => {
+                progress.note(&format!("booting '{name}' mapped, not natively: {e}"));
+                None
+            }
+        },
+    };
     let mut boot_initrd = initrd_img;
-    boot_initrd.extend_from_slice(&early);
+    let root_args = match &native {
+        Some(n) => n.root_arg(),
+        None => {
+            let (_, early) = initrd::for_staging(&rec, opts.helper)?;
+            boot_initrd.extend_from_slice(&early);
+            format!("rdinit={} root=/dev/dm-0", initrd::INIT_PATH)
+        }
+    };
 
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
     let mut activation = Activation {
@@ -292,16 +342,24 @@ pub fn activate(
         uefi: None,
         grub: None,
         fallback,
+        native,
     };
+    let args = |a: &str| kernel_args(&root_args, rec.id, a, &cmdline, opts.append);
     let files_dir = match &loader {
-        Loader::Uefi(t) => {
-            t.describe(&mut activation, |a| kernel_args(a, &cmdline, opts.append))?
-        }
-        Loader::Grub(t) => t.describe(&mut activation, |a| kernel_args(a, &cmdline, opts.append)),
+        Loader::Uefi(t) => t.describe(&mut activation, args)?,
+        Loader::Grub(t) => t.describe(&mut activation, args),
     };
     save(state, &activation)?;
     crate::failpoint::hit("activate:record");
     let armed = (|| {
+        if let Some(n) = &activation.native {
+            progress.note(&format!(
+                "adding partition {} over '{name}' on {}",
+                n.partition.number, n.disk
+            ));
+            native::arm(&rec, n)?;
+            crate::failpoint::hit("activate:partition");
+        }
         progress.note(&format!(
             "copying the kernel and initrd to {}",
             files_dir.display()
@@ -400,11 +458,13 @@ enum BootedVia {
     },
 }
 
-/// Parse the kernel command line: started through `/lr/init`, and by
-/// which boot loader.
+/// Parse the kernel command line: started by liverestore (the staging id,
+/// or `/lr/init` as earlier activations did), and by which boot loader.
 fn booted_via_cmdline(cmdline: &str) -> Option<BootedVia> {
     let words: Vec<&str> = cmdline.split_whitespace().collect();
-    if !words.contains(&format!("rdinit={}", initrd::INIT_PATH).as_str()) {
+    let ours = words.iter().any(|w| w.starts_with(ID_ARG))
+        || words.contains(&format!("rdinit={}", initrd::INIT_PATH).as_str());
+    if !ours {
         return None;
     }
     Some(
@@ -427,7 +487,7 @@ pub fn booted_restored() -> bool {
 fn not_restored() -> Error {
     Error::new(
         ErrorKind::InvalidState,
-        "this is not a system booted through liverestore (no rdinit=/lr/init): run it in the restored system",
+        "this is not a system booted through liverestore (no liverestore.id= on its command line): run it in the restored system",
     )
 }
 
@@ -540,6 +600,10 @@ pub fn rollback(state: &StateDir) -> Result<RolledBack> {
     crate::failpoint::hit("rollback:boot-entry");
     remove_boot_files(Path::new(&a.files_dir))?;
     crate::failpoint::hit("rollback:files");
+    if let Some(n) = &a.native {
+        native::disarm(n)?;
+        crate::failpoint::hit("rollback:partition");
+    }
     let path = record_path(state);
     std::fs::remove_file(&path)
         .op(|| "remove the activation record".into())
@@ -591,17 +655,21 @@ mod tests {
 
     #[test]
     fn arguments_of_the_restored_boot() {
+        let id = uuid::Uuid::from_u128(1);
         assert_eq!(
             kernel_args(
+                "rdinit=/lr/init root=/dev/dm-0",
+                id,
                 "liverestore.grubenv=4096",
                 "quiet console=ttyS0",
                 Some("lr.test=x")
             ),
-            "rdinit=/lr/init root=/dev/dm-0 rw panic=30 liverestore.grubenv=4096 console=ttyS0 lr.test=x"
+            "rdinit=/lr/init root=/dev/dm-0 rw panic=30 liverestore.id=00000000-0000-0000-0000-000000000001 \
+             liverestore.grubenv=4096 console=ttyS0 lr.test=x"
         );
         assert_eq!(
-            kernel_args("", "", None),
-            "rdinit=/lr/init root=/dev/dm-0 rw panic=30"
+            kernel_args("root=PARTUUID=x", id, "", "", None),
+            "root=PARTUUID=x rw panic=30 liverestore.id=00000000-0000-0000-0000-000000000001"
         );
     }
 
@@ -611,6 +679,11 @@ mod tests {
         assert_eq!(
             booted_via_cmdline("initrd=\\x rdinit=/lr/init root=/dev/dm-0"),
             Some(BootedVia::Uefi)
+        );
+        assert_eq!(
+            booted_via_cmdline("root=PARTUUID=x liverestore.id=1 rw"),
+            Some(BootedVia::Uefi),
+            "a native boot"
         );
         assert_eq!(
             booted_via_cmdline("rdinit=/lr/init liverestore.grubenv=1052672 rw"),

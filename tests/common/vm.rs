@@ -432,15 +432,16 @@ pub fn restored_root_image_with(
 }
 
 /// The initrd a restored system of the guest kernel would have: busybox,
-/// the guest kernel's modules `modules` and `init_modules` (with
-/// dependencies) and its `modules.dep`, and an `/init` that loads
-/// `init_modules`, mounts
-/// `root=` (a path or `UUID=`) and switches to it.
+/// util-linux's blkid, the guest kernel's modules `modules` and
+/// `init_modules` (with dependencies) and its `modules.dep`, and an
+/// `/init` that loads `init_modules`, mounts `root=` (a path, `UUID=` or
+/// `PARTUUID=`) and switches to it.
 pub fn restored_initrd(modules: &[&str], init_modules: &[&str]) -> Vec<u8> {
     let kernel = Kernel::get();
     let version = kernel.release();
     let mut c = Cpio::new();
     c.file("/bin/busybox", 0o755, &busybox());
+    c.binaries(&["blkid"]);
     let all: Vec<&str> = modules.iter().chain(init_modules).copied().collect();
     for m in kernel.module_load_order(&all) {
         c.file(
@@ -469,7 +470,8 @@ pub fn restored_initrd(modules: &[&str], init_modules: &[&str]) -> Vec<u8> {
     }
     init.push_str(
         "root=$(sed -n 's/.*root=\\([^ ]*\\).*/\\1/p' /proc/cmdline)\n\
-         case \"$root\" in UUID=*) for i in $(seq 50); do r=$(findfs \"$root\" 2>/dev/null) && break; sleep 0.2; done; root=$r;; esac\n\
+         case \"$root\" in UUID=*) for i in $(seq 50); do r=$(findfs \"$root\" 2>/dev/null) && break; sleep 0.2; done; root=$r;;\n\
+         PARTUUID=*) for i in $(seq 50); do r=$(/usr/bin/blkid -c /dev/null -t \"$root\" -o device | head -1); [ -n \"$r\" ] && break; sleep 0.2; done; root=$r;; esac\n\
          for i in $(seq 50); do [ -b \"$root\" ] && break; sleep 0.2; done\n\
          echo \"initrd: root is $root\"\n\
          mount -o ro -t ext4 \"$root\" /newroot || { echo 'initrd: cannot mount root'; poweroff -f; }\n\
@@ -527,6 +529,30 @@ impl Cpio {
         self.entry(path, 0o100000 | mode, data);
     }
 
+    /// Host binaries (found on PATH, or absolute), in /usr/bin, with
+    /// their shared libraries at the paths ldd names.
+    fn binaries(&mut self, names: &[&str]) {
+        let mut libs: Vec<PathBuf> = Vec::new();
+        for b in names {
+            let path = which(b);
+            let name = path.file_name().unwrap().to_string_lossy().to_string();
+            self.file(
+                &format!("/usr/bin/{name}"),
+                0o755,
+                &fs::read(&path).unwrap(),
+            );
+            for l in shared_libraries(&path) {
+                if !libs.contains(&l) {
+                    libs.push(l);
+                }
+            }
+        }
+        for l in &libs {
+            // At the path ldd names (the loader's is baked into binaries).
+            self.file(&l.to_string_lossy(), 0o755, &fs::read(l).unwrap());
+        }
+    }
+
     fn finish(self) -> Vec<u8> {
         cpio::newc::trailer(self.out).unwrap()
     }
@@ -550,25 +576,7 @@ impl Guest {
                 &fs::read(kernel.modules.join(m)).unwrap(),
             );
         }
-        let mut libs: Vec<PathBuf> = Vec::new();
-        for b in &self.binaries {
-            let path = which(b);
-            let name = path.file_name().unwrap().to_string_lossy().to_string();
-            c.file(
-                &format!("/usr/bin/{name}"),
-                0o755,
-                &fs::read(&path).unwrap(),
-            );
-            for l in shared_libraries(&path) {
-                if !libs.contains(&l) {
-                    libs.push(l);
-                }
-            }
-        }
-        for l in &libs {
-            // At the path ldd names (the loader's is baked into binaries).
-            c.file(&l.to_string_lossy(), 0o755, &fs::read(l).unwrap());
-        }
+        c.binaries(&self.binaries);
         for (path, data) in &self.files {
             c.file(path, 0o755, data);
         }

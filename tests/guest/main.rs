@@ -9,6 +9,7 @@ mod attach;
 mod boot;
 mod drivers;
 mod grub;
+mod native;
 mod power_loss;
 mod segments;
 mod uefi;

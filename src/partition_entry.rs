@@ -1,0 +1,364 @@
+//! The partition entry of a native activation: a GPT entry covering
+//! exactly a staged image's bytes (contiguous, outside every partition),
+//! put in a free slot so that every existing partition keeps its number
+//! (gptman keeps slots stable; the `gpt` crate would renumber), and told to
+//! the running kernel with BLKPG (BLKRRPART fails while a partition of the
+//! disk is in use). `rollback` removes it again.
+//!
+//! [`add`] and [`remove`] edit a table in memory (unit-tested on a table
+//! in a `Vec`); [`edit_table`] reads the disk's table, applies an edit and
+//! writes the result — the primary and backup areas, collected in memory
+//! as gptman writes them — through [`DiskWriter`], confined to those areas.
+
+use std::io::{Seek, SeekFrom, Write};
+use std::path::Path;
+
+use gptman::{GPT, GPTPartitionEntry};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::disk_io::{AlignedBuf, DiskWriter};
+use crate::error::{Error, ErrorKind, IoContext, Result};
+use crate::extent_map::ExtentMap;
+
+/// "Linux filesystem data" (`8300` in sgdisk).
+pub const LINUX_FS_TYPE: Uuid = uuid::uuid!("0fc63daf-8483-4772-8e79-3d69d8477de4");
+
+/// A partition entry liverestore added.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionEntry {
+    /// The slot (partition number).
+    pub number: u32,
+    /// Its unique partition GUID (`root=PARTUUID=…`).
+    pub guid: Uuid,
+    /// Disk bytes `[start, start + length)`.
+    pub start: u64,
+    pub length: u64,
+}
+
+fn refuse(kind: ErrorKind, msg: String) -> Error {
+    Error::new(kind, msg)
+}
+
+/// Add an entry named `name` with GUID `guid` covering disk bytes
+/// `[start, start + length)` to `gpt`, in the lowest free slot; returns
+/// the slot. Refused: not sector-aligned, outside the usable sectors,
+/// overlapping a partition, no free slot.
+pub fn add(gpt: &mut GPT, start: u64, length: u64, name: &str, guid: Uuid) -> Result<u32> {
+    let ss = gpt.sector_size;
+    if length == 0 || !start.is_multiple_of(ss) || !length.is_multiple_of(ss) {
+        return Err(refuse(
+            ErrorKind::UnsupportedDevice,
+            format!("bytes {start}+{length} are not whole {ss}-byte sectors"),
+        ));
+    }
+    let (first, last) = (start / ss, (start + length) / ss - 1);
+    if first < gpt.header.first_usable_lba || last > gpt.header.last_usable_lba {
+        return Err(refuse(
+            ErrorKind::UnsupportedDevice,
+            format!(
+                "sectors {first}..={last} are outside the table's usable sectors {}..={}",
+                gpt.header.first_usable_lba, gpt.header.last_usable_lba
+            ),
+        ));
+    }
+    if let Some((n, _)) = gpt
+        .iter()
+        .find(|(_, e)| e.is_used() && e.starting_lba <= last && first <= e.ending_lba)
+    {
+        return Err(refuse(
+            ErrorKind::UnsupportedDevice,
+            format!("sectors {first}..={last} overlap partition {n}"),
+        ));
+    }
+    let slot = gpt
+        .iter()
+        .find(|(_, e)| e.is_unused())
+        .map(|(n, _)| n)
+        .ok_or_else(|| {
+            refuse(
+                ErrorKind::NoSpace,
+                "every slot of the partition table is in use".into(),
+            )
+        })?;
+    gpt[slot] = GPTPartitionEntry {
+        partition_type_guid: LINUX_FS_TYPE.to_bytes_le(),
+        unique_partition_guid: guid.to_bytes_le(),
+        starting_lba: first,
+        ending_lba: last,
+        attribute_bits: 0,
+        partition_name: name.into(),
+    };
+    Ok(slot)
+}
+
+/// Remove entry `number` if it is still the one with `guid`; whether it
+/// was there.
+pub fn remove(gpt: &mut GPT, number: u32, guid: Uuid) -> Result<bool> {
+    let ours = gpt
+        .iter()
+        .find(|(n, _)| *n == number)
+        .is_some_and(|(_, e)| e.is_used() && e.unique_partition_guid == guid.to_bytes_le());
+    if ours {
+        gpt.remove(number)
+            .map_err(|e| Error::new(ErrorKind::Corrupt, format!("partition table: {e}")))?;
+    }
+    Ok(ours)
+}
+
+/// The table's two areas on the disk, as gptman writes them: in memory,
+/// preloaded with the disk's bytes; a write outside them is refused.
+struct TableAreas {
+    areas: Vec<(u64, Vec<u8>)>,
+    pos: u64,
+}
+
+impl Write for TableAreas {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let pos = self.pos;
+        let (start, bytes) = self
+            .areas
+            .iter_mut()
+            .find(|(s, b)| pos >= *s && pos + buf.len() as u64 <= s + b.len() as u64)
+            .ok_or_else(|| {
+                std::io::Error::other(format!(
+                    "a partition table write at byte {pos}+{} outside the table's areas",
+                    buf.len()
+                ))
+            })?;
+        let at = (pos - *start) as usize;
+        bytes[at..at + buf.len()].copy_from_slice(buf);
+        self.pos += buf.len() as u64;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Seek for TableAreas {
+    fn seek(&mut self, to: SeekFrom) -> std::io::Result<u64> {
+        self.pos = match to {
+            SeekFrom::Start(p) => p,
+            SeekFrom::Current(d) => self.pos.saturating_add_signed(d),
+            SeekFrom::End(_) => {
+                return Err(std::io::Error::other("no end to seek from"));
+            }
+        };
+        Ok(self.pos)
+    }
+}
+
+/// Read the GPT of `disk` (logical sector size `ss`), apply `edit`, and
+/// write the table back — primary and backup — through [`DiskWriter`].
+pub fn edit_table<T>(disk: &Path, ss: u64, edit: impl FnOnce(&mut GPT) -> Result<T>) -> Result<T> {
+    let mut f = std::fs::File::open(disk)
+        .op(|| "open the disk".into())
+        .map_err(|e| e.with_path(disk))?;
+    let mut gpt = GPT::read_from(&mut f, ss).map_err(|e| {
+        Error::new(
+            ErrorKind::UnsupportedDevice,
+            format!("no usable GPT on the disk ({e}): native activation needs one"),
+        )
+        .with_path(disk)
+    })?;
+    // a block device's size, or (tests) a disk image file's
+    let disk_size = match crate::sys::block_device_size(&f) {
+        Ok(n) => n,
+        Err(_) => f.metadata().op(|| "stat the disk".into())?.len(),
+    };
+    drop(f);
+    let primary = (0, gpt.header.first_usable_lba * ss);
+    let backup_start = (gpt.header.last_usable_lba + 1) * ss;
+    let areas = [primary, (backup_start, disk_size - backup_start)];
+    let mut overlay = TableAreas {
+        areas: areas
+            .iter()
+            .map(|&(s, l)| Ok((s, crate::disk_io::read_raw(disk, s, l as usize)?)))
+            .collect::<Result<_>>()?,
+        pos: 0,
+    };
+    let out = edit(&mut gpt)?;
+    gpt.write_into(&mut overlay).map_err(|e| {
+        Error::new(
+            ErrorKind::Corrupt,
+            format!("cannot write the partition table: {e}"),
+        )
+        .with_path(disk)
+    })?;
+    for (start, bytes) in overlay.areas {
+        let len = bytes.len() as u64;
+        let mut buf = AlignedBuf::new(bytes.len());
+        buf.copy_from_slice(&bytes);
+        let mut w = DiskWriter::open(
+            disk,
+            ExtentMap::contiguous(start, len)?,
+            vec![(start, start + len)],
+            ss,
+        )?;
+        w.write_at(0, &buf)?;
+        w.sync()?;
+    }
+    Ok(out)
+}
+
+/// Tell the running kernel about `entry` (BLKPG); a partition it already
+/// knows at that number is fine.
+pub fn kernel_add(disk: &Path, entry: &PartitionEntry) -> Result<()> {
+    let f = std::fs::File::open(disk)
+        .op(|| "open the disk".into())
+        .map_err(|e| e.with_path(disk))?;
+    match crate::sys::blkpg_add_partition(&f, entry.number, entry.start, entry.length) {
+        Ok(()) => Ok(()),
+        Err(e) if e == rustix::io::Errno::BUSY && kernel_knows(disk, entry) => Ok(()),
+        Err(e) => Err(Error::from(e)
+            .with_path(disk)
+            .with_kind(ErrorKind::UnsupportedDevice)),
+    }
+}
+
+/// Make the running kernel forget `entry`; already forgotten is fine.
+pub fn kernel_remove(disk: &Path, entry: &PartitionEntry) -> Result<()> {
+    let f = std::fs::File::open(disk)
+        .op(|| "open the disk".into())
+        .map_err(|e| e.with_path(disk))?;
+    match crate::sys::blkpg_del_partition(&f, entry.number) {
+        Ok(()) => Ok(()),
+        Err(e) if e == rustix::io::Errno::NXIO => Ok(()),
+        Err(e) => Err(Error::from(e).with_path(disk)),
+    }
+}
+
+/// Whether sysfs shows partition `entry.number` of `disk` at its place.
+fn kernel_knows(disk: &Path, entry: &PartitionEntry) -> bool {
+    let Some(name) = disk.file_name().and_then(|n| n.to_str()) else {
+        return false;
+    };
+    let dir = Path::new("/sys/class/block").join(name);
+    let Ok(parts) = std::fs::read_dir(&dir) else {
+        return false;
+    };
+    parts.flatten().any(|p| {
+        let read = |f: &str| {
+            std::fs::read_to_string(p.path().join(f))
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+        };
+        read("partition") == Some(u64::from(entry.number))
+            && read("start") == Some(entry.start / 512)
+            && read("size") == Some(entry.length / 512)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    /// A 100 MiB disk with partitions 1 (1..11 MiB) and 3 (50..60 MiB).
+    fn table() -> GPT {
+        let mut disk = std::io::Cursor::new(vec![0u8; (100 * MIB) as usize]);
+        let mut gpt = GPT::new_from(&mut disk, 512, [7; 16]).unwrap();
+        for (n, from, to) in [(1, 1, 11), (3, 50, 60)] {
+            gpt[n] = GPTPartitionEntry {
+                partition_type_guid: LINUX_FS_TYPE.to_bytes_le(),
+                unique_partition_guid: [n as u8; 16],
+                starting_lba: from * MIB / 512,
+                ending_lba: to * MIB / 512 - 1,
+                attribute_bits: 0,
+                partition_name: "old".into(),
+            };
+        }
+        gpt
+    }
+
+    #[test]
+    fn an_entry_in_the_lowest_free_slot_over_exactly_the_bytes() {
+        let mut gpt = table();
+        let guid = Uuid::from_u128(0x1234);
+        let n = add(&mut gpt, 20 * MIB, 30 * MIB, "liverestore web", guid).unwrap();
+        assert_eq!(n, 2, "slot 2 is free; 1 and 3 keep their numbers");
+        assert_eq!(gpt[2].starting_lba, 20 * MIB / 512);
+        assert_eq!(gpt[2].ending_lba, 50 * MIB / 512 - 1);
+        assert_eq!(gpt[2].partition_name.as_str(), "liverestore web");
+        assert_eq!(Uuid::from_bytes_le(gpt[2].unique_partition_guid), guid);
+        assert_eq!(gpt[3].partition_name.as_str(), "old");
+        // written and read back, as a disk would hold it
+        let mut disk = std::io::Cursor::new(vec![0u8; (100 * MIB) as usize]);
+        gpt.write_into(&mut disk).unwrap();
+        disk.set_position(0);
+        let back = GPT::read_from(&mut disk, 512).unwrap();
+        assert_eq!(back[2], gpt[2]);
+        // removed only while it is still ours
+        let mut gpt = back;
+        assert!(!remove(&mut gpt, 2, Uuid::from_u128(9)).unwrap());
+        assert!(remove(&mut gpt, 2, guid).unwrap());
+        assert!(gpt[2].is_unused());
+        assert!(!remove(&mut gpt, 2, guid).unwrap());
+    }
+
+    #[test]
+    fn refusals() {
+        let mut gpt = table();
+        let g = Uuid::from_u128(1);
+        let kind = |r: Result<u32>| r.unwrap_err().kind();
+        // overlaps partition 3
+        assert_eq!(
+            kind(add(&mut gpt, 40 * MIB, 20 * MIB, "x", g)),
+            ErrorKind::UnsupportedDevice
+        );
+        // not whole sectors
+        assert_eq!(
+            kind(add(&mut gpt, 20 * MIB + 100, MIB, "x", g)),
+            ErrorKind::UnsupportedDevice
+        );
+        // into the backup table's area
+        assert_eq!(
+            kind(add(&mut gpt, 99 * MIB, MIB, "x", g)),
+            ErrorKind::UnsupportedDevice
+        );
+        // no free slot
+        for n in 1..=gpt.header.number_of_partition_entries {
+            if gpt[n].is_unused() {
+                gpt[n] = GPTPartitionEntry {
+                    partition_type_guid: [1; 16],
+                    unique_partition_guid: [
+                        n as u8, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15,
+                    ],
+                    starting_lba: 0,
+                    ending_lba: 0,
+                    attribute_bits: 0,
+                    partition_name: "".into(),
+                };
+            }
+        }
+        // (entries of sector 0..0 overlap nothing in range 20 MiB..)
+        assert_eq!(
+            kind(add(&mut gpt, 20 * MIB, MIB, "x", g)),
+            ErrorKind::NoSpace
+        );
+    }
+
+    #[test]
+    fn writes_outside_the_table_areas_are_refused() {
+        let mut t = TableAreas {
+            areas: vec![(0, vec![0; 1024]), (4096, vec![0; 512])],
+            pos: 0,
+        };
+        t.seek(SeekFrom::Start(512)).unwrap();
+        t.write_all(&[1; 512]).unwrap();
+        t.seek(SeekFrom::Start(4096)).unwrap();
+        t.write_all(&[2; 512]).unwrap();
+        assert_eq!(t.areas[0].1[512], 1);
+        assert_eq!(t.areas[1].1[511], 2);
+        t.seek(SeekFrom::Start(1000)).unwrap();
+        assert!(
+            t.write_all(&[3; 100]).is_err(),
+            "crosses the first area's end"
+        );
+        t.seek(SeekFrom::Start(2048)).unwrap();
+        assert!(t.write_all(&[3; 1]).is_err());
+    }
+}

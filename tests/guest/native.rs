@@ -1,0 +1,156 @@
+//! Native activation under OVMF, four boots in one run. The old system
+//! stages a small bootable system whole into its disk's unallocated space
+//! (`--unallocated --contiguous`); `activate` adds GPT partition 3 over
+//! exactly those bytes (the kernel sees it at once: BLKPG) and a
+//! `Boot####` whose kernel boots `root=PARTUUID=…` with the restored
+//! system's own initrd — no early-boot step, no device-mapper. BootNext
+//! starts it from `/dev/vda3`; it commits; the firmware then starts it by
+//! default; it rolls back from its side; the old system removes the entry
+//! (table and kernel), the ESP files and the record.
+
+use std::path::Path;
+use std::time::Duration;
+
+use crate::common::vm::{DM_OVER_LOOP, EXT4, Guest, Uefi, VFAT, VIRTIO_BLK};
+use crate::common::*;
+use crate::uefi::OLD_SYSTEM_MOUNTS;
+
+const ESP_MIB: u64 = 64;
+
+/// GPT: ESP at 1 MiB, the old system's ext4 after it, 100 MiB free after.
+fn host_disk(dir: &Path) -> std::path::PathBuf {
+    gpt_disk_file(
+        &dir.join("host-disk.img"),
+        2 + ESP_MIB + 200 + 100,
+        &[(1, ESP_MIB, "ef00"), (1 + ESP_MIB, 200, "8300")],
+    )
+}
+
+const OLD_SYSTEM: &str = r#"
+n=$(( $(cat /mnt/host/boots 2>/dev/null || echo 0) + 1 ))
+echo $n > /mnt/host/boots
+sync
+echo "LR old_boot_$n=yes"
+case $n in
+1)
+  liverestore stage /dev/vdb --name web --dir /mnt/host --unallocated --contiguous 2>/dev/null
+  liverestore --json activate web --esp /mnt/esp --append lr.test=commit > /tmp/activate.json
+  echo "LR native_number=$(grep -o '"number":[0-9]*' /tmp/activate.json | cut -d: -f2)"
+  echo "LR native_guid=$(grep -o '"guid":"[^"]*"' /tmp/activate.json | cut -d'"' -f4)"
+  echo "LR args=$(grep -o '"args":"[^"]*"' /tmp/activate.json | cut -d'"' -f4)"
+  echo "LR kernel_sees=$(ls /sys/block/vda | grep -c '^vda3$')"
+  echo "LR vda3_fs=$(blkid -o value -s TYPE /dev/vda3)"
+  echo "LR table_ok=$(sgdisk -v /dev/vda | grep -c 'No problems found')"
+  echo "LR next_1=$(next)"
+  umount /mnt/esp /mnt/host
+  reboot -f
+  ;;
+2)
+  # the restored system committed, then rolled back from its side
+  echo "LR next_2=$(next)"
+  liverestore rollback >/dev/null
+  echo "LR partitions_left=$(ls /sys/block/vda | grep -c '^vda3$' || true)"
+  echo "LR table_entries=$(sgdisk -p /dev/vda | grep -c '^ *[0-9]')"
+  echo "LR table_ok_2=$(sgdisk -v /dev/vda | grep -c 'No problems found')"
+  echo "LR esp_left=$(ls /mnt/esp | grep -c liverestore || true)"
+  echo "LR activation_left=$(ls $LIVERESTORE_STATE_DIR | grep -c activation || true)"
+  umount /mnt/esp /mnt/host
+  e2fsck -f -n /dev/vda2 >/dev/null && echo "LR old_fsck=clean"
+  ;;
+esac
+"#;
+
+const RESTORED_SYSTEM: &str = r#"
+mount -t efivarfs efivarfs /sys/firmware/efi/efivars
+next() { liverestore --json status | grep -o '"next_boot":"[^"]*"' | cut -d'"' -f4; }
+now=$(next)
+case "$now" in
+old*) n=1 ;;                            # the trial, from BootNext
+*) n=2 ;;                               # started by default
+esac
+echo "LR restored_boot_$n=$(cat /etc/hostname)"
+echo "LR restored_root_$n=$(awk '$2 == "/" { print $1 }' /proc/mounts)"
+echo "LR restored_dm_$n=$(ls /sys/block | grep -c '^dm-' || true)"
+echo "LR restored_now_$n=$now"
+case $n in
+1) liverestore commit >/dev/null && echo "LR commit=ok"
+   echo "LR restored_next_1=$(next)" ;;
+2) liverestore rollback >/dev/null && echo "LR restored_rollback=ok"
+   echo "LR restored_next_2=$(next)" ;;
+esac
+reboot -f
+"#;
+
+#[test]
+fn native_boot_from_a_partition_added_over_the_image() {
+    require_root();
+    let t = tempfile::tempdir().unwrap();
+    let disk = host_disk(t.path());
+    // Its /init loads the disk's driver itself (a real initramfs has
+    // udev for that): no /lr/init runs before it in a native boot.
+    let restored_initrd =
+        crate::common::vm::restored_initrd(&[], &[VIRTIO_BLK, EXT4, &["efivarfs"]].concat());
+    let image = t.path().join("restored-root.ext4");
+    crate::common::vm::restored_root_image_with(
+        &image,
+        64,
+        "restored-system",
+        RESTORED_SYSTEM,
+        Some(&restored_initrd),
+    );
+    let run = Guest {
+        modules: [VIRTIO_BLK, EXT4, VFAT, DM_OVER_LOOP, &["efivarfs"]].concat(),
+        binaries: vec!["mkfs.ext4", "e2fsck", "sgdisk", "blkid"],
+        disks: vec![disk, image],
+        scenario: format!("{OLD_SYSTEM_MOUNTS}{OLD_SYSTEM}"),
+        timeout: Duration::from_secs(600),
+        uefi: Some(Uefi {
+            esp_offset: MIB,
+            esp_size: ESP_MIB * MIB,
+            vars: None,
+        }),
+        ..Guest::default()
+    }
+    .run_ok(&t.path().join("vm"));
+    // boot 1: staged contiguous; partition 3 added, the kernel sees it
+    assert_eq!(run.get("native_number"), "3");
+    let guid = run.get("native_guid");
+    assert!(
+        run.get("args")
+            .starts_with(&format!("root=PARTUUID={guid} rw panic=30 liverestore.id=")),
+        "{}",
+        run.get("args")
+    );
+    assert!(!run.get("args").contains("rdinit"));
+    assert_eq!(run.get("kernel_sees"), "1");
+    assert_eq!(run.get("vda3_fs"), "ext4");
+    assert_eq!(run.get("table_ok"), "1");
+    assert_eq!(run.get("next_1"), "restored system (trial, once)");
+    // boot 2: BootNext: the restored system, from the partition itself
+    assert_eq!(run.get("restored_boot_1"), "restored-system");
+    assert_eq!(run.get("restored_root_1"), "/dev/vda3");
+    assert_eq!(run.get("restored_dm_1"), "0", "no device-mapper");
+    assert_eq!(
+        run.get("restored_now_1"),
+        "old system (the firmware's BootOrder)"
+    );
+    assert_eq!(run.get("commit"), "ok");
+    assert_eq!(run.get("restored_next_1"), "restored system (default)");
+    // boot 3: by default; rollback from its side
+    assert_eq!(run.get("restored_boot_2"), "restored-system");
+    assert_eq!(run.get("restored_root_2"), "/dev/vda3");
+    assert_eq!(run.get("restored_rollback"), "ok");
+    assert_eq!(
+        run.get("restored_next_2"),
+        "old system (the firmware's BootOrder)"
+    );
+    // boot 4: the old system takes everything back
+    assert_eq!(run.get("old_boot_2"), "yes");
+    assert_eq!(run.get("next_2"), "old system (the firmware's BootOrder)");
+    assert_eq!(run.get("partitions_left"), "0");
+    assert_eq!(run.get("table_entries"), "2");
+    assert_eq!(run.get("table_ok_2"), "1");
+    assert_eq!(run.get("esp_left"), "0");
+    assert_eq!(run.get("activation_left"), "0");
+    assert_eq!(run.get("old_fsck"), "clean");
+}
