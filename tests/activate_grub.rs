@@ -282,12 +282,48 @@ fn grub_activation_refusals() {
     let err = activate(&og);
     assert!(err.contains("its own disk"), "{err}");
 
+    // An image without a kernel liverestore can find.
+    let ok = mnt.join("boot/grub-ok");
+    std::fs::create_dir_all(&ok).unwrap();
+    std::fs::write(ok.join("grub.cfg"), common::vm::debian_grub_cfg("")).unwrap();
+    let bare = ext4_image(t.path(), "bare.ext4", 16, &[]);
+    cli.expect(
+        0,
+        &[
+            "stage",
+            bare.to_str().unwrap(),
+            "--name",
+            "bare",
+            "--dir",
+            mnt.to_str().unwrap(),
+        ],
+    );
+    let ok_str = ok.to_str().unwrap();
+    let err = cli.expect_err(
+        17,
+        &["activate", "bare", "--grub-dir", ok_str, "--helper", &helper],
+    );
+    assert!(err.contains("/boot/vmlinuz"), "{err}");
+
+    // Staged bytes that changed since staging: refused before anything.
+    let (start, end) = container_ranges(&cli, "sys")[0];
+    let middle = (start + end) / 2 / 4096 * 4096;
+    let byte = disk.read_at(middle, 1)[0];
+    disk.poke(middle, &[!byte]);
+    let err = cli.expect_err(
+        20,
+        &["activate", "sys", "--grub-dir", ok_str, "--helper", &helper],
+    );
+    assert!(err.contains("no longer reads back as staged"), "{err}");
+
     // Nothing was activated or left behind.
     let s = cli.json(&["--json", "status"]);
     assert!(s["activation"].is_null(), "{s}");
     assert!(!mnt.join("boot/liverestore").exists());
     assert!(!g.join("custom.cfg").exists());
     assert!(!og.join("custom.cfg").exists());
+    assert!(!ok.join("custom.cfg").exists());
+    assert!(!ok.join("grubenv").exists() || grubenv_list(&ok).trim().is_empty());
 }
 
 #[test]
