@@ -8,7 +8,9 @@
 //! 3. find the disk: the one of the recorded size whose on-disk header, at
 //!    the recorded offset, belongs to the recorded staging (waiting up to
 //!    [`DISK_WAIT`] for it to appear);
-//! 4. create the device-mapper `linear` device [`DM_NAME`] from the map;
+//! 4. create the device-mapper `linear` device [`DM_NAME`] from the map,
+//!    then one for each other partition of the same whole-disk image
+//!    (`liverestore-pN`), each checked by its own on-disk header;
 //! 5. unmount what it mounted and `exec /init`, with the same arguments.
 //!
 //! Any failure is printed and the machine reboots after [`FAILURE_PAUSE`]:
@@ -151,6 +153,32 @@ fn assemble(mounted: &mut Vec<&'static str>, params: &mut BootParams) -> Result<
         &plan.table(&dev_t),
         false,
     )?;
+    // The image's other partitions, each checked by its own header.
+    let node = Path::new("/dev").join(&name);
+    for c in &plan.companions {
+        let block = crate::disk_io::read_raw(&node, c.header_offset, header::BLOCK0_SIZE)?;
+        let b0 = header::decode_block0(&block)?;
+        if b0.id != c.id || b0.self_disk_offset != c.header_offset {
+            return Err(Error::new(
+                ErrorKind::MapChanged,
+                format!(
+                    "the header at byte {} of /dev/{name} is not {}'s any more",
+                    c.header_offset, c.dm_name
+                ),
+            ));
+        }
+        dm::create(
+            &c.dm_name,
+            &format!("liverestore-boot-{}", c.id),
+            &c.table(&dev_t),
+            false,
+        )?;
+        eprintln!(
+            "liverestore: {} mapped ({} extents)",
+            c.dm_name,
+            c.extents.len()
+        );
+    }
     Ok(info.path())
 }
 

@@ -83,12 +83,22 @@ pub fn early_boot_cpio(plan: &BootPlan, helper: &[u8]) -> Result<Vec<u8>> {
 /// the driver modules of the staging's disk, read from sysfs) and the
 /// archive, whose `/lr/init` is `helper` (default: this program).
 pub fn for_staging(rec: &StagingRecord, helper: Option<&Path>) -> Result<(BootPlan, Vec<u8>)> {
-    let disk_name = Path::new(&rec.disk.path)
+    for_set(rec, &[], helper)
+}
+
+/// As [`for_staging`], with `others` (partitions of the same whole-disk
+/// image) mapped alongside `root`.
+pub fn for_set(
+    root: &StagingRecord,
+    others: &[StagingRecord],
+    helper: Option<&Path>,
+) -> Result<(BootPlan, Vec<u8>)> {
+    let disk_name = Path::new(&root.disk.path)
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let modules = crate::kmod::disk_driver_modules(Path::new("/sys"), &disk_name);
-    let plan = BootPlan::for_staging(rec, modules)?;
+    let plan = BootPlan::for_set(root, others, modules)?;
     let helper = match helper {
         Some(p) => p.to_path_buf(),
         None => std::env::current_exe().map_err(|e| Error::io("find this program", e))?,

@@ -1083,6 +1083,12 @@ fn run(cli: Cli) -> Outcome {
                     ),
                     None => println!("mapped boot: device-mapper at boot, root=/dev/dm-0"),
                 }
+                if !a.companions.is_empty() {
+                    println!(
+                        "with the image's other partitions, mapped alongside as liverestore-pN: {}",
+                        a.companions.join(", ")
+                    );
+                }
             }
             Ok(0)
         }

@@ -317,6 +317,16 @@ pub fn discard_named(state: &StateDir, name: &str, force: bool) -> Result<Vec<Di
     } else {
         set_of(state, name)?.into_iter().map(|r| r.name).collect()
     };
+    if let Some(a) = crate::activate::current(state)?
+        && let Some(n) = names.iter().find(|n| a.involves(n))
+    {
+        return Err(Error::new(
+            ErrorKind::InvalidState,
+            format!(
+                "'{n}' is activated: the next boot may start it. `liverestore rollback` first, then discard"
+            ),
+        ));
+    }
     names.iter().map(|n| discard(state, n, force)).collect()
 }
 

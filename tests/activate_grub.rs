@@ -179,6 +179,9 @@ fn grub_activation_on_a_live_ext4() {
         22,
         &["activate", "sys", "--grub-dir", g_str, "--helper", &helper],
     );
+    // the next boot may start it: it cannot be discarded now
+    let err = cli.expect_err(22, &["discard", "sys"]);
+    assert!(err.contains("rollback"), "{err}");
 
     // rollback: every file of /boot as it was, grubenv without our names
     let out = cli.expect(0, &["rollback"]);
@@ -301,7 +304,14 @@ fn grub_activation_refusals() {
     let ok_str = ok.to_str().unwrap();
     let err = cli.expect_err(
         17,
-        &["activate", "bare", "--grub-dir", ok_str, "--helper", &helper],
+        &[
+            "activate",
+            "bare",
+            "--grub-dir",
+            ok_str,
+            "--helper",
+            &helper,
+        ],
     );
     assert!(err.contains("/boot/vmlinuz"), "{err}");
 

@@ -62,6 +62,17 @@ pub struct Activation {
     /// boot (device-mapper at boot) otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub native: Option<NativeBoot>,
+    /// The other partitions of the same whole-disk image, activated
+    /// together with `name` (the one with the kernel: the root).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub companions: Vec<String>,
+}
+
+impl Activation {
+    /// Whether staging `name` is part of this activation.
+    pub fn involves(&self, name: &str) -> bool {
+        self.name == name || self.companions.iter().any(|c| c == name)
+    }
 }
 
 impl Activation {
@@ -282,28 +293,69 @@ pub fn activate(
             ),
         ));
     }
-    let rec = state.load(name)?;
-    // verify re-derives the map (revalidate) before re-reading every byte.
-    let report = verify::verify(state, name, progress)?;
-    if !report.ok {
-        return Err(Error::new(
-            ErrorKind::VerifyFailed,
-            format!("'{name}' no longer reads back as staged: refusing to boot it"),
-        ));
+    // A whole-disk image's partitions boot together (by the name it was
+    // staged under, or any member's).
+    let mut members = crate::staged::set_of(state, name)?;
+    for m in &members {
+        // verify re-derives the map (revalidate) before re-reading every byte.
+        let report = verify::verify(state, &m.name, progress)?;
+        if !report.ok {
+            return Err(Error::new(
+                ErrorKind::VerifyFailed,
+                format!(
+                    "'{}' no longer reads back as staged: refusing to boot it",
+                    m.name
+                ),
+            ));
+        }
     }
-    let (loader, fallback) = choose_loader(state, name, opts)?;
-    progress.note(&format!("looking for a kernel in '{name}'"));
-    let (version, kernel, initrd_img) = test_restore::with_mounted(state, name, |root| {
-        let (v, k, i) = find_kernel(root)?;
-        let read = |p: &Path| {
-            std::fs::read(p)
-                .op(|| "read from the image".into())
-                .map_err(|e| e.with_path(p))
-        };
-        Ok((v, read(&k)?, read(&i)?))
-    })?;
-    let native = match (opts.boot, native::image_range(&rec)) {
+    // The root is the partition with a kernel.
+    let mut found = None;
+    let mut why = Vec::new();
+    for (i, m) in members.iter().enumerate() {
+        progress.note(&format!("looking for a kernel in '{}'", m.name));
+        let kernel = test_restore::with_mounted(state, &m.name, |root| {
+            let (v, k, i) = find_kernel(root)?;
+            let read = |p: &Path| {
+                std::fs::read(p)
+                    .op(|| "read from the image".into())
+                    .map_err(|e| e.with_path(p))
+            };
+            Ok((v, read(&k)?, read(&i)?))
+        });
+        match kernel {
+            Ok(k) => {
+                found = Some((i, k));
+                break;
+            }
+            Err(e) if members.len() == 1 => return Err(e),
+            Err(e) => why.push(format!("{}: {e}", m.name)),
+        }
+    }
+    let Some((root_at, (version, kernel, initrd_img))) = found else {
+        return Err(Error::new(
+            ErrorKind::NotFound,
+            format!(
+                "no partition of '{name}' holds a kernel liverestore can boot ({})",
+                why.join("; ")
+            ),
+        ));
+    };
+    let rec = members.remove(root_at);
+    let companions = members;
+    let (loader, fallback) = choose_loader(state, &rec.name, opts)?;
+    let contiguous = native::image_range(&rec).filter(|_| companions.is_empty());
+    let native = match (opts.boot, contiguous) {
         (BootChoice::Mapped, _) | (BootChoice::Auto, None) => None,
+        (BootChoice::Native, None) if !companions.is_empty() => {
+            return Err(Error::new(
+                ErrorKind::InvalidState,
+                format!(
+                    "'{name}' has {} partitions: booting several natively together is not supported yet; leave out --boot native (they boot mapped)",
+                    companions.len() + 1
+                ),
+            ));
+        }
         (BootChoice::Native, None) => {
             return Err(Error::new(
                 ErrorKind::InvalidState,
@@ -325,7 +377,7 @@ pub fn activate(
     let root_args = match &native {
         Some(n) => n.root_arg(),
         None => {
-            let (_, early) = initrd::for_staging(&rec, opts.helper)?;
+            let (_, early) = initrd::for_set(&rec, &companions, opts.helper)?;
             boot_initrd.extend_from_slice(&early);
             format!("rdinit={} root=/dev/dm-0", initrd::INIT_PATH)
         }
@@ -333,7 +385,7 @@ pub fn activate(
 
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
     let mut activation = Activation {
-        name: name.to_string(),
+        name: rec.name.clone(),
         id: rec.id,
         kernel_version: version,
         args: String::new(),
@@ -343,6 +395,7 @@ pub fn activate(
         grub: None,
         fallback,
         native,
+        companions: companions.iter().map(|c| c.name.clone()).collect(),
     };
     let args = |a: &str| kernel_args(&root_args, rec.id, a, &cmdline, opts.append);
     let files_dir = match &loader {

@@ -167,7 +167,7 @@ pub fn customize(
     // verify (first run) and attach (resumed run) refuse an incomplete
     // staging.
     let rec = load(state, name)?;
-    if crate::activate::current(state)?.is_some_and(|a| a.name == name) {
+    if crate::activate::current(state)?.is_some_and(|a| a.involves(name)) {
         return Err(Error::new(
             ErrorKind::InvalidState,
             format!(

@@ -225,6 +225,23 @@ impl GuestRun {
         self
     }
 
+    /// Assert that the scenario printed the lines starting with `keys` in
+    /// this order (one boot after the other).
+    pub fn assert_in_order(&self, keys: &[&str]) {
+        let at: Vec<usize> = keys
+            .iter()
+            .map(|k| {
+                self.console
+                    .find(k)
+                    .unwrap_or_else(|| panic!("{k} missing:\n{}", self.output()))
+            })
+            .collect();
+        assert!(
+            at.windows(2).all(|w| w[0] < w[1]),
+            "order of {keys:?}: {at:?}"
+        );
+    }
+
     /// Assert the run ended by a simulated power cut at failpoint `point`
     /// (src/failpoint.rs), before the scenario finished.
     pub fn assert_powered_off_at(&self, point: &str) {
@@ -429,6 +446,21 @@ pub fn restored_root_image_with(
     write("scenario.sh", scenario.as_bytes(), 0o755);
     write("etc/hostname", format!("{hostname}\n").as_bytes(), 0o644);
     super::mkfs_ext4_from(&tree, path, mib);
+}
+
+/// A bootable "restored system" at `dir/restored-root.ext4` (64 MiB,
+/// hostname `restored-system`) whose init runs `scenario`, with its
+/// initrd made by [`restored_initrd`] from `modules` and `init_modules`.
+pub fn bootable_restored_image(
+    dir: &Path,
+    scenario: &str,
+    modules: &[&str],
+    init_modules: &[&str],
+) -> PathBuf {
+    let initrd = restored_initrd(modules, init_modules);
+    let image = dir.join("restored-root.ext4");
+    restored_root_image_with(&image, 64, "restored-system", scenario, Some(&initrd));
+    image
 }
 
 /// The initrd a restored system of the guest kernel would have: busybox,

@@ -117,15 +117,11 @@ fn bios_grub_trial_boot_then_back_to_the_old_system() {
     require_root();
     let t = tempfile::tempdir().unwrap();
     let disk = host_disk(t.path());
-    let restored_initrd =
-        crate::common::vm::restored_initrd(&[VIRTIO_BLK, &["dm-mod"], EXT4].concat(), EXT4);
-    let image = t.path().join("restored-root.ext4");
-    crate::common::vm::restored_root_image_with(
-        &image,
-        64,
-        "restored-system",
+    let image = crate::common::vm::bootable_restored_image(
+        t.path(),
         RESTORED_SYSTEM,
-        Some(&restored_initrd),
+        &[VIRTIO_BLK, &["dm-mod"], EXT4].concat(),
+        EXT4,
     );
     let run = Guest {
         modules: [VIRTIO_BLK, EXT4, DM_OVER_LOOP].concat(),
@@ -196,19 +192,14 @@ fn bios_grub_trial_boot_then_back_to_the_old_system() {
     assert_eq!(run.get("env_left_3"), "0");
     assert_eq!(run.get("activation_left"), "0");
     assert_eq!(run.get("old_fsck"), "clean");
-    let order = [
+    run.assert_in_order(&[
         "LR old_boot_1",
         "LR restored_boot_1",
         "LR old_boot_2",
         "LR restored_boot_2",
         "LR restored_boot_3",
         "LR old_boot_3",
-    ]
-    .map(|k| run.console.find(k).unwrap_or_else(|| panic!("{k} missing")));
-    assert!(
-        order.windows(2).all(|w| w[0] < w[1]),
-        "boot order {order:?}"
-    );
+    ]);
 }
 
 /// The old system of the power-loss runs: one initramfs for all of them
@@ -288,15 +279,11 @@ fn grub_power_loss_leaves_a_bootable_machine() {
     require_root();
     let t = tempfile::tempdir().unwrap();
     let disk = host_disk(t.path());
-    let restored_initrd =
-        crate::common::vm::restored_initrd(&[VIRTIO_BLK, &["dm-mod"], EXT4].concat(), EXT4);
-    let image = t.path().join("restored-root.ext4");
-    crate::common::vm::restored_root_image_with(
-        &image,
-        64,
-        "restored-system",
+    let image = crate::common::vm::bootable_restored_image(
+        t.path(),
         RESTORED_POWER_LOSS,
-        Some(&restored_initrd),
+        &[VIRTIO_BLK, &["dm-mod"], EXT4].concat(),
+        EXT4,
     );
     let disks = vec![disk, image];
     let run = |name: &str| {

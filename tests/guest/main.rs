@@ -13,3 +13,4 @@ mod native;
 mod power_loss;
 mod segments;
 mod uefi;
+mod whole_disk;

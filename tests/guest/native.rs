@@ -88,15 +88,11 @@ fn native_boot_from_a_partition_added_over_the_image() {
     let disk = host_disk(t.path());
     // Its /init loads the disk's driver itself (a real initramfs has
     // udev for that): no /lr/init runs before it in a native boot.
-    let restored_initrd =
-        crate::common::vm::restored_initrd(&[], &[VIRTIO_BLK, EXT4, &["efivarfs"]].concat());
-    let image = t.path().join("restored-root.ext4");
-    crate::common::vm::restored_root_image_with(
-        &image,
-        64,
-        "restored-system",
+    let image = crate::common::vm::bootable_restored_image(
+        t.path(),
         RESTORED_SYSTEM,
-        Some(&restored_initrd),
+        &[],
+        &[VIRTIO_BLK, EXT4, &["efivarfs"]].concat(),
     );
     let run = Guest {
         modules: [VIRTIO_BLK, EXT4, VFAT, DM_OVER_LOOP, &["efivarfs"]].concat(),

@@ -73,17 +73,11 @@ fn power_loss_during_activate_commit_and_rollback_leaves_a_bootable_machine() {
         2 + ESP_MIB + 300,
         &[(1, ESP_MIB, "ef00"), (1 + ESP_MIB, 300, "8300")],
     );
-    let initrd = crate::common::vm::restored_initrd(
+    let image = crate::common::vm::bootable_restored_image(
+        t.path(),
+        RESTORED_SYSTEM,
         &[VIRTIO_BLK, &["dm-mod"], EXT4].concat(),
         &[EXT4, &["efivarfs"]].concat(),
-    );
-    let image = t.path().join("restored-root.ext4");
-    crate::common::vm::restored_root_image_with(
-        &image,
-        64,
-        "restored-system",
-        RESTORED_SYSTEM,
-        Some(&initrd),
     );
     let disks = [disk, image];
 

@@ -1,0 +1,138 @@
+//! A whole-disk image (GPT: an ESP and a root) activated together, under
+//! OVMF: the old system stages it (two stagings, `web-p1` and `web-p2`,
+//! both fragmented) and `activate web` boots the partition with a kernel
+//! as the root (`/dev/dm-0`) with the image's ESP mapped alongside
+//! (`liverestore-p1`), where the restored system finds its own files. Back
+//! in the old system, `discard` is refused while the set is activated;
+//! `rollback`, then `discard`, leave nothing.
+
+use std::path::Path;
+use std::time::Duration;
+
+use crate::common::vm::{DM_OVER_LOOP, EXT4, Guest, Uefi, VFAT, VIRTIO_BLK};
+use crate::common::*;
+use crate::uefi::OLD_SYSTEM_MOUNTS;
+
+const ESP_MIB: u64 = 64;
+
+fn host_disk(dir: &Path) -> std::path::PathBuf {
+    gpt_disk_file(
+        &dir.join("host-disk.img"),
+        2 + ESP_MIB + 300,
+        &[(1, ESP_MIB, "ef00"), (1 + ESP_MIB, 300, "8300")],
+    )
+}
+
+/// The image: GPT, partition 1 a FAT ESP holding `MARKER`, partition 2
+/// the restored system's ext4 root.
+fn whole_disk_image(dir: &Path, root: &Path) -> std::path::PathBuf {
+    let img = gpt_disk_file(
+        &dir.join("whole-disk.img"),
+        1 + 16 + 64 + 1,
+        &[(1, 16, "ef00"), (17, 64, "8300")],
+    );
+    let esp = format!("{}@@{}", img.display(), MIB);
+    sh(
+        "mformat",
+        &["-i", &esp, "-T", &(16 * MIB / 512).to_string(), "::"],
+    );
+    let marker = dir.join("MARKER");
+    std::fs::write(&marker, "the image's own ESP\n").unwrap();
+    sh(
+        "mcopy",
+        &["-i", &esp, marker.to_str().unwrap(), "::/MARKER"],
+    );
+    let root_bytes = std::fs::read(root).unwrap();
+    assert!(root_bytes.len() as u64 <= 64 * MIB);
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
+    f.write_all_at(&root_bytes, 17 * MIB).unwrap();
+    f.sync_all().unwrap();
+    img
+}
+
+const OLD_SYSTEM: &str = r#"
+n=$(( $(cat /mnt/host/boots 2>/dev/null || echo 0) + 1 ))
+echo $n > /mnt/host/boots
+sync
+echo "LR old_boot_$n=yes"
+case $n in
+1)
+  i=0
+  while fallocate -l 1048576 /mnt/host/fill$i 2>/dev/null; do i=$((i + 1)); done
+  for j in $(seq 0 2 $i); do rm -f /mnt/host/fill$j; done
+  liverestore stage /dev/vdb --name web --dir /mnt/host 2>/dev/null
+  echo "LR stagings=$(liverestore --json list | grep -o '"name":"web-p[0-9]"' | cut -d'"' -f4 | tr '\n' ' ')"
+  liverestore --json activate web --esp /mnt/esp > /tmp/activate.json
+  echo "LR root=$(grep -o '"name":"[^"]*"' /tmp/activate.json | head -1 | cut -d'"' -f4)"
+  echo "LR companions=$(grep -o '"companions":\[[^]]*\]' /tmp/activate.json)"
+  umount /mnt/esp /mnt/host
+  reboot -f
+  ;;
+2)
+  echo "LR next_2=$(next)"
+  set +e
+  liverestore discard web >/dev/null 2>&1
+  echo "LR discard_activated=$?"
+  set -e
+  liverestore rollback >/dev/null
+  liverestore discard web >/dev/null
+  echo "LR left=$(liverestore --json list | grep -c '"name"' || true)"
+  echo "LR containers_left=$(ls /mnt/host | grep -c liverestore || true)"
+  echo "LR esp_left=$(ls /mnt/esp | grep -c liverestore || true)"
+  umount /mnt/esp /mnt/host
+  e2fsck -f -n /dev/vda2 >/dev/null && echo "LR old_fsck=clean"
+  ;;
+esac
+"#;
+
+const RESTORED_SYSTEM: &str = r#"
+echo "LR restored=$(cat /etc/hostname)"
+echo "LR restored_root=$(awk '$2 == "/" { print $1 }' /proc/mounts)"
+echo "LR dm1_name=$(cat /sys/block/dm-1/dm/name)"
+mkdir -p /run/esp
+mount -t vfat -o ro /dev/dm-1 /run/esp && echo "LR esp_marker=$(cat /run/esp/MARKER)"
+umount /run/esp
+reboot -f
+"#;
+
+#[test]
+fn a_whole_disk_image_boots_with_its_partitions_together() {
+    require_root();
+    let t = tempfile::tempdir().unwrap();
+    let disk = host_disk(t.path());
+    let root = crate::common::vm::bootable_restored_image(
+        t.path(),
+        RESTORED_SYSTEM,
+        &[VIRTIO_BLK, &["dm-mod"], EXT4].concat(),
+        &[EXT4, VFAT].concat(),
+    );
+    let image = whole_disk_image(t.path(), &root);
+    let run = Guest {
+        modules: [VIRTIO_BLK, EXT4, VFAT, DM_OVER_LOOP, &["efivarfs"]].concat(),
+        binaries: vec!["mkfs.ext4", "e2fsck"],
+        disks: vec![disk, image],
+        scenario: format!("{OLD_SYSTEM_MOUNTS}{OLD_SYSTEM}"),
+        timeout: Duration::from_secs(600),
+        uefi: Some(Uefi {
+            esp_offset: MIB,
+            esp_size: ESP_MIB * MIB,
+            vars: None,
+        }),
+        ..Guest::default()
+    }
+    .run_ok(&t.path().join("vm"));
+    assert_eq!(run.get("stagings"), "web-p1 web-p2 ");
+    assert_eq!(run.get("root"), "web-p2", "the partition with a kernel");
+    assert_eq!(run.get("companions"), r#""companions":["web-p1"]"#);
+    assert_eq!(run.get("restored"), "restored-system");
+    assert_eq!(run.get("restored_root"), "/dev/dm-0");
+    assert_eq!(run.get("dm1_name"), "liverestore-p1");
+    assert_eq!(run.get("esp_marker"), "the image's own ESP");
+    assert_eq!(run.get("next_2"), "old system (the firmware's BootOrder)");
+    assert_eq!(run.get("discard_activated"), "22");
+    assert_eq!(run.get("left"), "0");
+    assert_eq!(run.get("containers_left"), "0");
+    assert_eq!(run.get("esp_left"), "0");
+    assert_eq!(run.get("old_fsck"), "clean");
+}
