@@ -1115,6 +1115,18 @@ fn run(cli: Cli) -> Outcome {
                     None => println!("activated:  nothing"),
                 }
                 println!("next boot:  {}", s.next_boot);
+                if let Some(o) = &s.old_system {
+                    println!(
+                        "old system: {} (root {}, kernel {}{})",
+                        o.hostname,
+                        o.root_device,
+                        o.kernel_release,
+                        o.boot_entry
+                            .as_deref()
+                            .map(|e| format!(", started from {e}"))
+                            .unwrap_or_default()
+                    );
+                }
             }
             Ok(0)
         }
@@ -1152,6 +1164,12 @@ fn run(cli: Cli) -> Outcome {
                         "GRUB's default is now '{id}' (liverestore_default in grubenv): this system now starts by default"
                     ),
                     _ => {}
+                }
+                if let Some(o) = &c.old_system {
+                    println!(
+                        "the old system ({}, root {}, kernel {}) stays reachable: `liverestore rollback`",
+                        o.hostname, o.root_device, o.kernel_release
+                    );
                 }
             }
             Ok(0)

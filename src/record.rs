@@ -240,6 +240,38 @@ pub struct StagingRecord {
     /// Container offset → whole-disk offset. None while allocating. With
     /// segments, "container offset" runs on through each segment in turn.
     pub map: Option<ExtentMap>,
+    /// Set while this staging is activated as the root: how it boots and
+    /// what the old system was. Being in the on-disk header too, it is how
+    /// the restored system learns both.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub activation: Option<ActivationNote>,
+}
+
+/// What the on-disk header of an activated staging says about the
+/// activation, for the restored system (`status`, `commit`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActivationNote {
+    pub at_unix: u64,
+    /// "uefi" or "grub".
+    pub loader: String,
+    /// The boot entry, as `status` names it.
+    pub entry: String,
+    /// UEFI: the `Boot####` number.
+    pub uefi_boot_number: Option<u16>,
+    /// GRUB: the disk offset of `grubenv`'s block.
+    pub grub_env_offset: Option<u64>,
+    pub old_system: OldSystem,
+}
+
+/// The system that activated a staging, as it described itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OldSystem {
+    pub hostname: String,
+    pub kernel_release: String,
+    /// The device mounted at `/`.
+    pub root_device: String,
+    /// The entry it was started from (`Boot0001 "debian"`), when known.
+    pub boot_entry: Option<String>,
 }
 
 impl StagingRecord {
@@ -471,6 +503,7 @@ pub(crate) mod tests {
                 .unwrap(),
             ),
             segments: Vec::new(),
+            activation: None,
         }
     }
 

@@ -29,7 +29,7 @@ pub struct FoundHeader {
 const STEP: usize = 512;
 const WINDOW: usize = 8 << 20;
 
-fn read_header_at(file: &File, at: u64) -> Result<crate::record::StagingRecord> {
+pub(crate) fn read_header_at(file: &File, at: u64) -> Result<crate::record::StagingRecord> {
     let mut b0 = vec![0u8; header::BLOCK0_SIZE];
     file.read_exact_at(&mut b0, at)
         .op(|| "read the header".into())?;

@@ -194,6 +194,7 @@ pub fn stage(
                 disk: disk.clone(),
                 segments,
                 map: None,
+                activation: None,
                 name,
             }
         })

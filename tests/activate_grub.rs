@@ -179,12 +179,26 @@ fn grub_activation_on_a_live_ext4() {
         22,
         &["activate", "sys", "--grub-dir", g_str, "--helper", &helper],
     );
+    // the on-disk header says what the activation and the old system are
+    let note = &cli.json(&["info", "sys", "--json"])["record"]["activation"];
+    assert_eq!(note["loader"], "grub", "{note}");
+    assert_eq!(note["grub_env_offset"], offset, "{note}");
+    assert_eq!(note["old_system"]["boot_entry"], "GRUB's default entry");
+    assert_eq!(
+        note["old_system"]["kernel_release"],
+        sh("uname", &["-r"]).trim()
+    );
+    let scanned = cli.json(&["--json", "scan", &disk.dev]);
+    assert!(scanned.to_string().contains("\"valid\":true"), "{scanned}");
+    assert!(linux.contains("liverestore.header="), "{linux}");
     // the next boot may start it: it cannot be discarded now
     let err = cli.expect_err(22, &["discard", "sys"]);
     assert!(err.contains("rollback"), "{err}");
 
-    // rollback: every file of /boot as it was, grubenv without our names
+    // rollback: every file of /boot as it was, grubenv without our names,
+    // the header without the activation
     let out = cli.expect(0, &["rollback"]);
+    assert!(cli.json(&["info", "sys", "--json"])["record"]["activation"].is_null());
     assert!(out.contains("GRUB entry 'liverestore-sys'"), "{out}");
     assert_eq!(tree_hashes(&mnt.join("boot")), before);
     assert!(!mnt.join("boot/liverestore").exists());

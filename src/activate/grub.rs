@@ -20,7 +20,6 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::{Activation, RolledBack, Status, sync_dir, write_synced};
-use crate::boot_plan::DM_NAME;
 use crate::disk_io::{AlignedBuf, DiskWriter};
 use crate::error::{Error, ErrorKind, IoContext, Result};
 use crate::extent_map::ExtentMap;
@@ -355,30 +354,8 @@ struct RawEnv {
 
 impl RawEnv {
     fn find(offset: u64) -> Result<RawEnv> {
-        let (disk_name, dev) = match dm_disk(Path::new("/sys/block")) {
-            Ok(d) => d,
-            // a native boot: the disk whose partition is the root
-            Err(e) if e.kind() == ErrorKind::InvalidState => {
-                let root = hostfs::discover(Path::new("/"))?;
-                (
-                    root.block.disk_name.clone(),
-                    format!("{}:{}", root.block.disk_major, root.block.disk_minor),
-                )
-            }
-            Err(e) => return Err(e),
-        };
-        let (major, minor) = dev
-            .split_once(':')
-            .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)))
-            .ok_or_else(|| Error::new(ErrorKind::UnsupportedDevice, format!("device {dev}")))?;
-        let disk = hostfs::dev_node(&disk_name, major, minor)?;
-        let align = std::fs::read_to_string(format!(
-            "/sys/class/block/{disk_name}/queue/logical_block_size"
-        ))
-        .ok()
-        .and_then(|s| s.trim().parse::<u64>().ok())
-        .unwrap_or(512)
-        .max(512);
+        let d = super::restored::disk()?;
+        let (disk, align) = (d.path, d.sector_size);
         let start = offset / align * align;
         let end = (offset + ENV_SIZE as u64).div_ceil(align) * align;
         Ok(RawEnv {
@@ -429,36 +406,6 @@ impl RawEnv {
         w.write_at(0, &buf)?;
         w.sync()
     }
-}
-
-/// The disk under the device-mapper device [`DM_NAME`]: (name, "major:minor").
-fn dm_disk(sys_block: &Path) -> Result<(String, String)> {
-    let none = || {
-        Error::new(
-            ErrorKind::InvalidState,
-            format!("no device-mapper device '{DM_NAME}': was this system started by liverestore?"),
-        )
-    };
-    let dm = std::fs::read_dir(sys_block)
-        .map_err(|e| Error::io("list block devices", e).with_path(sys_block))?
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| std::fs::read_to_string(p.join("dm/name")).is_ok_and(|n| n.trim() == DM_NAME))
-        .ok_or_else(none)?;
-    let slaves: Vec<String> = std::fs::read_dir(dm.join("slaves"))
-        .map_err(|e| Error::io("list the device-mapper device's disks", e).with_path(&dm))?
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    let [disk] = slaves.as_slice() else {
-        return Err(Error::new(
-            ErrorKind::UnsupportedDevice,
-            format!("'{DM_NAME}' sits on {} devices, not one disk", slaves.len()),
-        ));
-    };
-    let dev = std::fs::read_to_string(sys_block.join(disk).join("dev"))
-        .map_err(|e| Error::io("read the disk's device number", e))?;
-    Ok((disk.clone(), dev.trim().to_string()))
 }
 
 /// In the restored system: the environment block, read from the disk.
@@ -540,25 +487,6 @@ mod tests {
         assert_eq!(env.get(vars::NEXT_ENTRY), Some("1"));
     }
 
-    #[test]
-    fn the_disk_under_the_mapped_root() {
-        let t = tempfile::tempdir().unwrap();
-        let sys = t.path();
-        std::fs::create_dir_all(sys.join("dm-0/dm")).unwrap();
-        std::fs::write(sys.join("dm-0/dm/name"), format!("{DM_NAME}\n")).unwrap();
-        assert_eq!(
-            dm_disk(sys).unwrap_err().kind(),
-            ErrorKind::Io,
-            "no slaves directory"
-        );
-        std::fs::create_dir_all(sys.join("dm-0/slaves/vda")).unwrap();
-        std::fs::create_dir_all(sys.join("vda")).unwrap();
-        std::fs::write(sys.join("vda/dev"), "254:0\n").unwrap();
-        assert_eq!(dm_disk(sys).unwrap(), ("vda".into(), "254:0".into()));
-        std::fs::write(sys.join("dm-0/dm/name"), "other\n").unwrap();
-        assert_eq!(dm_disk(sys).unwrap_err().kind(), ErrorKind::InvalidState);
-    }
-
     fn status_with(env: &GrubEnv) -> Status {
         let mut s = Status {
             booted_restored: true,
@@ -570,6 +498,7 @@ mod tests {
             grub_next_entry: None,
             grub_default: None,
             next_boot: String::new(),
+            old_system: None,
         };
         fill_status(&mut s, env);
         s

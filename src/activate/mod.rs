@@ -21,6 +21,7 @@
 
 mod grub;
 mod native;
+mod restored;
 mod uefi;
 
 use std::path::{Path, PathBuf};
@@ -220,16 +221,20 @@ pub const ID_ARG: &str = "liverestore.id=";
 
 /// The kernel arguments of the restored system's boot: `root_args` (the
 /// early-boot step and the mapped root, or the native root), a reboot on
-/// panic, the staging's id, `loader_args`, the running kernel's consoles,
-/// then the user's `append` (whose `panic=` wins).
+/// panic, the staging's id and where its on-disk header is, `loader_args`,
+/// the running kernel's consoles, then the user's `append` (whose `panic=`
+/// wins).
 fn kernel_args(
     root_args: &str,
-    id: uuid::Uuid,
+    (id, header): (uuid::Uuid, u64),
     loader_args: &str,
     cmdline: &str,
     append: Option<&str>,
 ) -> String {
-    let mut args = format!("{root_args} rw panic={PANIC_REBOOT_SECS} {ID_ARG}{id}");
+    let mut args = format!(
+        "{root_args} rw panic={PANIC_REBOOT_SECS} {ID_ARG}{id} {}{header}",
+        restored::HEADER_ARG
+    );
     for word in std::iter::once(loader_args)
         .chain(consoles(cmdline))
         .chain(append)
@@ -397,7 +402,21 @@ pub fn activate(
         native,
         companions: companions.iter().map(|c| c.name.clone()).collect(),
     };
-    let args = |a: &str| kernel_args(&root_args, rec.id, a, &cmdline, opts.append);
+    let header_offset = rec
+        .map
+        .as_ref()
+        .ok_or_else(|| Error::new(ErrorKind::InvalidState, "the staging has no map"))?
+        .translate(0, 512)?[0]
+        .disk;
+    let args = |a: &str| {
+        kernel_args(
+            &root_args,
+            (rec.id, header_offset),
+            a,
+            &cmdline,
+            opts.append,
+        )
+    };
     let files_dir = match &loader {
         Loader::Uefi(t) => t.describe(&mut activation, args)?,
         Loader::Grub(t) => t.describe(&mut activation, args),
@@ -405,6 +424,12 @@ pub fn activate(
     save(state, &activation)?;
     crate::failpoint::hit("activate:record");
     let armed = (|| {
+        // The header tells the restored system what this activation and
+        // the old system are.
+        let mut rec = rec.clone();
+        rec.activation = Some(note_for(&activation));
+        crate::staged::record_changed(state, &rec)?;
+        crate::failpoint::hit("activate:header");
         if let Some(n) = &activation.native {
             progress.note(&format!(
                 "adding partition {} over '{name}' on {}",
@@ -441,6 +466,51 @@ pub fn activate(
                 ),
             )),
         },
+    }
+}
+
+/// What the on-disk header keeps of activation `a`.
+fn note_for(a: &Activation) -> crate::record::ActivationNote {
+    crate::record::ActivationNote {
+        at_unix: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+        loader: if a.grub.is_some() { "grub" } else { "uefi" }.into(),
+        entry: a.entry(),
+        uefi_boot_number: a.uefi.as_ref().map(|u| u.boot_number),
+        grub_env_offset: a.grub.as_ref().map(|g| g.env_disk_offset),
+        old_system: this_system(a.grub.is_some()),
+    }
+}
+
+/// The running (old) system, as the restored one will show it.
+fn this_system(grub: bool) -> crate::record::OldSystem {
+    let uname = rustix::system::uname();
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mounts = crate::hostfs::parse_mountinfo(&mounts);
+    let root_device = crate::hostfs::mount_for(&mounts, Path::new("/"))
+        .map(|m| m.source.clone())
+        .unwrap_or_default();
+    let boot_entry = if grub {
+        Some("GRUB's default entry".into())
+    } else {
+        crate::efivars::EfiVars::open().ok().and_then(|v| {
+            let n = v.get_u16("BootCurrent").ok()??;
+            let desc = v
+                .get(&crate::efi::boot_var(n))
+                .ok()?
+                .and_then(|d| crate::efi::LoadOption::decode(&d).ok())
+                .map(|o| o.description)
+                .unwrap_or_default();
+            Some(format!("Boot{n:04X} \"{desc}\""))
+        })
+    };
+    crate::record::OldSystem {
+        hostname: uname.nodename().to_string_lossy().into_owned(),
+        kernel_release: uname.release().to_string_lossy().into_owned(),
+        root_device,
+        boot_entry,
     }
 }
 
@@ -551,21 +621,47 @@ pub struct Committed {
     pub boot_number: Option<u16>,
     /// GRUB: the menu entry now GRUB's default.
     pub grub_entry: Option<String>,
+    /// The system that activated this one (from the on-disk header): it
+    /// stays reachable with `rollback`.
+    pub old_system: Option<crate::record::OldSystem>,
 }
 
-/// Make the running restored system the default (run in it).
+/// Make the running restored system the default (run in it). Its own
+/// on-disk header (where the command line says it is) says what the
+/// activation was: the boot entry to make the default must be that one.
 pub fn commit() -> Result<Committed> {
     crate::plan::require_root()?;
-    match booted_via().ok_or_else(not_restored)? {
-        BootedVia::Uefi => uefi::commit().map(|n| Committed {
-            boot_number: Some(n),
-            grub_entry: None,
-        }),
-        BootedVia::Grub { env_offset } => grub::commit(env_offset).map(|id| Committed {
-            boot_number: None,
-            grub_entry: Some(id),
-        }),
-    }
+    let via = booted_via().ok_or_else(not_restored)?;
+    let note = restored::own_note()?;
+    let mut done = match via {
+        BootedVia::Uefi => {
+            let expected = note.as_ref().and_then(|n| n.uefi_boot_number);
+            uefi::commit(expected).map(|n| Committed {
+                boot_number: Some(n),
+                grub_entry: None,
+                old_system: None,
+            })?
+        }
+        BootedVia::Grub { env_offset } => {
+            if let Some(recorded) = note.as_ref().and_then(|n| n.grub_env_offset)
+                && recorded != env_offset
+            {
+                return Err(Error::new(
+                    ErrorKind::MapChanged,
+                    format!(
+                        "the header says grubenv is at byte {recorded}, the command line says {env_offset}: refusing to write either"
+                    ),
+                ));
+            }
+            grub::commit(env_offset).map(|id| Committed {
+                boot_number: None,
+                grub_entry: Some(id),
+                old_system: None,
+            })?
+        }
+    };
+    done.old_system = note.map(|n| n.old_system);
+    Ok(done)
 }
 
 /// What `status` reports.
@@ -584,6 +680,9 @@ pub struct Status {
     pub grub_default: Option<String>,
     /// "restored system (trial, once)", "old system …", …
     pub next_boot: String,
+    /// In a restored system: the system that activated it, from the
+    /// on-disk header.
+    pub old_system: Option<crate::record::OldSystem>,
 }
 
 /// Which system runs and what the next boot starts.
@@ -605,6 +704,9 @@ pub fn status(state: &StateDir) -> Result<Status> {
         grub_next_entry: None,
         grub_default: None,
         next_boot: String::new(),
+        old_system: via
+            .and_then(|_| restored::own_note().ok().flatten())
+            .map(|n| n.old_system),
     };
     match grub_env {
         Some(env) => grub::fill_status(&mut s, &env),
@@ -656,6 +758,15 @@ pub fn rollback(state: &StateDir) -> Result<RolledBack> {
     if let Some(n) = &a.native {
         native::disarm(n)?;
         crate::failpoint::hit("rollback:partition");
+    }
+    match state.load(&a.name) {
+        Ok(mut rec) if rec.activation.is_some() => {
+            rec.activation = None;
+            crate::staged::record_changed(state, &rec)?;
+        }
+        Ok(_) => {}
+        Err(e) if e.kind() == ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
     }
     let path = record_path(state);
     std::fs::remove_file(&path)
@@ -712,17 +823,17 @@ mod tests {
         assert_eq!(
             kernel_args(
                 "rdinit=/lr/init root=/dev/dm-0",
-                id,
+                (id, 1 << 20),
                 "liverestore.grubenv=4096",
                 "quiet console=ttyS0",
                 Some("lr.test=x")
             ),
             "rdinit=/lr/init root=/dev/dm-0 rw panic=30 liverestore.id=00000000-0000-0000-0000-000000000001 \
-             liverestore.grubenv=4096 console=ttyS0 lr.test=x"
+             liverestore.header=1048576 liverestore.grubenv=4096 console=ttyS0 lr.test=x"
         );
         assert_eq!(
-            kernel_args("root=PARTUUID=x", id, "", "", None),
-            "root=PARTUUID=x rw panic=30 liverestore.id=00000000-0000-0000-0000-000000000001"
+            kernel_args("root=PARTUUID=x", (id, 4096), "", "", None),
+            "root=PARTUUID=x rw panic=30 liverestore.id=00000000-0000-0000-0000-000000000001 liverestore.header=4096"
         );
     }
 

@@ -144,10 +144,22 @@ fn current_entry(vars: &EfiVars) -> Result<(u16, LoadOption)> {
     Ok((cur, option))
 }
 
-/// In the restored system: its `Boot####` goes first in `BootOrder`.
-pub(super) fn commit() -> Result<u16> {
+/// In the restored system: its `Boot####` goes first in `BootOrder`;
+/// `expected` (from the on-disk header) must be the entry it was started
+/// from.
+pub(super) fn commit(expected: Option<u16>) -> Result<u16> {
     let vars = EfiVars::open()?;
     let (cur, _) = current_entry(&vars)?;
+    if let Some(n) = expected
+        && n != cur
+    {
+        return Err(Error::new(
+            ErrorKind::InvalidState,
+            format!(
+                "this system was started from Boot{cur:04X}, but its on-disk header says it was activated as Boot{n:04X}: refusing to make either the default"
+            ),
+        ));
+    }
     let order = vars
         .get("BootOrder")?
         .map(|d| efi::parse_u16s(&d))

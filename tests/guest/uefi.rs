@@ -114,6 +114,7 @@ commit/*) n=3 ;;                        # started by default
 esac
 echo "LR restored_boot_$n=$(cat /etc/hostname)"
 echo "LR restored_root_$n=$(awk '$2 == "/" { print $1 }' /proc/mounts)"
+echo "LR restored_old_system_$n=$(liverestore --json status | grep -o '"boot_entry":"[^"]*' | cut -d'"' -f4 | cut -c1-4)"
 case $n in
 2) liverestore commit >/dev/null && echo "LR commit=ok"
    echo "LR restored_next_2=$(next)" ;;
@@ -163,6 +164,11 @@ fn uefi_trial_boot_then_back_to_the_old_system() {
     // boot 2: BootNext starts the restored system, from the map
     assert_eq!(run.get("restored_boot_1"), "restored-system");
     assert_eq!(run.get("restored_root_1"), "/dev/dm-0");
+    assert_eq!(
+        run.get("restored_old_system_1"),
+        "Boot",
+        "the old system, from the on-disk header"
+    );
     // boot 3: nobody committed: the old system again; rollback; activate again
     assert_eq!(run.get("old_boot_2"), "yes");
     assert_eq!(run.get("next_2"), "old system (the firmware's BootOrder)");
