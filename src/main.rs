@@ -1073,21 +1073,25 @@ fn run(cli: Cli) -> Outcome {
                     "'{}' activated for the next boot only: {how}; kernel {} in {}",
                     a.name, a.kernel_version, a.files_dir
                 );
-                match &a.native {
-                    Some(n) => println!(
-                        "native boot: partition {} of {} ({}), root=PARTUUID={}",
+                for (i, n) in a.native.iter().enumerate() {
+                    println!(
+                        "native boot: partition {} of {} over '{}' ({}), PARTUUID={}{}",
                         n.partition.number,
                         n.disk,
+                        n.staging,
                         human_bytes(n.partition.length),
-                        n.partition.guid
-                    ),
-                    None => println!("mapped boot: device-mapper at boot, root=/dev/dm-0"),
-                }
-                if !a.companions.is_empty() {
-                    println!(
-                        "with the image's other partitions, mapped alongside as liverestore-pN: {}",
-                        a.companions.join(", ")
+                        n.partition.guid,
+                        if i == 0 { " (the root)" } else { "" }
                     );
+                }
+                if a.native.is_empty() {
+                    println!("mapped boot: device-mapper at boot, root=/dev/dm-0");
+                    if !a.companions.is_empty() {
+                        println!(
+                            "with the image's other partitions, mapped alongside as liverestore-pN: {}",
+                            a.companions.join(", ")
+                        );
+                    }
                 }
             }
             Ok(0)

@@ -40,11 +40,30 @@ fn refuse(kind: ErrorKind, msg: String) -> Error {
     Error::new(kind, msg)
 }
 
-/// Add an entry named `name` with GUID `guid` covering disk bytes
+/// What an entry is besides where it is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntryKind {
+    pub type_guid: Uuid,
+    pub name: String,
+    pub attributes: u64,
+}
+
+impl EntryKind {
+    /// A Linux filesystem named `name`.
+    pub fn linux(name: &str) -> EntryKind {
+        EntryKind {
+            type_guid: LINUX_FS_TYPE,
+            name: name.into(),
+            attributes: 0,
+        }
+    }
+}
+
+/// Add an entry of `kind` with GUID `guid` covering disk bytes
 /// `[start, start + length)` to `gpt`, in the lowest free slot; returns
 /// the slot. Refused: not sector-aligned, outside the usable sectors,
-/// overlapping a partition, no free slot.
-pub fn add(gpt: &mut GPT, start: u64, length: u64, name: &str, guid: Uuid) -> Result<u32> {
+/// overlapping a partition, a GUID already in the table, no free slot.
+pub fn add(gpt: &mut GPT, start: u64, length: u64, kind: &EntryKind, guid: Uuid) -> Result<u32> {
     let ss = gpt.sector_size;
     if length == 0 || !start.is_multiple_of(ss) || !length.is_multiple_of(ss) {
         return Err(refuse(
@@ -71,6 +90,12 @@ pub fn add(gpt: &mut GPT, start: u64, length: u64, name: &str, guid: Uuid) -> Re
             format!("sectors {first}..={last} overlap partition {n}"),
         ));
     }
+    if guid_in_use(gpt, guid) {
+        return Err(refuse(
+            ErrorKind::UnsupportedDevice,
+            format!("partition GUID {guid} is already in the table"),
+        ));
+    }
     let slot = gpt
         .iter()
         .find(|(_, e)| e.is_unused())
@@ -82,14 +107,20 @@ pub fn add(gpt: &mut GPT, start: u64, length: u64, name: &str, guid: Uuid) -> Re
             )
         })?;
     gpt[slot] = GPTPartitionEntry {
-        partition_type_guid: LINUX_FS_TYPE.to_bytes_le(),
+        partition_type_guid: kind.type_guid.to_bytes_le(),
         unique_partition_guid: guid.to_bytes_le(),
         starting_lba: first,
         ending_lba: last,
-        attribute_bits: 0,
-        partition_name: name.into(),
+        attribute_bits: kind.attributes,
+        partition_name: kind.name.as_str().into(),
     };
     Ok(slot)
+}
+
+/// Whether a used entry of `gpt` has partition GUID `guid`.
+pub fn guid_in_use(gpt: &GPT, guid: Uuid) -> bool {
+    gpt.iter()
+        .any(|(_, e)| e.is_used() && e.unique_partition_guid == guid.to_bytes_le())
 }
 
 /// Remove entry `number` if it is still the one with `guid`; whether it
@@ -278,7 +309,14 @@ mod tests {
     fn an_entry_in_the_lowest_free_slot_over_exactly_the_bytes() {
         let mut gpt = table();
         let guid = Uuid::from_u128(0x1234);
-        let n = add(&mut gpt, 20 * MIB, 30 * MIB, "liverestore web", guid).unwrap();
+        let n = add(
+            &mut gpt,
+            20 * MIB,
+            30 * MIB,
+            &EntryKind::linux("liverestore web"),
+            guid,
+        )
+        .unwrap();
         assert_eq!(n, 2, "slot 2 is free; 1 and 3 keep their numbers");
         assert_eq!(gpt[2].starting_lba, 20 * MIB / 512);
         assert_eq!(gpt[2].ending_lba, 50 * MIB / 512 - 1);
@@ -304,19 +342,31 @@ mod tests {
         let mut gpt = table();
         let g = Uuid::from_u128(1);
         let kind = |r: Result<u32>| r.unwrap_err().kind();
+        let x = &EntryKind::linux("x");
+        // a GUID the table already has
+        assert_eq!(
+            kind(add(
+                &mut gpt,
+                20 * MIB,
+                MIB,
+                x,
+                Uuid::from_bytes_le([1; 16])
+            )),
+            ErrorKind::UnsupportedDevice
+        );
         // overlaps partition 3
         assert_eq!(
-            kind(add(&mut gpt, 40 * MIB, 20 * MIB, "x", g)),
+            kind(add(&mut gpt, 40 * MIB, 20 * MIB, x, g)),
             ErrorKind::UnsupportedDevice
         );
         // not whole sectors
         assert_eq!(
-            kind(add(&mut gpt, 20 * MIB + 100, MIB, "x", g)),
+            kind(add(&mut gpt, 20 * MIB + 100, MIB, x, g)),
             ErrorKind::UnsupportedDevice
         );
         // into the backup table's area
         assert_eq!(
-            kind(add(&mut gpt, 99 * MIB, MIB, "x", g)),
+            kind(add(&mut gpt, 99 * MIB, MIB, x, g)),
             ErrorKind::UnsupportedDevice
         );
         // no free slot
@@ -335,10 +385,7 @@ mod tests {
             }
         }
         // (entries of sector 0..0 overlap nothing in range 20 MiB..)
-        assert_eq!(
-            kind(add(&mut gpt, 20 * MIB, MIB, "x", g)),
-            ErrorKind::NoSpace
-        );
+        assert_eq!(kind(add(&mut gpt, 20 * MIB, MIB, x, g)), ErrorKind::NoSpace);
     }
 
     #[test]

@@ -399,7 +399,7 @@ fn native_activation_adds_a_partition_over_exactly_the_image() {
         "--helper",
         &helper,
     ]);
-    let n = &out["activation"]["native"];
+    let n = &out["activation"]["native"][0];
     assert_eq!(n["partition"]["number"], 2, "{out}");
     let guid = n["partition"]["guid"].as_str().unwrap().to_string();
     let start = n["partition"]["start"].as_u64().unwrap();

@@ -59,10 +59,10 @@ pub struct Activation {
     /// (`--loader auto` and no usable efivarfs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fallback: Option<String>,
-    /// Set for a native boot (a partition entry over the image); a mapped
-    /// boot (device-mapper at boot) otherwise.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub native: Option<NativeBoot>,
+    /// A native boot's partition entries (the root's first); empty for a
+    /// mapped boot (device-mapper at boot).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub native: Vec<NativeBoot>,
     /// The other partitions of the same whole-disk image, activated
     /// together with `name` (the one with the kernel: the root).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -349,37 +349,23 @@ pub fn activate(
     let rec = members.remove(root_at);
     let companions = members;
     let (loader, fallback) = choose_loader(state, &rec.name, opts)?;
-    let contiguous = native::image_range(&rec).filter(|_| companions.is_empty());
-    let native = match (opts.boot, contiguous) {
-        (BootChoice::Mapped, _) | (BootChoice::Auto, None) => None,
-        (BootChoice::Native, None) if !companions.is_empty() => {
-            return Err(Error::new(
-                ErrorKind::InvalidState,
-                format!(
-                    "'{name}' has {} partitions: booting several natively together is not supported yet; leave out --boot native (they boot mapped)",
-                    companions.len() + 1
-                ),
-            ));
-        }
-        (BootChoice::Native, None) => {
-            return Err(Error::new(
-                ErrorKind::InvalidState,
-                format!(
-                    "'{name}' is not one contiguous range outside every partition: stage it with --unallocated --contiguous to boot it natively, or leave out --boot native"
-                ),
-            ));
-        }
-        (BootChoice::Native, Some(r)) => Some(native::prepare(&rec, r)?),
-        (BootChoice::Auto, Some(r)) => match native::prepare(&rec, r) {
-            Ok(n) => Some(n),
-            Err(e) => {
+    // Native when every partition is one contiguous run outside every
+    // partition of a GPT disk.
+    let all: Vec<&crate::record::StagingRecord> =
+        std::iter::once(&rec).chain(&companions).collect();
+    let native = match opts.boot {
+        BootChoice::Mapped => Vec::new(),
+        BootChoice::Native => native::prepare(&all)?,
+        BootChoice::Auto if all.iter().all(|r| native::image_range(r).is_some()) => {
+            native::prepare(&all).unwrap_or_else(|e| {
                 progress.note(&format!("booting '{name}' mapped, not natively: {e}"));
-                None
-            }
-        },
+                Vec::new()
+            })
+        }
+        BootChoice::Auto => Vec::new(),
     };
     let mut boot_initrd = initrd_img;
-    let root_args = match &native {
+    let root_args = match native.first() {
         Some(n) => n.root_arg(),
         None => {
             let (_, early) = initrd::for_set(&rec, &companions, opts.helper)?;
@@ -430,12 +416,14 @@ pub fn activate(
         rec.activation = Some(note_for(&activation));
         crate::staged::record_changed(state, &rec)?;
         crate::failpoint::hit("activate:header");
-        if let Some(n) = &activation.native {
-            progress.note(&format!(
-                "adding partition {} over '{name}' on {}",
-                n.partition.number, n.disk
-            ));
-            native::arm(&rec, n)?;
+        if !activation.native.is_empty() {
+            for n in &activation.native {
+                progress.note(&format!(
+                    "adding partition {} over '{}' on {}",
+                    n.partition.number, n.staging, n.disk
+                ));
+            }
+            native::arm(&activation.native)?;
             crate::failpoint::hit("activate:partition");
         }
         progress.note(&format!(
@@ -755,8 +743,8 @@ pub fn rollback(state: &StateDir) -> Result<RolledBack> {
     crate::failpoint::hit("rollback:boot-entry");
     remove_boot_files(Path::new(&a.files_dir))?;
     crate::failpoint::hit("rollback:files");
-    if let Some(n) = &a.native {
-        native::disarm(n)?;
+    if !a.native.is_empty() {
+        native::disarm(&a.native)?;
         crate::failpoint::hit("rollback:partition");
     }
     match state.load(&a.name) {

@@ -1,23 +1,29 @@
-//! Native activation: when the staged image is one contiguous run of the
+//! Native activation: when a staged image is one contiguous run of the
 //! disk outside every partition (`stage --contiguous --unallocated`), it
 //! boots as an ordinary partition — a GPT entry over exactly its bytes
 //! ([`crate::partition_entry`]) and `root=PARTUUID=…` — with the restored
 //! system's own kernel and initrd as they are: no early-boot step, no
-//! device-mapper.
+//! device-mapper. The partitions of a whole-disk image get an entry each,
+//! with the type, name, attributes and partition GUID they had in the
+//! image (a new GUID where the disk already uses that one), so the
+//! restored system finds them as it expects.
 
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::partition_entry::{self, PartitionEntry};
+use crate::partition_entry::{self, EntryKind, PartitionEntry};
 use crate::record::StagingRecord;
 
-/// What a native activation added to the disk.
+/// One partition entry a native activation added.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NativeBoot {
+    /// The staging it covers.
+    pub staging: String,
     pub disk: String,
     pub sector_size: u64,
+    pub kind: EntryKind,
     pub partition: PartitionEntry,
 }
 
@@ -44,13 +50,36 @@ pub fn image_range(rec: &StagingRecord) -> Option<(u64, u64)> {
         .then_some((e.disk, length))
 }
 
-/// Plan the entry (in a copy of the disk's table: nothing is written):
-/// its slot, a new GUID. Refused when the disk has no GPT or the entry
+/// The entry's kind and its preferred GUID: as in the image's table for
+/// a partition of a whole-disk image, a Linux filesystem otherwise.
+fn kind_of(rec: &StagingRecord) -> (EntryKind, Option<uuid::Uuid>) {
+    let entry = rec.image.partition.as_ref().and_then(|p| p.entry());
+    let parse = |s: &Option<String>| s.as_deref().and_then(|g| g.parse::<uuid::Uuid>().ok());
+    match entry {
+        Some(e) => (
+            EntryKind {
+                type_guid: parse(&e.type_guid).unwrap_or(partition_entry::LINUX_FS_TYPE),
+                name: e
+                    .label
+                    .clone()
+                    .filter(|l| !l.is_empty())
+                    .unwrap_or_else(|| format!("liverestore {}", rec.name)),
+                attributes: e.attributes,
+            },
+            parse(&e.guid),
+        ),
+        None => (EntryKind::linux(&format!("liverestore {}", rec.name)), None),
+    }
+}
+
+/// Plan the entries of `recs` (all staged natively; the root first) in
+/// a copy of the disk's table: nothing is written. Refused when one is not
+/// contiguous outside every partition, the disk has no GPT, or an entry
 /// does not fit.
-pub fn prepare(rec: &StagingRecord, (start, length): (u64, u64)) -> Result<NativeBoot> {
-    let disk = Path::new(&rec.disk.path);
-    let ss = u64::from(rec.disk.logical_sector_size).max(512);
-    let guid = uuid::Uuid::new_v4();
+pub fn prepare(recs: &[&StagingRecord]) -> Result<Vec<NativeBoot>> {
+    let first = recs.first().expect("at least the root");
+    let disk = Path::new(&first.disk.path);
+    let ss = u64::from(first.disk.logical_sector_size).max(512);
     let mut f =
         std::fs::File::open(disk).map_err(|e| Error::io("open the disk", e).with_path(disk))?;
     let mut gpt = gptman::GPT::read_from(&mut f, ss).map_err(|e| {
@@ -59,50 +88,88 @@ pub fn prepare(rec: &StagingRecord, (start, length): (u64, u64)) -> Result<Nativ
             format!("no usable GPT on {} ({e})", disk.display()),
         )
     })?;
-    let number = partition_entry::add(&mut gpt, start, length, &entry_name(rec), guid)?;
-    Ok(NativeBoot {
-        disk: rec.disk.path.clone(),
-        sector_size: ss,
-        partition: PartitionEntry {
-            number,
-            guid,
-            start,
-            length,
-        },
-    })
-}
-
-fn entry_name(rec: &StagingRecord) -> String {
-    format!("liverestore {}", rec.name)
-}
-
-/// Write the entry planned by [`prepare`] and tell the kernel.
-pub fn arm(rec: &StagingRecord, n: &NativeBoot) -> Result<()> {
-    let disk = Path::new(&n.disk);
-    let p = &n.partition;
-    let number = partition_entry::edit_table(disk, n.sector_size, |gpt| {
-        partition_entry::add(gpt, p.start, p.length, &entry_name(rec), p.guid)
-    })?;
-    if number != p.number {
-        return Err(Error::new(
-            ErrorKind::MapChanged,
-            format!(
-                "the partition table changed since activation began (slot {number}, not {})",
-                p.number
-            ),
-        ));
+    let mut out = Vec::new();
+    for rec in recs {
+        let (start, length) = image_range(rec).ok_or_else(|| {
+            Error::new(
+                ErrorKind::InvalidState,
+                format!(
+                    "'{}' is not one contiguous range outside every partition: stage it with --unallocated --contiguous to boot it natively",
+                    rec.name
+                ),
+            )
+        })?;
+        let (kind, wanted) = kind_of(rec);
+        // The image's own GUID, unless this disk or (as udev knows them)
+        // another one already has it: root=PARTUUID must be unambiguous.
+        let guid = wanted
+            .filter(|g| {
+                !partition_entry::guid_in_use(&gpt, *g)
+                    && !Path::new("/dev/disk/by-partuuid")
+                        .join(g.to_string())
+                        .exists()
+            })
+            .unwrap_or_else(uuid::Uuid::new_v4);
+        let number = partition_entry::add(&mut gpt, start, length, &kind, guid)?;
+        out.push(NativeBoot {
+            staging: rec.name.clone(),
+            disk: rec.disk.path.clone(),
+            sector_size: ss,
+            kind,
+            partition: PartitionEntry {
+                number,
+                guid,
+                start,
+                length,
+            },
+        });
     }
-    partition_entry::kernel_add(disk, p)
+    Ok(out)
 }
 
-/// Take the entry out of the table (only while it is still ours) and out
-/// of the kernel's view; whatever is already gone is fine.
-pub fn disarm(n: &NativeBoot) -> Result<()> {
-    let disk = Path::new(&n.disk);
-    let p = &n.partition;
-    partition_entry::kernel_remove(disk, p)?;
-    partition_entry::edit_table(disk, n.sector_size, |gpt| {
-        partition_entry::remove(gpt, p.number, p.guid)
+/// Write the entries planned by [`prepare`] (one table write) and tell
+/// the kernel about each.
+pub fn arm(entries: &[NativeBoot]) -> Result<()> {
+    let Some(first) = entries.first() else {
+        return Ok(());
+    };
+    let disk = Path::new(&first.disk);
+    partition_entry::edit_table(disk, first.sector_size, |gpt| {
+        for n in entries {
+            let p = &n.partition;
+            let number = partition_entry::add(gpt, p.start, p.length, &n.kind, p.guid)?;
+            if number != p.number {
+                return Err(Error::new(
+                    ErrorKind::MapChanged,
+                    format!(
+                        "the partition table changed since activation began (slot {number}, not {})",
+                        p.number
+                    ),
+                ));
+            }
+        }
+        Ok(())
     })?;
+    for n in entries {
+        partition_entry::kernel_add(disk, &n.partition)?;
+    }
     Ok(())
+}
+
+/// Take the entries out of the kernel's view and out of the table (each
+/// only while it is still ours); whatever is already gone is fine.
+pub fn disarm(entries: &[NativeBoot]) -> Result<()> {
+    let Some(first) = entries.first() else {
+        return Ok(());
+    };
+    let disk = Path::new(&first.disk);
+    for n in entries {
+        partition_entry::kernel_remove(disk, &n.partition)?;
+    }
+    partition_entry::edit_table(disk, first.sector_size, |gpt| {
+        for n in entries {
+            partition_entry::remove(gpt, n.partition.number, n.partition.guid)?;
+        }
+        Ok(())
+    })
 }

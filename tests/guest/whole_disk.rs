@@ -1,10 +1,13 @@
 //! A whole-disk image (GPT: an ESP and a root) activated together, under
-//! OVMF: the old system stages it (two stagings, `web-p1` and `web-p2`,
-//! both fragmented) and `activate web` boots the partition with a kernel
-//! as the root (`/dev/dm-0`) with the image's ESP mapped alongside
-//! (`liverestore-p1`), where the restored system finds its own files. Back
-//! in the old system, `discard` is refused while the set is activated;
-//! `rollback`, then `discard`, leave nothing.
+//! OVMF, mapped and native. Mapped: the old system stages it onto its
+//! fragmented ext4 (`web-p1`, `web-p2`) and `activate web` boots the
+//! partition with a kernel as the root (`/dev/dm-0`) with the image's ESP
+//! mapped alongside (`liverestore-p1`), where the restored system finds its
+//! own files. Native: staged whole into free space (`--contiguous`), each
+//! partition gets a GPT entry with the type, name and partition GUID it had
+//! in the image; the restored system runs from `/dev/vda3` and finds its
+//! ESP on `/dev/vda4`. Back in the old system, `discard` is refused while
+//! the set is activated; `rollback`, then `discard`, leave nothing.
 
 use std::path::Path;
 use std::time::Duration;
@@ -15,10 +18,11 @@ use crate::uefi::OLD_SYSTEM_MOUNTS;
 
 const ESP_MIB: u64 = 64;
 
-fn host_disk(dir: &Path) -> std::path::PathBuf {
+/// GPT: the old system's ESP and ext4, and `free` MiB unallocated after.
+fn host_disk(dir: &Path, free: u64) -> std::path::PathBuf {
     gpt_disk_file(
         &dir.join("host-disk.img"),
-        2 + ESP_MIB + 300,
+        2 + ESP_MIB + 300 + free,
         &[(1, ESP_MIB, "ef00"), (1 + ESP_MIB, 300, "8300")],
     )
 }
@@ -61,11 +65,17 @@ case $n in
   i=0
   while fallocate -l 1048576 /mnt/host/fill$i 2>/dev/null; do i=$((i + 1)); done
   for j in $(seq 0 2 $i); do rm -f /mnt/host/fill$j; done
-  liverestore stage /dev/vdb --name web --dir /mnt/host 2>/dev/null
+  liverestore stage /dev/vdb --name web --dir /mnt/host $STAGE_ARGS 2>/dev/null
+  # the source is gone (as it would be): its partitions' GUIDs are now
+  # only on the staged copies
+  sgdisk -Z /dev/vdb >/dev/null
   echo "LR stagings=$(liverestore --json list | grep -o '"name":"web-p[0-9]"' | cut -d'"' -f4 | tr '\n' ' ')"
   liverestore --json activate web --esp /mnt/esp > /tmp/activate.json
   echo "LR root=$(grep -o '"name":"[^"]*"' /tmp/activate.json | head -1 | cut -d'"' -f4)"
   echo "LR companions=$(grep -o '"companions":\[[^]]*\]' /tmp/activate.json)"
+  echo "LR numbers=$(grep -o '"number":[0-9]*' /tmp/activate.json | cut -d: -f2 | tr '\n' ' ')"
+  echo "LR esp_partuuid=$(blkid -o value -s PARTUUID /dev/vda4 2>/dev/null)"
+  echo "LR esp_type=$(sgdisk -i 4 /dev/vda 2>/dev/null | grep -o 'EFI system partition')"
   umount /mnt/esp /mnt/host
   reboot -f
   ;;
@@ -86,33 +96,50 @@ case $n in
 esac
 "#;
 
+/// The restored system: its root, and its ESP (`/dev/dm-1` when mapped,
+/// `/dev/vda4` when native) with the image's `MARKER`.
 const RESTORED_SYSTEM: &str = r#"
 echo "LR restored=$(cat /etc/hostname)"
-echo "LR restored_root=$(awk '$2 == "/" { print $1 }' /proc/mounts)"
-echo "LR dm1_name=$(cat /sys/block/dm-1/dm/name)"
+root=$(awk '$2 == "/" { print $1 }' /proc/mounts)
+echo "LR restored_root=$root"
+case $root in
+/dev/dm-0) esp=/dev/dm-1; echo "LR dm1_name=$(cat /sys/block/dm-1/dm/name)" ;;
+*) esp=/dev/vda4; echo "LR dm_devices=$(ls /sys/block | grep -c '^dm-' || true)" ;;
+esac
 mkdir -p /run/esp
-mount -t vfat -o ro /dev/dm-1 /run/esp && echo "LR esp_marker=$(cat /run/esp/MARKER)"
+mount -t vfat -o ro $esp /run/esp && echo "LR esp_marker=$(cat /run/esp/MARKER)"
 umount /run/esp
 reboot -f
 "#;
 
-#[test]
-fn a_whole_disk_image_boots_with_its_partitions_together() {
+/// Stage and boot the whole-disk image; `stage_args` and `free` (MiB of
+/// unallocated space on the old system's disk) choose mapped or native.
+fn run_whole_disk(
+    stage_args: &str,
+    free: u64,
+    init_modules: &[&str],
+) -> (crate::common::vm::GuestRun, String) {
     require_root();
     let t = tempfile::tempdir().unwrap();
-    let disk = host_disk(t.path());
+    let disk = host_disk(t.path(), free);
     let root = crate::common::vm::bootable_restored_image(
         t.path(),
         RESTORED_SYSTEM,
         &[VIRTIO_BLK, &["dm-mod"], EXT4].concat(),
-        &[EXT4, VFAT].concat(),
+        init_modules,
     );
     let image = whole_disk_image(t.path(), &root);
+    let esp_guid = sh("sgdisk", &["-i", "1", image.to_str().unwrap()])
+        .lines()
+        .find_map(|l| l.strip_prefix("Partition unique GUID: "))
+        .unwrap()
+        .trim()
+        .to_lowercase();
     let run = Guest {
         modules: [VIRTIO_BLK, EXT4, VFAT, DM_OVER_LOOP, &["efivarfs"]].concat(),
-        binaries: vec!["mkfs.ext4", "e2fsck"],
+        binaries: vec!["mkfs.ext4", "e2fsck", "sgdisk", "blkid"],
         disks: vec![disk, image],
-        scenario: format!("{OLD_SYSTEM_MOUNTS}{OLD_SYSTEM}"),
+        scenario: format!("STAGE_ARGS='{stage_args}'\n{OLD_SYSTEM_MOUNTS}{OLD_SYSTEM}"),
         timeout: Duration::from_secs(600),
         uefi: Some(Uefi {
             esp_offset: MIB,
@@ -122,12 +149,16 @@ fn a_whole_disk_image_boots_with_its_partitions_together() {
         ..Guest::default()
     }
     .run_ok(&t.path().join("vm"));
+    (run, esp_guid)
+}
+
+/// What both runs show the same way: the set, its root, the marker, and
+/// what the old system's rollback leaves.
+fn assert_set_booted(run: &crate::common::vm::GuestRun) {
     assert_eq!(run.get("stagings"), "web-p1 web-p2 ");
     assert_eq!(run.get("root"), "web-p2", "the partition with a kernel");
     assert_eq!(run.get("companions"), r#""companions":["web-p1"]"#);
     assert_eq!(run.get("restored"), "restored-system");
-    assert_eq!(run.get("restored_root"), "/dev/dm-0");
-    assert_eq!(run.get("dm1_name"), "liverestore-p1");
     assert_eq!(run.get("esp_marker"), "the image's own ESP");
     assert_eq!(run.get("next_2"), "old system (the firmware's BootOrder)");
     assert_eq!(run.get("discard_activated"), "22");
@@ -135,4 +166,28 @@ fn a_whole_disk_image_boots_with_its_partitions_together() {
     assert_eq!(run.get("containers_left"), "0");
     assert_eq!(run.get("esp_left"), "0");
     assert_eq!(run.get("old_fsck"), "clean");
+}
+
+#[test]
+fn a_whole_disk_image_boots_with_its_partitions_together() {
+    let (run, _) = run_whole_disk("", 0, &[EXT4, VFAT].concat());
+    assert_set_booted(&run);
+    assert_eq!(run.get("restored_root"), "/dev/dm-0");
+    assert_eq!(run.get("dm1_name"), "liverestore-p1");
+}
+
+#[test]
+fn a_whole_disk_image_boots_natively_from_its_own_partitions() {
+    // no /lr/init: the restored initrd loads the disk driver itself
+    let (run, esp_guid) = run_whole_disk(
+        "--unallocated --contiguous",
+        120,
+        &[VIRTIO_BLK, EXT4, VFAT].concat(),
+    );
+    assert_set_booted(&run);
+    assert_eq!(run.get("numbers"), "3 4 ", "the root, then the ESP");
+    assert_eq!(run.get("esp_partuuid"), esp_guid, "the image's own GUID");
+    assert_eq!(run.get("esp_type"), "EFI system partition");
+    assert_eq!(run.get("restored_root"), "/dev/vda3");
+    assert_eq!(run.get("dm_devices"), "0");
 }
