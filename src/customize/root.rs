@@ -114,15 +114,26 @@ impl RootDir {
 
     /// Resolve `rel` inside the root, following symlinks as the image's
     /// own system would (absolute ones from the image's `/`).
+    ///
+    /// The kernel answers EAGAIN when a rename or mount anywhere on the
+    /// system raced a lookup that went through `..` (openat2(2)); the
+    /// lookup is then simply tried again.
     fn resolve(&self, rel: &Path, flags: OFlags) -> std::result::Result<OwnedFd, Errno> {
         let parts = components(rel).map_err(|_| Errno::INVAL)?;
-        rustix::fs::openat2(
-            &self.fd,
-            join(&parts),
-            flags | OFlags::CLOEXEC,
-            Mode::empty(),
-            ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
-        )
+        let path = join(&parts);
+        let mut tries = 0;
+        loop {
+            match rustix::fs::openat2(
+                &self.fd,
+                &path,
+                flags | OFlags::CLOEXEC,
+                Mode::empty(),
+                ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
+            ) {
+                Err(Errno::AGAIN) if tries < 1000 => tries += 1,
+                other => return other,
+            }
+        }
     }
 
     /// The directory that holds `rel`'s last component, and that

@@ -225,6 +225,23 @@ impl GuestRun {
         self
     }
 
+    /// Assert every `(key, expected value)`, listing all that differ.
+    pub fn assert_values(&self, expected: &[(&str, &str)]) {
+        let wrong: Vec<String> = expected
+            .iter()
+            .filter_map(|&(k, v)| {
+                let got = self.value(k);
+                (got.as_deref() != Some(v)).then(|| format!("{k}: expected {v:?}, got {got:?}"))
+            })
+            .collect();
+        assert!(
+            wrong.is_empty(),
+            "{}\nscenario output:\n{}",
+            wrong.join("\n"),
+            self.output()
+        );
+    }
+
     /// Assert that the scenario printed the lines starting with `keys` in
     /// this order (one boot after the other).
     pub fn assert_in_order(&self, keys: &[&str]) {

@@ -147,51 +147,59 @@ fn bios_grub_trial_boot_then_back_to_the_old_system() {
     assert_eq!(run.get("activate"), "0");
     assert_eq!(run.get("fallback_said"), "1");
     assert_eq!(run.get("activate_twice"), "22", "one activation at a time");
-    assert_eq!(run.get("next_1"), "restored system (trial, once)");
-    assert_eq!(run.get("next_entry_1"), "liverestore-web");
-    assert_eq!(run.get("entries_1"), "1");
-    assert_eq!(run.get("boot_files"), "initrd.img vmlinuz");
-    // boot 2: GRUB's next_entry starts the restored system, from the map
-    assert_eq!(run.get("restored_boot_1"), "restored-system");
-    assert_eq!(run.get("restored_root_1"), "/dev/dm-0");
+    run.assert_values(&[
+        ("next_1", "restored system (trial, once)"),
+        ("next_entry_1", "liverestore-web"),
+        ("entries_1", "1"),
+        ("boot_files", "initrd.img vmlinuz"),
+        // boot 2: GRUB's next_entry starts the restored system, from the map
+        ("restored_boot_1", "restored-system"),
+        ("restored_root_1", "/dev/dm-0"),
+    ]);
     assert_eq!(
         run.get("restored_now_1"),
         "old system (GRUB's default entry)",
         "GRUB cleared next_entry as it booted"
     );
     // boot 3: nobody committed: the old system; rollback; activate again
-    assert_eq!(run.get("old_boot_2"), "yes");
-    assert_eq!(run.get("next_2"), "old system (GRUB's default entry)");
-    assert_eq!(run.get("next_entry_2"), "");
-    assert_eq!(run.get("custom_left"), "0");
-    assert_eq!(run.get("files_left"), "0");
-    assert_eq!(run.get("env_left"), "0");
+    run.assert_values(&[
+        ("old_boot_2", "yes"),
+        ("next_2", "old system (GRUB's default entry)"),
+        ("next_entry_2", ""),
+        ("custom_left", "0"),
+        ("files_left", "0"),
+        ("env_left", "0"),
+    ]);
     assert_eq!(
         run.get("next_after_rollback"),
         "old system (nothing is activated)"
     );
-    assert_eq!(run.get("activate_again"), "0");
-    // boot 4: the restored system commits
-    assert_eq!(run.get("restored_boot_2"), "restored-system");
-    assert_eq!(run.get("commit"), "ok");
-    assert_eq!(run.get("restored_next_2"), "restored system (default)");
-    // boot 5: GRUB starts it by default; it rolls back from its side
-    assert_eq!(run.get("restored_boot_3"), "restored-system");
-    assert_eq!(run.get("restored_root_3"), "/dev/dm-0");
-    assert_eq!(run.get("restored_now_3"), "restored system (default)");
+    run.assert_values(&[
+        ("activate_again", "0"),
+        // boot 4: the restored system commits
+        ("restored_boot_2", "restored-system"),
+        ("commit", "ok"),
+        ("restored_next_2", "restored system (default)"),
+        // boot 5: GRUB starts it by default; it rolls back from its side
+        ("restored_boot_3", "restored-system"),
+        ("restored_root_3", "/dev/dm-0"),
+        ("restored_now_3", "restored system (default)"),
+    ]);
     assert_eq!(
         run.get("restored_next_after_rollback"),
         "old system (GRUB's default entry)"
     );
     // boot 6: the old system, which removes what is left
-    assert_eq!(run.get("old_boot_3"), "yes");
-    assert_eq!(run.get("next_3"), "old system (GRUB's default entry)");
-    assert_eq!(run.get("default_3"), "");
-    assert_eq!(run.get("custom_left_3"), "0");
-    assert_eq!(run.get("files_left_3"), "0");
-    assert_eq!(run.get("env_left_3"), "0");
-    assert_eq!(run.get("activation_left"), "0");
-    assert_eq!(run.get("old_fsck"), "clean");
+    run.assert_values(&[
+        ("old_boot_3", "yes"),
+        ("next_3", "old system (GRUB's default entry)"),
+        ("default_3", ""),
+        ("custom_left_3", "0"),
+        ("files_left_3", "0"),
+        ("env_left_3", "0"),
+        ("activation_left", "0"),
+        ("old_fsck", "clean"),
+    ]);
     run.assert_in_order(&[
         "LR old_boot_1",
         "LR restored_boot_1",
@@ -316,15 +324,19 @@ fn grub_power_loss_leaves_a_bootable_machine() {
     // right after next_entry is written.
     let b = run("b");
     b.assert_powered_off_at("activate:boot-next");
-    assert_eq!(b.get("b_old_up"), "yes");
-    assert_eq!(b.get("b_next"), "old system (GRUB's default entry)");
-    assert_eq!(b.get("b_next_entry"), "");
-    assert_eq!(b.get("b_activated"), "1");
+    b.assert_values(&[
+        ("b_old_up", "yes"),
+        ("b_next", "old system (GRUB's default entry)"),
+        ("b_next_entry", ""),
+        ("b_activated", "1"),
+    ]);
     assert_eq!(b.get("b_entries"), "1", "the entry written before the cut");
-    assert_eq!(b.get("b_rollback"), "ok");
-    assert_eq!(b.get("b_custom_left"), "0");
-    assert_eq!(b.get("b_files_left"), "0");
-    assert_eq!(b.get("b_env_left"), "0");
+    b.assert_values(&[
+        ("b_rollback", "ok"),
+        ("b_custom_left", "0"),
+        ("b_files_left", "0"),
+        ("b_env_left", "0"),
+    ]);
 
     // C: next_entry starts the restored system; its commit loses power
     // right after grubenv is written on the raw disk.
@@ -355,13 +367,15 @@ fn grub_power_loss_leaves_a_bootable_machine() {
     // chooses it; rollback finishes; nothing remains.
     let e = run("e");
     e.assert_ok();
-    assert_eq!(e.get("e_next"), "old system (GRUB's default entry)");
-    assert_eq!(e.get("e_entries"), "1");
-    assert_eq!(e.get("e_rollback"), "ok");
-    assert_eq!(e.get("e_custom_left"), "0");
-    assert_eq!(e.get("e_files_left"), "0");
-    assert_eq!(e.get("e_env_left"), "0");
-    assert_eq!(e.get("e_activated_after"), "0");
+    e.assert_values(&[
+        ("e_next", "old system (GRUB's default entry)"),
+        ("e_entries", "1"),
+        ("e_rollback", "ok"),
+        ("e_custom_left", "0"),
+        ("e_files_left", "0"),
+        ("e_env_left", "0"),
+        ("e_activated_after", "0"),
+    ]);
     assert_eq!(e.get("e_verify"), "ok", "the staged image survived it all");
     assert_eq!(e.get("e_fsck"), "clean");
 }

@@ -9,13 +9,10 @@
 //! (table and kernel), the ESP files and the record.
 
 use std::path::Path;
-use std::time::Duration;
 
-use crate::common::vm::{DM_OVER_LOOP, EXT4, Guest, Uefi, VFAT, VIRTIO_BLK};
+use crate::common::vm::{EXT4, VIRTIO_BLK};
 use crate::common::*;
-use crate::uefi::OLD_SYSTEM_MOUNTS;
-
-const ESP_MIB: u64 = 64;
+use crate::uefi::{ESP_MIB, old_system_guest};
 
 /// GPT: ESP at 1 MiB, the old system's ext4 after it, 100 MiB free after.
 fn host_disk(dir: &Path) -> std::path::PathBuf {
@@ -94,19 +91,12 @@ fn native_boot_from_a_partition_added_over_the_image() {
         &[],
         &[VIRTIO_BLK, EXT4, &["efivarfs"]].concat(),
     );
-    let run = Guest {
-        modules: [VIRTIO_BLK, EXT4, VFAT, DM_OVER_LOOP, &["efivarfs"]].concat(),
-        binaries: vec!["mkfs.ext4", "e2fsck", "sgdisk", "blkid"],
-        disks: vec![disk, image],
-        scenario: format!("{OLD_SYSTEM_MOUNTS}{OLD_SYSTEM}"),
-        timeout: Duration::from_secs(600),
-        uefi: Some(Uefi {
-            esp_offset: MIB,
-            esp_size: ESP_MIB * MIB,
-            vars: None,
-        }),
-        ..Guest::default()
-    }
+    let run = old_system_guest(
+        vec![disk, image],
+        vec!["mkfs.ext4", "e2fsck", "sgdisk", "blkid"],
+        OLD_SYSTEM,
+        None,
+    )
     .run_ok(&t.path().join("vm"));
     // boot 1: staged contiguous; partition 3 added, the kernel sees it
     assert_eq!(run.get("native_number"), "3");
@@ -118,35 +108,41 @@ fn native_boot_from_a_partition_added_over_the_image() {
         run.get("args")
     );
     assert!(!run.get("args").contains("rdinit"));
-    assert_eq!(run.get("kernel_sees"), "1");
-    assert_eq!(run.get("vda3_fs"), "ext4");
-    assert_eq!(run.get("table_ok"), "1");
-    assert_eq!(run.get("next_1"), "restored system (trial, once)");
-    // boot 2: BootNext: the restored system, from the partition itself
-    assert_eq!(run.get("restored_boot_1"), "restored-system");
-    assert_eq!(run.get("restored_root_1"), "/dev/vda3");
+    run.assert_values(&[
+        ("kernel_sees", "1"),
+        ("vda3_fs", "ext4"),
+        ("table_ok", "1"),
+        ("next_1", "restored system (trial, once)"),
+        // boot 2: BootNext: the restored system, from the partition itself
+        ("restored_boot_1", "restored-system"),
+        ("restored_root_1", "/dev/vda3"),
+    ]);
     assert_eq!(run.get("restored_dm_1"), "0", "no device-mapper");
     assert_eq!(
         run.get("restored_now_1"),
         "old system (the firmware's BootOrder)"
     );
-    assert_eq!(run.get("commit"), "ok");
-    assert_eq!(run.get("restored_next_1"), "restored system (default)");
-    // boot 3: by default; rollback from its side
-    assert_eq!(run.get("restored_boot_2"), "restored-system");
-    assert_eq!(run.get("restored_root_2"), "/dev/vda3");
-    assert_eq!(run.get("restored_rollback"), "ok");
+    run.assert_values(&[
+        ("commit", "ok"),
+        ("restored_next_1", "restored system (default)"),
+        // boot 3: by default; rollback from its side
+        ("restored_boot_2", "restored-system"),
+        ("restored_root_2", "/dev/vda3"),
+        ("restored_rollback", "ok"),
+    ]);
     assert_eq!(
         run.get("restored_next_2"),
         "old system (the firmware's BootOrder)"
     );
     // boot 4: the old system takes everything back
-    assert_eq!(run.get("old_boot_2"), "yes");
-    assert_eq!(run.get("next_2"), "old system (the firmware's BootOrder)");
-    assert_eq!(run.get("partitions_left"), "0");
-    assert_eq!(run.get("table_entries"), "2");
-    assert_eq!(run.get("table_ok_2"), "1");
-    assert_eq!(run.get("esp_left"), "0");
-    assert_eq!(run.get("activation_left"), "0");
-    assert_eq!(run.get("old_fsck"), "clean");
+    run.assert_values(&[
+        ("old_boot_2", "yes"),
+        ("next_2", "old system (the firmware's BootOrder)"),
+        ("partitions_left", "0"),
+        ("table_entries", "2"),
+        ("table_ok_2", "1"),
+        ("esp_left", "0"),
+        ("activation_left", "0"),
+        ("old_fsck", "clean"),
+    ]);
 }

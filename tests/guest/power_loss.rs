@@ -7,13 +7,10 @@
 //! whose `rollback` must clean up whatever the interrupted step left.
 
 use std::path::Path;
-use std::time::Duration;
 
-use crate::common::vm::{DM_OVER_LOOP, EXT4, Guest, GuestRun, Uefi, VFAT, VIRTIO_BLK};
+use crate::common::vm::{EXT4, GuestRun, VIRTIO_BLK};
 use crate::common::*;
-use crate::uefi::OLD_SYSTEM_MOUNTS;
-
-const ESP_MIB: u64 = 64;
+use crate::uefi::{ESP_MIB, old_system_guest};
 
 const PRELUDE: &str = r#"
 entries() { ls /sys/firmware/efi/efivars | grep -c '^Boot[0-9A-F][0-9A-F][0-9A-F][0-9A-F]-' || true; }
@@ -46,19 +43,12 @@ reboot -f
 
 /// One QEMU run with this run's old-system scenario.
 fn run(t: &Path, disks: &[std::path::PathBuf], name: &str, scenario: &str) -> GuestRun {
-    let run = Guest {
-        modules: [VIRTIO_BLK, EXT4, VFAT, DM_OVER_LOOP, &["efivarfs"]].concat(),
-        binaries: vec!["mkfs.ext4", "e2fsck"],
-        disks: disks.to_vec(),
-        scenario: format!("{OLD_SYSTEM_MOUNTS}{PRELUDE}{scenario}"),
-        timeout: Duration::from_secs(300),
-        uefi: Some(Uefi {
-            esp_offset: MIB,
-            esp_size: ESP_MIB * MIB,
-            vars: Some(t.join("OVMF_VARS.fd")),
-        }),
-        ..Guest::default()
-    }
+    let run = old_system_guest(
+        disks.to_vec(),
+        vec!["mkfs.ext4", "e2fsck"],
+        &format!("{PRELUDE}{scenario}"),
+        Some(t.join("OVMF_VARS.fd")),
+    )
     .run(&t.join(name));
     println!("== {name} ({:?}):\n{}", run.elapsed, run.output());
     run
@@ -156,10 +146,12 @@ LIVERESTORE_FAILPOINT=rollback:boot-order liverestore rollback >/dev/null
 "#,
     );
     d.assert_powered_off_at("rollback:boot-order");
-    assert_eq!(d.get("restored_up"), "restored-system");
-    assert_eq!(d.get("d_old_up"), "yes");
-    assert_eq!(d.get("d_next"), "old system (the firmware's BootOrder)");
-    assert_eq!(d.get("d_activated"), "1");
+    d.assert_values(&[
+        ("restored_up", "restored-system"),
+        ("d_old_up", "yes"),
+        ("d_next", "old system (the firmware's BootOrder)"),
+        ("d_activated", "1"),
+    ]);
 
     // E: the old system; rollback finishes what was left; nothing remains.
     let e = run(
@@ -236,7 +228,9 @@ e2fsck -f -n /dev/vda2 >/dev/null && echo "LR g_fsck=clean"
     assert_eq!(g.get("g_next"), "old system (the firmware's BootOrder)");
     assert_eq!(g.get("g_rollback"), "ok");
     assert_eq!(g.get("g_entries_after"), base);
-    assert_eq!(g.get("g_activated_after"), "0");
-    assert_eq!(g.get("g_esp_files"), "0");
-    assert_eq!(g.get("g_fsck"), "clean");
+    g.assert_values(&[
+        ("g_activated_after", "0"),
+        ("g_esp_files", "0"),
+        ("g_fsck", "clean"),
+    ]);
 }

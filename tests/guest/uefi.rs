@@ -14,7 +14,7 @@ use std::time::Duration;
 use crate::common::vm::{DM_OVER_LOOP, EXT4, Guest, Uefi, VFAT, VIRTIO_BLK};
 use crate::common::*;
 
-const ESP_MIB: u64 = 64;
+pub const ESP_MIB: u64 = 64;
 
 /// GPT: ESP at 1..65 MiB, ext4-to-be after it (300 MiB).
 fn host_disk(dir: &Path) -> std::path::PathBuf {
@@ -23,6 +23,31 @@ fn host_disk(dir: &Path) -> std::path::PathBuf {
         2 + ESP_MIB + 300,
         &[(1, ESP_MIB, "ef00"), (1 + ESP_MIB, 300, "8300")],
     )
+}
+
+/// The "old" system of a UEFI test disk, booted by OVMF from the ESP at
+/// 1 MiB (`ESP_MIB` MiB) of `disks[0]`: the modules it needs, `binaries`,
+/// and `scenario` after [`OLD_SYSTEM_MOUNTS`]; `vars`: the firmware's
+/// variable store to keep across runs (None: a fresh one).
+pub fn old_system_guest(
+    disks: Vec<std::path::PathBuf>,
+    binaries: Vec<&'static str>,
+    scenario: &str,
+    vars: Option<std::path::PathBuf>,
+) -> Guest {
+    Guest {
+        modules: [VIRTIO_BLK, EXT4, VFAT, DM_OVER_LOOP, &["efivarfs"]].concat(),
+        binaries,
+        disks,
+        scenario: format!("{OLD_SYSTEM_MOUNTS}{scenario}"),
+        timeout: Duration::from_secs(600),
+        uefi: Some(Uefi {
+            esp_offset: MIB,
+            esp_size: ESP_MIB * MIB,
+            vars,
+        }),
+        ..Guest::default()
+    }
 }
 
 /// How the "old" system of a UEFI test disk starts: efivarfs, the ESP
@@ -136,68 +161,71 @@ fn uefi_trial_boot_then_back_to_the_old_system() {
         &[VIRTIO_BLK, &["dm-mod"], EXT4].concat(),
         &[EXT4, &["efivarfs"]].concat(),
     );
-    let run = Guest {
-        modules: [VIRTIO_BLK, EXT4, VFAT, DM_OVER_LOOP, &["efivarfs"]].concat(),
-        binaries: vec!["mkfs.ext4", "e2fsck"],
-        disks: vec![disk, image],
-        scenario: format!("{OLD_SYSTEM_MOUNTS}{OLD_SYSTEM}"),
-        timeout: Duration::from_secs(600),
-        uefi: Some(Uefi {
-            esp_offset: MIB,
-            esp_size: ESP_MIB * MIB,
-            vars: None,
-        }),
-        ..Guest::default()
-    }
+    let run = old_system_guest(
+        vec![disk, image],
+        vec!["mkfs.ext4", "e2fsck"],
+        OLD_SYSTEM,
+        None,
+    )
     .run_ok(&t.path().join("vm"));
     // boot 1: the old system stages and activates
     assert_eq!(run.get("old_boot_1"), "yes");
     let extents: usize = run.get("extents").parse().unwrap();
     assert!(extents > 20, "fragmented: {extents}");
-    assert_eq!(run.get("esp_full_activate"), "13");
-    assert_eq!(run.get("esp_full_left"), "0");
-    assert_eq!(run.get("esp_full_activated"), "0");
-    assert_eq!(run.get("activate"), "0");
+    run.assert_values(&[
+        ("esp_full_activate", "13"),
+        ("esp_full_left", "0"),
+        ("esp_full_activated", "0"),
+        ("activate", "0"),
+    ]);
     assert_eq!(run.get("activate_twice"), "22", "one activation at a time");
-    assert_eq!(run.get("next_1"), "restored system (trial, once)");
-    assert_eq!(run.get("esp_files"), "initrd.img vmlinuz.efi");
-    // boot 2: BootNext starts the restored system, from the map
-    assert_eq!(run.get("restored_boot_1"), "restored-system");
-    assert_eq!(run.get("restored_root_1"), "/dev/dm-0");
+    run.assert_values(&[
+        ("next_1", "restored system (trial, once)"),
+        ("esp_files", "initrd.img vmlinuz.efi"),
+        // boot 2: BootNext starts the restored system, from the map
+        ("restored_boot_1", "restored-system"),
+        ("restored_root_1", "/dev/dm-0"),
+    ]);
     assert_eq!(
         run.get("restored_old_system_1"),
         "Boot",
         "the old system, from the on-disk header"
     );
     // boot 3: nobody committed: the old system again; rollback; activate again
-    assert_eq!(run.get("old_boot_2"), "yes");
-    assert_eq!(run.get("next_2"), "old system (the firmware's BootOrder)");
-    assert_eq!(run.get("ours_before_rollback"), "1");
-    assert_eq!(run.get("ours_after_rollback"), "0");
+    run.assert_values(&[
+        ("old_boot_2", "yes"),
+        ("next_2", "old system (the firmware's BootOrder)"),
+        ("ours_before_rollback", "1"),
+        ("ours_after_rollback", "0"),
+    ]);
     assert_eq!(
         run.get("next_after_rollback"),
         "old system (the firmware's BootOrder)"
     );
-    assert_eq!(run.get("esp_left"), "0");
-    assert_eq!(run.get("activate_again"), "0");
-    // boot 4: the restored system commits
-    assert_eq!(run.get("restored_boot_2"), "restored-system");
-    assert_eq!(run.get("commit"), "ok");
-    assert_eq!(run.get("restored_next_2"), "restored system (default)");
-    // boot 5: it starts by default; it rolls back from its side
-    assert_eq!(run.get("restored_boot_3"), "restored-system");
-    assert_eq!(run.get("restored_root_3"), "/dev/dm-0");
-    assert_eq!(run.get("restored_next_3"), "restored system (default)");
+    run.assert_values(&[
+        ("esp_left", "0"),
+        ("activate_again", "0"),
+        // boot 4: the restored system commits
+        ("restored_boot_2", "restored-system"),
+        ("commit", "ok"),
+        ("restored_next_2", "restored system (default)"),
+        // boot 5: it starts by default; it rolls back from its side
+        ("restored_boot_3", "restored-system"),
+        ("restored_root_3", "/dev/dm-0"),
+        ("restored_next_3", "restored system (default)"),
+    ]);
     assert_eq!(
         run.get("restored_next_after_rollback"),
         "old system (the firmware's BootOrder)"
     );
     // boot 6: the old system, which removes what is left on the ESP
-    assert_eq!(run.get("old_boot_3"), "yes");
-    assert_eq!(run.get("next_3"), "old system (the firmware's BootOrder)");
-    assert_eq!(run.get("esp_left_3"), "0");
-    assert_eq!(run.get("activation_left"), "0");
-    assert_eq!(run.get("old_fsck"), "clean");
+    run.assert_values(&[
+        ("old_boot_3", "yes"),
+        ("next_3", "old system (the firmware's BootOrder)"),
+        ("esp_left_3", "0"),
+        ("activation_left", "0"),
+        ("old_fsck", "clean"),
+    ]);
     run.assert_in_order(&[
         "LR old_boot_1",
         "LR restored_boot_1",

@@ -10,13 +10,10 @@
 //! the set is activated; `rollback`, then `discard`, leave nothing.
 
 use std::path::Path;
-use std::time::Duration;
 
-use crate::common::vm::{DM_OVER_LOOP, EXT4, Guest, Uefi, VFAT, VIRTIO_BLK};
+use crate::common::vm::{EXT4, VFAT, VIRTIO_BLK};
 use crate::common::*;
-use crate::uefi::OLD_SYSTEM_MOUNTS;
-
-const ESP_MIB: u64 = 64;
+use crate::uefi::{ESP_MIB, old_system_guest};
 
 /// GPT: the old system's ESP and ext4, and `free` MiB unallocated after.
 fn host_disk(dir: &Path, free: u64) -> std::path::PathBuf {
@@ -135,19 +132,12 @@ fn run_whole_disk(
         .unwrap()
         .trim()
         .to_lowercase();
-    let run = Guest {
-        modules: [VIRTIO_BLK, EXT4, VFAT, DM_OVER_LOOP, &["efivarfs"]].concat(),
-        binaries: vec!["mkfs.ext4", "e2fsck", "sgdisk", "blkid"],
-        disks: vec![disk, image],
-        scenario: format!("STAGE_ARGS='{stage_args}'\n{OLD_SYSTEM_MOUNTS}{OLD_SYSTEM}"),
-        timeout: Duration::from_secs(600),
-        uefi: Some(Uefi {
-            esp_offset: MIB,
-            esp_size: ESP_MIB * MIB,
-            vars: None,
-        }),
-        ..Guest::default()
-    }
+    let run = old_system_guest(
+        vec![disk, image],
+        vec!["mkfs.ext4", "e2fsck", "sgdisk", "blkid"],
+        &format!("STAGE_ARGS='{stage_args}'\n{OLD_SYSTEM}"),
+        None,
+    )
     .run_ok(&t.path().join("vm"));
     (run, esp_guid)
 }
@@ -158,14 +148,16 @@ fn assert_set_booted(run: &crate::common::vm::GuestRun) {
     assert_eq!(run.get("stagings"), "web-p1 web-p2 ");
     assert_eq!(run.get("root"), "web-p2", "the partition with a kernel");
     assert_eq!(run.get("companions"), r#""companions":["web-p1"]"#);
-    assert_eq!(run.get("restored"), "restored-system");
-    assert_eq!(run.get("esp_marker"), "the image's own ESP");
-    assert_eq!(run.get("next_2"), "old system (the firmware's BootOrder)");
-    assert_eq!(run.get("discard_activated"), "22");
-    assert_eq!(run.get("left"), "0");
-    assert_eq!(run.get("containers_left"), "0");
-    assert_eq!(run.get("esp_left"), "0");
-    assert_eq!(run.get("old_fsck"), "clean");
+    run.assert_values(&[
+        ("restored", "restored-system"),
+        ("esp_marker", "the image's own ESP"),
+        ("next_2", "old system (the firmware's BootOrder)"),
+        ("discard_activated", "22"),
+        ("left", "0"),
+        ("containers_left", "0"),
+        ("esp_left", "0"),
+        ("old_fsck", "clean"),
+    ]);
 }
 
 #[test]
@@ -187,7 +179,9 @@ fn a_whole_disk_image_boots_natively_from_its_own_partitions() {
     assert_set_booted(&run);
     assert_eq!(run.get("numbers"), "3 4 ", "the root, then the ESP");
     assert_eq!(run.get("esp_partuuid"), esp_guid, "the image's own GUID");
-    assert_eq!(run.get("esp_type"), "EFI system partition");
-    assert_eq!(run.get("restored_root"), "/dev/vda3");
-    assert_eq!(run.get("dm_devices"), "0");
+    run.assert_values(&[
+        ("esp_type", "EFI system partition"),
+        ("restored_root", "/dev/vda3"),
+        ("dm_devices", "0"),
+    ]);
 }
