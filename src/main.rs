@@ -293,12 +293,21 @@ enum Command {
     ///   mapped  anything else: the early-boot step assembles the image
     ///           from its map with device-mapper (root=/dev/dm-0).
     ///
-    /// --boot auto (the default) is native when it can be. Nothing else
-    /// changes: if the restored system does not come up and `commit`, the
-    /// boot after that is the old system again. Only one image can be
-    /// activated at a time; `liverestore rollback` takes it back.
+    /// --boot auto (the default) is native when it can be.
+    ///
+    /// A whole-disk image (staged as NAME-p1, NAME-p2, …) boots all its
+    /// partitions together: the one with a kernel is the root, the others
+    /// (its ESP, /home) come along — mapped as liverestore-pN, or each
+    /// with its own partition entry when native.
+    ///
+    /// Nothing else changes: if the restored system does not come up and
+    /// `commit`, the boot after that is the old system again. Only one
+    /// image can be activated at a time; `liverestore rollback` takes it
+    /// back, and `discard` refuses it until then.
     #[command(verbatim_doc_comment)]
     Activate {
+        /// A staged image, or the name a whole-disk image was staged under
+        /// (any of its NAME-pN works too).
         name: String,
         /// Which boot loader to arm.
         #[arg(long, value_enum, default_value_t = LoaderArg::Auto)]
