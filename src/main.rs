@@ -321,6 +321,17 @@ enum Command {
         /// GRUB's directory, with grub.cfg and grubenv (GRUB).
         #[arg(long, value_name = "DIR", default_value = "/boot/grub")]
         grub_dir: PathBuf,
+        /// UEFI, a whole-disk image activated natively: boot it from its
+        /// own ESP, starting PROGRAM there (default \EFI\BOOT\BOOTX64.EFI,
+        /// the removable-media path) as its own disk would; nothing is
+        /// copied to either ESP, and the program gets only --append.
+        #[arg(
+            long,
+            value_name = "PROGRAM",
+            num_args = 0..=1,
+            default_missing_value = "\\EFI\\BOOT\\BOOTX64.EFI"
+        )]
+        image_esp: Option<String>,
         /// Extra kernel arguments for the restored system.
         #[arg(long, value_name = "ARGS")]
         append: Option<String>,
@@ -1041,6 +1052,7 @@ fn run(cli: Cli) -> Outcome {
             boot,
             esp,
             grub_dir,
+            image_esp,
             append,
             helper,
             trial: _,
@@ -1058,6 +1070,7 @@ fn run(cli: Cli) -> Outcome {
                 },
                 esp: &esp,
                 grub_dir: &grub_dir,
+                image_esp: image_esp.as_deref(),
                 append: append.as_deref(),
                 helper: helper.as_deref(),
             };

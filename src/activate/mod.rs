@@ -158,6 +158,9 @@ pub struct ActivateOptions<'a> {
     pub esp: &'a Path,
     /// GRUB's directory: `grub.cfg`, `grubenv`, `custom.cfg` (GRUB).
     pub grub_dir: &'a Path,
+    /// Boot the image's own ESP (a native whole-disk activation) by
+    /// starting this program on it instead of copying a kernel anywhere.
+    pub image_esp: Option<&'a str>,
     /// Extra kernel arguments.
     pub append: Option<&'a str>,
     /// The static liverestore for `/lr/init` (default: this program).
@@ -348,7 +351,14 @@ pub fn activate(
     };
     let rec = members.remove(root_at);
     let companions = members;
-    let (loader, fallback) = choose_loader(state, &rec.name, opts)?;
+    let (mut loader, fallback) = match opts.image_esp {
+        // set below, once the image's ESP has its partition entry
+        Some(_) => (None, None),
+        None => {
+            let (l, f) = choose_loader(state, &rec.name, opts)?;
+            (Some(l), f)
+        }
+    };
     // Native when every partition is one contiguous run outside every
     // partition of a GPT disk.
     let all: Vec<&crate::record::StagingRecord> =
@@ -364,6 +374,18 @@ pub fn activate(
         }
         BootChoice::Auto => Vec::new(),
     };
+    if let Some(program) = opts.image_esp {
+        if native.is_empty() {
+            return Err(Error::new(
+                ErrorKind::InvalidState,
+                format!(
+                    "--image-esp boots '{name}' from its own ESP, which the firmware can read only as a partition: stage the whole-disk image with --unallocated --contiguous"
+                ),
+            ));
+        }
+        loader = Some(Loader::Uefi(uefi::Target::image_esp(&native, program)?));
+    }
+    let loader = loader.expect("a loader was chosen");
     let mut boot_initrd = initrd_img;
     let root_args = match native.first() {
         Some(n) => n.root_arg(),
@@ -403,9 +425,13 @@ pub fn activate(
             opts.append,
         )
     };
-    let files_dir = match &loader {
-        Loader::Uefi(t) => t.describe(&mut activation, args)?,
-        Loader::Grub(t) => t.describe(&mut activation, args),
+    let files_dir = match (&loader, opts.image_esp) {
+        // the image's own program takes only what the user gives it
+        (Loader::Uefi(t), Some(_)) => {
+            t.describe(&mut activation, |_| opts.append.unwrap_or("").to_string())?
+        }
+        (Loader::Uefi(t), None) => t.describe(&mut activation, args)?,
+        (Loader::Grub(t), _) => t.describe(&mut activation, args),
     };
     save(state, &activation)?;
     crate::failpoint::hit("activate:record");
@@ -426,16 +452,20 @@ pub fn activate(
             native::arm(&activation.native)?;
             crate::failpoint::hit("activate:partition");
         }
-        progress.note(&format!(
-            "copying the kernel and initrd to {}",
-            files_dir.display()
-        ));
-        copy_boot_files(
-            &files_dir,
-            &kernel,
-            &boot_initrd,
-            loader_file_names(&loader),
-        )?;
+        if files_dir.as_os_str().is_empty() {
+            // the image's own ESP: nothing to copy
+        } else {
+            progress.note(&format!(
+                "copying the kernel and initrd to {}",
+                files_dir.display()
+            ));
+            copy_boot_files(
+                &files_dir,
+                &kernel,
+                &boot_initrd,
+                loader_file_names(&loader),
+            )?;
+        }
         crate::failpoint::hit("activate:files");
         match &loader {
             Loader::Uefi(t) => t.arm(&activation),
@@ -588,6 +618,9 @@ fn booted_via_cmdline(cmdline: &str) -> Option<BootedVia> {
 
 fn booted_via() -> Option<BootedVia> {
     booted_via_cmdline(&std::fs::read_to_string("/proc/cmdline").unwrap_or_default())
+        // started by the image's own program (--image-esp): the firmware
+        // says the entry was ours
+        .or_else(|| uefi::started_from_ours().then_some(BootedVia::Uefi))
 }
 
 /// Whether the running system was started through `/lr/init`.
@@ -741,7 +774,9 @@ pub fn rollback(state: &StateDir) -> Result<RolledBack> {
         grub::disarm(g, &a.name)?;
     }
     crate::failpoint::hit("rollback:boot-entry");
-    remove_boot_files(Path::new(&a.files_dir))?;
+    if !a.files_dir.is_empty() {
+        remove_boot_files(Path::new(&a.files_dir))?;
+    }
     crate::failpoint::hit("rollback:files");
     if !a.native.is_empty() {
         native::disarm(&a.native)?;

@@ -34,7 +34,13 @@ pub(super) struct Target {
     esp: PathBuf,
     part: GptPartition,
     vars: EfiVars,
+    /// Set when booting the image's own ESP: the program to start there
+    /// (nothing is copied).
+    image_loader: Option<String>,
 }
+
+/// The type GUID of an EFI system partition.
+pub const ESP_TYPE: uuid::Uuid = uuid::uuid!("c12a7328-f81f-11d2-ba4b-00a0c93ec93b");
 
 impl Target {
     /// Check that `esp` is a mounted FAT partition of a GPT disk and that
@@ -45,6 +51,38 @@ impl Target {
             esp: esp.to_path_buf(),
             part: esp_partition(esp)?,
             vars,
+            image_loader: None,
+        })
+    }
+
+    /// Boot the image's own ESP — `entries` of a native activation, one
+    /// of them an EFI system partition — by starting `loader` on it, the
+    /// way the image's disk would: nothing is copied to either ESP.
+    pub(super) fn image_esp(entries: &[super::NativeBoot], loader: &str) -> Result<Target> {
+        let vars = EfiVars::open()?;
+        let esp = entries
+            .iter()
+            .find(|n| n.kind.type_guid == ESP_TYPE)
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorKind::InvalidState,
+                    "the image has no EFI system partition staged with it: leave out --image-esp",
+                )
+            })?;
+        let ss = esp.sector_size;
+        Ok(Target {
+            esp: PathBuf::from(format!(
+                "{} (partition {})",
+                esp.staging, esp.partition.number
+            )),
+            part: GptPartition {
+                number: esp.partition.number,
+                start_lba: esp.partition.start / ss,
+                size_lba: esp.partition.length / ss,
+                guid: esp.partition.guid,
+            },
+            vars,
+            image_loader: Some(loader.to_string()),
         })
     }
 
@@ -58,6 +96,16 @@ impl Target {
         let name = &a.name;
         let number = efi::free_boot_number(&self.vars.boot_numbers()?)
             .ok_or_else(|| Error::new(ErrorKind::NoSpace, "every Boot#### number is taken"))?;
+        if let Some(loader) = &self.image_loader {
+            a.args = args("");
+            a.files_dir = String::new();
+            a.uefi = Some(UefiBoot {
+                boot_number: number,
+                esp: self.esp.display().to_string(),
+                loader: loader.clone(),
+            });
+            return Ok(PathBuf::new());
+        }
         let files_dir = self.esp.join("liverestore").join(name);
         a.args = args(&format!("initrd=\\liverestore\\{name}\\{INITRD_FILE}"));
         a.files_dir = files_dir.display().to_string();
@@ -142,6 +190,11 @@ fn current_entry(vars: &EfiVars) -> Result<(u16, LoadOption)> {
             )
         })?;
     Ok((cur, option))
+}
+
+/// Whether the firmware started this system from a liverestore entry.
+pub(super) fn started_from_ours() -> bool {
+    EfiVars::open().is_ok_and(|v| current_entry(&v).is_ok())
 }
 
 /// In the restored system: its `Boot####` goes first in `BootOrder`;

@@ -24,18 +24,27 @@ fn host_disk(dir: &Path, free: u64) -> std::path::PathBuf {
     )
 }
 
-/// The image: GPT, partition 1 a FAT ESP holding `MARKER`, partition 2
-/// the restored system's ext4 root.
-fn whole_disk_image(dir: &Path, root: &Path) -> std::path::PathBuf {
+/// The image's ESP size, MiB.
+const IMAGE_ESP_MIB: u64 = 40;
+
+/// The image: GPT, partition 1 a FAT ESP holding `MARKER` and `esp_files`
+/// (source, path in the ESP), partition 2 the restored system's ext4 root.
+fn whole_disk_image(dir: &Path, root: &Path, esp_files: &[(&Path, &str)]) -> std::path::PathBuf {
     let img = gpt_disk_file(
         &dir.join("whole-disk.img"),
-        1 + 16 + 64 + 1,
-        &[(1, 16, "ef00"), (17, 64, "8300")],
+        1 + IMAGE_ESP_MIB + 64 + 1,
+        &[(1, IMAGE_ESP_MIB, "ef00"), (1 + IMAGE_ESP_MIB, 64, "8300")],
     );
     let esp = format!("{}@@{}", img.display(), MIB);
     sh(
         "mformat",
-        &["-i", &esp, "-T", &(16 * MIB / 512).to_string(), "::"],
+        &[
+            "-i",
+            &esp,
+            "-T",
+            &(IMAGE_ESP_MIB * MIB / 512).to_string(),
+            "::",
+        ],
     );
     let marker = dir.join("MARKER");
     std::fs::write(&marker, "the image's own ESP\n").unwrap();
@@ -43,11 +52,18 @@ fn whole_disk_image(dir: &Path, root: &Path) -> std::path::PathBuf {
         "mcopy",
         &["-i", &esp, marker.to_str().unwrap(), "::/MARKER"],
     );
+    if !esp_files.is_empty() {
+        sh("mmd", &["-i", &esp, "::/EFI", "::/EFI/LINUX"]);
+    }
+    for (src, dst) in esp_files {
+        sh("mcopy", &["-i", &esp, src.to_str().unwrap(), dst]);
+    }
     let root_bytes = std::fs::read(root).unwrap();
     assert!(root_bytes.len() as u64 <= 64 * MIB);
     use std::os::unix::fs::FileExt;
     let f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
-    f.write_all_at(&root_bytes, 17 * MIB).unwrap();
+    f.write_all_at(&root_bytes, (1 + IMAGE_ESP_MIB) * MIB)
+        .unwrap();
     f.sync_all().unwrap();
     img
 }
@@ -67,7 +83,12 @@ case $n in
   # only on the staged copies
   sgdisk -Z /dev/vdb >/dev/null
   echo "LR stagings=$(liverestore --json list | grep -o '"name":"web-p[0-9]"' | cut -d'"' -f4 | tr '\n' ' ')"
-  liverestore --json activate web --esp /mnt/esp > /tmp/activate.json
+  if [ -n "$IMAGE_ESP" ]; then
+    liverestore --json activate web --image-esp "$IMAGE_ESP" --append "$APPEND" > /tmp/activate.json
+  else
+    liverestore --json activate web --esp /mnt/esp > /tmp/activate.json
+  fi
+  echo "LR host_esp_files=$(ls /mnt/esp | grep -c liverestore || true)"
   echo "LR root=$(grep -o '"name":"[^"]*"' /tmp/activate.json | head -1 | cut -d'"' -f4)"
   echo "LR companions=$(grep -o '"companions":\[[^]]*\]' /tmp/activate.json)"
   echo "LR numbers=$(grep -o '"number":[0-9]*' /tmp/activate.json | cut -d: -f2 | tr '\n' ' ')"
@@ -96,7 +117,9 @@ esac
 /// The restored system: its root, and its ESP (`/dev/dm-1` when mapped,
 /// `/dev/vda4` when native) with the image's `MARKER`.
 const RESTORED_SYSTEM: &str = r#"
+mount -t efivarfs efivarfs /sys/firmware/efi/efivars 2>/dev/null || true
 echo "LR restored=$(cat /etc/hostname)"
+echo "LR restored_status=$(liverestore --json status | grep -o '"booted_restored":[a-z]*')"
 root=$(awk '$2 == "/" { print $1 }' /proc/mounts)
 echo "LR restored_root=$root"
 case $root in
@@ -111,10 +134,14 @@ reboot -f
 
 /// Stage and boot the whole-disk image; `stage_args` and `free` (MiB of
 /// unallocated space on the old system's disk) choose mapped or native.
+/// With `own_esp`, the image's ESP also holds a program that boots the
+/// image's root — the kernel's EFI stub and an initrd, in
+/// `\EFI\LINUX` — and activation starts it there (`--image-esp`).
 fn run_whole_disk(
     stage_args: &str,
     free: u64,
     init_modules: &[&str],
+    own_esp: bool,
 ) -> (crate::common::vm::GuestRun, String) {
     require_root();
     let t = tempfile::tempdir().unwrap();
@@ -125,17 +152,45 @@ fn run_whole_disk(
         &[VIRTIO_BLK, &["dm-mod"], EXT4].concat(),
         init_modules,
     );
-    let image = whole_disk_image(t.path(), &root);
-    let esp_guid = sh("sgdisk", &["-i", "1", image.to_str().unwrap()])
-        .lines()
-        .find_map(|l| l.strip_prefix("Partition unique GUID: "))
-        .unwrap()
-        .trim()
-        .to_lowercase();
+    let kernel = crate::common::vm::Kernel::get().vmlinuz;
+    let initrd = t.path().join("esp-initrd.img");
+    std::fs::write(
+        &initrd,
+        crate::common::vm::restored_initrd(&[], init_modules),
+    )
+    .unwrap();
+    let esp_files: &[(&Path, &str)] = if own_esp {
+        &[
+            // not at the removable-media path: the firmware would boot the
+            // source image's disk (attached here) by itself
+            (kernel.as_path(), "::/EFI/LINUX/KERNEL.EFI"),
+            (initrd.as_path(), "::/EFI/LINUX/initrd.img"),
+        ]
+    } else {
+        &[]
+    };
+    let image = whole_disk_image(t.path(), &root, esp_files);
+    let guid = |n: &str| {
+        sh("sgdisk", &["-i", n, image.to_str().unwrap()])
+            .lines()
+            .find_map(|l| l.strip_prefix("Partition unique GUID: "))
+            .unwrap()
+            .trim()
+            .to_lowercase()
+    };
+    let own = if own_esp {
+        format!(
+            "IMAGE_ESP='\\EFI\\LINUX\\KERNEL.EFI'\nAPPEND='initrd=\\EFI\\LINUX\\initrd.img root=PARTUUID={} rw console=ttyS0'\n",
+            guid("2")
+        )
+    } else {
+        String::new()
+    };
+    let esp_guid = guid("1");
     let run = old_system_guest(
         vec![disk, image],
         vec!["mkfs.ext4", "e2fsck", "sgdisk", "blkid"],
-        &format!("STAGE_ARGS='{stage_args}'\n{OLD_SYSTEM}"),
+        &format!("STAGE_ARGS='{stage_args}'\n{own}{OLD_SYSTEM}"),
         None,
     )
     .run_ok(&t.path().join("vm"));
@@ -162,7 +217,7 @@ fn assert_set_booted(run: &crate::common::vm::GuestRun) {
 
 #[test]
 fn a_whole_disk_image_boots_with_its_partitions_together() {
-    let (run, _) = run_whole_disk("", 0, &[EXT4, VFAT].concat());
+    let (run, _) = run_whole_disk("", 0, &[EXT4, VFAT].concat(), false);
     assert_set_booted(&run);
     assert_eq!(run.get("restored_root"), "/dev/dm-0");
     assert_eq!(run.get("dm1_name"), "liverestore-p1");
@@ -175,6 +230,7 @@ fn a_whole_disk_image_boots_natively_from_its_own_partitions() {
         "--unallocated --contiguous",
         120,
         &[VIRTIO_BLK, EXT4, VFAT].concat(),
+        false,
     );
     assert_set_booted(&run);
     assert_eq!(run.get("numbers"), "3 4 ", "the root, then the ESP");
@@ -183,5 +239,26 @@ fn a_whole_disk_image_boots_natively_from_its_own_partitions() {
         ("esp_type", "EFI system partition"),
         ("restored_root", "/dev/vda3"),
         ("dm_devices", "0"),
+    ]);
+}
+
+#[test]
+fn a_whole_disk_image_boots_from_its_own_esp() {
+    let (run, esp_guid) = run_whole_disk(
+        "--unallocated --contiguous",
+        120,
+        &[VIRTIO_BLK, EXT4, VFAT, &["efivarfs"]].concat(),
+        true,
+    );
+    assert_set_booted(&run);
+    run.assert_values(&[
+        ("numbers", "3 4 "),
+        ("esp_partuuid", &esp_guid),
+        ("host_esp_files", "0"),
+        ("restored_root", "/dev/vda3"),
+        ("dm_devices", "0"),
+        // started by the image's own program: the firmware's BootCurrent
+        // tells it is a liverestore boot
+        ("restored_status", r#""booted_restored":true"#),
     ]);
 }
