@@ -84,6 +84,12 @@ case $n in
   echo "LR esp_full_activate=$?"
   echo "LR esp_full_left=$(ls /mnt/esp | grep -c liverestore)"
   echo "LR esp_full_activated=$(liverestore --json status | grep -c '"activation":{')"
+  # efivarfs read-only, and no GRUB to fall back to: said, refused (25)
+  mount -o remount,ro /sys/firmware/efi/efivars
+  liverestore activate web --esp /mnt/esp --grub-dir /mnt/host/boot/grub 2>/tmp/ro.err >/dev/null
+  echo "LR ro_efivars_activate=$?"
+  echo "LR ro_efivars_said=$(grep -c 'read-only' /tmp/ro.err)"
+  mount -o remount,rw /sys/firmware/efi/efivars
   rm /mnt/esp/filler
   liverestore activate web --esp /mnt/esp --append lr.test=trial >/tmp/activate.out 2>&1
   echo "LR activate=$?"
@@ -176,6 +182,8 @@ fn uefi_trial_boot_then_back_to_the_old_system() {
         ("esp_full_activate", "13"),
         ("esp_full_left", "0"),
         ("esp_full_activated", "0"),
+        ("ro_efivars_activate", "25"),
+        ("ro_efivars_said", "1"),
         ("activate", "0"),
     ]);
     assert_eq!(run.get("activate_twice"), "22", "one activation at a time");
