@@ -29,8 +29,11 @@ pub const LINUX_FS_TYPE: Uuid = uuid::uuid!("0fc63daf-8483-4772-8e79-3d69d8477de
 pub struct PartitionEntry {
     /// The slot (partition number).
     pub number: u32,
-    /// Its unique partition GUID (`root=PARTUUID=…`).
+    /// GPT: its unique partition GUID (nil on an MBR disk).
     pub guid: Uuid,
+    /// Its PARTUUID as Linux names it (`root=PARTUUID=…`): the GUID, or
+    /// on an MBR disk `SSSSSSSS-NN` (disk signature, number).
+    pub partuuid: String,
     /// Disk bytes `[start, start + length)`.
     pub start: u64,
     pub length: u64,
@@ -46,6 +49,9 @@ pub struct EntryKind {
     pub type_guid: Uuid,
     pub name: String,
     pub attributes: u64,
+    /// Set on an MBR disk: the type byte (GPT's fields are then unused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mbr_type: Option<u8>,
 }
 
 impl EntryKind {
@@ -55,6 +61,7 @@ impl EntryKind {
             type_guid: LINUX_FS_TYPE,
             name: name.into(),
             attributes: 0,
+            mbr_type: None,
         }
     }
 }
@@ -234,6 +241,154 @@ pub fn edit_table<T>(disk: &Path, ss: u64, edit: impl FnOnce(&mut GPT) -> Result
     Ok(out)
 }
 
+/// The kind of partition table a disk's first sector announces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TableKind {
+    Gpt,
+    Mbr,
+}
+
+/// GPT (a protective MBR), MBR, or nothing usable.
+pub fn table_kind(sector0: &[u8]) -> Option<TableKind> {
+    if sector0.get(510..512) != Some(&[0x55, 0xaa][..]) {
+        return None;
+    }
+    let protective = (0..4).any(|i| sector0[446 + 16 * i + 4] == 0xee);
+    Some(if protective {
+        TableKind::Gpt
+    } else {
+        TableKind::Mbr
+    })
+}
+
+/// MBR: add a primary entry of type `sys` covering disk bytes
+/// `[start, start + length)` in the lowest free primary slot (1–4);
+/// returns the slot. Refused: not whole sectors, beyond what 32-bit sector
+/// numbers reach, overlapping any partition (logical ones too), no free
+/// primary slot.
+pub fn mbr_add(mbr: &mut mbrman::MBR, start: u64, length: u64, sys: u8) -> Result<u32> {
+    let ss = u64::from(mbr.sector_size);
+    if length == 0 || !start.is_multiple_of(ss) || !length.is_multiple_of(ss) {
+        return Err(refuse(
+            ErrorKind::UnsupportedDevice,
+            format!("bytes {start}+{length} are not whole {ss}-byte sectors"),
+        ));
+    }
+    let (first, count) = (start / ss, length / ss);
+    let (Ok(first32), Ok(count32)) = (u32::try_from(first), u32::try_from(count)) else {
+        return Err(refuse(
+            ErrorKind::UnsupportedDevice,
+            format!("sectors {first}+{count} are beyond what an MBR entry can name"),
+        ));
+    };
+    let last = first + count - 1;
+    if let Some((n, _)) = mbr.iter().find(|(_, e)| {
+        e.is_used()
+            && u64::from(e.starting_lba) <= last
+            && first < u64::from(e.starting_lba) + u64::from(e.sectors)
+    }) {
+        return Err(refuse(
+            ErrorKind::UnsupportedDevice,
+            format!("sectors {first}..={last} overlap partition {n}"),
+        ));
+    }
+    let slot = (1..=4usize).find(|&i| mbr[i].is_unused()).ok_or_else(|| {
+        refuse(
+            ErrorKind::NoSpace,
+            "all four primary slots of the MBR are in use".into(),
+        )
+    })?;
+    mbr[slot] = mbrman::MBRPartitionEntry {
+        boot: mbrman::BOOT_INACTIVE,
+        first_chs: mbrman::CHS::empty(),
+        sys,
+        last_chs: mbrman::CHS::empty(),
+        starting_lba: first32,
+        sectors: count32,
+    };
+    Ok(slot as u32)
+}
+
+/// MBR: empty primary slot `number` if it still covers exactly
+/// `[start, start + length)`; whether it did.
+pub fn mbr_remove(mbr: &mut mbrman::MBR, number: u32, start: u64, length: u64) -> bool {
+    let ss = u64::from(mbr.sector_size);
+    let i = number as usize;
+    let ours = (1..=4).contains(&i)
+        && mbr[i].is_used()
+        && u64::from(mbr[i].starting_lba) * ss == start
+        && u64::from(mbr[i].sectors) * ss == length;
+    if ours {
+        mbr[i] = mbrman::MBRPartitionEntry::empty();
+    }
+    ours
+}
+
+/// The PARTUUID Linux gives partition `number` of an MBR disk.
+pub fn mbr_partuuid(mbr: &mbrman::MBR, number: u32) -> String {
+    format!(
+        "{:08x}-{number:02x}",
+        u32::from_le_bytes(mbr.header.disk_signature)
+    )
+}
+
+/// Read the MBR of `disk`, apply `edit`, and write sector 0 back through
+/// [`DiskWriter`]. Disks with logical partitions are refused (their
+/// tables are spread over the disk).
+pub fn edit_mbr<T>(
+    disk: &Path,
+    ss: u64,
+    edit: impl FnOnce(&mut mbrman::MBR) -> Result<T>,
+) -> Result<T> {
+    let mut mbr = read_mbr(disk, ss)?;
+    let mut overlay = TableAreas {
+        areas: vec![(0, crate::disk_io::read_raw(disk, 0, ss as usize)?)],
+        pos: 0,
+    };
+    let out = edit(&mut mbr)?;
+    mbr.write_into(&mut overlay).map_err(|e| {
+        Error::new(
+            ErrorKind::Corrupt,
+            format!("cannot write the partition table: {e}"),
+        )
+        .with_path(disk)
+    })?;
+    let (start, bytes) = overlay.areas.remove(0);
+    let mut buf = AlignedBuf::new(bytes.len());
+    buf.copy_from_slice(&bytes);
+    let mut w = DiskWriter::open(
+        disk,
+        ExtentMap::contiguous(start, ss)?,
+        vec![(start, start + ss)],
+        ss,
+    )?;
+    w.write_at(0, &buf)?;
+    w.sync()?;
+    Ok(out)
+}
+
+/// The MBR of `disk`, refused when it has logical partitions.
+pub fn read_mbr(disk: &Path, ss: u64) -> Result<mbrman::MBR> {
+    let mut f = std::fs::File::open(disk)
+        .op(|| "open the disk".into())
+        .map_err(|e| e.with_path(disk))?;
+    let mbr = mbrman::MBR::read_from(&mut f, ss as u32).map_err(|e| {
+        Error::new(
+            ErrorKind::UnsupportedDevice,
+            format!("cannot read the MBR ({e})"),
+        )
+        .with_path(disk)
+    })?;
+    if !mbr.logical_partitions.is_empty() || mbr.iter().any(|(_, e)| e.is_extended()) {
+        return Err(Error::new(
+            ErrorKind::UnsupportedDevice,
+            "the MBR has an extended partition: native activation on such disks is not supported (it boots mapped)",
+        )
+        .with_path(disk));
+    }
+    Ok(mbr)
+}
+
 /// Tell the running kernel about `entry` (BLKPG); a partition it already
 /// knows at that number is fine.
 pub fn kernel_add(disk: &Path, entry: &PartitionEntry) -> Result<()> {
@@ -386,6 +541,47 @@ mod tests {
         }
         // (entries of sector 0..0 overlap nothing in range 20 MiB..)
         assert_eq!(kind(add(&mut gpt, 20 * MIB, MIB, x, g)), ErrorKind::NoSpace);
+    }
+
+    #[test]
+    fn mbr_entries_in_a_free_primary_slot() {
+        let mut disk = std::io::Cursor::new(vec![0u8; (100 * MIB) as usize]);
+        let mut mbr = mbrman::MBR::new_from(&mut disk, 512, [0x78, 0x56, 0x34, 0x12]).unwrap();
+        mbr[1] = mbrman::MBRPartitionEntry {
+            boot: mbrman::BOOT_INACTIVE,
+            first_chs: mbrman::CHS::empty(),
+            sys: 0x83,
+            last_chs: mbrman::CHS::empty(),
+            starting_lba: 2048,
+            sectors: (10 * MIB / 512) as u32,
+        };
+        assert_eq!(
+            mbr_add(&mut mbr, 5 * MIB, MIB, 0x83).unwrap_err().kind(),
+            ErrorKind::UnsupportedDevice,
+            "overlaps partition 1"
+        );
+        let n = mbr_add(&mut mbr, 20 * MIB, 30 * MIB, 0x83).unwrap();
+        assert_eq!(n, 2);
+        assert_eq!(mbr_partuuid(&mbr, n), "12345678-02");
+        assert_eq!(mbr[2].starting_lba, (20 * MIB / 512) as u32);
+        // written and read back
+        mbr.write_into(&mut disk).unwrap();
+        disk.set_position(0);
+        let mut back = mbrman::MBR::read_from(&mut disk, 512).unwrap();
+        assert_eq!(back[2], mbr[2]);
+        assert_eq!(table_kind(&disk.get_ref()[..512]), Some(TableKind::Mbr));
+        assert!(!mbr_remove(&mut back, 2, 20 * MIB, MIB), "not that range");
+        assert!(mbr_remove(&mut back, 2, 20 * MIB, 30 * MIB));
+        assert!(back[2].is_unused());
+        // no free primary slot
+        for i in 2..=4u64 {
+            mbr_add(&mut back, (20 + 10 * i) * MIB, MIB, 0x83).unwrap();
+        }
+        assert_eq!(
+            mbr_add(&mut back, 90 * MIB, MIB, 0x83).unwrap_err().kind(),
+            ErrorKind::NoSpace
+        );
+        assert_eq!(table_kind(&[0u8; 512]), None);
     }
 
     #[test]

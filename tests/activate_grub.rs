@@ -6,8 +6,8 @@
 //! activation refused, `rollback` restoring every file as it was; the
 //! refusals (exit 25): a `grub.cfg` that ignores `next_entry`, GRUB on
 //! another disk, a `grubenv` GRUB could not rewrite in place. And the
-//! native boot of an image staged whole in unallocated space: a GPT entry
-//! in a free slot over exactly its bytes, known to the kernel at once
+//! native boot of an image staged whole in unallocated space: a GPT (or
+//! MBR) entry in a free slot over exactly its bytes, known to the kernel at once
 //! (BLKPG), `root=PARTUUID=…`, the image's initrd as it is; rollback takes
 //! the entry out of the table and the kernel. Booting them is shown in
 //! guests (`tests/guest/grub.rs`, `tests/guest/native.rs`).
@@ -352,10 +352,28 @@ fn grub_activation_refusals() {
 
 #[test]
 fn native_activation_adds_a_partition_over_exactly_the_image() {
+    native_activation(false);
+}
+
+#[test]
+fn native_activation_on_an_mbr_disk() {
+    native_activation(true);
+}
+
+/// The partition table as text, to compare before and after.
+fn table_text(dev: &str, mbr: bool) -> String {
+    if mbr {
+        sh("sfdisk", &["-d", dev])
+    } else {
+        sh("sgdisk", &["-p", dev])
+    }
+}
+
+fn native_activation(mbr: bool) {
     require_root();
     let t = tempfile::tempdir().unwrap();
     // ext4 at 1..151 MiB; the rest of the disk is unallocated
-    let mut disk = LoopDisk::with_partitions(&t.path().join("d"), 300, &[(Fs::Ext4, 1, 150)]);
+    let mut disk = LoopDisk::with_table(&t.path().join("d"), 300, &[(Fs::Ext4, 1, 150)], mbr);
     let cli = Cli::new(t.path());
     let img = system_image(t.path());
     let image = std::fs::read(&img).unwrap();
@@ -387,7 +405,7 @@ fn native_activation_adds_a_partition_over_exactly_the_image() {
         .expect("a run outside the ext4");
     assert_eq!(image_run.0 % MIB, 0, "starts on a MiB boundary");
     let helper = helper();
-    let before = sh("sgdisk", &["-p", &disk.dev]);
+    let before = table_text(&disk.dev, mbr);
     let out = cli.json(&[
         "--json",
         "activate",
@@ -401,15 +419,32 @@ fn native_activation_adds_a_partition_over_exactly_the_image() {
     ]);
     let n = &out["activation"]["native"][0];
     assert_eq!(n["partition"]["number"], 2, "{out}");
-    let guid = n["partition"]["guid"].as_str().unwrap().to_string();
+    let guid = n["partition"]["partuuid"].as_str().unwrap().to_string();
     let start = n["partition"]["start"].as_u64().unwrap();
     assert_eq!(start, image_run.0);
     // in the table (other partitions as they were) and in the kernel
-    let table = sh("sgdisk", &["-i", "2", &disk.dev]);
-    assert!(table.to_lowercase().contains(&guid), "{table}");
-    assert!(table.contains("liverestore sys"), "{table}");
-    assert!(sh("sgdisk", &["-v", &disk.dev]).contains("No problems found"));
     let part = format!("{}p2", disk.dev);
+    if mbr {
+        assert_eq!(guid, "1234abcd-02", "the disk signature, the number");
+        let table = table_text(&disk.dev, true);
+        let line = format!(
+            "{part} : start={}, size={}, type=83",
+            start / 512,
+            image.len() / 512
+        );
+        assert!(
+            table
+                .lines()
+                .any(|l| l.split_whitespace().collect::<String>()
+                    == line.split_whitespace().collect::<String>()),
+            "{line} not in\n{table}"
+        );
+    } else {
+        let table = sh("sgdisk", &["-i", "2", &disk.dev]);
+        assert!(table.to_lowercase().contains(&guid), "{table}");
+        assert!(table.contains("liverestore sys"), "{table}");
+        assert!(sh("sgdisk", &["-v", &disk.dev]).contains("No problems found"));
+    }
     let sectors: u64 = std::fs::read_to_string(format!(
         "/sys/class/block/{}/size",
         Path::new(&part).file_name().unwrap().to_str().unwrap()
@@ -442,8 +477,7 @@ fn native_activation_adds_a_partition_over_exactly_the_image() {
     // rollback: out of the kernel and the table; the table as it was
     cli.expect(0, &["rollback"]);
     assert!(!Path::new(&part).exists(), "the kernel forgot {part}");
-    assert_eq!(sh("sgdisk", &["-p", &disk.dev]), before);
-    assert!(sh("sgdisk", &["-v", &disk.dev]).contains("No problems found"));
+    assert_eq!(table_text(&disk.dev, mbr), before);
     // --boot mapped on the same staging: no partition
     let out = cli.json(&[
         "--json",
@@ -459,7 +493,7 @@ fn native_activation_adds_a_partition_over_exactly_the_image() {
         &helper,
     ]);
     assert!(out["activation"]["native"].is_null(), "{out}");
-    assert_eq!(sh("sgdisk", &["-p", &disk.dev]), before);
+    assert_eq!(table_text(&disk.dev, mbr), before);
     cli.expect(0, &["rollback"]);
     cli.expect(0, &["discard", "sys"]);
     disk.unmount();

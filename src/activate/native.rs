@@ -13,7 +13,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::partition_entry::{self, EntryKind, PartitionEntry};
+use crate::partition_entry::{self, EntryKind, PartitionEntry, TableKind};
 use crate::record::StagingRecord;
 
 /// One partition entry a native activation added.
@@ -30,7 +30,7 @@ pub struct NativeBoot {
 impl NativeBoot {
     /// The root argument of the restored system's boot.
     pub fn root_arg(&self) -> String {
-        format!("root=PARTUUID={}", self.partition.guid)
+        format!("root=PARTUUID={}", self.partition.partuuid)
     }
 }
 
@@ -65,6 +65,7 @@ fn kind_of(rec: &StagingRecord) -> (EntryKind, Option<uuid::Uuid>) {
                     .filter(|l| !l.is_empty())
                     .unwrap_or_else(|| format!("liverestore {}", rec.name)),
                 attributes: e.attributes,
+                mbr_type: e.mbr_type,
             },
             parse(&e.guid),
         ),
@@ -73,58 +74,135 @@ fn kind_of(rec: &StagingRecord) -> (EntryKind, Option<uuid::Uuid>) {
 }
 
 /// Plan the entries of `recs` (all staged natively; the root first) in
-/// a copy of the disk's table: nothing is written. Refused when one is not
-/// contiguous outside every partition, the disk has no GPT, or an entry
-/// does not fit.
+/// a copy of the disk's table (GPT, or an MBR without logical partitions):
+/// nothing is written. Refused when one is not contiguous outside every
+/// partition, the disk has no usable table, or an entry does not fit.
 pub fn prepare(recs: &[&StagingRecord]) -> Result<Vec<NativeBoot>> {
     let first = recs.first().expect("at least the root");
     let disk = Path::new(&first.disk.path);
     let ss = u64::from(first.disk.logical_sector_size).max(512);
-    let mut f =
-        std::fs::File::open(disk).map_err(|e| Error::io("open the disk", e).with_path(disk))?;
-    let mut gpt = gptman::GPT::read_from(&mut f, ss).map_err(|e| {
-        Error::new(
-            ErrorKind::UnsupportedDevice,
-            format!("no usable GPT on {} ({e})", disk.display()),
-        )
-    })?;
-    let mut out = Vec::new();
-    for rec in recs {
-        let (start, length) = image_range(rec).ok_or_else(|| {
-            Error::new(
-                ErrorKind::InvalidState,
-                format!(
-                    "'{}' is not one contiguous range outside every partition: stage it with --unallocated --contiguous to boot it natively",
-                    rec.name
-                ),
-            )
-        })?;
-        let (kind, wanted) = kind_of(rec);
-        // The image's own GUID, unless this disk or (as udev knows them)
-        // another one already has it: root=PARTUUID must be unambiguous.
-        let guid = wanted
-            .filter(|g| {
-                !partition_entry::guid_in_use(&gpt, *g)
-                    && !Path::new("/dev/disk/by-partuuid")
-                        .join(g.to_string())
-                        .exists()
+    let sector0 = crate::disk_io::read_raw(disk, 0, 512)?;
+    let ranges = recs
+        .iter()
+        .map(|rec| {
+            image_range(rec).ok_or_else(|| {
+                Error::new(
+                    ErrorKind::InvalidState,
+                    format!(
+                        "'{}' is not one contiguous range outside every partition: stage it with --unallocated --contiguous to boot it natively",
+                        rec.name
+                    ),
+                )
             })
-            .unwrap_or_else(uuid::Uuid::new_v4);
-        let number = partition_entry::add(&mut gpt, start, length, &kind, guid)?;
-        out.push(NativeBoot {
-            staging: rec.name.clone(),
-            disk: rec.disk.path.clone(),
-            sector_size: ss,
-            kind,
-            partition: PartitionEntry {
-                number,
-                guid,
-                start,
-                length,
-            },
-        });
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut out = Vec::new();
+    match partition_entry::table_kind(&sector0) {
+        Some(TableKind::Gpt) => {
+            let mut f = std::fs::File::open(disk)
+                .map_err(|e| Error::io("open the disk", e).with_path(disk))?;
+            let mut gpt = gptman::GPT::read_from(&mut f, ss).map_err(|e| {
+                Error::new(
+                    ErrorKind::UnsupportedDevice,
+                    format!("no usable GPT on {} ({e})", disk.display()),
+                )
+            })?;
+            for (rec, &(start, length)) in recs.iter().zip(&ranges) {
+                let (kind, wanted) = kind_of(rec);
+                let kind = EntryKind {
+                    mbr_type: None,
+                    ..kind
+                };
+                // The image's own GUID, unless this disk or (as udev knows
+                // them) another one already has it: root=PARTUUID must be
+                // unambiguous.
+                let guid = wanted
+                    .filter(|g| {
+                        !partition_entry::guid_in_use(&gpt, *g)
+                            && !Path::new("/dev/disk/by-partuuid")
+                                .join(g.to_string())
+                                .exists()
+                    })
+                    .unwrap_or_else(uuid::Uuid::new_v4);
+                let number = partition_entry::add(&mut gpt, start, length, &kind, guid)?;
+                out.push(native_boot(
+                    rec,
+                    ss,
+                    kind,
+                    number,
+                    guid,
+                    guid.to_string(),
+                    start,
+                    length,
+                ));
+            }
+        }
+        Some(TableKind::Mbr) => {
+            let mut mbr = partition_entry::read_mbr(disk, ss)?;
+            for (rec, &(start, length)) in recs.iter().zip(&ranges) {
+                let (kind, _) = kind_of(rec);
+                let kind = EntryKind {
+                    mbr_type: Some(kind.mbr_type.unwrap_or(0x83)),
+                    ..kind
+                };
+                let sys = kind.mbr_type.unwrap_or(0x83);
+                let number = partition_entry::mbr_add(&mut mbr, start, length, sys)?;
+                let partuuid = partition_entry::mbr_partuuid(&mbr, number);
+                out.push(native_boot(
+                    rec,
+                    ss,
+                    kind,
+                    number,
+                    uuid::Uuid::nil(),
+                    partuuid,
+                    start,
+                    length,
+                ));
+            }
+        }
+        None => {
+            return Err(Error::new(
+                ErrorKind::UnsupportedDevice,
+                format!("{} has no partition table", disk.display()),
+            ));
+        }
     }
     Ok(out)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn native_boot(
+    rec: &StagingRecord,
+    sector_size: u64,
+    kind: EntryKind,
+    number: u32,
+    guid: uuid::Uuid,
+    partuuid: String,
+    start: u64,
+    length: u64,
+) -> NativeBoot {
+    NativeBoot {
+        staging: rec.name.clone(),
+        disk: rec.disk.path.clone(),
+        sector_size,
+        kind,
+        partition: PartitionEntry {
+            number,
+            guid,
+            partuuid,
+            start,
+            length,
+        },
+    }
+}
+
+fn changed(number: u32, planned: u32) -> Error {
+    Error::new(
+        ErrorKind::MapChanged,
+        format!(
+            "the partition table changed since activation began (slot {number}, not {planned})"
+        ),
+    )
 }
 
 /// Write the entries planned by [`prepare`] (one table write) and tell
@@ -134,22 +212,30 @@ pub fn arm(entries: &[NativeBoot]) -> Result<()> {
         return Ok(());
     };
     let disk = Path::new(&first.disk);
-    partition_entry::edit_table(disk, first.sector_size, |gpt| {
-        for n in entries {
-            let p = &n.partition;
-            let number = partition_entry::add(gpt, p.start, p.length, &n.kind, p.guid)?;
-            if number != p.number {
-                return Err(Error::new(
-                    ErrorKind::MapChanged,
-                    format!(
-                        "the partition table changed since activation began (slot {number}, not {})",
-                        p.number
-                    ),
-                ));
+    if first.kind.mbr_type.is_some() {
+        partition_entry::edit_mbr(disk, first.sector_size, |mbr| {
+            for n in entries {
+                let p = &n.partition;
+                let sys = n.kind.mbr_type.unwrap_or(0x83);
+                let number = partition_entry::mbr_add(mbr, p.start, p.length, sys)?;
+                if number != p.number {
+                    return Err(changed(number, p.number));
+                }
             }
-        }
-        Ok(())
-    })?;
+            Ok(())
+        })?;
+    } else {
+        partition_entry::edit_table(disk, first.sector_size, |gpt| {
+            for n in entries {
+                let p = &n.partition;
+                let number = partition_entry::add(gpt, p.start, p.length, &n.kind, p.guid)?;
+                if number != p.number {
+                    return Err(changed(number, p.number));
+                }
+            }
+            Ok(())
+        })?;
+    }
     for n in entries {
         partition_entry::kernel_add(disk, &n.partition)?;
     }
@@ -166,10 +252,20 @@ pub fn disarm(entries: &[NativeBoot]) -> Result<()> {
     for n in entries {
         partition_entry::kernel_remove(disk, &n.partition)?;
     }
-    partition_entry::edit_table(disk, first.sector_size, |gpt| {
-        for n in entries {
-            partition_entry::remove(gpt, n.partition.number, n.partition.guid)?;
-        }
-        Ok(())
-    })
+    if first.kind.mbr_type.is_some() {
+        partition_entry::edit_mbr(disk, first.sector_size, |mbr| {
+            for n in entries {
+                let p = &n.partition;
+                partition_entry::mbr_remove(mbr, p.number, p.start, p.length);
+            }
+            Ok(())
+        })
+    } else {
+        partition_entry::edit_table(disk, first.sector_size, |gpt| {
+            for n in entries {
+                partition_entry::remove(gpt, n.partition.number, n.partition.guid)?;
+            }
+            Ok(())
+        })
+    }
 }

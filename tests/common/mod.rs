@@ -245,6 +245,12 @@ impl LoopDisk {
     /// disk's `part`, the others are in `others`. Bytes outside them stay
     /// unallocated.
     pub fn with_partitions(dir: &Path, disk_mib: u64, parts: &[(Fs, u64, u64)]) -> LoopDisk {
+        LoopDisk::with_table(dir, disk_mib, parts, false)
+    }
+
+    /// As [`LoopDisk::with_partitions`], with an MBR (`mbr`, primary
+    /// partitions, disk signature 0x1234abcd) instead of a GPT.
+    pub fn with_table(dir: &Path, disk_mib: u64, parts: &[(Fs, u64, u64)], mbr: bool) -> LoopDisk {
         require_root();
         fs::create_dir_all(dir).unwrap();
         let file = dir.join("disk.img");
@@ -256,7 +262,30 @@ impl LoopDisk {
         w.flush().unwrap();
         drop(w);
         f.sync_all().unwrap();
-        for (i, &(_, start, size)) in parts.iter().enumerate() {
+        if mbr {
+            let mut script = String::from("label: dos\nlabel-id: 0x1234abcd\n");
+            for &(_, start, size) in parts {
+                script.push_str(&format!(
+                    "start={}, size={}, type=83\n",
+                    start * MIB / SECTOR,
+                    size * MIB / SECTOR
+                ));
+            }
+            let mut child = Command::new("sfdisk")
+                .args(["-q", file.to_str().unwrap()])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap();
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(script.as_bytes())
+                .unwrap();
+            assert!(child.wait().unwrap().success(), "sfdisk failed");
+        }
+        for (i, &(_, start, size)) in parts.iter().enumerate().filter(|_| !mbr) {
             sh(
                 "sgdisk",
                 &[
