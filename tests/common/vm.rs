@@ -153,6 +153,10 @@ pub struct Guest {
 /// (boot.img in the MBR, core.img in the BIOS boot partition). Later runs
 /// boot what the disk holds.
 pub struct Bios {
+    /// GRUB for UEFI instead (with `Guest::uefi` set): its image is the
+    /// ESP's `\EFI\BOOT\BOOTX64.EFI`, which the firmware starts before
+    /// its shell; `core_offset` is then unused.
+    pub efi: bool,
     /// The BIOS boot partition (type ef02) that holds GRUB's core image.
     pub core_offset: u64,
     /// The old system's ext4 partition and its GPT number.
@@ -680,7 +684,12 @@ impl Guest {
     /// Make the old system's ext4 and install GRUB on `disks[0]` (see
     /// [`Bios`]), unless a first run did.
     fn install_grub(&self, b: &Bios, kernel: &Kernel, initrd: &Path, append: &str) {
-        const GRUB_PC: &str = "/usr/lib/grub/i386-pc";
+        let (platform, format) = if b.efi {
+            ("x86_64-efi", "x86_64-efi")
+        } else {
+            ("i386-pc", "i386-pc")
+        };
+        let grub_lib = format!("/usr/lib/grub/{platform}");
         let disk = &self.disks[0];
         let mut f = fs::OpenOptions::new()
             .read(true)
@@ -699,11 +708,11 @@ impl Guest {
         let work = initrd.with_file_name("bios");
         let tree = work.join("tree");
         let grub = tree.join("boot/grub");
-        fs::create_dir_all(grub.join("i386-pc")).unwrap();
-        for e in fs::read_dir(GRUB_PC).unwrap().flatten() {
+        fs::create_dir_all(grub.join(platform)).unwrap();
+        for e in fs::read_dir(&grub_lib).unwrap().flatten() {
             let n = e.file_name().to_string_lossy().to_string();
             if n.ends_with(".mod") || n.ends_with(".lst") {
-                fs::copy(e.path(), grub.join("i386-pc").join(&n)).unwrap();
+                fs::copy(e.path(), grub.join(platform).join(&n)).unwrap();
             }
         }
         fs::copy(&kernel.vmlinuz, tree.join("boot/vmlinuz")).unwrap();
@@ -730,26 +739,43 @@ impl Guest {
             ],
         );
         let core = work.join("core.img");
+        let disk_module = if b.efi { "fat" } else { "biosdisk" };
         super::sh(
             "grub-mkimage",
             &[
                 "-d",
-                GRUB_PC,
+                &grub_lib,
                 "-O",
-                "i386-pc",
+                format,
                 "-p",
                 &format!("(hd0,gpt{})/boot/grub", b.root_partition),
                 "-o",
                 core.to_str().unwrap(),
-                "biosdisk",
+                disk_module,
                 "part_gpt",
                 "ext2",
             ],
         );
+        if let (true, Some(u)) = (b.efi, &self.uefi) {
+            // the removable-media path, which the firmware tries first
+            let esp = format!("{}@@{}", disk.display(), u.esp_offset);
+            super::sh("mmd", &["-i", &esp, "::/EFI", "::/EFI/BOOT"]);
+            super::sh(
+                "mcopy",
+                &[
+                    "-i",
+                    &esp,
+                    core.to_str().unwrap(),
+                    "::/EFI/BOOT/BOOTX64.EFI",
+                ],
+            );
+            f.sync_all().unwrap();
+            return;
+        }
         let core = fs::read(&core).unwrap();
         assert!(core.len() as u64 <= b.root_offset - b.core_offset);
         let core_lba = b.core_offset / 512;
-        let boot = fs::read(format!("{GRUB_PC}/boot.img")).unwrap();
+        let boot = fs::read(format!("{grub_lib}/boot.img")).unwrap();
         use std::io::{Seek, SeekFrom};
         // core.img, told where its second sector is (diskboot's block
         // list: the start sector at byte 500 of its first sector)

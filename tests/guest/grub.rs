@@ -11,7 +11,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use crate::common::vm::{Bios, DM_OVER_LOOP, EXT4, Guest, VIRTIO_BLK};
+use crate::common::vm::{Bios, DM_OVER_LOOP, EXT4, Guest, GuestRun, Uefi, VIRTIO_BLK};
 use crate::common::*;
 
 const ROOT_MIB: u64 = 360;
@@ -23,6 +23,49 @@ fn host_disk(dir: &Path) -> std::path::PathBuf {
         3 + ROOT_MIB,
         &[(1, 1, "ef02"), (2, ROOT_MIB, "8300")],
     )
+}
+
+/// The ESP of the UEFI variant (the harness also keeps the old system's
+/// own boot files there), before the ext4.
+const EFI_ESP_MIB: u64 = 64;
+
+/// GRUB on the old system's disk: BIOS (boot.img and core.img) or UEFI
+/// (`\EFI\BOOT\BOOTX64.EFI` on an ESP, booted by OVMF).
+fn grub_guest(dir: &Path, efi: bool, image: std::path::PathBuf, scenario: &str) -> Guest {
+    let (disk, root_offset, uefi) = if efi {
+        let disk = gpt_disk_file(
+            &dir.join("host-disk.img"),
+            2 + EFI_ESP_MIB + ROOT_MIB,
+            &[
+                (1, EFI_ESP_MIB, "ef00"),
+                (1 + EFI_ESP_MIB, ROOT_MIB, "8300"),
+            ],
+        );
+        let uefi = Uefi {
+            esp_offset: MIB,
+            esp_size: EFI_ESP_MIB * MIB,
+            vars: Some(dir.join("OVMF_VARS.fd")),
+        };
+        (disk, (1 + EFI_ESP_MIB) * MIB, Some(uefi))
+    } else {
+        (host_disk(dir), 2 * MIB, None)
+    };
+    Guest {
+        modules: [VIRTIO_BLK, EXT4, DM_OVER_LOOP].concat(),
+        binaries: vec!["e2fsck"],
+        disks: vec![disk, image],
+        scenario: scenario.into(),
+        timeout: Duration::from_secs(600),
+        bios: Some(Bios {
+            efi,
+            core_offset: MIB,
+            root_offset,
+            root_size: ROOT_MIB * MIB,
+            root_partition: 2,
+        }),
+        uefi,
+        ..Guest::default()
+    }
 }
 
 const OLD_SYSTEM: &str = r#"
@@ -114,30 +157,26 @@ reboot -f
 
 #[test]
 fn bios_grub_trial_boot_then_back_to_the_old_system() {
+    grub_trial(false);
+}
+
+/// The same under OVMF, GRUB started from the ESP: without efivarfs
+/// mounted, `activate` falls back to GRUB just the same.
+#[test]
+fn uefi_grub_trial_boot_then_back_to_the_old_system() {
+    grub_trial(true);
+}
+
+fn grub_trial(efi: bool) -> GuestRun {
     require_root();
     let t = tempfile::tempdir().unwrap();
-    let disk = host_disk(t.path());
     let image = crate::common::vm::bootable_restored_image(
         t.path(),
         RESTORED_SYSTEM,
         &[VIRTIO_BLK, &["dm-mod"], EXT4].concat(),
         EXT4,
     );
-    let run = Guest {
-        modules: [VIRTIO_BLK, EXT4, DM_OVER_LOOP].concat(),
-        binaries: vec!["e2fsck"],
-        disks: vec![disk, image],
-        scenario: OLD_SYSTEM.into(),
-        timeout: Duration::from_secs(600),
-        bios: Some(Bios {
-            core_offset: MIB,
-            root_offset: 2 * MIB,
-            root_size: ROOT_MIB * MIB,
-            root_partition: 2,
-        }),
-        ..Guest::default()
-    }
-    .run_ok(&t.path().join("vm"));
+    let run = grub_guest(t.path(), efi, image, OLD_SYSTEM).run_ok(&t.path().join("vm"));
     // boot 1: the old system stages and activates; no efivarfs: GRUB
     assert_eq!(run.get("old_boot_1"), "yes");
     let extents: usize = run.get("extents").parse().unwrap();
@@ -208,6 +247,7 @@ fn bios_grub_trial_boot_then_back_to_the_old_system() {
         "LR restored_boot_3",
         "LR old_boot_3",
     ]);
+    run
 }
 
 /// The old system of the power-loss runs: one initramfs for all of them
@@ -302,6 +342,7 @@ fn grub_power_loss_leaves_a_bootable_machine() {
             scenario: OLD_SYSTEM_POWER_LOSS.into(),
             timeout: Duration::from_secs(300),
             bios: Some(Bios {
+                efi: false,
                 core_offset: MIB,
                 root_offset: 2 * MIB,
                 root_size: ROOT_MIB * MIB,
