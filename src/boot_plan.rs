@@ -121,13 +121,7 @@ impl BootPlan {
             ));
         }
         rec.check_not_customizing()?;
-        let map = rec.map.as_ref().ok_or_else(|| {
-            Error::new(
-                ErrorKind::InvalidState,
-                format!("'{}' has no map", rec.name),
-            )
-        })?;
-        let header_offset = map.translate(0, 512)?[0].disk;
+        let header_offset = rec.header_disk_offset()?;
         let extents = rec
             .image_map()?
             .extents()

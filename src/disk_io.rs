@@ -153,6 +153,24 @@ impl DiskWriter {
         DiskWriter::open(&target.disk_path, map, rec.disk_bounds(), target.io_align())
     }
 
+    /// Write `data` at disk byte `start` of `disk` and flush: a writer
+    /// whose map and bounds are exactly those bytes (a partition table's
+    /// sectors, GRUB's environment block), so it can reach nothing else.
+    /// `start` and the length must be multiples of `align`.
+    pub fn write_range(disk: &Path, start: u64, data: &[u8], align: u64) -> Result<()> {
+        let len = data.len() as u64;
+        let mut w = DiskWriter::open(
+            disk,
+            ExtentMap::contiguous(start, len)?,
+            vec![(start, start + len)],
+            align,
+        )?;
+        let mut buf = AlignedBuf::new(data.len());
+        buf.copy_from_slice(data);
+        w.write_at(0, &buf)?;
+        w.sync()
+    }
+
     /// As [`DiskWriter::open`] on an already open file (tests use a
     /// regular file as the disk).
     pub fn from_file(

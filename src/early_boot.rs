@@ -156,9 +156,7 @@ fn assemble(mounted: &mut Vec<&'static str>, params: &mut BootParams) -> Result<
     // The image's other partitions, each checked by its own header.
     let node = Path::new("/dev").join(&name);
     for c in &plan.companions {
-        let block = crate::disk_io::read_raw(&node, c.header_offset, header::BLOCK0_SIZE)?;
-        let b0 = header::decode_block0(&block)?;
-        if b0.id != c.id || b0.self_disk_offset != c.header_offset {
+        if !holds_header(&node, c.header_offset, c.id) {
             return Err(Error::new(
                 ErrorKind::MapChanged,
                 format!(
@@ -180,6 +178,14 @@ fn assemble(mounted: &mut Vec<&'static str>, params: &mut BootParams) -> Result<
         );
     }
     Ok(info.path())
+}
+
+/// Whether `disk` holds, at `offset`, the header block 0 of staging `id`
+/// (written for that offset).
+fn holds_header(disk: &Path, offset: u64, id: uuid::Uuid) -> bool {
+    crate::disk_io::read_raw(disk, offset, header::BLOCK0_SIZE)
+        .and_then(|b| header::decode_block0(&b))
+        .is_ok_and(|b0| b0.id == id && b0.self_disk_offset == offset)
 }
 
 /// The disk holding the plan's staging: name and "major:minor".
@@ -206,16 +212,7 @@ fn find_disk(plan: &BootPlan, wait: Duration) -> Result<(String, String)> {
             if !seen.contains(&name) {
                 seen.push(name.clone());
             }
-            let node = Path::new("/dev").join(&name);
-            let Ok(block) =
-                crate::disk_io::read_raw(&node, plan.header_offset, header::BLOCK0_SIZE)
-            else {
-                continue;
-            };
-            if let Ok(b0) = header::decode_block0(&block)
-                && b0.id == plan.id
-                && b0.self_disk_offset == plan.header_offset
-            {
+            if holds_header(&Path::new("/dev").join(&name), plan.header_offset, plan.id) {
                 return Ok((name, read("dev").trim().to_string()));
             }
         }

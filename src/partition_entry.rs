@@ -8,7 +8,8 @@
 //! [`add`] and [`remove`] edit a table in memory (unit-tested on a table
 //! in a `Vec`); [`edit_table`] reads the disk's table, applies an edit and
 //! writes the result — the primary and backup areas, collected in memory
-//! as gptman writes them — through [`DiskWriter`], confined to those areas.
+//! as gptman writes them — through [`DiskWriter::write_range`], confined
+//! to those areas ([`edit_mbr`]: sector 0).
 
 use std::io::{Seek, SeekFrom, Write};
 use std::path::Path;
@@ -17,9 +18,8 @@ use gptman::{GPT, GPTPartitionEntry};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::disk_io::{AlignedBuf, DiskWriter};
+use crate::disk_io::DiskWriter;
 use crate::error::{Error, ErrorKind, IoContext, Result};
-use crate::extent_map::ExtentMap;
 
 /// "Linux filesystem data" (`8300` in sgdisk).
 pub const LINUX_FS_TYPE: Uuid = uuid::uuid!("0fc63daf-8483-4772-8e79-3d69d8477de4");
@@ -226,17 +226,7 @@ pub fn edit_table<T>(disk: &Path, ss: u64, edit: impl FnOnce(&mut GPT) -> Result
         .with_path(disk)
     })?;
     for (start, bytes) in overlay.areas {
-        let len = bytes.len() as u64;
-        let mut buf = AlignedBuf::new(bytes.len());
-        buf.copy_from_slice(&bytes);
-        let mut w = DiskWriter::open(
-            disk,
-            ExtentMap::contiguous(start, len)?,
-            vec![(start, start + len)],
-            ss,
-        )?;
-        w.write_at(0, &buf)?;
-        w.sync()?;
+        DiskWriter::write_range(disk, start, &bytes, ss)?;
     }
     Ok(out)
 }
@@ -354,16 +344,7 @@ pub fn edit_mbr<T>(
         .with_path(disk)
     })?;
     let (start, bytes) = overlay.areas.remove(0);
-    let mut buf = AlignedBuf::new(bytes.len());
-    buf.copy_from_slice(&bytes);
-    let mut w = DiskWriter::open(
-        disk,
-        ExtentMap::contiguous(start, ss)?,
-        vec![(start, start + ss)],
-        ss,
-    )?;
-    w.write_at(0, &buf)?;
-    w.sync()?;
+    DiskWriter::write_range(disk, start, &bytes, ss)?;
     Ok(out)
 }
 

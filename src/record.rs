@@ -333,6 +333,17 @@ impl StagingRecord {
         format!("{}-{}", self.name, &self.id.simple().to_string()[..8])
     }
 
+    /// Disk offset of the on-disk header's block 0 (container offset 0).
+    pub fn header_disk_offset(&self) -> Result<u64> {
+        let map = self.map.as_ref().ok_or_else(|| {
+            Error::new(
+                ErrorKind::InvalidState,
+                format!("'{}' has no map yet (still allocating)", self.name),
+            )
+        })?;
+        Ok(map.translate(0, 512)?[0].disk)
+    }
+
     /// The map of the image bytes alone (container map minus the header).
     pub fn image_map(&self) -> Result<ExtentMap> {
         let map = self.map.as_ref().ok_or_else(|| {

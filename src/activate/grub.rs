@@ -19,14 +19,13 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::{Activation, RolledBack, Status, sync_dir, write_synced};
-use crate::disk_io::{AlignedBuf, DiskWriter};
+use super::{Activation, RolledBack, Status, replace_file, sync_dir, write_synced};
+use crate::disk_io::DiskWriter;
 use crate::error::{Error, ErrorKind, IoContext, Result};
-use crate::extent_map::ExtentMap;
 use crate::fiemap::{self, FIEMAP_EXTENT_UNWRITTEN};
 use crate::grub_format::{self, ENV_SIZE, GrubEnv, MenuEntry, vars};
 use crate::hostfs::{self, FsKind, MountEntry};
-use crate::state_dir::StateDir;
+use crate::record::StagingRecord;
 
 pub const KERNEL_FILE: &str = "vmlinuz";
 pub const INITRD_FILE: &str = "initrd.img";
@@ -79,7 +78,8 @@ impl Target {
     /// `next_entry` and sources `custom.cfg`; a filesystem GRUB can write
     /// `grubenv` on (ext4, xfs, vfat), on the staging's disk; a `grubenv`
     /// of one written block (created, empty, when missing).
-    pub(super) fn open(state: &StateDir, name: &str, grub_dir: &Path) -> Result<Target> {
+    pub(super) fn open(rec: &StagingRecord, grub_dir: &Path) -> Result<Target> {
+        let name = rec.name.as_str();
         let cfg_path = grub_dir.join("grub.cfg");
         let cfg = std::fs::read_to_string(&cfg_path).map_err(|e| {
             unusable(format!(
@@ -94,7 +94,6 @@ impl Target {
                 grub_dir.display()
             ))
         })?;
-        let rec = state.load(name)?;
         if Path::new(&rec.disk.path) != target.disk_path {
             return Err(unusable(format!(
                 "{} is on {}, '{name}' on {}: the restored system can only reach GRUB's environment block on its own disk",
@@ -177,7 +176,10 @@ impl Target {
         });
         let cfg = g.custom_cfg();
         let text = read_optional(&cfg)?;
-        replace_file(&cfg, &grub_format::with_block(&text, &a.name, &block)?)?;
+        replace_file(
+            &cfg,
+            grub_format::with_block(&text, &a.name, &block)?.as_bytes(),
+        )?;
         // GRUB reads the filesystem without replaying its journal: the
         // new files and custom.cfg must be in their home blocks before
         // next_entry can send GRUB to them.
@@ -233,16 +235,6 @@ fn read_optional(path: &Path) -> Result<String> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
         Err(e) => Err(Error::io("read a GRUB file", e).with_path(path)),
     }
-}
-
-/// Replace `path` with `text` durably (a temporary file renamed over it).
-fn replace_file(path: &Path, text: &str) -> Result<()> {
-    let tmp = path.with_extension("liverestore-tmp");
-    write_synced(&tmp, text.as_bytes())?;
-    std::fs::rename(&tmp, path)
-        .op(|| "replace a GRUB file".into())
-        .map_err(|e| e.with_path(path))?;
-    sync_dir(path.parent().unwrap_or(Path::new("/")))
 }
 
 /// The byte offset, inside its filesystem, of `grubenv`'s one block:
@@ -322,7 +314,7 @@ pub(super) fn disarm(g: &GrubBoot, name: &str) -> Result<()> {
                 .map_err(|e| e.with_path(&cfg))?;
             sync_dir(Path::new(&g.grub_dir))?;
         } else {
-            replace_file(&cfg, &text)?;
+            replace_file(&cfg, text.as_bytes())?;
         }
     }
     Ok(())
@@ -369,10 +361,8 @@ impl RawEnv {
 
     /// The aligned range's bytes and the block parsed; refused unless the
     /// block marks a liverestore activation (its entry id is returned).
-    fn read(&self) -> Result<(AlignedBuf, GrubEnv, String)> {
-        let bytes = crate::disk_io::read_raw(&self.disk, self.start, self.len as usize)?;
-        let mut buf = AlignedBuf::new(self.len as usize);
-        buf.copy_from_slice(&bytes);
+    fn read(&self) -> Result<(Vec<u8>, GrubEnv, String)> {
+        let buf = crate::disk_io::read_raw(&self.disk, self.start, self.len as usize)?;
         let env = GrubEnv::parse(&buf[self.within..self.within + ENV_SIZE]).map_err(|e| {
             e.with_path(&self.disk)
                 .with_offset(self.start + self.within as u64)
@@ -391,20 +381,12 @@ impl RawEnv {
         Ok((buf, env, id))
     }
 
-    /// Write `env` back into the block, through [`DiskWriter`] confined
-    /// to exactly this range.
-    fn write(&self, mut buf: AlignedBuf, env: &GrubEnv) -> Result<()> {
+    /// Write `env` back into the block, through [`DiskWriter::write_range`]
+    /// confined to exactly this range.
+    fn write(&self, mut buf: Vec<u8>, env: &GrubEnv) -> Result<()> {
         let bytes = env.encode()?;
         buf[self.within..self.within + ENV_SIZE].copy_from_slice(&bytes);
-        let map = ExtentMap::contiguous(self.start, self.len)?;
-        let mut w = DiskWriter::open(
-            &self.disk,
-            map,
-            vec![(self.start, self.start + self.len)],
-            self.align,
-        )?;
-        w.write_at(0, &buf)?;
-        w.sync()
+        DiskWriter::write_range(&self.disk, self.start, &buf, self.align)
     }
 }
 

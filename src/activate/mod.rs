@@ -74,9 +74,7 @@ impl Activation {
     pub fn involves(&self, name: &str) -> bool {
         self.name == name || self.companions.iter().any(|c| c == name)
     }
-}
 
-impl Activation {
     /// The boot entry, as a person would name it.
     pub fn entry(&self) -> String {
         match (&self.uefi, &self.grub) {
@@ -104,14 +102,21 @@ pub fn current(state: &StateDir) -> Result<Option<Activation>> {
 }
 
 fn save(state: &StateDir, a: &Activation) -> Result<()> {
-    let path = record_path(state);
-    let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(a).expect("serializable"))
-        .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
-        .and_then(|()| std::fs::rename(&tmp, &path))
-        .op(|| "write the activation record".into())
-        .map_err(|e| e.with_path(&path))?;
-    sync_dir(state.root())
+    replace_file(
+        &record_path(state),
+        &serde_json::to_vec_pretty(a).expect("serializable"),
+    )
+}
+
+/// Replace `path` with `data` durably: a temporary file, synced, renamed
+/// over it, and the directory synced.
+fn replace_file(path: &Path, data: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("liverestore-tmp");
+    write_synced(&tmp, data)?;
+    std::fs::rename(&tmp, path)
+        .op(|| "replace a file".into())
+        .map_err(|e| e.with_path(path))?;
+    sync_dir(path.parent().unwrap_or(Path::new("/")))
 }
 
 /// Make a directory's entries durable (after creating, renaming or
@@ -127,7 +132,7 @@ fn sync_dir(dir: &Path) -> Result<()> {
 fn write_synced(path: &Path, data: &[u8]) -> Result<()> {
     std::fs::write(path, data)
         .and_then(|()| std::fs::File::open(path)?.sync_all())
-        .op(|| "write a boot file".into())
+        .op(|| "write a file".into())
         .map_err(|e| e.with_path(path))
 }
 
@@ -258,11 +263,10 @@ enum Loader {
 
 /// The loader to arm, and why GRUB stands in for UEFI when it does.
 fn choose_loader(
-    state: &StateDir,
-    name: &str,
+    rec: &crate::record::StagingRecord,
     opts: &ActivateOptions<'_>,
 ) -> Result<(Loader, Option<String>)> {
-    let grub = || grub::Target::open(state, name, opts.grub_dir).map(Loader::Grub);
+    let grub = || grub::Target::open(rec, opts.grub_dir).map(Loader::Grub);
     let uefi = || uefi::Target::open(opts.esp).map(Loader::Uefi);
     match opts.loader {
         LoaderChoice::Uefi => Ok((uefi()?, None)),
@@ -355,7 +359,7 @@ pub fn activate(
         // set below, once the image's ESP has its partition entry
         Some(_) => (None, None),
         None => {
-            let (l, f) = choose_loader(state, &rec.name, opts)?;
+            let (l, f) = choose_loader(&rec, opts)?;
             (Some(l), f)
         }
     };
@@ -410,12 +414,7 @@ pub fn activate(
         native,
         companions: companions.iter().map(|c| c.name.clone()).collect(),
     };
-    let header_offset = rec
-        .map
-        .as_ref()
-        .ok_or_else(|| Error::new(ErrorKind::InvalidState, "the staging has no map"))?
-        .translate(0, 512)?[0]
-        .disk;
+    let header_offset = rec.header_disk_offset()?;
     let args = |a: &str| {
         kernel_args(
             &root_args,
@@ -623,7 +622,7 @@ fn booted_via() -> Option<BootedVia> {
         .or_else(|| uefi::started_from_ours().then_some(BootedVia::Uefi))
 }
 
-/// Whether the running system was started through `/lr/init`.
+/// Whether the running system was started by a liverestore activation.
 pub fn booted_restored() -> bool {
     booted_via().is_some()
 }

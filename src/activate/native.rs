@@ -28,6 +28,21 @@ pub struct NativeBoot {
 }
 
 impl NativeBoot {
+    fn new(
+        rec: &StagingRecord,
+        sector_size: u64,
+        kind: EntryKind,
+        partition: PartitionEntry,
+    ) -> NativeBoot {
+        NativeBoot {
+            staging: rec.name.clone(),
+            disk: rec.disk.path.clone(),
+            sector_size,
+            kind,
+            partition,
+        }
+    }
+
     /// The root argument of the restored system's boot.
     pub fn root_arg(&self) -> String {
         format!("root=PARTUUID={}", self.partition.partuuid)
@@ -125,39 +140,34 @@ pub fn prepare(recs: &[&StagingRecord]) -> Result<Vec<NativeBoot>> {
                     })
                     .unwrap_or_else(uuid::Uuid::new_v4);
                 let number = partition_entry::add(&mut gpt, start, length, &kind, guid)?;
-                out.push(native_boot(
-                    rec,
-                    ss,
-                    kind,
+                let partition = PartitionEntry {
                     number,
                     guid,
-                    guid.to_string(),
+                    partuuid: guid.to_string(),
                     start,
                     length,
-                ));
+                };
+                out.push(NativeBoot::new(rec, ss, kind, partition));
             }
         }
         Some(TableKind::Mbr) => {
             let mut mbr = partition_entry::read_mbr(disk, ss)?;
             for (rec, &(start, length)) in recs.iter().zip(&ranges) {
                 let (kind, _) = kind_of(rec);
+                let sys = kind.mbr_type.unwrap_or(0x83);
                 let kind = EntryKind {
-                    mbr_type: Some(kind.mbr_type.unwrap_or(0x83)),
+                    mbr_type: Some(sys),
                     ..kind
                 };
-                let sys = kind.mbr_type.unwrap_or(0x83);
                 let number = partition_entry::mbr_add(&mut mbr, start, length, sys)?;
-                let partuuid = partition_entry::mbr_partuuid(&mbr, number);
-                out.push(native_boot(
-                    rec,
-                    ss,
-                    kind,
+                let partition = PartitionEntry {
                     number,
-                    uuid::Uuid::nil(),
-                    partuuid,
+                    guid: uuid::Uuid::nil(),
+                    partuuid: partition_entry::mbr_partuuid(&mbr, number),
                     start,
                     length,
-                ));
+                };
+                out.push(NativeBoot::new(rec, ss, kind, partition));
             }
         }
         None => {
@@ -168,32 +178,6 @@ pub fn prepare(recs: &[&StagingRecord]) -> Result<Vec<NativeBoot>> {
         }
     }
     Ok(out)
-}
-
-#[allow(clippy::too_many_arguments)]
-fn native_boot(
-    rec: &StagingRecord,
-    sector_size: u64,
-    kind: EntryKind,
-    number: u32,
-    guid: uuid::Uuid,
-    partuuid: String,
-    start: u64,
-    length: u64,
-) -> NativeBoot {
-    NativeBoot {
-        staging: rec.name.clone(),
-        disk: rec.disk.path.clone(),
-        sector_size,
-        kind,
-        partition: PartitionEntry {
-            number,
-            guid,
-            partuuid,
-            start,
-            length,
-        },
-    }
 }
 
 fn changed(number: u32, planned: u32) -> Error {
