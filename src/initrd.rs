@@ -79,6 +79,19 @@ pub fn early_boot_cpio(plan: &BootPlan, helper: &[u8]) -> Result<Vec<u8>> {
     cpio::newc::trailer(out).map_err(|e| Error::io("build the early-boot initramfs", e))
 }
 
+/// `initrd` with the early-boot archive `early` appended, as the kernel
+/// unpacks it: after a compressed archive the kernel takes a cpio header
+/// only at an offset that is a multiple of 4 (`unpack_to_rootfs` in
+/// `init/initramfs.c`), and skips zero bytes between archives. A
+/// compressed initrd ends wherever its stream ends (Debian 12's was
+/// 30715354 bytes), so zeros pad it to the next multiple of 4 first;
+/// without them the kernel reports "invalid magic at start of compressed
+/// archive" and cannot mount the root.
+pub fn append_early_boot(initrd: &mut Vec<u8>, early: &[u8]) {
+    initrd.resize(initrd.len().next_multiple_of(4), 0);
+    initrd.extend_from_slice(early);
+}
+
 /// The early-boot initramfs of the complete staging `rec`: its plan (with
 /// the driver modules of the staging's disk, read from sysfs) and the
 /// archive, whose `/lr/init` is `helper` (default: this program).
@@ -169,5 +182,132 @@ mod tests {
                 ("lr/boot.json".into(), 0o644)
             ]
         );
+    }
+
+    /// What the kernel's `unpack_to_rootfs` (init/initramfs.c) makes of
+    /// `buf`: the names of every file it unpacks, or its error message.
+    /// A newc header is taken only at an offset that is a multiple of 4;
+    /// zero bytes between archives are skipped; anything else must be a
+    /// compressed archive, which is decompressed whole (its content is
+    /// cpio) and followed again at the offset where its stream ended.
+    fn unpack_like_the_kernel(buf: &[u8]) -> std::result::Result<Vec<String>, String> {
+        use std::io::Read;
+        fn cpio_names(
+            mut rest: &[u8],
+            names: &mut Vec<String>,
+        ) -> std::result::Result<usize, String> {
+            let start = rest.len();
+            loop {
+                let mut r = cpio::NewcReader::new(rest).map_err(|e| e.to_string())?;
+                if r.entry().is_trailer() {
+                    rest = r.finish().map_err(|e| e.to_string())?;
+                    return Ok(start - rest.len());
+                }
+                names.push(r.entry().name().to_string());
+                rest = r.finish().map_err(|e| e.to_string())?;
+            }
+        }
+        let mut names = Vec::new();
+        let mut at = 0usize;
+        while at < buf.len() {
+            let rest = &buf[at..];
+            if rest[0] == b'0' && at % 4 == 0 {
+                at += cpio_names(rest, &mut names)?;
+            } else if rest[0] == 0 {
+                at += 1;
+            } else {
+                let mut input: &[u8] = rest;
+                let mut out = Vec::new();
+                let read = if rest.starts_with(&[0x1f, 0x8b]) {
+                    flate2::bufread::GzDecoder::new(&mut input).read_to_end(&mut out)
+                } else if rest.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+                    zstd::stream::read::Decoder::with_buffer(&mut input)
+                        .map(|d| d.single_frame())
+                        .and_then(|mut d| d.read_to_end(&mut out))
+                } else if rest.starts_with(b"\xfd7zXZ\0") {
+                    liblzma::bufread::XzDecoder::new(&mut input).read_to_end(&mut out)
+                } else {
+                    return Err(format!(
+                        "invalid magic at start of compressed archive (offset {at})"
+                    ));
+                };
+                read.map_err(|e| format!("decompressor failed: {e}"))?;
+                cpio_names(&out, &mut names)?;
+                at += rest.len() - input.len();
+            }
+        }
+        Ok(names)
+    }
+
+    /// A newc archive of `files`.
+    fn cpio_of(files: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (i, (name, data)) in files.iter().enumerate() {
+            entry(&mut out, i as u32 + 1, name, 0o100644, data).unwrap();
+        }
+        cpio::newc::trailer(out).unwrap()
+    }
+
+    /// Restored initrds as distributions make them: uncompressed, gzip,
+    /// zstd, xz, and an uncompressed early-microcode archive in front of
+    /// a compressed one; the compressed ones in every length modulo 4
+    /// (gzip's optional file name field shifts the length byte by byte).
+    fn restored_initrds() -> Vec<(String, Vec<u8>)> {
+        use std::io::Write;
+        let main = cpio_of(&[("init", b"#!/bin/sh\n"), ("etc/fstab", &[7u8; 1000])]);
+        let micro = cpio_of(&[("kernel/x86/microcode/GenuineIntel.bin", &[1u8; 37])]);
+        let mut all = vec![("uncompressed".to_string(), main.clone())];
+        for pad in 0..4 {
+            let mut gz = flate2::GzBuilder::new()
+                .filename("i".repeat(pad + 1))
+                .write(Vec::new(), flate2::Compression::default());
+            gz.write_all(&main).unwrap();
+            let gz = gz.finish().unwrap();
+            all.push((format!("gzip, {} bytes", gz.len()), gz.clone()));
+            let mut both = micro.clone();
+            both.extend_from_slice(&gz);
+            all.push((format!("microcode + gzip, {} bytes", both.len()), both));
+        }
+        let zst = zstd::encode_all(&main[..], 19).unwrap();
+        all.push((format!("zstd, {} bytes", zst.len()), zst));
+        let mut xz = liblzma::write::XzEncoder::new(Vec::new(), 6);
+        xz.write_all(&main).unwrap();
+        let xz = xz.finish().unwrap();
+        all.push((format!("xz, {} bytes", xz.len()), xz));
+        all
+    }
+
+    #[test]
+    fn the_early_boot_archive_unpacks_after_every_kind_of_initrd() {
+        let early = cpio_of(&[
+            ("lr", b""),
+            ("lr/init", b"\x7fELF"),
+            ("lr/boot.json", b"{}"),
+        ]);
+        let residues: std::collections::BTreeSet<usize> = restored_initrds()
+            .iter()
+            .map(|(_, i)| i.len() % 4)
+            .collect();
+        assert_eq!(residues.len(), 4, "every length modulo 4 is tried");
+        for (what, initrd) in restored_initrds() {
+            let alone = unpack_like_the_kernel(&initrd).unwrap();
+            let mut joined = initrd.clone();
+            append_early_boot(&mut joined, &early);
+            assert_eq!(joined.len() % 4, 0, "{what}");
+            let names = unpack_like_the_kernel(&joined)
+                .unwrap_or_else(|e| panic!("{what} + early boot: {e}"));
+            assert_eq!(names[..alone.len()], alone[..], "{what}");
+            assert_eq!(
+                names[alone.len()..],
+                ["lr", "lr/init", "lr/boot.json"],
+                "{what}"
+            );
+            // Plain concatenation is what broke Debian 12's boot.
+            let plain = [&initrd[..], &early[..]].concat();
+            if initrd.len() % 4 != 0 {
+                let e = unpack_like_the_kernel(&plain).unwrap_err();
+                assert!(e.contains("invalid magic"), "{what}: {e}");
+            }
+        }
     }
 }

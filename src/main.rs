@@ -366,14 +366,20 @@ enum Command {
     /// modules, finds the disk by the staging's on-disk header, maps the
     /// image with device-mapper (`/dev/dm-0`, named liverestore-root) and
     /// starts the initrd's `/init`. On any failure it reboots after 10 s.
-    ///   liverestore initrd web --output /boot/lr-web.cpio
-    ///   cat /boot/initrd.img-6.1.0 /boot/lr-web.cpio > /boot/initrd-web.img
+    ///   liverestore initrd web --append-to /boot/initrd.img-6.1.0 --output /boot/initrd-web.img
+    ///   liverestore initrd web --output /boot/lr-web.cpio   # the archive alone
+    /// Appending by hand: the archive must start at a multiple of 4 bytes
+    /// (pad the initrd with zeros first), or the kernel rejects it.
     #[command(verbatim_doc_comment)]
     Initrd {
         name: String,
-        /// Where to write the archive.
+        /// Where to write the archive (or, with --append-to, the whole initrd).
         #[arg(long, value_name = "FILE")]
         output: PathBuf,
+        /// The restored system's own initrd: write it with the archive
+        /// appended, padded to the 4-byte boundary the kernel needs.
+        #[arg(long, value_name = "INITRD")]
+        append_to: Option<PathBuf>,
         /// The static liverestore to put in it (default: this program,
         /// if it is statically linked).
         #[arg(long, value_name = "FILE")]
@@ -1203,11 +1209,21 @@ fn run(cli: Cli) -> Outcome {
         Command::Initrd {
             name,
             output,
+            append_to,
             helper,
         } => {
             let rec = state.load(&name)?;
             staged::revalidate(&rec)?;
-            let (plan, bytes) = liverestore::initrd::for_staging(&rec, helper.as_deref())?;
+            let (plan, early) = liverestore::initrd::for_staging(&rec, helper.as_deref())?;
+            let bytes = match &append_to {
+                None => early,
+                Some(base) => {
+                    let mut all = std::fs::read(base)
+                        .map_err(|e| Error::io("read the restored initrd", e).with_path(base))?;
+                    liverestore::initrd::append_early_boot(&mut all, &early);
+                    all
+                }
+            };
             std::fs::write(&output, &bytes)
                 .map_err(|e| Error::io("write the initramfs", e).with_path(&output))?;
             if cli.json {
@@ -1218,9 +1234,18 @@ fn run(cli: Cli) -> Outcome {
                 }));
             } else {
                 println!(
-                    "{}: {} bytes; append it to the restored initrd and boot with rdinit={} (modules: {})",
+                    "{}: {} bytes; {} and boot with rdinit={} (modules: {})",
                     output.display(),
                     bytes.len(),
+                    match append_to {
+                        Some(base) => format!(
+                            "{} with the early-boot archive appended: boot it",
+                            base.display()
+                        ),
+                        None =>
+                            "append it to the restored initrd (padded to a multiple of 4 bytes)"
+                                .into(),
+                    },
                     liverestore::initrd::INIT_PATH,
                     if plan.modules.is_empty() {
                         "built in".to_string()

@@ -395,7 +395,7 @@ pub fn activate(
         Some(n) => n.root_arg(),
         None => {
             let (_, early) = initrd::for_set(&rec, &companions, opts.helper)?;
-            boot_initrd.extend_from_slice(&early);
+            initrd::append_early_boot(&mut boot_initrd, &early);
             format!("rdinit={} root=/dev/dm-0", initrd::INIT_PATH)
         }
     };

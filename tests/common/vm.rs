@@ -532,7 +532,31 @@ pub fn restored_initrd(modules: &[&str], init_modules: &[&str]) -> Vec<u8> {
          exec switch_root /newroot /sbin/init\n",
     );
     c.file("/init", 0o755, init.as_bytes());
-    c.finish()
+    as_distributions_ship(c.finish())
+}
+
+/// `cpio` packed as distributions ship initrds: an uncompressed archive
+/// in front (where early microcode goes), then the main archive
+/// compressed with gzip, its length not a multiple of 4 (Debian 12's was
+/// 30715354 bytes): what liverestore appends its early-boot archive to
+/// must still unpack.
+fn as_distributions_ship(cpio: Vec<u8>) -> Vec<u8> {
+    use std::io::Write;
+    let mut front = Cpio::new();
+    front.file("/early/liverestore-test", 0o644, b"an early archive\n");
+    let mut out = front.finish();
+    for name_len in 1..=4 {
+        let mut gz = flate2::GzBuilder::new()
+            .filename("i".repeat(name_len))
+            .write(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&cpio).unwrap();
+        let gz = gz.finish().unwrap();
+        if (out.len() + gz.len()) % 4 == 3 {
+            out.extend_from_slice(&gz);
+            return out;
+        }
+    }
+    unreachable!("four name lengths cover every length modulo 4")
 }
 
 /// A newc cpio archive being built.

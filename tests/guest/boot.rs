@@ -130,7 +130,7 @@ fn a_staged_system_boots_through_the_map() {
         ],
         &["crc32c_generic", "ext4"],
     );
-    initrd.extend_from_slice(&early);
+    liverestore::initrd::append_early_boot(&mut initrd, &early);
     // The same disk with the staging's header wiped, for the failure case.
     let plan = boot_plan_of(&early);
     let wiped = t.path().join("wiped-disk.img");
