@@ -2,63 +2,40 @@
 //! Linux system lives on, while it keeps running.
 //!
 //! The image is written into the pinned extents of an ordinary file (the
-//! *container*) of a live ext4, xfs or vfat filesystem, straight through the
-//! raw whole-disk device. Where things happen:
+//! *container*) of a live filesystem, straight through the raw whole-disk
+//! device. The folders follow the data:
 //!
-//! - [`hostfs`]: directory → filesystem → partition → disk.
-//! - [`space`] + [`unallocated`]: where a staging's space comes from (one
-//!   directory, or a segment set of several filesystems and free disk).
-//! - [`container`]: create, preallocate, pin and map the container file.
-//! - [`fiemap`] + [`extent_map`]: the container → disk map and its checks.
-//! - [`disk_io`]: **the only place that writes to a disk** ([`disk_io::DiskWriter`]).
-//! - [`record`], [`header`], [`state_dir`]: what is remembered, on the host
-//!   and on the disk.
-//! - [`stage`], [`verify`], [`staged`], [`plan`], [`scan`]: the operations.
-//! - [`boot_plan`], [`initrd`], [`early_boot`], [`kmod`]: booting a staged
-//!   image: the plan, the appended early-boot initramfs, and `/lr/init`.
-//! - [`activate`], [`efi`], [`efivars`]: the UEFI trial boot, status and
-//!   rollback.
-//! - [`customize`]: change a staged system before its first boot (files to
-//!   keep, network configuration, a new identity, drivers).
+//! - [`input`]: reading images (transports, compression, formats, the
+//!   partitions of a whole-disk image) — parsers on bytes, fuzzed.
+//! - [`space`]: where bytes may go (host filesystems, unallocated space,
+//!   `--make-room`, the container file).
+//! - [`map`]: the container → disk map and **the only place that writes to
+//!   a disk** ([`map::disk_io::DiskWriter`]).
+//! - [`store`]: what is remembered (records, the on-disk header, the state
+//!   directory and its lock).
+//! - [`stage`]: staging and its checks (plan, verify, scan, list/discard).
+//! - [`attach`]: using a staging without booting it (attach, the FUSE
+//!   fallback, test-restore).
+//! - [`customize`]: changing a staged system before its first boot.
+//! - [`boot`]: **where boot entries change** (activate, commit, rollback),
+//!   the early-boot step and the boot formats.
+//! - [`sys`]: kernel interfaces and the only `unsafe` code.
+//! - [`error`]: one error type, a kind per exit code; [`progress`]:
+//!   progress events; [`failpoint`]: simulated power loss for tests.
 
-pub mod activate;
+#![deny(unsafe_code)]
+
 pub mod attach;
-pub mod boot_plan;
-pub mod container;
+pub mod boot;
 pub mod customize;
-pub mod dev_node;
-pub mod disk_io;
-pub mod dm;
-pub mod early_boot;
-pub mod efi;
-pub mod efivars;
 pub mod error;
-pub mod extent_map;
 pub mod failpoint;
-pub mod fiemap;
-pub mod fuse_image;
-pub mod grub_format;
-pub mod header;
-pub mod hostfs;
-pub mod identity;
-pub mod initrd;
 pub mod input;
-pub mod kmod;
-pub mod loop_device;
-pub mod make_room;
-pub mod partition_entry;
-pub mod plan;
+pub mod map;
 pub mod progress;
-pub mod record;
-pub mod scan;
 pub mod space;
-pub mod split;
 pub mod stage;
-pub mod staged;
-pub mod state_dir;
-mod sys;
-pub mod test_restore;
-pub mod unallocated;
-pub mod verify;
+pub mod store;
+pub mod sys;
 
 pub use error::{Error, ErrorKind, Result};

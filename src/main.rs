@@ -7,12 +7,15 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use serde_json::json;
 
+use liverestore::input::split::{self, Split};
 use liverestore::progress::{JsonProgress, NoProgress, Progress, TerminalProgress, emit_json};
-use liverestore::record::Segment;
-use liverestore::space::{Planned, SpaceRequest};
-use liverestore::split::{self, Split};
-use liverestore::state_dir::{DEFAULT_STATE_DIR, StateDir};
-use liverestore::{Error, ErrorKind, activate, attach, plan, scan, stage, staged, verify};
+use liverestore::space::allocate::{Planned, SpaceRequest};
+use liverestore::store::record::Segment;
+use liverestore::store::state_dir::{DEFAULT_STATE_DIR, StateDir};
+use liverestore::{
+    Error, ErrorKind, attach, boot::activate, stage, stage::plan, stage::scan, stage::staged,
+    stage::verify,
+};
 
 const EXIT_CODES: &str = "\
 Exit codes:
@@ -509,7 +512,7 @@ fn progress_for(json: bool) -> Box<dyn Progress> {
 }
 
 /// "partition 2 ("data") of the 64.0 MiB GPT disk image staged as 'sys'".
-fn describe_partition(p: &liverestore::record::StagedPartition) -> String {
+fn describe_partition(p: &liverestore::store::record::StagedPartition) -> String {
     let label = p
         .entry()
         .and_then(|e| e.label.as_deref())
@@ -969,7 +972,7 @@ fn run(cli: Cli) -> Outcome {
             Ok(0)
         }
         Command::TestRestore { name, run } => {
-            let r = liverestore::test_restore::test_restore(&state, &name, run.as_deref())?;
+            let r = liverestore::attach::test_restore::test_restore(&state, &name, run.as_deref())?;
             if cli.json {
                 emit_json(&json!({ "event": "result", "ok": r.passed, "report": r }));
             } else {
@@ -1049,7 +1052,7 @@ fn run(cli: Cli) -> Outcome {
             mountpoint,
             writable,
         } => {
-            liverestore::fuse_image::serve(&state, &name, &mountpoint, writable)?;
+            liverestore::attach::fuse_image::serve(&state, &name, &mountpoint, writable)?;
             Ok(0)
         }
         Command::Activate {
@@ -1214,13 +1217,13 @@ fn run(cli: Cli) -> Outcome {
         } => {
             let rec = state.load(&name)?;
             staged::revalidate(&rec)?;
-            let (plan, early) = liverestore::initrd::for_staging(&rec, helper.as_deref())?;
+            let (plan, early) = liverestore::boot::initrd::for_staging(&rec, helper.as_deref())?;
             let bytes = match &append_to {
                 None => early,
                 Some(base) => {
                     let mut all = std::fs::read(base)
                         .map_err(|e| Error::io("read the restored initrd", e).with_path(base))?;
-                    liverestore::initrd::append_early_boot(&mut all, &early);
+                    liverestore::boot::initrd::append_early_boot(&mut all, &early);
                     all
                 }
             };
@@ -1230,7 +1233,7 @@ fn run(cli: Cli) -> Outcome {
                 emit_json(&json!({
                     "event": "result", "ok": true, "output": output, "bytes": bytes.len(),
                     "modules": plan.modules, "extents": plan.extents.len(),
-                    "dm_name": liverestore::boot_plan::DM_NAME,
+                    "dm_name": liverestore::boot::plan::DM_NAME,
                 }));
             } else {
                 println!(
@@ -1246,7 +1249,7 @@ fn run(cli: Cli) -> Outcome {
                             "append it to the restored initrd (padded to a multiple of 4 bytes)"
                                 .into(),
                     },
-                    liverestore::initrd::INIT_PATH,
+                    liverestore::boot::initrd::INIT_PATH,
                     if plan.modules.is_empty() {
                         "built in".to_string()
                     } else {
@@ -1284,7 +1287,9 @@ fn run(cli: Cli) -> Outcome {
 }
 
 /// The `stage` result for one staging.
-fn staging_json(rec: &liverestore::record::StagingRecord) -> Result<serde_json::Value, Error> {
+fn staging_json(
+    rec: &liverestore::store::record::StagingRecord,
+) -> Result<serde_json::Value, Error> {
     let part = rec.image.partition.as_ref();
     Ok(json!({
         "name": rec.name, "state": rec.state.as_str(),
@@ -1300,8 +1305,8 @@ fn staging_json(rec: &liverestore::record::StagingRecord) -> Result<serde_json::
 }
 
 fn main() -> ExitCode {
-    if liverestore::early_boot::is_early_boot() {
-        liverestore::early_boot::run();
+    if liverestore::boot::early_boot::is_early_boot() {
+        liverestore::boot::early_boot::run();
     }
     let cli = Cli::parse();
     let json = cli.json;

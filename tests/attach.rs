@@ -13,7 +13,7 @@ use common::*;
 /// None (the test has nothing to check) where device-mapper exists.
 fn fallback_fixture() -> Option<(tempfile::TempDir, LoopDisk, Cli)> {
     require_root();
-    if liverestore::dm::available() {
+    if liverestore::sys::dm::available() {
         eprintln!("this kernel has device-mapper: the fallback is not used here");
         return None;
     }

@@ -4,8 +4,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use liverestore::boot_plan::BootPlan;
-use liverestore::efi::{self, LoadOption};
+use liverestore::boot::plan::BootPlan;
+use liverestore::boot::efi::{self, LoadOption};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(plan) = BootPlan::decode(data) {
@@ -21,6 +21,6 @@ fuzz_target!(|data: &[u8]| {
     let _ = efi::parse_var_file(data);
     if let Ok(text) = std::str::from_utf8(data) {
         let (dep, builtin) = text.split_once('\0').unwrap_or((text, ""));
-        let _ = liverestore::kmod::load_order(dep, builtin, &["a".into(), "dm-mod".into()]);
+        let _ = liverestore::sys::kmod::load_order(dep, builtin, &["a".into(), "dm-mod".into()]);
     }
 });

@@ -2,7 +2,7 @@
 //! ExtentMap invariants: a translation covers exactly the asked range, each
 //! run lies inside one extent, and anything outside the map is refused.
 use libfuzzer_sys::fuzz_target;
-use liverestore::extent_map::{ExtentMap, MapExtent};
+use liverestore::map::extent_map::{ExtentMap, MapExtent};
 
 fn u64s(data: &[u8]) -> Vec<u64> {
     data.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap()) % (1 << 24)).collect()

@@ -2,7 +2,7 @@
 //! FIEMAP validation: whatever the kernel could answer, an accepted answer
 //! covers the file without holes and carries only understood flags.
 use libfuzzer_sys::fuzz_target;
-use liverestore::fiemap::{self, RawFiemapExtent};
+use liverestore::map::fiemap::{self, RawFiemapExtent};
 
 fuzz_target!(|data: &[u8]| {
     let raw: Vec<RawFiemapExtent> = data

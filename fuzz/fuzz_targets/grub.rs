@@ -5,7 +5,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use liverestore::grub_format::{self, GrubEnv, MenuEntry};
+use liverestore::boot::grub_format::{self, GrubEnv, MenuEntry};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(env) = GrubEnv::parse(data)

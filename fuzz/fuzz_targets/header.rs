@@ -3,7 +3,7 @@
 //! The fuzzer cannot forge SHA-256, so most inputs get valid checksums
 //! patched in, letting it reach the field parsing behind them.
 use libfuzzer_sys::fuzz_target;
-use liverestore::header::{self, BLOCK0_SIZE};
+use liverestore::store::header::{self, BLOCK0_SIZE};
 use sha2::{Digest, Sha256};
 
 fuzz_target!(|data: &[u8]| {

@@ -4,6 +4,6 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);
-    let mounts = liverestore::hostfs::parse_mountinfo(&text);
-    let _ = liverestore::hostfs::mount_for(&mounts, std::path::Path::new("/a/b"));
+    let mounts = liverestore::space::hostfs::parse_mountinfo(&text);
+    let _ = liverestore::space::hostfs::mount_for(&mounts, std::path::Path::new("/a/b"));
 });

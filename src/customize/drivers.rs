@@ -131,7 +131,7 @@ pub fn inject(source_root: &Path, root: &RootDir) -> Result<Vec<Change>> {
     let mut files: Vec<String> = Vec::new();
     for m in &loaded {
         // Out-of-tree modules not in modules.dep are left alone.
-        if let Ok(order) = crate::kmod::load_order(&dep, &builtin, std::slice::from_ref(m)) {
+        if let Ok(order) = crate::sys::kmod::load_order(&dep, &builtin, std::slice::from_ref(m)) {
             files.extend(order);
         }
     }

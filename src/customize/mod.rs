@@ -28,13 +28,13 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use crate::attach::{self, AttachMode};
-use crate::disk_io::DiskReader;
 use crate::error::{Error, ErrorKind, Result};
+use crate::map::disk_io::DiskReader;
 use crate::progress::Progress;
-pub use crate::record::Change;
-use crate::record::Customization;
-use crate::state_dir::StateDir;
-use crate::{staged, test_restore, verify};
+pub use crate::store::record::Change;
+use crate::store::record::Customization;
+use crate::store::state_dir::StateDir;
+use crate::{attach::test_restore, stage::staged, stage::verify};
 
 /// What to change.
 #[derive(Debug, Clone, Default)]
@@ -135,7 +135,7 @@ fn now() -> u64 {
 
 /// The record of `name`, with a clearer refusal for a whole-disk image's
 /// set name.
-fn load(state: &StateDir, name: &str) -> Result<crate::record::StagingRecord> {
+fn load(state: &StateDir, name: &str) -> Result<crate::store::record::StagingRecord> {
     match state.load(name) {
         Err(e) if e.kind() == ErrorKind::NotFound => {
             let members = staged::set_of(state, name).unwrap_or_default();
@@ -162,12 +162,12 @@ pub fn customize(
     opts: &CustomizeOptions,
     progress: &dyn Progress,
 ) -> Result<CustomizeReport> {
-    crate::plan::require_root()?;
+    crate::stage::plan::require_root()?;
     opts.check()?;
     // verify (first run) and attach (resumed run) refuse an incomplete
     // staging.
     let rec = load(state, name)?;
-    if crate::activate::current(state)?.is_some_and(|a| a.involves(name)) {
+    if crate::boot::activate::current(state)?.is_some_and(|a| a.involves(name)) {
         return Err(Error::new(
             ErrorKind::InvalidState,
             format!(

@@ -17,6 +17,7 @@ pub mod partitions;
 pub mod probe;
 pub mod qcow2;
 pub mod sparse;
+pub mod split;
 pub mod transport;
 pub mod vhd;
 pub mod vhdx;

@@ -80,7 +80,7 @@ impl LocalFile {
         let len = if ft.is_file() {
             meta.len()
         } else if ft.is_block_device() {
-            crate::sys::block_device_size(&file).map_err(|e| {
+            crate::sys::ioctl::block_device_size(&file).map_err(|e| {
                 Error::from(e)
                     .with_kind(ErrorKind::BadImage)
                     .with_path(path)

@@ -55,7 +55,7 @@ impl Kernel {
         let dep = fs::read_to_string(self.modules.join("modules.dep")).unwrap();
         let builtin = fs::read_to_string(self.modules.join("modules.builtin")).unwrap_or_default();
         let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-        liverestore::kmod::load_order(&dep, &builtin, &names)
+        liverestore::sys::kmod::load_order(&dep, &builtin, &names)
             .unwrap_or_else(|e| panic!("guest kernel modules: {e}"))
     }
 

@@ -130,7 +130,7 @@ fn a_staged_system_boots_through_the_map() {
         ],
         &["crc32c_generic", "ext4"],
     );
-    liverestore::initrd::append_early_boot(&mut initrd, &early);
+    liverestore::boot::initrd::append_early_boot(&mut initrd, &early);
     // The same disk with the staging's header wiped, for the failure case.
     let plan = boot_plan_of(&early);
     let wiped = t.path().join("wiped-disk.img");
@@ -201,7 +201,7 @@ fn a_staged_system_boots_through_the_map() {
 }
 
 /// The boot plan inside an early-boot initramfs.
-fn boot_plan_of(cpio_bytes: &[u8]) -> liverestore::boot_plan::BootPlan {
+fn boot_plan_of(cpio_bytes: &[u8]) -> liverestore::boot::plan::BootPlan {
     let mut rest = cpio_bytes;
     loop {
         let mut r = cpio::NewcReader::new(rest).unwrap();
@@ -209,7 +209,7 @@ fn boot_plan_of(cpio_bytes: &[u8]) -> liverestore::boot_plan::BootPlan {
         if r.entry().name() == "lr/boot.json" {
             let mut data = Vec::new();
             std::io::Read::read_to_end(&mut r, &mut data).unwrap();
-            return liverestore::boot_plan::BootPlan::decode(&data).unwrap();
+            return liverestore::boot::plan::BootPlan::decode(&data).unwrap();
         }
         rest = r.finish().unwrap();
     }

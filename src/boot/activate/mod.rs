@@ -1,0 +1,881 @@
+//! Activation: make the next boot — once — start a staged image (mapped:
+//! through the early-boot initramfs), tell what the next boot will start,
+//! make it the default (`commit`) and take it back (`rollback`).
+//!
+//! `activate` re-validates the map and re-reads every staged byte against
+//! its hashes, finds the restored system's kernel and initrd in the image
+//! (`/boot/vmlinuz-*`, `/boot/initrd.img-*`), copies the kernel and the
+//! initrd with the early-boot initramfs appended where the boot loader
+//! reads files, and arms a one-shot boot of them. Two boot loaders:
+//!
+//! - [`uefi`]: files on the ESP, a `Boot####` load option for the
+//!   kernel's EFI stub, `BootNext`; `commit` puts it first in `BootOrder`.
+//! - [`grub`]: files in `/boot`, a menu entry in `custom.cfg`, GRUB's
+//!   one-shot `next_entry` in `grubenv`; `commit` sets a variable that the
+//!   entry's block turns into GRUB's default. Chosen with `--loader grub`,
+//!   or automatically when efivarfs is missing or read-only.
+//!
+//! Order of durable steps (power loss at any point leaves a bootable old
+//! system): record → files → boot entry → one-shot choice. `rollback`
+//! undoes them in reverse and tolerates any of them missing.
+
+mod grub;
+mod native;
+mod restored;
+mod uefi;
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub use grub::GrubBoot;
+pub use native::NativeBoot;
+pub use uefi::UefiBoot;
+
+use crate::error::{Error, ErrorKind, IoContext, Result};
+use crate::progress::Progress;
+use crate::store::state_dir::StateDir;
+use crate::{attach::test_restore, boot::initrd, stage::verify};
+
+/// What an activation created.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Activation {
+    pub name: String,
+    pub id: uuid::Uuid,
+    pub kernel_version: String,
+    /// The kernel arguments of the restored system's boot.
+    pub args: String,
+    pub trial: bool,
+    /// The directory the kernel and initrd were copied to (on the ESP, or
+    /// in `/boot`).
+    pub files_dir: String,
+    /// Set when activated through UEFI.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uefi: Option<UefiBoot>,
+    /// Set when activated through GRUB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grub: Option<GrubBoot>,
+    /// Why GRUB was used when UEFI was not asked for explicitly
+    /// (`--loader auto` and no usable efivarfs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<String>,
+    /// A native boot's partition entries (the root's first); empty for a
+    /// mapped boot (device-mapper at boot).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub native: Vec<NativeBoot>,
+    /// The other partitions of the same whole-disk image, activated
+    /// together with `name` (the one with the kernel: the root).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub companions: Vec<String>,
+}
+
+impl Activation {
+    /// Whether staging `name` is part of this activation.
+    pub fn involves(&self, name: &str) -> bool {
+        self.name == name || self.companions.iter().any(|c| c == name)
+    }
+
+    /// The boot entry, as a person would name it.
+    pub fn entry(&self) -> String {
+        match (&self.uefi, &self.grub) {
+            (Some(u), _) => format!("Boot{:04X}", u.boot_number),
+            (_, Some(g)) => format!("GRUB entry '{}'", g.entry_id),
+            _ => "no boot entry".into(),
+        }
+    }
+}
+
+fn record_path(state: &StateDir) -> PathBuf {
+    state.root().join("activation.json")
+}
+
+/// The current activation, if any.
+pub fn current(state: &StateDir) -> Result<Option<Activation>> {
+    let path = record_path(state);
+    match std::fs::read(&path) {
+        Ok(b) => serde_json::from_slice(&b).map(Some).map_err(|e| {
+            Error::new(ErrorKind::Corrupt, format!("activation record: {e}")).with_path(&path)
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io("read the activation record", e).with_path(&path)),
+    }
+}
+
+fn save(state: &StateDir, a: &Activation) -> Result<()> {
+    replace_file(
+        &record_path(state),
+        &serde_json::to_vec_pretty(a).expect("serializable"),
+    )
+}
+
+/// Replace `path` with `data` durably: a temporary file, synced, renamed
+/// over it, and the directory synced.
+fn replace_file(path: &Path, data: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("liverestore-tmp");
+    write_synced(&tmp, data)?;
+    std::fs::rename(&tmp, path)
+        .op(|| "replace a file".into())
+        .map_err(|e| e.with_path(path))?;
+    sync_dir(path.parent().unwrap_or(Path::new("/")))
+}
+
+/// Make a directory's entries durable (after creating, renaming or
+/// removing in it): without this a power cut can lose them.
+fn sync_dir(dir: &Path) -> Result<()> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .op(|| "sync a directory".into())
+        .map_err(|e| e.with_path(dir))
+}
+
+/// Write `data` to `path` and make it durable.
+fn write_synced(path: &Path, data: &[u8]) -> Result<()> {
+    std::fs::write(path, data)
+        .and_then(|()| std::fs::File::open(path)?.sync_all())
+        .op(|| "write a file".into())
+        .map_err(|e| e.with_path(path))
+}
+
+/// Which boot loader `activate` arms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoaderChoice {
+    /// UEFI when efivarfs is there and writable; GRUB otherwise (said).
+    Auto,
+    Uefi,
+    Grub,
+}
+
+/// How the restored system finds its root.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BootChoice {
+    /// Native when the image is one contiguous range outside every
+    /// partition of a GPT disk, mapped otherwise.
+    Auto,
+    Native,
+    Mapped,
+}
+
+/// What `activate` needs besides the name.
+pub struct ActivateOptions<'a> {
+    pub loader: LoaderChoice,
+    pub boot: BootChoice,
+    /// The mounted EFI system partition (UEFI).
+    pub esp: &'a Path,
+    /// GRUB's directory: `grub.cfg`, `grubenv`, `custom.cfg` (GRUB).
+    pub grub_dir: &'a Path,
+    /// Boot the image's own ESP (a native whole-disk activation) by
+    /// starting this program on it instead of copying a kernel anywhere.
+    pub image_esp: Option<&'a str>,
+    /// Extra kernel arguments.
+    pub append: Option<&'a str>,
+    /// The static liverestore for `/lr/init` (default: this program).
+    pub helper: Option<&'a Path>,
+}
+
+/// The newest `/boot/vmlinuz-VERSION` with its `/boot/initrd.img-VERSION`
+/// under `root`: (version, kernel, initrd).
+pub fn find_kernel(root: &Path) -> Result<(String, PathBuf, PathBuf)> {
+    let boot = root.join("boot");
+    let mut versions: Vec<String> = std::fs::read_dir(&boot)
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| {
+                    e.file_name()
+                        .to_str()?
+                        .strip_prefix("vmlinuz-")
+                        .map(str::to_string)
+                })
+                .filter(|v| boot.join(format!("initrd.img-{v}")).exists())
+                .collect()
+        })
+        .unwrap_or_default();
+    versions.sort_by_key(|v| version_key(v));
+    let v = versions.pop().ok_or_else(|| {
+        Error::new(
+            ErrorKind::NotFound,
+            "the image has no /boot/vmlinuz-VERSION with a matching /boot/initrd.img-VERSION: liverestore cannot boot it",
+        )
+    })?;
+    Ok((
+        v.clone(),
+        boot.join(format!("vmlinuz-{v}")),
+        boot.join(format!("initrd.img-{v}")),
+    ))
+}
+
+/// Sort key for kernel versions: numbers compare as numbers.
+fn version_key(v: &str) -> Vec<(u64, String)> {
+    v.split(['.', '-', '+', '~'])
+        .map(|p| (p.parse().unwrap_or(0), p.to_string()))
+        .collect()
+}
+
+/// The `console=` arguments of the running kernel, to carry over.
+pub fn consoles(cmdline: &str) -> Vec<&str> {
+    cmdline
+        .split_whitespace()
+        .filter(|w| w.starts_with("console="))
+        .collect()
+}
+
+/// Seconds a panicking restored kernel waits before it reboots: without
+/// `panic=` it would hang, and a trial would never return to the old
+/// system by itself.
+pub const PANIC_REBOOT_SECS: u32 = 30;
+
+/// The kernel argument that marks a boot as liverestore's, with the
+/// staging's id.
+pub const ID_ARG: &str = "liverestore.id=";
+
+/// The kernel arguments of the restored system's boot: `root_args` (the
+/// early-boot step and the mapped root, or the native root), a reboot on
+/// panic, the staging's id and where its on-disk header is, `loader_args`,
+/// the running kernel's consoles, then the user's `append` (whose `panic=`
+/// wins).
+fn kernel_args(
+    root_args: &str,
+    (id, header): (uuid::Uuid, u64),
+    loader_args: &str,
+    cmdline: &str,
+    append: Option<&str>,
+) -> String {
+    let mut args = format!(
+        "{root_args} rw panic={PANIC_REBOOT_SECS} {ID_ARG}{id} {}{header}",
+        restored::HEADER_ARG
+    );
+    for word in std::iter::once(loader_args)
+        .chain(consoles(cmdline))
+        .chain(append)
+    {
+        if !word.is_empty() {
+            args.push(' ');
+            args.push_str(word);
+        }
+    }
+    args
+}
+
+/// The boot loader `activate` will arm, checked and ready.
+enum Loader {
+    Uefi(uefi::Target),
+    Grub(grub::Target),
+}
+
+/// The loader to arm, and why GRUB stands in for UEFI when it does.
+fn choose_loader(
+    rec: &crate::store::record::StagingRecord,
+    opts: &ActivateOptions<'_>,
+) -> Result<(Loader, Option<String>)> {
+    let grub = || grub::Target::open(rec, opts.grub_dir).map(Loader::Grub);
+    let uefi = || uefi::Target::open(opts.esp).map(Loader::Uefi);
+    match opts.loader {
+        LoaderChoice::Uefi => Ok((uefi()?, None)),
+        LoaderChoice::Grub => Ok((grub()?, None)),
+        LoaderChoice::Auto => match crate::sys::efivars::EfiVars::open() {
+            Ok(_) => Ok((uefi()?, None)),
+            Err(no_uefi) => {
+                let why = format!("{no_uefi}: falling back to GRUB");
+                let loader = grub().map_err(|e| {
+                    Error::new(
+                        ErrorKind::UnsupportedBootLoader,
+                        format!("no boot loader to use: {no_uefi}; and GRUB: {e}"),
+                    )
+                })?;
+                Ok((loader, Some(why)))
+            }
+        },
+    }
+}
+
+/// Activate `name` for the next boot only (trial).
+pub fn activate(
+    state: &StateDir,
+    name: &str,
+    opts: &ActivateOptions<'_>,
+    progress: &dyn Progress,
+) -> Result<Activation> {
+    crate::stage::plan::require_root()?;
+    if let Some(a) = current(state)? {
+        return Err(Error::new(
+            ErrorKind::InvalidState,
+            format!(
+                "'{}' is already activated ({}); only one staged image can be: `liverestore rollback` first",
+                a.name,
+                a.entry()
+            ),
+        ));
+    }
+    // A whole-disk image's partitions boot together (by the name it was
+    // staged under, or any member's).
+    let mut members = crate::stage::staged::set_of(state, name)?;
+    for m in &members {
+        // verify re-derives the map (revalidate) before re-reading every byte.
+        let report = verify::verify(state, &m.name, progress)?;
+        if !report.ok {
+            return Err(Error::new(
+                ErrorKind::VerifyFailed,
+                format!(
+                    "'{}' no longer reads back as staged: refusing to boot it",
+                    m.name
+                ),
+            ));
+        }
+    }
+    // The root is the partition with a kernel.
+    let mut found = None;
+    let mut why = Vec::new();
+    for (i, m) in members.iter().enumerate() {
+        progress.note(&format!("looking for a kernel in '{}'", m.name));
+        let kernel = test_restore::with_mounted(state, &m.name, |root| {
+            let (v, k, i) = find_kernel(root)?;
+            let read = |p: &Path| {
+                std::fs::read(p)
+                    .op(|| "read from the image".into())
+                    .map_err(|e| e.with_path(p))
+            };
+            Ok((v, read(&k)?, read(&i)?))
+        });
+        match kernel {
+            Ok(k) => {
+                found = Some((i, k));
+                break;
+            }
+            Err(e) if members.len() == 1 => return Err(e),
+            Err(e) => why.push(format!("{}: {e}", m.name)),
+        }
+    }
+    let Some((root_at, (version, kernel, initrd_img))) = found else {
+        return Err(Error::new(
+            ErrorKind::NotFound,
+            format!(
+                "no partition of '{name}' holds a kernel liverestore can boot ({})",
+                why.join("; ")
+            ),
+        ));
+    };
+    let rec = members.remove(root_at);
+    let companions = members;
+    let (mut loader, fallback) = match opts.image_esp {
+        // set below, once the image's ESP has its partition entry
+        Some(_) => (None, None),
+        None => {
+            let (l, f) = choose_loader(&rec, opts)?;
+            (Some(l), f)
+        }
+    };
+    // Native when every partition is one contiguous run outside every
+    // partition of a GPT disk.
+    let all: Vec<&crate::store::record::StagingRecord> =
+        std::iter::once(&rec).chain(&companions).collect();
+    let native = match opts.boot {
+        BootChoice::Mapped => Vec::new(),
+        BootChoice::Native => native::prepare(&all)?,
+        BootChoice::Auto if all.iter().all(|r| native::image_range(r).is_some()) => {
+            native::prepare(&all).unwrap_or_else(|e| {
+                progress.note(&format!("booting '{name}' mapped, not natively: {e}"));
+                Vec::new()
+            })
+        }
+        BootChoice::Auto => Vec::new(),
+    };
+    if let Some(program) = opts.image_esp {
+        if native.is_empty() {
+            return Err(Error::new(
+                ErrorKind::InvalidState,
+                format!(
+                    "--image-esp boots '{name}' from its own ESP, which the firmware can read only as a partition: stage the whole-disk image with --unallocated --contiguous"
+                ),
+            ));
+        }
+        loader = Some(Loader::Uefi(uefi::Target::image_esp(&native, program)?));
+    }
+    let loader = loader.expect("a loader was chosen");
+    let mut boot_initrd = initrd_img;
+    let root_args = match native.first() {
+        Some(n) => n.root_arg(),
+        None => {
+            let (_, early) = initrd::for_set(&rec, &companions, opts.helper)?;
+            initrd::append_early_boot(&mut boot_initrd, &early);
+            format!("rdinit={} root=/dev/dm-0", initrd::INIT_PATH)
+        }
+    };
+
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let mut activation = Activation {
+        name: rec.name.clone(),
+        id: rec.id,
+        kernel_version: version,
+        args: String::new(),
+        trial: true,
+        files_dir: String::new(),
+        uefi: None,
+        grub: None,
+        fallback,
+        native,
+        companions: companions.iter().map(|c| c.name.clone()).collect(),
+    };
+    let header_offset = rec.header_disk_offset()?;
+    let args = |a: &str| {
+        kernel_args(
+            &root_args,
+            (rec.id, header_offset),
+            a,
+            &cmdline,
+            opts.append,
+        )
+    };
+    let files_dir = match (&loader, opts.image_esp) {
+        // the image's own program takes only what the user gives it
+        (Loader::Uefi(t), Some(_)) => {
+            t.describe(&mut activation, |_| opts.append.unwrap_or("").to_string())?
+        }
+        (Loader::Uefi(t), None) => t.describe(&mut activation, args)?,
+        (Loader::Grub(t), _) => t.describe(&mut activation, args),
+    };
+    save(state, &activation)?;
+    crate::failpoint::hit("activate:record");
+    let armed = (|| {
+        // The header tells the restored system what this activation and
+        // the old system are.
+        let mut rec = rec.clone();
+        rec.activation = Some(note_for(&activation));
+        crate::stage::staged::record_changed(state, &rec)?;
+        crate::failpoint::hit("activate:header");
+        if !activation.native.is_empty() {
+            for n in &activation.native {
+                progress.note(&format!(
+                    "adding partition {} over '{}' on {}",
+                    n.partition.number, n.staging, n.disk
+                ));
+            }
+            native::arm(&activation.native)?;
+            crate::failpoint::hit("activate:partition");
+        }
+        if files_dir.as_os_str().is_empty() {
+            // the image's own ESP: nothing to copy
+        } else {
+            progress.note(&format!(
+                "copying the kernel and initrd to {}",
+                files_dir.display()
+            ));
+            copy_boot_files(
+                &files_dir,
+                &kernel,
+                &boot_initrd,
+                loader_file_names(&loader),
+            )?;
+        }
+        crate::failpoint::hit("activate:files");
+        match &loader {
+            Loader::Uefi(t) => t.arm(&activation),
+            Loader::Grub(t) => t.arm(&activation),
+        }
+    })();
+    match armed {
+        Ok(()) => Ok(activation),
+        // Nothing half-done is left: what was written is taken back.
+        Err(e) => match rollback(state) {
+            Ok(_) => Err(e),
+            Err(undo) => Err(Error::new(
+                e.kind(),
+                format!(
+                    "{e}; undoing the activation also failed ({undo}): run `liverestore rollback`"
+                ),
+            )),
+        },
+    }
+}
+
+/// What the on-disk header keeps of activation `a`.
+fn note_for(a: &Activation) -> crate::store::record::ActivationNote {
+    crate::store::record::ActivationNote {
+        at_unix: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+        loader: if a.grub.is_some() { "grub" } else { "uefi" }.into(),
+        entry: a.entry(),
+        uefi_boot_number: a.uefi.as_ref().map(|u| u.boot_number),
+        grub_env_offset: a.grub.as_ref().map(|g| g.env_disk_offset),
+        old_system: this_system(a.grub.is_some()),
+    }
+}
+
+/// The running (old) system, as the restored one will show it.
+fn this_system(grub: bool) -> crate::store::record::OldSystem {
+    let uname = rustix::system::uname();
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mounts = crate::space::hostfs::parse_mountinfo(&mounts);
+    let root_device = crate::space::hostfs::mount_for(&mounts, Path::new("/"))
+        .map(|m| m.source.clone())
+        .unwrap_or_default();
+    let boot_entry = if grub {
+        Some("GRUB's default entry".into())
+    } else {
+        crate::sys::efivars::EfiVars::open().ok().and_then(|v| {
+            let n = v.get_u16("BootCurrent").ok()??;
+            let desc = v
+                .get(&crate::boot::efi::boot_var(n))
+                .ok()?
+                .and_then(|d| crate::boot::efi::LoadOption::decode(&d).ok())
+                .map(|o| o.description)
+                .unwrap_or_default();
+            Some(format!("Boot{n:04X} \"{desc}\""))
+        })
+    };
+    crate::store::record::OldSystem {
+        hostname: uname.nodename().to_string_lossy().into_owned(),
+        kernel_release: uname.release().to_string_lossy().into_owned(),
+        root_device,
+        boot_entry,
+    }
+}
+
+/// The kernel's and the initrd's file names in the files directory.
+fn loader_file_names(loader: &Loader) -> (&'static str, &'static str) {
+    match loader {
+        Loader::Uefi(_) => (uefi::KERNEL_FILE, uefi::INITRD_FILE),
+        Loader::Grub(_) => (grub::KERNEL_FILE, grub::INITRD_FILE),
+    }
+}
+
+/// Create `dir` and write the kernel and the initrd into it, durably,
+/// after checking there is room for both.
+fn copy_boot_files(
+    dir: &Path,
+    kernel: &[u8],
+    initrd: &[u8],
+    (kernel_name, initrd_name): (&str, &str),
+) -> Result<()> {
+    std::fs::create_dir_all(dir)
+        .op(|| "create the directory for the boot files".into())
+        .map_err(|e| e.with_path(dir))?;
+    let needed = (kernel.len() + initrd.len()) as u64;
+    let free = rustix::fs::statvfs(dir)
+        .map(|s| s.f_bavail * s.f_frsize)
+        .unwrap_or(u64::MAX);
+    if free < needed {
+        return Err(Error::new(
+            ErrorKind::NoSpace,
+            format!(
+                "{} has {free} bytes free, the kernel and initrd need {needed}",
+                dir.display()
+            ),
+        ));
+    }
+    write_synced(&dir.join(kernel_name), kernel)?;
+    write_synced(&dir.join(initrd_name), initrd)?;
+    for d in dir.ancestors().take(3) {
+        sync_dir(d)?;
+    }
+    Ok(())
+}
+
+/// Remove the files directory of an activation and, when nothing else is
+/// activated from it, its `liverestore` parent.
+fn remove_boot_files(dir: &Path) -> Result<()> {
+    if dir.exists() {
+        std::fs::remove_dir_all(dir)
+            .op(|| "remove the boot files".into())
+            .map_err(|e| e.with_path(dir))?;
+    }
+    if let Some(parent) = dir.parent() {
+        let _ = std::fs::remove_dir(parent);
+        for d in parent.ancestors().take(2).filter(|d| d.exists()) {
+            sync_dir(d)?;
+        }
+    }
+    Ok(())
+}
+
+/// How the running system was started, when liverestore started it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BootedVia {
+    Uefi,
+    /// Through GRUB; its environment block is at this disk byte offset.
+    Grub {
+        env_offset: u64,
+    },
+}
+
+/// Parse the kernel command line: started by liverestore (the staging id,
+/// or `/lr/init` as earlier activations did), and by which boot loader.
+fn booted_via_cmdline(cmdline: &str) -> Option<BootedVia> {
+    let words: Vec<&str> = cmdline.split_whitespace().collect();
+    let ours = words.iter().any(|w| w.starts_with(ID_ARG))
+        || words.contains(&format!("rdinit={}", initrd::INIT_PATH).as_str());
+    if !ours {
+        return None;
+    }
+    Some(
+        words
+            .iter()
+            .find_map(|w| w.strip_prefix(grub::CMDLINE_KEY)?.parse().ok())
+            .map_or(BootedVia::Uefi, |env_offset| BootedVia::Grub { env_offset }),
+    )
+}
+
+fn booted_via() -> Option<BootedVia> {
+    booted_via_cmdline(&std::fs::read_to_string("/proc/cmdline").unwrap_or_default())
+        // started by the image's own program (--image-esp): the firmware
+        // says the entry was ours
+        .or_else(|| uefi::started_from_ours().then_some(BootedVia::Uefi))
+}
+
+/// Whether the running system was started by a liverestore activation.
+pub fn booted_restored() -> bool {
+    booted_via().is_some()
+}
+
+fn not_restored() -> Error {
+    Error::new(
+        ErrorKind::InvalidState,
+        "this is not a system booted through liverestore (no liverestore.id= on its command line): run it in the restored system",
+    )
+}
+
+/// What `commit` did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Committed {
+    /// UEFI: the `Boot####` now first in `BootOrder`.
+    pub boot_number: Option<u16>,
+    /// GRUB: the menu entry now GRUB's default.
+    pub grub_entry: Option<String>,
+    /// The system that activated this one (from the on-disk header): it
+    /// stays reachable with `rollback`.
+    pub old_system: Option<crate::store::record::OldSystem>,
+}
+
+/// Make the running restored system the default (run in it). Its own
+/// on-disk header (where the command line says it is) says what the
+/// activation was: the boot entry to make the default must be that one.
+pub fn commit() -> Result<Committed> {
+    crate::stage::plan::require_root()?;
+    let via = booted_via().ok_or_else(not_restored)?;
+    let note = restored::own_note()?;
+    let mut done = match via {
+        BootedVia::Uefi => {
+            let expected = note.as_ref().and_then(|n| n.uefi_boot_number);
+            uefi::commit(expected).map(|n| Committed {
+                boot_number: Some(n),
+                grub_entry: None,
+                old_system: None,
+            })?
+        }
+        BootedVia::Grub { env_offset } => {
+            if let Some(recorded) = note.as_ref().and_then(|n| n.grub_env_offset)
+                && recorded != env_offset
+            {
+                return Err(Error::new(
+                    ErrorKind::MapChanged,
+                    format!(
+                        "the header says grubenv is at byte {recorded}, the command line says {env_offset}: refusing to write either"
+                    ),
+                ));
+            }
+            grub::commit(env_offset).map(|id| Committed {
+                boot_number: None,
+                grub_entry: Some(id),
+                old_system: None,
+            })?
+        }
+    };
+    done.old_system = note.map(|n| n.old_system);
+    Ok(done)
+}
+
+/// What `status` reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    /// Whether the running system was booted as a staged image.
+    pub booted_restored: bool,
+    /// The boot loader of the activation: "uefi", "grub" or "none".
+    pub loader: &'static str,
+    pub activation: Option<Activation>,
+    pub boot_current: Option<u16>,
+    pub boot_next: Option<u16>,
+    pub boot_order: Vec<u16>,
+    /// GRUB's `next_entry` and liverestore's default entry, when GRUB.
+    pub grub_next_entry: Option<String>,
+    pub grub_default: Option<String>,
+    /// "restored system (trial, once)", "old system …", …
+    pub next_boot: String,
+    /// In a restored system: the system that activated it, from the
+    /// on-disk header.
+    pub old_system: Option<crate::store::record::OldSystem>,
+}
+
+/// Which system runs and what the next boot starts.
+pub fn status(state: &StateDir) -> Result<Status> {
+    let activation = current(state)?;
+    let via = booted_via();
+    let grub_env = match (&activation, via) {
+        (Some(Activation { grub: Some(g), .. }), _) => Some(grub::read_env_file(g)?),
+        (None, Some(BootedVia::Grub { env_offset })) => Some(grub::read_env_raw(env_offset)?),
+        _ => None,
+    };
+    let mut s = Status {
+        booted_restored: via.is_some(),
+        loader: "none",
+        activation,
+        boot_current: None,
+        boot_next: None,
+        boot_order: Vec::new(),
+        grub_next_entry: None,
+        grub_default: None,
+        next_boot: String::new(),
+        old_system: via
+            .and_then(|_| restored::own_note().ok().flatten())
+            .map(|n| n.old_system),
+    };
+    match grub_env {
+        Some(env) => grub::fill_status(&mut s, &env),
+        None => uefi::fill_status(&mut s, via == Some(BootedVia::Uefi)),
+    }
+    Ok(s)
+}
+
+/// What `rollback` undid.
+#[derive(Debug, Clone, Serialize)]
+pub struct RolledBack {
+    /// The entry, as `status` names it (`Boot0003`, `GRUB entry '…'`).
+    pub entry: String,
+    pub boot_number: Option<u16>,
+    pub description: String,
+    /// The files directory of the activation (as the boot loader names it
+    /// in the restored system).
+    pub files_dir: Option<String>,
+    /// False in the restored system: the files stay for the old system's
+    /// `rollback`.
+    pub files_removed: bool,
+}
+
+/// Undo the activation. In the old system it uses the activation record
+/// and removes everything: the one-shot choice, the entry, the files, the
+/// record. In the restored system (which has not got the record) it
+/// takes back the boot loader's choice of it; the files stay for the old
+/// system's `rollback` (they are on the disk device-mapper holds, whose
+/// filesystems cannot be mounted there).
+pub fn rollback(state: &StateDir) -> Result<RolledBack> {
+    crate::stage::plan::require_root()?;
+    let Some(a) = current(state)? else {
+        return match booted_via()
+            .ok_or_else(|| Error::new(ErrorKind::InvalidState, "nothing is activated"))?
+        {
+            BootedVia::Uefi => uefi::rollback_restored(),
+            BootedVia::Grub { env_offset } => grub::rollback_restored(env_offset),
+        };
+    };
+    if let Some(u) = &a.uefi {
+        uefi::disarm(u)?;
+    }
+    if let Some(g) = &a.grub {
+        grub::disarm(g, &a.name)?;
+    }
+    crate::failpoint::hit("rollback:boot-entry");
+    if !a.files_dir.is_empty() {
+        remove_boot_files(Path::new(&a.files_dir))?;
+    }
+    crate::failpoint::hit("rollback:files");
+    if !a.native.is_empty() {
+        native::disarm(&a.native)?;
+        crate::failpoint::hit("rollback:partition");
+    }
+    match state.load(&a.name) {
+        Ok(mut rec) if rec.activation.is_some() => {
+            rec.activation = None;
+            crate::stage::staged::record_changed(state, &rec)?;
+        }
+        Ok(_) => {}
+        Err(e) if e.kind() == ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let path = record_path(state);
+    std::fs::remove_file(&path)
+        .op(|| "remove the activation record".into())
+        .map_err(|e| e.with_path(&path))?;
+    sync_dir(state.root())?;
+    Ok(RolledBack {
+        entry: a.entry(),
+        boot_number: a.uefi.as_ref().map(|u| u.boot_number),
+        description: format!("liverestore {}", a.name),
+        files_dir: Some(a.files_dir),
+        files_removed: true,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn newest_kernel_with_an_initrd() {
+        let t = tempfile::tempdir().unwrap();
+        let boot = t.path().join("boot");
+        std::fs::create_dir_all(&boot).unwrap();
+        assert_eq!(
+            find_kernel(t.path()).unwrap_err().kind(),
+            ErrorKind::NotFound
+        );
+        for f in [
+            "vmlinuz-6.1.0-9-amd64",
+            "initrd.img-6.1.0-9-amd64",
+            "vmlinuz-6.1.0-10-amd64",
+            "initrd.img-6.1.0-10-amd64",
+            "vmlinuz-6.5.0-1-amd64", // no initrd: skipped
+        ] {
+            std::fs::write(boot.join(f), f).unwrap();
+        }
+        let (v, k, i) = find_kernel(t.path()).unwrap();
+        assert_eq!(v, "6.1.0-10-amd64");
+        assert!(k.ends_with("vmlinuz-6.1.0-10-amd64") && i.ends_with("initrd.img-6.1.0-10-amd64"));
+    }
+
+    #[test]
+    fn consoles_are_carried_over() {
+        assert_eq!(
+            consoles("BOOT_IMAGE=/vmlinuz root=UUID=x console=tty0 console=ttyS0,115200 quiet"),
+            ["console=tty0", "console=ttyS0,115200"]
+        );
+    }
+
+    #[test]
+    fn arguments_of_the_restored_boot() {
+        let id = uuid::Uuid::from_u128(1);
+        assert_eq!(
+            kernel_args(
+                "rdinit=/lr/init root=/dev/dm-0",
+                (id, 1 << 20),
+                "liverestore.grubenv=4096",
+                "quiet console=ttyS0",
+                Some("lr.test=x")
+            ),
+            "rdinit=/lr/init root=/dev/dm-0 rw panic=30 liverestore.id=00000000-0000-0000-0000-000000000001 \
+             liverestore.header=1048576 liverestore.grubenv=4096 console=ttyS0 lr.test=x"
+        );
+        assert_eq!(
+            kernel_args("root=PARTUUID=x", (id, 4096), "", "", None),
+            "root=PARTUUID=x rw panic=30 liverestore.id=00000000-0000-0000-0000-000000000001 liverestore.header=4096"
+        );
+    }
+
+    #[test]
+    fn how_the_running_system_was_started() {
+        assert_eq!(booted_via_cmdline("root=/dev/vda2 quiet"), None);
+        assert_eq!(
+            booted_via_cmdline("initrd=\\x rdinit=/lr/init root=/dev/dm-0"),
+            Some(BootedVia::Uefi)
+        );
+        assert_eq!(
+            booted_via_cmdline("root=PARTUUID=x liverestore.id=1 rw"),
+            Some(BootedVia::Uefi),
+            "a native boot"
+        );
+        assert_eq!(
+            booted_via_cmdline("rdinit=/lr/init liverestore.grubenv=1052672 rw"),
+            Some(BootedVia::Grub {
+                env_offset: 1052672
+            })
+        );
+    }
+}

@@ -1,0 +1,255 @@
+//! Native activation: when a staged image is one contiguous run of the
+//! disk outside every partition (`stage --contiguous --unallocated`), it
+//! boots as an ordinary partition — a GPT entry over exactly its bytes
+//! ([`crate::boot::partition_entry`]) and `root=PARTUUID=…` — with the restored
+//! system's own kernel and initrd as they are: no early-boot step, no
+//! device-mapper. The partitions of a whole-disk image get an entry each,
+//! with the type, name, attributes and partition GUID they had in the
+//! image (a new GUID where the disk already uses that one), so the
+//! restored system finds them as it expects.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::boot::partition_entry::{self, EntryKind, PartitionEntry, TableKind};
+use crate::error::{Error, ErrorKind, Result};
+use crate::store::record::StagingRecord;
+
+/// One partition entry a native activation added.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NativeBoot {
+    /// The staging it covers.
+    pub staging: String,
+    pub disk: String,
+    pub sector_size: u64,
+    pub kind: EntryKind,
+    pub partition: PartitionEntry,
+}
+
+impl NativeBoot {
+    fn new(
+        rec: &StagingRecord,
+        sector_size: u64,
+        kind: EntryKind,
+        partition: PartitionEntry,
+    ) -> NativeBoot {
+        NativeBoot {
+            staging: rec.name.clone(),
+            disk: rec.disk.path.clone(),
+            sector_size,
+            kind,
+            partition,
+        }
+    }
+
+    /// The root argument of the restored system's boot.
+    pub fn root_arg(&self) -> String {
+        format!("root=PARTUUID={}", self.partition.partuuid)
+    }
+}
+
+/// The disk bytes a partition entry would cover: the image's one extent,
+/// rounded up to whole sectors, inside one unallocated segment; None when
+/// the image is not laid out so.
+pub fn image_range(rec: &StagingRecord) -> Option<(u64, u64)> {
+    let map = rec.image_map().ok()?;
+    let [e] = map.extents() else {
+        return None;
+    };
+    let ss = u64::from(rec.disk.logical_sector_size).max(512);
+    let length = rec.image.size.div_ceil(ss) * ss;
+    rec.unallocated_ranges()
+        .iter()
+        .any(|&(lo, hi)| e.disk >= lo && e.disk + length <= hi)
+        .then_some((e.disk, length))
+}
+
+/// The entry's kind and its preferred GUID: as in the image's table for
+/// a partition of a whole-disk image, a Linux filesystem otherwise.
+fn kind_of(rec: &StagingRecord) -> (EntryKind, Option<uuid::Uuid>) {
+    let entry = rec.image.partition.as_ref().and_then(|p| p.entry());
+    let parse = |s: &Option<String>| s.as_deref().and_then(|g| g.parse::<uuid::Uuid>().ok());
+    match entry {
+        Some(e) => (
+            EntryKind {
+                type_guid: parse(&e.type_guid).unwrap_or(partition_entry::LINUX_FS_TYPE),
+                name: e
+                    .label
+                    .clone()
+                    .filter(|l| !l.is_empty())
+                    .unwrap_or_else(|| format!("liverestore {}", rec.name)),
+                attributes: e.attributes,
+                mbr_type: e.mbr_type,
+            },
+            parse(&e.guid),
+        ),
+        None => (EntryKind::linux(&format!("liverestore {}", rec.name)), None),
+    }
+}
+
+/// Plan the entries of `recs` (all staged natively; the root first) in
+/// a copy of the disk's table (GPT, or an MBR without logical partitions):
+/// nothing is written. Refused when one is not contiguous outside every
+/// partition, the disk has no usable table, or an entry does not fit.
+pub fn prepare(recs: &[&StagingRecord]) -> Result<Vec<NativeBoot>> {
+    let first = recs.first().expect("at least the root");
+    let disk = Path::new(&first.disk.path);
+    let ss = u64::from(first.disk.logical_sector_size).max(512);
+    let sector0 = crate::map::disk_io::read_raw(disk, 0, 512)?;
+    let ranges = recs
+        .iter()
+        .map(|rec| {
+            image_range(rec).ok_or_else(|| {
+                Error::new(
+                    ErrorKind::InvalidState,
+                    format!(
+                        "'{}' is not one contiguous range outside every partition: stage it with --unallocated --contiguous to boot it natively",
+                        rec.name
+                    ),
+                )
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut out = Vec::new();
+    match partition_entry::table_kind(&sector0) {
+        Some(TableKind::Gpt) => {
+            let mut f = std::fs::File::open(disk)
+                .map_err(|e| Error::io("open the disk", e).with_path(disk))?;
+            let mut gpt = gptman::GPT::read_from(&mut f, ss).map_err(|e| {
+                Error::new(
+                    ErrorKind::UnsupportedDevice,
+                    format!("no usable GPT on {} ({e})", disk.display()),
+                )
+            })?;
+            for (rec, &(start, length)) in recs.iter().zip(&ranges) {
+                let (kind, wanted) = kind_of(rec);
+                let kind = EntryKind {
+                    mbr_type: None,
+                    ..kind
+                };
+                // The image's own GUID, unless this disk or (as udev knows
+                // them) another one already has it: root=PARTUUID must be
+                // unambiguous.
+                let guid = wanted
+                    .filter(|g| {
+                        !partition_entry::guid_in_use(&gpt, *g)
+                            && !Path::new("/dev/disk/by-partuuid")
+                                .join(g.to_string())
+                                .exists()
+                    })
+                    .unwrap_or_else(uuid::Uuid::new_v4);
+                let number = partition_entry::add(&mut gpt, start, length, &kind, guid)?;
+                let partition = PartitionEntry {
+                    number,
+                    guid,
+                    partuuid: guid.to_string(),
+                    start,
+                    length,
+                };
+                out.push(NativeBoot::new(rec, ss, kind, partition));
+            }
+        }
+        Some(TableKind::Mbr) => {
+            let mut mbr = partition_entry::read_mbr(disk, ss)?;
+            for (rec, &(start, length)) in recs.iter().zip(&ranges) {
+                let (kind, _) = kind_of(rec);
+                let sys = kind.mbr_type.unwrap_or(0x83);
+                let kind = EntryKind {
+                    mbr_type: Some(sys),
+                    ..kind
+                };
+                let number = partition_entry::mbr_add(&mut mbr, start, length, sys)?;
+                let partition = PartitionEntry {
+                    number,
+                    guid: uuid::Uuid::nil(),
+                    partuuid: partition_entry::mbr_partuuid(&mbr, number),
+                    start,
+                    length,
+                };
+                out.push(NativeBoot::new(rec, ss, kind, partition));
+            }
+        }
+        None => {
+            return Err(Error::new(
+                ErrorKind::UnsupportedDevice,
+                format!("{} has no partition table", disk.display()),
+            ));
+        }
+    }
+    Ok(out)
+}
+
+fn changed(number: u32, planned: u32) -> Error {
+    Error::new(
+        ErrorKind::MapChanged,
+        format!(
+            "the partition table changed since activation began (slot {number}, not {planned})"
+        ),
+    )
+}
+
+/// Write the entries planned by [`prepare`] (one table write) and tell
+/// the kernel about each.
+pub fn arm(entries: &[NativeBoot]) -> Result<()> {
+    let Some(first) = entries.first() else {
+        return Ok(());
+    };
+    let disk = Path::new(&first.disk);
+    if first.kind.mbr_type.is_some() {
+        partition_entry::edit_mbr(disk, first.sector_size, |mbr| {
+            for n in entries {
+                let p = &n.partition;
+                let sys = n.kind.mbr_type.unwrap_or(0x83);
+                let number = partition_entry::mbr_add(mbr, p.start, p.length, sys)?;
+                if number != p.number {
+                    return Err(changed(number, p.number));
+                }
+            }
+            Ok(())
+        })?;
+    } else {
+        partition_entry::edit_table(disk, first.sector_size, |gpt| {
+            for n in entries {
+                let p = &n.partition;
+                let number = partition_entry::add(gpt, p.start, p.length, &n.kind, p.guid)?;
+                if number != p.number {
+                    return Err(changed(number, p.number));
+                }
+            }
+            Ok(())
+        })?;
+    }
+    for n in entries {
+        partition_entry::kernel_add(disk, &n.partition)?;
+    }
+    Ok(())
+}
+
+/// Take the entries out of the kernel's view and out of the table (each
+/// only while it is still ours); whatever is already gone is fine.
+pub fn disarm(entries: &[NativeBoot]) -> Result<()> {
+    let Some(first) = entries.first() else {
+        return Ok(());
+    };
+    let disk = Path::new(&first.disk);
+    for n in entries {
+        partition_entry::kernel_remove(disk, &n.partition)?;
+    }
+    if first.kind.mbr_type.is_some() {
+        partition_entry::edit_mbr(disk, first.sector_size, |mbr| {
+            for n in entries {
+                let p = &n.partition;
+                partition_entry::mbr_remove(mbr, p.number, p.start, p.length);
+            }
+            Ok(())
+        })
+    } else {
+        partition_entry::edit_table(disk, first.sector_size, |gpt| {
+            for n in entries {
+                partition_entry::remove(gpt, n.partition.number, n.partition.guid)?;
+            }
+            Ok(())
+        })
+    }
+}

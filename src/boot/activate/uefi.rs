@@ -1,0 +1,302 @@
+//! Activation through UEFI: the kernel and initrd on the ESP
+//! (`\liverestore\NAME\`), a `Boot####` load option for the kernel's EFI
+//! stub, `BootNext` for the trial; `commit` puts the entry first in
+//! `BootOrder`. `BootOrder` is otherwise not touched, so the boot after a
+//! trial starts the old system again.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::{Activation, RolledBack, Status};
+use crate::boot::efi::{self, GptPartition, LoadOption};
+use crate::error::{Error, ErrorKind, Result};
+use crate::space::hostfs::{self, FsKind};
+use crate::space::identity;
+use crate::sys::efivars::EfiVars;
+
+pub const KERNEL_FILE: &str = "vmlinuz.efi";
+pub const INITRD_FILE: &str = "initrd.img";
+
+/// What a UEFI activation created besides its files.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UefiBoot {
+    /// The `Boot####` number.
+    pub boot_number: u16,
+    /// The ESP's mount point.
+    pub esp: String,
+    /// The kernel's path on the ESP, as the firmware sees it.
+    pub loader: String,
+}
+
+/// A checked ESP and the firmware's variables.
+pub(super) struct Target {
+    esp: PathBuf,
+    part: GptPartition,
+    vars: EfiVars,
+    /// Set when booting the image's own ESP: the program to start there
+    /// (nothing is copied).
+    image_loader: Option<String>,
+}
+
+/// The type GUID of an EFI system partition.
+pub const ESP_TYPE: uuid::Uuid = uuid::uuid!("c12a7328-f81f-11d2-ba4b-00a0c93ec93b");
+
+impl Target {
+    /// Check that `esp` is a mounted FAT partition of a GPT disk and that
+    /// efivarfs is there and writable.
+    pub(super) fn open(esp: &Path) -> Result<Target> {
+        let vars = EfiVars::open()?;
+        Ok(Target {
+            esp: esp.to_path_buf(),
+            part: esp_partition(esp)?,
+            vars,
+            image_loader: None,
+        })
+    }
+
+    /// Boot the image's own ESP — `entries` of a native activation, one
+    /// of them an EFI system partition — by starting `loader` on it, the
+    /// way the image's disk would: nothing is copied to either ESP.
+    pub(super) fn image_esp(entries: &[super::NativeBoot], loader: &str) -> Result<Target> {
+        let vars = EfiVars::open()?;
+        let esp = entries
+            .iter()
+            .find(|n| n.kind.type_guid == ESP_TYPE)
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorKind::InvalidState,
+                    "the image has no EFI system partition staged with it: leave out --image-esp",
+                )
+            })?;
+        let ss = esp.sector_size;
+        Ok(Target {
+            esp: PathBuf::from(format!(
+                "{} (partition {})",
+                esp.staging, esp.partition.number
+            )),
+            part: GptPartition {
+                number: esp.partition.number,
+                start_lba: esp.partition.start / ss,
+                size_lba: esp.partition.length / ss,
+                guid: esp.partition.guid,
+            },
+            vars,
+            image_loader: Some(loader.to_string()),
+        })
+    }
+
+    /// Fill in the UEFI side of `a` (a free `Boot####`, the files on the
+    /// ESP, the arguments made by `args`); returns the files directory.
+    pub(super) fn describe(
+        &self,
+        a: &mut Activation,
+        args: impl Fn(&str) -> String,
+    ) -> Result<PathBuf> {
+        let name = &a.name;
+        let number = efi::free_boot_number(&self.vars.boot_numbers()?)
+            .ok_or_else(|| Error::new(ErrorKind::NoSpace, "every Boot#### number is taken"))?;
+        if let Some(loader) = &self.image_loader {
+            a.args = args("");
+            a.files_dir = String::new();
+            a.uefi = Some(UefiBoot {
+                boot_number: number,
+                esp: self.esp.display().to_string(),
+                loader: loader.clone(),
+            });
+            return Ok(PathBuf::new());
+        }
+        let files_dir = self.esp.join("liverestore").join(name);
+        a.args = args(&format!("initrd=\\liverestore\\{name}\\{INITRD_FILE}"));
+        a.files_dir = files_dir.display().to_string();
+        a.uefi = Some(UefiBoot {
+            boot_number: number,
+            esp: self.esp.display().to_string(),
+            loader: format!("\\liverestore\\{name}\\{KERNEL_FILE}"),
+        });
+        Ok(files_dir)
+    }
+
+    /// Create the `Boot####` entry, then set `BootNext` to it.
+    pub(super) fn arm(&self, a: &Activation) -> Result<()> {
+        let u = a.uefi.as_ref().expect("a UEFI activation");
+        let option = LoadOption::linux(
+            &format!("liverestore {}", a.name),
+            &self.part,
+            &u.loader,
+            &a.args,
+        );
+        self.vars
+            .set(&efi::boot_var(u.boot_number), &option.encode())?;
+        crate::failpoint::hit("activate:boot-entry");
+        self.vars.set("BootNext", &efi::u16s(&[u.boot_number]))?;
+        crate::failpoint::hit("activate:boot-next");
+        Ok(())
+    }
+}
+
+fn esp_partition(esp: &Path) -> Result<GptPartition> {
+    let target = hostfs::discover(esp)?;
+    if target.fs != FsKind::Vfat {
+        return Err(Error::new(
+            ErrorKind::UnsupportedFilesystem,
+            format!(
+                "{} is {}, not a FAT EFI system partition",
+                esp.display(),
+                target.fs.as_str()
+            ),
+        ));
+    }
+    let (host, _) = identity::describe(&target)?;
+    let lss = u64::from(target.block.logical_sector_size);
+    let (Some(number), Some(guid)) = (target.block.partition_number, host.partition_uuid) else {
+        return Err(Error::new(
+            ErrorKind::UnsupportedDevice,
+            format!("{} is not on a GPT partition", esp.display()),
+        ));
+    };
+    let guid = guid.parse().map_err(|_| {
+        Error::new(
+            ErrorKind::UnsupportedDevice,
+            format!("partition GUID '{guid}' of the ESP"),
+        )
+    })?;
+    Ok(GptPartition {
+        number,
+        start_lba: target.block.start / lss,
+        size_lba: target.block.size / lss,
+        guid,
+    })
+}
+
+/// The liverestore `Boot####` the running restored system was started
+/// from (`BootCurrent`, checked to be one of ours), with its option.
+fn current_entry(vars: &EfiVars) -> Result<(u16, LoadOption)> {
+    let cur = vars.get_u16("BootCurrent")?.ok_or_else(|| {
+        Error::new(
+            ErrorKind::InvalidState,
+            "the firmware does not report BootCurrent",
+        )
+    })?;
+    let option = vars
+        .get(&efi::boot_var(cur))?
+        .map(|d| LoadOption::decode(&d))
+        .transpose()?
+        .filter(|o| o.description.starts_with("liverestore "))
+        .ok_or_else(|| {
+            Error::new(
+                ErrorKind::InvalidState,
+                format!("Boot{cur:04X} (BootCurrent) is not a liverestore boot entry"),
+            )
+        })?;
+    Ok((cur, option))
+}
+
+/// Whether the firmware started this system from a liverestore entry.
+pub(super) fn started_from_ours() -> bool {
+    EfiVars::open().is_ok_and(|v| current_entry(&v).is_ok())
+}
+
+/// In the restored system: its `Boot####` goes first in `BootOrder`;
+/// `expected` (from the on-disk header) must be the entry it was started
+/// from.
+pub(super) fn commit(expected: Option<u16>) -> Result<u16> {
+    let vars = EfiVars::open()?;
+    let (cur, _) = current_entry(&vars)?;
+    if let Some(n) = expected
+        && n != cur
+    {
+        return Err(Error::new(
+            ErrorKind::InvalidState,
+            format!(
+                "this system was started from Boot{cur:04X}, but its on-disk header says it was activated as Boot{n:04X}: refusing to make either the default"
+            ),
+        ));
+    }
+    let order = vars
+        .get("BootOrder")?
+        .map(|d| efi::parse_u16s(&d))
+        .unwrap_or_default();
+    vars.set("BootOrder", &efi::u16s(&efi::order_with_first(&order, cur)))?;
+    crate::failpoint::hit("commit:boot-order");
+    if vars.get_u16("BootNext")? == Some(cur) {
+        vars.remove("BootNext")?;
+    }
+    Ok(cur)
+}
+
+/// The UEFI part of `status`; `booted_uefi`: the running system is a
+/// restored one started through a `Boot####` of ours.
+pub(super) fn fill_status(s: &mut Status, booted_uefi: bool) {
+    let vars = EfiVars::open().ok();
+    let get = |n: &str| vars.as_ref().and_then(|v| v.get_u16(n).ok().flatten());
+    s.boot_order = vars
+        .as_ref()
+        .and_then(|v| v.get("BootOrder").ok().flatten())
+        .map(|d| efi::parse_u16s(&d))
+        .unwrap_or_default();
+    s.boot_next = get("BootNext");
+    s.boot_current = get("BootCurrent");
+    if s.activation.is_some() || booted_uefi {
+        s.loader = "uefi";
+    }
+    // In the restored system the old one's records are not at hand: the
+    // entry it was started from is ours.
+    let ours = s
+        .activation
+        .as_ref()
+        .and_then(|a| a.uefi.as_ref())
+        .map(|u| u.boot_number)
+        .or_else(|| booted_uefi.then_some(s.boot_current).flatten());
+    if vars.is_none() && ours.is_none() {
+        s.next_boot = "old system (nothing is activated)".into();
+        return;
+    }
+    s.next_boot = match (s.boot_next, ours) {
+        (Some(n), Some(o)) if n == o => "restored system (trial, once)".to_string(),
+        _ if ours.is_some() && s.boot_order.first().copied() == ours => {
+            "restored system (default)".to_string()
+        }
+        (Some(n), _) => format!("Boot{n:04X} (BootNext, not liverestore's)"),
+        _ => "old system (the firmware's BootOrder)".to_string(),
+    };
+}
+
+/// In the old system: take the activation's entry out.
+pub(super) fn disarm(u: &UefiBoot) -> Result<()> {
+    remove_entry(&EfiVars::open()?, u.boot_number)
+}
+
+/// In the restored system: remove the entry it was started from; the
+/// files on the ESP stay for the old system's `rollback`.
+pub(super) fn rollback_restored() -> Result<RolledBack> {
+    let vars = EfiVars::open()?;
+    let (cur, option) = current_entry(&vars)?;
+    remove_entry(&vars, cur)?;
+    let files_dir = efi::file_path_of(&option.device_path)
+        .and_then(|p| p.rsplit_once('\\').map(|(d, _)| d.to_string()));
+    Ok(RolledBack {
+        entry: format!("Boot{cur:04X}"),
+        boot_number: Some(cur),
+        description: option.description,
+        files_dir,
+        files_removed: false,
+    })
+}
+
+/// Take boot entry `number` out of `BootNext` and `BootOrder` and delete
+/// it; whatever is already gone is fine.
+fn remove_entry(vars: &EfiVars, number: u16) -> Result<()> {
+    if vars.get_u16("BootNext")? == Some(number) {
+        vars.remove("BootNext")?;
+    }
+    if let Some(order) = vars.get("BootOrder")? {
+        let order = efi::parse_u16s(&order);
+        if order.contains(&number) {
+            let kept: Vec<u16> = order.into_iter().filter(|&n| n != number).collect();
+            vars.set("BootOrder", &efi::u16s(&kept))?;
+        }
+    }
+    crate::failpoint::hit("rollback:boot-order");
+    vars.remove(&efi::boot_var(number))
+}

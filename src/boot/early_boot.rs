@@ -1,0 +1,251 @@
+//! The early-boot step: what `/lr/init` (a static liverestore started by
+//! the kernel with `rdinit=/lr/init`) does before the restored system's
+//! own initramfs runs.
+//!
+//! 1. mount /proc, /sys and /dev (devtmpfs) where they are not mounted;
+//! 2. load the disk's driver modules and dm-mod from the restored initrd's
+//!    own module tree (`/lib/modules/$(uname -r)`), dependencies first;
+//! 3. find the disk: the one of the recorded size whose on-disk header, at
+//!    the recorded offset, belongs to the recorded staging (waiting up to
+//!    [`DISK_WAIT`] for it to appear);
+//! 4. create the device-mapper `linear` device [`DM_NAME`] from the map,
+//!    then one for each other partition of the same whole-disk image
+//!    (`liverestore-pN`), each checked by its own on-disk header;
+//! 5. unmount what it mounted and `exec /init`, with the same arguments.
+//!
+//! Any failure is printed and the machine reboots after [`FAILURE_PAUSE`]:
+//! a trial boot (`BootNext`, one-shot) then returns to the old system.
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::boot::plan::{BootPlan, DM_NAME};
+use crate::error::{Error, ErrorKind, Result};
+use crate::{boot::initrd, store::header, sys::dm, sys::kmod};
+
+/// How long to wait for the disk to show up (kernel argument
+/// `liverestore.disk_wait=SECONDS` changes it).
+pub const DISK_WAIT: Duration = Duration::from_secs(30);
+/// How long a failure stays on the console before the reboot
+/// (`liverestore.failure_pause=SECONDS`).
+pub const FAILURE_PAUSE: Duration = Duration::from_secs(10);
+
+/// The early-boot step's settings from the kernel command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BootParams {
+    pub disk_wait: Duration,
+    pub failure_pause: Duration,
+}
+
+impl BootParams {
+    /// Parse `liverestore.disk_wait=` and `liverestore.failure_pause=`
+    /// (whole seconds) from a kernel command line; anything else keeps
+    /// the defaults.
+    pub fn from_cmdline(cmdline: &str) -> BootParams {
+        let mut p = BootParams {
+            disk_wait: DISK_WAIT,
+            failure_pause: FAILURE_PAUSE,
+        };
+        for word in cmdline.split_whitespace() {
+            let Some((key, value)) = word.split_once('=') else {
+                continue;
+            };
+            let Ok(secs) = value.parse::<u64>() else {
+                continue;
+            };
+            match key {
+                "liverestore.disk_wait" => p.disk_wait = Duration::from_secs(secs),
+                "liverestore.failure_pause" => p.failure_pause = Duration::from_secs(secs),
+                _ => {}
+            }
+        }
+        p
+    }
+}
+
+/// Whether this process was started as the early-boot step.
+pub fn is_early_boot() -> bool {
+    std::env::args_os()
+        .next()
+        .is_some_and(|a| a == initrd::INIT_PATH)
+}
+
+/// Run the early-boot step; never returns.
+pub fn run() -> ! {
+    let mut mounted = Vec::new();
+    let mut params = BootParams::from_cmdline("");
+    let err = match assemble(&mut mounted, &mut params) {
+        Ok(dev) => {
+            eprintln!("liverestore: the staged image is {}", dev.display());
+            for m in mounted.iter().rev() {
+                let _ = rustix::mount::unmount(*m, rustix::mount::UnmountFlags::DETACH);
+            }
+            let e = std::process::Command::new("/init")
+                .args(std::env::args_os().skip(1))
+                .exec();
+            Error::io("start the restored system's /init", e)
+        }
+        Err(e) => e,
+    };
+    eprintln!("liverestore: early boot failed: {err}");
+    eprintln!(
+        "liverestore: rebooting in {} s (a trial boot returns to the previous system)",
+        params.failure_pause.as_secs()
+    );
+    std::thread::sleep(params.failure_pause);
+    rustix::fs::sync();
+    let _ = rustix::system::reboot(rustix::system::RebootCommand::Restart);
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+fn mount_missing(mounted: &mut Vec<&'static str>) -> Result<()> {
+    for (fs, dir, probe) in [
+        ("proc", "/proc", "/proc/self"),
+        ("sysfs", "/sys", "/sys/block"),
+        ("devtmpfs", "/dev", "/dev/null"),
+    ] {
+        if Path::new(probe).exists() {
+            continue;
+        }
+        let _ = std::fs::create_dir_all(dir);
+        rustix::mount::mount(fs, dir, fs, rustix::mount::MountFlags::empty(), None)
+            .map_err(|e| Error::from(e).with_path(dir))?;
+        mounted.push(dir);
+    }
+    Ok(())
+}
+
+fn assemble(mounted: &mut Vec<&'static str>, params: &mut BootParams) -> Result<PathBuf> {
+    mount_missing(mounted)?;
+    *params =
+        BootParams::from_cmdline(&std::fs::read_to_string("/proc/cmdline").unwrap_or_default());
+    let plan_bytes = std::fs::read(initrd::PLAN_PATH)
+        .map_err(|e| Error::io("read the boot plan", e).with_path(initrd::PLAN_PATH))?;
+    let plan = BootPlan::decode(&plan_bytes)?;
+    let uname = rustix::system::uname();
+    let release = uname.release().to_string_lossy().into_owned();
+    let modules = Path::new("/lib/modules").join(&release);
+    let mut wanted = plan.modules.clone();
+    wanted.push("dm_mod".into());
+    if modules.join("modules.dep").exists() {
+        kmod::load(&modules, &wanted)?;
+    } else if !Path::new(dm::CONTROL).exists() {
+        return Err(Error::new(
+            ErrorKind::KernelLacks,
+            format!(
+                "the initramfs has no {}/modules.dep and the kernel has no device-mapper built in",
+                modules.display()
+            ),
+        ));
+    }
+    let (name, dev_t) = find_disk(&plan, params.disk_wait)?;
+    eprintln!(
+        "liverestore: '{}' found on /dev/{name}; mapping {} extents",
+        plan.name,
+        plan.extents.len()
+    );
+    let info = dm::create(
+        DM_NAME,
+        &format!("liverestore-boot-{}", plan.id),
+        &plan.table(&dev_t),
+        false,
+    )?;
+    // The image's other partitions, each checked by its own header.
+    let node = Path::new("/dev").join(&name);
+    for c in &plan.companions {
+        if !holds_header(&node, c.header_offset, c.id) {
+            return Err(Error::new(
+                ErrorKind::MapChanged,
+                format!(
+                    "the header at byte {} of /dev/{name} is not {}'s any more",
+                    c.header_offset, c.dm_name
+                ),
+            ));
+        }
+        dm::create(
+            &c.dm_name,
+            &format!("liverestore-boot-{}", c.id),
+            &c.table(&dev_t),
+            false,
+        )?;
+        eprintln!(
+            "liverestore: {} mapped ({} extents)",
+            c.dm_name,
+            c.extents.len()
+        );
+    }
+    Ok(info.path())
+}
+
+/// Whether `disk` holds, at `offset`, the header block 0 of staging `id`
+/// (written for that offset).
+fn holds_header(disk: &Path, offset: u64, id: uuid::Uuid) -> bool {
+    crate::map::disk_io::read_raw(disk, offset, header::BLOCK0_SIZE)
+        .and_then(|b| header::decode_block0(&b))
+        .is_ok_and(|b0| b0.id == id && b0.self_disk_offset == offset)
+}
+
+/// The disk holding the plan's staging: name and "major:minor".
+fn find_disk(plan: &BootPlan, wait: Duration) -> Result<(String, String)> {
+    let start = Instant::now();
+    let mut seen = Vec::new();
+    loop {
+        for entry in std::fs::read_dir("/sys/block")
+            .map_err(|e| Error::io("list /sys/block", e))?
+            .flatten()
+        {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if ["loop", "ram", "dm-", "zram", "sr", "fd"]
+                .iter()
+                .any(|p| name.starts_with(p))
+            {
+                continue;
+            }
+            let read = |f: &str| std::fs::read_to_string(entry.path().join(f)).unwrap_or_default();
+            let sectors: u64 = read("size").trim().parse().unwrap_or(0);
+            if sectors * 512 != plan.disk_size {
+                continue;
+            }
+            if !seen.contains(&name) {
+                seen.push(name.clone());
+            }
+            if holds_header(&Path::new("/dev").join(&name), plan.header_offset, plan.id) {
+                return Ok((name, read("dev").trim().to_string()));
+            }
+        }
+        if start.elapsed() > wait {
+            return Err(Error::new(
+                ErrorKind::NotFound,
+                format!(
+                    "no disk of {} bytes holds the header of '{}' at byte {} (disks of that size: {})",
+                    plan.disk_size,
+                    plan.name,
+                    plan.header_offset,
+                    if seen.is_empty() {
+                        "none".into()
+                    } else {
+                        seen.join(", ")
+                    }
+                ),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn boot_params_from_the_command_line() {
+        let p = BootParams::from_cmdline("ro root=/dev/dm-0 liverestore.disk_wait=3 quiet");
+        assert_eq!(p.disk_wait, Duration::from_secs(3));
+        assert_eq!(p.failure_pause, FAILURE_PAUSE);
+        let p = BootParams::from_cmdline("liverestore.failure_pause=0 liverestore.disk_wait=x");
+        assert_eq!((p.disk_wait, p.failure_pause), (DISK_WAIT, Duration::ZERO));
+    }
+}

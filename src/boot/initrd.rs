@@ -1,0 +1,313 @@
+//! The early-boot initramfs: a small newc cpio archive, appended to the
+//! restored system's own initrd (the kernel unpacks concatenated archives
+//! one after the other), holding `/lr/init` — a static liverestore, which
+//! runs as the early-boot step when started under that name (kernel
+//! argument `rdinit=/lr/init`) — and `/lr/boot.json`, its [`BootPlan`].
+//! `/lr/init` assembles the staged image as a device-mapper device and
+//! hands over to the restored initrd's `/init` (see [`crate::boot::early_boot`]).
+
+use std::io::Write;
+use std::path::Path;
+
+use crate::boot::plan::BootPlan;
+use crate::error::{Error, ErrorKind, IoContext, Result};
+use crate::store::record::StagingRecord;
+
+/// Where the early-boot program and its plan live in the initramfs.
+pub const INIT_PATH: &str = "/lr/init";
+pub const PLAN_PATH: &str = "/lr/boot.json";
+
+/// Whether `elf` is a statically linked executable (no `PT_INTERP`
+/// program header): only such a program can run inside a foreign
+/// initramfs.
+pub fn is_static_elf(elf: &[u8]) -> bool {
+    const PT_INTERP: u32 = 3;
+    let u16_at = |at: usize| {
+        elf.get(at..at + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]))
+    };
+    let u32_at = |at: usize| {
+        elf.get(at..at + 4)
+            .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")))
+    };
+    let u64_at = |at: usize| {
+        elf.get(at..at + 8)
+            .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+    };
+    // 64-bit little-endian ELF executables only (ELFCLASS64, ELFDATA2LSB).
+    if elf.get(0..6) != Some(b"\x7fELF\x02\x01") {
+        return false;
+    }
+    let (Some(phoff), Some(phentsize), Some(phnum)) = (u64_at(0x20), u16_at(0x36), u16_at(0x38))
+    else {
+        return false;
+    };
+    (0..u64::from(phnum)).all(|i| {
+        let at = phoff + i * u64::from(phentsize);
+        usize::try_from(at)
+            .ok()
+            .and_then(u32_at)
+            .is_some_and(|p_type| p_type != PT_INTERP)
+    })
+}
+
+fn entry(out: &mut Vec<u8>, ino: u32, name: &str, mode: u32, data: &[u8]) -> Result<()> {
+    let io = |e: std::io::Error| Error::io("build the early-boot initramfs", e);
+    let mut w = cpio::NewcBuilder::new(name)
+        .ino(ino)
+        .mode(mode)
+        .nlink(1)
+        .write(&mut *out, data.len() as u32);
+    w.write_all(data).map_err(io)?;
+    w.finish().map_err(io)?;
+    Ok(())
+}
+
+/// The archive: `/lr` with `init` (the static `helper` executable) and
+/// `boot.json` (`plan`).
+pub fn early_boot_cpio(plan: &BootPlan, helper: &[u8]) -> Result<Vec<u8>> {
+    if !is_static_elf(helper) {
+        return Err(Error::new(
+            ErrorKind::InvalidState,
+            "the early-boot helper must be a statically linked x86-64 liverestore (build one with RUSTFLAGS='-C target-feature=+crt-static' cargo build --release --target x86_64-unknown-linux-gnu, and pass it with --helper)",
+        ));
+    }
+    let mut out = Vec::new();
+    entry(&mut out, 1, "lr", 0o040755, &[])?;
+    entry(&mut out, 2, &INIT_PATH[1..], 0o100755, helper)?;
+    entry(&mut out, 3, &PLAN_PATH[1..], 0o100644, &plan.encode())?;
+    cpio::newc::trailer(out).map_err(|e| Error::io("build the early-boot initramfs", e))
+}
+
+/// `initrd` with the early-boot archive `early` appended, as the kernel
+/// unpacks it: after a compressed archive the kernel takes a cpio header
+/// only at an offset that is a multiple of 4 (`unpack_to_rootfs` in
+/// `init/initramfs.c`), and skips zero bytes between archives. A
+/// compressed initrd ends wherever its stream ends (Debian 12's was
+/// 30715354 bytes), so zeros pad it to the next multiple of 4 first;
+/// without them the kernel reports "invalid magic at start of compressed
+/// archive" and cannot mount the root.
+pub fn append_early_boot(initrd: &mut Vec<u8>, early: &[u8]) {
+    initrd.resize(initrd.len().next_multiple_of(4), 0);
+    initrd.extend_from_slice(early);
+}
+
+/// The early-boot initramfs of the complete staging `rec`: its plan (with
+/// the driver modules of the staging's disk, read from sysfs) and the
+/// archive, whose `/lr/init` is `helper` (default: this program).
+pub fn for_staging(rec: &StagingRecord, helper: Option<&Path>) -> Result<(BootPlan, Vec<u8>)> {
+    for_set(rec, &[], helper)
+}
+
+/// As [`for_staging`], with `others` (partitions of the same whole-disk
+/// image) mapped alongside `root`.
+pub fn for_set(
+    root: &StagingRecord,
+    others: &[StagingRecord],
+    helper: Option<&Path>,
+) -> Result<(BootPlan, Vec<u8>)> {
+    let disk_name = Path::new(&root.disk.path)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let modules = crate::sys::kmod::disk_driver_modules(Path::new("/sys"), &disk_name);
+    let plan = BootPlan::for_set(root, others, modules)?;
+    let helper = match helper {
+        Some(p) => p.to_path_buf(),
+        None => std::env::current_exe().map_err(|e| Error::io("find this program", e))?,
+    };
+    let bytes = std::fs::read(&helper)
+        .op(|| "read the early-boot helper".into())
+        .map_err(|e| e.with_path(&helper))?;
+    let archive = early_boot_cpio(&plan, &bytes)?;
+    Ok((plan, archive))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn elf(interp: bool) -> Vec<u8> {
+        let mut e = vec![0u8; 0x40 + 2 * 56];
+        e[..6].copy_from_slice(b"\x7fELF\x02\x01");
+        e[0x20..0x28].copy_from_slice(&0x40u64.to_le_bytes());
+        e[0x36..0x38].copy_from_slice(&56u16.to_le_bytes());
+        e[0x38..0x3a].copy_from_slice(&2u16.to_le_bytes());
+        e[0x40..0x44].copy_from_slice(&1u32.to_le_bytes()); // PT_LOAD
+        let second = if interp { 3u32 } else { 6 }; // PT_INTERP or PT_PHDR
+        e[0x40 + 56..0x40 + 60].copy_from_slice(&second.to_le_bytes());
+        e
+    }
+
+    #[test]
+    fn static_executables_are_told_apart() {
+        assert!(is_static_elf(&elf(false)));
+        assert!(!is_static_elf(&elf(true)));
+        assert!(!is_static_elf(b"#!/bin/sh\n"));
+        assert!(!is_static_elf(&elf(false)[..0x50]), "truncated headers");
+    }
+
+    #[test]
+    fn archive_holds_init_and_plan() {
+        let mut rec = crate::store::record::tests::sample_record();
+        rec.state = crate::store::record::StagingState::Complete;
+        let plan = BootPlan::for_staging(&rec, vec!["dm_mod".into()]).unwrap();
+        assert!(early_boot_cpio(&plan, &elf(true)).is_err());
+        let helper = elf(false);
+        let bytes = early_boot_cpio(&plan, &helper).unwrap();
+        assert_eq!(bytes.len() % 4, 0, "concatenable");
+        let mut rest: &[u8] = &bytes;
+        let mut seen = Vec::new();
+        loop {
+            let mut r = cpio::NewcReader::new(rest).unwrap();
+            if r.entry().is_trailer() {
+                break;
+            }
+            let (name, mode) = (r.entry().name().to_string(), r.entry().mode());
+            let mut data = Vec::new();
+            std::io::Read::read_to_end(&mut r, &mut data).unwrap();
+            match name.as_str() {
+                "lr/init" => assert_eq!(data, helper),
+                "lr/boot.json" => assert_eq!(BootPlan::decode(&data).unwrap(), plan),
+                _ => {}
+            }
+            seen.push((name, mode & 0o777));
+            rest = r.finish().unwrap();
+        }
+        assert_eq!(
+            seen,
+            [
+                ("lr".into(), 0o755),
+                ("lr/init".into(), 0o755),
+                ("lr/boot.json".into(), 0o644)
+            ]
+        );
+    }
+
+    /// What the kernel's `unpack_to_rootfs` (init/initramfs.c) makes of
+    /// `buf`: the names of every file it unpacks, or its error message.
+    /// A newc header is taken only at an offset that is a multiple of 4;
+    /// zero bytes between archives are skipped; anything else must be a
+    /// compressed archive, which is decompressed whole (its content is
+    /// cpio) and followed again at the offset where its stream ended.
+    fn unpack_like_the_kernel(buf: &[u8]) -> std::result::Result<Vec<String>, String> {
+        use std::io::Read;
+        fn cpio_names(
+            mut rest: &[u8],
+            names: &mut Vec<String>,
+        ) -> std::result::Result<usize, String> {
+            let start = rest.len();
+            loop {
+                let r = cpio::NewcReader::new(rest).map_err(|e| e.to_string())?;
+                if r.entry().is_trailer() {
+                    rest = r.finish().map_err(|e| e.to_string())?;
+                    return Ok(start - rest.len());
+                }
+                names.push(r.entry().name().to_string());
+                rest = r.finish().map_err(|e| e.to_string())?;
+            }
+        }
+        let mut names = Vec::new();
+        let mut at = 0usize;
+        while at < buf.len() {
+            let rest = &buf[at..];
+            if rest[0] == b'0' && at.is_multiple_of(4) {
+                at += cpio_names(rest, &mut names)?;
+            } else if rest[0] == 0 {
+                at += 1;
+            } else {
+                let mut input: &[u8] = rest;
+                let mut out = Vec::new();
+                let read = if rest.starts_with(&[0x1f, 0x8b]) {
+                    flate2::bufread::GzDecoder::new(&mut input).read_to_end(&mut out)
+                } else if rest.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+                    zstd::stream::read::Decoder::with_buffer(&mut input)
+                        .map(|d| d.single_frame())
+                        .and_then(|mut d| d.read_to_end(&mut out))
+                } else if rest.starts_with(b"\xfd7zXZ\0") {
+                    liblzma::bufread::XzDecoder::new(&mut input).read_to_end(&mut out)
+                } else {
+                    return Err(format!(
+                        "invalid magic at start of compressed archive (offset {at})"
+                    ));
+                };
+                read.map_err(|e| format!("decompressor failed: {e}"))?;
+                cpio_names(&out, &mut names)?;
+                at += rest.len() - input.len();
+            }
+        }
+        Ok(names)
+    }
+
+    /// A newc archive of `files`.
+    fn cpio_of(files: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (i, (name, data)) in files.iter().enumerate() {
+            entry(&mut out, i as u32 + 1, name, 0o100644, data).unwrap();
+        }
+        cpio::newc::trailer(out).unwrap()
+    }
+
+    /// Restored initrds as distributions make them: uncompressed, gzip,
+    /// zstd, xz, and an uncompressed early-microcode archive in front of
+    /// a compressed one; the compressed ones in every length modulo 4
+    /// (gzip's optional file name field shifts the length byte by byte).
+    fn restored_initrds() -> Vec<(String, Vec<u8>)> {
+        use std::io::Write;
+        let main = cpio_of(&[("init", b"#!/bin/sh\n"), ("etc/fstab", &[7u8; 1000])]);
+        let micro = cpio_of(&[("kernel/x86/microcode/GenuineIntel.bin", &[1u8; 37])]);
+        let mut all = vec![("uncompressed".to_string(), main.clone())];
+        for pad in 0..4 {
+            let mut gz = flate2::GzBuilder::new()
+                .filename("i".repeat(pad + 1))
+                .write(Vec::new(), flate2::Compression::default());
+            gz.write_all(&main).unwrap();
+            let gz = gz.finish().unwrap();
+            all.push((format!("gzip, {} bytes", gz.len()), gz.clone()));
+            let mut both = micro.clone();
+            both.extend_from_slice(&gz);
+            all.push((format!("microcode + gzip, {} bytes", both.len()), both));
+        }
+        let zst = zstd::encode_all(&main[..], 19).unwrap();
+        all.push((format!("zstd, {} bytes", zst.len()), zst));
+        let mut xz = liblzma::write::XzEncoder::new(Vec::new(), 6);
+        xz.write_all(&main).unwrap();
+        let xz = xz.finish().unwrap();
+        all.push((format!("xz, {} bytes", xz.len()), xz));
+        all
+    }
+
+    #[test]
+    fn the_early_boot_archive_unpacks_after_every_kind_of_initrd() {
+        let early = cpio_of(&[
+            ("lr", b""),
+            ("lr/init", b"\x7fELF"),
+            ("lr/boot.json", b"{}"),
+        ]);
+        let residues: std::collections::BTreeSet<usize> = restored_initrds()
+            .iter()
+            .map(|(_, i)| i.len() % 4)
+            .collect();
+        assert_eq!(residues.len(), 4, "every length modulo 4 is tried");
+        for (what, initrd) in restored_initrds() {
+            let alone = unpack_like_the_kernel(&initrd).unwrap();
+            let mut joined = initrd.clone();
+            append_early_boot(&mut joined, &early);
+            assert_eq!(joined.len() % 4, 0, "{what}");
+            let names = unpack_like_the_kernel(&joined)
+                .unwrap_or_else(|e| panic!("{what} + early boot: {e}"));
+            assert_eq!(names[..alone.len()], alone[..], "{what}");
+            assert_eq!(
+                names[alone.len()..],
+                ["lr", "lr/init", "lr/boot.json"],
+                "{what}"
+            );
+            // Plain concatenation is what broke Debian 12's boot.
+            let plain = [&initrd[..], &early[..]].concat();
+            if initrd.len() % 4 != 0 {
+                let e = unpack_like_the_kernel(&plain).unwrap_err();
+                assert!(e.contains("invalid magic"), "{what}: {e}");
+            }
+        }
+    }
+}

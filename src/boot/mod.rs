@@ -1,0 +1,19 @@
+//! Booting a staged image: what the early-boot step needs ([`plan`]), the
+//! archive appended to the restored initrd ([`initrd`]) and the program
+//! that runs from it at boot ([`early_boot`]); where boot entries change:
+//! [`activate`] (UEFI, GRUB, native partition entries, commit, rollback,
+//! status); and the boot formats on bytes: UEFI load options
+//! ([`efi`]), GRUB's files ([`grub_format`]), partition entries
+//! ([`partition_entry`]).
+//!
+//! Owns: every change to how the machine boots. May not: write staged
+//! bytes (staging and `customize` do), or touch a disk except through
+//! [`crate::map::disk_io::DiskWriter`].
+
+pub mod activate;
+pub mod early_boot;
+pub mod efi;
+pub mod grub_format;
+pub mod initrd;
+pub mod partition_entry;
+pub mod plan;

@@ -1,0 +1,12 @@
+//! The map and the write choke point: FIEMAP answers ([`fiemap`]), the
+//! container → disk [`extent_map::ExtentMap`] with its checks
+//! ([`extent_map`]), and [`disk_io`] — **the only place that writes to a
+//! disk** ([`disk_io::DiskWriter`]): every write is addressed through a
+//! map and refused when any byte of it falls outside.
+//!
+//! Owns: translating and bounding disk I/O. May not: choose space, keep
+//! state, or open a disk for writing anywhere but in `disk_io`.
+
+pub mod disk_io;
+pub mod extent_map;
+pub mod fiemap;

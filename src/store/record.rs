@@ -1,0 +1,620 @@
+//! What liverestore remembers about one staged image: the [`StagingRecord`].
+//!
+//! The same record is kept in two places: as a checksummed JSON file in the
+//! state directory ([`encode_state_file`]/[`decode_state_file`]) and as the
+//! body of the on-disk header inside the container ([`crate::store::header`]), so
+//! either copy is enough to find the image again.
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::map::extent_map::ExtentMap;
+
+/// Current record format version. Version 3 added [`StagingRecord::segments`];
+/// version 2 records (no segments) are still read.
+pub const RECORD_VERSION: u32 = 3;
+/// The oldest record version still read.
+pub const OLDEST_RECORD_VERSION: u32 = 2;
+
+/// Where a staging is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StagingState {
+    /// The record exists, the container may not (yet): discard cleans up.
+    Allocating,
+    /// The container is pinned and mapped; data is being written. A crash
+    /// here is resumable with `stage --resume`.
+    Staging,
+    /// Every byte is written, synced, hashed and the map re-checked.
+    Complete,
+    /// Written, but the image did not match the SHA-256 it had to match:
+    /// `verify` and activation refuse it; discard it.
+    Failed,
+}
+
+impl StagingState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StagingState::Allocating => "allocating",
+            StagingState::Staging => "staging",
+            StagingState::Complete => "complete",
+            StagingState::Failed => "failed",
+        }
+    }
+}
+
+/// The image that was (or is being) staged.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageInfo {
+    /// The path or URL it was read from; None for stdin.
+    pub source: Option<String>,
+    /// Layout and compression as recognized (`raw`, `qcow2, zstd`, …).
+    #[serde(default)]
+    pub kind: String,
+    /// The bmap file used, if any.
+    #[serde(default)]
+    pub bmap: Option<String>,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Bytes per hashed chunk (the last chunk may be shorter).
+    pub chunk_size: u64,
+    /// Image bytes written and synced to disk so far (a multiple of
+    /// `chunk_size`, or `size` when done).
+    pub written: u64,
+    /// BLAKE3 (hex) of each chunk written so far.
+    pub chunk_blake3: Vec<String>,
+    /// SHA-256 (hex) the image must have (`--sha256` or a hash file), if
+    /// one was given.
+    #[serde(default)]
+    pub expected_sha256: Option<String>,
+    /// SHA-256 (hex) of the whole image, when it was computed (it is when
+    /// one was expected).
+    pub sha256: Option<String>,
+    /// Why a `failed` staging failed.
+    #[serde(default)]
+    pub failure: Option<String>,
+    /// Bytes the last staging run wrote to the disk, and bytes it zeroed
+    /// with `BLKZEROOUT` instead of writing.
+    #[serde(default)]
+    pub disk_written: u64,
+    #[serde(default)]
+    pub disk_zeroed: u64,
+    /// Set when the staged bytes are one partition of a whole-disk image.
+    /// `expected_sha256` is then the whole image's, and `sha256` stays unset
+    /// (the whole image's hash is in [`StagedPartition::image_sha256`]).
+    #[serde(default)]
+    pub partition: Option<StagedPartition>,
+    /// Set (to the Unix time it started) while `customize` changes the
+    /// staged bytes: the chunk hashes are then stale until it finishes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub customizing: Option<u64>,
+    /// What `customize` changed since staging, oldest first. The chunk
+    /// hashes (and `sha256`, then the staged image's own) describe the
+    /// bytes after the last one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub customized: Vec<Customization>,
+}
+
+/// One change `customize` made inside a staged image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Change {
+    /// What kind of change: `preserved`, `machine-id`, `ssh-host-key`,
+    /// `hostname`, `network`, `firmware`, `module`, …
+    pub what: String,
+    /// The path inside the image.
+    pub path: String,
+    pub detail: String,
+}
+
+impl Change {
+    pub fn new(what: &str, path: &std::path::Path, detail: &str) -> Change {
+        Change {
+            what: what.to_string(),
+            path: path.display().to_string(),
+            detail: detail.to_string(),
+        }
+    }
+}
+
+/// One run of `customize`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Customization {
+    pub at_unix: u64,
+    /// The first [`Customization::MAX_KEPT`] changes (the record is also
+    /// the on-disk header, whose room is fixed), and how many there were.
+    pub changes: Vec<Change>,
+    pub change_count: u64,
+    /// SHA-256 of the image before and after.
+    pub sha256_before: Option<String>,
+    pub sha256: String,
+}
+
+impl Customization {
+    pub const MAX_KEPT: usize = 100;
+}
+
+/// One partition of a whole-disk image, staged on its own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StagedPartition {
+    /// The name given to `stage` (the partitions are staged as
+    /// `NAME-p1`, `NAME-p2`, …, or as `NAME` when `--partition` picked one).
+    pub set: String,
+    /// Shared by the stagings made from the same image by one `stage`.
+    pub set_id: uuid::Uuid,
+    /// The partition's number in `table`.
+    pub number: u32,
+    /// The whole image's size, and its SHA-256 once computed.
+    pub image_size: u64,
+    pub image_sha256: Option<String>,
+    /// The image's partition table, for activation to rebuild entries.
+    pub table: crate::input::partitions::PartitionTable,
+}
+
+impl StagedPartition {
+    /// This partition's entry in the table.
+    pub fn entry(&self) -> Option<&crate::input::partitions::ImagePartition> {
+        self.table.partition(self.number)
+    }
+}
+
+impl ImageInfo {
+    pub fn chunk_count(&self) -> u64 {
+        self.size.div_ceil(self.chunk_size)
+    }
+}
+
+/// A piece of a staging's space after its first container, in map order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Segment {
+    /// Another container file: on another filesystem of the same disk, or
+    /// the next piece of a container split because the filesystem's files
+    /// cannot be that large.
+    File {
+        container: ContainerInfo,
+        host: HostInfo,
+    },
+    /// Disk bytes `[disk, disk + length)` outside every partition.
+    Unallocated { disk: u64, length: u64 },
+}
+
+/// The container file on the host filesystem.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerInfo {
+    pub path: String,
+    pub inode: u64,
+    pub generation: u32,
+    /// Allocated size: header + image, rounded up to the block size.
+    pub size: u64,
+    /// Container offset where the image starts (= header length).
+    pub data_offset: u64,
+    pub block_size: u64,
+}
+
+/// The filesystem and partition that hold the container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostInfo {
+    pub fs_type: String,
+    pub fs_uuid: Option<String>,
+    pub mount_point: String,
+    /// The block device of the filesystem, e.g. /dev/sda2.
+    pub device: String,
+    /// Byte offset of that device on the whole disk (0 when the filesystem
+    /// is on the whole disk).
+    pub start: u64,
+    pub size: u64,
+    pub partition_number: Option<u32>,
+    pub partition_uuid: Option<String>,
+}
+
+/// The whole disk that is written to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskInfo {
+    pub path: String,
+    pub size: u64,
+    pub logical_sector_size: u32,
+    pub physical_sector_size: u32,
+    pub gpt_guid: Option<String>,
+    pub mbr_signature: Option<String>,
+    pub serial: Option<String>,
+}
+
+/// Everything known about one staged image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StagingRecord {
+    pub version: u32,
+    pub id: uuid::Uuid,
+    pub name: String,
+    pub state: StagingState,
+    pub created_unix: u64,
+    pub image: ImageInfo,
+    pub container: ContainerInfo,
+    pub host: HostInfo,
+    pub disk: DiskInfo,
+    /// Space after `container` (a segment set or a split container), in
+    /// map order; empty when the container holds everything.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub segments: Vec<Segment>,
+    /// Container offset → whole-disk offset. None while allocating. With
+    /// segments, "container offset" runs on through each segment in turn.
+    pub map: Option<ExtentMap>,
+    /// Set while this staging is activated as the root: how it boots and
+    /// what the old system was. Being in the on-disk header too, it is how
+    /// the restored system learns both.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub activation: Option<ActivationNote>,
+}
+
+/// What the on-disk header of an activated staging says about the
+/// activation, for the restored system (`status`, `commit`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActivationNote {
+    pub at_unix: u64,
+    /// "uefi" or "grub".
+    pub loader: String,
+    /// The boot entry, as `status` names it.
+    pub entry: String,
+    /// UEFI: the `Boot####` number.
+    pub uefi_boot_number: Option<u16>,
+    /// GRUB: the disk offset of `grubenv`'s block.
+    pub grub_env_offset: Option<u64>,
+    pub old_system: OldSystem,
+}
+
+/// The system that activated a staging, as it described itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OldSystem {
+    pub hostname: String,
+    pub kernel_release: String,
+    /// The device mounted at `/`.
+    pub root_device: String,
+    /// The entry it was started from (`Boot0001 "debian"`), when known.
+    pub boot_entry: Option<String>,
+}
+
+impl StagingRecord {
+    /// Every container file with the filesystem holding it, the first
+    /// (which holds the header) first.
+    pub fn container_files(&self) -> Vec<(&ContainerInfo, &HostInfo)> {
+        let mut out = vec![(&self.container, &self.host)];
+        out.extend(self.segments.iter().filter_map(|s| match s {
+            Segment::File { container, host } => Some((container, host)),
+            Segment::Unallocated { .. } => None,
+        }));
+        out
+    }
+
+    /// The unallocated segments as disk byte ranges `[start, end)`.
+    pub fn unallocated_ranges(&self) -> Vec<(u64, u64)> {
+        self.segments
+            .iter()
+            .filter_map(|s| match s {
+                Segment::Unallocated { disk, length } => Some((*disk, disk + length)),
+                Segment::File { .. } => None,
+            })
+            .collect()
+    }
+
+    /// Disk bytes the map may reach: each container's partition and each
+    /// unallocated segment, as `[start, end)`.
+    pub fn disk_bounds(&self) -> Vec<(u64, u64)> {
+        let mut out = vec![(self.host.start, self.host.start + self.host.size)];
+        for s in &self.segments {
+            out.push(match s {
+                Segment::File { host, .. } => (host.start, host.start + host.size),
+                Segment::Unallocated { disk, length } => (*disk, disk + length),
+            });
+        }
+        out
+    }
+
+    /// Refuse ([`ErrorKind::InvalidState`]) while an interrupted
+    /// `customize` left the staged bytes and their hashes disagreeing.
+    pub fn check_not_customizing(&self) -> Result<()> {
+        if self.image.customizing.is_some() {
+            return Err(Error::new(
+                ErrorKind::InvalidState,
+                format!(
+                    "a `customize` of '{0}' was interrupted, so its bytes and hashes disagree: run `liverestore customize {0}` again (with the same options) to finish it, or discard it",
+                    self.name
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The staging's name for machine-wide things (device-mapper devices,
+    /// mount points under `/run/liverestore`): the name plus the start of
+    /// its id, so that stagings of one name in two state directories never
+    /// share them.
+    pub fn instance(&self) -> String {
+        format!("{}-{}", self.name, &self.id.simple().to_string()[..8])
+    }
+
+    /// Disk offset of the on-disk header's block 0 (container offset 0).
+    pub fn header_disk_offset(&self) -> Result<u64> {
+        let map = self.map.as_ref().ok_or_else(|| {
+            Error::new(
+                ErrorKind::InvalidState,
+                format!("'{}' has no map yet (still allocating)", self.name),
+            )
+        })?;
+        Ok(map.translate(0, 512)?[0].disk)
+    }
+
+    /// The map of the image bytes alone (container map minus the header).
+    pub fn image_map(&self) -> Result<ExtentMap> {
+        let map = self.map.as_ref().ok_or_else(|| {
+            Error::new(
+                ErrorKind::InvalidState,
+                format!("'{}' has no map yet (still allocating)", self.name),
+            )
+        })?;
+        map.slice(self.container.data_offset, self.image.size)
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct Envelope<'a> {
+    format: String,
+    sha256: String,
+    #[serde(borrow)]
+    record: &'a RawValue,
+}
+
+const STATE_FORMAT: &str = "liverestore-state-v1";
+
+/// Serialize a record as a state file: the record plus the SHA-256 of its
+/// exact JSON bytes.
+pub fn encode_state_file(record: &StagingRecord) -> Vec<u8> {
+    let body = serde_json::to_string(record).expect("records always serialize");
+    let raw = RawValue::from_string(body).expect("serde_json output is valid JSON");
+    let env = Envelope {
+        format: STATE_FORMAT.to_string(),
+        sha256: hex::encode(Sha256::digest(raw.get().as_bytes())),
+        record: &raw,
+    };
+    let mut out = serde_json::to_vec_pretty(&env).expect("envelope serializes");
+    out.push(b'\n');
+    out
+}
+
+/// Parse and check a state file. Any damage is [`ErrorKind::Corrupt`].
+pub fn decode_state_file(bytes: &[u8]) -> Result<StagingRecord> {
+    let corrupt = |m: String| Error::new(ErrorKind::Corrupt, m);
+    let env: Envelope<'_> = serde_json::from_slice(bytes)
+        .map_err(|e| corrupt(format!("state file is not valid: {e}")))?;
+    if env.format != STATE_FORMAT {
+        return Err(corrupt(format!(
+            "unknown state file format '{}'",
+            env.format
+        )));
+    }
+    let actual = hex::encode(Sha256::digest(env.record.get().as_bytes()));
+    if actual != env.sha256 {
+        return Err(corrupt("state file checksum mismatch".to_string()));
+    }
+    let record: StagingRecord = serde_json::from_str(env.record.get())
+        .map_err(|e| corrupt(format!("state record is not valid: {e}")))?;
+    if !(OLDEST_RECORD_VERSION..=RECORD_VERSION).contains(&record.version) {
+        return Err(corrupt(format!(
+            "unsupported record version {}",
+            record.version
+        )));
+    }
+    Ok(record)
+}
+
+/// Is `name` usable as a staging name (and so as a file name)?
+pub fn validate_name(name: &str) -> Result<()> {
+    let bad = |why: &str| {
+        Err(Error::new(
+            ErrorKind::InvalidName,
+            format!(
+                "invalid name '{}': {why}; use letters, digits, '.', '-', '_'",
+                name.escape_default()
+            ),
+        ))
+    };
+    if name.is_empty() {
+        return bad("it is empty");
+    }
+    if name.len() > 100 {
+        return bad("it is longer than 100 bytes");
+    }
+    if name == "." || name == ".." || name.contains("..") {
+        return bad("it contains '..'");
+    }
+    if name.starts_with('.') || name.starts_with('-') {
+        return bad("it starts with '.' or '-'");
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_')))
+    {
+        return bad(&format!("it contains '{}'", c.escape_default()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::map::extent_map::MapExtent;
+
+    pub(crate) fn sample_record() -> StagingRecord {
+        StagingRecord {
+            version: RECORD_VERSION,
+            id: uuid::Uuid::from_u128(0x1234),
+            name: "web-01".into(),
+            state: StagingState::Staging,
+            created_unix: 1_700_000_000,
+            image: ImageInfo {
+                source: Some("/srv/root.img".into()),
+                size: 10 << 20,
+                chunk_size: 4 << 20,
+                written: 4 << 20,
+                kind: "raw".into(),
+                bmap: None,
+                chunk_blake3: vec!["ab".repeat(32)],
+                expected_sha256: None,
+                sha256: None,
+                failure: None,
+                disk_written: 0,
+                disk_zeroed: 0,
+                partition: None,
+                customizing: None,
+                customized: Vec::new(),
+            },
+            container: ContainerInfo {
+                path: "/var/tmp/web-01.lrc".into(),
+                inode: 12,
+                generation: 99,
+                size: 11 << 20,
+                data_offset: 1 << 20,
+                block_size: 4096,
+            },
+            host: HostInfo {
+                fs_type: "ext4".into(),
+                fs_uuid: Some("0c5e4e4e-0000-4000-8000-000000000001".into()),
+                mount_point: "/".into(),
+                device: "/dev/vda2".into(),
+                start: 1 << 20,
+                size: 1 << 30,
+                partition_number: Some(2),
+                partition_uuid: Some("aa".into()),
+            },
+            disk: DiskInfo {
+                path: "/dev/vda".into(),
+                size: 2 << 30,
+                logical_sector_size: 512,
+                physical_sector_size: 4096,
+                gpt_guid: None,
+                mbr_signature: None,
+                serial: None,
+            },
+            map: Some(
+                ExtentMap::new(
+                    vec![
+                        MapExtent {
+                            logical: 0,
+                            disk: 2 << 20,
+                            length: 3 << 20,
+                        },
+                        MapExtent {
+                            logical: 3 << 20,
+                            disk: 9 << 20,
+                            length: 8 << 20,
+                        },
+                    ],
+                    11 << 20,
+                )
+                .unwrap(),
+            ),
+            segments: Vec::new(),
+            activation: None,
+        }
+    }
+
+    #[test]
+    fn state_file_roundtrip() {
+        let rec = sample_record();
+        let bytes = encode_state_file(&rec);
+        assert_eq!(decode_state_file(&bytes).unwrap(), rec);
+        // segments are written only when there are some…
+        assert!(!String::from_utf8_lossy(&bytes).contains("segments"));
+        // …and survive the round trip when there are
+        let mut set = sample_record();
+        set.segments = vec![
+            Segment::File {
+                container: set.container.clone(),
+                host: set.host.clone(),
+            },
+            Segment::Unallocated {
+                disk: 100 << 20,
+                length: 1 << 20,
+            },
+        ];
+        let text = String::from_utf8(encode_state_file(&set)).unwrap();
+        assert!(text.contains(r#""kind":"unallocated""#), "{text}");
+        assert_eq!(decode_state_file(text.as_bytes()).unwrap(), set);
+        assert_eq!(set.disk_bounds().len(), 3);
+        assert_eq!(set.container_files().len(), 2);
+    }
+
+    #[test]
+    fn version_2_records_are_still_read() {
+        let mut old = sample_record();
+        old.version = 2;
+        assert_eq!(decode_state_file(&encode_state_file(&old)).unwrap(), old);
+        old.version = RECORD_VERSION + 1;
+        assert!(decode_state_file(&encode_state_file(&old)).is_err());
+    }
+
+    #[test]
+    fn any_flipped_byte_in_the_record_is_detected() {
+        let rec = sample_record();
+        let bytes = encode_state_file(&rec);
+        let text = String::from_utf8(bytes.clone()).unwrap();
+        let start = text.find("\"record\"").unwrap();
+        for i in (start + 10..bytes.len() - 3).step_by(7) {
+            let mut damaged = bytes.clone();
+            damaged[i] ^= 0x01;
+            let res = decode_state_file(&damaged);
+            assert!(res.is_err(), "flip at {i} not detected");
+            assert_eq!(res.unwrap_err().kind(), ErrorKind::Corrupt);
+        }
+        assert_eq!(
+            decode_state_file(b"").unwrap_err().kind(),
+            ErrorKind::Corrupt
+        );
+        assert_eq!(
+            decode_state_file(&bytes[..bytes.len() / 2])
+                .unwrap_err()
+                .kind(),
+            ErrorKind::Corrupt
+        );
+    }
+
+    #[test]
+    fn image_map_skips_the_header() {
+        let rec = sample_record();
+        let map = rec.image_map().unwrap();
+        assert_eq!(map.len(), 10 << 20);
+        assert_eq!(
+            map.extents()[0],
+            MapExtent {
+                logical: 0,
+                disk: 3 << 20,
+                length: 2 << 20
+            }
+        );
+    }
+
+    #[test]
+    fn names() {
+        for ok in ["a", "web-01", "root_fs.v2", "A9"] {
+            validate_name(ok).unwrap();
+        }
+        for bad in [
+            "",
+            "a/b",
+            "..",
+            "a..b",
+            ".hidden",
+            "-x",
+            "sp ace",
+            "tab\t",
+            "é",
+            &"x".repeat(101),
+        ] {
+            assert_eq!(
+                validate_name(bad).unwrap_err().kind(),
+                ErrorKind::InvalidName,
+                "{bad:?}"
+            );
+        }
+    }
+}

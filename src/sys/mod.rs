@@ -1,0 +1,21 @@
+//! Kernel interfaces, and **the only `unsafe` code of the crate** (the lint
+//! `unsafe_code` is denied everywhere else): the raw ioctls with their
+//! `#[repr(C)]` structs ([`ioctl`]), `O_DIRECT` buffers ([`aligned`]),
+//! device-mapper ([`dm`]), loop devices ([`loop_device`]), UEFI variables
+//! ([`efivars`]), kernel modules ([`kmod`]) and device nodes
+//! ([`dev_node`]).
+//!
+//! Owns: talking to the kernel. May not: decide anything about stagings
+//! or write a disk's bytes (that is [`crate::map::disk_io`]'s alone);
+//! nothing here imports from the folders above it but `error` and the
+//! parsers it encodes for.
+
+#![allow(unsafe_code)]
+
+pub mod aligned;
+pub mod dev_node;
+pub mod dm;
+pub mod efivars;
+pub(crate) mod ioctl;
+pub mod kmod;
+pub mod loop_device;
