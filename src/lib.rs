@@ -19,6 +19,7 @@
 //! - [`customize`]: changing a staged system before its first boot.
 //! - [`boot`]: **where boot entries change** (activate, commit, rollback),
 //!   the early-boot step and the boot formats.
+//! - [`cli`]: the command line, one function and one report per command.
 //! - [`sys`]: kernel interfaces and the only `unsafe` code.
 //! - [`error`]: one error type, a kind per exit code; [`progress`]:
 //!   progress events; [`failpoint`]: simulated power loss for tests.
@@ -27,6 +28,7 @@
 
 pub mod attach;
 pub mod boot;
+pub mod cli;
 pub mod customize;
 pub mod error;
 pub mod failpoint;

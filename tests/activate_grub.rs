@@ -206,29 +206,35 @@ fn grub_activation_on_a_live_ext4() {
     assert_eq!(env.trim(), "saved_entry=0");
     let s = cli.json(&["--json", "status"]);
     assert_eq!(s["next_boot"], "old system (nothing is activated)", "{s}");
-    cli.expect_err(22, &["rollback"]);
+    let e = cli.json_failure(22, &["--json", "rollback"]);
+    assert_eq!(e["kind"], "invalid_state", "{e}");
 
     // Without the user's custom.cfg, activation creates it and rollback
-    // removes it again.
+    // removes it again (and both say so in the JSON envelope).
     std::fs::remove_file(g.join("custom.cfg")).unwrap();
-    cli.expect(
-        0,
-        &[
-            "activate",
-            "sys",
-            "--loader",
-            "grub",
-            "--grub-dir",
-            g_str,
-            "--helper",
-            &helper,
-        ],
+    let a = cli.json(&[
+        "--json",
+        "activate",
+        "sys",
+        "--loader",
+        "grub",
+        "--grub-dir",
+        g_str,
+        "--helper",
+        &helper,
+    ]);
+    assert_eq!(a["command"], "activate", "{a}");
+    assert_eq!(
+        a["activation"]["grub"]["entry_id"], "liverestore-sys",
+        "{a}"
     );
     assert!(g.join("custom.cfg").exists());
-    cli.expect(0, &["rollback"]);
+    let r = cli.json(&["--json", "rollback"]);
+    assert_eq!(r["rolled_back"]["files_removed"], true, "{r}");
     assert!(!g.join("custom.cfg").exists());
 
-    cli.expect(0, &["discard", "sys"]);
+    let d = cli.json(&["--json", "discard", "sys"]);
+    assert_eq!(d["discarded"][0]["name"], "sys", "{d}");
     disk.unmount();
     assert!(disk.fsck_clean());
 }

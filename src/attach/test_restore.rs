@@ -180,7 +180,14 @@ fn run(
     };
     let check = fsck_command(fs, device);
     report.fsck_command = Some(check.join(" "));
-    match Command::new(&check[0]).args(&check[1..]).status() {
+    // Every tool's output goes to stderr: stdout is the report's (a JSON
+    // line with --json).
+    let to_stderr = || std::process::Stdio::from(std::io::stderr());
+    match Command::new(&check[0])
+        .args(&check[1..])
+        .stdout(to_stderr())
+        .status()
+    {
         Ok(s) => {
             report.fsck_status = s.code();
             report.fsck_clean = s.success();
@@ -210,6 +217,7 @@ fn run(
                 .arg(cmd)
                 .env("LIVERESTORE_ROOT", &mnt)
                 .current_dir(&mnt)
+                .stdout(to_stderr())
                 .status();
             report.command_status = Some(match status {
                 Ok(s) => s.code().unwrap_or(128),

@@ -662,15 +662,68 @@ impl Cli {
     }
 
     /// Run with success expected and parse the last JSON line (the result;
-    /// earlier lines are progress events).
+    /// earlier lines are progress events). Every line is checked against
+    /// the schema of the JSON envelope (docs/json-output.schema.json).
     pub fn json(&self, args: &[&str]) -> serde_json::Value {
         let out = self.expect(0, args);
-        let last = out
-            .lines()
+        let lines = json_lines(args, &out);
+        let last = lines
             .last()
             .unwrap_or_else(|| panic!("no output from {args:?}"));
-        serde_json::from_str(last).unwrap_or_else(|e| panic!("{args:?}: not JSON: {last}: {e}"))
+        assert_eq!(last["event"], "result", "{args:?}: {last}");
+        assert_eq!(last["ok"], true, "{args:?}: {last}");
+        last.clone()
     }
+
+    /// Run with `code` expected (non-zero) and `--json` among `args`:
+    /// the last line, which must be a result with "ok": false or an
+    /// error object whose exit_code is `code`.
+    pub fn json_failure(&self, code: i32, args: &[&str]) -> serde_json::Value {
+        let out = self.expect(code, args);
+        let lines = json_lines(args, &out);
+        let last = lines
+            .last()
+            .unwrap_or_else(|| panic!("no output from {args:?}"));
+        assert_eq!(last["ok"], false, "{args:?}: {last}");
+        if last["event"] == "error" {
+            assert_eq!(last["exit_code"], code, "{args:?}: {last}");
+        }
+        last.clone()
+    }
+}
+
+/// The JSON envelope's schema, compiled once.
+fn json_schema() -> &'static jsonschema::Validator {
+    static SCHEMA: std::sync::OnceLock<jsonschema::Validator> = std::sync::OnceLock::new();
+    SCHEMA.get_or_init(|| {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/json-output.schema.json");
+        let schema: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        jsonschema::validator_for(&schema).unwrap()
+    })
+}
+
+/// Every line of `out` parsed and checked against the envelope's schema:
+/// events, then exactly one result or error, last.
+pub fn json_lines(args: &[&str], out: &str) -> Vec<serde_json::Value> {
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{args:?}: not JSON: {l}: {e}")))
+        .collect();
+    for (i, v) in lines.iter().enumerate() {
+        let errors: Vec<String> = json_schema()
+            .iter_errors(v)
+            .map(|e| format!("{} at {}", e, e.instance_path()))
+            .collect();
+        assert!(
+            errors.is_empty(),
+            "{args:?}: {v}\ndoes not match docs/json-output.schema.json: {errors:#?}"
+        );
+        let last = i + 1 == lines.len();
+        let ends = v["event"] == "result" || v["event"] == "error";
+        assert_eq!(ends, last, "{args:?}: one result or error, last: {out}");
+    }
+    lines
 }
 
 /// Check that `image` lies on the disk at exactly the places `map --json` names.

@@ -137,7 +137,7 @@ fn write_synced(path: &Path, data: &[u8]) -> Result<()> {
 }
 
 /// Which boot loader `activate` arms.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LoaderChoice {
     /// UEFI when efivarfs is there and writable; GRUB otherwise (said).
     Auto,
@@ -146,7 +146,7 @@ pub enum LoaderChoice {
 }
 
 /// How the restored system finds its root.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum BootChoice {
     /// Native when the image is one contiguous range outside every
     /// partition of a GPT disk, mapped otherwise.

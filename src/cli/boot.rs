@@ -1,0 +1,371 @@
+//! The boot commands: `activate`, `status`, `commit`, `rollback` and
+//! `initrd`, with their reports.
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use super::Context;
+use super::args::human_bytes;
+use super::output::Report;
+use crate::boot::activate::{
+    self, ActivateOptions, Activation, BootChoice, Committed, LoaderChoice, RolledBack, Status,
+};
+use crate::error::{Error, Result};
+
+/// Make the next boot (once) start the staged image NAME.
+///
+/// Re-validates the map and re-reads every staged byte, finds the
+/// image's /boot/vmlinuz-VERSION and /boot/initrd.img-VERSION, copies
+/// them where the boot loader reads files (the initrd with the
+/// early-boot initramfs appended, see `liverestore initrd`) and arms a
+/// one-shot boot of them:
+///
+///   UEFI  files in ESP/liverestore/NAME/, a Boot#### load option for
+///         the kernel's EFI stub, BootNext set to it.
+///   GRUB  files in /boot/liverestore/NAME/, a menu entry in
+///         GRUB_DIR/custom.cfg, next_entry set in GRUB_DIR/grubenv
+///         (BIOS or UEFI; grub.cfg as update-grub makes it).
+///
+/// --loader auto (the default) uses UEFI when efivarfs is mounted and
+/// writable and falls back to GRUB otherwise, saying so.
+///
+/// The restored system's root:
+///
+///   native  an image staged with --unallocated --contiguous is one run
+///           of the disk outside every partition: a GPT entry is added
+///           over exactly it (a free slot: other partitions keep their
+///           numbers; the kernel is told with BLKPG) and the restored
+///           kernel and initrd boot it as they are, root=PARTUUID=….
+///   mapped  anything else: the early-boot step assembles the image
+///           from its map with device-mapper (root=/dev/dm-0).
+///
+/// --boot auto (the default) is native when it can be.
+///
+/// A whole-disk image (staged as NAME-p1, NAME-p2, …) boots all its
+/// partitions together: the one with a kernel is the root, the others
+/// (its ESP, /home) come along — mapped as liverestore-pN, or each
+/// with its own partition entry when native.
+///
+/// The boot is a trial: nothing else changes, and if the restored system
+/// does not come up and `commit`, the boot after that is the old system
+/// again. Only one image can be activated at a time; `liverestore
+/// rollback` takes it back, and `discard` refuses it until then.
+#[derive(clap::Args, Debug)]
+#[command(verbatim_doc_comment)]
+pub struct ActivateArgs {
+    /// A staged image, or the name a whole-disk image was staged under
+    /// (any of its NAME-pN works too).
+    name: String,
+    /// Which boot loader to arm.
+    #[arg(long, value_enum, default_value_t = LoaderChoice::Auto)]
+    loader: LoaderChoice,
+    /// How the restored system finds its root.
+    #[arg(long, value_enum, default_value_t = BootChoice::Auto)]
+    boot: BootChoice,
+    /// The mounted EFI system partition (UEFI).
+    #[arg(long, value_name = "DIR", default_value = "/boot/efi")]
+    esp: PathBuf,
+    /// GRUB's directory, with grub.cfg and grubenv (GRUB).
+    #[arg(long, value_name = "DIR", default_value = "/boot/grub")]
+    grub_dir: PathBuf,
+    /// UEFI, a whole-disk image activated natively: boot it from its
+    /// own ESP, starting PROGRAM there (default \EFI\BOOT\BOOTX64.EFI,
+    /// the removable-media path) as its own disk would; nothing is
+    /// copied to either ESP, and the program gets only --append.
+    #[arg(
+        long,
+        value_name = "PROGRAM",
+        num_args = 0..=1,
+        default_missing_value = "\\EFI\\BOOT\\BOOTX64.EFI"
+    )]
+    image_esp: Option<String>,
+    /// Extra kernel arguments for the restored system.
+    #[arg(long, value_name = "ARGS")]
+    append: Option<String>,
+    /// The static liverestore for the early-boot step (default: this
+    /// program, if it is statically linked).
+    #[arg(long, value_name = "FILE")]
+    helper: Option<PathBuf>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ActivateReport {
+    pub activation: Activation,
+}
+
+impl ActivateArgs {
+    pub fn run(self, cx: &Context) -> Result<ActivateReport> {
+        let opts = ActivateOptions {
+            loader: self.loader,
+            boot: self.boot,
+            esp: &self.esp,
+            grub_dir: &self.grub_dir,
+            image_esp: self.image_esp.as_deref(),
+            append: self.append.as_deref(),
+            helper: self.helper.as_deref(),
+        };
+        Ok(ActivateReport {
+            activation: activate::activate(&cx.state, &self.name, &opts, cx.progress.as_ref())?,
+        })
+    }
+}
+
+impl Report for ActivateReport {
+    fn print_text(&self) {
+        let a = &self.activation;
+        let how = match (&a.uefi, &a.grub) {
+            (Some(u), _) => format!("Boot{:04X} ({}), BootNext set", u.boot_number, u.loader),
+            (_, Some(g)) => format!(
+                "GRUB entry '{}' in {}/custom.cfg, next_entry set",
+                g.entry_id, g.grub_dir
+            ),
+            _ => String::new(),
+        };
+        if let Some(why) = &a.fallback {
+            eprintln!("{why}");
+        }
+        println!(
+            "'{}' activated for the next boot only: {how}; kernel {} in {}",
+            a.name, a.kernel_version, a.files_dir
+        );
+        for (i, n) in a.native.iter().enumerate() {
+            println!(
+                "native boot: partition {} of {} over '{}' ({}), PARTUUID={}{}",
+                n.partition.number,
+                n.disk,
+                n.staging,
+                human_bytes(n.partition.length),
+                n.partition.guid,
+                if i == 0 { " (the root)" } else { "" }
+            );
+        }
+        if a.native.is_empty() {
+            println!("mapped boot: device-mapper at boot, root=/dev/dm-0");
+            if !a.companions.is_empty() {
+                println!(
+                    "with the image's other partitions, mapped alongside as liverestore-pN: {}",
+                    a.companions.join(", ")
+                );
+            }
+        }
+    }
+}
+
+/// Which system is running, what is activated, what the next boot starts.
+#[derive(clap::Args, Debug)]
+pub struct StatusArgs {}
+
+impl StatusArgs {
+    pub fn run(self, cx: &Context) -> Result<Status> {
+        activate::status(&cx.state)
+    }
+}
+
+impl Report for Status {
+    fn print_text(&self) {
+        let s = self;
+        println!(
+            "running:    {}",
+            if s.booted_restored {
+                "a restored image (booted through liverestore)"
+            } else {
+                "the installed system"
+            }
+        );
+        match &s.activation {
+            Some(a) => println!(
+                "activated:  '{}' as {} (kernel {})",
+                a.name,
+                a.entry(),
+                a.kernel_version
+            ),
+            None => println!("activated:  nothing"),
+        }
+        println!("next boot:  {}", s.next_boot);
+        if let Some(o) = &s.old_system {
+            println!(
+                "old system: {} (root {}, kernel {}{})",
+                o.hostname,
+                o.root_device,
+                o.kernel_release,
+                o.boot_entry
+                    .as_deref()
+                    .map(|e| format!(", started from {e}"))
+                    .unwrap_or_default()
+            );
+        }
+    }
+}
+
+/// Undo an activation, from either system. From the old system:
+/// the one-shot choice (BootNext / next_entry), the default (BootOrder
+/// entry / liverestore_default), the boot entry (Boot#### / the
+/// custom.cfg block) and the kernel and initrd files. From the
+/// restored system: the boot loader's choice of it (the files stay
+/// until `rollback` runs in the old system). The next boot starts the
+/// old system.
+#[derive(clap::Args, Debug)]
+pub struct RollbackArgs {}
+
+#[derive(Debug, Serialize)]
+pub struct RollbackReport {
+    pub rolled_back: RolledBack,
+}
+
+impl RollbackArgs {
+    pub fn run(self, cx: &Context) -> Result<RollbackReport> {
+        Ok(RollbackReport {
+            rolled_back: activate::rollback(&cx.state)?,
+        })
+    }
+}
+
+impl Report for RollbackReport {
+    fn print_text(&self) {
+        let r = &self.rolled_back;
+        println!(
+            "{} ({}) removed; the next boot starts the old system",
+            r.entry, r.description
+        );
+        if !r.files_removed {
+            println!(
+                "the kernel and initrd{} stay until `liverestore rollback` runs in the old system",
+                r.files_dir
+                    .as_deref()
+                    .map(|d| format!(" in {d}"))
+                    .unwrap_or_default()
+            );
+        }
+    }
+}
+
+/// Run in the restored system after a trial boot: make it the default
+/// (UEFI: its Boot#### goes first in BootOrder; GRUB: liverestore_default
+/// is set in grubenv, which its custom.cfg block turns into the default).
+#[derive(clap::Args, Debug)]
+pub struct CommitArgs {}
+
+#[derive(Debug, Serialize)]
+pub struct CommitReport {
+    pub committed: Committed,
+}
+
+impl CommitArgs {
+    pub fn run(self, _cx: &Context) -> Result<CommitReport> {
+        Ok(CommitReport {
+            committed: activate::commit()?,
+        })
+    }
+}
+
+impl Report for CommitReport {
+    fn print_text(&self) {
+        let c = &self.committed;
+        match (c.boot_number, &c.grub_entry) {
+            (Some(n), _) => {
+                println!("Boot{n:04X} is first in BootOrder: this system now starts by default")
+            }
+            (_, Some(id)) => println!(
+                "GRUB's default is now '{id}' (liverestore_default in grubenv): this system now starts by default"
+            ),
+            _ => {}
+        }
+        if let Some(o) = &c.old_system {
+            println!(
+                "the old system ({}, root {}, kernel {}) stays reachable: `liverestore rollback`",
+                o.hostname, o.root_device, o.kernel_release
+            );
+        }
+    }
+}
+
+/// Write the early-boot initramfs that boots the staged image NAME.
+///
+/// Append it to the restored system's own initrd and boot its kernel
+/// with `rdinit=/lr/init root=/dev/dm-0`: `/lr/init` (a static
+/// liverestore) loads the disk's driver and dm-mod from that initrd's
+/// modules, finds the disk by the staging's on-disk header, maps the
+/// image with device-mapper (`/dev/dm-0`, named liverestore-root) and
+/// starts the initrd's `/init`. On any failure it reboots after 10 s.
+///   liverestore initrd web --append-to /boot/initrd.img-6.1.0 --output /boot/initrd-web.img
+///   liverestore initrd web --output /boot/lr-web.cpio   # the archive alone
+/// Appending by hand: the archive must start at a multiple of 4 bytes
+/// (pad the initrd with zeros first), or the kernel rejects it.
+#[derive(clap::Args, Debug)]
+#[command(verbatim_doc_comment)]
+pub struct InitrdArgs {
+    name: String,
+    /// Where to write the archive (or, with --append-to, the whole initrd).
+    #[arg(long, value_name = "FILE")]
+    output: PathBuf,
+    /// The restored system's own initrd: write it with the archive
+    /// appended, padded to the 4-byte boundary the kernel needs.
+    #[arg(long, value_name = "INITRD")]
+    append_to: Option<PathBuf>,
+    /// The static liverestore to put in it (default: this program,
+    /// if it is statically linked).
+    #[arg(long, value_name = "FILE")]
+    helper: Option<PathBuf>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct InitrdReport {
+    pub output: PathBuf,
+    pub bytes: usize,
+    pub modules: Vec<String>,
+    pub extents: usize,
+    pub dm_name: &'static str,
+    #[serde(skip)]
+    append_to: Option<PathBuf>,
+}
+
+impl InitrdArgs {
+    pub fn run(self, cx: &Context) -> Result<InitrdReport> {
+        let rec = cx.state.load(&self.name)?;
+        crate::stage::staged::revalidate(&rec)?;
+        let (plan, early) = crate::boot::initrd::for_staging(&rec, self.helper.as_deref())?;
+        let bytes = match &self.append_to {
+            None => early,
+            Some(base) => {
+                let mut all = std::fs::read(base)
+                    .map_err(|e| Error::io("read the restored initrd", e).with_path(base))?;
+                crate::boot::initrd::append_early_boot(&mut all, &early);
+                all
+            }
+        };
+        std::fs::write(&self.output, &bytes)
+            .map_err(|e| Error::io("write the initramfs", e).with_path(&self.output))?;
+        Ok(InitrdReport {
+            output: self.output,
+            bytes: bytes.len(),
+            modules: plan.modules,
+            extents: plan.extents.len(),
+            dm_name: crate::boot::plan::DM_NAME,
+            append_to: self.append_to,
+        })
+    }
+}
+
+impl Report for InitrdReport {
+    fn print_text(&self) {
+        println!(
+            "{}: {} bytes; {} and boot with rdinit={} (modules: {})",
+            self.output.display(),
+            self.bytes,
+            match &self.append_to {
+                Some(base) => format!(
+                    "{} with the early-boot archive appended: boot it",
+                    base.display()
+                ),
+                None => "append it to the restored initrd (padded to a multiple of 4 bytes)".into(),
+            },
+            crate::boot::initrd::INIT_PATH,
+            if self.modules.is_empty() {
+                "built in".to_string()
+            } else {
+                self.modules.join(", ")
+            }
+        );
+    }
+}

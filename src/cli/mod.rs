@@ -1,0 +1,197 @@
+//! The command line: the clap definitions and one function per command
+//! (`XArgs::run`), each returning a typed, `Serialize` report that the one
+//! renderer ([`output`]) prints as text or as the JSON envelope every
+//! command shares. `src/main.rs` only calls [`main`].
+//!
+//! The files follow the library's folders: [`stage`] (plan, stage, list,
+//! info, verify, map, discard, scan), [`attach`] (attach, detach,
+//! test-restore, customize), [`boot`] (activate, status, commit, rollback,
+//! initrd).
+
+pub mod args;
+pub mod attach;
+pub mod boot;
+pub mod output;
+pub mod stage;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+
+use crate::error::Result;
+use crate::progress::{JsonProgress, NoProgress, Progress, TerminalProgress};
+use crate::store::state_dir::{DEFAULT_STATE_DIR, StateDir};
+use output::{Report, render, render_error};
+
+/// The exit codes, as `--help` shows them; `docs/` and the README list
+/// the same (a unit test checks every error kind is here).
+pub const EXIT_CODES: &str = "\
+Exit codes:
+   0  success
+   1  unexpected internal error (a bug: please report it)
+   2  usage error
+  10  not root
+  11  unsupported filesystem (btrfs, tmpfs, overlay, network, …)
+  12  unsupported device (LVM/LUKS/RAID, kernel refuses disk writes)
+  13  not enough free space
+  14  bad image (missing, unreadable, truncated, longer than announced)
+  15  invalid name
+  16  name already in use
+  17  no such staged image
+  18  map changed since staging (file replaced, moved, unpinned)
+  19  corrupt state file or on-disk header
+  20  verification failed (data on disk differs from the recorded hashes;
+      a test-restore that failed)
+  21  busy: another liverestore holds the lock
+  22  invalid state for this operation (e.g. resuming a complete image)
+  23  I/O error
+  24  the kernel lacks what is needed (device-mapper, loop, FUSE)
+  25  no boot loader to drive (no writable efivarfs, no usable GRUB)";
+
+/// Restore a disk or partition image onto the disk the running Linux
+/// system lives on, while it keeps running.
+///
+/// The image is written into the pinned extents of an ordinary file (the
+/// container) of a mounted ext4, xfs or vfat filesystem, straight through the
+/// whole-disk device. The host filesystem never sees the data and stays
+/// intact; every write is checked against the container's map. Then the
+/// image is booted once as a trial, and kept (commit) or not (rollback).
+///
+/// Typical use:
+///   liverestore plan root.img --dir /var/tmp        # what would happen
+///   liverestore stage root.img --name web --dir /var/tmp
+///   liverestore test-restore web                     # fsck + mount a throw-away copy
+///   liverestore activate web                         # boot it next time, once
+///   liverestore commit                               # (in the restored system) keep it
+///   liverestore rollback                             # or go back
+#[derive(Parser, Debug)]
+#[command(name = "liverestore", version, verbatim_doc_comment, after_help = EXIT_CODES)]
+pub struct Cli {
+    /// Where records of staged images are kept.
+    #[arg(long, global = true, env = "LIVERESTORE_STATE_DIR", default_value = DEFAULT_STATE_DIR)]
+    pub state_dir: PathBuf,
+
+    /// Machine-readable output: JSON lines on stdout (progress and note
+    /// events, then one result or error object with "ok"; see
+    /// docs/json-output.md).
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands; each one's help is its arguments' doc comment.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    Plan(stage::PlanArgs),
+    Stage(stage::StageArgs),
+    List(stage::ListArgs),
+    Info(stage::InfoArgs),
+    Verify(stage::VerifyArgs),
+    Map(stage::MapArgs),
+    Discard(stage::DiscardArgs),
+    Scan(stage::ScanArgs),
+    Activate(boot::ActivateArgs),
+    Status(boot::StatusArgs),
+    Rollback(boot::RollbackArgs),
+    Commit(boot::CommitArgs),
+    Initrd(boot::InitrdArgs),
+    Attach(attach::AttachArgs),
+    Detach(attach::DetachArgs),
+    TestRestore(attach::TestRestoreArgs),
+    Customize(attach::CustomizeArgs),
+    #[command(hide = true)]
+    ServeImage(attach::ServeImageArgs),
+}
+
+/// What every command gets besides its arguments.
+pub struct Context {
+    pub state: StateDir,
+    pub json: bool,
+    pub progress: Box<dyn Progress>,
+}
+
+impl Context {
+    fn new(state_dir: &std::path::Path, json: bool) -> Context {
+        let progress: Box<dyn Progress> = if json {
+            Box::new(JsonProgress::default())
+        } else if rustix::termios::isatty(std::io::stderr()) {
+            Box::new(TerminalProgress::default())
+        } else {
+            Box::new(NoProgress)
+        };
+        Context {
+            state: StateDir::new(state_dir),
+            json,
+            progress,
+        }
+    }
+}
+
+/// Run `args` and render what it reports (or its error); the exit code.
+fn finish<R: Report>(name: &str, cx: &Context, report: Result<R>) -> u8 {
+    match report {
+        Ok(r) => render(name, cx.json, &r),
+        Err(e) => render_error(name, cx.json, &e),
+    }
+}
+
+/// Run one parsed command line; the process exit code.
+pub fn run(cli: Cli, name: &str) -> u8 {
+    let cx = Context::new(&cli.state_dir, cli.json);
+    match cli.command {
+        Command::Plan(a) => finish(name, &cx, a.run(&cx)),
+        Command::Stage(a) => finish(name, &cx, a.run(&cx)),
+        Command::List(a) => finish(name, &cx, a.run(&cx)),
+        Command::Info(a) => finish(name, &cx, a.run(&cx)),
+        Command::Verify(a) => finish(name, &cx, a.run(&cx)),
+        Command::Map(a) => finish(name, &cx, a.run(&cx)),
+        Command::Discard(a) => finish(name, &cx, a.run(&cx)),
+        Command::Scan(a) => finish(name, &cx, a.run(&cx)),
+        Command::Activate(a) => finish(name, &cx, a.run(&cx)),
+        Command::Status(a) => finish(name, &cx, a.run(&cx)),
+        Command::Rollback(a) => finish(name, &cx, a.run(&cx)),
+        Command::Commit(a) => finish(name, &cx, a.run(&cx)),
+        Command::Initrd(a) => finish(name, &cx, a.run(&cx)),
+        Command::Attach(a) => finish(name, &cx, a.run(&cx)),
+        Command::Detach(a) => finish(name, &cx, a.run(&cx)),
+        Command::TestRestore(a) => finish(name, &cx, a.run(&cx)),
+        Command::Customize(a) => finish(name, &cx, a.run(&cx)),
+        Command::ServeImage(a) => finish(name, &cx, a.run(&cx)),
+    }
+}
+
+/// The `liverestore` program: parse the arguments, run, render, exit. A
+/// panic (a bug) exits 1, as documented, after its message.
+pub fn main() -> ExitCode {
+    let matches = Cli::command().get_matches();
+    let name = matches.subcommand_name().unwrap_or("").to_string();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    match std::panic::catch_unwind(move || run(cli, &name)) {
+        Ok(code) => ExitCode::from(code),
+        Err(_) => ExitCode::from(1),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_error_kind_has_its_exit_code_documented() {
+        for kind in crate::ErrorKind::ALL {
+            let line = format!("\n  {}  ", kind.exit_code());
+            assert!(EXIT_CODES.contains(&line), "{kind} ({line:?})");
+        }
+    }
+}

@@ -1,0 +1,634 @@
+//! The staging commands: `plan`, `stage`, `list`, `info`, `verify`, `map`,
+//! `discard` and `scan`, with their reports.
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use super::Context;
+use super::args::{ImageArgs, SpaceArgs, describe_partition, human_bytes};
+use super::output::Report;
+use crate::error::{Error, ErrorKind, Result};
+use crate::input::split;
+use crate::space::allocate::Planned;
+use crate::stage::plan::Plan;
+use crate::stage::scan::FoundHeader;
+use crate::stage::staged::{Discarded, Listing, MapExport};
+use crate::stage::verify::VerifyReport;
+use crate::store::record::{Segment, StagingRecord};
+
+/// Preflight: show what staging IMAGE into DIR would do and what would
+/// refuse it, writing nothing. Exits non-zero if staging would be refused.
+#[derive(clap::Args, Debug)]
+pub struct PlanArgs {
+    /// Image file, block device, http(s) URL, or `-` for stdin.
+    image: String,
+    #[command(flatten)]
+    space: SpaceArgs,
+    #[command(flatten)]
+    input: ImageArgs,
+    /// Also check that this name is free.
+    #[arg(long)]
+    name: Option<String>,
+}
+
+impl PlanArgs {
+    pub fn run(self, cx: &Context) -> Result<Plan> {
+        if self.space.dir.is_empty() {
+            return Err(Error::new(ErrorKind::NoSpace, "give at least one --dir"));
+        }
+        let pieces = crate::input::Image::open(&self.image, &self.input.options())
+            .and_then(|mut i| split::pieces(&mut i, self.name.as_deref(), self.input.split()));
+        Ok(crate::stage::plan::assess(&cx.state, &self.space.request(), pieces).plan)
+    }
+}
+
+impl Report for Plan {
+    fn exit_code(&self) -> u8 {
+        self.refusals.first().map_or(0, |r| r.exit_code as u8)
+    }
+
+    fn print_text(&self) {
+        let p = self;
+        let show =
+            |k: &str, v: Option<String>| println!("{k:>20}: {}", v.unwrap_or_else(|| "-".into()));
+        show("directory", Some(p.dir.clone()));
+        show("filesystem", p.fs_type.clone());
+        show("mounted at", p.mount_point.clone());
+        show("device", p.device.clone());
+        show("disk", p.disk.clone());
+        show("partition start", p.partition_start.map(|v| v.to_string()));
+        show("sector size", p.logical_sector_size.map(|v| v.to_string()));
+        show("image size", p.image_size.map(human_bytes));
+        show("container size", p.container_size.map(human_bytes));
+        show("free space", p.free_bytes.map(human_bytes));
+        if p.sources.len() > 1 || p.stagings.iter().any(|s| s.space.len() > 1) {
+            for (i, src) in p.sources.iter().enumerate() {
+                let limit = src
+                    .max_file_size
+                    .map(|m| format!(", files up to {}", human_bytes(m)))
+                    .unwrap_or_default();
+                show(
+                    &format!("source {}", i + 1),
+                    Some(format!(
+                        "{} {} ({}{limit})",
+                        src.kind,
+                        src.location,
+                        human_bytes(src.available)
+                    )),
+                );
+            }
+            for st in &p.stagings {
+                let pieces: Vec<String> = st
+                    .space
+                    .iter()
+                    .map(|piece| match piece {
+                        Planned::File { source, size } => {
+                            format!("{} in source {}", human_bytes(*size), source + 1)
+                        }
+                        Planned::Unallocated { disk, length } => {
+                            format!("{} unallocated at {disk}", human_bytes(*length))
+                        }
+                    })
+                    .collect();
+                show(
+                    &format!("space of {}", st.name.as_deref().unwrap_or("the image")),
+                    Some(pieces.join(" + ")),
+                );
+            }
+        }
+        if p.stagings.iter().any(|s| s.partition.is_some()) {
+            for st in &p.stagings {
+                show(
+                    &format!("partition {}", st.partition.unwrap_or(0)),
+                    Some(format!(
+                        "{} at {} → {}",
+                        human_bytes(st.image_size),
+                        st.image_offset,
+                        st.name.as_deref().unwrap_or("(no --name)")
+                    )),
+                );
+            }
+        }
+        if !p.make_room.is_empty() {
+            let total: u64 = p.make_room.iter().map(|c| c.bytes).sum();
+            show(
+                "make room",
+                Some(format!(
+                    "delete {} files ({})",
+                    p.make_room.len(),
+                    human_bytes(total)
+                )),
+            );
+            for c in &p.make_room {
+                println!(
+                    "{:>20}  {} ({})",
+                    "",
+                    c.path.display(),
+                    human_bytes(c.bytes)
+                );
+            }
+        }
+        if p.ok {
+            println!("OK: staging would proceed");
+        } else {
+            for r in &p.refusals {
+                println!("REFUSED ({}): {}", r.kind, r.message);
+            }
+        }
+    }
+}
+
+/// Stage IMAGE into a pinned container in DIR and write it to the disk.
+///
+/// IMAGE is a file, a block device, an http(s):// URL (streamed, never
+/// stored; a dropped connection is resumed with a range request) or `-`
+/// for stdin. Recognized by content, not by name:
+///   compression: gzip, xz (multithreaded), zstd
+///   layout:      raw, qcow2, VHD (fixed, dynamic), VHDX, Android sparse,
+///                raw + bmap (IMAGE.bmap, or --bmap FILE)
+/// Runs of zeros are zeroed on the disk (BLKZEROOUT) instead of written.
+/// A SHA-256 from --sha256 or from IMAGE.sha256 / IMAGE.sha256sum must
+/// match before the staging counts as complete; otherwise it is marked
+/// failed.
+///
+/// A whole-disk image (GPT or MBR) becomes one staging per partition,
+/// NAME-p1, NAME-p2, … numbered as in the image, written in one pass;
+/// each records the image's partition table (types, GUIDs, labels,
+/// attributes) for activation. --partition N stages only partition N;
+/// --whole-disk stages the image as it is.
+///
+/// Space: the container is DIR/NAME.liverestore. Several --dir (other
+/// filesystems of the same disk) and --unallocated (the disk's space
+/// outside every partition) make a segment set, filled in that order;
+/// files never exceed what the filesystem allows (probed; on vfat
+/// 4 GiB less one byte), so a large image on vfat becomes
+/// NAME.liverestore, NAME+2.liverestore, …
+///   liverestore stage root.img --name web --dir / --dir /data --unallocated
+///
+/// With --resume NAME, continue a staging interrupted by a crash or
+/// power loss: IMAGE defaults to the recorded path (`-` to pipe it again).
+/// For a split image, NAME (or any NAME-pN) resumes all its partitions.
+#[derive(clap::Args, Debug)]
+#[command(verbatim_doc_comment)]
+pub struct StageArgs {
+    /// Image file, block device, http(s) URL, or `-` for stdin.
+    image: Option<String>,
+    /// Name of the staged image (letters, digits, '.', '-', '_').
+    #[arg(long, required_unless_present = "resume", conflicts_with = "resume")]
+    name: Option<String>,
+    #[command(flatten)]
+    space: SpaceArgs,
+    #[command(flatten)]
+    input: ImageArgs,
+    /// The image's SHA-256 (64 hex digits): checked before completing.
+    #[arg(long, value_name = "HEX")]
+    sha256: Option<String>,
+    /// Continue the interrupted staging NAME.
+    #[arg(long, value_name = "NAME")]
+    resume: Option<String>,
+}
+
+/// One staging `stage` made (or finished).
+#[derive(Debug, Serialize)]
+pub struct StagedSummary {
+    pub name: String,
+    pub state: &'static str,
+    pub image_size: u64,
+    pub sha256: Option<String>,
+    pub kind: String,
+    pub disk_written: u64,
+    pub disk_zeroed: u64,
+    pub container: String,
+    pub disk: String,
+    pub extents: usize,
+    /// The partition of a whole-disk image this staging holds.
+    pub partition: Option<u32>,
+    /// Where that partition starts in the image (0 for a whole image).
+    pub image_offset: u64,
+    /// The SHA-256 of the image it came from (of the whole-disk image for
+    /// a partition).
+    pub image_sha256: Option<String>,
+    #[serde(skip)]
+    text: String,
+}
+
+impl StagedSummary {
+    fn of(rec: &StagingRecord) -> Result<StagedSummary> {
+        let part = rec.image.partition.as_ref();
+        let extents = rec.image_map()?.extents().len();
+        let image_sha256 = part.map_or(&rec.image.sha256, |p| &p.image_sha256).clone();
+        let text = format!(
+            "staged '{}' ({}{}): {} onto {} in {extents} extents ({} written, {} zeroed); image sha256 {}",
+            rec.name,
+            rec.image.kind,
+            part.map(|p| format!(", {}", describe_partition(p)))
+                .unwrap_or_default(),
+            human_bytes(rec.image.size),
+            rec.disk.path,
+            human_bytes(rec.image.disk_written),
+            human_bytes(rec.image.disk_zeroed),
+            image_sha256
+                .as_deref()
+                .unwrap_or("not computed (no --sha256)")
+        );
+        Ok(StagedSummary {
+            name: rec.name.clone(),
+            state: rec.state.as_str(),
+            image_size: rec.image.size,
+            sha256: rec.image.sha256.clone(),
+            kind: rec.image.kind.to_string(),
+            disk_written: rec.image.disk_written,
+            disk_zeroed: rec.image.disk_zeroed,
+            container: rec.container.path.clone(),
+            disk: rec.disk.path.clone(),
+            extents,
+            partition: part.map(|p| p.number),
+            image_offset: part.and_then(|p| p.entry()).map_or(0, |e| e.offset),
+            image_sha256,
+            text,
+        })
+    }
+}
+
+/// What `stage` made: one staging, or one per partition.
+#[derive(Debug, Serialize)]
+pub struct StageReport {
+    pub stagings: Vec<StagedSummary>,
+}
+
+impl StageArgs {
+    pub fn run(self, cx: &Context) -> Result<StageReport> {
+        let progress = cx.progress.as_ref();
+        let recs = match (self.resume, self.name) {
+            (Some(_), _) if !self.space.dir.is_empty() || self.space.unallocated => {
+                return Err(Error::new(
+                    ErrorKind::InvalidState,
+                    "--resume continues in the space recorded for the staging; drop --dir and --unallocated",
+                ));
+            }
+            (Some(resume), _) => {
+                crate::stage::resume(&cx.state, &resume, self.image.as_deref(), progress)?
+            }
+            (None, Some(name)) => {
+                if self.space.dir.is_empty() {
+                    return Err(Error::new(
+                        ErrorKind::NoSpace,
+                        "give at least one --dir (the first holds the staging's header)",
+                    ));
+                }
+                let image = self.image.ok_or_else(|| {
+                    Error::new(ErrorKind::BadImage, "no IMAGE given (use `-` for stdin)")
+                })?;
+                let space = self.space.request();
+                let req = crate::stage::StageRequest {
+                    name: &name,
+                    space: &space,
+                    image: &image,
+                    open: self.input.options(),
+                    sha256: self.sha256,
+                    split: self.input.split(),
+                };
+                crate::stage::stage(&cx.state, &req, progress)?
+            }
+            (None, None) => {
+                return Err(Error::new(
+                    ErrorKind::InvalidName,
+                    "give --name NAME (or --resume NAME)",
+                ));
+            }
+        };
+        let stagings = recs.iter().map(StagedSummary::of).collect::<Result<_>>()?;
+        Ok(StageReport { stagings })
+    }
+}
+
+impl Report for StageReport {
+    fn print_text(&self) {
+        for s in &self.stagings {
+            println!("{}", s.text);
+        }
+    }
+}
+
+/// List staged images, their state, and whether their map is still valid.
+#[derive(clap::Args, Debug)]
+pub struct ListArgs {}
+
+#[derive(Debug, Serialize)]
+pub struct ListReport {
+    pub images: Vec<Listing>,
+    #[serde(skip)]
+    state_dir: PathBuf,
+}
+
+impl ListArgs {
+    pub fn run(self, cx: &Context) -> Result<ListReport> {
+        Ok(ListReport {
+            images: crate::stage::staged::list(&cx.state)?,
+            state_dir: cx.state.root().to_path_buf(),
+        })
+    }
+}
+
+impl Report for ListReport {
+    fn print_text(&self) {
+        if self.images.is_empty() {
+            println!(
+                "no staged images (state directory {})",
+                self.state_dir.display()
+            );
+            return;
+        }
+        println!(
+            "{:<20} {:<10} {:>10} {:>6} {:<6} CONTAINER",
+            "NAME", "STATE", "SIZE", "DONE", "MAP"
+        );
+        for i in &self.images {
+            let pct = match (i.written, i.image_size) {
+                (Some(w), Some(s)) if s > 0 => format!("{}%", w * 100 / s),
+                _ => "-".into(),
+            };
+            println!(
+                "{:<20} {:<10} {:>10} {:>6} {:<6} {}",
+                i.name,
+                i.state.as_deref().unwrap_or("corrupt"),
+                i.image_size.map(human_bytes).unwrap_or_else(|| "-".into()),
+                pct,
+                if i.map_valid { "valid" } else { "BAD" },
+                i.container.as_deref().unwrap_or("-")
+            );
+            if let Some(p) = &i.problem {
+                println!("    {p}");
+            }
+        }
+    }
+}
+
+/// Show everything recorded about a staged image.
+#[derive(clap::Args, Debug)]
+pub struct InfoArgs {
+    name: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct InfoReport {
+    pub record: StagingRecord,
+    pub map_valid: bool,
+    pub problem: Option<String>,
+}
+
+impl InfoArgs {
+    pub fn run(self, cx: &Context) -> Result<InfoReport> {
+        let record = cx.state.load(&self.name)?;
+        let problem = crate::stage::staged::revalidate(&record)
+            .err()
+            .map(|e| e.to_string());
+        Ok(InfoReport {
+            record,
+            map_valid: problem.is_none(),
+            problem,
+        })
+    }
+}
+
+impl Report for InfoReport {
+    fn print_text(&self) {
+        let rec = &self.record;
+        println!("name:        {}", rec.name);
+        println!("id:          {}", rec.id);
+        println!("state:       {}", rec.state.as_str());
+        println!(
+            "image:       {} ({}, {})",
+            rec.image.source.as_deref().unwrap_or("stdin"),
+            rec.image.kind,
+            human_bytes(rec.image.size)
+        );
+        if let Some(f) = &rec.image.failure {
+            println!("failure:     {f}");
+        }
+        if let Some(p) = &rec.image.partition {
+            println!("partition:   {}", describe_partition(p));
+            if let Some(e) = p.entry() {
+                println!(
+                    "             LBA {}..{} ({}-byte sectors){}{}",
+                    e.first_lba,
+                    e.last_lba,
+                    p.table.sector_size,
+                    e.type_guid
+                        .as_ref()
+                        .map(|t| format!(", type {t}"))
+                        .or(e.mbr_type.map(|t| format!(", type 0x{t:02x}")))
+                        .unwrap_or_default(),
+                    if e.bootable { ", bootable" } else { "" }
+                );
+            }
+            println!("image sha256: {}", p.image_sha256.as_deref().unwrap_or("-"));
+        }
+        println!(
+            "written:     {} of {} bytes",
+            rec.image.written, rec.image.size
+        );
+        println!(
+            "sha256:      {}",
+            rec.image.sha256.as_deref().unwrap_or("-")
+        );
+        println!(
+            "container:   {} (inode {}, {} bytes, image at +{})",
+            rec.container.path, rec.container.inode, rec.container.size, rec.container.data_offset
+        );
+        println!(
+            "filesystem:  {} {} on {} (uuid {})",
+            rec.host.fs_type,
+            rec.host.mount_point,
+            rec.host.device,
+            rec.host.fs_uuid.as_deref().unwrap_or("-")
+        );
+        for (i, segment) in rec.segments.iter().enumerate() {
+            let what = match segment {
+                Segment::File { container, host } => format!(
+                    "{} ({}, {} {})",
+                    container.path,
+                    human_bytes(container.size),
+                    host.fs_type,
+                    host.mount_point
+                ),
+                Segment::Unallocated { disk, length } => format!(
+                    "unallocated disk bytes {disk}..{} ({})",
+                    disk + length,
+                    human_bytes(*length)
+                ),
+            };
+            println!("segment {:<4} {what}", i + 2);
+        }
+        println!(
+            "disk:        {} ({}, {}-byte sectors)",
+            rec.disk.path,
+            human_bytes(rec.disk.size),
+            rec.disk.logical_sector_size
+        );
+        println!(
+            "extents:     {}",
+            rec.map.as_ref().map_or(0, |m| m.extents().len())
+        );
+        match &self.problem {
+            None => println!("map:         valid"),
+            Some(e) => println!("map:         NOT VALID: {e}"),
+        }
+    }
+}
+
+/// Re-derive the map, check the on-disk header, and re-read the image
+/// from the raw disk, comparing it with the hashes recorded while staging.
+#[derive(clap::Args, Debug)]
+pub struct VerifyArgs {
+    name: String,
+}
+
+impl VerifyArgs {
+    pub fn run(self, cx: &Context) -> Result<VerifyReport> {
+        crate::stage::verify::verify(&cx.state, &self.name, cx.progress.as_ref())
+    }
+}
+
+impl Report for VerifyReport {
+    fn exit_code(&self) -> u8 {
+        if self.ok {
+            0
+        } else {
+            ErrorKind::VerifyFailed.exit_code() as u8
+        }
+    }
+
+    fn print_text(&self) {
+        if self.ok {
+            println!(
+                "'{}' verified: {} in {} chunks match; sha256 {}",
+                self.name,
+                human_bytes(self.bytes_checked),
+                self.chunks_checked,
+                self.sha256.as_deref().unwrap_or("-")
+            );
+        } else {
+            println!(
+                "'{}' FAILED verification: {} of {} chunks differ (first: {:?})",
+                self.name, self.bad_chunk_count, self.chunks_checked, self.bad_chunks
+            );
+        }
+    }
+}
+
+/// Print where the image lies on the disk (byte units).
+#[derive(clap::Args, Debug)]
+pub struct MapArgs {
+    name: String,
+}
+
+impl MapArgs {
+    pub fn run(self, cx: &Context) -> Result<MapExport> {
+        crate::stage::staged::export_map(&cx.state.load(&self.name)?)
+    }
+}
+
+impl Report for MapExport {
+    fn print_text(&self) {
+        println!(
+            "{} on {} ({} bytes, {}-byte sectors)",
+            self.name, self.disk, self.image_size, self.logical_sector_size
+        );
+        println!(
+            "{:>16} {:>16} {:>16}",
+            "IMAGE_OFFSET", "DISK_OFFSET", "LENGTH"
+        );
+        for e in &self.extents {
+            println!(
+                "{:>16} {:>16} {:>16}",
+                e.image_offset, e.disk_offset, e.length
+            );
+        }
+    }
+}
+
+/// Wipe the on-disk header, unpin and delete the container, forget it.
+/// The name a whole-disk image was staged under discards all of its
+/// partitions (NAME-p1, NAME-p2, …).
+#[derive(clap::Args, Debug)]
+pub struct DiscardArgs {
+    name: String,
+    /// Also discard when the state file is damaged.
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DiscardReport {
+    pub discarded: Vec<Discarded>,
+}
+
+impl DiscardArgs {
+    pub fn run(self, cx: &Context) -> Result<DiscardReport> {
+        Ok(DiscardReport {
+            discarded: crate::stage::staged::discard_named(&cx.state, &self.name, self.force)?,
+        })
+    }
+}
+
+impl Report for DiscardReport {
+    fn print_text(&self) {
+        for d in &self.discarded {
+            println!(
+                "discarded '{}'{}",
+                d.name,
+                d.container
+                    .as_ref()
+                    .map(|c| format!(" ({c} removed)"))
+                    .unwrap_or_default()
+            );
+        }
+    }
+}
+
+/// Scan a disk (or disk image file) for liverestore headers, without
+/// the state directory.
+#[derive(clap::Args, Debug)]
+pub struct ScanArgs {
+    disk: PathBuf,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ScanReport {
+    pub disk: PathBuf,
+    pub headers: Vec<FoundHeader>,
+}
+
+impl ScanArgs {
+    pub fn run(self, cx: &Context) -> Result<ScanReport> {
+        let headers = crate::stage::scan::scan(&self.disk, cx.progress.as_ref())?;
+        Ok(ScanReport {
+            disk: self.disk,
+            headers,
+        })
+    }
+}
+
+impl Report for ScanReport {
+    fn print_text(&self) {
+        if self.headers.is_empty() {
+            println!("no liverestore headers on {}", self.disk.display());
+        }
+        for h in &self.headers {
+            match &h.error {
+                None => println!(
+                    "{:>14}  {} '{}' {} ({} bytes) container {}",
+                    h.disk_offset,
+                    h.id.as_deref().unwrap_or_default(),
+                    h.name.as_deref().unwrap_or_default(),
+                    h.state.as_deref().unwrap_or_default(),
+                    h.image_size.unwrap_or(0),
+                    h.container.as_deref().unwrap_or_default()
+                ),
+                Some(e) => println!("{:>14}  damaged header: {e}", h.disk_offset),
+            }
+        }
+    }
+}
