@@ -24,8 +24,6 @@
 //! - [`error`]: one error type, a kind per exit code; [`progress`]:
 //!   progress events; [`failpoint`]: simulated power loss for tests.
 
-#![deny(unsafe_code)]
-
 pub mod attach;
 pub mod boot;
 pub mod cli;

@@ -12,6 +12,9 @@
 //! the entry out of the table and the kernel. Booting them is shown in
 //! guests (`tests/guest/grub.rs`, `tests/guest/native.rs`).
 
+// Test code: a panic is a failed test with its place (library code may not unwrap).
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::path::{Path, PathBuf};

@@ -5,6 +5,9 @@
 //! test-restore runs read-only on it.
 //! (With device-mapper, attach is tested inside a guest: tests/guest/attach.rs.)
 
+// Test code: a panic is a failed test with its place (library code may not unwrap).
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::*;

@@ -2,6 +2,9 @@
 //! filesystem: the kernel keeps its own writes, ours stop mid-stream) leaves
 //! the host filesystem intact and the staging resumable or discardable.
 
+// Test code: a panic is a failed test with its place (library code may not unwrap).
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::*;

@@ -9,6 +9,9 @@
 //! interrupted customize is refused by `verify` and finished by running
 //! it again, and bad options are refused up front.
 
+// Test code: a panic is a failed test with its place (library code may not unwrap).
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::os::unix::fs::symlink;

@@ -5,6 +5,9 @@
 //! staged; 404 and a wrong length are clean errors; a --sha256 mismatch
 //! leaves a "failed" staging that verify refuses.
 
+// Test code: a panic is a failed test with its place (library code may not unwrap).
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::io::{BufRead, BufReader, Write};

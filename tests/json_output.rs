@@ -5,6 +5,9 @@
 //! `rollback` are checked the same way in tests/activate_grub.rs.
 //! Needs root: a scratch loop disk.
 
+// Test code: a panic is a failed test with its place (library code may not unwrap).
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::*;

@@ -6,6 +6,9 @@
 //! `--unallocated` with nothing free, a partition created over staged
 //! unallocated space).
 
+// Test code: a panic is a failed test with its place (library code may not unwrap).
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::io::Write;

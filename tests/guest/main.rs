@@ -2,6 +2,9 @@
 //! `tests/common/vm.rs`), in one test binary so that two guests run at a
 //! time (each QEMU under TCG keeps one core busy).
 
+// Test code: a panic is a failed test with its place (library code may not unwrap).
+#![allow(clippy::unwrap_used)]
+
 #[path = "../common/mod.rs"]
 mod common;
 
