@@ -67,6 +67,7 @@ fn grubenv_list(g: &Path) -> String {
 }
 
 #[test]
+#[ignore = "needs root: loop devices and mounts (scripts/test.sh runs it)"]
 fn grub_activation_on_a_live_ext4() {
     require_root();
     let t = tempfile::tempdir().unwrap();
@@ -243,6 +244,7 @@ fn grub_activation_on_a_live_ext4() {
 }
 
 #[test]
+#[ignore = "needs root: loop devices and mounts (scripts/test.sh runs it)"]
 fn grub_activation_refusals() {
     require_root();
     let t = tempfile::tempdir().unwrap();
@@ -360,11 +362,13 @@ fn grub_activation_refusals() {
 }
 
 #[test]
+#[ignore = "needs root: loop devices and mounts (scripts/test.sh runs it)"]
 fn native_activation_adds_a_partition_over_exactly_the_image() {
     native_activation(false);
 }
 
 #[test]
+#[ignore = "needs root: loop devices and mounts (scripts/test.sh runs it)"]
 fn native_activation_on_an_mbr_disk() {
     native_activation(true);
 }

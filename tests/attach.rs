@@ -31,6 +31,7 @@ fn loop_backed_by(file: &str) -> bool {
 }
 
 #[test]
+#[ignore = "needs root: loop devices and mounts (scripts/test.sh runs it)"]
 fn read_only_attach_without_device_mapper_uses_fuse() {
     let Some((t, disk, cli)) = fallback_fixture() else {
         return;
@@ -110,6 +111,7 @@ fn read_only_attach_without_device_mapper_uses_fuse() {
 }
 
 #[test]
+#[ignore = "needs root: loop devices and mounts (scripts/test.sh runs it)"]
 fn test_restore_without_device_mapper_runs_read_only() {
     let Some((t, disk, cli)) = fallback_fixture() else {
         return;
@@ -153,6 +155,7 @@ fn test_restore_without_device_mapper_runs_read_only() {
 /// attachments use different machine-wide names (mount points, device
 /// names), so each attaches, and detaching one leaves the other serving.
 #[test]
+#[ignore = "needs root: loop devices and mounts (scripts/test.sh runs it)"]
 fn same_name_in_two_state_directories() {
     let Some((t, disk, cli)) = fallback_fixture() else {
         return;

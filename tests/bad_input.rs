@@ -45,6 +45,7 @@ fn refused(cli: &Cli, code: i32, args: &[&str], word: &str) {
 }
 
 #[test]
+#[ignore = "needs root: loop devices and mounts (scripts/test.sh runs it)"]
 fn unsupported_filesystems_are_refused() {
     let t = tempfile::tempdir().unwrap();
     let cli = Cli::new(t.path());
@@ -95,6 +96,7 @@ fn unsupported_filesystems_are_refused() {
 }
 
 #[test]
+#[ignore = "needs root: loop devices and mounts (scripts/test.sh runs it)"]
 fn not_root_is_refused() {
     let t = tempfile::tempdir().unwrap();
     let disk = LoopDisk::new(t.path(), Fs::Ext4, 128);
@@ -137,6 +139,7 @@ fn not_root_is_refused() {
 }
 
 #[test]
+#[ignore = "needs root: loop devices and mounts (scripts/test.sh runs it)"]
 fn bad_images_names_space_and_the_lock() {
     let t = tempfile::tempdir().unwrap();
     let disk = LoopDisk::new(t.path(), Fs::Ext4, 256);
@@ -295,6 +298,7 @@ fn bad_images_names_space_and_the_lock() {
 }
 
 #[test]
+#[ignore = "needs root: loop devices and mounts (scripts/test.sh runs it)"]
 fn changed_maps_and_corruption_are_detected() {
     let t = tempfile::tempdir().unwrap();
     let disk = LoopDisk::new(t.path(), Fs::Ext4, 256);

@@ -10,6 +10,7 @@ mod common;
 use common::*;
 
 #[test]
+#[ignore = "needs root: loop devices and mounts (scripts/test.sh runs it)"]
 fn killed_staging_is_discardable_or_resumable_and_the_host_survives() {
     let t = tempfile::tempdir().unwrap();
     let mut disk = LoopDisk::new(t.path(), Fs::Ext4, 640);
@@ -90,6 +91,7 @@ fn killed_staging_is_discardable_or_resumable_and_the_host_survives() {
 /// record in state `allocating`; `discard` removes it and its file, and
 /// resume refuses it with advice.
 #[test]
+#[ignore = "needs root: loop devices and mounts (scripts/test.sh runs it)"]
 fn crash_while_allocating_is_discardable() {
     use sha2::Digest;
     let t = tempfile::tempdir().unwrap();

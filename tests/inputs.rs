@@ -26,6 +26,7 @@ fn image() -> Vec<u8> {
 }
 
 #[test]
+#[ignore = "needs root: loop devices and mounts (scripts/test.sh runs it)"]
 fn qcow2_and_sparse_images_land_as_raw_bytes() {
     require_root();
     let t = tempfile::tempdir().unwrap();
@@ -159,6 +160,7 @@ fn handle(mut conn: TcpStream, data: &[u8], drop_after: usize, lie: usize, gets:
 }
 
 #[test]
+#[ignore = "needs root: loop devices and mounts (scripts/test.sh runs it)"]
 fn http_with_a_dropped_connection_404_and_wrong_length() {
     require_root();
     let t = tempfile::tempdir().unwrap();

@@ -13,6 +13,7 @@ mod common;
 use common::*;
 
 #[test]
+#[ignore = "needs root: loop devices and mounts (scripts/test.sh runs it)"]
 fn every_command_prints_the_one_json_envelope() {
     require_root();
     let t = tempfile::tempdir().unwrap();

@@ -69,6 +69,7 @@ fn slice(data: &[u8], (off, len): (u64, u64)) -> &[u8] {
 }
 
 #[test]
+#[ignore = "needs root: loop devices and mounts (scripts/test.sh runs it)"]
 fn a_gpt_disk_image_becomes_one_staging_per_partition() {
     require_root();
     let t = tempfile::tempdir().unwrap();
@@ -235,6 +236,7 @@ fn a_gpt_disk_image_becomes_one_staging_per_partition() {
 }
 
 #[test]
+#[ignore = "needs root: loop devices and mounts (scripts/test.sh runs it)"]
 fn a_wrong_sha256_fails_every_member_of_the_set() {
     require_root();
     let t = tempfile::tempdir().unwrap();
@@ -264,6 +266,7 @@ fn a_wrong_sha256_fails_every_member_of_the_set() {
 }
 
 #[test]
+#[ignore = "needs root: loop devices and mounts (scripts/test.sh runs it)"]
 fn an_mbr_disk_image_is_split_too() {
     require_root();
     let t = tempfile::tempdir().unwrap();
@@ -310,6 +313,7 @@ fn an_mbr_disk_image_is_split_too() {
 }
 
 #[test]
+#[ignore = "needs root: loop devices and mounts (scripts/test.sh runs it)"]
 fn a_killed_set_resumes_from_where_each_partition_stopped() {
     require_root();
     let t = tempfile::tempdir().unwrap();

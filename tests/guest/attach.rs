@@ -94,6 +94,7 @@ e2fsck -f -n /dev/vda1 >/dev/null && echo "LR host_fsck=clean"
 "#;
 
 #[test]
+#[ignore = "needs root and QEMU: scratch disks and guests (scripts/test.sh runs it)"]
 fn attach_detach_and_test_restore_in_a_guest() {
     require_root();
     let t = tempfile::tempdir().unwrap();

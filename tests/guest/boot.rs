@@ -69,6 +69,7 @@ if mount -o ro -t ext4 /dev/vda1 /mnt 2>/dev/null; then echo "LR old_root_mounta
 "#;
 
 #[test]
+#[ignore = "needs root and QEMU: scratch disks and guests (scripts/test.sh runs it)"]
 fn a_staged_system_boots_through_the_map() {
     require_root();
     let t = tempfile::tempdir().unwrap();

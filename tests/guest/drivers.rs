@@ -53,6 +53,7 @@ umount /mnt/host
 "#;
 
 #[test]
+#[ignore = "needs root and QEMU: scratch disks and guests (scripts/test.sh runs it)"]
 fn inject_drivers_carries_loaded_modules_and_their_firmware() {
     require_root();
     let t = tempfile::tempdir().unwrap();

@@ -156,6 +156,7 @@ reboot -f
 "#;
 
 #[test]
+#[ignore = "needs root and QEMU: scratch disks and guests (scripts/test.sh runs it)"]
 fn bios_grub_trial_boot_then_back_to_the_old_system() {
     grub_trial(false);
 }
@@ -163,6 +164,7 @@ fn bios_grub_trial_boot_then_back_to_the_old_system() {
 /// The same under OVMF, GRUB started from the ESP: without efivarfs
 /// mounted, `activate` falls back to GRUB just the same.
 #[test]
+#[ignore = "needs root and QEMU: scratch disks and guests (scripts/test.sh runs it)"]
 fn uefi_grub_trial_boot_then_back_to_the_old_system() {
     grub_trial(true);
 }
@@ -323,6 +325,7 @@ reboot -f
 /// built with failpoints); the next run must boot one of the two systems,
 /// whose `status` must say what boots next, and whose `rollback` cleans up.
 #[test]
+#[ignore = "needs root and QEMU: scratch disks and guests (scripts/test.sh runs it)"]
 fn grub_power_loss_leaves_a_bootable_machine() {
     require_root();
     let t = tempfile::tempdir().unwrap();

@@ -79,6 +79,7 @@ reboot -f
 "#;
 
 #[test]
+#[ignore = "needs root and QEMU: scratch disks and guests (scripts/test.sh runs it)"]
 fn native_boot_from_a_partition_added_over_the_image() {
     require_root();
     let t = tempfile::tempdir().unwrap();
@@ -189,6 +190,7 @@ esac
 /// rollback removed it. Each next boot is the old system, `status` tells
 /// the half-done activation, and `rollback` finishes the job.
 #[test]
+#[ignore = "needs root and QEMU: scratch disks and guests (scripts/test.sh runs it)"]
 fn native_power_loss_leaves_a_bootable_machine() {
     require_root();
     let t = tempfile::tempdir().unwrap();

@@ -117,6 +117,7 @@ fn guest(disks: Vec<std::path::PathBuf>, scenario: &str, timeout: Duration) -> G
 }
 
 #[test]
+#[ignore = "needs root and QEMU: scratch disks and guests (scripts/test.sh runs it)"]
 fn vfat_split_containers_and_segment_sets_in_a_guest() {
     require_root();
     let t = tempfile::tempdir().unwrap();
@@ -173,7 +174,7 @@ fn vfat_split_containers_and_segment_sets_in_a_guest() {
 /// vfat becomes two files on its own. `cargo test --test guest --
 /// --ignored` runs it.
 #[test]
-#[ignore]
+#[ignore = "slow (15 min): LIVERESTORE_SLOW_TESTS=1 scripts/test.sh runs it"]
 fn vfat_4gib_image_splits_for_real() {
     require_root();
     let t = tempfile::tempdir().unwrap();

@@ -157,6 +157,7 @@ reboot -f
 "#;
 
 #[test]
+#[ignore = "needs root and QEMU: scratch disks and guests (scripts/test.sh runs it)"]
 fn uefi_trial_boot_then_back_to_the_old_system() {
     require_root();
     let t = tempfile::tempdir().unwrap();

@@ -216,6 +216,7 @@ fn assert_set_booted(run: &crate::common::vm::GuestRun) {
 }
 
 #[test]
+#[ignore = "needs root and QEMU: scratch disks and guests (scripts/test.sh runs it)"]
 fn a_whole_disk_image_boots_with_its_partitions_together() {
     let (run, _) = run_whole_disk("", 0, &[EXT4, VFAT].concat(), false);
     assert_set_booted(&run);
@@ -224,6 +225,7 @@ fn a_whole_disk_image_boots_with_its_partitions_together() {
 }
 
 #[test]
+#[ignore = "needs root and QEMU: scratch disks and guests (scripts/test.sh runs it)"]
 fn a_whole_disk_image_boots_natively_from_its_own_partitions() {
     // no /lr/init: the restored initrd loads the disk driver itself
     let (run, esp_guid) = run_whole_disk(
@@ -243,6 +245,7 @@ fn a_whole_disk_image_boots_natively_from_its_own_partitions() {
 }
 
 #[test]
+#[ignore = "needs root and QEMU: scratch disks and guests (scripts/test.sh runs it)"]
 fn a_whole_disk_image_boots_from_its_own_esp() {
     let (run, esp_guid) = run_whole_disk(
         "--unallocated --contiguous",
