@@ -2,8 +2,19 @@
 # Install what is needed, build liverestore, and show it staging a real
 # filesystem image onto a scratch loop-backed disk whose ext4 filesystem
 # stays mounted throughout. Touches nothing but what it creates in a temp dir.
+#   --boot  then the point of it all, in a QEMU guest (a few minutes): a
+#           scratch disk's "old system" stages and activates a small
+#           system, the restored system boots, falls back, is activated
+#           again and commits, starts by default, rolls back; one line per
+#           boot (tests/guest/uefi.rs, under OVMF).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+boot=0
+case "${1:-}" in
+  --boot) boot=1 ;;
+  "") ;;
+  *) echo "usage: $0 [--boot]" >&2; exit 2 ;;
+esac
 source scripts/scratch-disk.sh
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
@@ -59,3 +70,14 @@ umount "$work/host"
 e2fsck -fn "${loopdev}p1" | tail -1
 echo
 echo "demo done: everything it created is being removed"
+if [ "$boot" = 1 ]; then
+  say "the restored system booted for real: six boots of a scratch disk in a QEMU guest under UEFI firmware (a few minutes under emulation)"
+  log="$work/boot.log"
+  if cargo test --locked --quiet --test guest -- --include-ignored --exact \
+      uefi::uefi_trial_boot_then_back_to_the_old_system --nocapture >"$log" 2>&1; then
+    grep '^boot [0-9]:' "$log"
+    echo "booted, fell back, committed and rolled back: the guest test's checks passed"
+  else
+    tail -40 "$log"; echo "the boot demo failed (its log is above)" >&2; exit 1
+  fi
+fi

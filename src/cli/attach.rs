@@ -18,8 +18,9 @@ pub enum RwMode {
     Direct,
 }
 
-/// Show a complete staged image as a block device (prints its path),
-/// without rebooting: a device-mapper table built from the map, over a
+/// Show a staged image as a block device, without rebooting.
+///
+/// Prints its path: a device-mapper table built from the map, over a
 /// loop device on the whole disk. Read-only unless --rw.
 ///
 ///   liverestore attach web            # read-only: fsck -n, mount -o ro
@@ -72,8 +73,10 @@ impl Report for AttachReport {
     }
 }
 
-/// Take down an attachment (device-mapper devices, loop devices, the
-/// overlay store); also cleans up after an interrupted attach.
+/// Take down an attachment.
+///
+/// Removes its device-mapper devices, loop devices and overlay store;
+/// also cleans up after an interrupted attach.
 #[derive(clap::Args, Debug)]
 pub struct DetachArgs {
     name: String,
@@ -98,10 +101,11 @@ impl Report for DetachReport {
     }
 }
 
-/// Test a staged filesystem image for real, then throw the test away:
-/// attach it through an overlay, fsck it read-only, mount it, run CMD
+/// Test a staged filesystem image for real, then throw the test away.
+///
+/// Attaches it through an overlay, checks it with fsck -n, mounts it, runs CMD
 /// with the mount point in $LIVERESTORE_ROOT (and as working
-/// directory), report pass/fail, always detach. The staged image is
+/// directory), reports pass/fail, always detaches. The staged image is
 /// never changed. Exits 20 when the test fails. The output of fsck and
 /// CMD goes to stderr (stdout is the report).
 ///
@@ -175,8 +179,9 @@ impl Report for TestRestoreReport {
     }
 }
 
-/// Change a staged system before its first boot, so it comes up as
-/// this machine (or as a new one). The staged bytes are verified
+/// Change a staged system before its first boot.
+///
+/// So it comes up as this machine (or as a new one). The staged bytes are verified
 /// first; the image is attached writable, its root filesystem mounted
 /// and changed, and every chunk hashed anew, so `verify` and
 /// `activate` accept the result. Applied in this order:

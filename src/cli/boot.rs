@@ -198,7 +198,9 @@ impl Report for Status {
     }
 }
 
-/// Undo an activation, from either system. From the old system:
+/// Undo an activation, from either system.
+///
+/// From the old system:
 /// the one-shot choice (BootNext / next_entry), the default (BootOrder
 /// entry / liverestore_default), the boot entry (Boot#### / the
 /// custom.cfg block) and the kernel and initrd files. From the
@@ -240,8 +242,9 @@ impl Report for RollbackReport {
     }
 }
 
-/// Run in the restored system after a trial boot: make it the default
-/// (UEFI: its Boot#### goes first in BootOrder; GRUB: liverestore_default
+/// Keep the restored system: run in it after a trial boot.
+///
+/// Makes it the default (UEFI: its Boot#### goes first in BootOrder; GRUB: liverestore_default
 /// is set in grubenv, which its custom.cfg block turns into the default).
 #[derive(clap::Args, Debug)]
 pub struct CommitArgs {}

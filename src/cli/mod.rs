@@ -11,6 +11,7 @@
 pub mod args;
 pub mod attach;
 pub mod boot;
+pub mod docs;
 pub mod output;
 pub mod stage;
 
@@ -102,8 +103,11 @@ pub enum Command {
     Detach(attach::DetachArgs),
     TestRestore(attach::TestRestoreArgs),
     Customize(attach::CustomizeArgs),
+    Completions(docs::CompletionsArgs),
     #[command(hide = true)]
     ServeImage(attach::ServeImageArgs),
+    #[command(hide = true)]
+    GenerateDocs(docs::GenerateDocsArgs),
 }
 
 /// What every command gets besides its arguments.
@@ -160,6 +164,8 @@ pub fn run(cli: Cli, name: &str) -> u8 {
         Command::TestRestore(a) => finish(name, &cx, a.run(&cx)),
         Command::Customize(a) => finish(name, &cx, a.run(&cx)),
         Command::ServeImage(a) => finish(name, &cx, a.run(&cx)),
+        Command::Completions(a) => finish(name, &cx, a.run(&cx)),
+        Command::GenerateDocs(a) => finish(name, &cx, a.run(&cx)),
     }
 }
 

@@ -17,8 +17,11 @@ use crate::stage::staged::{Discarded, Listing, MapExport};
 use crate::stage::verify::VerifyReport;
 use crate::store::record::{Segment, StagingRecord};
 
-/// Preflight: show what staging IMAGE into DIR would do and what would
-/// refuse it, writing nothing. Exits non-zero if staging would be refused.
+/// Preflight: what staging IMAGE would do, writing nothing.
+///
+/// Shows the filesystem, partition and disk found, sizes, free space and
+/// every reason staging would be refused; exits with the first refusal's
+/// code.
 #[derive(clap::Args, Debug)]
 pub struct PlanArgs {
     /// Image file, block device, http(s) URL, or `-` for stdin.
@@ -478,8 +481,11 @@ impl Report for InfoReport {
     }
 }
 
-/// Re-derive the map, check the on-disk header, and re-read the image
-/// from the raw disk, comparing it with the hashes recorded while staging.
+/// Re-read a staged image from the raw disk and compare its hashes.
+///
+/// Re-derives the map, checks the on-disk header, and re-reads every
+/// image byte through the map, comparing it with the hashes recorded
+/// while staging. Exits 20 on any difference.
 #[derive(clap::Args, Debug)]
 pub struct VerifyArgs {
     name: String,
@@ -549,7 +555,8 @@ impl Report for MapExport {
     }
 }
 
-/// Wipe the on-disk header, unpin and delete the container, forget it.
+/// Remove a staged image: header wiped, container unpinned and deleted.
+///
 /// The name a whole-disk image was staged under discards all of its
 /// partitions (NAME-p1, NAME-p2, …).
 #[derive(clap::Args, Debug)]
@@ -588,7 +595,9 @@ impl Report for DiscardReport {
     }
 }
 
-/// Scan a disk (or disk image file) for liverestore headers, without
+/// Find staged images on a disk from their headers alone.
+///
+/// Scans a disk (or disk image file) for liverestore headers, without
 /// the state directory.
 #[derive(clap::Args, Debug)]
 pub struct ScanArgs {

@@ -282,6 +282,16 @@ impl GuestRun {
             .unwrap_or_else(|| panic!("no {key} in:\n{}", self.output()))
     }
 
+    /// Every value the scenario printed for `key`, in order.
+    pub fn values(&self, key: &str) -> Vec<String> {
+        let prefix = format!("LR {key}=");
+        self.output()
+            .lines()
+            .filter_map(|l| l.trim_end_matches('\r').strip_prefix(&prefix))
+            .map(str::to_string)
+            .collect()
+    }
+
     /// Values the scenario printed as `LR key=value` lines.
     pub fn value(&self, key: &str) -> Option<String> {
         let prefix = format!("LR {key}=");

@@ -13,6 +13,7 @@ mod boot;
 mod drivers;
 mod grub;
 mod native;
+mod package;
 mod power_loss;
 mod segments;
 mod uefi;

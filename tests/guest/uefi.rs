@@ -100,6 +100,7 @@ case $n in
   echo "LR next_1=$(next)"
   liverestore --json status | grep -o '"boot_number":[0-9]*' | cut -d: -f2 > /mnt/host/boot-number
   echo "LR esp_files=$(echo $(ls /mnt/esp/liverestore/web))"
+  echo "LR report=old system: staged 'web' ($(liverestore --json map web | grep -o '"disk_offset"' | wc -l) extents on its mounted ext4), activated it; next boot: $(next)"
   umount /mnt/esp
   umount /mnt/host
   reboot -f
@@ -116,6 +117,7 @@ case $n in
   # verifies): this time the restored system commits
   liverestore activate web --esp /mnt/esp --append lr.test=commit 2>/dev/null
   echo "LR activate_again=$?"
+  echo "LR report=old system again (nobody committed): rolled back, activated again; next boot: $(next)"
   umount /mnt/esp
   umount /mnt/host
   reboot -f
@@ -129,6 +131,7 @@ case $n in
   umount /mnt/esp
   umount /mnt/host
   e2fsck -f -n /dev/vda2 >/dev/null && echo "LR old_fsck=clean"
+  echo "LR report=old system: rolled back what the restored system left; its ext4 is clean"
   ;;
 esac
 "#;
@@ -146,12 +149,16 @@ esac
 echo "LR restored_boot_$n=$(cat /etc/hostname)"
 echo "LR restored_root_$n=$(awk '$2 == "/" { print $1 }' /proc/mounts)"
 echo "LR restored_old_system_$n=$(liverestore --json status | grep -o '"boot_entry":"[^"]*' | cut -d'"' -f4 | cut -c1-4)"
+root=$(awk '$2 == "/" { print $1 }' /proc/mounts)
 case $n in
+1) echo "LR report=restored system ($(cat /etc/hostname)) on $root, a trial: nobody commits; next boot: $(next)" ;;
 2) liverestore commit >/dev/null && echo "LR commit=ok"
-   echo "LR restored_next_2=$(next)" ;;
+   echo "LR restored_next_2=$(next)"
+   echo "LR report=restored system on $root: committed; next boot: $(next)" ;;
 3) echo "LR restored_next_3=$now"
    liverestore rollback
-   echo "LR restored_next_after_rollback=$(next)" ;;
+   echo "LR restored_next_after_rollback=$(next)"
+   echo "LR report=restored system on $root, started by default: rolled back from its side; next boot: $(next)" ;;
 esac
 reboot -f
 "#;
@@ -243,4 +250,14 @@ fn uefi_trial_boot_then_back_to_the_old_system() {
         "LR restored_boot_3",
         "LR old_boot_3",
     ]);
+    // each boot's one-line report (scripts/demo.sh --boot shows them)
+    let reports = run.values("report");
+    for (i, r) in reports.iter().enumerate() {
+        println!("boot {}: {r}", i + 1);
+    }
+    assert_eq!(reports.len(), 6, "{reports:#?}");
+    assert!(
+        reports[1].starts_with("restored system (restored-system) on /dev/dm-0"),
+        "{reports:#?}"
+    );
 }
