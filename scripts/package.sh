@@ -17,7 +17,7 @@ triple=x86_64-unknown-linux-gnu
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR_STATIC:-target/static}
 RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --locked --quiet --bin liverestore --target "$triple"
 bin="$CARGO_TARGET_DIR/$triple/release/liverestore"
-ldd "$bin" 2>&1 | grep -q "not a dynamic executable" \
+ldd "$bin" 2>&1 | grep -qE "not a dynamic executable|statically linked" \
   || { echo "package: $bin is not statically linked" >&2; exit 1; }
 
 out=target/debian

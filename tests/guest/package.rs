@@ -45,7 +45,7 @@ test -s /usr/share/fish/vendor_completions.d/liverestore.fish && echo "LR fish=o
 mkdir -p /mnt/host
 mount -t ext4 /dev/vda1 /mnt/host
 liverestore --json stage /dev/vdb --name web --dir /mnt/host | tail -1 | grep -q '"ok":true' && echo "LR stage=ok"
-liverestore verify web >/dev/null && echo "LR verify=ok"
+liverestore verify web >/dev/null 2>&1 && echo "LR verify=ok"
 liverestore discard web >/dev/null && echo "LR discard=ok"
 umount /mnt/host
 "#;
