@@ -2,7 +2,15 @@
 //! context a user needs (what was being done, on which path, at which offset).
 //!
 //! Every kind maps to a documented process exit code ([`ErrorKind::exit_code`]),
-//! which is the contract scripts rely on; the README lists the same table.
+//! which is the contract scripts rely on; `--help` and docs/guide.md list
+//! the same table.
+//!
+//! The cause underneath (an I/O error, a parser's error) is kept typed,
+//! boxed, and printed once: [`Error`]'s message includes it (as
+//! `std::io::Error` does with its inner error), so its `source()` starts
+//! one level below, and a reporter that walks the chain never prints a
+//! cause twice. [`Error::cause`] gives the typed cause itself, for
+//! `downcast_ref`.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -127,16 +135,18 @@ impl fmt::Display for ErrorKind {
 }
 
 /// A liverestore error: a kind, a one-line message that says what to do, and
-/// optional context (path, offset, the system error underneath).
-#[derive(Debug, thiserror::Error)]
+/// optional context (path, offset, the typed error underneath).
+#[derive(Debug)]
 pub struct Error {
     kind: ErrorKind,
     message: String,
     path: Option<PathBuf>,
     offset: Option<u64>,
-    #[source]
-    source: Option<std::io::Error>,
+    cause: Option<Cause>,
 }
+
+/// The typed error underneath an [`Error`].
+pub type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 impl Error {
     /// A new error of `kind` with a message for the user.
@@ -146,8 +156,21 @@ impl Error {
             message: message.into(),
             path: None,
             offset: None,
-            source: None,
+            cause: None,
         }
+    }
+
+    /// Keep `cause` (a typed error of another crate, or of the system) as
+    /// what this error happened because of.
+    pub fn with_source(mut self, cause: impl Into<Cause>) -> Self {
+        self.cause = Some(cause.into());
+        self
+    }
+
+    /// The typed error underneath, if there is one (its text is already
+    /// part of this error's message).
+    pub fn cause(&self) -> Option<&(dyn std::error::Error + Send + Sync + 'static)> {
+        self.cause.as_deref()
     }
 
     /// An I/O error while doing `operation`, classified by its errno
@@ -170,7 +193,7 @@ impl Error {
             message: operation.into(),
             path: None,
             offset: None,
-            source: Some(err),
+            cause: Some(Box::new(err)),
         }
     }
 
@@ -210,8 +233,8 @@ impl Error {
 
     /// The system error underneath, if there is one.
     pub fn errno(&self) -> Option<rustix::io::Errno> {
-        self.source
-            .as_ref()?
+        self.cause()?
+            .downcast_ref::<std::io::Error>()?
             .raw_os_error()
             .map(rustix::io::Errno::from_raw_os_error)
     }
@@ -226,10 +249,17 @@ impl fmt::Display for Error {
         if let Some(offset) = self.offset {
             write!(f, " at offset {offset}")?;
         }
-        if let Some(source) = &self.source {
-            write!(f, ": {source}")?;
+        if let Some(cause) = &self.cause {
+            write!(f, ": {cause}")?;
         }
         Ok(())
+    }
+}
+
+impl std::error::Error for Error {
+    /// One level below the cause, whose text the message already has.
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.cause.as_deref()?.source()
     }
 }
 
@@ -270,6 +300,47 @@ mod tests {
     fn enospc_is_no_space() {
         let err = Error::io("fallocate", std::io::Error::from_raw_os_error(28));
         assert_eq!(err.kind(), ErrorKind::NoSpace);
+    }
+
+    /// A parser error with a cause of its own, as serde_json or a format
+    /// crate gives.
+    #[derive(Debug)]
+    struct Outer(std::io::Error);
+    impl fmt::Display for Outer {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("table unreadable")
+        }
+    }
+    impl std::error::Error for Outer {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn causes_stay_typed_and_are_printed_once() {
+        let err = Error::new(ErrorKind::Corrupt, "partition table")
+            .with_source(Outer(std::io::Error::from_raw_os_error(5)));
+        assert!(err.cause().unwrap().downcast_ref::<Outer>().is_some());
+        // what an error reporter prints: the error, then each source
+        let mut chain = vec![err.to_string()];
+        let mut next = std::error::Error::source(&err);
+        while let Some(e) = next {
+            chain.push(e.to_string());
+            next = e.source();
+        }
+        assert_eq!(chain[0], "partition table: table unreadable");
+        assert_eq!(chain.len(), 2, "{chain:?}");
+        assert!(chain[1].contains("Input/output error"), "{chain:?}");
+        let joined = chain.join(": ");
+        assert_eq!(joined.matches("table unreadable").count(), 1, "{joined}");
+        // an I/O error keeps its errno
+        let io = Error::io("read", std::io::Error::from_raw_os_error(5));
+        assert_eq!(io.errno(), Some(rustix::io::Errno::IO));
+        assert!(
+            std::error::Error::source(&io).is_none(),
+            "its text is in the message"
+        );
     }
 
     #[test]

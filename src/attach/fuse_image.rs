@@ -82,7 +82,7 @@ impl ImageFs {
         let runs = self
             .map
             .translate(offset, len)
-            .map_err(|e| std::io::Error::other(e.to_string()))?;
+            .map_err(std::io::Error::other)?;
         for r in runs {
             let dst = &mut buf[r.buf_offset as usize..(r.buf_offset + r.length) as usize];
             self.disk.read_exact_at(dst, r.disk)?;
@@ -133,7 +133,7 @@ impl ImageFs {
             .lock()
             .map_err(|_| std::io::Error::other("writer poisoned"))?;
         w.write_at(self.data_offset + start, &buf)
-            .map_err(|e| std::io::Error::other(e.to_string()))
+            .map_err(std::io::Error::other)
     }
 }
 

@@ -139,7 +139,7 @@ pub fn remove(gpt: &mut GPT, number: u32, guid: Uuid) -> Result<bool> {
         .is_some_and(|(_, e)| e.is_used() && e.unique_partition_guid == guid.to_bytes_le());
     if ours {
         gpt.remove(number)
-            .map_err(|e| Error::new(ErrorKind::Corrupt, format!("partition table: {e}")))?;
+            .map_err(|e| Error::new(ErrorKind::Corrupt, "partition table").with_source(e))?;
     }
     Ok(ours)
 }

@@ -185,7 +185,7 @@ impl BootPlan {
     pub fn decode(bytes: &[u8]) -> Result<BootPlan> {
         let bad = |m: String| Error::new(ErrorKind::Corrupt, m);
         let plan: BootPlan = serde_json::from_slice(bytes)
-            .map_err(|e| bad(format!("boot plan is not valid: {e}")))?;
+            .map_err(|e| bad("boot plan is not valid".into()).with_source(e))?;
         if plan.format != FORMAT {
             return Err(bad(format!("unknown boot plan format '{}'", plan.format)));
         }

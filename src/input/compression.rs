@@ -94,7 +94,7 @@ impl MultiXz {
             .memlimit_threading(256 << 20)
             .memlimit_stop(1 << 30)
             .decoder()
-            .map_err(|e| Error::new(ErrorKind::Io, format!("cannot start the xz decoder: {e}")))?;
+            .map_err(|e| Error::new(ErrorKind::Io, "cannot start the xz decoder").with_source(e))?;
         Ok(liblzma::bufread::XzDecoder::new_stream(inner, stream))
     }
 
@@ -129,8 +129,7 @@ impl Read for MultiXz {
                 }
                 inner.consume(zeros);
             }
-            self.current =
-                Some(MultiXz::decoder(inner).map_err(|e| io::Error::other(e.to_string()))?);
+            self.current = Some(MultiXz::decoder(inner).map_err(io::Error::other)?);
         }
     }
 }

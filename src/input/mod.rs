@@ -165,7 +165,7 @@ impl Image {
                     streamer
                         .stream_from(from)
                         .map(|s| Box::new(s) as Box<dyn Read + Send>)
-                        .map_err(|e| io::Error::other(e.to_string()))
+                        .map_err(io::Error::other)
                 };
                 let mut head = [0u8; 8];
                 object

@@ -266,7 +266,7 @@ impl ReadAt for HttpObject {
         while done < buf.len() {
             let mut body = self
                 .get_from(offset + done as u64, Some(end))
-                .map_err(|e| io::Error::other(e.to_string()))?;
+                .map_err(io::Error::other)?;
             loop {
                 match body.read(&mut buf[done..]) {
                     Ok(0) => break,
@@ -334,7 +334,7 @@ impl Read for HttpStream {
                     match self.object.get_from(self.pos, None) {
                         Ok(body) => self.body = body,
                         Err(e) if self.retries_left == 0 => {
-                            return Err(io::Error::other(e.to_string()));
+                            return Err(io::Error::other(e));
                         }
                         Err(_) => {}
                     }

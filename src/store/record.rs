@@ -385,7 +385,7 @@ pub fn encode_state_file(record: &StagingRecord) -> Vec<u8> {
 pub fn decode_state_file(bytes: &[u8]) -> Result<StagingRecord> {
     let corrupt = |m: String| Error::new(ErrorKind::Corrupt, m);
     let env: Envelope<'_> = serde_json::from_slice(bytes)
-        .map_err(|e| corrupt(format!("state file is not valid: {e}")))?;
+        .map_err(|e| corrupt("state file is not valid".into()).with_source(e))?;
     if env.format != STATE_FORMAT {
         return Err(corrupt(format!(
             "unknown state file format '{}'",

@@ -94,7 +94,9 @@ pub fn current(state: &StateDir) -> Result<Option<Activation>> {
     let path = record_path(state);
     match std::fs::read(&path) {
         Ok(b) => serde_json::from_slice(&b).map(Some).map_err(|e| {
-            Error::new(ErrorKind::Corrupt, format!("activation record: {e}")).with_path(&path)
+            Error::new(ErrorKind::Corrupt, "activation record")
+                .with_source(e)
+                .with_path(&path)
         }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(Error::io("read the activation record", e).with_path(&path)),
