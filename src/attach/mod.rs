@@ -105,39 +105,25 @@ fn dm_name(instance: &str) -> String {
 fn dm_base_name(instance: &str) -> String {
     format!("liverestore-{instance}-base")
 }
-fn record_path(state: &StateDir, name: &str) -> PathBuf {
-    state.root().join("attached").join(format!("{name}.json"))
-}
 fn cow_path(state: &StateDir, name: &str) -> PathBuf {
     state.root().join("attached").join(format!("{name}.cow"))
 }
 
 /// The attachment of `name`, if it is attached.
 pub fn attachment(state: &StateDir, name: &str) -> Result<Option<Attachment>> {
-    let path = record_path(state, name);
-    match fs::read(&path) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
-            Error::new(
+    state
+        .read_state(&state.attachment_path(name))
+        .map_err(|e| match e.kind() {
+            ErrorKind::Corrupt => Error::new(
                 ErrorKind::Corrupt,
-                format!(
-                    "attachment record is damaged ({e}); `liverestore detach {name}` cleans up"
-                ),
-            )
-            .with_path(&path)
-        }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(Error::io("cannot read the attachment record", e).with_path(&path)),
-    }
+                format!("{e}; `liverestore detach {name}` cleans up"),
+            ),
+            _ => e,
+        })
 }
 
 fn save(state: &StateDir, a: &Attachment) -> Result<()> {
-    let path = record_path(state, &a.name);
-    let tmp = path.with_extension("json.tmp");
-    let bytes = serde_json::to_vec_pretty(a).expect("serializable");
-    fs::write(&tmp, bytes)
-        .and_then(|()| fs::rename(&tmp, &path))
-        .op(|| "cannot write the attachment record".into())
-        .map_err(|e| e.with_path(&path))
+    state.write_state(&state.attachment_path(&a.name), a)
 }
 
 /// The device-mapper table that shows the image of `name`: one `linear`
@@ -521,7 +507,7 @@ pub fn detach(state: &StateDir, name: &str) -> Result<Attachment> {
         }
     };
     take_down(&a)?;
-    let path = record_path(state, name);
+    let path = state.attachment_path(name);
     match fs::remove_file(&path) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

@@ -167,7 +167,7 @@ pub fn customize(
     // verify (first run) and attach (resumed run) refuse an incomplete
     // staging.
     let rec = load(state, name)?;
-    if crate::boot::activate::current(state)?.is_some_and(|a| a.involves(name)) {
+    if state.activated_names()?.iter().any(|n| n == name) {
         return Err(Error::new(
             ErrorKind::InvalidState,
             format!(

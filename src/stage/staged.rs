@@ -317,9 +317,8 @@ pub fn discard_named(state: &StateDir, name: &str, force: bool) -> Result<Vec<Di
     } else {
         set_of(state, name)?.into_iter().map(|r| r.name).collect()
     };
-    if let Some(a) = crate::boot::activate::current(state)?
-        && let Some(n) = names.iter().find(|n| a.involves(n))
-    {
+    let activated = state.activated_names()?;
+    if let Some(n) = names.iter().find(|n| activated.contains(n)) {
         return Err(Error::new(
             ErrorKind::InvalidState,
             format!(

@@ -1,19 +1,23 @@
-//! The state directory (default `/var/lib/liverestore`): one checksummed
-//! record per staged image under `images/`, and the lock that lets only one
-//! liverestore change state at a time.
+//! The state directory (default `/var/lib/liverestore`) and every file in
+//! it: one checksummed record per staged image under `images/`, the
+//! activation record (`activation.json`), one record per attachment
+//! (`attached/NAME.json`), and the lock that lets only one liverestore
+//! change state at a time.
 //!
-//! Records are replaced atomically (write a temporary file, fsync, rename,
-//! fsync the directory), so a reader or a crash sees the old or the new
-//! record, never a mix.
+//! Every file is replaced durably by [`crate::store::durable::replace_file`]
+//! (a temporary file, fsync, rename, fsync the directory), so a reader or a
+//! crash sees the old or the new file, never a mix. The records of other
+//! parts (activations, attachments) are typed by their owners; this
+//! module stores them as JSON and never needs their types.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use rustix::fs::FlockOperation;
 
 use crate::error::{Error, ErrorKind, IoContext, Result};
+use crate::store::durable;
 use crate::store::record::{self, StagingRecord};
 
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/liverestore";
@@ -112,23 +116,60 @@ impl StateDir {
     /// Atomically store `rec`.
     pub fn save(&self, rec: &StagingRecord) -> Result<()> {
         self.ensure()?;
-        let path = self.record_path(&rec.name);
-        let tmp = self.images().join(format!(".{}.json.tmp", rec.name));
-        let write = || -> std::io::Result<()> {
-            let mut f = OpenOptions::new()
-                .create(true)
-                .truncate(true)
-                .write(true)
-                .mode(0o600)
-                .open(&tmp)?;
-            f.write_all(&record::encode_state_file(rec))?;
-            f.sync_all()?;
-            fs::rename(&tmp, &path)?;
-            File::open(self.images())?.sync_all()
-        };
-        write()
-            .op(|| "cannot write the state file".into())
-            .map_err(|e| e.with_path(&path))
+        durable::replace_file(
+            &self.record_path(&rec.name),
+            &record::encode_state_file(rec),
+            0o600,
+        )
+    }
+
+    /// Where the activation record is (`boot::activate` owns its type).
+    pub fn activation_path(&self) -> PathBuf {
+        self.root.join("activation.json")
+    }
+
+    /// Where the record of `name`'s attachment is (`attach` owns its type).
+    pub fn attachment_path(&self, name: &str) -> PathBuf {
+        self.root.join("attached").join(format!("{name}.json"))
+    }
+
+    /// A JSON state file of another part, if it exists.
+    pub fn read_state<T: serde::de::DeserializeOwned>(&self, path: &Path) -> Result<Option<T>> {
+        match fs::read(path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+                Error::new(ErrorKind::Corrupt, "damaged state file")
+                    .with_source(e)
+                    .with_path(path)
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io("read a state file", e).with_path(path)),
+        }
+    }
+
+    /// Store a JSON state file of another part, durably.
+    pub fn write_state<T: serde::Serialize>(&self, path: &Path, value: &T) -> Result<()> {
+        let bytes = serde_json::to_vec_pretty(value).map_err(|e| {
+            Error::new(ErrorKind::Io, "encode a state file")
+                .with_source(e)
+                .with_path(path)
+        })?;
+        durable::replace_file(path, &bytes, 0o600)
+    }
+
+    /// The stagings the activation record names (the activated one and
+    /// the partitions activated with it), without knowing its type: what
+    /// `discard` and `customize` must leave alone.
+    pub fn activated_names(&self) -> Result<Vec<String>> {
+        #[derive(serde::Deserialize)]
+        struct Names {
+            name: String,
+            #[serde(default)]
+            companions: Vec<String>,
+        }
+        Ok(self
+            .read_state::<Names>(&self.activation_path())?
+            .map(|n| std::iter::once(n.name).chain(n.companions).collect())
+            .unwrap_or_default())
     }
 
     /// Forget `name`.

@@ -85,58 +85,27 @@ impl Activation {
     }
 }
 
-fn record_path(state: &StateDir) -> PathBuf {
-    state.root().join("activation.json")
-}
-
 /// The current activation, if any.
 pub fn current(state: &StateDir) -> Result<Option<Activation>> {
-    let path = record_path(state);
-    match std::fs::read(&path) {
-        Ok(b) => serde_json::from_slice(&b).map(Some).map_err(|e| {
-            Error::new(ErrorKind::Corrupt, "activation record")
-                .with_source(e)
-                .with_path(&path)
-        }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(Error::io("read the activation record", e).with_path(&path)),
-    }
+    state.read_state(&state.activation_path())
 }
 
 fn save(state: &StateDir, a: &Activation) -> Result<()> {
-    replace_file(
-        &record_path(state),
-        &serde_json::to_vec_pretty(a).expect("serializable"),
-    )
+    state.write_state(&state.activation_path(), a)
 }
 
-/// Replace `path` with `data` durably: a temporary file, synced, renamed
-/// over it, and the directory synced.
-fn replace_file(path: &Path, data: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("liverestore-tmp");
-    write_synced(&tmp, data)?;
-    std::fs::rename(&tmp, path)
-        .op(|| "replace a file".into())
-        .map_err(|e| e.with_path(path))?;
-    sync_dir(path.parent().unwrap_or(Path::new("/")))
-}
-
-/// Make a directory's entries durable (after creating, renaming or
-/// removing in it): without this a power cut can lose them.
-fn sync_dir(dir: &Path) -> Result<()> {
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .op(|| "sync a directory".into())
-        .map_err(|e| e.with_path(dir))
-}
-
-/// Write `data` to `path` and make it durable.
+/// Write a boot file (kernel, initrd, GRUB's files) durably: readable by
+/// everyone, as the boot loader's other files are.
 fn write_synced(path: &Path, data: &[u8]) -> Result<()> {
-    std::fs::write(path, data)
-        .and_then(|()| std::fs::File::open(path)?.sync_all())
-        .op(|| "write a file".into())
-        .map_err(|e| e.with_path(path))
+    crate::store::durable::write_synced(path, data, 0o644)
 }
+
+/// Replace a boot loader's file durably, keeping its mode.
+fn replace_file(path: &Path, data: &[u8]) -> Result<()> {
+    crate::store::durable::replace_file(path, data, 0o644)
+}
+
+use crate::store::durable::sync_dir;
 
 /// Which boot loader `activate` arms.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -792,7 +761,7 @@ pub fn rollback(state: &StateDir) -> Result<RolledBack> {
         Err(e) if e.kind() == ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
-    let path = record_path(state);
+    let path = state.activation_path();
     std::fs::remove_file(&path)
         .op(|| "remove the activation record".into())
         .map_err(|e| e.with_path(&path))?;
