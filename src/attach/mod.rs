@@ -23,7 +23,7 @@
 //! Also here: the FUSE fallback without device-mapper ([`fuse_image`]) and
 //! `test-restore` ([`test_restore`]), which attaches, checks and detaches.
 
-pub mod fuse_image;
+pub(crate) mod fuse_image;
 pub mod test_restore;
 
 use std::fs;

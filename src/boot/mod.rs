@@ -15,5 +15,5 @@ pub mod early_boot;
 pub mod efi;
 pub mod grub_format;
 pub mod initrd;
-pub mod partition_entry;
+pub(crate) mod partition_entry;
 pub mod plan;

@@ -17,11 +17,11 @@
 //! `--inject-drivers`, then `--preserve`, so that what a user names
 //! explicitly wins.
 
-pub mod copy;
-pub mod drivers;
-pub mod network;
-pub mod new_identity;
-pub mod root;
+pub(crate) mod copy;
+pub(crate) mod drivers;
+pub(crate) mod network;
+pub(crate) mod new_identity;
+pub(crate) mod root;
 
 use std::path::PathBuf;
 

@@ -30,13 +30,6 @@ pub enum Stack {
 }
 
 impl Stack {
-    pub const ALL: [Stack; 4] = [
-        Stack::Netplan,
-        Stack::NetworkManager,
-        Stack::SystemdNetworkd,
-        Stack::Ifupdown,
-    ];
-
     pub fn as_str(self) -> &'static str {
         match self {
             Stack::Netplan => "netplan",

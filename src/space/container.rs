@@ -142,10 +142,6 @@ impl ContainerFile {
         })
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     pub fn size(&self) -> Result<u64> {
         Ok(self
             .file

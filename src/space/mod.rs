@@ -9,9 +9,9 @@
 //! (that goes through [`crate::map::disk_io`]) or remember anything (that
 //! is [`crate::store`]).
 
-pub mod allocate;
-pub mod container;
+pub(crate) mod allocate;
+pub(crate) mod container;
 pub mod hostfs;
-pub mod identity;
-pub mod make_room;
-pub mod unallocated;
+pub(crate) mod identity;
+pub(crate) mod make_room;
+pub(crate) mod unallocated;

@@ -6,7 +6,7 @@
 //! Owns: the formats of remembered state and their durable replacement.
 //! May not: act on a disk or a boot loader.
 
-pub mod durable;
+pub(crate) mod durable;
 pub mod header;
 pub mod record;
 pub mod state_dir;

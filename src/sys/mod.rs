@@ -12,10 +12,10 @@
 
 #![allow(unsafe_code)]
 
-pub mod aligned;
-pub mod dev_node;
+pub(crate) mod aligned;
+pub(crate) mod dev_node;
 pub mod dm;
-pub mod efivars;
+pub(crate) mod efivars;
 pub(crate) mod ioctl;
 pub mod kmod;
-pub mod loop_device;
+pub(crate) mod loop_device;
