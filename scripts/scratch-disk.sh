@@ -4,7 +4,7 @@
 # work dir. Sets: work, loopdev (empty until attach_scratch_disk), lr.
 bash scripts/install-deps.sh
 cargo build --release --locked --quiet
-lr="$PWD/target/release/liverestore"
+lr="$PWD/target/x86_64-unknown-linux-gnu/release/liverestore"
 work=$(mktemp -d /tmp/liverestore-scratch.XXXXXX)
 loopdev=""
 cleanup_scratch() {

@@ -69,14 +69,20 @@ impl Kernel {
     }
 }
 
-/// A static liverestore for the guest, built once per test run (and kept
-/// in `target/static` between runs; cargo rebuilds it when sources change).
+/// A static liverestore with failpoints for the guest: the one
+/// `scripts/test.sh` built before the tests (`LIVERESTORE_GUEST_BIN`,
+/// sharing every dependency with the tests' own build), or else built
+/// once per test run (kept in `target/static` between runs; cargo rebuilds
+/// it when sources change).
 pub fn static_liverestore() -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     static LOCK: Mutex<()> = Mutex::new(());
     let _g = LOCK.lock().unwrap();
     BUILT
         .get_or_init(|| {
+            if let Some(bin) = std::env::var_os("LIVERESTORE_GUEST_BIN") {
+                return PathBuf::from(bin);
+            }
             let target_dir = repo().join("target/static");
             let status = Command::new(env!("CARGO"))
                 .current_dir(repo())

@@ -11,11 +11,13 @@ use std::time::Duration;
 use crate::common::vm::{EXT4, Guest, VIRTIO_BLK};
 use crate::common::*;
 
-/// `scripts/package.sh`: the path of the package it built.
+/// `scripts/package.sh`: the path of the package it built, of the test
+/// build's own (static) liverestore, so that no second build is needed.
 fn build_package() -> std::path::PathBuf {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
     let out = Command::new("bash")
         .arg(repo.join("scripts/package.sh"))
+        .env("LIVERESTORE_BIN", env!("CARGO_BIN_EXE_liverestore"))
         .current_dir(repo)
         .output()
         .unwrap();
