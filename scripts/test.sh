@@ -12,7 +12,8 @@ bash scripts/install-deps.sh
 # build reuses every dependency it compiled.
 cargo build --locked --quiet --features failpoints --bin liverestore
 mkdir -p target/guest
-cp target/x86_64-unknown-linux-gnu/debug/liverestore target/guest/liverestore
+# stripped: the guests copy it into initramfs and image files
+strip -o target/guest/liverestore target/x86_64-unknown-linux-gnu/debug/liverestore
 export LIVERESTORE_GUEST_BIN="$PWD/target/guest/liverestore"
 skip=(--skip vfat_4gib_image_splits_for_real)
 [ "${LIVERESTORE_SLOW_TESTS:-}" = 1 ] && skip=()

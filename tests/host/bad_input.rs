@@ -1,16 +1,11 @@
 //! Every error a user can cause gets a one-line message, its own exit code,
 //! and leaves nothing behind.
 
-// Test code: a panic is a failed test with its place (library code may not unwrap).
-#![allow(clippy::unwrap_used)]
-
-mod common;
-
 use std::io::Write;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 fn staged_names(cli: &Cli) -> Vec<String> {
     cli.json(&["list", "--json"])["images"]

@@ -12,14 +12,9 @@
 //! the entry out of the table and the kernel. Booting them is shown in
 //! guests (`tests/guest/grub.rs`, `tests/guest/native.rs`).
 
-// Test code: a panic is a failed test with its place (library code may not unwrap).
-#![allow(clippy::unwrap_used)]
-
-mod common;
-
 use std::path::{Path, PathBuf};
 
-use common::*;
+use crate::common::*;
 
 const VERSION: &str = "6.1.0-99-test";
 
@@ -55,7 +50,11 @@ fn helper() -> String {
 fn grub_dir(mnt: &Path) -> PathBuf {
     let g = mnt.join("boot/grub");
     std::fs::create_dir_all(&g).unwrap();
-    std::fs::write(g.join("grub.cfg"), common::vm::debian_grub_cfg("quiet")).unwrap();
+    std::fs::write(
+        g.join("grub.cfg"),
+        crate::common::vm::debian_grub_cfg("quiet"),
+    )
+    .unwrap();
     g
 }
 
@@ -296,7 +295,7 @@ fn grub_activation_refusals() {
     );
 
     // A grubenv GRUB could not rewrite in place (not 1024 bytes).
-    std::fs::write(g.join("grub.cfg"), common::vm::debian_grub_cfg("")).unwrap();
+    std::fs::write(g.join("grub.cfg"), crate::common::vm::debian_grub_cfg("")).unwrap();
     let mut env = b"# GRUB Environment Block\n".to_vec();
     env.resize(2048, b'#');
     std::fs::write(g.join("grubenv"), env).unwrap();
@@ -306,14 +305,14 @@ fn grub_activation_refusals() {
     // GRUB on another disk than the staging.
     let og = other.mnt.join("boot/grub");
     std::fs::create_dir_all(&og).unwrap();
-    std::fs::write(og.join("grub.cfg"), common::vm::debian_grub_cfg("")).unwrap();
+    std::fs::write(og.join("grub.cfg"), crate::common::vm::debian_grub_cfg("")).unwrap();
     let err = activate(&og);
     assert!(err.contains("its own disk"), "{err}");
 
     // An image without a kernel liverestore can find.
     let ok = mnt.join("boot/grub-ok");
     std::fs::create_dir_all(&ok).unwrap();
-    std::fs::write(ok.join("grub.cfg"), common::vm::debian_grub_cfg("")).unwrap();
+    std::fs::write(ok.join("grub.cfg"), crate::common::vm::debian_grub_cfg("")).unwrap();
     let bare = ext4_image(t.path(), "bare.ext4", 16, &[]);
     cli.expect(
         0,

@@ -4,16 +4,11 @@
 //! filesystem is fsck-clean, and every free block that held its pattern
 //! before still holds it.
 
-// Test code: a panic is a failed test with its place (library code may not unwrap).
-#![allow(clippy::unwrap_used)]
-
-mod common;
-
 use std::io::Write;
 use std::path::Path;
 use std::process::Stdio;
 
-use common::*;
+use crate::common::*;
 
 fn stage_and_prove_nothing_stray(fs: Fs) {
     let t = tempfile::tempdir().unwrap();

@@ -4,12 +4,7 @@
 //! listed, hard-linked files and files on other filesystems stay; a list
 //! that cannot free enough deletes nothing.
 
-// Test code: a panic is a failed test with its place (library code may not unwrap).
-#![allow(clippy::unwrap_used)]
-
-mod common;
-
-use common::*;
+use crate::common::*;
 
 fn write_file(path: &std::path::Path, mib: u64, seed: u64) {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();

@@ -5,18 +5,13 @@
 //! staged; 404 and a wrong length are clean errors; a --sha256 mismatch
 //! leaves a "failed" staging that verify refuses.
 
-// Test code: a panic is a failed test with its place (library code may not unwrap).
-#![allow(clippy::unwrap_used)]
-
-mod common;
-
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use common::*;
+use crate::common::*;
 
 /// An image with data, zeros and a pattern, 40 MiB.
 fn image() -> Vec<u8> {

@@ -5,16 +5,11 @@
 //! the image as it is; `--sha256` covers the whole image; `discard NAME`
 //! removes the whole set. An MBR image is split the same way.
 
-// Test code: a panic is a failed test with its place (library code may not unwrap).
-#![allow(clippy::unwrap_used)]
-
-mod common;
-
 use std::io::Write;
 use std::path::Path;
 use std::process::Stdio;
 
-use common::*;
+use crate::common::*;
 
 const ROOT_GUID: &str = "0fc63daf-8483-4772-8e79-3d69d8477de4";
 const ROOT_UUID: &str = "11111111-2222-4333-8444-555555555555";

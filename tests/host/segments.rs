@@ -6,16 +6,11 @@
 //! `--unallocated` with nothing free, a partition created over staged
 //! unallocated space).
 
-// Test code: a panic is a failed test with its place (library code may not unwrap).
-#![allow(clippy::unwrap_used)]
-
-mod common;
-
 use std::io::Write;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 /// 800 MiB disk: ext4 at 1..101 MiB, unallocated 101..201 MiB, xfs at
 /// 201..521 MiB, unallocated after that.

@@ -9,15 +9,10 @@
 //! interrupted customize is refused by `verify` and finished by running
 //! it again, and bad options are refused up front.
 
-// Test code: a panic is a failed test with its place (library code may not unwrap).
-#![allow(clippy::unwrap_used)]
-
-mod common;
-
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 
-use common::*;
+use crate::common::*;
 
 /// The "restored system": a small root filesystem with an identity, a
 /// systemd-networkd configuration, and links that point at absolute paths
@@ -133,7 +128,7 @@ fn customize_changes_the_staged_system_and_nothing_else() {
             "stage",
             img.to_str().unwrap(),
             "--name",
-            "sys",
+            "cust",
             "--dir",
             &dir,
         ],
@@ -148,7 +143,7 @@ fn customize_changes_the_staged_system_and_nothing_else() {
     let out = cli.json(&[
         "--json",
         "customize",
-        "sys",
+        "cust",
         "--new-identity",
         "--hostname",
         "web-7.example.org",
@@ -188,10 +183,10 @@ fn customize_changes_the_staged_system_and_nothing_else() {
 
     // The new bytes are what is recorded: verify passes, and the record
     // and the on-disk header both say what changed.
-    let v = cli.json(&["--json", "verify", "sys"]);
+    let v = cli.json(&["--json", "verify", "cust"]);
     assert_eq!(v["ok"], true, "{v}");
     assert_eq!(v["sha256"], r["sha256"]);
-    let info = cli.json(&["info", "sys", "--json"]);
+    let info = cli.json(&["info", "cust", "--json"]);
     let c = &info["record"]["image"]["customized"][0];
     assert_eq!(c["sha256_before"], staged_sha.as_str(), "{info}");
     assert_eq!(c["change_count"], 7);
@@ -200,7 +195,7 @@ fn customize_changes_the_staged_system_and_nothing_else() {
     assert_eq!(found["headers"][0]["valid"], true, "{found}");
 
     // Inside the image.
-    let got = look_inside(&cli, "sys", LOOK);
+    let got = look_inside(&cli, "cust", LOOK);
     let expect = [
         ("hostname", "web-7.example.org"),
         ("hosts", "127.0.1.1 web-7.example.org web-7"),
@@ -230,7 +225,7 @@ fn customize_changes_the_staged_system_and_nothing_else() {
         std::fs::read_to_string(disk.mnt.join("hostname")).unwrap(),
         "host file\n"
     );
-    let ranges = container_ranges(&cli, "sys");
+    let ranges = container_ranges(&cli, "cust");
     disk.unmount();
     assert!(disk.fsck_clean());
     let pattern_after = disk.pattern_sectors();
@@ -249,7 +244,7 @@ fn customize_changes_the_staged_system_and_nothing_else() {
         stray.len(),
         &stray[..stray.len().min(8)]
     );
-    assert_no_leftovers(&cli, "sys");
+    assert_no_leftovers(&cli, "cust");
 }
 
 /// No attachment, FUSE mount or customize mount of `name` is left.
@@ -278,22 +273,22 @@ fn corrupt_bytes_are_refused_and_an_interrupted_customize_finishes() {
             "stage",
             img.to_str().unwrap(),
             "--name",
-            "sys2",
+            "cust2",
             "--dir",
             &dir,
         ],
     );
 
     // Options that cannot work are refused before anything happens.
-    let e = cli.expect_err(22, &["customize", "sys2"]);
+    let e = cli.expect_err(22, &["customize", "cust2"]);
     assert!(e.contains("nothing to do"), "{e}");
-    let e = cli.expect_err(22, &["customize", "sys2", "--hostname", "bad_name"]);
+    let e = cli.expect_err(22, &["customize", "cust2", "--hostname", "bad_name"]);
     assert!(e.contains("not a valid host name"), "{e}");
     let e = cli.expect_err(
         17,
         &[
             "customize",
-            "sys2",
+            "cust2",
             "--preserve",
             "/no/such/file",
             "--source-root",
@@ -301,7 +296,7 @@ fn corrupt_bytes_are_refused_and_an_interrupted_customize_finishes() {
         ],
     );
     assert!(e.contains("no such file"), "{e}");
-    let e = cli.expect_err(22, &["customize", "sys2", "--preserve", "relative/path"]);
+    let e = cli.expect_err(22, &["customize", "cust2", "--preserve", "relative/path"]);
     assert!(e.contains("absolute"), "{e}");
     cli.expect_err(17, &["customize", "nosuch", "--new-identity"]);
 
@@ -324,7 +319,7 @@ fn corrupt_bytes_are_refused_and_an_interrupted_customize_finishes() {
         22,
         &[
             "customize",
-            "sys2",
+            "cust2",
             "--hostname",
             "half",
             "--carry-network",
@@ -337,14 +332,14 @@ fn corrupt_bytes_are_refused_and_an_interrupted_customize_finishes() {
         "{e}"
     );
     assert!(e.contains("run `liverestore customize sys2` again"), "{e}");
-    assert_no_leftovers(&cli, "sys2");
-    let e = cli.expect_err(22, &["verify", "sys2"]);
+    assert_no_leftovers(&cli, "cust2");
+    let e = cli.expect_err(22, &["verify", "cust2"]);
     assert!(e.contains("was interrupted"), "{e}");
     let e = cli.expect_err(
         22,
         &[
             "initrd",
-            "sys2",
+            "cust2",
             "--output",
             t.path().join("x.cpio").to_str().unwrap(),
         ],
@@ -354,7 +349,7 @@ fn corrupt_bytes_are_refused_and_an_interrupted_customize_finishes() {
     let out = cli.json(&[
         "--json",
         "customize",
-        "sys2",
+        "cust2",
         "--hostname",
         "whole",
         "--carry-network",
@@ -363,20 +358,20 @@ fn corrupt_bytes_are_refused_and_an_interrupted_customize_finishes() {
     ]);
     assert_eq!(out["customized"]["resumed"], true, "{out}");
     assert_eq!(out["customized"]["sha256_before"], serde_json::Value::Null);
-    assert_eq!(cli.json(&["--json", "verify", "sys2"])["ok"], true);
-    let got = look_inside(&cli, "sys2", "echo \"hostname=$(cat etc/hostname)\"");
+    assert_eq!(cli.json(&["--json", "verify", "cust2"])["ok"], true);
+    let got = look_inside(&cli, "cust2", "echo \"hostname=$(cat etc/hostname)\"");
     assert_eq!(got["hostname"], "whole");
 
     // Corrupt staged bytes: refused before anything changes (the record
     // is not marked, verify still reports the corruption itself).
-    let map = cli.json(&["map", "sys2", "--json"]);
+    let map = cli.json(&["map", "cust2", "--json"]);
     let e0 = &map["extents"][0];
     let at = e0["disk_offset"].as_u64().unwrap() + 8192;
     disk.poke(at, b"CORRUPTION");
-    let e = cli.expect_err(20, &["customize", "sys2", "--new-identity"]);
+    let e = cli.expect_err(20, &["customize", "cust2", "--new-identity"]);
     assert!(e.contains("do not match their hashes"), "{e}");
-    let v = cli.run(&["--json", "verify", "sys2"]);
+    let v = cli.run(&["--json", "verify", "cust2"]);
     assert_eq!(v.status.code(), Some(20), "{v:?}");
-    assert_no_leftovers(&cli, "sys2");
-    cli.expect(0, &["discard", "sys2"]);
+    assert_no_leftovers(&cli, "cust2");
+    cli.expect(0, &["discard", "cust2"]);
 }

@@ -5,12 +5,7 @@
 //! test-restore runs read-only on it.
 //! (With device-mapper, attach is tested inside a guest: tests/guest/attach.rs.)
 
-// Test code: a panic is a failed test with its place (library code may not unwrap).
-#![allow(clippy::unwrap_used)]
-
-mod common;
-
-use common::*;
+use crate::common::*;
 
 /// A scratch disk and a CLI, on a kernel where attach uses the fallback;
 /// None (the test has nothing to check) where device-mapper exists.

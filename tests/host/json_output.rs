@@ -5,12 +5,7 @@
 //! `rollback` are checked the same way in tests/activate_grub.rs.
 //! Needs root: a scratch loop disk.
 
-// Test code: a panic is a failed test with its place (library code may not unwrap).
-#![allow(clippy::unwrap_used)]
-
-mod common;
-
-use common::*;
+use crate::common::*;
 
 #[test]
 #[ignore = "needs root: loop devices and mounts (scripts/test.sh runs it)"]

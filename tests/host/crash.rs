@@ -2,12 +2,7 @@
 //! filesystem: the kernel keeps its own writes, ours stop mid-stream) leaves
 //! the host filesystem intact and the staging resumable or discardable.
 
-// Test code: a panic is a failed test with its place (library code may not unwrap).
-#![allow(clippy::unwrap_used)]
-
-mod common;
-
-use common::*;
+use crate::common::*;
 
 #[test]
 #[ignore = "needs root: loop devices and mounts (scripts/test.sh runs it)"]

@@ -2,9 +2,6 @@
 //! img2simg, bmaptool, gzip/xz/zstd), decodes to exactly the raw image.
 //! No root needed: this reads images, it stages nothing.
 
-// Test code: a panic is a failed test with its place (library code may not unwrap).
-#![allow(clippy::unwrap_used)]
-
 use std::path::Path;
 use std::process::Command;
 
