@@ -4,22 +4,26 @@ set -euo pipefail
 [ "$(id -u)" = 0 ] || { echo "run as root (it installs packages and uses loop devices)" >&2; exit 1; }
 pkgs=(xfsprogs gdisk btrfs-progs e2fsprogs util-linux fdisk bc time zstd xz-utils qemu-utils android-sdk-libsparse-utils bmap-tools
       qemu-system-x86 kmod dmsetup dosfstools cpio ovmf mtools openssh-client grub-common grub-pc-bin grub-efi-amd64-bin)
-missing=()
-for p in "${pkgs[@]}"; do
-  # "install ok installed", not merely known to dpkg (removed packages are)
-  [ "$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null)" = "install ok installed" ] || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  echo "installing: ${missing[*]}"
-  apt-get update -qq
-  # The whole list in one transaction: installing only the missing ones
-  # once made apt remove an installed qemu-utils of an older version to
-  # upgrade qemu-system-x86's common files.
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
+missing_packages() {
+  local p
   for p in "${pkgs[@]}"; do
-    [ "$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null)" = "install ok installed" ] || { echo "install-deps: $p did not install" >&2; exit 1; }
+    # "install ok installed", not merely known to dpkg (removed packages are)
+    [ "$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null)" = "install ok installed" ] || echo "$p"
   done
-fi
+}
+# Twice: apt may remove one package to install another (a newer
+# qemu-utils from backports breaks bookworm's qemu-system-x86); the second
+# pass puts back the version that fits.
+updated=0
+for pass in 1 2; do
+  mapfile -t missing < <(missing_packages)
+  [ ${#missing[@]} -eq 0 ] && break
+  echo "installing: ${missing[*]}"
+  [ $updated = 1 ] || { apt-get update -qq; updated=1; }
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+done
+mapfile -t missing < <(missing_packages)
+[ ${#missing[@]} -eq 0 ] || { echo "install-deps: could not install ${missing[*]}" >&2; exit 1; }
 command -v cargo >/dev/null || { echo "cargo not found: install Rust (rustup) first" >&2; exit 1; }
 modprobe loop 2>/dev/null || true
 [ -e /dev/loop-control ] || { echo "no loop device support in this kernel" >&2; exit 1; }

@@ -7,14 +7,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
-# The guests' liverestore (with simulated power loss), built first with
-# the tests' profile and flags (.cargo/config.toml: static), so the tests'
-# build reuses every dependency it compiled.
-cargo build --locked --quiet --features failpoints --bin liverestore
-mkdir -p target/guest
-# stripped: the guests copy it into initramfs and image files
-strip -o target/guest/liverestore target/x86_64-unknown-linux-gnu/debug/liverestore
-export LIVERESTORE_GUEST_BIN="$PWD/target/guest/liverestore"
 skip=(--skip vfat_4gib_image_splits_for_real)
 [ "${LIVERESTORE_SLOW_TESTS:-}" = 1 ] && skip=()
 cargo test --all-targets --locked -- --include-ignored --test-threads=2 "${skip[@]}"

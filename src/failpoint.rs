@@ -1,12 +1,13 @@
-//! Simulated power loss, for tests only: with the `failpoints` feature,
-//! [`hit`] powers the machine off on the spot — no sync, no cleanup —
-//! when `LIVERESTORE_FAILPOINT` names the point. Without the feature (every
-//! normal build) it does nothing. The guest tests build their static
-//! liverestore with the feature to check that activation, commit and
+//! Simulated power loss, for tests only: in a debug build (the tests'
+//! build: `debug_assertions`) or with the `failpoints` feature, [`hit`]
+//! powers the machine off on the spot — no sync, no cleanup — when
+//! `LIVERESTORE_FAILPOINT` names the point. In a release build (what is
+//! packaged and installed) it does nothing. The guest tests run the test
+//! build's own static liverestore to check that activation, commit and
 //! rollback leave a bootable machine whatever step the power fails after.
 
 /// A point where a test may cut the power.
-#[cfg(feature = "failpoints")]
+#[cfg(any(feature = "failpoints", debug_assertions))]
 pub fn hit(point: &str) {
     if std::env::var("LIVERESTORE_FAILPOINT").is_ok_and(|p| p == point) {
         eprintln!("liverestore: failpoint {point}: powering off");
@@ -16,6 +17,6 @@ pub fn hit(point: &str) {
 }
 
 /// A point where a test may cut the power (inert in this build).
-#[cfg(not(feature = "failpoints"))]
+#[cfg(not(any(feature = "failpoints", debug_assertions)))]
 #[inline(always)]
 pub fn hit(_point: &str) {}

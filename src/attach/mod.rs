@@ -22,6 +22,11 @@
 //!
 //! Also here: the FUSE fallback without device-mapper ([`fuse_image`]) and
 //! `test-restore` ([`test_restore`]), which attaches, checks and detaches.
+//!
+//! Owns: the devices and mounts that show a staging. May not: write a
+//! staged byte except through the map (a table built from it, or
+//! `DiskWriter` in the FUSE fallback); leave a device, mount or process
+//! behind after `detach`.
 
 pub(crate) mod fuse_image;
 pub mod test_restore;

@@ -28,8 +28,10 @@ pub trait Report: Serialize {
 }
 
 /// The `--json` result line for `report` of `command`.
+/// `event`, `ok` and `command` first, then the report's fields in the
+/// order the report declares them.
 pub fn result_line(command: &str, report: &impl Report) -> Value {
-    let mut fields = match serde_json::to_value(report) {
+    let fields = match serde_json::to_value(report) {
         Ok(Value::Object(map)) => map,
         Ok(other) => [("result".to_string(), other)].into_iter().collect(),
         Err(e) => {
@@ -37,10 +39,16 @@ pub fn result_line(command: &str, report: &impl Report) -> Value {
             return error_line(command, &e);
         }
     };
-    fields.insert("event".into(), json!("result"));
-    fields.insert("ok".into(), json!(report.exit_code() == 0));
-    fields.insert("command".into(), json!(command));
-    Value::Object(fields)
+    let mut line = serde_json::Map::new();
+    line.insert("event".into(), json!("result"));
+    line.insert("ok".into(), json!(report.exit_code() == 0));
+    line.insert("command".into(), json!(command));
+    for (k, v) in fields {
+        if !line.contains_key(&k) {
+            line.insert(k, v);
+        }
+    }
+    Value::Object(line)
 }
 
 /// The `--json` error line for `e` from `command`.

@@ -16,6 +16,10 @@
 //! Order inside the image: `--new-identity`, `--carry-network`,
 //! `--inject-drivers`, then `--preserve`, so that what a user names
 //! explicitly wins.
+//!
+//! Owns: changes inside a staged image. May not: follow a path out of the
+//! image (every path goes through [`root::RootDir`]), or write a staged
+//! byte except through an attachment whose writes go through the map.
 
 pub(crate) mod copy;
 pub(crate) mod drivers;

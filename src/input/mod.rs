@@ -9,6 +9,10 @@
 //! with tables need random access (a local file or an HTTP server that
 //! serves ranges); a compressed or piped stream can carry raw, Android
 //! sparse or bmap-described data.
+//!
+//! Owns: turning bytes from anywhere into the logical image; every
+//! format parser works on bytes in memory and is fuzzed. May not: touch a
+//! disk, the state directory or the host filesystems.
 
 pub mod bmap;
 pub mod bytes;

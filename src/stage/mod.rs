@@ -18,6 +18,11 @@
 //! ([`plan`]), re-reading the staged bytes ([`verify`]), a raw scan of a
 //! disk for headers ([`scan`]), and list / info / discard / the map of
 //! staged images ([`staged`]).
+//!
+//! Owns: writing an image into planned space and proving it is there.
+//! May not: change how the machine boots (that is [`crate::boot`], which
+//! this folder never imports), or write a disk but through
+//! [`crate::map::disk_io::DiskWriter`].
 
 pub mod plan;
 pub mod scan;

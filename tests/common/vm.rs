@@ -69,11 +69,11 @@ impl Kernel {
     }
 }
 
-/// A static liverestore with failpoints for the guest: the one
-/// `scripts/test.sh` built before the tests (`LIVERESTORE_GUEST_BIN`,
-/// sharing every dependency with the tests' own build), or else built
-/// once per test run (kept in `target/static` between runs; cargo rebuilds
-/// it when sources change).
+/// The guests' liverestore: this test build's own binary (static through
+/// .cargo/config.toml; a debug build, so its failpoints work:
+/// src/failpoint.rs), stripped once per run into `target/guest`, since
+/// the guests copy it into initramfs and image files.
+/// `LIVERESTORE_GUEST_BIN` names another one.
 pub fn static_liverestore() -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     static LOCK: Mutex<()> = Mutex::new(());
@@ -83,28 +83,17 @@ pub fn static_liverestore() -> PathBuf {
             if let Some(bin) = std::env::var_os("LIVERESTORE_GUEST_BIN") {
                 return PathBuf::from(bin);
             }
-            let target_dir = repo().join("target/static");
-            let status = Command::new(env!("CARGO"))
-                .current_dir(repo())
-                .args([
-                    "build",
-                    "--release",
-                    "--locked",
-                    "--quiet",
-                    "--bin",
-                    "liverestore",
-                    // simulated power loss (src/failpoint.rs)
-                    "--features",
-                    "failpoints",
-                    "--target",
-                    "x86_64-unknown-linux-gnu",
-                ])
-                .env("CARGO_TARGET_DIR", &target_dir)
-                .env("RUSTFLAGS", "-C target-feature=+crt-static")
-                .status()
-                .expect("cargo");
-            assert!(status.success(), "static build of liverestore failed");
-            let bin = target_dir.join("x86_64-unknown-linux-gnu/release/liverestore");
+            let dir = repo().join("target/guest");
+            fs::create_dir_all(&dir).unwrap();
+            let bin = dir.join(format!("liverestore-{}", std::process::id()));
+            super::sh(
+                "strip",
+                &[
+                    "-o",
+                    bin.to_str().unwrap(),
+                    env!("CARGO_BIN_EXE_liverestore"),
+                ],
+            );
             let out = Command::new("ldd").arg(&bin).output().unwrap();
             let text = String::from_utf8_lossy(&out.stdout).to_string()
                 + &String::from_utf8_lossy(&out.stderr);

@@ -47,6 +47,21 @@ fn helper() -> String {
     p.display().to_string()
 }
 
+/// `--json activate sys --loader grub`: its result line.
+fn activate_json(cli: &Cli, grub_dir: &str, helper: &str) -> serde_json::Value {
+    cli.json(&[
+        "--json",
+        "activate",
+        "sys",
+        "--loader",
+        "grub",
+        "--grub-dir",
+        grub_dir,
+        "--helper",
+        helper,
+    ])
+}
+
 fn grub_dir(mnt: &Path) -> PathBuf {
     let g = mnt.join("boot/grub");
     std::fs::create_dir_all(&g).unwrap();
@@ -215,17 +230,7 @@ fn grub_activation_on_a_live_ext4() {
     // Without the user's custom.cfg, activation creates it and rollback
     // removes it again (and both say so in the JSON envelope).
     std::fs::remove_file(g.join("custom.cfg")).unwrap();
-    let a = cli.json(&[
-        "--json",
-        "activate",
-        "sys",
-        "--loader",
-        "grub",
-        "--grub-dir",
-        g_str,
-        "--helper",
-        &helper,
-    ]);
+    let a = activate_json(&cli, g_str, &helper);
     assert_eq!(a["command"], "activate", "{a}");
     assert_eq!(
         a["activation"]["grub"]["entry_id"], "liverestore-sys",
@@ -418,17 +423,7 @@ fn native_activation(mbr: bool) {
     assert_eq!(image_run.0 % MIB, 0, "starts on a MiB boundary");
     let helper = helper();
     let before = table_text(&disk.dev, mbr);
-    let out = cli.json(&[
-        "--json",
-        "activate",
-        "sys",
-        "--loader",
-        "grub",
-        "--grub-dir",
-        g_str,
-        "--helper",
-        &helper,
-    ]);
+    let out = activate_json(&cli, g_str, &helper);
     let n = &out["activation"]["native"][0];
     assert_eq!(n["partition"]["number"], 2, "{out}");
     let guid = n["partition"]["partuuid"].as_str().unwrap().to_string();

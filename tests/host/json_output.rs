@@ -2,7 +2,7 @@
 //! docs/json-output.md: events, then one result or error object with
 //! "ok", each line valid against docs/json-output.schema.json (checked by
 //! `Cli::json`, `Cli::json_failure` and `json_lines`). `activate` and
-//! `rollback` are checked the same way in tests/activate_grub.rs.
+//! `rollback` are checked the same way in `activate_grub.rs`.
 //! Needs root: a scratch loop disk.
 
 use crate::common::*;
