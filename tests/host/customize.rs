@@ -331,7 +331,7 @@ fn corrupt_bytes_are_refused_and_an_interrupted_customize_finishes() {
         e.contains("configured with ifupdown, the restored system uses systemd-networkd"),
         "{e}"
     );
-    assert!(e.contains("run `liverestore customize sys2` again"), "{e}");
+    assert!(e.contains("run `liverestore customize cust2` again"), "{e}");
     assert_no_leftovers(&cli, "cust2");
     let e = cli.expect_err(22, &["verify", "cust2"]);
     assert!(e.contains("was interrupted"), "{e}");
