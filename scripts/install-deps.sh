@@ -15,7 +15,7 @@ missing_packages() {
 # qemu-utils from backports breaks bookworm's qemu-system-x86); the second
 # pass puts back the version that fits.
 updated=0
-for pass in 1 2; do
+for _ in 1 2; do
   mapfile -t missing < <(missing_packages)
   [ ${#missing[@]} -eq 0 ] && break
   echo "installing: ${missing[*]}"

@@ -111,7 +111,7 @@ fn dm_base_name(instance: &str) -> String {
     format!("liverestore-{instance}-base")
 }
 fn cow_path(state: &StateDir, name: &str) -> PathBuf {
-    state.root().join("attached").join(format!("{name}.cow"))
+    state.attachments_dir().join(format!("{name}.cow"))
 }
 
 /// The attachment of `name`, if it is attached.
@@ -169,7 +169,7 @@ pub fn attach(state: &StateDir, name: &str, mode: AttachMode) -> Result<Attachme
         ));
     }
     let checked = staged::revalidate(&rec)?;
-    fs::create_dir_all(state.root().join("attached"))
+    fs::create_dir_all(state.attachments_dir())
         .op(|| "cannot create the attachment directory".into())?;
     if !dm::available() {
         if mode == AttachMode::Overlay {

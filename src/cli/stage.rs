@@ -212,8 +212,9 @@ pub struct StagedSummary {
     /// The SHA-256 of the image it came from (of the whole-disk image for
     /// a partition).
     pub image_sha256: Option<String>,
+    /// "partition 2 ("data") of the … disk image staged as 'sys'".
     #[serde(skip)]
-    text: String,
+    partition_description: Option<String>,
 }
 
 impl StagedSummary {
@@ -221,20 +222,6 @@ impl StagedSummary {
         let part = rec.image.partition.as_ref();
         let extents = rec.image_map()?.extents().len();
         let image_sha256 = part.map_or(&rec.image.sha256, |p| &p.image_sha256).clone();
-        let text = format!(
-            "staged '{}' ({}{}): {} onto {} in {extents} extents ({} written, {} zeroed); image sha256 {}",
-            rec.name,
-            rec.image.kind,
-            part.map(|p| format!(", {}", describe_partition(p)))
-                .unwrap_or_default(),
-            human_bytes(rec.image.size),
-            rec.disk.path,
-            human_bytes(rec.image.disk_written),
-            human_bytes(rec.image.disk_zeroed),
-            image_sha256
-                .as_deref()
-                .unwrap_or("not computed (no --sha256)")
-        );
         Ok(StagedSummary {
             name: rec.name.clone(),
             state: rec.state.as_str(),
@@ -249,7 +236,7 @@ impl StagedSummary {
             partition: part.map(|p| p.number),
             image_offset: part.and_then(|p| p.entry()).map_or(0, |e| e.offset),
             image_sha256,
-            text,
+            partition_description: part.map(describe_partition),
         })
     }
 }
@@ -309,7 +296,23 @@ impl StageArgs {
 impl Report for StageReport {
     fn print_text(&self) {
         for s in &self.stagings {
-            println!("{}", s.text);
+            println!(
+                "staged '{}' ({}{}): {} onto {} in {} extents ({} written, {} zeroed); image sha256 {}",
+                s.name,
+                s.kind,
+                s.partition_description
+                    .as_ref()
+                    .map(|d| format!(", {d}"))
+                    .unwrap_or_default(),
+                human_bytes(s.image_size),
+                s.disk,
+                s.extents,
+                human_bytes(s.disk_written),
+                human_bytes(s.disk_zeroed),
+                s.image_sha256
+                    .as_deref()
+                    .unwrap_or("not computed (no --sha256)")
+            );
         }
     }
 }

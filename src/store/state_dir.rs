@@ -128,9 +128,14 @@ impl StateDir {
         self.root.join("activation.json")
     }
 
+    /// Where attachments keep their records and overlay stores.
+    pub fn attachments_dir(&self) -> PathBuf {
+        self.root.join("attached")
+    }
+
     /// Where the record of `name`'s attachment is (`attach` owns its type).
     pub fn attachment_path(&self, name: &str) -> PathBuf {
-        self.root.join("attached").join(format!("{name}.json"))
+        self.attachments_dir().join(format!("{name}.json"))
     }
 
     /// A JSON state file of another part, if it exists.

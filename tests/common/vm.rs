@@ -85,15 +85,17 @@ pub fn static_liverestore() -> PathBuf {
             }
             let dir = repo().join("target/guest");
             fs::create_dir_all(&dir).unwrap();
-            let bin = dir.join(format!("liverestore-{}", std::process::id()));
+            let bin = dir.join("liverestore");
+            let tmp = dir.join(format!(".liverestore-{}", std::process::id()));
             super::sh(
                 "strip",
                 &[
                     "-o",
-                    bin.to_str().unwrap(),
+                    tmp.to_str().unwrap(),
                     env!("CARGO_BIN_EXE_liverestore"),
                 ],
             );
+            fs::rename(&tmp, &bin).unwrap();
             let out = Command::new("ldd").arg(&bin).output().unwrap();
             let text = String::from_utf8_lossy(&out.stdout).to_string()
                 + &String::from_utf8_lossy(&out.stderr);

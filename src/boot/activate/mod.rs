@@ -34,6 +34,7 @@ pub use uefi::UefiBoot;
 
 use crate::error::{Error, ErrorKind, IoContext, Result};
 use crate::progress::Progress;
+use crate::store::durable::sync_dir;
 use crate::store::state_dir::StateDir;
 use crate::{attach::test_restore, boot::initrd, stage::verify};
 
@@ -104,8 +105,6 @@ fn write_synced(path: &Path, data: &[u8]) -> Result<()> {
 fn replace_file(path: &Path, data: &[u8]) -> Result<()> {
     crate::store::durable::replace_file(path, data, 0o644)
 }
-
-use crate::store::durable::sync_dir;
 
 /// Which boot loader `activate` arms.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
