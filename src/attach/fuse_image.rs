@@ -132,7 +132,7 @@ impl ImageFs {
         let mut w = writer
             .lock()
             .map_err(|_| std::io::Error::other("writer poisoned"))?;
-        w.write_at(self.data_offset + start, &buf)
+        w.write_at(self.data_offset + start, buf.whole())
             .map_err(std::io::Error::other)
     }
 }

@@ -20,8 +20,12 @@
 //! the state directory) says what to take down. `detach` also cleans up
 //! after an attach that was interrupted, by the names it uses.
 //!
-//! Also here: the FUSE fallback without device-mapper ([`fuse_image`]) and
-//! `test-restore` ([`test_restore`]), which attaches, checks and detaches.
+//! Also here: the FUSE fallback without device-mapper ([`fuse_image`]),
+//! `test-restore` ([`test_restore`]), which attaches, checks and detaches,
+//! and [`root_dir::RootDir`], the one way any part of liverestore opens a
+//! path inside a mounted image (nothing in an image is trusted: its
+//! symlinks resolve inside it, only regular files of bounded size are
+//! read).
 //!
 //! Owns: the devices and mounts that show a staging. May not: write a
 //! staged byte except through the map (a table built from it, or
@@ -29,6 +33,7 @@
 //! behind after `detach`.
 
 pub(crate) mod fuse_image;
+pub(crate) mod root_dir;
 pub mod test_restore;
 
 use std::fs;
@@ -39,7 +44,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, ErrorKind, IoContext, Result};
 use crate::stage::staged;
 use crate::store::record::StagingState;
-use crate::store::state_dir::StateDir;
+use crate::store::state_dir::{StateDir, StateLock};
 use crate::sys::dm::{self, Target};
 use crate::sys::loop_device::{LoopDevice, LoopOptions};
 
@@ -127,14 +132,24 @@ pub fn attachment(state: &StateDir, name: &str) -> Result<Option<Attachment>> {
         })
 }
 
-fn save(state: &StateDir, a: &Attachment) -> Result<()> {
+fn save(state: &StateLock<'_>, a: &Attachment) -> Result<()> {
     state.write_state(&state.attachment_path(&a.name), a)
 }
 
-/// The device-mapper table that shows the image of `name`: one `linear`
-/// line per extent of its map, on `disk` (`MAJOR:MINOR`).
-pub fn linear_table(map: &crate::map::extent_map::ExtentMap, disk: &str) -> Vec<Target> {
-    map.extents()
+/// The device-mapper table that shows the image of `rec`: one `linear`
+/// line per extent of `map`, on `disk` (`MAJOR:MINOR` of `disk_path`).
+/// A writable table writes the disk as surely as `DiskWriter` does, so it
+/// is held to the same bounds with the same check
+/// ([`crate::map::disk_io::check_map_within`]): nothing outside the
+/// staging's partitions and unallocated segments.
+pub fn linear_table(
+    rec: &crate::store::record::StagingRecord,
+    map: &crate::map::extent_map::ExtentMap,
+    (disk, disk_path): (&str, &Path),
+) -> Result<Vec<Target>> {
+    crate::map::disk_io::check_map_within(map, &rec.disk_bounds(), disk_path)?;
+    Ok(map
+        .extents()
         .iter()
         .map(|e| Target {
             start: e.logical / SECTOR,
@@ -142,13 +157,12 @@ pub fn linear_table(map: &crate::map::extent_map::ExtentMap, disk: &str) -> Vec<
             kind: "linear".into(),
             params: format!("{disk} {}", e.disk / SECTOR),
         })
-        .collect()
+        .collect())
 }
 
 /// Attach the staged image `name` (complete, map still valid).
-pub fn attach(state: &StateDir, name: &str, mode: AttachMode) -> Result<Attachment> {
+pub fn attach(state: &StateLock<'_>, name: &str, mode: AttachMode) -> Result<Attachment> {
     crate::stage::plan::require_root()?;
-    let _lock = state.lock()?;
     let rec = state.load(name)?;
     if let Some(a) = attachment(state, name)? {
         return Err(Error::new(
@@ -214,7 +228,7 @@ pub fn attach(state: &StateDir, name: &str, mode: AttachMode) -> Result<Attachme
 }
 
 fn build(
-    state: &StateDir,
+    state: &StateLock<'_>,
     rec: &crate::store::record::StagingRecord,
     disk: &Path,
     image_map: &crate::map::extent_map::ExtentMap,
@@ -235,7 +249,7 @@ fn build(
         device: disk_loop.path.display().to_string(),
         backing: disk.display().to_string(),
     });
-    let table = linear_table(image_map, &disk_loop.dev_t());
+    let table = linear_table(rec, image_map, (&disk_loop.dev_t(), disk))?;
     let uuid = format!("LIVERESTORE-{}", rec.id);
     match mode {
         AttachMode::ReadOnly | AttachMode::Direct => {
@@ -297,7 +311,7 @@ fn build(
 /// Attach without device-mapper (read-only or direct): a FUSE file served
 /// by a background `liverestore serve-image`, with a loop device on it.
 fn attach_fuse(
-    state: &StateDir,
+    state: &StateLock<'_>,
     rec: &crate::store::record::StagingRecord,
     mode: AttachMode,
 ) -> Result<Attachment> {
@@ -474,9 +488,8 @@ fn take_down(a: &Attachment) -> Result<()> {
 /// Take down the attachment of `name`: device-mapper devices, loop devices,
 /// the overlay store, the record. Also cleans up after an interrupted
 /// attach (by the device names attach uses).
-pub fn detach(state: &StateDir, name: &str) -> Result<Attachment> {
+pub fn detach(state: &StateLock<'_>, name: &str) -> Result<Attachment> {
     crate::stage::plan::require_root()?;
-    let _lock = state.lock()?;
     crate::store::record::validate_name(name)?;
     let recorded = match attachment(state, name) {
         Ok(a) => a,
@@ -512,12 +525,7 @@ pub fn detach(state: &StateDir, name: &str) -> Result<Attachment> {
         }
     };
     take_down(&a)?;
-    let path = state.attachment_path(name);
-    match fs::remove_file(&path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(Error::io("cannot delete the attachment record", e).with_path(&path)),
-    }
+    state.remove_state(&state.attachment_path(name))?;
     Ok(a)
 }
 
@@ -544,11 +552,35 @@ mod tests {
             8192 + 4000,
         )
         .unwrap();
-        let t = linear_table(&map, "7:3");
+        let rec = crate::store::record::tests::sample_record();
+        let disk = ("7:3", Path::new("/dev/loop3"));
+        let t = linear_table(&rec, &map, disk).unwrap();
         assert_eq!(t.len(), 2);
         assert_eq!((t[0].start, t[0].length), (0, 16));
         assert_eq!(t[0].params, "7:3 2048");
         assert_eq!((t[1].start, t[1].length), (16, 8));
         assert_eq!(t[1].params, "7:3 20480");
+    }
+
+    /// The table is held to the staging's bounds as `DiskWriter` is: a
+    /// map reaching outside its partition never becomes a table.
+    #[test]
+    fn table_outside_the_staging_is_refused() {
+        let rec = crate::store::record::tests::sample_record();
+        let (lo, hi) = (rec.host.start, rec.host.start + rec.host.size);
+        for disk in [lo - 4096, hi - 4096, hi + (1 << 20)] {
+            let map = ExtentMap::new(
+                vec![MapExtent {
+                    logical: 0,
+                    disk,
+                    length: 8192,
+                }],
+                8192,
+            )
+            .unwrap();
+            let e = linear_table(&rec, &map, ("7:3", Path::new("/dev/loop3"))).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Corrupt, "{disk}: {e}");
+            assert!(e.message().contains("outside the staging's space"), "{e}");
+        }
     }
 }

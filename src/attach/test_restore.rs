@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::attach::{self, AttachMode};
 use crate::error::{Error, ErrorKind, IoContext, Result};
-use crate::store::state_dir::StateDir;
+use crate::store::state_dir::StateLock;
 
 /// What a test-restore found.
 #[derive(Debug, Clone, Serialize)]
@@ -107,7 +107,7 @@ fn mount_point(instance: &str) -> PathBuf {
 /// replay), run `f` on the mount point, and take everything down again,
 /// also on error.
 pub fn with_mounted<T>(
-    state: &StateDir,
+    state: &StateLock<'_>,
     name: &str,
     f: impl FnOnce(&std::path::Path) -> Result<T>,
 ) -> Result<T> {
@@ -134,7 +134,11 @@ pub fn with_mounted<T>(
 }
 
 /// Run the test; the attachment is always taken down, also on error.
-pub fn test_restore(state: &StateDir, name: &str, command: Option<&str>) -> Result<TestReport> {
+pub fn test_restore(
+    state: &StateLock<'_>,
+    name: &str,
+    command: Option<&str>,
+) -> Result<TestReport> {
     let instance = state.load(name)?.instance();
     // Without device-mapper there is no overlay: test read-only instead
     // (the FUSE fallback), mounted without journal replay.

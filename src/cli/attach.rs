@@ -49,7 +49,7 @@ impl AttachArgs {
             Some(RwMode::Direct) => AttachMode::Direct,
         };
         Ok(AttachReport {
-            attachment: crate::attach::attach(&cx.state, &self.name, mode)?,
+            attachment: crate::attach::attach(&cx.lock()?, &self.name, mode)?,
         })
     }
 }
@@ -90,7 +90,7 @@ pub struct DetachReport {
 impl DetachArgs {
     pub fn run(self, cx: &Context) -> Result<DetachReport> {
         Ok(DetachReport {
-            detached: crate::attach::detach(&cx.state, &self.name)?,
+            detached: crate::attach::detach(&cx.lock()?, &self.name)?,
         })
     }
 }
@@ -128,7 +128,7 @@ impl TestRestoreArgs {
     pub fn run(self, cx: &Context) -> Result<TestRestoreReport> {
         Ok(TestRestoreReport {
             report: crate::attach::test_restore::test_restore(
-                &cx.state,
+                &cx.lock()?,
                 &self.name,
                 self.run.as_deref(),
             )?,
@@ -243,7 +243,7 @@ impl CustomizeArgs {
         };
         Ok(CustomizeResult {
             customized: crate::customize::customize(
-                &cx.state,
+                &cx.lock()?,
                 &self.name,
                 &opts,
                 cx.progress.as_ref(),

@@ -106,7 +106,7 @@ impl ActivateArgs {
             helper: self.helper.as_deref(),
         };
         Ok(ActivateReport {
-            activation: activate::activate(&cx.state, &self.name, &opts, cx.progress.as_ref())?,
+            activation: activate::activate(&cx.lock()?, &self.name, &opts, cx.progress.as_ref())?,
         })
     }
 }
@@ -218,7 +218,7 @@ pub struct RollbackReport {
 impl RollbackArgs {
     pub fn run(self, cx: &Context) -> Result<RollbackReport> {
         Ok(RollbackReport {
-            rolled_back: activate::rollback(&cx.state)?,
+            rolled_back: activate::rollback(&cx.lock()?)?,
         })
     }
 }
@@ -255,9 +255,9 @@ pub struct CommitReport {
 }
 
 impl CommitArgs {
-    pub fn run(self, _cx: &Context) -> Result<CommitReport> {
+    pub fn run(self, cx: &Context) -> Result<CommitReport> {
         Ok(CommitReport {
-            committed: activate::commit()?,
+            committed: activate::commit(&cx.lock()?)?,
         })
     }
 }

@@ -132,6 +132,14 @@ impl Context {
             progress,
         }
     }
+
+    /// For a command that changes state: root, then the state directory's
+    /// lock, held for the whole command and passed down to everything it
+    /// calls (a second liverestore gets `busy` at once).
+    pub fn lock(&self) -> Result<crate::store::state_dir::StateLock<'_>> {
+        crate::stage::plan::require_root()?;
+        self.state.lock()
+    }
 }
 
 /// Run `args` and render what it reports (or its error); the exit code.

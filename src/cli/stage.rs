@@ -250,6 +250,7 @@ pub struct StageReport {
 impl StageArgs {
     pub fn run(self, cx: &Context) -> Result<StageReport> {
         let progress = cx.progress.as_ref();
+        let state = cx.lock()?;
         let recs = match (self.resume, self.name) {
             (Some(_), _) if !self.space.dir.is_empty() || self.space.unallocated => {
                 return Err(Error::new(
@@ -258,7 +259,7 @@ impl StageArgs {
                 ));
             }
             (Some(resume), _) => {
-                crate::stage::resume(&cx.state, &resume, self.image.as_deref(), progress)?
+                crate::stage::resume(&state, &resume, self.image.as_deref(), progress)?
             }
             (None, Some(name)) => {
                 if self.space.dir.is_empty() {
@@ -279,7 +280,7 @@ impl StageArgs {
                     sha256: self.sha256,
                     split: self.input.split(),
                 };
-                crate::stage::stage(&cx.state, &req, progress)?
+                crate::stage::stage(&state, &req, progress)?
             }
             (None, None) => {
                 return Err(Error::new(
@@ -578,7 +579,7 @@ pub struct DiscardReport {
 impl DiscardArgs {
     pub fn run(self, cx: &Context) -> Result<DiscardReport> {
         Ok(DiscardReport {
-            discarded: crate::stage::staged::discard_named(&cx.state, &self.name, self.force)?,
+            discarded: crate::stage::staged::discard_named(&cx.lock()?, &self.name, self.force)?,
         })
     }
 }

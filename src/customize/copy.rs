@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use super::root::{Kind, Meta, RootDir};
+use crate::attach::root_dir::{Kind, Meta, RootDir};
 use crate::error::{Error, ErrorKind, Result};
 
 /// What one copy did.

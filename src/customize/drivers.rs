@@ -18,7 +18,7 @@ use std::process::Command;
 
 use super::Change;
 use super::copy;
-use super::root::RootDir;
+use crate::attach::root_dir::RootDir;
 use crate::error::{Error, ErrorKind, Result};
 
 /// Module names from the text of `/proc/modules`.

@@ -6,7 +6,7 @@
 //! never builds on bytes it cannot vouch for), then the image is attached
 //! writable (`attach --rw=direct`: device-mapper, or the FUSE fallback
 //! whose writes go through `DiskWriter`), its filesystem mounted, the
-//! changes made inside it ([`root::RootDir`] keeps every path inside the
+//! changes made inside it ([`crate::attach::root_dir::RootDir`] keeps every path inside the
 //! image), unmounted and detached. Then every chunk is hashed anew from
 //! the disk and the record (state file and on-disk header) says what was
 //! changed. While the bytes and the hashes disagree the record is marked
@@ -18,14 +18,13 @@
 //! explicitly wins.
 //!
 //! Owns: changes inside a staged image. May not: follow a path out of the
-//! image (every path goes through [`root::RootDir`]), or write a staged
+//! image (every path goes through [`crate::attach::root_dir::RootDir`]), or write a staged
 //! byte except through an attachment whose writes go through the map.
 
 pub(crate) mod copy;
 pub(crate) mod drivers;
 pub(crate) mod network;
 pub(crate) mod new_identity;
-pub(crate) mod root;
 
 use std::path::PathBuf;
 
@@ -37,7 +36,7 @@ use crate::map::disk_io::DiskReader;
 use crate::progress::Progress;
 pub use crate::store::record::Change;
 use crate::store::record::Customization;
-use crate::store::state_dir::StateDir;
+use crate::store::state_dir::{StateDir, StateLock};
 use crate::{attach::test_restore, stage::staged, stage::verify};
 
 /// What to change.
@@ -161,7 +160,7 @@ fn load(state: &StateDir, name: &str) -> Result<crate::store::record::StagingRec
 
 /// Customize the staged image `name`.
 pub fn customize(
-    state: &StateDir,
+    state: &StateLock<'_>,
     name: &str,
     opts: &CustomizeOptions,
     progress: &dyn Progress,
@@ -193,7 +192,6 @@ pub fn customize(
                 ),
             ));
         }
-        let _lock = state.lock()?;
         let mut rec = state.load(name)?;
         rec.image.customizing = Some(now());
         staged::record_changed(state, &rec)?;
@@ -213,7 +211,6 @@ pub fn customize(
     })?;
     down?;
 
-    let _lock = state.lock()?;
     let mut rec = state.load(name)?;
     let checked = staged::revalidate(&rec)?;
     let align = checked.target.io_align();
@@ -271,7 +268,7 @@ fn edit(
     }
     let mnt = PathBuf::from(format!("/run/liverestore/customize-{instance}"));
     test_restore::mount(device, fs, &mnt, false)?;
-    let changed = root::RootDir::open(&mnt).and_then(|root| apply(&root, opts));
+    let changed = crate::attach::root_dir::RootDir::open(&mnt).and_then(|root| apply(&root, opts));
     // Written back before the unmount returns; syncfs reports errors.
     let synced = std::fs::File::open(&mnt)
         .and_then(|f| rustix::fs::syncfs(&f).map_err(Into::into))
@@ -285,7 +282,10 @@ fn edit(
 }
 
 /// Make the changes `opts` asks for inside `root`.
-pub fn apply(root: &root::RootDir, opts: &CustomizeOptions) -> Result<Vec<Change>> {
+pub fn apply(
+    root: &crate::attach::root_dir::RootDir,
+    opts: &CustomizeOptions,
+) -> Result<Vec<Change>> {
     let mut changes = Vec::new();
     if opts.new_identity {
         changes.extend(new_identity::apply(root, opts.hostname.as_deref())?);

@@ -16,7 +16,7 @@ use serde::Serialize;
 
 use super::Change;
 use super::copy;
-use super::root::{Kind, RootDir};
+use crate::attach::root_dir::{Kind, RootDir};
 use crate::error::{Error, ErrorKind, Result};
 
 /// A network configuration stack.

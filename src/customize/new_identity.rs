@@ -16,7 +16,7 @@ use std::path::Path;
 use std::process::Command;
 
 use super::Change;
-use super::root::{Meta, RootDir};
+use crate::attach::root_dir::{Meta, RootDir};
 use crate::error::{Error, ErrorKind, Result};
 
 /// Check a hostname: RFC 1123 labels (letters, digits, '-', not at either
@@ -102,7 +102,7 @@ pub fn apply(root: &RootDir, hostname: Option<&str>) -> Result<Vec<Change>> {
         ));
     }
     let dbus = Path::new("/var/lib/dbus/machine-id");
-    if root.kind(dbus)? == Some(super::root::Kind::File) {
+    if root.kind(dbus)? == Some(crate::attach::root_dir::Kind::File) {
         root.remove(dbus)?;
         changes.push(Change::new(
             "machine-id",

@@ -59,7 +59,7 @@ pub fn pieces(image: &mut Image, name: Option<&str>, split: Split) -> Result<Vec
         }
         _ => return Ok(whole()),
     };
-    let set_id = uuid::Uuid::new_v4();
+    let set_id = crate::sys::random::uuid_v4()?;
     let piece = |p: &partitions::ImagePartition, piece_name: Option<String>| Piece {
         name: piece_name,
         offset: p.offset,

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, ErrorKind, IoContext, Result};
 use crate::map::extent_map::ExtentMap;
-pub use crate::sys::aligned::{AlignedBuf, BUF_ALIGN};
+pub use crate::sys::aligned::{AlignedBuf, AlignedSlice, BUF_ALIGN};
 
 fn open_direct(path: &Path, write: bool) -> Result<File> {
     OpenOptions::new()
@@ -54,6 +54,32 @@ fn describe_bounds(bounds: &[(u64, u64)]) -> String {
         .map(|(lo, hi)| format!("{lo}..{hi}"))
         .collect();
     format!("the staging's space ({})", ranges.join(", "))
+}
+
+/// Refuse ([`ErrorKind::Corrupt`]) a map that reaches a disk byte outside
+/// `bounds` (the staging's partitions and unallocated segments,
+/// [`crate::store::record::StagingRecord::disk_bounds`]). Every way to
+/// write through a map is checked with this: [`DiskWriter`] when it is
+/// made, and the device-mapper table of a writable attach or `customize`
+/// before it is loaded (`crate::attach::linear_table`).
+pub fn check_map_within(map: &ExtentMap, bounds: &[(u64, u64)], disk: &Path) -> Result<()> {
+    match map
+        .extents()
+        .iter()
+        .find(|e| !within(bounds, e.disk, e.length))
+    {
+        Some(e) => Err(Error::new(
+            ErrorKind::Corrupt,
+            format!(
+                "refused: the map reaches disk bytes {}..{}, outside {}",
+                e.disk,
+                e.disk + e.length,
+                describe_bounds(bounds)
+            ),
+        )
+        .with_path(disk)),
+        None => Ok(()),
+    }
 }
 
 /// The one checked choke point for disk writes.
@@ -113,7 +139,7 @@ impl DiskWriter {
         )?;
         let mut buf = AlignedBuf::new(data.len());
         buf.copy_from_slice(data);
-        w.write_at(0, &buf)?;
+        w.write_at(0, buf.whole())?;
         w.sync()
     }
 
@@ -126,22 +152,7 @@ impl DiskWriter {
         bounds: Vec<(u64, u64)>,
         align: u64,
     ) -> Result<DiskWriter> {
-        if let Some(e) = map
-            .extents()
-            .iter()
-            .find(|e| !within(&bounds, e.disk, e.length))
-        {
-            return Err(Error::new(
-                ErrorKind::Corrupt,
-                format!(
-                    "refused: the map reaches disk bytes {}..{}, outside {}",
-                    e.disk,
-                    e.disk + e.length,
-                    describe_bounds(&bounds)
-                ),
-            )
-            .with_path(path));
-        }
+        check_map_within(&map, &bounds, path)?;
         if let Some(e) = map
             .extents()
             .iter()
@@ -203,8 +214,21 @@ impl DiskWriter {
     }
 
     /// Write `data` at container offset `offset`. Offset and length must be
-    /// multiples of the sector size and the whole range must be mapped.
-    pub fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<()> {
+    /// multiples of the sector size and the whole range must be mapped;
+    /// `data` is O_DIRECT memory by its type, and must start on a sector
+    /// boundary of it.
+    pub fn write_at(&mut self, offset: u64, data: AlignedSlice<'_>) -> Result<()> {
+        if !data.starts_aligned_to(self.align as usize) {
+            return Err(Error::new(
+                ErrorKind::Io,
+                format!(
+                    "refused: the buffer for write {offset}+{} does not start on a {}-byte boundary",
+                    data.len(),
+                    self.align
+                ),
+            ));
+        }
+        let data = data.bytes();
         for run in self.checked_runs(offset, data.len() as u64)? {
             let src = &data[run.buf_offset as usize..(run.buf_offset + run.length) as usize];
             self.file
@@ -350,7 +374,9 @@ mod tests {
         )
         .unwrap();
         let data: Vec<u8> = (0..12288u32).map(|i| (i % 251) as u8 + 1).collect();
-        w.write_at(0, &data).unwrap();
+        let mut buf = AlignedBuf::new(data.len());
+        buf.copy_from_slice(&data);
+        w.write_at(0, buf.whole()).unwrap();
         assert_eq!(w.bytes_written(), 12288);
         let raw = std::fs::read(disk.path()).unwrap();
         assert_eq!(&raw[16384..20480], &data[..4096]);
@@ -374,13 +400,14 @@ mod tests {
             512,
         )
         .unwrap();
-        assert!(w.write_at(12288, &[0u8; 512]).is_err(), "past the end");
-        assert!(
-            w.write_at(11776, &[0u8; 1024]).is_err(),
-            "straddles the end"
-        );
-        assert!(w.write_at(100, &[0u8; 512]).is_err(), "unaligned offset");
-        assert!(w.write_at(0, &[0u8; 100]).is_err(), "unaligned length");
+        let zeros = AlignedBuf::new(4096);
+        let part = |n: usize| zeros.part(0..n);
+        assert!(w.write_at(12288, part(512)).is_err(), "past the end");
+        assert!(w.write_at(11776, part(1024)).is_err(), "straddles the end");
+        assert!(w.write_at(100, part(512)).is_err(), "unaligned offset");
+        assert!(w.write_at(0, part(100)).is_err(), "unaligned length");
+        let e = w.write_at(0, zeros.part(256..768)).unwrap_err();
+        assert!(e.message().contains("boundary"), "unaligned memory: {e}");
         assert_eq!(w.bytes_written(), 0);
         assert!(std::fs::read(disk.path()).unwrap().iter().all(|&b| b == 0));
         // a map reaching outside the partition is refused up front

@@ -75,7 +75,7 @@ pub(super) fn allocate_file(
 /// join their maps with the unallocated segments', and check the result
 /// against every other staging.
 pub(super) fn allocate(
-    state: &StateDir,
+    state: &StateLock<'_>,
     rec: &mut StagingRecord,
     max_extents: u64,
     progress: &dyn Progress,

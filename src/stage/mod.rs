@@ -51,7 +51,7 @@ use crate::space::identity;
 use crate::store::record::{
     ContainerInfo, ImageInfo, RECORD_VERSION, Segment, StagingRecord, StagingState,
 };
-use crate::store::state_dir::StateDir;
+use crate::store::state_dir::StateLock;
 use plan::CHUNK_SIZE;
 
 /// Flush the disk and record progress at least this often (bytes)…
@@ -101,13 +101,12 @@ pub fn parse_sha256(text: &str) -> Result<String> {
 /// created is removed again (a staging whose image failed its SHA-256 is
 /// kept, marked failed).
 pub fn stage(
-    state: &StateDir,
+    state: &StateLock<'_>,
     req: &StageRequest<'_>,
     progress: &dyn Progress,
 ) -> Result<Vec<StagingRecord>> {
     plan::require_root()?;
     crate::store::record::validate_name(req.name)?;
-    let _lock = state.lock()?;
     let expected = req.sha256.as_deref().map(parse_sha256).transpose()?;
     // An image that cannot be opened or split is one of the refusals
     // `assess` lists.
@@ -174,17 +173,22 @@ pub fn stage(
         .map(|d| d.as_secs())
         .unwrap_or(0);
     let expected = expected.or_else(|| source.hash_file.as_ref().map(|(_, h)| h.clone()));
+    let ids = pieces
+        .iter()
+        .map(|_| crate::sys::random::uuid_v4())
+        .collect::<Result<Vec<_>>>()?;
     let mut recs: Vec<StagingRecord> = pieces
         .iter()
         .zip(&layouts)
         .zip(&space)
-        .map(|((piece, layout), planned)| {
+        .zip(ids)
+        .map(|(((piece, layout), planned), id)| {
             let name = piece.name.clone().expect("stage names every piece");
             let (container, host, segments) =
                 record_space(&name, planned, &sources, &hosts, layout.header_len);
             StagingRecord {
                 version: RECORD_VERSION,
-                id: uuid::Uuid::new_v4(),
+                id,
                 state: StagingState::Allocating,
                 created_unix,
                 image: ImageInfo {
@@ -265,13 +269,12 @@ pub fn stage(
 /// partition of a split image or the name the image was staged under: the
 /// whole set is resumed in one pass.
 pub fn resume(
-    state: &StateDir,
+    state: &StateLock<'_>,
     name: &str,
     image: Option<&str>,
     progress: &dyn Progress,
 ) -> Result<Vec<StagingRecord>> {
     plan::require_root()?;
-    let _lock = state.lock()?;
     let mut recs = staged::set_of(state, name)?;
     if recs.iter().all(|r| r.state == StagingState::Complete) {
         return Err(Error::new(

@@ -164,7 +164,7 @@ pub(super) fn spans(
 /// chunks below each record's `written` are checked instead of blindly
 /// written.
 pub(super) fn write_pass(
-    state: &StateDir,
+    state: &StateLock<'_>,
     targets: &mut [(&mut StagingRecord, u64)],
     source: &mut Image,
     target: &HostTarget,

@@ -178,12 +178,11 @@ pub fn assess(
         }
     }
     let image_size = (!pieces.is_empty()).then(|| pieces.iter().map(|p| p.size).sum::<u64>());
-    let others: Vec<crate::store::record::StagingRecord> = state
-        .names()
-        .unwrap_or_default()
-        .iter()
-        .filter_map(|n| state.load(n).ok())
-        .collect();
+    // Unknown means occupied: a record that cannot be read refuses the plan.
+    let others = state.load_all().unwrap_or_else(|e| {
+        errors.push(e);
+        Vec::new()
+    });
     let sources = match allocate::discover(space, &others) {
         Ok(s) => s,
         Err(e) => {

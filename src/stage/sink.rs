@@ -21,7 +21,7 @@ pub(super) struct Sink<'r> {
 
 impl Sink<'_> {
     /// Flush, sync and record how far this staging got (`done`).
-    pub(super) fn checkpoint(&mut self, state: &StateDir) -> Result<()> {
+    pub(super) fn checkpoint(&mut self, state: &StateLock<'_>) -> Result<()> {
         let done = self.done;
         self.pending.flush(&mut self.writer)?;
         self.writer.sync()?;
@@ -34,7 +34,7 @@ impl Sink<'_> {
     }
 
     /// Checkpoint if anything was staged since the last checkpoint.
-    pub(super) fn checkpoint_if_behind(&mut self, state: &StateDir) -> Result<()> {
+    pub(super) fn checkpoint_if_behind(&mut self, state: &StateLock<'_>) -> Result<()> {
         if self.done > self.last_checkpoint.0 {
             self.checkpoint(state)?;
         }
@@ -44,7 +44,7 @@ impl Sink<'_> {
     /// Write (or, below `committed`, check) one hashed chunk.
     pub(super) fn put(
         &mut self,
-        state: &StateDir,
+        state: &StateLock<'_>,
         c: &mut HashedChunk,
         align: u64,
         progress: &dyn Progress,
@@ -76,7 +76,7 @@ impl Sink<'_> {
                 if c.fill == Fill::Zero {
                     c.buf[..io_len].fill(0);
                 }
-                self.writer.write_at(at, &c.buf[..io_len])?;
+                self.writer.write_at(at, c.buf.part(0..io_len))?;
             }
             return Ok(());
         }
@@ -87,7 +87,7 @@ impl Sink<'_> {
             } else {
                 self.pending.flush(&mut self.writer)?;
                 self.writer
-                    .write_at(run_at, &c.buf[run.start..run.start + run.len])?;
+                    .write_at(run_at, c.buf.part(run.start..run.start + run.len))?;
             }
         }
         rec.image.chunk_blake3.push(std::mem::take(&mut c.blake3));
@@ -108,7 +108,7 @@ impl Sink<'_> {
 /// the state directory.
 /// Step 5 for every sink: sync, check the map did not move, check the
 pub(super) fn finish(
-    state: &StateDir,
+    state: &StateLock<'_>,
     sinks: &mut [Sink<'_>],
     sha256: Option<String>,
     align: u64,

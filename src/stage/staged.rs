@@ -15,7 +15,7 @@ use crate::space::identity;
 use crate::space::unallocated;
 use crate::store::header;
 use crate::store::record::{ContainerInfo, HostInfo, Segment, StagingRecord};
-use crate::store::state_dir::StateDir;
+use crate::store::state_dir::{StateDir, StateLock};
 
 /// A record whose map was just re-derived from the filesystem and found
 /// equal to the recorded one.
@@ -69,12 +69,12 @@ pub(crate) fn write_header(writer: &mut DiskWriter, rec: &StagingRecord, align: 
     let bytes = header::encode(rec, align)?;
     let mut buf = AlignedBuf::new(bytes.len());
     buf.copy_from_slice(&bytes);
-    writer.write_at(0, &buf)
+    writer.write_at(0, buf.whole())
 }
 
 /// Record `rec` as it is now, in both places: the on-disk header (the map
 /// revalidated first; written through the map, synced) and the state file.
-pub fn record_changed(state: &StateDir, rec: &StagingRecord) -> Result<()> {
+pub fn record_changed(state: &StateLock<'_>, rec: &StagingRecord) -> Result<()> {
     let checked = revalidate(rec)?;
     let mut writer = DiskWriter::for_staging(rec, &checked.target, checked.map)?;
     write_header(&mut writer, rec, checked.target.io_align())?;
@@ -95,13 +95,11 @@ pub fn check_disjoint(state: &StateDir, rec: &StagingRecord) -> Result<()> {
         .iter()
         .map(|e| (e.disk, e.disk + e.length))
         .collect();
-    for name in state.names()? {
-        if name == rec.name {
+    for other in state.load_all()? {
+        let name = &other.name;
+        if *name == rec.name {
             continue;
         }
-        let Ok(other) = state.load(&name) else {
-            continue;
-        };
         if other.disk.path != rec.disk.path {
             continue;
         }
@@ -310,7 +308,7 @@ pub fn export_map(rec: &StagingRecord) -> Result<MapExport> {
 
 /// Discard `name`, or, when `name` is the name a whole-disk image was
 /// staged under, every partition staged from it.
-pub fn discard_named(state: &StateDir, name: &str, force: bool) -> Result<Vec<Discarded>> {
+pub fn discard_named(state: &StateLock<'_>, name: &str, force: bool) -> Result<Vec<Discarded>> {
     crate::stage::plan::require_root()?;
     let names: Vec<String> = if state.exists(name) {
         vec![name.to_string()]
@@ -345,9 +343,8 @@ pub struct Discarded {
 /// header is wiped first (through the map, while the blocks are still
 /// ours) so a raw scan no longer finds it. With `force`, a damaged state
 /// file is accepted: the container it names is deleted without wiping.
-pub fn discard(state: &StateDir, name: &str, force: bool) -> Result<Discarded> {
+pub fn discard(state: &StateLock<'_>, name: &str, force: bool) -> Result<Discarded> {
     crate::stage::plan::require_root()?;
-    let _lock = state.lock()?;
     let rec = match state.load(name) {
         Ok(rec) => rec,
         Err(e) if e.kind() == ErrorKind::Corrupt && force => {
@@ -393,7 +390,7 @@ pub fn discard(state: &StateDir, name: &str, force: bool) -> Result<Discarded> {
         match revalidate(&rec) {
             Ok(checked) => {
                 let mut w = DiskWriter::for_staging(&rec, &checked.target, checked.map)?;
-                w.write_at(0, &AlignedBuf::new(header::BLOCK0_SIZE))?;
+                w.write_at(0, AlignedBuf::new(header::BLOCK0_SIZE).whole())?;
                 w.sync()?;
                 header_wiped = true;
                 for (path, _) in &files {

@@ -6,7 +6,11 @@
 //!
 //! Every file is replaced durably by [`crate::store::durable::replace_file`]
 //! (a temporary file, fsync, rename, fsync the directory), so a reader or a
-//! crash sees the old or the new file, never a mix. The records of other
+//! crash sees the old or the new file, never a mix. Anyone may read; only
+//! the holder of the lock may write: the writing methods are those of
+//! [`StateLock`], which a command takes once ([`StateDir::lock`]) and
+//! passes down for its whole run, so no code path changes state without
+//! it and none takes it twice. The records of other
 //! parts (activations, attachments) are typed by their owners; this
 //! module stores them as JSON and never needs their types.
 
@@ -28,10 +32,21 @@ pub struct StateDir {
     root: PathBuf,
 }
 
-/// Held while a command changes state; released on drop.
+/// The exclusive lock of a state directory, held by a command for its
+/// whole run; released on drop. It reads as its [`StateDir`] (`Deref`)
+/// and is the only way to write one: holding it is the proof, checked by
+/// the compiler, that a function changing state runs under the lock.
 #[derive(Debug)]
-pub struct StateLock {
+pub struct StateLock<'a> {
+    state: &'a StateDir,
     _file: File,
+}
+
+impl std::ops::Deref for StateLock<'_> {
+    type Target = StateDir;
+    fn deref(&self) -> &StateDir {
+        self.state
+    }
 }
 
 impl StateDir {
@@ -61,7 +76,7 @@ impl StateDir {
     }
 
     /// Take the exclusive lock, or fail at once with [`ErrorKind::Busy`].
-    pub fn lock(&self) -> Result<StateLock> {
+    pub fn lock(&self) -> Result<StateLock<'_>> {
         self.ensure()?;
         let path = self.root.join("lock");
         let file = OpenOptions::new()
@@ -73,7 +88,10 @@ impl StateDir {
             .op(|| "cannot open the lock file".into())
             .map_err(|e| e.with_path(&path))?;
         match rustix::fs::flock(&file, FlockOperation::NonBlockingLockExclusive) {
-            Ok(()) => Ok(StateLock { _file: file }),
+            Ok(()) => Ok(StateLock {
+                state: self,
+                _file: file,
+            }),
             Err(e) if e == rustix::io::Errno::WOULDBLOCK => Err(Error::new(
                 ErrorKind::Busy,
                 "another liverestore is changing state; wait for it to finish and try again",
@@ -113,16 +131,6 @@ impl StateDir {
         Ok(rec)
     }
 
-    /// Atomically store `rec`.
-    pub fn save(&self, rec: &StagingRecord) -> Result<()> {
-        self.ensure()?;
-        durable::replace_file(
-            &self.record_path(&rec.name),
-            &record::encode_state_file(rec),
-            0o600,
-        )
-    }
-
     /// Where the activation record is (`boot::activate` owns its type).
     pub fn activation_path(&self) -> PathBuf {
         self.root.join("activation.json")
@@ -151,16 +159,6 @@ impl StateDir {
         }
     }
 
-    /// Store a JSON state file of another part, durably.
-    pub fn write_state<T: serde::Serialize>(&self, path: &Path, value: &T) -> Result<()> {
-        let bytes = serde_json::to_vec_pretty(value).map_err(|e| {
-            Error::new(ErrorKind::Io, "encode a state file")
-                .with_source(e)
-                .with_path(path)
-        })?;
-        durable::replace_file(path, &bytes, 0o600)
-    }
-
     /// The stagings the activation record names (the activated one and
     /// the partitions activated with it), without knowing its type: what
     /// `discard` and `customize` must leave alone.
@@ -177,16 +175,28 @@ impl StateDir {
             .unwrap_or_default())
     }
 
-    /// Forget `name`.
-    pub fn remove(&self, name: &str) -> Result<()> {
-        let path = self.record_path(name);
-        match fs::remove_file(&path) {
-            Ok(()) => File::open(self.images())
-                .and_then(|d| d.sync_all())
-                .op(|| "sync the state directory".into()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(Error::io("cannot delete the state file", e).with_path(&path)),
-        }
+    /// Every record, sorted by name; refused (naming the record and how to
+    /// fix it) when any of them cannot be read. A record that does not
+    /// load hides where its staging's bytes are: treating it as absent
+    /// would let a new staging be planned over them, so what cannot be
+    /// read counts as occupied and stops the operation instead.
+    pub fn load_all(&self) -> Result<Vec<StagingRecord>> {
+        self.names()?
+            .iter()
+            .map(|n| {
+                self.load(n).map_err(|e| {
+                    Error::new(
+                        e.kind(),
+                        format!(
+                            "the record of staging '{n}' cannot be read, so the disk space it holds is unknown and nothing new is placed until it is fixed ({}); restore the file, or `liverestore discard {n} --force` to give up that staging",
+                            e.message()
+                        ),
+                    )
+                    .with_path(self.record_path(n))
+                    .with_source(e)
+                })
+            })
+            .collect()
     }
 
     /// Names of all records, sorted.
@@ -213,6 +223,43 @@ impl StateDir {
     }
 }
 
+/// Writing: only under the lock.
+impl StateLock<'_> {
+    /// Atomically store `rec`.
+    pub fn save(&self, rec: &StagingRecord) -> Result<()> {
+        self.ensure()?;
+        durable::replace_file(
+            &self.record_path(&rec.name),
+            &record::encode_state_file(rec),
+            0o600,
+        )
+    }
+
+    /// Store a JSON state file of another part, durably.
+    pub fn write_state<T: serde::Serialize>(&self, path: &Path, value: &T) -> Result<()> {
+        let bytes = serde_json::to_vec_pretty(value).map_err(|e| {
+            Error::new(ErrorKind::Io, "encode a state file")
+                .with_source(e)
+                .with_path(path)
+        })?;
+        durable::replace_file(path, &bytes, 0o600)
+    }
+
+    /// Remove a state file of another part (gone already is fine), durably.
+    pub fn remove_state(&self, path: &Path) -> Result<()> {
+        match fs::remove_file(path) {
+            Ok(()) => durable::sync_dir(path.parent().unwrap_or(&self.root)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io("cannot delete the state file", e).with_path(path)),
+        }
+    }
+
+    /// Forget `name`.
+    pub fn remove(&self, name: &str) -> Result<()> {
+        self.remove_state(&self.record_path(name))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -221,8 +268,9 @@ mod tests {
     #[test]
     fn save_load_list_remove() {
         let t = tempfile::tempdir().unwrap();
-        let s = StateDir::new(t.path().join("state"));
-        assert!(s.names().unwrap().is_empty());
+        let dir = StateDir::new(t.path().join("state"));
+        assert!(dir.names().unwrap().is_empty());
+        let s = dir.lock().unwrap();
         let rec = sample_record();
         s.save(&rec).unwrap();
         assert_eq!(s.load("web-01").unwrap(), rec);
@@ -236,7 +284,8 @@ mod tests {
     #[test]
     fn corrupt_record_is_reported() {
         let t = tempfile::tempdir().unwrap();
-        let s = StateDir::new(t.path());
+        let dir = StateDir::new(t.path());
+        let s = dir.lock().unwrap();
         s.save(&sample_record()).unwrap();
         let p = s.record_path("web-01");
         let text = fs::read_to_string(&p)
@@ -244,6 +293,25 @@ mod tests {
             .replace("web-01.lrc", "web-02.lrc");
         fs::write(&p, text).unwrap();
         assert_eq!(s.load("web-01").unwrap_err().kind(), ErrorKind::Corrupt);
+    }
+
+    #[test]
+    fn load_all_refuses_an_unreadable_record() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = StateDir::new(t.path());
+        let s = dir.lock().unwrap();
+        s.save(&sample_record()).unwrap();
+        assert_eq!(dir.load_all().unwrap().len(), 1);
+        let p = s.record_path("web-01");
+        let bytes = fs::read(&p).unwrap();
+        fs::write(&p, &bytes[..bytes.len() / 2]).unwrap();
+        let e = dir.load_all().unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Corrupt);
+        assert!(
+            e.message().contains("staging 'web-01' cannot be read"),
+            "{e}"
+        );
+        assert_eq!(e.path(), Some(p.as_path()));
     }
 
     #[test]

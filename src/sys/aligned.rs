@@ -36,6 +36,54 @@ impl AlignedBuf {
     }
 }
 
+/// A part of an [`AlignedBuf`], and the only thing
+/// [`crate::map::disk_io::DiskWriter`] writes: a caller cannot hand it
+/// memory of unknown alignment (a `Vec`, a slice of anything), because
+/// this is made only from an `AlignedBuf`, and it knows how far into that
+/// 4096-aligned allocation it starts.
+#[derive(Clone, Copy)]
+pub struct AlignedSlice<'a> {
+    bytes: &'a [u8],
+    /// Where `bytes` starts in its `AlignedBuf`.
+    offset: usize,
+}
+
+impl<'a> AlignedSlice<'a> {
+    pub fn bytes(&self) -> &'a [u8] {
+        self.bytes
+    }
+
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    /// Whether its memory starts on an `align`-byte boundary (`align` a
+    /// power of two of at most [`BUF_ALIGN`], as a sector size is).
+    pub fn starts_aligned_to(&self, align: usize) -> bool {
+        align <= BUF_ALIGN && self.offset.is_multiple_of(align)
+    }
+}
+
+impl AlignedBuf {
+    /// All of it, for a disk write.
+    pub fn whole(&self) -> AlignedSlice<'_> {
+        self.part(0..self.len)
+    }
+
+    /// Bytes `range` of it, for a disk write (panics when out of range,
+    /// as slicing does).
+    pub fn part(&self, range: std::ops::Range<usize>) -> AlignedSlice<'_> {
+        AlignedSlice {
+            offset: range.start,
+            bytes: &self[range],
+        }
+    }
+}
+
 impl std::ops::Deref for AlignedBuf {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
@@ -56,5 +104,26 @@ impl Drop for AlignedBuf {
         let layout = Layout::from_size_align(self.len.max(1), BUF_ALIGN).expect("valid layout");
         // SAFETY: allocated in `new` with this same layout.
         unsafe { alloc::dealloc(self.ptr.as_ptr(), layout) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parts_know_their_alignment() {
+        let b = AlignedBuf::new(3 * BUF_ALIGN);
+        assert_eq!(b.as_ptr() as usize % BUF_ALIGN, 0);
+        assert!(b.whole().starts_aligned_to(4096));
+        assert_eq!(b.whole().len(), 3 * BUF_ALIGN);
+        let p = b.part(512..1024);
+        assert!(p.starts_aligned_to(512) && !p.starts_aligned_to(4096));
+        assert_eq!(p.len(), 512);
+        assert!(b.part(BUF_ALIGN..2 * BUF_ALIGN).starts_aligned_to(4096));
+        assert!(
+            !b.whole().starts_aligned_to(8192),
+            "never more than the allocation's"
+        );
     }
 }

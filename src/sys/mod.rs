@@ -19,3 +19,4 @@ pub(crate) mod efivars;
 pub(crate) mod ioctl;
 pub mod kmod;
 pub(crate) mod loop_device;
+pub(crate) mod random;

@@ -123,6 +123,9 @@ pub struct Guest {
     /// The scenario: run by `sh -e`; its exit status is reported.
     pub scenario: String,
     pub memory_mib: u32,
+    /// QEMU's CPU model: `max` (a CPU like real machines have, RDRAND
+    /// included) unless a test needs another one.
+    pub cpu: &'static str,
     pub timeout: Duration,
     /// Boot this instead of the harness's own initramfs (which then is not
     /// built, and `modules`, `binaries`, `files` and `scenario` are
@@ -187,6 +190,7 @@ impl Default for Guest {
             disks: vec![],
             scenario: String::new(),
             memory_mib: 768,
+            cpu: "max",
             timeout: Duration::from_secs(300),
             boot: None,
             uefi: None,
@@ -857,7 +861,7 @@ impl Guest {
         let _ = fs::remove_file(&console);
         let mut cmd = Command::new("qemu-system-x86_64");
         cmd.args(["-nodefaults", "-display", "none"])
-            .args(["-accel", "tcg", "-cpu", "max", "-smp", "1"])
+            .args(["-accel", "tcg", "-cpu", self.cpu, "-smp", "1"])
             .args(["-m", &self.memory_mib.to_string()]);
         if let Some(u) = &self.uefi {
             let vars = u.vars.clone().unwrap_or_else(|| work.join("OVMF_VARS.fd"));

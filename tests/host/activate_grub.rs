@@ -227,6 +227,61 @@ fn grub_activation_on_a_live_ext4() {
     let e = cli.json_failure(22, &["--json", "rollback"]);
     assert_eq!(e["kind"], "invalid_state", "{e}");
 
+    // One lock, for every command that changes state: while another
+    // liverestore holds it, each of them stops at once (busy, 21) and
+    // changes nothing.
+    {
+        let state = liverestore::store::state_dir::StateDir::new(&cli.state_dir);
+        let _held = state.lock().unwrap();
+        let activate = ["activate", "sys", "--grub-dir", g_str, "--helper", &helper];
+        let img_str = img.to_str().unwrap();
+        let mnt_str = mnt.to_str().unwrap();
+        let stage = ["stage", img_str, "--name", "other", "--dir", mnt_str];
+        let commands: [&[&str]; 9] = [
+            &activate,
+            &["rollback"],
+            &["commit"],
+            &["discard", "sys"],
+            &["attach", "sys"],
+            &["detach", "sys"],
+            &["customize", "sys", "--hostname", "x"],
+            &["test-restore", "sys"],
+            &stage,
+        ];
+        for args in commands {
+            let err = cli.expect_err(21, args);
+            assert!(err.contains("another liverestore"), "{args:?}: {err}");
+        }
+        assert_eq!(tree_hashes(&mnt.join("boot")), before);
+        assert!(!cli.state_dir.join("activation.json").exists());
+    }
+    // Two activations at once: exactly one succeeds.
+    let spawn = || {
+        cli.cmd()
+            .args(["activate", "sys", "--grub-dir", g_str, "--helper", &helper])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (spawn(), spawn());
+    let codes: Vec<i32> = [a, b]
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap().status.code().unwrap())
+        .collect();
+    assert_eq!(
+        codes.iter().filter(|&&c| c == 0).count(),
+        1,
+        "exactly one activation: {codes:?}"
+    );
+    assert!(
+        codes.iter().all(|c| [0, 21, 22].contains(c)),
+        "the other is busy or finds it activated: {codes:?}"
+    );
+    cli.expect(0, &["rollback"]);
+    assert_eq!(tree_hashes(&mnt.join("boot")), before);
+
     // Without the user's custom.cfg, activation creates it and rollback
     // removes it again (and both say so in the JSON envelope).
     std::fs::remove_file(g.join("custom.cfg")).unwrap();

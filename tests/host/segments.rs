@@ -170,6 +170,44 @@ fn segment_set_spans_ext4_xfs_and_unallocated_space() {
     }
     cli.expect(0, &["verify", "big"]);
 
+    // Unknown means occupied: with the record of 'small' cut in half, its
+    // unallocated ranges are not known to be taken, so planning and
+    // staging into unallocated space refuse (naming the record) instead
+    // of placing a new staging over them.
+    let record = cli.state_dir.join("images/small.json");
+    let whole = std::fs::read(&record).unwrap();
+    std::fs::write(&record, &whole[..whole.len() / 2]).unwrap();
+    let third = t.path().join("third.img");
+    std::fs::write(&third, random_bytes(8 * MIB as usize, 5)).unwrap();
+    let args = [
+        third.to_str().unwrap(),
+        "--name",
+        "third",
+        "--dir",
+        &ext4,
+        "--unallocated",
+        "--contiguous",
+    ];
+    for cmd in ["plan", "stage"] {
+        // plan lists its refusals on stdout, stage's error is on stderr
+        let out = cli.run(&[&[cmd][..], &args[..]].concat());
+        let err = String::from_utf8_lossy(&[out.stdout, out.stderr].concat()).into_owned();
+        assert_eq!(out.status.code(), Some(19), "{cmd}: {err}");
+        assert!(
+            err.contains("record of staging 'small' cannot be read")
+                && err.contains("discard small --force"),
+            "{cmd}: {err}"
+        );
+    }
+    assert_eq!(
+        cli.json(&["--json", "list"])["images"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    std::fs::write(&record, &whole).unwrap();
+
     // A partition created over the staged unallocated space invalidates
     // the map; removing it again makes it valid.
     let dev = disk.dev.clone();

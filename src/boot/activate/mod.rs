@@ -24,7 +24,7 @@ mod native;
 mod restored;
 mod uefi;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
@@ -32,10 +32,11 @@ pub use grub::GrubBoot;
 pub use native::NativeBoot;
 pub use uefi::UefiBoot;
 
+use crate::attach::root_dir::RootDir;
 use crate::error::{Error, ErrorKind, IoContext, Result};
 use crate::progress::Progress;
 use crate::store::durable::sync_dir;
-use crate::store::state_dir::StateDir;
+use crate::store::state_dir::{StateDir, StateLock};
 use crate::{attach::test_restore, boot::initrd, stage::verify};
 
 /// What an activation created.
@@ -91,7 +92,7 @@ pub fn current(state: &StateDir) -> Result<Option<Activation>> {
     state.read_state(&state.activation_path())
 }
 
-fn save(state: &StateDir, a: &Activation) -> Result<()> {
+fn save(state: &StateLock<'_>, a: &Activation) -> Result<()> {
     state.write_state(&state.activation_path(), a)
 }
 
@@ -142,23 +143,20 @@ pub struct ActivateOptions<'a> {
     pub helper: Option<&'a Path>,
 }
 
-/// The newest `/boot/vmlinuz-VERSION` with its `/boot/initrd.img-VERSION`
-/// under `root`: (version, kernel, initrd).
-pub fn find_kernel(root: &Path) -> Result<(String, PathBuf, PathBuf)> {
-    let boot = root.join("boot");
-    let mut versions: Vec<String> = std::fs::read_dir(&boot)
-        .map(|d| {
-            d.flatten()
-                .filter_map(|e| {
-                    e.file_name()
-                        .to_str()?
-                        .strip_prefix("vmlinuz-")
-                        .map(str::to_string)
-                })
-                .filter(|v| boot.join(format!("initrd.img-{v}")).exists())
-                .collect()
-        })
-        .unwrap_or_default();
+/// The image's newest kernel that has an initrd: its version, the
+/// kernel and the initrd, read through [`RootDir`] — nothing in an image
+/// is trusted: a symlink resolves inside the image (an absolute one from
+/// the image's `/`, never the running system's), and only a regular file
+/// within [`KERNEL_LIMIT`] / [`INITRD_LIMIT`] is read (a FIFO, a device
+/// node, a symlink loop or a huge sparse file is refused as a bad image).
+pub fn find_kernel(root: &RootDir) -> Result<(String, Vec<u8>, Vec<u8>)> {
+    let boot = Path::new("/boot");
+    let mut versions: Vec<String> = root
+        .list(boot)?
+        .iter()
+        .filter_map(|n| n.to_str()?.strip_prefix("vmlinuz-").map(str::to_string))
+        .filter(|v| root.exists(&boot.join(format!("initrd.img-{v}"))))
+        .collect();
     versions.sort_by_key(|v| version_key(v));
     let v = versions.pop().ok_or_else(|| {
         Error::new(
@@ -166,12 +164,26 @@ pub fn find_kernel(root: &Path) -> Result<(String, PathBuf, PathBuf)> {
             "the image has no /boot/vmlinuz-VERSION with a matching /boot/initrd.img-VERSION: liverestore cannot boot it",
         )
     })?;
-    Ok((
-        v.clone(),
-        boot.join(format!("vmlinuz-{v}")),
-        boot.join(format!("initrd.img-{v}")),
-    ))
+    let read = |name: String, limit: u64| {
+        let rel = boot.join(&name);
+        root.read_limited(&rel, limit)?.ok_or_else(|| {
+            Error::new(
+                ErrorKind::NotFound,
+                format!("/boot/{name} vanished from the image"),
+            )
+        })
+    };
+    let kernel = read(format!("vmlinuz-{v}"), KERNEL_LIMIT)?;
+    let initrd = read(format!("initrd.img-{v}"), INITRD_LIMIT)?;
+    Ok((v, kernel, initrd))
 }
+
+/// The largest kernel liverestore reads from an image (distribution
+/// kernels are 5–15 MiB).
+pub const KERNEL_LIMIT: u64 = 256 << 20;
+/// The largest initrd liverestore reads from an image (distribution
+/// initrds are 20–200 MiB, with firmware).
+pub const INITRD_LIMIT: u64 = 1 << 30;
 
 /// Sort key for kernel versions: numbers compare as numbers.
 fn version_key(v: &str) -> Vec<(u64, String)> {
@@ -259,7 +271,7 @@ fn choose_loader(
 
 /// Activate `name` for the next boot only (trial).
 pub fn activate(
-    state: &StateDir,
+    state: &StateLock<'_>,
     name: &str,
     opts: &ActivateOptions<'_>,
     progress: &dyn Progress,
@@ -296,15 +308,8 @@ pub fn activate(
     let mut why = Vec::new();
     for (i, m) in members.iter().enumerate() {
         progress.note(&format!("looking for a kernel in '{}'", m.name));
-        let kernel = test_restore::with_mounted(state, &m.name, |root| {
-            let (v, k, i) = find_kernel(root)?;
-            let read = |p: &Path| {
-                std::fs::read(p)
-                    .op(|| "read from the image".into())
-                    .map_err(|e| e.with_path(p))
-            };
-            Ok((v, read(&k)?, read(&i)?))
-        });
+        let kernel =
+            test_restore::with_mounted(state, &m.name, |mnt| find_kernel(&RootDir::open(mnt)?));
         match kernel {
             Ok(k) => {
                 found = Some((i, k));
@@ -619,7 +624,7 @@ pub struct Committed {
 /// Make the running restored system the default (run in it). Its own
 /// on-disk header (where the command line says it is) says what the
 /// activation was: the boot entry to make the default must be that one.
-pub fn commit() -> Result<Committed> {
+pub fn commit(_state: &StateLock<'_>) -> Result<Committed> {
     crate::stage::plan::require_root()?;
     let via = booted_via().ok_or_else(not_restored)?;
     let note = restored::own_note()?;
@@ -726,7 +731,7 @@ pub struct RolledBack {
 /// takes back the boot loader's choice of it; the files stay for the old
 /// system's `rollback` (they are on the disk device-mapper holds, whose
 /// filesystems cannot be mounted there).
-pub fn rollback(state: &StateDir) -> Result<RolledBack> {
+pub fn rollback(state: &StateLock<'_>) -> Result<RolledBack> {
     crate::stage::plan::require_root()?;
     let Some(a) = current(state)? else {
         return match booted_via()
@@ -760,11 +765,7 @@ pub fn rollback(state: &StateDir) -> Result<RolledBack> {
         Err(e) if e.kind() == ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
-    let path = state.activation_path();
-    std::fs::remove_file(&path)
-        .op(|| "remove the activation record".into())
-        .map_err(|e| e.with_path(&path))?;
-    sync_dir(state.root())?;
+    state.remove_state(&state.activation_path())?;
     Ok(RolledBack {
         entry: a.entry(),
         boot_number: a.uefi.as_ref().map(|u| u.boot_number),
@@ -783,10 +784,8 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let boot = t.path().join("boot");
         std::fs::create_dir_all(&boot).unwrap();
-        assert_eq!(
-            find_kernel(t.path()).unwrap_err().kind(),
-            ErrorKind::NotFound
-        );
+        let root = RootDir::open(t.path()).unwrap();
+        assert_eq!(find_kernel(&root).unwrap_err().kind(), ErrorKind::NotFound);
         for f in [
             "vmlinuz-6.1.0-9-amd64",
             "initrd.img-6.1.0-9-amd64",
@@ -796,9 +795,103 @@ mod tests {
         ] {
             std::fs::write(boot.join(f), f).unwrap();
         }
-        let (v, k, i) = find_kernel(t.path()).unwrap();
+        let (v, k, i) = find_kernel(&root).unwrap();
         assert_eq!(v, "6.1.0-10-amd64");
-        assert!(k.ends_with("vmlinuz-6.1.0-10-amd64") && i.ends_with("initrd.img-6.1.0-10-amd64"));
+        assert_eq!(
+            (&k[..], &i[..]),
+            (
+                &b"vmlinuz-6.1.0-10-amd64"[..],
+                &b"initrd.img-6.1.0-10-amd64"[..]
+            )
+        );
+    }
+
+    /// Hostile images: what `/boot` holds decides what is read, but never
+    /// a file of the running system, never a FIFO or device, never more
+    /// than the limits.
+    #[test]
+    fn nothing_in_an_image_is_trusted() {
+        use std::os::unix::fs::symlink;
+        let outside = tempfile::tempdir().unwrap();
+        let secret = outside.path().join("shadow");
+        std::fs::write(&secret, "root:SECRET").unwrap();
+        let image = || {
+            let t = tempfile::tempdir().unwrap();
+            std::fs::create_dir_all(t.path().join("boot")).unwrap();
+            std::fs::write(t.path().join("boot/initrd.img-1"), "INITRD").unwrap();
+            t
+        };
+        let kernel = |t: &tempfile::TempDir| find_kernel(&RootDir::open(t.path()).unwrap());
+
+        // absolute and relative symlinks out of the image resolve inside it
+        for target in [
+            secret.clone(),
+            Path::new("../../../../../..").join(secret.strip_prefix("/").unwrap()),
+        ] {
+            let t = image();
+            symlink(&target, t.path().join("boot/vmlinuz-1")).unwrap();
+            assert_eq!(
+                kernel(&t).unwrap_err().kind(),
+                ErrorKind::NotFound,
+                "{target:?}"
+            );
+            // the same path inside the image is what is read
+            let inside = t.path().join(secret.strip_prefix("/").unwrap());
+            std::fs::create_dir_all(inside.parent().unwrap()).unwrap();
+            std::fs::write(&inside, "the image's own file").unwrap();
+            assert_eq!(kernel(&t).unwrap().1, b"the image's own file", "{target:?}");
+        }
+        // a FIFO: refused without blocking
+        let t = image();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            t.path().join("boot/vmlinuz-1"),
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        let e = kernel(&t).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::BadImage, "{e}");
+        assert!(e.message().contains("not a regular file"), "{e}");
+        // a symlink to a device of the image (absolute: the image's /dev)
+        let t = image();
+        std::fs::create_dir_all(t.path().join("dev")).unwrap();
+        symlink("/dev/zero", t.path().join("boot/vmlinuz-1")).unwrap();
+        assert_eq!(kernel(&t).unwrap_err().kind(), ErrorKind::NotFound);
+        if rustix::process::geteuid().is_root() {
+            rustix::fs::mknodat(
+                rustix::fs::CWD,
+                t.path().join("dev/zero"),
+                rustix::fs::FileType::CharacterDevice,
+                rustix::fs::Mode::from_raw_mode(0o600),
+                rustix::fs::makedev(1, 5),
+            )
+            .unwrap();
+            assert_eq!(kernel(&t).unwrap_err().kind(), ErrorKind::BadImage);
+        }
+        // a 10 GiB sparse "kernel"
+        let t = image();
+        std::fs::File::create(t.path().join("boot/vmlinuz-1"))
+            .unwrap()
+            .set_len(10 << 30)
+            .unwrap();
+        let e = kernel(&t).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::BadImage, "{e}");
+        assert!(e.message().contains("more than"), "{e}");
+        // a symlink loop
+        let t = image();
+        symlink("vmlinuz-2", t.path().join("boot/vmlinuz-1")).unwrap();
+        symlink("vmlinuz-1", t.path().join("boot/vmlinuz-2")).unwrap();
+        std::fs::write(t.path().join("boot/initrd.img-2"), "x").unwrap();
+        assert_eq!(kernel(&t).unwrap_err().kind(), ErrorKind::BadImage);
+        // a /boot that is itself a symlink out of the image
+        let t = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(outside.path().join("boot")).unwrap();
+        std::fs::write(outside.path().join("boot/vmlinuz-1"), "HOST").unwrap();
+        std::fs::write(outside.path().join("boot/initrd.img-1"), "HOST").unwrap();
+        symlink(outside.path().join("boot"), t.path().join("boot")).unwrap();
+        assert_eq!(kernel(&t).unwrap_err().kind(), ErrorKind::NotFound);
     }
 
     #[test]

@@ -131,14 +131,15 @@ pub fn prepare(recs: &[&StagingRecord]) -> Result<Vec<NativeBoot>> {
                 // The image's own GUID, unless this disk or (as udev knows
                 // them) another one already has it: root=PARTUUID must be
                 // unambiguous.
-                let guid = wanted
-                    .filter(|g| {
-                        !partition_entry::guid_in_use(&gpt, *g)
-                            && !Path::new("/dev/disk/by-partuuid")
-                                .join(g.to_string())
-                                .exists()
-                    })
-                    .unwrap_or_else(uuid::Uuid::new_v4);
+                let guid = match wanted.filter(|g| {
+                    !partition_entry::guid_in_use(&gpt, *g)
+                        && !Path::new("/dev/disk/by-partuuid")
+                            .join(g.to_string())
+                            .exists()
+                }) {
+                    Some(g) => g,
+                    None => crate::sys::random::uuid_v4()?,
+                };
                 let number = partition_entry::add(&mut gpt, start, length, &kind, guid)?;
                 let partition = PartitionEntry {
                     number,

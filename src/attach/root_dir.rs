@@ -197,18 +197,54 @@ impl RootDir {
 
     /// The contents of the file at `rel` (symlinks followed inside the
     /// image), or None when there is none.
+    /// A regular file only, of at most [`RootDir::READ_LIMIT`] bytes.
     pub fn read(&self, rel: &Path) -> Result<Option<Vec<u8>>> {
-        match self.resolve(rel, OFlags::RDONLY) {
-            Ok(fd) => {
-                let mut data = Vec::new();
-                File::from(fd)
-                    .read_to_end(&mut data)
-                    .map_err(|e| Error::io(format!("read {} in the image", rel.display()), e))?;
-                Ok(Some(data))
-            }
-            Err(Errno::NOENT) | Err(Errno::NOTDIR) => Ok(None),
-            Err(e) => Err(self.err("open", rel, e)),
+        self.read_limited(rel, Self::READ_LIMIT)
+    }
+
+    /// What [`RootDir::read`] reads at most: configuration files, keys,
+    /// the files customize looks at.
+    pub const READ_LIMIT: u64 = 64 << 20;
+
+    /// The contents of the regular file at `rel` (symlinks followed inside
+    /// the image), or None when there is none. Anything else is refused
+    /// with [`ErrorKind::BadImage`] before a byte is read: a FIFO or a
+    /// device node (opened without blocking, never read: it could hang or
+    /// never end), a directory, a symlink loop, a file larger than `max`.
+    pub fn read_limited(&self, rel: &Path, max: u64) -> Result<Option<Vec<u8>>> {
+        let bad = |why: String| {
+            Error::new(
+                ErrorKind::BadImage,
+                format!("{} in the image {why}: not read", rel.display()),
+            )
+            .with_path(self.path.join(rel.strip_prefix("/").unwrap_or(rel)))
+        };
+        let fd = match self.resolve(rel, OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY) {
+            Ok(fd) => fd,
+            Err(Errno::NOENT) | Err(Errno::NOTDIR) => return Ok(None),
+            Err(Errno::LOOP) => return Err(bad("is a symlink loop".into())),
+            Err(e) => return Err(self.err("open", rel, e)),
+        };
+        let st = rustix::fs::fstat(&fd).map_err(|e| self.err("look at", rel, e))?;
+        let kind = FileType::from_raw_mode(st.st_mode);
+        if kind != FileType::RegularFile {
+            return Err(bad(format!("is not a regular file ({kind:?})")));
         }
+        let size = st.st_size as u64;
+        if size > max {
+            return Err(bad(format!(
+                "is {size} bytes, more than the {max} liverestore accepts"
+            )));
+        }
+        let mut data = Vec::with_capacity(size as usize);
+        File::from(fd)
+            .take(max + 1)
+            .read_to_end(&mut data)
+            .map_err(|e| Error::io(format!("read {} in the image", rel.display()), e))?;
+        if data.len() as u64 > max {
+            return Err(bad(format!("grew past {max} bytes while read")));
+        }
+        Ok(Some(data))
     }
 
     /// The names in directory `rel` (symlinks followed inside the image),
