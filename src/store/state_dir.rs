@@ -76,16 +76,36 @@ impl StateDir {
     }
 
     /// Take the exclusive lock, or fail at once with [`ErrorKind::Busy`].
+    ///
+    /// The lock is `flock(2)` on the state directory itself, not on a file
+    /// in it: that works on a read-only filesystem too, where a restored
+    /// system (a kiosk's read-only root, say) runs `commit` and
+    /// `rollback`, which change boot entries but no state file. When the
+    /// directory cannot be made there, the nearest existing directory
+    /// above it is locked instead (two liverestores still exclude each
+    /// other; nothing can be written there anyway).
     pub fn lock(&self) -> Result<StateLock<'_>> {
-        self.ensure()?;
-        let path = self.root.join("lock");
+        let path = match fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(self.images())
+        {
+            Ok(()) => self.root.clone(),
+            Err(e) if e.kind() == std::io::ErrorKind::ReadOnlyFilesystem => self
+                .root
+                .ancestors()
+                .find(|p| p.is_dir())
+                .unwrap_or(Path::new("/"))
+                .to_path_buf(),
+            Err(e) => {
+                return Err(Error::io("cannot create the state directory", e).with_path(&self.root));
+            }
+        };
         let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
+            .read(true)
+            .custom_flags(rustix::fs::OFlags::DIRECTORY.bits() as i32)
             .open(&path)
-            .op(|| "cannot open the lock file".into())
+            .op(|| "cannot open the state directory".into())
             .map_err(|e| e.with_path(&path))?;
         match rustix::fs::flock(&file, FlockOperation::NonBlockingLockExclusive) {
             Ok(()) => Ok(StateLock {

@@ -108,6 +108,9 @@ pub fn static_liverestore() -> PathBuf {
         .clone()
 }
 
+/// What the UEFI shell prints as it starts counting down to startup.nsh.
+const COUNTDOWN: &[u8] = b"in 5 seconds to skip";
+
 /// What goes into a guest, and how it runs.
 pub struct Guest {
     /// Kernel modules to load at boot, in this order (dependencies are
@@ -885,9 +888,35 @@ impl Guest {
                 .arg("-append")
                 .arg(&append);
         }
-        cmd.arg("-serial")
-            .arg(format!("file:{}", console.display()))
-            .args(["-monitor", "none"])
+        // The UEFI shell waits 5 s before it runs startup.nsh unless a key
+        // is pressed: the serial port gets an input (a FIFO, `serial.in`;
+        // output to `serial.out`, the console log) and the harness presses
+        // a key each time the shell starts counting down.
+        let mut keys = None;
+        if self.uefi.is_some() {
+            let (fifo, out) = (work.join("serial.in"), work.join("serial.out"));
+            let _ = fs::remove_file(&fifo);
+            super::sh("mkfifo", &[fifo.to_str().unwrap()]);
+            fs::write(&out, b"").unwrap();
+            std::os::unix::fs::symlink("serial.out", &console).unwrap();
+            // read and write: opening a FIFO so never waits for the other end
+            let input = fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&fifo)
+                .unwrap();
+            keys = Some((input, 0usize));
+            cmd.arg("-chardev")
+                .arg(format!(
+                    "pipe,id=serial0,path={}",
+                    work.join("serial").display()
+                ))
+                .args(["-serial", "chardev:serial0"]);
+        } else {
+            cmd.arg("-serial")
+                .arg(format!("file:{}", console.display()));
+        }
+        cmd.args(["-monitor", "none"])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -908,6 +937,17 @@ impl Guest {
                 timed_out = true;
                 let _ = child.kill();
                 break;
+            }
+            if let Some((input, pressed)) = &mut keys {
+                let shells = fs::read(&console)
+                    .unwrap_or_default()
+                    .windows(COUNTDOWN.len())
+                    .filter(|w| *w == COUNTDOWN)
+                    .count();
+                if shells > *pressed {
+                    input.write_all(b" ").unwrap();
+                    *pressed = shells;
+                }
             }
             std::thread::sleep(Duration::from_millis(100));
         }
