@@ -106,7 +106,10 @@ pub fn for_set(
     others: &[StagingRecord],
     helper: Option<&Path>,
 ) -> Result<(BootPlan, Vec<u8>)> {
-    let disk_name = Path::new(&root.disk.path)
+    // The disk's drivers, found in sysfs under the name it has now (found
+    // by its identity when the map is derived again).
+    let disk = crate::stage::staged::revalidate(root)?.target.disk_path;
+    let disk_name = disk
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();

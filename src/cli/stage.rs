@@ -381,6 +381,9 @@ pub struct InfoArgs {
 #[derive(Debug, Serialize)]
 pub struct InfoReport {
     pub record: StagingRecord,
+    /// The disk's name now, found by its identity (`record.disk.path` is
+    /// the name it had at staging); None when the map is not valid.
+    pub disk: Option<String>,
     pub map_valid: bool,
     pub problem: Option<String>,
 }
@@ -388,11 +391,15 @@ pub struct InfoReport {
 impl InfoArgs {
     pub fn run(self, cx: &Context) -> Result<InfoReport> {
         let record = cx.state.load(&self.name)?;
-        let problem = crate::stage::staged::revalidate(&record)
-            .err()
-            .map(|e| e.to_string());
+        let checked = crate::stage::staged::revalidate(&record);
+        let disk = checked
+            .as_ref()
+            .ok()
+            .map(|c| c.target.disk_path.display().to_string());
+        let problem = checked.err().map(|e| e.to_string());
         Ok(InfoReport {
             record,
+            disk,
             map_valid: problem.is_none(),
             problem,
         })
@@ -468,9 +475,13 @@ impl Report for InfoReport {
             };
             println!("segment {:<4} {what}", i + 2);
         }
+        let now = match &self.disk {
+            Some(d) if *d == rec.disk.path => d.clone(),
+            Some(d) => format!("{d} (staged as {})", rec.disk.path),
+            None => format!("not found (staged as {})", rec.disk.path),
+        };
         println!(
-            "disk:        {} ({}, {}-byte sectors)",
-            rec.disk.path,
+            "disk:        {now} ({}, {}-byte sectors)",
             human_bytes(rec.disk.size),
             rec.disk.logical_sector_size
         );

@@ -300,10 +300,11 @@ pub fn discover(req: &SpaceRequest, others: &[StagingRecord]) -> Result<Vec<Sour
                 Source::Unallocated { .. } => None,
             })
             .collect();
-        for rec in others
-            .iter()
-            .filter(|r| r.disk.path == first.disk_path.to_str().unwrap_or(""))
-        {
+        // The other stagings on this disk, known by its identity: a
+        // recorded /dev name may now be another disk's, and this disk may
+        // have had another name when they were staged.
+        let (_, this_disk) = crate::space::identity::describe(&first)?;
+        for rec in others.iter().filter(|r| r.disk.same_disk(&this_disk)) {
             if let Some(map) = &rec.map {
                 used.extend(map.extents().iter().map(|e| (e.disk, e.disk + e.length)));
             }

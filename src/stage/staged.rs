@@ -100,7 +100,7 @@ pub fn check_disjoint(state: &StateDir, rec: &StagingRecord) -> Result<()> {
         if *name == rec.name {
             continue;
         }
-        if other.disk.path != rec.disk.path {
+        if !other.disk.same_disk(&rec.disk) {
             continue;
         }
         let Some(theirs) = &other.map else { continue };
@@ -172,7 +172,7 @@ fn revalidate_file(
     let (now_host, now_disk) = identity::describe(&target)?;
     if now_host.fs_uuid != host.fs_uuid
         || now_host.partition_uuid != host.partition_uuid
-        || now_disk.gpt_guid != rec.disk.gpt_guid
+        || !now_disk.same_disk(&rec.disk)
     {
         return Err(changed(
             "the filesystem, partition or disk identity differs from the recorded one".into(),
@@ -239,14 +239,22 @@ pub fn list(state: &StateDir) -> Result<Vec<Listing>> {
         .into_iter()
         .map(|name| match state.load(&name) {
             Ok(rec) => {
-                let check = revalidate(&rec).and_then(|_| check_disjoint(state, &rec));
+                // The disk by its current name, found by identity (None
+                // when it cannot be: never a recorded name that may now be
+                // another disk's).
+                let checked = revalidate(&rec);
+                let disk = checked
+                    .as_ref()
+                    .ok()
+                    .map(|c| c.target.disk_path.display().to_string());
+                let check = checked.and_then(|_| check_disjoint(state, &rec));
                 Listing {
                     name,
                     state: Some(rec.state.as_str().to_string()),
                     image_size: Some(rec.image.size),
                     written: Some(rec.image.written),
                     container: Some(rec.container.path.clone()),
-                    disk: Some(rec.disk.path.clone()),
+                    disk,
                     map_valid: check.is_ok(),
                     problem: check.err().map(|e| e.to_string()),
                     set: rec.image.partition.as_ref().map(|p| p.set.clone()),
@@ -286,12 +294,17 @@ pub struct MapExportExtent {
     pub length: u64,
 }
 
-/// The image map of `rec`, in image order.
+/// The image map of `rec`, in image order, on its disk by the name the
+/// disk has now: the map is derived again first, which finds the disk by
+/// its identity (another tool writing through a recorded name that now
+/// belongs to another disk would write to the wrong one). A map that is
+/// no longer valid is refused.
 pub fn export_map(rec: &StagingRecord) -> Result<MapExport> {
+    let disk = revalidate(rec)?.target.disk_path;
     let map = rec.image_map()?;
     Ok(MapExport {
         name: rec.name.clone(),
-        disk: rec.disk.path.clone(),
+        disk: disk.display().to_string(),
         logical_sector_size: rec.disk.logical_sector_size,
         image_size: rec.image.size,
         extents: map

@@ -221,6 +221,36 @@ pub struct DiskInfo {
     pub serial: Option<String>,
 }
 
+impl DiskInfo {
+    /// Whether `other` describes the same disk, by what does not change
+    /// between boots — the GPT disk GUID, or else the MBR signature, with
+    /// the size, and the serial where both know one — never by its
+    /// `/dev` name, which can (sda and sdb swap, a USB disk is added, a
+    /// loop device is attached again). A disk with neither a GPT nor an
+    /// MBR signature is known by name and size only.
+    pub fn same_disk(&self, other: &DiskInfo) -> bool {
+        if self.size != other.size {
+            return false;
+        }
+        if let (Some(a), Some(b)) = (&self.serial, &other.serial)
+            && a != b
+        {
+            return false;
+        }
+        match (
+            &self.gpt_guid,
+            &other.gpt_guid,
+            &self.mbr_signature,
+            &other.mbr_signature,
+        ) {
+            (Some(a), Some(b), _, _) => a.eq_ignore_ascii_case(b),
+            (None, None, Some(a), Some(b)) => a.eq_ignore_ascii_case(b),
+            (None, None, None, None) => self.path == other.path,
+            _ => false,
+        }
+    }
+}
+
 /// Everything known about one staged image.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StagingRecord {
@@ -591,6 +621,52 @@ pub(crate) mod tests {
                 length: 2 << 20
             }
         );
+    }
+
+    #[test]
+    fn disks_are_known_by_identity_not_by_name() {
+        let a = DiskInfo {
+            gpt_guid: Some("0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0".into()),
+            ..sample_record().disk
+        };
+        let renamed = DiskInfo {
+            path: "/dev/sdb".into(),
+            ..a.clone()
+        };
+        assert!(a.same_disk(&renamed), "another name, the same disk");
+        let other_guid = DiskInfo {
+            gpt_guid: Some("11111111-2222-3333-4444-555555555555".into()),
+            ..a.clone()
+        };
+        assert!(!a.same_disk(&other_guid), "the same name, another disk");
+        let other_size = DiskInfo {
+            size: a.size + 512,
+            ..a.clone()
+        };
+        assert!(!a.same_disk(&other_size));
+        let serial = |s: Option<&str>| DiskInfo {
+            serial: s.map(str::to_string),
+            ..a.clone()
+        };
+        assert!(serial(Some("X1")).same_disk(&serial(None)));
+        assert!(!serial(Some("X1")).same_disk(&serial(Some("X2"))));
+        let mbr = |sig: &str, path: &str| DiskInfo {
+            path: path.into(),
+            gpt_guid: None,
+            mbr_signature: Some(sig.into()),
+            ..a.clone()
+        };
+        assert!(mbr("1234abcd", "/dev/sda").same_disk(&mbr("1234ABCD", "/dev/sdc")));
+        assert!(!mbr("1234abcd", "/dev/sda").same_disk(&mbr("deadbeef", "/dev/sda")));
+        assert!(!mbr("1234abcd", "/dev/sda").same_disk(&a), "MBR is not GPT");
+        let bare = |path: &str| DiskInfo {
+            path: path.into(),
+            gpt_guid: None,
+            mbr_signature: None,
+            ..a.clone()
+        };
+        assert!(bare("/dev/sda").same_disk(&bare("/dev/sda")));
+        assert!(!bare("/dev/sda").same_disk(&bare("/dev/sdb")));
     }
 
     #[test]

@@ -478,6 +478,47 @@ impl LoopDisk {
     }
 }
 
+/// A loop device over a file, detached on drop.
+pub struct LoopDevice {
+    pub dev: String,
+}
+
+impl Drop for LoopDevice {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").args(["-d", &self.dev]).status();
+    }
+}
+
+impl LoopDisk {
+    /// The same disk under another name, as after a reboot that renamed
+    /// it (sda and sdb swapped): unmounted, detached, its old name taken
+    /// by a blank 1 MiB disk in `dir` (returned: it holds the name until
+    /// dropped), attached again under a new name and mounted again.
+    pub fn reattach_renamed(&mut self, dir: &Path) -> LoopDevice {
+        assert!(self.others.is_empty(), "one partition only");
+        self.unmount();
+        sh("partx", &["-d", &self.dev]);
+        sh("losetup", &["-d", &self.dev]);
+        self.attached = false;
+        let blank = dir.join("blank.img");
+        fs::File::create(&blank).unwrap().set_len(MIB).unwrap();
+        sh("losetup", &[&self.dev, blank.to_str().unwrap()]);
+        let placeholder = LoopDevice {
+            dev: self.dev.clone(),
+        };
+        let dev = sh("losetup", &["-f", "--show", self.file.to_str().unwrap()])
+            .trim()
+            .to_string();
+        assert_ne!(dev, placeholder.dev);
+        self.dev = dev;
+        self.part = format!("{}p1", self.dev);
+        self.attached = true;
+        sh("partx", &["-u", &self.dev]);
+        self.mount();
+        placeholder
+    }
+}
+
 impl Drop for LoopDisk {
     fn drop(&mut self) {
         self.mount.take();

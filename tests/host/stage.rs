@@ -220,3 +220,88 @@ fn stage_from_stdin_with_json_progress_and_raw_scan() {
     cli.expect(0, &["discard", "piped"]);
     assert!(Path::new(&disk.mnt).join("lost+found").exists());
 }
+
+/// Disks are known by identity, not by name: a staging made on one loop
+/// device, the disk then attached again under another name and its old
+/// name given to another (blank) disk. Every output names the disk it is
+/// on now, everything that reads or writes finds it there, and nothing is
+/// written to the disk that now has the old name.
+#[test]
+#[ignore = "needs root: loop devices and mounts (scripts/test.sh runs it)"]
+fn a_staging_follows_its_disk_to_a_new_name() {
+    let t = tempfile::tempdir().unwrap();
+    let mut disk = LoopDisk::new(&t.path().join("d"), Fs::Ext4, 120);
+    let cli = Cli::new(t.path());
+    let image = random_bytes(8 * MIB as usize, 21);
+    let img = t.path().join("moved.img");
+    std::fs::write(&img, &image).unwrap();
+    let mnt = disk.mnt.to_str().unwrap().to_string();
+    cli.expect(
+        0,
+        &[
+            "stage",
+            img.to_str().unwrap(),
+            "--name",
+            "moved",
+            "--dir",
+            &mnt,
+        ],
+    );
+    let old_name = disk.dev.clone();
+    assert_eq!(
+        cli.json(&["--json", "map", "moved"])["disk"],
+        old_name.as_str()
+    );
+
+    let placeholder = disk.reattach_renamed(t.path());
+    assert_eq!(
+        placeholder.dev, old_name,
+        "the old name is another disk's now"
+    );
+    let new_name = disk.dev.clone();
+    let map = cli.json(&["--json", "map", "moved"]);
+    assert_eq!(map["disk"], new_name.as_str(), "{map}");
+    assert_image_on_disk(&disk, &map, &image);
+    let list = cli.json(&["--json", "list"]);
+    assert_eq!(list["images"][0]["disk"], new_name.as_str(), "{list}");
+    assert_eq!(list["images"][0]["map_valid"], true, "{list}");
+    let info = cli.json(&["--json", "info", "moved"]);
+    assert_eq!(info["disk"], new_name.as_str(), "{info}");
+    assert_eq!(info["record"]["disk"]["path"], old_name.as_str(), "{info}");
+    let text = cli.expect(0, &["info", "moved"]);
+    assert!(
+        text.contains(&format!("{new_name} (staged as {old_name})")),
+        "{text}"
+    );
+    cli.expect(0, &["verify", "moved"]);
+    // A second staging on the renamed disk, and the first one's bytes
+    // still whole; then both go.
+    let second = t.path().join("second.img");
+    std::fs::write(&second, random_bytes(4 * MIB as usize, 22)).unwrap();
+    cli.expect(
+        0,
+        &[
+            "stage",
+            second.to_str().unwrap(),
+            "--name",
+            "second",
+            "--dir",
+            &mnt,
+        ],
+    );
+    cli.expect(0, &["verify", "moved"]);
+    assert_eq!(
+        cli.json(&["--json", "map", "second"])["disk"],
+        new_name.as_str()
+    );
+    cli.expect(0, &["discard", "moved"]);
+    cli.expect(0, &["discard", "second"]);
+    let blank = std::fs::read(t.path().join("blank.img")).unwrap();
+    assert!(
+        blank.iter().all(|&b| b == 0),
+        "nothing was written to the disk that has the old name"
+    );
+    drop(placeholder);
+    disk.unmount();
+    assert!(disk.fsck_clean());
+}

@@ -94,15 +94,14 @@ impl Target {
                 grub_dir.display()
             ))
         })?;
-        if Path::new(&rec.disk.path) != target.disk_path {
+        let (host, grub_disk) = crate::space::identity::describe(&target)?;
+        if !grub_disk.same_disk(&rec.disk) {
             return Err(unusable(format!(
-                "{} is on {}, '{name}' on {}: the restored system can only reach GRUB's environment block on its own disk",
+                "{} is on {}, '{name}' on another disk: the restored system can only reach GRUB's environment block on its own disk",
                 grub_dir.display(),
                 target.disk_path.display(),
-                rec.disk.path
             )));
         }
-        let (host, _) = crate::space::identity::describe(&target)?;
         let fs_uuid = host.fs_uuid.ok_or_else(|| {
             unusable(format!(
                 "the filesystem of {} has no UUID GRUB could search for",

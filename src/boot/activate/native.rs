@@ -30,13 +30,14 @@ pub struct NativeBoot {
 impl NativeBoot {
     fn new(
         rec: &StagingRecord,
+        disk: &Path,
         sector_size: u64,
         kind: EntryKind,
         partition: PartitionEntry,
     ) -> NativeBoot {
         NativeBoot {
             staging: rec.name.clone(),
-            disk: rec.disk.path.clone(),
+            disk: disk.display().to_string(),
             sector_size,
             kind,
             partition,
@@ -94,7 +95,10 @@ fn kind_of(rec: &StagingRecord) -> (EntryKind, Option<uuid::Uuid>) {
 /// partition, the disk has no usable table, or an entry does not fit.
 pub fn prepare(recs: &[&StagingRecord]) -> Result<Vec<NativeBoot>> {
     let first = recs.first().expect("at least the root");
-    let disk = Path::new(&first.disk.path);
+    // The disk by the name it has now, found by its identity: the table
+    // written is that disk's, whatever it was called at staging.
+    let disk_path = crate::stage::staged::revalidate(first)?.target.disk_path;
+    let disk = disk_path.as_path();
     let ss = u64::from(first.disk.logical_sector_size).max(512);
     let sector0 = crate::map::disk_io::read_raw(disk, 0, 512)?;
     let ranges = recs
@@ -148,7 +152,7 @@ pub fn prepare(recs: &[&StagingRecord]) -> Result<Vec<NativeBoot>> {
                     start,
                     length,
                 };
-                out.push(NativeBoot::new(rec, ss, kind, partition));
+                out.push(NativeBoot::new(rec, disk, ss, kind, partition));
             }
         }
         Some(TableKind::Mbr) => {
@@ -168,7 +172,7 @@ pub fn prepare(recs: &[&StagingRecord]) -> Result<Vec<NativeBoot>> {
                     start,
                     length,
                 };
-                out.push(NativeBoot::new(rec, ss, kind, partition));
+                out.push(NativeBoot::new(rec, disk, ss, kind, partition));
             }
         }
         None => {
