@@ -17,14 +17,18 @@ pub trait Progress: Sync {
     fn note(&self, message: &str);
 }
 
-/// Reports nothing.
+/// No progress bar (stderr is not a terminal: a script, a log, Ansible);
+/// notes still go to stderr, one line each: they say something the user
+/// must know (a fallback, a cleanup done on their behalf).
 pub struct NoProgress;
 
 impl Progress for NoProgress {
     fn begin(&self, _: &str, _: u64) {}
     fn update(&self, _: u64) {}
     fn end(&self) {}
-    fn note(&self, _: &str) {}
+    fn note(&self, message: &str) {
+        eprintln!("{message}");
+    }
 }
 
 /// A progress bar on stderr.

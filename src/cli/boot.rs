@@ -105,8 +105,10 @@ impl ActivateArgs {
             append: self.append.as_deref(),
             helper: self.helper.as_deref(),
         };
+        let state = cx.lock()?;
+        activate::clean_up_ended_trial(&state, cx.progress.as_ref())?;
         Ok(ActivateReport {
-            activation: activate::activate(&cx.lock()?, &self.name, &opts, cx.progress.as_ref())?,
+            activation: activate::activate(&state, &self.name, &opts, cx.progress.as_ref())?,
         })
     }
 }
@@ -183,6 +185,11 @@ impl Report for Status {
             None => println!("activated:  nothing"),
         }
         println!("next boot:  {}", s.next_boot);
+        if s.trial_ended {
+            println!(
+                "trial:      ended, not committed (the next stage, discard or activate cleans it up, or `liverestore rollback`)"
+            );
+        }
         if let Some(o) = &s.old_system {
             println!(
                 "old system: {} (root {}, kernel {}{})",

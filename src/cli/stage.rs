@@ -251,6 +251,7 @@ impl StageArgs {
     pub fn run(self, cx: &Context) -> Result<StageReport> {
         let progress = cx.progress.as_ref();
         let state = cx.lock()?;
+        crate::boot::activate::clean_up_ended_trial(&state, progress)?;
         let recs = match (self.resume, self.name) {
             (Some(_), _) if !self.space.dir.is_empty() || self.space.unallocated => {
                 return Err(Error::new(
@@ -590,7 +591,11 @@ pub struct DiscardReport {
 impl DiscardArgs {
     pub fn run(self, cx: &Context) -> Result<DiscardReport> {
         Ok(DiscardReport {
-            discarded: crate::stage::staged::discard_named(&cx.lock()?, &self.name, self.force)?,
+            discarded: {
+                let state = cx.lock()?;
+                crate::boot::activate::clean_up_ended_trial(&state, cx.progress.as_ref())?;
+                crate::stage::staged::discard_named(&state, &self.name, self.force)?
+            },
         })
     }
 }

@@ -118,6 +118,7 @@ case $n in
 2)
   # nobody committed: GRUB's default, the old system, again
   echo "LR next_2=$(next)"
+  echo "LR trial_ended_2=$(liverestore --json status | grep -o '"trial_ended":[a-z]*' | cut -d: -f2)"
   echo "LR next_entry_2=$(env_var next_entry)"
   liverestore rollback >/dev/null
   echo "LR custom_left=$(ls $G | grep -c custom.cfg || true)"
@@ -235,6 +236,7 @@ fn grub_trial(efi: bool) -> GuestRun {
         run.assert_values(&[
             ("old_boot_2", "yes"),
             ("next_2", "old system (GRUB's default entry)"),
+            ("trial_ended_2", "true"),
             ("next_entry_2", ""),
             ("custom_left", "0"),
             ("files_left", "0"),

@@ -107,6 +107,7 @@ case $n in
   ;;
 2)
   echo "LR next_2=$(next)"
+  echo "LR trial_ended_2=$(liverestore --json status | grep -o '"trial_ended":[a-z]*' | cut -d: -f2)"
   ours=$(printf 'Boot%04X-' "$(cat /mnt/host/boot-number)")
   echo "LR ours_before_rollback=$(ls /sys/firmware/efi/efivars | grep -c "^$ours" || true)"
   liverestore rollback >/dev/null
@@ -211,6 +212,7 @@ fn uefi_trial_boot_then_back_to_the_old_system() {
     run.assert_values(&[
         ("old_boot_2", "yes"),
         ("next_2", "old system (the firmware's BootOrder)"),
+        ("trial_ended_2", "true"),
         ("ours_before_rollback", "1"),
         ("ours_after_rollback", "0"),
     ]);

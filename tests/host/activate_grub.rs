@@ -282,6 +282,34 @@ fn grub_activation_on_a_live_ext4() {
     cli.expect(0, &["rollback"]);
     assert_eq!(tree_hashes(&mnt.join("boot")), before);
 
+    // A trial that ended without a commit (GRUB cleared next_entry as it
+    // started the entry, and the machine came back to the old system):
+    // status says so, and the next activate cleans it up by itself.
+    let unset_next_entry = || {
+        sh(
+            "grub-editenv",
+            &[g.join("grubenv").to_str().unwrap(), "unset", "next_entry"],
+        )
+    };
+    let args = ["activate", "sys", "--grub-dir", g_str, "--helper", &helper];
+    cli.expect(0, &args);
+    assert_eq!(cli.json(&["--json", "status"])["trial_ended"], false);
+    unset_next_entry();
+    let s = cli.json(&["--json", "status"]);
+    assert_eq!(s["trial_ended"], true, "{s}");
+    assert_eq!(s["next_boot"], "old system (GRUB's default entry)", "{s}");
+    let text = cli.expect(0, &["status"]);
+    assert!(text.contains("ended, not committed"), "{text}");
+    let out = cli.run(&args);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("ended without a commit"), "{err}");
+    let s = cli.json(&["--json", "status"]);
+    assert_eq!(s["trial_ended"], false, "{s}");
+    assert_eq!(s["next_boot"], "restored system (trial, once)", "{s}");
+    cli.expect(0, &["rollback"]);
+    assert_eq!(tree_hashes(&mnt.join("boot")), before);
+
     // Without the user's custom.cfg, activation creates it and rollback
     // removes it again (and both say so in the JSON envelope).
     std::fs::remove_file(g.join("custom.cfg")).unwrap();
@@ -296,8 +324,21 @@ fn grub_activation_on_a_live_ext4() {
     assert_eq!(r["rolled_back"]["files_removed"], true, "{r}");
     assert!(!g.join("custom.cfg").exists());
 
-    let d = cli.json(&["--json", "discard", "sys"]);
+    // discard too cleans up a trial that ended (a note says so)
+    cli.expect(0, &args);
+    unset_next_entry();
+    let lines = json_lines(&["discard"], &cli.expect(0, &["--json", "discard", "sys"]));
+    assert!(
+        lines.iter().any(|l| l["event"] == "note"
+            && l["message"]
+                .as_str()
+                .unwrap()
+                .contains("ended without a commit")),
+        "{lines:?}"
+    );
+    let d = lines.last().unwrap();
     assert_eq!(d["discarded"][0]["name"], "sys", "{d}");
+    assert!(!mnt.join("boot/liverestore").exists());
     disk.unmount();
     assert!(disk.fsck_clean());
 }

@@ -480,6 +480,7 @@ mod tests {
             grub_default: None,
             next_boot: String::new(),
             old_system: None,
+            trial_ended: false,
         };
         fill_status(&mut s, env);
         s

@@ -678,6 +678,11 @@ pub struct Status {
     /// In a restored system: the system that activated it, from the
     /// on-disk header.
     pub old_system: Option<crate::store::record::OldSystem>,
+    /// In the old system: an activation is recorded, but its one-shot
+    /// choice is gone (`BootNext` consumed, `next_entry` cleared) and it
+    /// was not made the default: the trial ended without a commit. The
+    /// next `stage`, `discard` or `activate` cleans it up by itself.
+    pub trial_ended: bool,
 }
 
 /// Which system runs and what the next boot starts.
@@ -702,12 +707,48 @@ pub fn status(state: &StateDir) -> Result<Status> {
         old_system: via
             .and_then(|_| restored::own_note().ok().flatten())
             .map(|n| n.old_system),
+        trial_ended: false,
     };
     match grub_env {
         Some(env) => grub::fill_status(&mut s, &env),
         None => uefi::fill_status(&mut s, via == Some(BootedVia::Uefi)),
     }
+    // Known only when the boot loader's state could be read: an
+    // unreadable one (no efivarfs) leaves the activation alone.
+    let readable = s.grub_next_entry.is_some()
+        || s.grub_default.is_some()
+        || s.loader == "grub"
+        || !s.boot_order.is_empty();
+    s.trial_ended = !s.booted_restored
+        && readable
+        && s.activation.is_some()
+        && s.next_boot.starts_with("old system");
     Ok(s)
+}
+
+/// In the old system, before `stage`, `discard` or `activate`: when the
+/// trial of the recorded activation ended without a commit
+/// ([`Status::trial_ended`]), clean it up as `rollback` does and say so;
+/// what comes next then just works. Anything else is left as it is.
+pub fn clean_up_ended_trial(
+    state: &StateLock<'_>,
+    progress: &dyn Progress,
+) -> Result<Option<RolledBack>> {
+    let s = status(state)?;
+    if !s.trial_ended {
+        return Ok(None);
+    }
+    let name = s
+        .activation
+        .as_ref()
+        .map(|a| a.name.clone())
+        .unwrap_or_default();
+    let done = rollback(state)?;
+    progress.note(&format!(
+        "the trial boot of '{name}' ended without a commit: its boot entry ({}) and boot files are removed, as `liverestore rollback` does",
+        done.entry
+    ));
+    Ok(Some(done))
 }
 
 /// What `rollback` undid.
