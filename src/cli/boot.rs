@@ -87,11 +87,18 @@ pub struct ActivateArgs {
     /// program, if it is statically linked).
     #[arg(long, value_name = "FILE")]
     helper: Option<PathBuf>,
+    /// Reboot into the trial once it is armed (the report is printed
+    /// first): through systemd (`systemctl reboot`) when it runs, else at
+    /// once (sync, then reboot(2), as `reboot -f`).
+    #[arg(long)]
+    reboot: bool,
 }
 
 #[derive(Debug, Serialize)]
 pub struct ActivateReport {
     pub activation: Activation,
+    /// `--reboot`: whether the machine reboots now.
+    pub rebooting: bool,
 }
 
 impl ActivateArgs {
@@ -109,11 +116,19 @@ impl ActivateArgs {
         activate::clean_up_ended_trial(&state, cx.progress.as_ref())?;
         Ok(ActivateReport {
             activation: activate::activate(&state, &self.name, &opts, cx.progress.as_ref())?,
+            rebooting: self.reboot,
         })
     }
 }
 
 impl Report for ActivateReport {
+    fn after_render(&self) -> Result<()> {
+        if self.rebooting {
+            crate::sys::power::reboot()?;
+        }
+        Ok(())
+    }
+
     fn print_text(&self) {
         let a = &self.activation;
         let how = match (&a.uefi, &a.grub) {

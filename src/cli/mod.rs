@@ -145,7 +145,16 @@ impl Context {
 /// Run `args` and render what it reports (or its error); the exit code.
 fn finish<R: Report>(name: &str, cx: &Context, report: Result<R>) -> u8 {
     match report {
-        Ok(r) => render(name, cx.json, &r),
+        Ok(r) => {
+            let code = render(name, cx.json, &r);
+            match r.after_render() {
+                Ok(()) => code,
+                Err(e) => {
+                    eprintln!("liverestore: error: {e}");
+                    e.kind().exit_code() as u8
+                }
+            }
+        }
         Err(e) => render_error(name, cx.json, &e),
     }
 }

@@ -25,6 +25,13 @@ pub trait Report: Serialize {
     fn exit_code(&self) -> u8 {
         0
     }
+
+    /// What the command does once its report is out (`activate --reboot`
+    /// reboots): the report is printed first, so a script or a log sees
+    /// it. An error here goes to stderr, and sets the exit code.
+    fn after_render(&self) -> crate::error::Result<()> {
+        Ok(())
+    }
 }
 
 /// The `--json` result line for `report` of `command`.

@@ -19,4 +19,5 @@ pub(crate) mod efivars;
 pub(crate) mod ioctl;
 pub mod kmod;
 pub(crate) mod loop_device;
+pub(crate) mod power;
 pub(crate) mod random;

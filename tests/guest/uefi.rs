@@ -3,8 +3,9 @@
 //! bootable system onto its own fragmented ext4 and `activate`s it; the
 //! next boot (BootNext) starts the restored system from the staged bytes
 //! through the map; nobody commits, so the boot after that is the old
-//! system again, which rolls back (nothing left) and activates again; the
-//! restored system, started once more, `commit`s; it then starts by
+//! system again (`status`: the trial ended, not committed), which rolls
+//! back (nothing left) and activates again with `--reboot` (the result is
+//! printed, then the machine restarts at once); the restored system, started once more, `commit`s; it then starts by
 //! default, and rolls back from its side; the old system starts again and
 //! removes what was left on the ESP.
 
@@ -115,16 +116,16 @@ case $n in
   echo "LR next_after_rollback=$(next)"
   echo "LR esp_left=$(ls /mnt/esp | grep -c liverestore || true)"
   # activate again (the trial mounted the image read-only: it still
-  # verifies): this time the restored system commits
-  liverestore activate web --esp /mnt/esp --append lr.test=commit 2>/dev/null
-  echo "LR activate_again=$?"
-  echo "LR report=old system again (nobody committed): rolled back, activated again; next boot: $(next)"
-  umount /mnt/esp
-  umount /mnt/host
-  reboot -f
+  # verifies), and reboot into it at once (--reboot; no systemd here:
+  # sync, then reboot(2)): this time the restored system commits
+  echo "LR report=old system again (nobody committed): rolled back, activated again with --reboot"
+  liverestore --json activate web --esp /mnt/esp --append lr.test=commit --reboot >/mnt/host/activate.json 2>/dev/null
+  echo "LR activate_again_returned=$?"
   ;;
 3)
   # the restored system committed, then rolled back from its side
+  echo "LR activate_again=$(grep -o '"ok":[a-z]*,"command":"activate"' /mnt/host/activate.json)"
+  echo "LR activate_rebooting=$(grep -o '"rebooting":[a-z]*' /mnt/host/activate.json)"
   echo "LR next_3=$(next)"
   liverestore rollback >/dev/null
   echo "LR esp_left_3=$(ls /mnt/esp | grep -c liverestore || true)"
@@ -222,7 +223,10 @@ fn uefi_trial_boot_then_back_to_the_old_system() {
     );
     run.assert_values(&[
         ("esp_left", "0"),
-        ("activate_again", "0"),
+        // activate --reboot printed its result, then rebooted (it never
+        // returned to the scenario)
+        ("activate_again", r#""ok":true,"command":"activate""#),
+        ("activate_rebooting", r#""rebooting":true"#),
         // boot 4: the restored system commits
         ("restored_boot_2", "restored-system"),
         ("commit", "ok"),
@@ -232,6 +236,11 @@ fn uefi_trial_boot_then_back_to_the_old_system() {
         ("restored_root_3", "/dev/dm-0"),
         ("restored_next_3", "restored system (default)"),
     ]);
+    assert_eq!(
+        run.value("activate_again_returned"),
+        None,
+        "--reboot rebooted"
+    );
     assert_eq!(
         run.get("restored_next_after_rollback"),
         "old system (the firmware's BootOrder)"
