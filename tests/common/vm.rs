@@ -108,6 +108,20 @@ pub fn static_liverestore() -> PathBuf {
         .clone()
 }
 
+/// The order of the six boots of a full trial cycle (the UEFI and GRUB
+/// scenarios print these): the old system activates, the restored system
+/// once (nobody commits), the old system again (it activates again), the
+/// restored system (it commits), the restored system by default (it rolls
+/// back), the old system (it cleans up).
+pub const SIX_BOOTS: &[&str] = &[
+    "LR old_boot_1",
+    "LR restored_boot_1",
+    "LR old_boot_2",
+    "LR restored_boot_2",
+    "LR restored_boot_3",
+    "LR old_boot_3",
+];
+
 /// What the UEFI shell prints as it starts counting down to startup.nsh.
 const COUNTDOWN: &[u8] = b"in 5 seconds to skip";
 

@@ -286,14 +286,7 @@ fn grub_trial(efi: bool) -> GuestRun {
             "LR old_boot_3",
         ]
     } else {
-        &[
-            "LR old_boot_1",
-            "LR restored_boot_1",
-            "LR old_boot_2",
-            "LR restored_boot_2",
-            "LR restored_boot_3",
-            "LR old_boot_3",
-        ]
+        crate::common::vm::SIX_BOOTS
     };
     run.assert_in_order(order);
     run

@@ -253,14 +253,7 @@ fn uefi_trial_boot_then_back_to_the_old_system() {
         ("activation_left", "0"),
         ("old_fsck", "clean"),
     ]);
-    run.assert_in_order(&[
-        "LR old_boot_1",
-        "LR restored_boot_1",
-        "LR old_boot_2",
-        "LR restored_boot_2",
-        "LR restored_boot_3",
-        "LR old_boot_3",
-    ]);
+    run.assert_in_order(crate::common::vm::SIX_BOOTS);
     // each boot's one-line report (scripts/demo.sh --boot shows them)
     let reports = run.values("report");
     for (i, r) in reports.iter().enumerate() {
