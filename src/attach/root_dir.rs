@@ -197,6 +197,24 @@ impl RootDir {
 
     /// The contents of the file at `rel` (symlinks followed inside the
     /// image), or None when there is none.
+    /// Owner and mode of what `rel` resolves to (inside the image), if
+    /// anything; its modification time is left to the next write.
+    pub fn meta(&self, rel: &Path) -> Result<Option<Meta>> {
+        match self.resolve(rel, OFlags::PATH) {
+            Ok(fd) => {
+                let st = rustix::fs::fstat(&fd).map_err(|e| self.err("look at", rel, e))?;
+                Ok(Some(Meta {
+                    mode: st.st_mode & 0o7777,
+                    uid: st.st_uid,
+                    gid: st.st_gid,
+                    mtime: None,
+                }))
+            }
+            Err(Errno::NOENT) | Err(Errno::NOTDIR) => Ok(None),
+            Err(e) => Err(self.err("open", rel, e)),
+        }
+    }
+
     /// A regular file only, of at most [`RootDir::READ_LIMIT`] bytes.
     pub fn read(&self, rel: &Path) -> Result<Option<Vec<u8>>> {
         self.read_limited(rel, Self::READ_LIMIT)

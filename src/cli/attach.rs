@@ -220,6 +220,14 @@ pub struct CustomizeArgs {
     /// version, the loaded modules it lacks (then depmod).
     #[arg(long)]
     inject_drivers: bool,
+    /// Make `nofail` the /etc/fstab entries that name a device by UUID,
+    /// LABEL, PARTUUID or PARTLABEL that none of the image's own
+    /// filesystems or partitions has (the source machine's ESP, swap or
+    /// data disks): systemd would wait for them and stop in emergency
+    /// mode. Every other byte of the file stays. `activate` warns about
+    /// such entries.
+    #[arg(long)]
+    fix_fstab: bool,
     /// Take preserved files, network configuration and drivers from
     /// the system whose root is mounted at DIR, not the running one.
     #[arg(long, value_name = "DIR", default_value = "/")]
@@ -240,6 +248,7 @@ impl CustomizeArgs {
             new_identity: self.new_identity,
             hostname: self.hostname,
             inject_drivers: self.inject_drivers,
+            fix_fstab: self.fix_fstab,
         };
         Ok(CustomizeResult {
             customized: crate::customize::customize(

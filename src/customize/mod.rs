@@ -23,6 +23,7 @@
 
 pub(crate) mod copy;
 pub(crate) mod drivers;
+pub mod fstab;
 pub(crate) mod network;
 pub(crate) mod new_identity;
 
@@ -50,6 +51,9 @@ pub struct CustomizeOptions {
     pub new_identity: bool,
     pub hostname: Option<String>,
     pub inject_drivers: bool,
+    /// Make `nofail` the fstab entries whose devices will not exist at
+    /// boot ([`fstab`]).
+    pub fix_fstab: bool,
 }
 
 impl CustomizeOptions {
@@ -59,11 +63,12 @@ impl CustomizeOptions {
             && !self.carry_network
             && !self.new_identity
             && self.hostname.is_none()
-            && !self.inject_drivers;
+            && !self.inject_drivers
+            && !self.fix_fstab;
         if nothing {
             return Err(Error::new(
                 ErrorKind::InvalidState,
-                "nothing to do: give --preserve PATH, --carry-network, --new-identity, --hostname NAME or --inject-drivers",
+                "nothing to do: give --preserve PATH, --carry-network, --new-identity, --hostname NAME, --inject-drivers or --fix-fstab",
             ));
         }
         if let Some(h) = &self.hostname {
@@ -198,8 +203,14 @@ pub fn customize(
         report.sha256
     };
 
+    // What the image's fstab may name (its own filesystems and partitions).
+    let ids = if opts.fix_fstab {
+        image_ids(&staged::set_of(state, name)?)?
+    } else {
+        fstab::ImageIds::default()
+    };
     let a = attach::attach(state, name, AttachMode::Direct)?;
-    let edited = edit(name, &rec.instance(), &a.device, opts);
+    let edited = edit(name, &rec.instance(), &a.device, opts, &ids);
     let down = attach::detach(state, name);
     let (filesystem, changes) = edited.map_err(|e| {
         Error::new(
@@ -250,6 +261,7 @@ fn edit(
     instance: &str,
     device: &str,
     opts: &CustomizeOptions,
+    ids: &fstab::ImageIds,
 ) -> Result<(&'static str, Vec<Change>)> {
     let fs =
         test_restore::detect_filesystem(&test_restore::read_head(device)?).ok_or_else(|| {
@@ -268,7 +280,8 @@ fn edit(
     }
     let mnt = PathBuf::from(format!("/run/liverestore/customize-{instance}"));
     test_restore::mount(device, fs, &mnt, false)?;
-    let changed = crate::attach::root_dir::RootDir::open(&mnt).and_then(|root| apply(&root, opts));
+    let changed =
+        crate::attach::root_dir::RootDir::open(&mnt).and_then(|root| apply(&root, opts, ids));
     // Written back before the unmount returns; syncfs reports errors.
     let synced = std::fs::File::open(&mnt)
         .and_then(|f| rustix::fs::syncfs(&f).map_err(Into::into))
@@ -285,6 +298,7 @@ fn edit(
 pub fn apply(
     root: &crate::attach::root_dir::RootDir,
     opts: &CustomizeOptions,
+    ids: &fstab::ImageIds,
 ) -> Result<Vec<Change>> {
     let mut changes = Vec::new();
     if opts.new_identity {
@@ -298,6 +312,9 @@ pub fn apply(
     if opts.inject_drivers {
         changes.extend(drivers::inject(&opts.source_root, root)?);
     }
+    if opts.fix_fstab {
+        changes.extend(fix_fstab(root, ids)?);
+    }
     for p in &opts.preserve {
         let c = copy::preserve(&opts.source_root, p, root)?;
         let mut detail = format!(
@@ -310,4 +327,56 @@ pub fn apply(
         changes.push(Change::new("preserved", p, &detail));
     }
     Ok(changes)
+}
+
+/// `--fix-fstab`: the entries of the image's `/etc/fstab` whose devices
+/// will not exist at its boot get `nofail`; the file keeps its owner and
+/// mode, and every other byte.
+fn fix_fstab(
+    root: &crate::attach::root_dir::RootDir,
+    ids: &fstab::ImageIds,
+) -> Result<Vec<Change>> {
+    let path = std::path::Path::new("/etc/fstab");
+    let Some(bytes) = root.read(path)? else {
+        return Ok(Vec::new());
+    };
+    let text = String::from_utf8_lossy(&bytes);
+    let risky = fstab::at_risk(&text, ids);
+    if risky.is_empty() {
+        return Ok(Vec::new());
+    }
+    let lines: Vec<usize> = risky.iter().map(|r| r.line).collect();
+    let meta = root
+        .meta(path)?
+        .unwrap_or(crate::attach::root_dir::Meta::root(0o644));
+    root.write(path, fstab::with_nofail(&text, &lines).as_bytes(), meta)?;
+    let what: Vec<String> = risky.iter().map(ToString::to_string).collect();
+    Ok(vec![Change::new(
+        "fstab",
+        path,
+        &format!("nofail: {}", what.join(", ")),
+    )])
+}
+
+/// What identifies the filesystems and partitions of the staged images
+/// `set` (a whole-disk image's partitions, or one image): read from each
+/// one's first 4 KiB through its map, and from its partition entry.
+pub fn image_ids(set: &[crate::store::record::StagingRecord]) -> Result<fstab::ImageIds> {
+    let mut ids = fstab::ImageIds::default();
+    for rec in set {
+        if let Some(e) = rec.image.partition.as_ref().and_then(|p| p.entry()) {
+            ids.partuuids.extend(e.guid.clone());
+            ids.partlabels.extend(e.label.clone());
+        }
+        let checked = staged::revalidate(rec)?;
+        let reader = DiskReader::open(&checked.target.disk_path, rec.image_map()?)?;
+        let mut head =
+            crate::map::disk_io::AlignedBuf::new(4096.min(rec.image.size as usize).max(512));
+        let len = head.len() - head.len() % 512;
+        reader.read_at(0, &mut head[..len])?;
+        let (uuid, label) = fstab::ids_of_head(&head);
+        ids.uuids.extend(uuid);
+        ids.labels.extend(label);
+    }
+    Ok(ids)
 }

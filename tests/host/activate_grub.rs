@@ -26,6 +26,12 @@ fn system_image(dir: &Path) -> PathBuf {
     std::fs::write(tree.join(format!("boot/initrd.img-{VERSION}")), b"INITRD").unwrap();
     std::fs::create_dir_all(tree.join("etc")).unwrap();
     std::fs::write(tree.join("etc/hostname"), "restored\n").unwrap();
+    // the source machine's ESP, which this machine has not got
+    std::fs::write(
+        tree.join("etc/fstab"),
+        "UUID=ABCD-1234 /boot/efi vfat umask=0077 0 1\n",
+    )
+    .unwrap();
     let img = dir.join("system.ext4");
     mkfs_ext4_from(&tree, &img, 32);
     img
@@ -130,6 +136,12 @@ fn grub_activation_on_a_live_ext4() {
     if !Path::new("/sys/firmware/efi").exists() {
         assert!(stderr.contains("falling back to GRUB"), "{stderr}");
     }
+    assert!(
+        stderr.contains(
+            "/etc/fstab names devices it will not find at boot: /boot/efi (UUID=ABCD-1234, line 1)"
+        ) && stderr.contains("customize sys --fix-fstab"),
+        "{stderr}"
+    );
 
     // The files, where GRUB reads them.
     let files = mnt.join("boot/liverestore/sys");

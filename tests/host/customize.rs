@@ -38,6 +38,12 @@ fn system_image(dir: &Path) -> PathBuf {
         "[Match]\nName=en*\n[Network]\nDHCP=yes\n",
     );
     w("srv/data/unrelated", "stays\n");
+    // The source machine's ESP and swap, by identities this machine does
+    // not have; the root line is the image's own (liverestore provides it).
+    w(
+        "etc/fstab",
+        "LABEL=imgroot / ext4 defaults 0 1\nUUID=ABCD-1234 /boot/efi vfat umask=0077 0 1\nUUID=2222bbbb-0000-0000-0000-000000000002 none swap sw 0 0\ntmpfs /tmp tmpfs defaults 0 0\n",
+    );
     std::fs::create_dir_all(tree.join("var/lib/dbus")).unwrap();
     symlink("/etc/machine-id", tree.join("var/lib/dbus/machine-id")).unwrap();
     // /etc/motd -> /etc/hostname: writing "through" it from the host
@@ -107,6 +113,7 @@ echo "secret=$(cat opt/site/secret.key) $(stat -c %a opt/site/secret.key)"
 echo "app_mode=$(stat -c %a opt/site/conf/app.ini)"
 echo "current=$(readlink opt/site/current)"
 echo "unrelated=$(cat srv/data/unrelated)"
+echo "fstab=$(tr '\n' '|' < etc/fstab)"
 "#;
 
 #[test]
@@ -148,6 +155,7 @@ fn customize_changes_the_staged_system_and_nothing_else() {
         "--hostname",
         "web-7.example.org",
         "--carry-network",
+        "--fix-fstab",
         "--preserve",
         "/opt/site",
         "--source-root",
@@ -176,6 +184,7 @@ fn customize_changes_the_staged_system_and_nothing_else() {
             "hostname",
             "network",
             "network",
+            "fstab",
             "preserved"
         ],
         "{r}"
@@ -189,7 +198,17 @@ fn customize_changes_the_staged_system_and_nothing_else() {
     let info = cli.json(&["info", "cust", "--json"]);
     let c = &info["record"]["image"]["customized"][0];
     assert_eq!(c["sha256_before"], staged_sha.as_str(), "{info}");
-    assert_eq!(c["change_count"], 7);
+    assert_eq!(c["change_count"], 8);
+    let fstab_change = r["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["what"] == "fstab")
+        .unwrap();
+    assert_eq!(
+        fstab_change["detail"],
+        "nofail: /boot/efi (UUID=ABCD-1234, line 2), none (UUID=2222bbbb-0000-0000-0000-000000000002, line 3)"
+    );
     assert!(info["record"]["image"].get("customizing").is_none());
     let found = cli.json(&["--json", "scan", &disk.dev]);
     assert_eq!(found["headers"][0]["valid"], true, "{found}");
@@ -212,6 +231,10 @@ fn customize_changes_the_staged_system_and_nothing_else() {
         ("app_mode", "640"),
         ("current", "conf/app.ini"),
         ("unrelated", "stays"),
+        (
+            "fstab",
+            "LABEL=imgroot / ext4 defaults 0 1|UUID=ABCD-1234 /boot/efi vfat umask=0077,nofail 0 1|UUID=2222bbbb-0000-0000-0000-000000000002 none swap sw,nofail 0 0|tmpfs /tmp tmpfs defaults 0 0|",
+        ),
     ];
     for (k, v) in expect {
         assert_eq!(got.get(k).map(String::as_str), Some(v), "{k}: {got:?}");

@@ -178,6 +178,28 @@ pub fn find_kernel(root: &RootDir) -> Result<(String, Vec<u8>, Vec<u8>)> {
     Ok((v, kernel, initrd))
 }
 
+/// Say which entries of the restored system's fstab name devices that
+/// will not exist at its boot (systemd would stop in emergency mode), and
+/// how to fix them; nothing is changed here.
+fn warn_about_fstab(
+    members: &[crate::store::record::StagingRecord],
+    fstab: &str,
+    name: &str,
+    progress: &dyn Progress,
+) {
+    let Ok(ids) = crate::customize::image_ids(members) else {
+        return;
+    };
+    let risky = crate::customize::fstab::at_risk(fstab, &ids);
+    if !risky.is_empty() {
+        let what: Vec<String> = risky.iter().map(ToString::to_string).collect();
+        progress.note(&format!(
+            "warning: the restored system's /etc/fstab names devices it will not find at boot: {}; systemd would wait for them and stop in emergency mode. `liverestore customize {name} --fix-fstab` makes them nofail",
+            what.join(", ")
+        ));
+    }
+}
+
 /// The largest kernel liverestore reads from an image (distribution
 /// kernels are 5–15 MiB).
 pub const KERNEL_LIMIT: u64 = 256 << 20;
@@ -308,10 +330,16 @@ pub fn activate(
     let mut why = Vec::new();
     for (i, m) in members.iter().enumerate() {
         progress.note(&format!("looking for a kernel in '{}'", m.name));
-        let kernel =
-            test_restore::with_mounted(state, &m.name, |mnt| find_kernel(&RootDir::open(mnt)?));
+        let kernel = test_restore::with_mounted(state, &m.name, |mnt| {
+            let root = RootDir::open(mnt)?;
+            let fstab = root.read(Path::new("/etc/fstab")).ok().flatten();
+            find_kernel(&root).map(|k| (k, fstab))
+        });
         match kernel {
-            Ok(k) => {
+            Ok((k, fstab)) => {
+                if let Some(text) = fstab {
+                    warn_about_fstab(&members, &String::from_utf8_lossy(&text), name, progress);
+                }
                 found = Some((i, k));
                 break;
             }
