@@ -76,6 +76,92 @@ pub fn describe(target: &HostTarget) -> Result<(HostInfo, DiskInfo)> {
     Ok((host, disk))
 }
 
+/// The identity of the whole disk `dev` (a block device or an image
+/// file): GPT disk GUID, else MBR signature, with its size; `path` is
+/// `dev`; no serial (which [`DiskInfo::same_disk`] then does not compare).
+pub fn disk_identity(dev: &std::path::Path, logical_sector_size: u32) -> Result<DiskInfo> {
+    let file =
+        File::open(dev).map_err(|e| crate::error::Error::io("open a disk", e).with_path(dev))?;
+    let size = crate::sys::ioctl::block_device_size(&file)
+        .or_else(|_| file.metadata().map(|m| m.len()))
+        .map_err(|e| crate::error::Error::io("find the size of a disk", e).with_path(dev))?;
+    let sector0 = crate::map::disk_io::read_raw(dev, 0, 512)?;
+    let mut f = &file;
+    let gpt_guid = gptman::GPT::read_from(&mut f, u64::from(logical_sector_size.max(512)))
+        .ok()
+        .map(|g| uuid::Uuid::from_bytes_le(g.header.disk_guid).to_string());
+    let mbr_signature = gpt_guid
+        .is_none()
+        .then(|| mbr_signature(&sector0))
+        .flatten();
+    Ok(DiskInfo {
+        path: dev.display().to_string(),
+        size,
+        logical_sector_size,
+        physical_sector_size: logical_sector_size,
+        gpt_guid,
+        mbr_signature,
+        serial: None,
+    })
+}
+
+/// The disk `info` describes, found by its identity among the whole disks
+/// the kernel has now (`/sys/block`), under the name it has now: exactly
+/// one must match, else [`crate::ErrorKind::NotFound`] (the disk is gone,
+/// or two disks claim the same identity: a clone).
+pub fn find_disk(info: &DiskInfo) -> Result<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let dir = std::fs::read_dir("/sys/block")
+        .map_err(|e| crate::error::Error::io("list the disks (/sys/block)", e))?;
+    for entry in dir.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if ["dm-", "ram", "zram", "sr", "md", "nbd"]
+            .iter()
+            .any(|p| name.starts_with(p))
+        {
+            continue;
+        }
+        let sectors: u64 = std::fs::read_to_string(entry.path().join("size"))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
+        if sectors * 512 != info.size {
+            continue;
+        }
+        let dev = std::path::Path::new("/dev").join(&name);
+        if let Ok(candidate) = disk_identity(&dev, info.logical_sector_size)
+            && candidate.same_disk(info)
+        {
+            found.push(dev);
+        }
+    }
+    match found.len() {
+        1 => Ok(found.remove(0)),
+        0 => Err(crate::error::Error::new(
+            crate::ErrorKind::NotFound,
+            format!(
+                "the disk (GPT {}, MBR {}, {} bytes; called {} before) is not attached now",
+                info.gpt_guid.as_deref().unwrap_or("-"),
+                info.mbr_signature.as_deref().unwrap_or("-"),
+                info.size,
+                info.path
+            ),
+        )),
+        _ => Err(crate::error::Error::new(
+            crate::ErrorKind::NotFound,
+            format!(
+                "several disks have the identity of {} ({}): a clone? refusing to guess",
+                info.path,
+                found
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

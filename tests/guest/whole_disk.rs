@@ -6,8 +6,10 @@
 //! own files. Native: staged whole into free space (`--contiguous`), each
 //! partition gets a GPT entry with the type, name and partition GUID it had
 //! in the image; the restored system runs from `/dev/vda3` and finds its
-//! ESP on `/dev/vda4`. Back in the old system, `discard` is refused while
-//! the set is activated; `rollback`, then `discard`, leave nothing.
+//! ESP on `/dev/vda4`. Back in the old system the trial is over, so
+//! `discard` alone cleans it up (as `rollback` does: the boot entry, the
+//! files, the partition entries, on the disk found by its identity) and
+//! leaves nothing.
 
 use std::path::Path;
 
@@ -99,12 +101,16 @@ case $n in
   ;;
 2)
   echo "LR next_2=$(next)"
+  echo "LR trial_ended_2=$(liverestore --json status | grep -o '"trial_ended":[a-z]*' | cut -d: -f2)"
+  # the trial is over: discard first cleans it up as rollback does (the
+  # boot entry, the files, a native boot's partition entries, found on
+  # the disk by its identity), says so, then discards
   set +e
-  liverestore discard web >/dev/null 2>&1
-  echo "LR discard_activated=$?"
+  liverestore discard web >/dev/null 2>/tmp/discard.err
+  echo "LR discard_after_trial=$?"
   set -e
-  liverestore rollback >/dev/null
-  liverestore discard web >/dev/null
+  echo "LR discard_said=$(grep -c 'ended without a commit' /tmp/discard.err)"
+  echo "LR entries_left=$(sgdisk -p /dev/vda | grep -c -E '^ +[34] ' || true)"
   echo "LR left=$(liverestore --json list | grep -c '"name"' || true)"
   echo "LR containers_left=$(ls /mnt/host | grep -c liverestore || true)"
   echo "LR esp_left=$(ls /mnt/esp | grep -c liverestore || true)"
@@ -207,7 +213,10 @@ fn assert_set_booted(run: &crate::common::vm::GuestRun) {
         ("restored", "restored-system"),
         ("esp_marker", "the image's own ESP"),
         ("next_2", "old system (the firmware's BootOrder)"),
-        ("discard_activated", "22"),
+        ("trial_ended_2", "true"),
+        ("discard_after_trial", "0"),
+        ("discard_said", "1"),
+        ("entries_left", "0"),
         ("left", "0"),
         ("containers_left", "0"),
         ("esp_left", "0"),

@@ -589,10 +589,25 @@ fn native_activation(mbr: bool) {
     assert!(!custom.contains("rdinit"), "{custom}");
     let initrd = std::fs::read(mnt.join("boot/liverestore/sys/initrd.img")).unwrap();
     assert_eq!(initrd, b"INITRD");
+    // The disk is renamed before the rollback (as after a reboot that
+    // swapped sda and sdb), its old name now another, blank disk's:
+    // rollback finds it by its identity and leaves the other one alone.
+    let old_dev = disk.dev.clone();
+    let placeholder = disk.reattach_renamed(t.path());
+    let part = format!("{}p2", disk.dev);
+    assert!(Path::new(&part).exists(), "{part}: the entry, seen anew");
+    let before = before.replace(&old_dev, &disk.dev);
     // rollback: out of the kernel and the table; the table as it was
     cli.expect(0, &["rollback"]);
     assert!(!Path::new(&part).exists(), "the kernel forgot {part}");
     assert_eq!(table_text(&disk.dev, mbr), before);
+    assert!(
+        std::fs::read(t.path().join("blank.img"))
+            .unwrap()
+            .iter()
+            .all(|&b| b == 0),
+        "nothing written to the disk that has the old name"
+    );
     // --boot mapped on the same staging: no partition
     let out = cli.json(&[
         "--json",
@@ -611,6 +626,7 @@ fn native_activation(mbr: bool) {
     assert_eq!(table_text(&disk.dev, mbr), before);
     cli.expect(0, &["rollback"]);
     cli.expect(0, &["discard", "sys"]);
+    drop(placeholder);
     disk.unmount();
     assert!(disk.fsck_clean());
 }

@@ -21,7 +21,12 @@ use crate::store::record::StagingRecord;
 pub struct NativeBoot {
     /// The staging it covers.
     pub staging: String,
+    /// The disk's name at activation (for messages).
     pub disk: String,
+    /// The disk's identity: `rollback` finds the disk by it, under
+    /// whatever name it has then (None in records of older versions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_identity: Option<crate::store::record::DiskInfo>,
     pub sector_size: u64,
     pub kind: EntryKind,
     pub partition: PartitionEntry,
@@ -38,6 +43,10 @@ impl NativeBoot {
         NativeBoot {
             staging: rec.name.clone(),
             disk: disk.display().to_string(),
+            disk_identity: Some(crate::store::record::DiskInfo {
+                path: disk.display().to_string(),
+                ..rec.disk.clone()
+            }),
             sector_size,
             kind,
             partition,
@@ -237,7 +246,13 @@ pub fn disarm(entries: &[NativeBoot]) -> Result<()> {
     let Some(first) = entries.first() else {
         return Ok(());
     };
-    let disk = Path::new(&first.disk);
+    // The disk by its identity, under the name it has now: a name kept
+    // from the activation may belong to another disk after a reboot.
+    let found = match &first.disk_identity {
+        Some(id) => crate::space::identity::find_disk(id)?,
+        None => std::path::PathBuf::from(&first.disk),
+    };
+    let disk = found.as_path();
     for n in entries {
         partition_entry::kernel_remove(disk, &n.partition)?;
     }
