@@ -652,7 +652,10 @@ pub struct Committed {
 /// Make the running restored system the default (run in it). Its own
 /// on-disk header (where the command line says it is) says what the
 /// activation was: the boot entry to make the default must be that one.
-pub fn commit(_state: &StateLock<'_>) -> Result<Committed> {
+/// `_lock` (the restored system's own state directory's) keeps a second
+/// `commit` or `rollback` from changing the boot entries at the same time;
+/// no state file is written.
+pub fn commit(_lock: &StateLock<'_>) -> Result<Committed> {
     crate::stage::plan::require_root()?;
     let via = booted_via().ok_or_else(not_restored)?;
     let note = restored::own_note()?;
