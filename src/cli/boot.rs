@@ -112,10 +112,13 @@ impl ActivateArgs {
             append: self.append.as_deref(),
             helper: self.helper.as_deref(),
         };
-        let state = cx.lock()?;
-        activate::clean_up_ended_trial(&state, cx.progress.as_ref())?;
         Ok(ActivateReport {
-            activation: activate::activate(&state, &self.name, &opts, cx.progress.as_ref())?,
+            activation: activate::activate(
+                &cx.lock_after_ended_trial()?,
+                &self.name,
+                &opts,
+                cx.progress.as_ref(),
+            )?,
             rebooting: self.reboot,
         })
     }

@@ -140,6 +140,15 @@ impl Context {
         crate::stage::plan::require_root()?;
         self.state.lock()
     }
+
+    /// [`Context::lock`] for a command that starts something new (`stage`,
+    /// `discard`, `activate`): a trial that ended without a commit is
+    /// cleaned up first, as `rollback` does, and a note says so.
+    pub fn lock_after_ended_trial(&self) -> Result<crate::store::state_dir::StateLock<'_>> {
+        let state = self.lock()?;
+        crate::boot::activate::clean_up_ended_trial(&state, self.progress.as_ref())?;
+        Ok(state)
+    }
 }
 
 /// Run `args` and render what it reports (or its error); the exit code.
@@ -147,12 +156,10 @@ fn finish<R: Report>(name: &str, cx: &Context, report: Result<R>) -> u8 {
     match report {
         Ok(r) => {
             let code = render(name, cx.json, &r);
+            // The result line is out: an error now goes to stderr only.
             match r.after_render() {
                 Ok(()) => code,
-                Err(e) => {
-                    eprintln!("liverestore: error: {e}");
-                    e.kind().exit_code() as u8
-                }
+                Err(e) => render_error(name, false, &e),
             }
         }
         Err(e) => render_error(name, cx.json, &e),

@@ -250,8 +250,7 @@ pub struct StageReport {
 impl StageArgs {
     pub fn run(self, cx: &Context) -> Result<StageReport> {
         let progress = cx.progress.as_ref();
-        let state = cx.lock()?;
-        crate::boot::activate::clean_up_ended_trial(&state, progress)?;
+        let state = cx.lock_after_ended_trial()?;
         let recs = match (self.resume, self.name) {
             (Some(_), _) if !self.space.dir.is_empty() || self.space.unallocated => {
                 return Err(Error::new(
@@ -591,11 +590,11 @@ pub struct DiscardReport {
 impl DiscardArgs {
     pub fn run(self, cx: &Context) -> Result<DiscardReport> {
         Ok(DiscardReport {
-            discarded: {
-                let state = cx.lock()?;
-                crate::boot::activate::clean_up_ended_trial(&state, cx.progress.as_ref())?;
-                crate::stage::staged::discard_named(&state, &self.name, self.force)?
-            },
+            discarded: crate::stage::staged::discard_named(
+                &cx.lock_after_ended_trial()?,
+                &self.name,
+                self.force,
+            )?,
         })
     }
 }

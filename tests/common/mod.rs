@@ -663,6 +663,21 @@ impl Cli {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// `stage IMAGE --name NAME --dir DIR`, which must succeed; its stdout.
+    pub fn stage(&self, image: &Path, name: &str, dir: &Path) -> String {
+        self.expect(
+            0,
+            &[
+                "stage",
+                image.to_str().unwrap(),
+                "--name",
+                name,
+                "--dir",
+                dir.to_str().unwrap(),
+            ],
+        )
+    }
+
     /// Run and assert the exit code; returns stderr (where errors go).
     pub fn expect_err(&self, code: i32, args: &[&str]) -> String {
         let out = self.run(args);

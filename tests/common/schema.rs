@@ -209,11 +209,65 @@ mod tests {
         bad(json!([1]));
     }
 
+    /// Every keyword of every subschema (not only those one instance
+    /// reaches) is one [`super::check`] knows.
+    fn walk(schema: &serde_json::Value, found: &mut Vec<String>) {
+        let Some(o) = schema.as_object() else { return };
+        for (k, v) in o {
+            found.push(k.clone());
+            match k.as_str() {
+                "properties" | "$defs" => {
+                    v.as_object().unwrap().values().for_each(|s| walk(s, found))
+                }
+                "oneOf" | "allOf" => v.as_array().unwrap().iter().for_each(|s| walk(s, found)),
+                "items" | "if" | "then" => walk(v, found),
+                _ => {}
+            }
+        }
+    }
+
     #[test]
     fn the_envelope_schema_uses_only_checked_keywords() {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/json-output.schema.json");
         let schema: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let mut found = Vec::new();
+        walk(&schema, &mut found);
+        let known = [
+            "$schema",
+            "$id",
+            "title",
+            "description",
+            "$defs",
+            "type",
+            "const",
+            "enum",
+            "required",
+            "properties",
+            "additionalProperties",
+            "items",
+            "minItems",
+            "minimum",
+            "maximum",
+            "oneOf",
+            "allOf",
+            "if",
+            "then",
+            "$ref",
+        ];
+        let unknown: Vec<&String> = found
+            .iter()
+            .filter(|k| !known.contains(&k.as_str()))
+            .collect();
+        assert!(
+            unknown.is_empty(),
+            "keywords schema.rs does not check: {unknown:?}"
+        );
+        assert!(
+            found.len() > 300,
+            "the walk reached every subschema: {}",
+            found.len()
+        );
         for v in [
             json!({"event": "note", "message": "m"}),
             json!({"event": "progress", "phase": "write", "done": 1, "total": 2}),

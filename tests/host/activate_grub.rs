@@ -106,17 +106,7 @@ fn grub_activation_on_a_live_ext4() {
     );
     let user_custom = "menuentry 'my own entry' { true }\n";
     std::fs::write(g.join("custom.cfg"), user_custom).unwrap();
-    cli.expect(
-        0,
-        &[
-            "stage",
-            img.to_str().unwrap(),
-            "--name",
-            "sys",
-            "--dir",
-            mnt.to_str().unwrap(),
-        ],
-    );
+    cli.stage(&img, "sys", &mnt);
     let before = tree_hashes(&mnt.join("boot"));
 
     let helper = helper();
@@ -365,17 +355,7 @@ fn grub_activation_refusals() {
     let cli = Cli::new(t.path());
     let img = system_image(t.path());
     let mnt = disk.mnt.clone();
-    cli.expect(
-        0,
-        &[
-            "stage",
-            img.to_str().unwrap(),
-            "--name",
-            "sys",
-            "--dir",
-            mnt.to_str().unwrap(),
-        ],
-    );
+    cli.stage(&img, "sys", &mnt);
     let helper = helper();
     let activate = |g: &Path| {
         cli.expect_err(
@@ -427,17 +407,7 @@ fn grub_activation_refusals() {
     std::fs::create_dir_all(&ok).unwrap();
     std::fs::write(ok.join("grub.cfg"), crate::common::vm::debian_grub_cfg("")).unwrap();
     let bare = ext4_image(t.path(), "bare.ext4", 16, &[]);
-    cli.expect(
-        0,
-        &[
-            "stage",
-            bare.to_str().unwrap(),
-            "--name",
-            "bare",
-            "--dir",
-            mnt.to_str().unwrap(),
-        ],
-    );
+    cli.stage(&bare, "bare", &mnt);
     let ok_str = ok.to_str().unwrap();
     let err = cli.expect_err(
         17,

@@ -35,17 +35,7 @@ fn read_only_attach_without_device_mapper_uses_fuse() {
     image[4 * MIB as usize..9 * MIB as usize].fill(0);
     let img = t.path().join("image.raw");
     std::fs::write(&img, &image).unwrap();
-    cli.expect(
-        0,
-        &[
-            "stage",
-            img.to_str().unwrap(),
-            "--name",
-            "ro",
-            "--dir",
-            disk.mnt.to_str().unwrap(),
-        ],
-    );
+    cli.stage(&img, "ro", &disk.mnt);
 
     let _guard = Detach(&cli, "ro");
     let out = cli.json(&["--json", "attach", "ro"]);

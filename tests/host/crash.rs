@@ -94,17 +94,7 @@ fn crash_while_allocating_is_discardable() {
     let cli = Cli::new(t.path());
     let img = t.path().join("a.img");
     std::fs::write(&img, random_bytes((4 * MIB) as usize, 1)).unwrap();
-    cli.expect(
-        0,
-        &[
-            "stage",
-            img.to_str().unwrap(),
-            "--name",
-            "a",
-            "--dir",
-            disk.mnt.to_str().unwrap(),
-        ],
-    );
+    cli.stage(&img, "a", &disk.mnt);
     let mut rec = cli.json(&["info", "a", "--json"])["record"].clone();
     cli.expect(0, &["discard", "a"]);
 

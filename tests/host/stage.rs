@@ -45,17 +45,7 @@ fn stage_and_prove_nothing_stray(fs: Fs) {
     assert_eq!(plan["disk"], disk.dev.as_str());
     assert_eq!(plan["partition_start"], disk.part_start);
 
-    cli.expect(
-        0,
-        &[
-            "stage",
-            img.to_str().unwrap(),
-            "--name",
-            "sys",
-            "--dir",
-            dir.to_str().unwrap(),
-        ],
-    );
+    cli.stage(&img, "sys", &dir);
     let map = cli.json(&["map", "sys", "--json"]);
     assert_eq!(map["name"], "sys");
     assert_eq!(map["disk"], disk.dev.as_str());
@@ -235,18 +225,7 @@ fn a_staging_follows_its_disk_to_a_new_name() {
     let image = random_bytes(8 * MIB as usize, 21);
     let img = t.path().join("moved.img");
     std::fs::write(&img, &image).unwrap();
-    let mnt = disk.mnt.to_str().unwrap().to_string();
-    cli.expect(
-        0,
-        &[
-            "stage",
-            img.to_str().unwrap(),
-            "--name",
-            "moved",
-            "--dir",
-            &mnt,
-        ],
-    );
+    cli.stage(&img, "moved", &disk.mnt);
     let old_name = disk.dev.clone();
     assert_eq!(
         cli.json(&["--json", "map", "moved"])["disk"],
@@ -278,17 +257,7 @@ fn a_staging_follows_its_disk_to_a_new_name() {
     // still whole; then both go.
     let second = t.path().join("second.img");
     std::fs::write(&second, random_bytes(4 * MIB as usize, 22)).unwrap();
-    cli.expect(
-        0,
-        &[
-            "stage",
-            second.to_str().unwrap(),
-            "--name",
-            "second",
-            "--dir",
-            &mnt,
-        ],
-    );
+    cli.stage(&second, "second", &disk.mnt);
     cli.expect(0, &["verify", "moved"]);
     assert_eq!(
         cli.json(&["--json", "map", "second"])["disk"],

@@ -746,10 +746,7 @@ pub fn status(state: &StateDir) -> Result<Status> {
     }
     // Known only when the boot loader's state could be read: an
     // unreadable one (no efivarfs) leaves the activation alone.
-    let readable = s.grub_next_entry.is_some()
-        || s.grub_default.is_some()
-        || s.loader == "grub"
-        || !s.boot_order.is_empty();
+    let readable = s.loader == "grub" || !s.boot_order.is_empty();
     s.trial_ended = !s.booted_restored
         && readable
         && s.activation.is_some()
