@@ -20,7 +20,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::boot::plan::{BootPlan, DM_NAME};
+use crate::boot::plan::{BootPlan, DM_NAME, DM_UUID_PREFIX};
 use crate::error::{Error, ErrorKind, Result};
 use crate::{boot::initrd, store::header, sys::dm, sys::kmod};
 
@@ -36,6 +36,9 @@ pub const FAILURE_PAUSE: Duration = Duration::from_secs(10);
 pub struct BootParams {
     pub disk_wait: Duration,
     pub failure_pause: Duration,
+    /// The trial's deadline (`liverestore.deadline=SECONDS`): the
+    /// watchdog is armed with it.
+    pub deadline: Option<Duration>,
 }
 
 impl BootParams {
@@ -46,6 +49,7 @@ impl BootParams {
         let mut p = BootParams {
             disk_wait: DISK_WAIT,
             failure_pause: FAILURE_PAUSE,
+            deadline: None,
         };
         for word in cmdline.split_whitespace() {
             let Some((key, value)) = word.split_once('=') else {
@@ -57,6 +61,9 @@ impl BootParams {
             match key {
                 "liverestore.disk_wait" => p.disk_wait = Duration::from_secs(secs),
                 "liverestore.failure_pause" => p.failure_pause = Duration::from_secs(secs),
+                "liverestore.deadline" => {
+                    p.deadline = (secs > 0).then(|| Duration::from_secs(secs));
+                }
                 _ => {}
             }
         }
@@ -78,6 +85,22 @@ pub fn run() -> ! {
     let err = match assemble(&mut mounted, &mut params) {
         Ok(dev) => {
             eprintln!("liverestore: the staged image is {}", dev.display());
+            let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+            if params.deadline.is_some()
+                && let Err(e) = load_our_modules()
+            {
+                eprintln!("liverestore: warning: {e}");
+            }
+            if params.deadline.is_some() && committed(&mut mounted, &cmdline) {
+                eprintln!("liverestore: committed: no trial deadline");
+            } else if let Some(deadline) = params.deadline {
+                match arm_deadline(deadline) {
+                    Ok(secs) => eprintln!(
+                        "liverestore: trial deadline armed: unless the restored system runs `liverestore commit` within {secs} s, the watchdog resets the machine (back to the previous system)"
+                    ),
+                    Err(e) => eprintln!("liverestore: warning: no trial deadline: {e}"),
+                }
+            }
             for m in mounted.iter().rev() {
                 let _ = rustix::mount::unmount(*m, rustix::mount::UnmountFlags::DETACH);
             }
@@ -101,13 +124,84 @@ pub fn run() -> ! {
     }
 }
 
+/// Whether this boot is the committed system's default one (see
+/// [`crate::boot::activate::committed_boot`]); efivarfs is mounted for it
+/// where there is UEFI.
+fn committed(mounted: &mut Vec<&'static str>, cmdline: &str) -> bool {
+    const EFIVARS: &str = crate::sys::efivars::EFIVARS;
+    if Path::new("/sys/firmware/efi").exists()
+        && !is_mount_point(Path::new(EFIVARS))
+        && rustix::mount::mount(
+            "efivarfs",
+            EFIVARS,
+            "efivarfs",
+            rustix::mount::MountFlags::empty(),
+            None,
+        )
+        .is_ok()
+    {
+        mounted.push(EFIVARS);
+    }
+    crate::boot::activate::committed_boot(cmdline)
+}
+
+/// Load softdog and efivarfs: from the restored initrd's module tree
+/// where it has them, else what `activate` put in `/lr/modules` (in load
+/// order), each unless loaded or built in; the first failure is
+/// returned, the rest still tried.
+fn load_our_modules() -> Result<()> {
+    // the restored initrd's own, where it has them
+    let release = rustix::system::uname()
+        .release()
+        .to_string_lossy()
+        .into_owned();
+    let tree = Path::new("/lib/modules").join(&release);
+    if tree.join("modules.dep").exists() {
+        for name in ["softdog", "efivarfs"] {
+            let _ = kmod::load(&tree, &[name.to_string()]);
+        }
+    }
+    let Ok(dir) = std::fs::read_dir("/lr/modules") else {
+        return Ok(());
+    };
+    let mut files: Vec<PathBuf> = dir.flatten().map(|e| e.path()).collect();
+    files.sort();
+    let mut first_error = None;
+    for f in &files {
+        if let Err(e) = kmod::load_file(f) {
+            first_error.get_or_insert(e);
+        }
+    }
+    first_error.map_or(Ok(()), Err)
+}
+
+/// Arm the watchdog for `deadline` (see [`crate::sys::watchdog::arm`]).
+fn arm_deadline(deadline: Duration) -> Result<u32> {
+    if !Path::new(crate::sys::watchdog::DEVICE).exists() {
+        return Err(Error::new(
+            ErrorKind::KernelLacks,
+            "no watchdog: the kernel has none, and the image no softdog module",
+        ));
+    }
+    let secs = u32::try_from(deadline.as_secs()).unwrap_or(u32::MAX);
+    crate::sys::watchdog::arm(secs)
+}
+
+/// Mount what is not mounted yet. /dev counts as mounted only when it is
+/// a mount point of its own: dracut's initrds carry a few static nodes
+/// (`/dev/null`, `/dev/console`, …) in a plain /dev, where the disks'
+/// nodes never appear.
 fn mount_missing(mounted: &mut Vec<&'static str>) -> Result<()> {
     for (fs, dir, probe) in [
-        ("proc", "/proc", "/proc/self"),
-        ("sysfs", "/sys", "/sys/block"),
-        ("devtmpfs", "/dev", "/dev/null"),
+        ("proc", "/proc", Some("/proc/self")),
+        ("sysfs", "/sys", Some("/sys/block")),
+        ("devtmpfs", "/dev", None),
     ] {
-        if Path::new(probe).exists() {
+        let there = match probe {
+            Some(probe) => Path::new(probe).exists(),
+            None => is_mount_point(Path::new(dir)),
+        };
+        if there {
             continue;
         }
         let _ = std::fs::create_dir_all(dir);
@@ -149,14 +243,14 @@ fn assemble(mounted: &mut Vec<&'static str>, params: &mut BootParams) -> Result<
     );
     let info = dm::create(
         DM_NAME,
-        &format!("liverestore-boot-{}", plan.id),
+        &format!("{DM_UUID_PREFIX}{}", plan.id),
         &plan.table(&dev_t),
         false,
     )?;
     // The image's other partitions, each checked by its own header.
     let node = Path::new("/dev").join(&name);
     for c in &plan.companions {
-        if !holds_header(&node, c.header_offset, c.id) {
+        if !holds_header(&node, c.header_offset, c.id)? {
             return Err(Error::new(
                 ErrorKind::MapChanged,
                 format!(
@@ -167,7 +261,7 @@ fn assemble(mounted: &mut Vec<&'static str>, params: &mut BootParams) -> Result<
         }
         dm::create(
             &c.dm_name,
-            &format!("liverestore-boot-{}", c.id),
+            &format!("{DM_UUID_PREFIX}{}", c.id),
             &c.table(&dev_t),
             false,
         )?;
@@ -180,12 +274,20 @@ fn assemble(mounted: &mut Vec<&'static str>, params: &mut BootParams) -> Result<
     Ok(info.path())
 }
 
+/// Whether `dir` is a mount point (another filesystem than its parent's).
+fn is_mount_point(dir: &Path) -> bool {
+    let parent = dir.parent().unwrap_or(Path::new("/"));
+    match (rustix::fs::stat(dir), rustix::fs::stat(parent)) {
+        (Ok(d), Ok(p)) => d.st_dev != p.st_dev,
+        _ => false,
+    }
+}
+
 /// Whether `disk` holds, at `offset`, the header block 0 of staging `id`
-/// (written for that offset).
-fn holds_header(disk: &Path, offset: u64, id: uuid::Uuid) -> bool {
-    crate::map::disk_io::read_raw(disk, offset, header::BLOCK0_SIZE)
-        .and_then(|b| header::decode_block0(&b))
-        .is_ok_and(|b0| b0.id == id && b0.self_disk_offset == offset)
+/// (written for that offset); an error when it cannot be read at all.
+fn holds_header(disk: &Path, offset: u64, id: uuid::Uuid) -> Result<bool> {
+    let block = crate::map::disk_io::read_raw(disk, offset, header::BLOCK0_SIZE)?;
+    Ok(header::decode_block0(&block).is_ok_and(|b0| b0.id == id && b0.self_disk_offset == offset))
 }
 
 /// The disk holding the plan's staging: name and "major:minor".
@@ -209,12 +311,14 @@ fn find_disk(plan: &BootPlan, wait: Duration) -> Result<(String, String)> {
             if sectors * 512 != plan.disk_size {
                 continue;
             }
-            if !seen.contains(&name) {
-                seen.push(name.clone());
-            }
-            if holds_header(&Path::new("/dev").join(&name), plan.header_offset, plan.id) {
-                return Ok((name, read("dev").trim().to_string()));
-            }
+            let said =
+                match holds_header(&Path::new("/dev").join(&name), plan.header_offset, plan.id) {
+                    Ok(true) => return Ok((name, read("dev").trim().to_string())),
+                    Ok(false) => name.clone(),
+                    Err(e) => format!("{name} ({e})"),
+                };
+            seen.retain(|s: &String| s != &name && !s.starts_with(&format!("{name} (")));
+            seen.push(said);
         }
         if start.elapsed() > wait {
             return Err(Error::new(
@@ -247,5 +351,10 @@ mod tests {
         assert_eq!(p.failure_pause, FAILURE_PAUSE);
         let p = BootParams::from_cmdline("liverestore.failure_pause=0 liverestore.disk_wait=x");
         assert_eq!((p.disk_wait, p.failure_pause), (DISK_WAIT, Duration::ZERO));
+        assert_eq!(p.deadline, None, "no deadline unless asked");
+        let arg = crate::boot::activate::DEADLINE_ARG;
+        let p = BootParams::from_cmdline(&format!("rw {arg}1800 quiet"));
+        assert_eq!(p.deadline, Some(Duration::from_secs(1800)));
+        assert_eq!(BootParams::from_cmdline(&format!("{arg}0")).deadline, None);
     }
 }

@@ -16,6 +16,23 @@ use crate::store::record::StagingRecord;
 /// Where the early-boot program and its plan live in the initramfs.
 pub const INIT_PATH: &str = "/lr/init";
 pub const PLAN_PATH: &str = "/lr/boot.json";
+/// A udev rule the archive adds to the restored initrd (see [`UDEV_RULE`]).
+pub const UDEV_RULE_PATH: &str = "/etc/udev/rules.d/09-liverestore-dm.rules";
+
+/// `/lr/init` creates its device-mapper devices before udev runs, so no
+/// uevent with libdevmapper's cookie reaches udev; at coldplug the
+/// device-mapper rules (`10-dm.rules`, Debian's `55-dm.rules`) then take
+/// them for devices nobody prepared, and disable them: no
+/// `/dev/disk/by-uuid` links, and systemd never sees the device
+/// (`SYSTEMD_READY=0`: a dracut initrd waits for `root=` forever). This
+/// rule, run before those, sets the flag libdevmapper's cookie would set
+/// (`DM_UDEV_PRIMARY_SOURCE_FLAG`), so they are processed like any other
+/// device-mapper device; `db_persist` keeps that in udev's database across
+/// the switch to the real root, whose own coldplug reads it from there.
+pub const UDEV_RULE: &str = r#"# liverestore: the devices its early-boot step (/lr/init) created before
+# udev ran are processed like any other device-mapper device.
+SUBSYSTEM=="block", KERNEL=="dm-[0-9]*", ACTION=="add|change", ATTR{dm/uuid}=="liverestore-boot-*", ENV{DM_UDEV_PRIMARY_SOURCE_FLAG}="1", OPTIONS+="db_persist"
+"#;
 
 /// Whether `elf` is a statically linked executable (no `PT_INTERP`
 /// program header): only such a program can run inside a foreign
@@ -63,9 +80,14 @@ fn entry(out: &mut Vec<u8>, ino: u32, name: &str, mode: u32, data: &[u8]) -> Res
     Ok(())
 }
 
-/// The archive: `/lr` with `init` (the static `helper` executable) and
-/// `boot.json` (`plan`).
-pub fn early_boot_cpio(plan: &BootPlan, helper: &[u8]) -> Result<Vec<u8>> {
+/// The archive: `/lr` with `init` (the static `helper` executable),
+/// `boot.json` (`plan`) and `extra` files (`(name in /lr, contents)`:
+/// the restored kernel's watchdog and efivarfs modules), and [`UDEV_RULE`].
+pub fn early_boot_cpio(
+    plan: &BootPlan,
+    helper: &[u8],
+    extra: &[(String, Vec<u8>)],
+) -> Result<Vec<u8>> {
     if !is_static_elf(helper) {
         return Err(Error::new(
             ErrorKind::InvalidState,
@@ -76,6 +98,37 @@ pub fn early_boot_cpio(plan: &BootPlan, helper: &[u8]) -> Result<Vec<u8>> {
     entry(&mut out, 1, "lr", 0o040755, &[])?;
     entry(&mut out, 2, &INIT_PATH[1..], 0o100755, helper)?;
     entry(&mut out, 3, &PLAN_PATH[1..], 0o100644, &plan.encode())?;
+    let mut ino = 4;
+    let mut dirs: Vec<&str> = Vec::new();
+    for (name, data) in extra {
+        if let Some((dir, _)) = name.rsplit_once('/')
+            && !dirs.contains(&dir)
+        {
+            dirs.push(dir);
+            entry(&mut out, ino, &format!("lr/{dir}"), 0o040755, &[])?;
+            ino += 1;
+        }
+        entry(&mut out, ino, &format!("lr/{name}"), 0o100644, data)?;
+        ino += 1;
+    }
+    // directories that exist already keep what they hold
+    let rule_dir = UDEV_RULE_PATH[1..].rsplit_once('/').map_or("", |(d, _)| d);
+    let mut dir = String::new();
+    for part in rule_dir.split('/') {
+        if !dir.is_empty() {
+            dir.push('/');
+        }
+        dir.push_str(part);
+        entry(&mut out, ino, &dir, 0o040755, &[])?;
+        ino += 1;
+    }
+    entry(
+        &mut out,
+        ino,
+        &UDEV_RULE_PATH[1..],
+        0o100644,
+        UDEV_RULE.as_bytes(),
+    )?;
     cpio::newc::trailer(out).map_err(|e| Error::io("build the early-boot initramfs", e))
 }
 
@@ -96,15 +149,16 @@ pub fn append_early_boot(initrd: &mut Vec<u8>, early: &[u8]) {
 /// the driver modules of the staging's disk, read from sysfs) and the
 /// archive, whose `/lr/init` is `helper` (default: this program).
 pub fn for_staging(rec: &StagingRecord, helper: Option<&Path>) -> Result<(BootPlan, Vec<u8>)> {
-    for_set(rec, &[], helper)
+    for_set(rec, &[], helper, &[])
 }
 
 /// As [`for_staging`], with `others` (partitions of the same whole-disk
-/// image) mapped alongside `root`.
+/// image) mapped alongside `root`, and `extra` files in `/lr`.
 pub fn for_set(
     root: &StagingRecord,
     others: &[StagingRecord],
     helper: Option<&Path>,
+    extra: &[(String, Vec<u8>)],
 ) -> Result<(BootPlan, Vec<u8>)> {
     // The disk's drivers, found in sysfs under the name it has now (found
     // by its identity when the map is derived again).
@@ -122,7 +176,7 @@ pub fn for_set(
     let bytes = std::fs::read(&helper)
         .op(|| "read the early-boot helper".into())
         .map_err(|e| e.with_path(&helper))?;
-    let archive = early_boot_cpio(&plan, &bytes)?;
+    let archive = early_boot_cpio(&plan, &bytes, extra)?;
     Ok((plan, archive))
 }
 
@@ -155,9 +209,13 @@ mod tests {
         let mut rec = crate::store::record::tests::sample_record();
         rec.state = crate::store::record::StagingState::Complete;
         let plan = BootPlan::for_staging(&rec, vec!["dm_mod".into()]).unwrap();
-        assert!(early_boot_cpio(&plan, &elf(true)).is_err());
+        assert!(early_boot_cpio(&plan, &elf(true), &[]).is_err());
         let helper = elf(false);
-        let bytes = early_boot_cpio(&plan, &helper).unwrap();
+        let softdog = vec![(
+            "modules/00-softdog.ko".to_string(),
+            b"\x7fELF module".to_vec(),
+        )];
+        let bytes = early_boot_cpio(&plan, &helper, &softdog).unwrap();
         assert_eq!(bytes.len() % 4, 0, "concatenable");
         let mut rest: &[u8] = &bytes;
         let mut seen = Vec::new();
@@ -172,6 +230,18 @@ mod tests {
             match name.as_str() {
                 "lr/init" => assert_eq!(data, helper),
                 "lr/boot.json" => assert_eq!(BootPlan::decode(&data).unwrap(), plan),
+                "lr/modules/00-softdog.ko" => assert_eq!(data, softdog[0].1),
+                "etc/udev/rules.d/09-liverestore-dm.rules" => {
+                    assert_eq!(data, UDEV_RULE.as_bytes());
+                    let uuid = format!(
+                        "ATTR{{dm/uuid}}==\"{}*\"",
+                        crate::boot::plan::DM_UUID_PREFIX
+                    );
+                    assert!(
+                        UDEV_RULE.contains(&uuid),
+                        "the rule matches the devices /lr/init makes"
+                    );
+                }
                 _ => {}
             }
             seen.push((name, mode & 0o777));
@@ -182,7 +252,13 @@ mod tests {
             [
                 ("lr".into(), 0o755),
                 ("lr/init".into(), 0o755),
-                ("lr/boot.json".into(), 0o644)
+                ("lr/boot.json".into(), 0o644),
+                ("lr/modules".into(), 0o755),
+                ("lr/modules/00-softdog.ko".into(), 0o644),
+                ("etc".into(), 0o755),
+                ("etc/udev".into(), 0o755),
+                ("etc/udev/rules.d".into(), 0o755),
+                ("etc/udev/rules.d/09-liverestore-dm.rules".into(), 0o644)
             ]
         );
     }

@@ -15,6 +15,10 @@ const FORMAT: &str = "liverestore-boot-v1";
 /// Name of the device-mapper device the early-boot step creates; its node
 /// is `/dev/dm-N` (the first dm device at boot is `/dev/dm-0`).
 pub const DM_NAME: &str = "liverestore-root";
+/// What the device-mapper UUID of every device the early-boot step
+/// creates starts with (then the staging's id): udev's rule for them
+/// ([`crate::boot::initrd::UDEV_RULE`]) matches it.
+pub const DM_UUID_PREFIX: &str = "liverestore-boot-";
 
 /// One run of image bytes on the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -92,6 +92,45 @@ pub struct ActivateArgs {
     /// once (sync, then reboot(2), as `reboot -f`).
     #[arg(long)]
     reboot: bool,
+    /// A mapped boot's deadline: unless the restored system runs
+    /// `liverestore commit` within DURATION of its early boot, the
+    /// watchdog (the kernel's softdog, taken from the image) resets the
+    /// machine, which then starts the old system again — a trial that
+    /// hangs (emergency shell, a device it waits for) comes back by
+    /// itself. Seconds, or with s, min, h (90s, 30min, 1h); `none` for
+    /// no deadline. A native boot has none.
+    #[arg(long, value_name = "DURATION", default_value = "30min", value_parser = parse_deadline)]
+    trial_deadline: Deadline,
+}
+
+/// `--trial-deadline`: a duration, or none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deadline(Option<std::time::Duration>);
+
+/// `90`, `90s`, `30min`, `1h`, or `none` (also `0`).
+fn parse_deadline(text: &str) -> std::result::Result<Deadline, String> {
+    let t = text.trim();
+    if t == "none" {
+        return Ok(Deadline(None));
+    }
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let n: u64 = number.parse().map_err(|_| {
+        format!("{text:?}: a number of seconds, or with s, min or h (30min), or none")
+    })?;
+    let secs = match unit {
+        "" | "s" => n,
+        "min" | "m" => n * 60,
+        "h" => n * 3600,
+        _ => return Err(format!("{text:?}: the unit is s, min or h")),
+    };
+    // softdog's longest timeout
+    if secs > 65535 {
+        return Err(format!("{text:?}: at most 65535 s (18 h)"));
+    }
+    Ok(Deadline(
+        (secs > 0).then(|| std::time::Duration::from_secs(secs)),
+    ))
 }
 
 #[derive(Debug, Serialize)]
@@ -111,6 +150,7 @@ impl ActivateArgs {
             image_esp: self.image_esp.as_deref(),
             append: self.append.as_deref(),
             helper: self.helper.as_deref(),
+            trial_deadline: self.trial_deadline.0,
         };
         Ok(ActivateReport {
             activation: activate::activate(
@@ -162,6 +202,15 @@ impl Report for ActivateReport {
         }
         if a.native.is_empty() {
             println!("mapped boot: device-mapper at boot, root=/dev/dm-0");
+            match a.deadline_secs {
+                Some(s) => println!(
+                    "trial deadline: {} — unless the restored system runs `liverestore commit` by then, the watchdog resets the machine and it starts the old system again",
+                    human_duration(s)
+                ),
+                None => println!(
+                    "no trial deadline: a restored system that hangs stays until someone resets the machine"
+                ),
+            }
             if !a.companions.is_empty() {
                 println!(
                     "with the image's other partitions, mapped alongside as liverestore-pN: {}",
@@ -169,6 +218,17 @@ impl Report for ActivateReport {
                 );
             }
         }
+    }
+}
+
+/// `90 s`, `30 min`, `1 h 30 min`.
+fn human_duration(secs: u64) -> String {
+    match (secs / 3600, secs % 3600 / 60, secs % 60) {
+        (0, 0, s) => format!("{s} s"),
+        (0, m, 0) => format!("{m} min"),
+        (h, 0, 0) => format!("{h} h"),
+        (h, m, 0) => format!("{h} h {m} min"),
+        _ => format!("{secs} s"),
     }
 }
 
@@ -305,6 +365,11 @@ impl Report for CommitReport {
                 o.hostname, o.root_device, o.kernel_release
             );
         }
+        match c.deadline.as_deref() {
+            Some("stopped") => println!("the trial's deadline is off: its watchdog is stopped"),
+            Some(other) => eprintln!("the trial's deadline: {other}"),
+            None => {}
+        }
     }
 }
 
@@ -395,5 +460,27 @@ impl Report for InitrdReport {
                 self.modules.join(", ")
             }
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trial_deadlines_are_read_as_people_write_them() {
+        let secs = |t: &str| parse_deadline(t).map(|d| d.0.map(|d| d.as_secs()));
+        assert_eq!(secs("90"), Ok(Some(90)));
+        assert_eq!(secs("90s"), Ok(Some(90)));
+        assert_eq!(secs("30min"), Ok(Some(1800)));
+        assert_eq!(secs("2h"), Ok(Some(7200)));
+        assert_eq!(secs("none"), Ok(None));
+        assert_eq!(secs("0"), Ok(None));
+        for bad in ["", "min", "10 days", "-5", "19h", "1.5h"] {
+            assert!(parse_deadline(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(human_duration(90), "90 s");
+        assert_eq!(human_duration(1800), "30 min");
+        assert_eq!(human_duration(5400), "1 h 30 min");
     }
 }

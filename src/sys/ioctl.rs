@@ -1,6 +1,6 @@
 //! The few raw ioctls that rustix does not wrap (FIEMAP, FIBMAP, block
 //! device size and zero-out, inode generation, FAT attributes, filesystem
-//! freeze, BLKPG, loop devices, device-mapper), with
+//! freeze, BLKPG, loop devices, device-mapper, the watchdog's timeout), with
 //! their `#[repr(C)]` structs. This is the only module with `unsafe` code; each block says why
 //! it is sound. Everything here is a thin transport: interpretation of the
 //! results (e.g. which FIEMAP flags are acceptable) lives in pure modules.
@@ -555,6 +555,23 @@ pub fn dm_ioctl<Fd: AsFd>(control: Fd, cmd: u8, bytes: &mut [u8]) -> io::Result<
         c.copy_from_slice(&w.to_ne_bytes());
     }
     Ok(())
+}
+
+/// `WDIOC_SETTIMEOUT = _IOWR('W', 6, int)`: sets a watchdog's timeout in
+/// seconds (and pings it); the driver writes back the timeout it took.
+const WDIOC_SETTIMEOUT: Opcode = ioctl::opcode::read_write::<std::ffi::c_int>(b'W', 6);
+
+/// Set the timeout of the open watchdog device `fd`; returns the seconds
+/// the driver took (it may round).
+pub fn watchdog_set_timeout<Fd: AsFd>(fd: Fd, seconds: u32) -> io::Result<u32> {
+    let mut value = std::ffi::c_int::try_from(seconds).unwrap_or(std::ffi::c_int::MAX);
+    // SAFETY: WDIOC_SETTIMEOUT reads and writes one int through the
+    // pointer; the Updater passes a pointer to `value`, live for the call.
+    unsafe {
+        let ctl = ioctl::Updater::<WDIOC_SETTIMEOUT, std::ffi::c_int>::new(&mut value);
+        ioctl::ioctl(fd, ctl)?;
+    }
+    Ok(u32::try_from(value).unwrap_or(0))
 }
 
 #[cfg(test)]

@@ -123,25 +123,30 @@ pub fn load(dir: &Path, names: &[String]) -> Result<Vec<String>> {
             continue;
         }
         let path = dir.join(&file);
-        let f = std::fs::File::open(&path)
-            .map_err(|e| Error::io("open a kernel module", e).with_path(&path))?;
-        // Compressed modules are decompressed by the kernel (5.17+).
-        let flags = if file.ends_with(".ko") {
-            0
-        } else {
-            4 /* MODULE_INIT_COMPRESSED_FILE */
-        };
-        match rustix::system::finit_module(&f, c"", flags) {
-            Ok(()) => loaded.push(file),
-            Err(rustix::io::Errno::EXIST) => {}
-            Err(e) => {
-                return Err(Error::from(e)
-                    .with_kind(ErrorKind::KernelLacks)
-                    .with_path(&path));
-            }
+        if load_file(&path)? {
+            loaded.push(file);
         }
     }
     Ok(loaded)
+}
+
+/// Load the module file `path` (`.ko`, or compressed: the kernel
+/// decompresses it, 5.17+). False: it was loaded already.
+pub fn load_file(path: &Path) -> Result<bool> {
+    let f = std::fs::File::open(path)
+        .map_err(|e| Error::io("open a kernel module", e).with_path(path))?;
+    let flags = if path.extension().is_some_and(|e| e == "ko") {
+        0
+    } else {
+        4 /* MODULE_INIT_COMPRESSED_FILE */
+    };
+    match rustix::system::finit_module(&f, c"", flags) {
+        Ok(()) => Ok(true),
+        Err(rustix::io::Errno::EXIST) => Ok(false),
+        Err(e) => Err(Error::from(e)
+            .with_kind(ErrorKind::KernelLacks)
+            .with_path(path)),
+    }
 }
 
 #[cfg(test)]

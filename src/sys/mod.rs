@@ -21,3 +21,4 @@ pub mod kmod;
 pub(crate) mod loop_device;
 pub(crate) mod power;
 pub(crate) mod random;
+pub(crate) mod watchdog;

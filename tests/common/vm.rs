@@ -189,6 +189,10 @@ pub struct Uefi {
     /// The firmware's variable store, kept between runs (created from
     /// OVMF's template when missing); None: a fresh one in the work dir.
     pub vars: Option<PathBuf>,
+    /// Put the harness's kernel, initramfs and `startup.nsh` on the ESP
+    /// (formatting it the first time). False: the disk boots as it is,
+    /// through what its own system installed there (a real Debian's GRUB).
+    pub startup: bool,
 }
 
 /// An initrd and kernel arguments, as a boot loader would pass them.
@@ -300,24 +304,25 @@ impl GuestRun {
             .unwrap_or_else(|| panic!("no {key} in:\n{}", self.output()))
     }
 
-    /// Every value the scenario printed for `key`, in order.
+    /// Every value the scenario printed for `key`, in order. A line may
+    /// start with something else on the console (a login prompt that
+    /// the getty printed without a newline).
     pub fn values(&self, key: &str) -> Vec<String> {
         let prefix = format!("LR {key}=");
         self.output()
             .lines()
-            .filter_map(|l| l.trim_end_matches('\r').strip_prefix(&prefix))
+            .filter_map(|l| {
+                let l = l.trim_end_matches('\r');
+                l.strip_prefix(&prefix)
+                    .or_else(|| l.split_once(&format!(" {prefix}")).map(|(_, v)| v))
+            })
             .map(str::to_string)
             .collect()
     }
 
     /// Values the scenario printed as `LR key=value` lines.
     pub fn value(&self, key: &str) -> Option<String> {
-        let prefix = format!("LR {key}=");
-        self.output()
-            .lines()
-            .filter_map(|l| l.trim_end_matches('\r').strip_prefix(&prefix))
-            .next_back()
-            .map(str::to_string)
+        self.values(key).pop()
     }
 }
 
@@ -864,11 +869,13 @@ impl Guest {
                 format!("console=ttyS0 panic=-1 loglevel=3 {}", b.append)
             }
             None => {
-                fs::write(&initrd, self.initramfs(&kernel)).unwrap();
+                if self.uefi.as_ref().is_none_or(|u| u.startup) {
+                    fs::write(&initrd, self.initramfs(&kernel)).unwrap();
+                }
                 "console=ttyS0 panic=-1 quiet loglevel=3 rdinit=/init".to_string()
             }
         };
-        if let Some(u) = &self.uefi {
+        if let Some(u) = self.uefi.as_ref().filter(|u| u.startup) {
             self.write_esp(u, &kernel, &initrd, &append);
         }
         if let Some(b) = &self.bios {

@@ -48,6 +48,7 @@ fn grub_guest(dir: &Path, efi: bool, image: std::path::PathBuf, scenario: &str) 
             esp_offset: MIB,
             esp_size: EFI_ESP_MIB * MIB,
             vars: Some(dir.join("OVMF_VARS.fd")),
+            startup: true,
         };
         (disk, (1 + EFI_ESP_MIB) * MIB, Some(uefi))
     } else {

@@ -10,6 +10,7 @@ mod common;
 
 mod attach;
 mod boot;
+mod debian;
 mod drivers;
 mod grub;
 mod native;

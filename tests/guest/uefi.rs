@@ -46,6 +46,7 @@ pub fn old_system_guest(
             esp_offset: MIB,
             esp_size: ESP_MIB * MIB,
             vars,
+            startup: true,
         }),
         ..Guest::default()
     }
@@ -254,6 +255,16 @@ fn uefi_trial_boot_then_back_to_the_old_system() {
         ("old_fsck", "clean"),
     ]);
     run.assert_in_order(crate::common::vm::SIX_BOOTS);
+    // the committed system's default boot (5) is no trial: /lr/init
+    // finds its entry first in BootOrder and arms no deadline
+    assert_eq!(
+        run.console
+            .matches("liverestore: committed: no trial deadline")
+            .count(),
+        1,
+        "{}",
+        run.output()
+    );
     // each boot's one-line report (scripts/demo.sh --boot shows them)
     let reports = run.values("report");
     for (i, r) in reports.iter().enumerate() {

@@ -394,6 +394,12 @@ pub(super) fn read_env_raw(offset: u64) -> Result<GrubEnv> {
     RawEnv::find(offset)?.read().map(|(_, env, _)| env)
 }
 
+/// In the restored system: whether `commit` made a liverestore entry
+/// GRUB's default (`liverestore_default` in the environment block).
+pub(super) fn default_is_set_raw(offset: u64) -> bool {
+    read_env_raw(offset).is_ok_and(|env| env.get(vars::DEFAULT).is_some())
+}
+
 /// In the restored system: make its entry GRUB's default.
 pub(super) fn commit(offset: u64) -> Result<String> {
     let raw = RawEnv::find(offset)?;

@@ -69,6 +69,11 @@ pub struct Activation {
     /// together with `name` (the one with the kernel: the root).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub companions: Vec<String>,
+    /// A mapped boot: the seconds after its early-boot step within which
+    /// the restored system must `commit`, or the watchdog resets the
+    /// machine (back to the old system). None: no deadline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_secs: Option<u64>,
 }
 
 impl Activation {
@@ -141,6 +146,51 @@ pub struct ActivateOptions<'a> {
     pub append: Option<&'a str>,
     /// The static liverestore for `/lr/init` (default: this program).
     pub helper: Option<&'a Path>,
+    /// A mapped boot's deadline: `/lr/init` arms the watchdog with it.
+    pub trial_deadline: Option<std::time::Duration>,
+}
+
+/// The kernel argument that gives `/lr/init` the trial's deadline
+/// (seconds).
+pub const DEADLINE_ARG: &str = "liverestore.deadline=";
+
+/// The modules the early-boot step needs for the trial's deadline — the
+/// restored kernel's software watchdog (`softdog`, with the watchdog
+/// core) and efivarfs (to tell the committed system's default boot from
+/// the trial) — from the image's module tree and in load order, for the
+/// early-boot archive (`/lr/modules/NN-FILE`): the restored initrd seldom
+/// carries them. Built-in ones are left out; empty: the image has no
+/// module tree, or lacks one of them.
+pub fn early_boot_modules(root: &RootDir, version: &str) -> Vec<(String, Vec<u8>)> {
+    const LIMIT: u64 = 4 << 20;
+    for base in ["/lib/modules", "/usr/lib/modules"] {
+        let dir = Path::new(base).join(version);
+        let Ok(Some(dep)) = root.read_limited(&dir.join("modules.dep"), 16 << 20) else {
+            continue;
+        };
+        let builtin = root
+            .read_limited(&dir.join("modules.builtin"), 16 << 20)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        let Ok(order) = crate::sys::kmod::load_order(
+            &String::from_utf8_lossy(&dep),
+            &String::from_utf8_lossy(&builtin),
+            &["softdog".to_string(), "efivarfs".to_string()],
+        ) else {
+            return Vec::new();
+        };
+        let mut files = Vec::new();
+        for (i, rel) in order.iter().enumerate() {
+            let Ok(Some(data)) = root.read_limited(&dir.join(rel), LIMIT) else {
+                return Vec::new();
+            };
+            let file = rel.rsplit('/').next().unwrap_or(rel);
+            files.push((format!("modules/{i:02}-{file}"), data));
+        }
+        return files;
+    }
+    Vec::new()
 }
 
 /// The image's newest kernel that has an initrd: its version, the
@@ -333,21 +383,24 @@ pub fn activate(
         let kernel = test_restore::with_mounted(state, &m.name, |mnt| {
             let root = RootDir::open(mnt)?;
             let fstab = root.read(Path::new("/etc/fstab")).ok().flatten();
-            find_kernel(&root).map(|k| (k, fstab))
+            find_kernel(&root).map(|k| {
+                let softdog = early_boot_modules(&root, &k.0);
+                (k, fstab, softdog)
+            })
         });
         match kernel {
-            Ok((k, fstab)) => {
+            Ok((k, fstab, softdog)) => {
                 if let Some(text) = fstab {
                     warn_about_fstab(&members, &String::from_utf8_lossy(&text), name, progress);
                 }
-                found = Some((i, k));
+                found = Some((i, k, softdog));
                 break;
             }
             Err(e) if members.len() == 1 => return Err(e),
             Err(e) => why.push(format!("{}: {e}", m.name)),
         }
     }
-    let Some((root_at, (version, kernel, initrd_img))) = found else {
+    let Some((root_at, (version, kernel, initrd_img), softdog)) = found else {
         return Err(Error::new(
             ErrorKind::NotFound,
             format!(
@@ -394,12 +447,27 @@ pub fn activate(
     }
     let loader = loader.expect("a loader was chosen");
     let mut boot_initrd = initrd_img;
+    let mut deadline_secs = None;
     let root_args = match native.first() {
-        Some(n) => n.root_arg(),
+        Some(n) => {
+            if opts.trial_deadline.is_some() {
+                progress.note("no trial deadline: a native boot starts the restored initrd as it is, without liverestore's early-boot step that arms the watchdog");
+            }
+            n.root_arg()
+        }
         None => {
-            let (_, early) = initrd::for_set(&rec, &companions, opts.helper)?;
+            let extra = softdog;
+            let (_, early) = initrd::for_set(&rec, &companions, opts.helper, &extra)?;
             initrd::append_early_boot(&mut boot_initrd, &early);
-            format!("rdinit={} root=/dev/dm-0", initrd::INIT_PATH)
+            let mut args = format!("rdinit={} root=/dev/dm-0", initrd::INIT_PATH);
+            if let Some(d) = opts.trial_deadline.filter(|d| d.as_secs() > 0) {
+                if extra.is_empty() {
+                    progress.note(&format!("the image has no softdog module for kernel {version}: the trial's deadline needs a watchdog built into its kernel or loaded by /lr/init"));
+                }
+                args.push_str(&format!(" {DEADLINE_ARG}{}", d.as_secs()));
+                deadline_secs = Some(d.as_secs());
+            }
+            args
         }
     };
 
@@ -416,6 +484,7 @@ pub fn activate(
         fallback,
         native,
         companions: companions.iter().map(|c| c.name.clone()).collect(),
+        deadline_secs,
     };
     let header_offset = rec.header_disk_offset()?;
     let args = |a: &str| {
@@ -625,6 +694,18 @@ fn booted_via() -> Option<BootedVia> {
         .or_else(|| uefi::started_from_ours().then_some(BootedVia::Uefi))
 }
 
+/// In the restored system's early boot (`/lr/init`, the image mapped):
+/// whether this boot is its default one since `commit` (GRUB's
+/// `liverestore_default` set; the firmware's `BootOrder` starts with the
+/// entry it was started from), not the trial: no deadline then.
+pub fn committed_boot(cmdline: &str) -> bool {
+    match booted_via_cmdline(cmdline) {
+        Some(BootedVia::Grub { env_offset }) => grub::default_is_set_raw(env_offset),
+        Some(BootedVia::Uefi) => uefi::started_by_default(),
+        None => false,
+    }
+}
+
 /// Whether the running system was started by a liverestore activation.
 pub fn booted_restored() -> bool {
     booted_via().is_some()
@@ -647,6 +728,11 @@ pub struct Committed {
     /// The system that activated this one (from the on-disk header): it
     /// stays reachable with `rollback`.
     pub old_system: Option<crate::store::record::OldSystem>,
+    /// A boot with a trial deadline: its watchdog, stopped ("stopped"),
+    /// or why it could not be (the machine then resets when the deadline
+    /// passes, and starts this system, the default now).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<String>,
 }
 
 /// Make the running restored system the default (run in it). Its own
@@ -666,6 +752,7 @@ pub fn commit(_lock: &StateLock<'_>) -> Result<Committed> {
                 boot_number: Some(n),
                 grub_entry: None,
                 old_system: None,
+                deadline: None,
             })?
         }
         BootedVia::Grub { env_offset } => {
@@ -683,10 +770,25 @@ pub fn commit(_lock: &StateLock<'_>) -> Result<Committed> {
                 boot_number: None,
                 grub_entry: Some(id),
                 old_system: None,
+                deadline: None,
             })?
         }
     };
     done.old_system = note.map(|n| n.old_system);
+    // The trial is over: its deadline no longer applies.
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    if cmdline
+        .split_whitespace()
+        .any(|w| w.starts_with(DEADLINE_ARG))
+    {
+        done.deadline = Some(match crate::sys::watchdog::disarm() {
+            Ok(crate::sys::watchdog::Disarmed::Stopped) => "stopped".to_string(),
+            Ok(crate::sys::watchdog::Disarmed::NoWatchdog) => "no watchdog was armed".to_string(),
+            Err(e) => format!(
+                "not stopped: {e}; the machine resets when the deadline passes (it then starts this system)"
+            ),
+        });
+    }
     Ok(done)
 }
 
@@ -847,6 +949,51 @@ pub fn rollback(state: &StateLock<'_>) -> Result<RolledBack> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_early_boot_modules_come_with_what_they_need() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("lib/modules/6.1.0-9-amd64");
+        std::fs::create_dir_all(dir.join("kernel/drivers/watchdog")).unwrap();
+        let root = RootDir::open(t.path()).unwrap();
+        assert!(
+            early_boot_modules(&root, "6.1.0-9-amd64").is_empty(),
+            "no module tree"
+        );
+        std::fs::write(
+            dir.join("modules.dep"),
+            "kernel/drivers/watchdog/softdog.ko: kernel/drivers/watchdog/watchdog.ko\n\
+             kernel/drivers/watchdog/watchdog.ko:\n\
+             kernel/fs/efivarfs/efivarfs.ko:\n",
+        )
+        .unwrap();
+        for m in ["softdog", "watchdog"] {
+            std::fs::write(dir.join(format!("kernel/drivers/watchdog/{m}.ko")), m).unwrap();
+        }
+        std::fs::create_dir_all(dir.join("kernel/fs/efivarfs")).unwrap();
+        std::fs::write(dir.join("kernel/fs/efivarfs/efivarfs.ko"), "efivarfs").unwrap();
+        let root = RootDir::open(t.path()).unwrap();
+        assert_eq!(
+            early_boot_modules(&root, "6.1.0-9-amd64"),
+            [
+                ("modules/00-watchdog.ko".to_string(), b"watchdog".to_vec()),
+                ("modules/01-softdog.ko".to_string(), b"softdog".to_vec()),
+                ("modules/02-efivarfs.ko".to_string(), b"efivarfs".to_vec())
+            ],
+            "dependencies first"
+        );
+        std::fs::write(
+            dir.join("modules.builtin"),
+            "kernel/drivers/watchdog/softdog.ko\nkernel/drivers/watchdog/watchdog.ko\n\
+             kernel/fs/efivarfs/efivarfs.ko\n",
+        )
+        .unwrap();
+        let root = RootDir::open(t.path()).unwrap();
+        assert!(
+            early_boot_modules(&root, "6.1.0-9-amd64").is_empty(),
+            "built in"
+        );
+    }
 
     #[test]
     fn newest_kernel_with_an_initrd() {

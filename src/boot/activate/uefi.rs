@@ -197,6 +197,22 @@ pub(super) fn started_from_ours() -> bool {
     EfiVars::open().is_ok_and(|v| current_entry(&v).is_ok())
 }
 
+/// In the restored system: whether it was started from the first entry
+/// of `BootOrder` (its own once `commit` put it there), not `BootNext`.
+pub(super) fn started_by_default() -> bool {
+    let Ok(vars) = EfiVars::open() else {
+        return false;
+    };
+    let current = vars.get_u16("BootCurrent").ok().flatten();
+    let order = vars
+        .get("BootOrder")
+        .ok()
+        .flatten()
+        .map(|d| efi::parse_u16s(&d))
+        .unwrap_or_default();
+    current.is_some() && order.first().copied() == current
+}
+
 /// In the restored system: its `Boot####` goes first in `BootOrder`;
 /// `expected` (from the on-disk header) must be the entry it was started
 /// from.

@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# Real Debian 12 systems for the guest tests (tests/guest/debian.rs), built
+# with debootstrap from the Debian mirror this machine's apt uses, and
+# cached in DIR (default target/distros):
+#   DIR/initramfs-tools/  systemd, udev, dmsetup, linux-image-amd64,
+#                         initramfs-tools, e2fsprogs, and GRUB for UEFI
+#                         (grub-efi-amd64-bin, grub2-common, efibootmgr)
+#   DIR/dracut/           the same system with its initrd made by dracut
+#                         (what Fedora/RHEL-family systems boot with)
+# Each tree has a real fstab (root by UUID, written by the tests when they
+# make its filesystem), `lr-scenario.service` (runs /usr/local/sbin/lr-scenario
+# once the boot has started multi-user.target, output to the console), a
+# root password "liverestore" and GRUB set up for a serial console. To stage
+# faster under emulation the kernel's modules for sound, GPUs, wireless,
+# media, InfiniBand and staging drivers are left out (dpkg's path-exclude,
+# as minimal Debian images do).
+# Needs root, debootstrap, network to the mirror. Idempotent; one build at a
+# time (flock). Mounts happen only inside private mount namespaces
+# (unshare), so nothing stays mounted in the trees, whatever happens.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+dir=${1:-target/distros}
+suite=bookworm
+mkdir -p "$dir"
+exec 9>"$dir/.lock"
+flock 9
+[ -e "$dir/done" ] && exit 0
+
+# The mirror apt uses here for $suite (deb822 .sources or sources.list).
+mirror=$(
+  { cat /etc/apt/sources.list.d/*.sources 2>/dev/null; echo; } | awk -v s="$suite" '
+    /^URIs:/ { u = $2 } /^Suites:/ { for (i = 2; i <= NF; i++) if ($i == s) found = u }
+    /^$/ { if (found) { print found; exit } u = "" }'
+)
+[ -n "$mirror" ] || mirror=$(awk -v s="$suite" '$1 == "deb" && $3 == s { print $2; exit }' /etc/apt/sources.list 2>/dev/null || true)
+[ -n "$mirror" ] || { echo "no Debian mirror for $suite in the apt sources" >&2; exit 1; }
+
+# Run "$@" chrooted into tree $1 with /proc, /sys and a small /dev mounted
+# in a private mount namespace: they vanish with the namespace.
+in_tree() {
+  local tree=$1; shift
+  unshare --mount --propagation private -- sh -c '
+    t=$1; shift
+    mount -t proc proc "$t/proc"
+    mount -t sysfs sys "$t/sys"
+    mount -t tmpfs -o mode=755 dev "$t/dev"
+    for n in null zero full random urandom tty; do
+      touch "$t/dev/$n"; mount --bind "/dev/$n" "$t/dev/$n"
+    done
+    mkdir -p "$t/dev/pts" "$t/dev/shm"
+    exec chroot "$t" "$@"' sh "$tree" "$@"
+}
+
+work="$dir/build"
+rm -rf "$work" && mkdir -p "$work"
+base="$work/base"
+echo "debian-systems: debootstrap $suite from $mirror" >&2
+# Stage one only (unpack); the rest is installed by dpkg in the tree, which
+# then honours the path-exclude rules.
+debootstrap --foreign --variant=minbase \
+  --include=systemd-sysv,udev,dmsetup,kmod,e2fsprogs,initramfs-tools,linux-image-amd64,grub-efi-amd64-bin,grub2-common,efibootmgr \
+  "$suite" "$base" "$mirror" >"$work/debootstrap.log" 2>&1 \
+  || { tail -20 "$work/debootstrap.log" >&2; exit 1; }
+mkdir -p "$base/etc/dpkg/dpkg.cfg.d"
+cat >"$base/etc/dpkg/dpkg.cfg.d/liverestore-tests" <<'EOF'
+path-exclude=/lib/modules/*/kernel/sound/*
+path-exclude=/lib/modules/*/kernel/drivers/gpu/*
+path-exclude=/lib/modules/*/kernel/drivers/net/wireless/*
+path-exclude=/lib/modules/*/kernel/drivers/media/*
+path-exclude=/lib/modules/*/kernel/drivers/infiniband/*
+path-exclude=/lib/modules/*/kernel/drivers/staging/*
+path-exclude=/lib/modules/*/kernel/net/wireless/*
+path-exclude=/lib/modules/*/kernel/net/mac80211/*
+path-exclude=/lib/modules/*/kernel/drivers/bluetooth/*
+path-exclude=/usr/share/doc/*
+path-exclude=/usr/share/man/*
+path-exclude=/usr/share/locale/*
+EOF
+in_tree "$base" /debootstrap/debootstrap --second-stage >>"$work/debootstrap.log" 2>&1 \
+  || { tail -20 "$work/debootstrap.log" >&2; exit 1; }
+echo "deb $mirror $suite main" >"$base/etc/apt/sources.list"
+
+# What every test system has.
+echo "root:liverestore" | in_tree "$base" chpasswd
+echo debian >"$base/etc/hostname"
+cat >"$base/etc/default/grub" <<'EOF'
+GRUB_DEFAULT=0
+GRUB_TIMEOUT=0
+GRUB_DISTRIBUTOR=Debian
+GRUB_CMDLINE_LINUX_DEFAULT=""
+GRUB_CMDLINE_LINUX="console=ttyS0,115200"
+GRUB_TERMINAL=console
+GRUB_DISABLE_OS_PROBER=true
+EOF
+cat >"$base/etc/systemd/system/lr-scenario.service" <<'EOF'
+[Unit]
+Description=liverestore test scenario
+After=multi-user.target
+ConditionPathExists=/usr/local/sbin/lr-scenario
+
+[Service]
+Type=exec
+# to the console as it is (not a terminal: no progress bars)
+ExecStart=/bin/sh -c '/usr/local/sbin/lr-scenario 2>&1 | cat >/dev/console'
+
+[Install]
+WantedBy=multi-user.target
+EOF
+in_tree "$base" systemctl enable lr-scenario.service >/dev/null 2>&1
+in_tree "$base" apt-get clean
+
+# The dracut system: the same, with dracut instead of initramfs-tools
+# (apt removes initramfs-tools; dracut's kernel hook makes the initrd).
+cp -a "$base" "$work/dracut"
+mkdir -p "$work/dracut/etc/dracut.conf.d"
+# a generic initrd (no host-only: this tree is not on the disk it boots from)
+echo 'hostonly="no"' >"$work/dracut/etc/dracut.conf.d/10-liverestore-tests.conf"
+in_tree "$work/dracut" sh -c 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends dracut >/dev/null && apt-get clean && rm -rf /var/lib/apt/lists/*' \
+  >>"$work/debootstrap.log" 2>&1 || { tail -20 "$work/debootstrap.log" >&2; exit 1; }
+ls "$work/dracut"/boot/initrd.img-* >/dev/null || { echo "dracut made no initrd" >&2; exit 1; }
+
+rm -rf "$dir/initramfs-tools" "$dir/dracut"
+mv "$base" "$dir/initramfs-tools"
+mv "$work/dracut" "$dir/dracut"
+rm -rf "$work"
+touch "$dir/done"
+echo "debian-systems: $(du -sh "$dir/initramfs-tools" | cut -f1) and $(du -sh "$dir/dracut" | cut -f1) in $dir" >&2

@@ -1,0 +1,181 @@
+//! Real Debian 12 systems (debootstrap-built: systemd, udev,
+//! `linux-image-amd64`; `tests/common/debian.rs`) restored and trial-booted
+//! under OVMF, the old system booting through the GRUB that its own
+//! `grub-install` and `update-grub` set up, in one run of six boots:
+//! (1) the old system stages a system whose initrd initramfs-tools made
+//! and activates it for the firmware (`Boot####`, `BootNext`) with a
+//! 100 s trial deadline and `--reboot` (through systemd); (2) the restored
+//! system reaches multi-user.target from the map, then drops to the
+//! emergency shell, and nobody commits: the watchdog resets the machine;
+//! (3) the old system again: the trial ended, `discard` cleans it up, it
+//! stages a whole-disk system (its ESP mounted by UUID in its fstab, its
+//! initrd made by dracut) and activates it through GRUB (`next_entry`);
+//! (4) the restored system commits, which stops the watchdog: it is still
+//! up after the deadline; (5) GRUB starts it by default, it rolls back
+//! from its side; (6) the old system removes what was left. Every boot
+//! reports systemd's state, its failed units, its root device and
+//! whether udev made the root's `/dev/disk/by-uuid` link.
+
+use std::time::Duration;
+
+use crate::common::debian::{
+    old_system_disk, old_system_guest, restored_disk_image, restored_image,
+};
+use crate::common::*;
+
+/// What every boot of every system here reports first: systemd's state
+/// once the boot is over (`is-system-running --wait`), the failed units,
+/// the root device, the seconds since the kernel started, and what
+/// `liverestore status` says boots next. A failing command ends the run
+/// (the scenario's exit status, then power off).
+const REPORT: &str = r#"#!/bin/sh
+[ "$(hostname)" = old-system ] && [ ! -e /var/lib/lr-boots ] && echo "== scenario start =="
+trap 'rc=$?; if [ $rc != 0 ]; then echo "== scenario exit $rc"; systemctl poweroff; fi' EXIT
+set -e
+state=$(systemctl is-system-running --wait || true)
+n=$(( $(cat /var/lib/lr-boots 2>/dev/null || echo 0) + 1 ))
+echo $n > /var/lib/lr-boots
+sync
+host=$(hostname)
+next() { liverestore --json status | sed -n 's/.*"next_boot":"\([^"]*\)".*/\1/p'; }
+echo "LR ${host}_boot_$n=$state"
+echo "LR ${host}_failed_$n=$(systemctl --failed --no-legend --plain | awk '{ print $1 }' | xargs)"
+echo "LR ${host}_root_$n=$(findmnt -n -o SOURCE /)"
+echo "LR ${host}_by_uuid_$n=$(ls /dev/disk/by-uuid | grep -c "^$(findmnt -n -o UUID /)$" || true)"
+echo "LR ${host}_esp_$n=$(cat /boot/efi/MARKER 2>/dev/null || true)"
+echo "LR ${host}_uptime_$n=$(cut -d' ' -f1 /proc/uptime)"
+echo "LR ${host}_next_$n=$(next)"
+"#;
+
+const OLD_SYSTEM: &str = r#"
+case $n in
+1)
+  liverestore stage /dev/vdb --name deb --dir /
+  echo "LR report=old system ($state): staged 'deb' (initramfs-tools), activating it for the firmware"
+  liverestore activate deb --trial-deadline 100s --reboot
+  ;;
+2)
+  echo "LR trial_ended_2=$(liverestore --json status | grep -o '"trial_ended":[a-z]*' | cut -d: -f2)"
+  liverestore discard deb
+  liverestore stage /dev/vdc --name rh --dir /
+  echo "LR report=old system ($state, nobody committed): discarded 'deb', staged 'rh' (dracut; a whole disk: ESP and root), activating it through GRUB"
+  liverestore activate rh --loader grub --trial-deadline 70s --reboot
+  ;;
+3)
+  liverestore rollback
+  liverestore discard rh
+  echo "LR grub_left=$(ls /boot/grub | grep -c custom.cfg || true)"
+  echo "LR files_left=$(ls /boot/liverestore 2>/dev/null | wc -l)"
+  echo "LR esp_left=$(ls /boot/efi | grep -c liverestore || true)"
+  echo "LR report=old system ($state): rolled back what was left, discarded 'rh'"
+  echo "== scenario exit 0"
+  systemctl poweroff
+  ;;
+esac
+"#;
+
+const RESTORED_SYSTEM: &str = r#"
+case $host/$n in
+deb/1)
+  # a trial that hangs: the emergency shell, nobody at the console; the
+  # watchdog armed by the early-boot step resets the machine
+  echo "LR report=restored 'deb' ($state) on $(findmnt -n -o SOURCE /), a trial: it drops to the emergency shell, nobody commits"
+  systemctl --no-block isolate emergency.target
+  ;;
+rh/1)
+  liverestore commit | tee /tmp/commit.out
+  echo "LR rh_deadline_off=$(grep -c "deadline is off" /tmp/commit.out)"
+  echo "LR rh_next_after_commit=$(next)"
+  # still here after the deadline (70 s after the early-boot step)
+  while [ "$(cut -d. -f1 /proc/uptime)" -lt 85 ]; do sleep 1; done
+  echo "LR rh_alive_after_deadline=$(cut -d' ' -f1 /proc/uptime)"
+  echo "LR report=restored 'rh' ($state) on $(findmnt -n -o SOURCE /): committed, and still up after its trial's deadline"
+  systemctl reboot
+  ;;
+rh/2)
+  liverestore rollback
+  echo "LR rh_next_after_rollback=$(next)"
+  echo "LR report=restored 'rh' ($state) started by default: rolled back from its side"
+  systemctl reboot
+  ;;
+esac
+"#;
+
+#[test]
+#[ignore = "needs root, debootstrap and QEMU: real Debian systems in guests (scripts/test.sh runs it)"]
+fn real_debian_systems_trial_boot_through_uefi_and_grub() {
+    require_root();
+    let t = tempfile::tempdir().unwrap();
+    let deb = t.path().join("deb.ext4");
+    restored_image(
+        "initramfs-tools",
+        &deb,
+        800,
+        "deb",
+        &format!("{REPORT}{RESTORED_SYSTEM}"),
+    );
+    let rh = t.path().join("rh-disk.img");
+    restored_disk_image(
+        "dracut",
+        &rh,
+        (64, 800),
+        "rh",
+        &format!("{REPORT}{RESTORED_SYSTEM}"),
+    );
+    let (disk, vars) = old_system_disk(t.path(), &format!("{REPORT}{OLD_SYSTEM}"));
+    let run = old_system_guest(vec![disk, deb, rh], vars, Duration::from_secs(1800))
+        .run_ok(&t.path().join("vm"));
+    for (i, r) in run.values("report").iter().enumerate() {
+        println!("boot {}: {r}", i + 1);
+    }
+    for key in ["old-system", "deb", "rh"] {
+        for n in 1..=3 {
+            if let Some(up) = run.value(&format!("{key}_uptime_{n}")) {
+                println!("{key}, its boot {n}: the scenario started {up} s after the kernel");
+            }
+        }
+    }
+    let alive: f64 = run.get("rh_alive_after_deadline").parse().unwrap();
+    assert!(alive >= 85.0, "{alive}");
+    // the hung trial came back by the watchdog, not by its own reboot
+    assert!(
+        run.console.contains("softdog: Initiating system reboot"),
+        "{}",
+        run.output()
+    );
+    // armed for both trials; not for the committed system's default boot
+    assert_eq!(run.console.matches("trial deadline armed").count(), 2);
+    assert_eq!(
+        run.console
+            .matches("liverestore: committed: no trial deadline")
+            .count(),
+        1
+    );
+    run.assert_values(&[
+        ("old-system_boot_1", "running"),
+        ("old-system_failed_1", ""),
+        ("deb_boot_1", "running"),
+        ("deb_failed_1", ""),
+        ("deb_root_1", "/dev/dm-0"),
+        ("deb_by_uuid_1", "1"),
+        ("old-system_boot_2", "running"),
+        ("trial_ended_2", "true"),
+        ("rh_boot_1", "running"),
+        // dracut mounts root= through udev's link to /dev/dm-0
+        ("rh_root_1", "/dev/mapper/liverestore-root"),
+        ("rh_by_uuid_1", "1"),
+        // the image's own ESP, mounted by its fstab through udev's
+        // /dev/disk/by-uuid link to liverestore-p1
+        ("rh_esp_1", "the ESP of rh"),
+        ("rh_esp_2", "the ESP of rh"),
+        ("rh_failed_1", ""),
+        ("rh_boot_2", "running"),
+        ("rh_failed_2", ""),
+        ("rh_next_after_commit", "restored system (default)"),
+        ("rh_deadline_off", "1"),
+        ("old-system_boot_3", "running"),
+        ("grub_left", "0"),
+        ("files_left", "0"),
+        ("esp_left", "0"),
+    ]);
+}
