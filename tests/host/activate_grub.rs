@@ -163,6 +163,8 @@ fn grub_activation_on_a_live_ext4() {
         .unwrap()
         .trim()
         .to_string();
+    // the trial deadline's default (30 min), for /lr/init
+    assert!(linux.contains(" liverestore.deadline=1800 "), "{linux}");
     assert!(
         linux.starts_with(
             "linux '/boot/liverestore/sys/vmlinuz' rdinit=/lr/init root=/dev/dm-0 rw panic=30 liverestore.id="

@@ -459,17 +459,16 @@ pub fn activate(
             let extra = softdog;
             let (_, early) = initrd::for_set(&rec, &companions, opts.helper, &extra)?;
             initrd::append_early_boot(&mut boot_initrd, &early);
-            let mut args = format!("rdinit={} root=/dev/dm-0", initrd::INIT_PATH);
             if let Some(d) = opts.trial_deadline.filter(|d| d.as_secs() > 0) {
                 if extra.is_empty() {
                     progress.note(&format!("the image has no softdog module for kernel {version}: the trial's deadline needs a watchdog built into its kernel or loaded by /lr/init"));
                 }
-                args.push_str(&format!(" {DEADLINE_ARG}{}", d.as_secs()));
                 deadline_secs = Some(d.as_secs());
             }
-            args
+            format!("rdinit={} root=/dev/dm-0", initrd::INIT_PATH)
         }
     };
+    let deadline_arg = deadline_secs.map_or(String::new(), |s| format!("{DEADLINE_ARG}{s}"));
 
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
     let mut activation = Activation {
@@ -488,10 +487,16 @@ pub fn activate(
     };
     let header_offset = rec.header_disk_offset()?;
     let args = |a: &str| {
+        let loader_args = [deadline_arg.as_str(), a]
+            .iter()
+            .filter(|w| !w.is_empty())
+            .copied()
+            .collect::<Vec<_>>()
+            .join(" ");
         kernel_args(
             &root_args,
             (rec.id, header_offset),
-            a,
+            &loader_args,
             &cmdline,
             opts.append,
         )
