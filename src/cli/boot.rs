@@ -245,6 +245,12 @@ impl StatusArgs {
 impl Report for Status {
     fn print_text(&self) {
         let s = self;
+        if let Some(left) = s.deadline_left_secs {
+            println!(
+                "deadline:   the watchdog resets this machine in about {} unless `liverestore commit`",
+                human_duration(left)
+            );
+        }
         println!(
             "running:    {}",
             if s.booted_restored {

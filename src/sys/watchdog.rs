@@ -84,3 +84,18 @@ fn nowayout() -> bool {
     std::fs::read_to_string("/sys/module/softdog/parameters/nowayout")
         .is_ok_and(|v| matches!(v.trim(), "Y" | "1"))
 }
+
+/// Whether the first watchdog is counting, and the seconds it says are
+/// left (`timeleft`, where the driver tells; None otherwise).
+pub fn counting() -> Option<Option<u64>> {
+    let dir = Path::new("/sys/class/watchdog/watchdog0");
+    let state = std::fs::read_to_string(dir.join("state")).ok()?;
+    if state.trim() != "active" {
+        return None;
+    }
+    Some(
+        std::fs::read_to_string(dir.join("timeleft"))
+            .ok()
+            .and_then(|t| t.trim().parse().ok()),
+    )
+}

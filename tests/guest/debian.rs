@@ -83,7 +83,10 @@ deb/1)
   systemctl --no-block isolate emergency.target
   ;;
 rh/1)
+  echo "LR rh_deadline_left=$(liverestore --json status | grep -o '"deadline_left_secs":[0-9]*' | cut -d: -f2)"
+  liverestore status | grep deadline
   liverestore commit | tee /tmp/commit.out
+  echo "LR rh_deadline_left_after_commit=$(liverestore --json status | grep -c deadline_left_secs || true)"
   echo "LR rh_deadline_off=$(grep -c "deadline is off" /tmp/commit.out)"
   echo "LR rh_next_after_commit=$(next)"
   # still here after the deadline (70 s after the early-boot step)
@@ -135,6 +138,10 @@ fn real_debian_systems_trial_boot_through_uefi_and_grub() {
             }
         }
     }
+    // status tells how long the trial has left, until the commit
+    let left: u64 = run.get("rh_deadline_left").parse().unwrap();
+    assert!((1..70).contains(&left), "{left}");
+    assert_eq!(run.get("rh_deadline_left_after_commit"), "0");
     let alive: f64 = run.get("rh_alive_after_deadline").parse().unwrap();
     assert!(alive >= 85.0, "{alive}");
     // the hung trial came back by the watchdog, not by its own reboot

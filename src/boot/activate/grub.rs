@@ -487,6 +487,7 @@ mod tests {
             next_boot: String::new(),
             old_system: None,
             trial_ended: false,
+            deadline_left_secs: None,
         };
         fill_status(&mut s, env);
         s

@@ -821,6 +821,10 @@ pub struct Status {
     /// was not made the default: the trial ended without a commit. The
     /// next `stage`, `discard` or `activate` cleans it up by itself.
     pub trial_ended: bool,
+    /// In a restored system on its trial: about how many seconds are
+    /// left before the watchdog resets the machine, unless `commit`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deadline_left_secs: Option<u64>,
 }
 
 /// Which system runs and what the next boot starts.
@@ -846,7 +850,15 @@ pub fn status(state: &StateDir) -> Result<Status> {
             .and_then(|_| restored::own_note().ok().flatten())
             .map(|n| n.old_system),
         trial_ended: false,
+        deadline_left_secs: None,
     };
+    if via.is_some() {
+        s.deadline_left_secs = deadline_left(
+            &std::fs::read_to_string("/proc/cmdline").unwrap_or_default(),
+            &std::fs::read_to_string("/proc/uptime").unwrap_or_default(),
+            crate::sys::watchdog::counting(),
+        );
+    }
     match grub_env {
         Some(env) => grub::fill_status(&mut s, &env),
         None => uefi::fill_status(&mut s, via == Some(BootedVia::Uefi)),
@@ -859,6 +871,24 @@ pub fn status(state: &StateDir) -> Result<Status> {
         && s.activation.is_some()
         && s.next_boot.starts_with("old system");
     Ok(s)
+}
+
+/// The seconds left of the trial's deadline: the watchdog's own count
+/// where it tells, else the deadline on the command line less the time
+/// since the kernel started (a few seconds early: `/lr/init` armed it a
+/// little later). None: no deadline, or the watchdog is not counting
+/// (`commit` stopped it, or this is the committed system's boot).
+fn deadline_left(cmdline: &str, uptime: &str, counting: Option<Option<u64>>) -> Option<u64> {
+    let deadline: u64 = cmdline
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix(DEADLINE_ARG)?.parse().ok())?;
+    match counting? {
+        Some(left) => Some(left),
+        None => {
+            let up = uptime.split('.').next()?.trim().parse::<u64>().ok()?;
+            Some(deadline.saturating_sub(up))
+        }
+    }
 }
 
 /// In the old system, before `stage`, `discard` or `activate`: when the
@@ -954,6 +984,29 @@ pub fn rollback(state: &StateLock<'_>) -> Result<RolledBack> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_time_left_of_a_trial() {
+        let cmdline = format!("root=/dev/dm-0 {DEADLINE_ARG}1800 quiet");
+        assert_eq!(
+            deadline_left(&cmdline, "100.52 80.1\n", Some(Some(1703))),
+            Some(1703)
+        );
+        assert_eq!(
+            deadline_left(&cmdline, "100.52 80.1\n", Some(None)),
+            Some(1700)
+        );
+        assert_eq!(
+            deadline_left(&cmdline, "2000.1 80.1\n", Some(None)),
+            Some(0)
+        );
+        assert_eq!(
+            deadline_left(&cmdline, "100.52 80.1\n", None),
+            None,
+            "stopped"
+        );
+        assert_eq!(deadline_left("root=/dev/dm-0", "1.0 1.0", Some(None)), None);
+    }
 
     #[test]
     fn the_early_boot_modules_come_with_what_they_need() {
