@@ -85,21 +85,8 @@ pub fn run() -> ! {
     let err = match assemble(&mut mounted, &mut params) {
         Ok(dev) => {
             eprintln!("liverestore: the staged image is {}", dev.display());
-            let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
-            if params.deadline.is_some()
-                && let Err(e) = load_our_modules()
-            {
-                eprintln!("liverestore: warning: {e}");
-            }
-            if params.deadline.is_some() && committed(&mut mounted, &cmdline) {
-                eprintln!("liverestore: committed: no trial deadline");
-            } else if let Some(deadline) = params.deadline {
-                match arm_deadline(deadline) {
-                    Ok(secs) => eprintln!(
-                        "liverestore: trial deadline armed: unless the restored system runs `liverestore commit` within {secs} s, the watchdog resets the machine (back to the previous system)"
-                    ),
-                    Err(e) => eprintln!("liverestore: warning: no trial deadline: {e}"),
-                }
+            if let Some(deadline) = params.deadline {
+                start_deadline(&mut mounted, deadline);
             }
             for m in mounted.iter().rev() {
                 let _ = rustix::mount::unmount(*m, rustix::mount::UnmountFlags::DETACH);
@@ -124,10 +111,15 @@ pub fn run() -> ! {
     }
 }
 
-/// Whether this boot is the committed system's default one (see
-/// [`crate::boot::activate::committed_boot`]); efivarfs is mounted for it
-/// where there is UEFI.
-fn committed(mounted: &mut Vec<&'static str>, cmdline: &str) -> bool {
+/// The trial's deadline: the watchdog armed for `deadline`, unless this
+/// boot is the committed system's default one (see
+/// [`crate::boot::activate::committed_boot`]; efivarfs is mounted for it
+/// where there is UEFI). Said on the console; a failure does not stop the
+/// boot.
+fn start_deadline(mounted: &mut Vec<&'static str>, deadline: Duration) {
+    if let Err(e) = load_our_modules() {
+        eprintln!("liverestore: warning: {e}");
+    }
     const EFIVARS: &str = crate::sys::efivars::EFIVARS;
     if Path::new("/sys/firmware/efi").exists()
         && !is_mount_point(Path::new(EFIVARS))
@@ -142,7 +134,18 @@ fn committed(mounted: &mut Vec<&'static str>, cmdline: &str) -> bool {
     {
         mounted.push(EFIVARS);
     }
-    crate::boot::activate::committed_boot(cmdline)
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    if crate::boot::activate::committed_boot(&cmdline) {
+        eprintln!("liverestore: committed: no trial deadline");
+        return;
+    }
+    let secs = u32::try_from(deadline.as_secs()).unwrap_or(u32::MAX);
+    match crate::sys::watchdog::arm(secs) {
+        Ok(secs) => eprintln!(
+            "liverestore: trial deadline armed: unless the restored system runs `liverestore commit` within {secs} s, the watchdog resets the machine (back to the previous system)"
+        ),
+        Err(e) => eprintln!("liverestore: warning: no trial deadline: {e}"),
+    }
 }
 
 /// Load softdog and efivarfs: from the restored initrd's module tree
@@ -173,18 +176,6 @@ fn load_our_modules() -> Result<()> {
         }
     }
     first_error.map_or(Ok(()), Err)
-}
-
-/// Arm the watchdog for `deadline` (see [`crate::sys::watchdog::arm`]).
-fn arm_deadline(deadline: Duration) -> Result<u32> {
-    if !Path::new(crate::sys::watchdog::DEVICE).exists() {
-        return Err(Error::new(
-            ErrorKind::KernelLacks,
-            "no watchdog: the kernel has none, and the image no softdog module",
-        ));
-    }
-    let secs = u32::try_from(deadline.as_secs()).unwrap_or(u32::MAX);
-    crate::sys::watchdog::arm(secs)
 }
 
 /// Mount what is not mounted yet. /dev counts as mounted only when it is

@@ -33,6 +33,7 @@ pub use native::NativeBoot;
 pub use uefi::UefiBoot;
 
 use crate::attach::root_dir::RootDir;
+use crate::boot::early_boot::BootParams;
 use crate::error::{Error, ErrorKind, IoContext, Result};
 use crate::progress::Progress;
 use crate::store::durable::sync_dir;
@@ -384,23 +385,23 @@ pub fn activate(
             let root = RootDir::open(mnt)?;
             let fstab = root.read(Path::new("/etc/fstab")).ok().flatten();
             find_kernel(&root).map(|k| {
-                let softdog = early_boot_modules(&root, &k.0);
-                (k, fstab, softdog)
+                let modules = early_boot_modules(&root, &k.0);
+                (k, fstab, modules)
             })
         });
         match kernel {
-            Ok((k, fstab, softdog)) => {
+            Ok((k, fstab, modules)) => {
                 if let Some(text) = fstab {
                     warn_about_fstab(&members, &String::from_utf8_lossy(&text), name, progress);
                 }
-                found = Some((i, k, softdog));
+                found = Some((i, k, modules));
                 break;
             }
             Err(e) if members.len() == 1 => return Err(e),
             Err(e) => why.push(format!("{}: {e}", m.name)),
         }
     }
-    let Some((root_at, (version, kernel, initrd_img), softdog)) = found else {
+    let Some((root_at, (version, kernel, initrd_img), modules)) = found else {
         return Err(Error::new(
             ErrorKind::NotFound,
             format!(
@@ -456,7 +457,11 @@ pub fn activate(
             n.root_arg()
         }
         None => {
-            let extra = softdog;
+            // the modules only a deadline needs
+            let extra = match opts.trial_deadline {
+                Some(_) => modules,
+                None => Vec::new(),
+            };
             let (_, early) = initrd::for_set(&rec, &companions, opts.helper, &extra)?;
             initrd::append_early_boot(&mut boot_initrd, &early);
             if let Some(d) = opts.trial_deadline.filter(|d| d.as_secs() > 0) {
@@ -782,10 +787,7 @@ pub fn commit(_lock: &StateLock<'_>) -> Result<Committed> {
     done.old_system = note.map(|n| n.old_system);
     // The trial is over: its deadline no longer applies.
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
-    if cmdline
-        .split_whitespace()
-        .any(|w| w.starts_with(DEADLINE_ARG))
-    {
+    if BootParams::from_cmdline(&cmdline).deadline.is_some() {
         done.deadline = Some(match crate::sys::watchdog::disarm() {
             Ok(crate::sys::watchdog::Disarmed::Stopped) => "stopped".to_string(),
             Ok(crate::sys::watchdog::Disarmed::NoWatchdog) => "no watchdog was armed".to_string(),
@@ -879,9 +881,7 @@ pub fn status(state: &StateDir) -> Result<Status> {
 /// little later). None: no deadline, or the watchdog is not counting
 /// (`commit` stopped it, or this is the committed system's boot).
 fn deadline_left(cmdline: &str, uptime: &str, counting: Option<Option<u64>>) -> Option<u64> {
-    let deadline: u64 = cmdline
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix(DEADLINE_ARG)?.parse().ok())?;
+    let deadline = BootParams::from_cmdline(cmdline).deadline?.as_secs();
     match counting? {
         Some(left) => Some(left),
         None => {
