@@ -4,9 +4,13 @@
 # cached in DIR (default target/distros):
 #   DIR/initramfs-tools/  systemd, udev, dmsetup, linux-image-amd64,
 #                         initramfs-tools, e2fsprogs, and GRUB for UEFI
-#                         (grub-efi-amd64-bin, grub2-common, efibootmgr)
+#                         (grub-efi-amd64-bin, grub2-common, efibootmgr);
+#                         its initrd zstd-compressed with an uncompressed
+#                         early archive in front (as the CPU microcode
+#                         packages add one)
 #   DIR/dracut/           the same system with its initrd made by dracut
-#                         (what Fedora/RHEL-family systems boot with)
+#                         (what Fedora/RHEL-family systems boot with),
+#                         xz-compressed
 # Each tree has a real fstab (root by UUID, written by the tests when they
 # make its filesystem), `lr-scenario.service` (runs /usr/local/sbin/lr-scenario
 # once the boot has started multi-user.target, output to the console), a
@@ -24,7 +28,9 @@ suite=bookworm
 mkdir -p "$dir"
 exec 9>"$dir/.lock"
 flock 9
-[ -e "$dir/done" ] && exit 0
+# what the trees are; a change rebuilds them (and the old system's disk)
+version="2: initramfs-tools zstd with an early archive in front; dracut xz"
+[ "$(cat "$dir/done" 2>/dev/null)" = "$version" ] && exit 0
 
 # The mirror apt uses here for $suite (deb822 .sources or sources.list).
 mirror=$(
@@ -58,7 +64,7 @@ echo "debian-systems: debootstrap $suite from $mirror" >&2
 # Stage one only (unpack); the rest is installed by dpkg in the tree, which
 # then honours the path-exclude rules.
 debootstrap --foreign --variant=minbase \
-  --include=systemd-sysv,udev,dmsetup,kmod,e2fsprogs,initramfs-tools,linux-image-amd64,grub-efi-amd64-bin,grub2-common,efibootmgr \
+  --include=systemd-sysv,udev,dmsetup,kmod,e2fsprogs,zstd,initramfs-tools,linux-image-amd64,grub-efi-amd64-bin,grub2-common,efibootmgr \
   "$suite" "$base" "$mirror" >"$work/debootstrap.log" 2>&1 \
   || { tail -20 "$work/debootstrap.log" >&2; exit 1; }
 mkdir -p "$base/etc/dpkg/dpkg.cfg.d"
@@ -113,15 +119,37 @@ in_tree "$base" apt-get clean
 # (apt removes initramfs-tools; dracut's kernel hook makes the initrd).
 cp -a "$base" "$work/dracut"
 mkdir -p "$work/dracut/etc/dracut.conf.d"
-# a generic initrd (no host-only: this tree is not on the disk it boots from)
-echo 'hostonly="no"' >"$work/dracut/etc/dracut.conf.d/10-liverestore-tests.conf"
+# a generic initrd (no host-only: this tree is not on the disk it boots
+# from), xz-compressed
+printf 'hostonly="no"\ncompress="xz"\n' >"$work/dracut/etc/dracut.conf.d/10-liverestore-tests.conf"
 in_tree "$work/dracut" sh -c 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends dracut >/dev/null && apt-get clean && rm -rf /var/lib/apt/lists/*' \
   >>"$work/debootstrap.log" 2>&1 || { tail -20 "$work/debootstrap.log" >&2; exit 1; }
 ls "$work/dracut"/boot/initrd.img-* >/dev/null || { echo "dracut made no initrd" >&2; exit 1; }
 
-rm -rf "$dir/initramfs-tools" "$dir/dracut"
+# The initramfs-tools system's initrd: zstd (Debian's default, now that
+# zstd is there), with an uncompressed archive in front, added the way
+# intel-microcode's and amd64-microcode's hooks add theirs
+# (prepend_earlyinitramfs; its file is no real microcode, which the
+# kernel would try to load).
+sed -i 's/^COMPRESS=.*/COMPRESS=zstd/' "$base/etc/initramfs-tools/initramfs.conf"
+cat >"$base/etc/initramfs-tools/hooks/lr-early-archive" <<'HOOK'
+#!/bin/sh
+[ "$1" = prereqs ] && exit 0
+. /usr/share/initramfs-tools/hook-functions
+d=$(mktemp -d)
+mkdir -p "$d/kernel/x86/microcode"
+echo "liverestore tests: an early archive in front" >"$d/kernel/x86/microcode/LiverestoreTests.bin"
+(cd "$d" && find . | cpio -H newc -o --quiet) >"$d.cpio"
+prepend_earlyinitramfs "$d.cpio"
+rm -rf "$d" "$d.cpio"
+HOOK
+chmod 755 "$base/etc/initramfs-tools/hooks/lr-early-archive"
+in_tree "$base" update-initramfs -u -k all >>"$work/debootstrap.log" 2>&1 \
+  || { tail -20 "$work/debootstrap.log" >&2; exit 1; }
+
+rm -rf "$dir/initramfs-tools" "$dir/dracut" "$dir/old-system"
 mv "$base" "$dir/initramfs-tools"
 mv "$work/dracut" "$dir/dracut"
 rm -rf "$work"
-touch "$dir/done"
+echo "$version" >"$dir/done"
 echo "debian-systems: $(du -sh "$dir/initramfs-tools" | cut -f1) and $(du -sh "$dir/dracut" | cut -f1) in $dir" >&2

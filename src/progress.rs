@@ -133,6 +133,12 @@ impl Progress for JsonProgress {
     }
 }
 
+/// A Unix time as people read it: `2026-12-02T22:25:06Z`.
+pub fn utc_time(unix: u64) -> String {
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix))
+        .to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,7 +8,9 @@
 //! 3. find the disk: the one of the recorded size whose on-disk header, at
 //!    the recorded offset, belongs to the recorded staging (waiting up to
 //!    [`DISK_WAIT`] for it to appear);
-//! 4. create the device-mapper `linear` device [`DM_NAME`] from the map,
+//! 4. note the boot in the staging's [`boot_note`] (and in each other
+//!    partition's below), then create the device-mapper `linear` device
+//!    [`DM_NAME`] from the map,
 //!    then one for each other partition of the same whole-disk image
 //!    (`liverestore-pN`), each checked by its own on-disk header;
 //! 5. unmount what it mounted and `exec /init`, with the same arguments.
@@ -20,8 +22,10 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::boot::plan::{BootPlan, DM_NAME, DM_UUID_PREFIX};
+use crate::boot::plan::{BootPlan, DM_NAME, DM_UUID_PREFIX, NoteAt};
 use crate::error::{Error, ErrorKind, Result};
+use crate::map::disk_io::DiskWriter;
+use crate::store::boot_note;
 use crate::{boot::initrd, store::header, sys::dm, sys::kmod};
 
 /// How long to wait for the disk to show up (kernel argument
@@ -232,6 +236,8 @@ fn assemble(mounted: &mut Vec<&'static str>, params: &mut BootParams) -> Result<
         plan.name,
         plan.extents.len()
     );
+    let node = Path::new("/dev").join(&name);
+    note_boot(&node, &plan.name, plan.id, &plan.note);
     let info = dm::create(
         DM_NAME,
         &format!("{DM_UUID_PREFIX}{}", plan.id),
@@ -239,7 +245,6 @@ fn assemble(mounted: &mut Vec<&'static str>, params: &mut BootParams) -> Result<
         false,
     )?;
     // The image's other partitions, each checked by its own header.
-    let node = Path::new("/dev").join(&name);
     for c in &plan.companions {
         if !holds_header(&node, c.header_offset, c.id)? {
             return Err(Error::new(
@@ -250,6 +255,7 @@ fn assemble(mounted: &mut Vec<&'static str>, params: &mut BootParams) -> Result<
                 ),
             ));
         }
+        note_boot(&node, &c.dm_name, c.id, &c.note);
         dm::create(
             &c.dm_name,
             &format!("{DM_UUID_PREFIX}{}", c.id),
@@ -263,6 +269,51 @@ fn assemble(mounted: &mut Vec<&'static str>, params: &mut BootParams) -> Result<
         );
     }
     Ok(info.path())
+}
+
+/// Note this boot in staging `id`'s boot note ([`boot_note`]), before its
+/// image is mapped, so before anything can change it. A failure is said
+/// and the boot goes on: a trial is still worth having, but its changes
+/// will then look like corruption to `verify`.
+fn note_boot(disk: &Path, what: &str, id: uuid::Uuid, at: &NoteAt) {
+    let Some(offset) = at.note_offset else {
+        return;
+    };
+    let note = || -> Result<u32> {
+        let old = boot_note::decode(&crate::map::disk_io::read_raw(
+            disk,
+            offset,
+            boot_note::LEN,
+        )?);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or_default();
+        let new = boot_note::next(old, id, at.boots_accepted, now, boot_id);
+        let sector = disk
+            .file_name()
+            .and_then(|n| {
+                std::fs::read_to_string(
+                    Path::new("/sys/block")
+                        .join(n)
+                        .join("queue/logical_block_size"),
+                )
+                .ok()
+            })
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .unwrap_or(512);
+        DiskWriter::write_range(disk, offset, &boot_note::encode(&new), sector)?;
+        Ok(new.boots)
+    };
+    match note() {
+        Ok(boots) => eprintln!("liverestore: boot {boots} of '{what}' noted"),
+        Err(e) => eprintln!(
+            "liverestore: warning: this boot of '{what}' is not noted ({e}): the changes it makes will look like corruption to `verify`"
+        ),
+    }
 }
 
 /// Whether `dir` is a mount point (another filesystem than its parent's).

@@ -40,6 +40,9 @@ pub struct BootPlan {
     pub image_size: u64,
     /// The image, in image order.
     pub extents: Vec<BootExtent>,
+    /// Where the early-boot step notes the boot ([`crate::store::boot_note`]).
+    #[serde(flatten)]
+    pub note: NoteAt,
     /// Modules to load before the disk can be found and mapped, in order
     /// (their dependencies are resolved at boot from `modules.dep`).
     pub modules: Vec<String>,
@@ -60,6 +63,19 @@ pub struct Companion {
     pub header_offset: u64,
     pub image_size: u64,
     pub extents: Vec<BootExtent>,
+    #[serde(flatten)]
+    pub note: NoteAt,
+}
+
+/// Where a staging's boot note goes, and the boots its record accepted
+/// (a new note counts on from them when the old one is unreadable).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct NoteAt {
+    /// Disk offset of the note area; None: the image's boots go unnoted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note_offset: Option<u64>,
+    #[serde(default)]
+    pub boots_accepted: u32,
 }
 
 impl Companion {
@@ -135,6 +151,10 @@ impl BootPlan {
                 length: e.length,
             })
             .collect();
+        let note = NoteAt {
+            note_offset: rec.boot_note_disk_offset()?,
+            boots_accepted: rec.image.boots_accepted,
+        };
         Ok(BootPlan {
             format: FORMAT.into(),
             name: rec.name.clone(),
@@ -144,6 +164,7 @@ impl BootPlan {
             header_offset,
             image_size: rec.image.size,
             extents,
+            note,
             modules,
             companions: Vec::new(),
         })
@@ -175,6 +196,7 @@ impl BootPlan {
                 header_offset: p.header_offset,
                 image_size: p.image_size,
                 extents: p.extents,
+                note: p.note,
             });
         }
         Ok(plan)
@@ -184,8 +206,8 @@ impl BootPlan {
         serde_json::to_vec_pretty(self).expect("a boot plan serializes")
     }
 
-    /// Parse and check a plan: format, extents sector-aligned and adding
-    /// up to the image size.
+    /// Parse and check a plan: format, extents and note areas
+    /// sector-aligned, extents adding up to the image size.
     pub fn decode(bytes: &[u8]) -> Result<BootPlan> {
         let bad = |m: String| Error::new(ErrorKind::Corrupt, m);
         let plan: BootPlan = serde_json::from_slice(bytes)
@@ -193,9 +215,17 @@ impl BootPlan {
         if plan.format != FORMAT {
             return Err(bad(format!("unknown boot plan format '{}'", plan.format)));
         }
+        let check_note = |n: &NoteAt| match n.note_offset {
+            Some(at) if at % 512 != 0 => {
+                Err(bad(format!("boot note at {at} is not sector-aligned")))
+            }
+            _ => Ok(()),
+        };
         check_extents(&plan.extents, plan.image_size)?;
+        check_note(&plan.note)?;
         for c in &plan.companions {
             check_extents(&c.extents, c.image_size)?;
+            check_note(&c.note)?;
             if !c.dm_name.starts_with("liverestore-p") || c.dm_name.len() > 64 {
                 return Err(bad(format!("companion device name '{}'", c.dm_name)));
             }
@@ -233,6 +263,13 @@ mod tests {
         });
         assert!(table[0].params.starts_with("253:0 "));
         assert_eq!(table[1].start, table[0].length);
+        // the boot note: the header area's last 4 KiB, on the disk
+        let area = rec.container.data_offset - crate::store::boot_note::AREA;
+        let at = rec.map.as_ref().unwrap().translate(area, 512).unwrap()[0].disk;
+        assert_eq!(plan.note.note_offset, Some(at));
+        let mut odd = plan.clone();
+        odd.note.note_offset = Some(at + 1);
+        assert!(BootPlan::decode(&odd.encode()).is_err());
     }
 
     #[test]

@@ -192,6 +192,7 @@ impl Report for TestRestoreReport {
 ///
 ///   liverestore customize web --carry-network --preserve /etc/ssh --preserve /home
 ///   liverestore customize lab-07 --new-identity --hostname lab-07
+///   liverestore customize kiosk --auto-commit --health 'curl -fs http://127.0.0.1/' --commit-within 5min
 #[derive(clap::Args, Debug)]
 #[command(verbatim_doc_comment)]
 pub struct CustomizeArgs {
@@ -228,6 +229,27 @@ pub struct CustomizeArgs {
     /// such entries.
     #[arg(long)]
     fix_fstab: bool,
+    /// Make the restored system's trial commit itself, with nobody at
+    /// the machine: a systemd unit (and a static liverestore) go into
+    /// the image; after the boot it runs the --health check until it
+    /// passes, then `liverestore commit`, and removes itself. If the
+    /// check does not pass within --commit-within, it reboots: the
+    /// one-shot trial is over and the old system starts. Needs systemd
+    /// in the image (refused, with nothing changed, without it).
+    #[arg(long)]
+    auto_commit: bool,
+    /// The health check for --auto-commit: a shell command, healthy
+    /// when it exits 0 (tried every 5 s).
+    #[arg(long, value_name = "CMD", requires = "auto_commit", default_value = crate::customize::auto_commit::DEFAULT_HEALTH)]
+    health: String,
+    /// How long --health may take to pass after the unit starts
+    /// (`90s`, `10min`).
+    #[arg(long, value_name = "DURATION", requires = "auto_commit", default_value = "10min", value_parser = super::boot::parse_seconds)]
+    commit_within: u64,
+    /// The static liverestore put into the image for --auto-commit
+    /// (default: this program, which must then be static).
+    #[arg(long, value_name = "PATH", requires = "auto_commit")]
+    helper: Option<PathBuf>,
     /// Take preserved files, network configuration and drivers from
     /// the system whose root is mounted at DIR, not the running one.
     #[arg(long, value_name = "DIR", default_value = "/")]
@@ -249,6 +271,20 @@ impl CustomizeArgs {
             hostname: self.hostname,
             inject_drivers: self.inject_drivers,
             fix_fstab: self.fix_fstab,
+            auto_commit: match self.auto_commit {
+                false => None,
+                true => Some(crate::customize::AutoCommitOptions {
+                    settings: crate::customize::auto_commit::Settings {
+                        health: self.health,
+                        within_secs: self.commit_within,
+                    },
+                    helper: match self.helper {
+                        Some(h) => h,
+                        None => std::env::current_exe()
+                            .map_err(|e| crate::Error::io("find this program", e))?,
+                    },
+                }),
+            },
         };
         Ok(CustomizeResult {
             customized: crate::customize::customize(

@@ -109,21 +109,10 @@ pub struct Deadline(Option<std::time::Duration>);
 
 /// `90`, `90s`, `30min`, `1h`, or `none` (also `0`).
 fn parse_deadline(text: &str) -> std::result::Result<Deadline, String> {
-    let t = text.trim();
-    if t == "none" {
+    if text.trim() == "none" {
         return Ok(Deadline(None));
     }
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (number, unit) = t.split_at(split);
-    let n: u64 = number.parse().map_err(|_| {
-        format!("{text:?}: a number of seconds, or with s, min or h (30min), or none")
-    })?;
-    let secs = match unit {
-        "" | "s" => n,
-        "min" | "m" => n * 60,
-        "h" => n * 3600,
-        _ => return Err(format!("{text:?}: the unit is s, min or h")),
-    };
+    let secs = parse_seconds(text)?;
     // softdog's longest timeout
     if secs > 65535 {
         return Err(format!("{text:?}: at most 65535 s (18 h)"));
@@ -131,6 +120,26 @@ fn parse_deadline(text: &str) -> std::result::Result<Deadline, String> {
     Ok(Deadline(
         (secs > 0).then(|| std::time::Duration::from_secs(secs)),
     ))
+}
+
+/// A duration as people write it: `90`, `90s`, `5min`, `2h`; in seconds.
+pub(crate) fn parse_seconds(text: &str) -> std::result::Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let n: u64 = number.parse().map_err(|_| {
+        format!("{text:?}: a number of seconds, or with s, min or h (30min), or none")
+    })?;
+    match unit {
+        "" | "s" => Ok(n),
+        "min" | "m" => n
+            .checked_mul(60)
+            .ok_or_else(|| format!("{text:?}: too long")),
+        "h" => n
+            .checked_mul(3600)
+            .ok_or_else(|| format!("{text:?}: too long")),
+        _ => Err(format!("{text:?}: the unit is s, min or h")),
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -355,26 +364,68 @@ impl CommitArgs {
 
 impl Report for CommitReport {
     fn print_text(&self) {
-        let c = &self.committed;
-        match (c.boot_number, &c.grub_entry) {
-            (Some(n), _) => {
-                println!("Boot{n:04X} is first in BootOrder: this system now starts by default")
-            }
-            (_, Some(id)) => println!(
-                "GRUB's default is now '{id}' (liverestore_default in grubenv): this system now starts by default"
-            ),
-            _ => {}
+        print_committed(&self.committed);
+    }
+}
+
+/// What a commit changed, for people.
+fn print_committed(c: &Committed) {
+    match (c.boot_number, &c.grub_entry) {
+        (Some(n), _) => {
+            println!("Boot{n:04X} is first in BootOrder: this system now starts by default")
         }
-        if let Some(o) = &c.old_system {
-            println!(
-                "the old system ({}, root {}, kernel {}) stays reachable: `liverestore rollback`",
-                o.hostname, o.root_device, o.kernel_release
-            );
-        }
-        match c.deadline.as_deref() {
-            Some("stopped") => println!("the trial's deadline is off: its watchdog is stopped"),
-            Some(other) => eprintln!("the trial's deadline: {other}"),
-            None => {}
+        (_, Some(id)) => println!(
+            "GRUB's default is now '{id}' (liverestore_default in grubenv): this system now starts by default"
+        ),
+        _ => {}
+    }
+    if let Some(o) = &c.old_system {
+        println!(
+            "the old system ({}, root {}, kernel {}) stays reachable: `liverestore rollback`",
+            o.hostname, o.root_device, o.kernel_release
+        );
+    }
+    match c.deadline.as_deref() {
+        Some("stopped") => println!("the trial's deadline is off: its watchdog is stopped"),
+        Some(other) => eprintln!("the trial's deadline: {other}"),
+        None => {}
+    }
+}
+
+/// (run by the unit `customize --auto-commit` puts in the image) Commit
+/// this trial boot once the health check passes.
+///
+/// Reads /usr/local/lib/liverestore/auto-commit.json, runs its health
+/// check every 5 s; when it passes, commits (as `liverestore commit`) and
+/// removes the unit, its settings and its liverestore; when it has not
+/// passed within the time given, reboots: the one-shot trial is over and
+/// the old system starts.
+#[derive(clap::Args, Debug)]
+pub struct AutoCommitArgs {}
+
+#[derive(Debug, Serialize)]
+pub struct AutoCommitReport {
+    pub auto_committed: crate::boot::auto_commit::AutoCommitted,
+}
+
+impl AutoCommitArgs {
+    pub fn run(self, cx: &Context) -> Result<AutoCommitReport> {
+        Ok(AutoCommitReport {
+            auto_committed: crate::boot::auto_commit::run(&cx.state, cx.progress.as_ref())?,
+        })
+    }
+}
+
+impl Report for AutoCommitReport {
+    fn print_text(&self) {
+        let a = &self.auto_committed;
+        println!(
+            "healthy (`{}` passed after {} s, {} runs): committed",
+            a.health, a.passed_after_secs, a.checks
+        );
+        print_committed(&a.committed);
+        if !a.removed.is_empty() {
+            println!("the auto-commit removed itself: {}", a.removed.join(", "));
         }
     }
 }

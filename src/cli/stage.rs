@@ -113,6 +113,9 @@ impl Report for Plan {
                 );
             }
         }
+        for u in &p.unknown_stagings {
+            show("unknown staging", Some(u.note()));
+        }
         if !p.make_room.is_empty() {
             let total: u64 = p.make_room.iter().map(|c| c.bytes).sum();
             show(
@@ -289,6 +292,12 @@ impl StageArgs {
                 ));
             }
         };
+        if recs
+            .iter()
+            .all(|r| r.state == crate::store::record::StagingState::Complete)
+        {
+            crate::customize::warn_about_fstab(&state, &recs, progress);
+        }
         let stagings = recs.iter().map(StagedSummary::of).collect::<Result<_>>()?;
         Ok(StageReport { stagings })
     }
@@ -501,6 +510,12 @@ impl Report for InfoReport {
 /// Re-derives the map, checks the on-disk header, and re-reads every
 /// image byte through the map, comparing it with the hashes recorded
 /// while staging. Exits 20 on any difference.
+///
+/// An image booted (as a trial) since it was staged was changed by its
+/// own boot: the early-boot step noted each boot on the disk before the
+/// image was mapped. Such differences are accepted — the bytes as they are
+/// are re-hashed as the new baseline, and said so — and `activate` does
+/// the same; any other difference is refused.
 #[derive(clap::Args, Debug)]
 pub struct VerifyArgs {
     name: String,
@@ -508,7 +523,13 @@ pub struct VerifyArgs {
 
 impl VerifyArgs {
     pub fn run(self, cx: &Context) -> Result<VerifyReport> {
-        crate::stage::verify::verify(&cx.state, &self.name, cx.progress.as_ref())
+        let verified =
+            crate::stage::verify::verify_hashing(&cx.state, &self.name, cx.progress.as_ref())?;
+        if verified.report.changed_by_boot.is_none() {
+            return Ok(verified.report);
+        }
+        // Only accepting the image's own boots changes state.
+        verified.accept_own_boots(&cx.lock()?, cx.progress.as_ref())
     }
 }
 
@@ -522,7 +543,15 @@ impl Report for VerifyReport {
     }
 
     fn print_text(&self) {
-        if self.ok {
+        if self.rehashed {
+            println!(
+                "'{}' verified: {} of {} chunks were changed by its own boot; re-hashed, sha256 {}",
+                self.name,
+                self.bad_chunk_count,
+                self.chunks_checked,
+                self.sha256.as_deref().unwrap_or("-")
+            );
+        } else if self.ok {
             println!(
                 "'{}' verified: {} in {} chunks match; sha256 {}",
                 self.name,

@@ -14,13 +14,14 @@
 //! `customize` again finishes the job.
 //!
 //! Order inside the image: `--new-identity`, `--carry-network`,
-//! `--inject-drivers`, then `--preserve`, so that what a user names
-//! explicitly wins.
+//! `--inject-drivers`, `--fix-fstab`, `--auto-commit`, then
+//! `--preserve`, so that what a user names explicitly wins.
 //!
 //! Owns: changes inside a staged image. May not: follow a path out of the
 //! image (every path goes through [`crate::attach::root_dir::RootDir`]), or write a staged
 //! byte except through an attachment whose writes go through the map.
 
+pub mod auto_commit;
 pub(crate) mod copy;
 pub(crate) mod drivers;
 pub mod fstab;
@@ -54,6 +55,37 @@ pub struct CustomizeOptions {
     /// Make `nofail` the fstab entries whose devices will not exist at
     /// boot ([`fstab`]).
     pub fix_fstab: bool,
+    /// Put the auto-commit unit in ([`auto_commit`]).
+    pub auto_commit: Option<AutoCommitOptions>,
+}
+
+/// `--auto-commit`: the check, its time limit, and the static liverestore
+/// to put into the image.
+#[derive(Debug, Clone)]
+pub struct AutoCommitOptions {
+    pub settings: auto_commit::Settings,
+    pub helper: PathBuf,
+}
+
+impl AutoCommitOptions {
+    /// The helper's bytes: a static liverestore, which runs whatever C
+    /// library the restored system has.
+    fn helper_bytes(&self) -> Result<Vec<u8>> {
+        let bytes = std::fs::read(&self.helper).map_err(|e| {
+            Error::io("read the liverestore to put into the image", e).with_path(&self.helper)
+        })?;
+        if !crate::boot::initrd::is_static_elf(&bytes) {
+            return Err(Error::new(
+                ErrorKind::InvalidState,
+                format!(
+                    "--auto-commit puts a liverestore into the image, which must be statically linked: {} is not (give one with --helper)",
+                    self.helper.display()
+                ),
+            )
+            .with_path(&self.helper));
+        }
+        Ok(bytes)
+    }
 }
 
 impl CustomizeOptions {
@@ -64,12 +96,16 @@ impl CustomizeOptions {
             && !self.new_identity
             && self.hostname.is_none()
             && !self.inject_drivers
-            && !self.fix_fstab;
+            && !self.fix_fstab
+            && self.auto_commit.is_none();
         if nothing {
             return Err(Error::new(
                 ErrorKind::InvalidState,
-                "nothing to do: give --preserve PATH, --carry-network, --new-identity, --hostname NAME, --inject-drivers or --fix-fstab",
+                "nothing to do: give --preserve PATH, --carry-network, --new-identity, --hostname NAME, --inject-drivers, --fix-fstab or --auto-commit",
             ));
+        }
+        if let Some(a) = &self.auto_commit {
+            a.helper_bytes()?;
         }
         if let Some(h) = &self.hostname {
             new_identity::check_hostname(h)?;
@@ -187,7 +223,13 @@ pub fn customize(
     let sha256_before = if resumed {
         None
     } else {
-        let report = verify::verify(state, name, progress)?;
+        if opts.auto_commit.is_some() {
+            // before anything changes (a read-write mount alone would)
+            test_restore::with_mounted(state, name, |mnt| {
+                auto_commit::check(&crate::attach::root_dir::RootDir::open(mnt)?)
+            })?;
+        }
+        let report = verify::verify_accepting_own_boots(state, name, progress)?;
         if !report.ok {
             return Err(Error::new(
                 ErrorKind::VerifyFailed,
@@ -315,6 +357,9 @@ pub fn apply(
     if opts.fix_fstab {
         changes.extend(fix_fstab(root, ids)?);
     }
+    if let Some(a) = &opts.auto_commit {
+        changes.extend(auto_commit::install(root, &a.settings, &a.helper_bytes()?)?);
+    }
     for p in &opts.preserve {
         let c = copy::preserve(&opts.source_root, p, root)?;
         let mut detail = format!(
@@ -368,15 +413,71 @@ pub fn image_ids(set: &[crate::store::record::StagingRecord]) -> Result<fstab::I
             ids.partuuids.extend(e.guid.clone());
             ids.partlabels.extend(e.label.clone());
         }
-        let checked = staged::revalidate(rec)?;
-        let reader = DiskReader::open(&checked.target.disk_path, rec.image_map()?)?;
-        let mut head =
-            crate::map::disk_io::AlignedBuf::new(4096.min(rec.image.size as usize).max(512));
-        let len = head.len() - head.len() % 512;
-        reader.read_at(0, &mut head[..len])?;
+        let head = image_head(rec, 4096)?;
         let (uuid, label) = fstab::ids_of_head(&head);
         ids.uuids.extend(uuid);
         ids.labels.extend(label);
     }
     Ok(ids)
+}
+
+/// The first `len` bytes of staging `rec`'s image (fewer when it is
+/// smaller), read from the disk through its revalidated map.
+fn image_head(rec: &crate::store::record::StagingRecord, len: usize) -> Result<Vec<u8>> {
+    let checked = staged::revalidate(rec)?;
+    let reader = DiskReader::open(&checked.target.disk_path, rec.image_map()?)?;
+    let mut head = crate::map::disk_io::AlignedBuf::new(len.min(rec.image.size as usize).max(512));
+    let whole = head.len() - head.len() % 512;
+    reader.read_at(0, &mut head[..whole])?;
+    Ok(head[..whole].to_vec())
+}
+
+/// The warning about the restored system's `fstab` (its text), whose
+/// devices named by identity none of the `set`'s filesystems or
+/// partitions has; `member` is the staging that holds it.
+pub fn fstab_warning(
+    set: &[crate::store::record::StagingRecord],
+    fstab_text: &str,
+    member: &str,
+) -> Option<String> {
+    let ids = image_ids(set).ok()?;
+    let risky = fstab::at_risk(fstab_text, &ids);
+    if risky.is_empty() {
+        return None;
+    }
+    let what: Vec<String> = risky.iter().map(ToString::to_string).collect();
+    Some(format!(
+        "warning: the restored system's /etc/fstab names devices it will not find at boot: {}; systemd would wait for them and stop in emergency mode. `liverestore customize {member} --fix-fstab` makes them nofail",
+        what.join(", ")
+    ))
+}
+
+/// After staging: warn, as `activate` does, about the fstab of the
+/// `set`'s Linux root filesystem (the first member whose ext4, xfs or
+/// btrfs holds `/etc/fstab`, looked at read-only). A staging that holds no
+/// such filesystem is not attached at all; nothing here fails a staging.
+pub fn warn_about_fstab(
+    state: &StateLock<'_>,
+    set: &[crate::store::record::StagingRecord],
+    progress: &dyn Progress,
+) {
+    for rec in set {
+        let linux = image_head(rec, 0x10048)
+            .ok()
+            .and_then(|h| test_restore::detect_filesystem(&h))
+            .is_some_and(|fs| matches!(fs, "ext4" | "xfs" | "btrfs"));
+        if !linux {
+            continue;
+        }
+        let fstab = test_restore::with_mounted(state, &rec.name, |mnt| {
+            crate::attach::root_dir::RootDir::open(mnt)?
+                .read_limited(std::path::Path::new("/etc/fstab"), 1 << 20)
+        });
+        if let Ok(Some(text)) = fstab {
+            if let Some(w) = fstab_warning(set, &String::from_utf8_lossy(&text), &rec.name) {
+                progress.note(&w);
+            }
+            return;
+        }
+    }
 }

@@ -120,6 +120,9 @@ pub fn stage(
     };
     let kept = pieces.as_ref().ok().cloned();
     let mut assessment = plan::assess(state, req.space, pieces);
+    for u in &assessment.plan.unknown_stagings {
+        progress.note(&u.note());
+    }
     if assessment.plan.ok && !assessment.plan.make_room.is_empty() {
         // --make-room: delete what the plan needs gone, then plan again
         // from what is really free now.
@@ -209,6 +212,7 @@ pub fn stage(
                     partition: piece.partition.clone(),
                     customizing: None,
                     customized: Vec::new(),
+                    boots_accepted: 0,
                 },
                 container,
                 host,

@@ -91,7 +91,31 @@ pub struct Plan {
     /// Files `--make-room` deletes so that the image fits, in order.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub make_room: Vec<crate::space::make_room::Candidate>,
+    /// With `--unallocated`: stagings found on the disk by their headers
+    /// that the state directory does not know (it was lost or replaced).
+    /// Their space is left alone like any other staging's.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unknown_stagings: Vec<UnknownStaging>,
     pub refusals: Vec<Refusal>,
+}
+
+/// A staging on the disk that no state file describes.
+#[derive(Debug, Clone, Serialize)]
+pub struct UnknownStaging {
+    pub name: String,
+    pub id: String,
+    /// The container file that holds its header.
+    pub container: String,
+}
+
+impl UnknownStaging {
+    /// What `stage` says about it.
+    pub fn note(&self) -> String {
+        format!(
+            "staging '{}' ({}) is on this disk (its header is in {}) but the state directory does not know it: its space is left alone; `liverestore scan` lists it",
+            self.name, self.id, self.container
+        )
+    }
 }
 
 /// A source of space.
@@ -179,10 +203,28 @@ pub fn assess(
     }
     let image_size = (!pieces.is_empty()).then(|| pieces.iter().map(|p| p.size).sum::<u64>());
     // Unknown means occupied: a record that cannot be read refuses the plan.
-    let others = state.load_all().unwrap_or_else(|e| {
+    let mut others = state.load_all().unwrap_or_else(|e| {
         errors.push(e);
         Vec::new()
     });
+    // Nor does a lost state directory free unallocated space: the
+    // stagings whose headers are on the disk count too.
+    let mut unknown_stagings = Vec::new();
+    if space.unallocated
+        && let Some(Ok(first)) = space.dirs.first().map(|d| hostfs::discover(d))
+    {
+        match super::scan::unknown_stagings(&first, &others) {
+            Ok(found) => {
+                unknown_stagings.extend(found.iter().map(|r| UnknownStaging {
+                    name: r.name.clone(),
+                    id: r.id.to_string(),
+                    container: r.container.path.clone(),
+                }));
+                others.extend(found);
+            }
+            Err(e) => errors.push(e),
+        }
+    }
     let sources = match allocate::discover(space, &others) {
         Ok(s) => s,
         Err(e) => {
@@ -350,6 +392,7 @@ pub fn assess(
             })
             .collect(),
         make_room: deletions,
+        unknown_stagings,
         refusals: errors
             .iter()
             .map(|e| Refusal {

@@ -2,7 +2,7 @@
 //! no help from the host filesystem or the state directory.
 
 use std::fs::File;
-use std::os::unix::fs::{FileExt, FileTypeExt};
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
 use std::path::Path;
 
 use serde::Serialize;
@@ -105,5 +105,87 @@ pub fn scan(disk: &Path, progress: &dyn Progress) -> Result<Vec<FoundHeader>> {
         progress.update(pos);
     }
     progress.end();
+    Ok(found)
+}
+
+/// Stagings on the disk under `target` that none of the `known` records
+/// is, found by their on-disk headers alone: the first block of every
+/// container file (`*.liverestore`) of every mounted filesystem of that
+/// disk (each walked on its own, as `find -xdev` would) is read on the
+/// raw disk. A lost state directory therefore cannot make their space
+/// look free. (A header lives at the start of its first container, a
+/// file; the image data a lost record's unallocated segments hold carry
+/// no mark of their own, so the files are where to look. Reading the
+/// whole raw disk, as `scan` does, would find the same headers in time
+/// proportional to the disk, not to its files.)
+pub fn unknown_stagings(
+    target: &crate::space::hostfs::HostTarget,
+    known: &[crate::store::record::StagingRecord],
+) -> Result<Vec<crate::store::record::StagingRecord>> {
+    use crate::space::hostfs;
+    let disk = File::open(&target.disk_path)
+        .op(|| "open the disk".into())
+        .map_err(|e| e.with_path(&target.disk_path))?;
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
+        .op(|| "read /proc/self/mountinfo".into())?;
+    let mut seen_fs = Vec::new();
+    let mut found = Vec::new();
+    for m in hostfs::parse_mountinfo(&mountinfo) {
+        if seen_fs.contains(&(m.major, m.minor)) {
+            continue;
+        }
+        // only this disk's filesystems, each once
+        let Ok(fs) = hostfs::discover(&m.mount_point) else {
+            continue;
+        };
+        if (fs.block.disk_major, fs.block.disk_minor)
+            != (target.block.disk_major, target.block.disk_minor)
+        {
+            continue;
+        }
+        seen_fs.push((m.major, m.minor));
+        let dev = rustix::fs::makedev(m.major, m.minor);
+        let mut dirs = vec![m.mount_point.clone()];
+        while let Some(dir) = dirs.pop() {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let Ok(meta) = entry.metadata() else { continue };
+                let path = entry.path();
+                if meta.dev() != dev {
+                    continue;
+                }
+                if meta.is_dir() {
+                    dirs.push(path);
+                    continue;
+                }
+                let name = entry.file_name();
+                if !meta.is_file()
+                    || !name
+                        .to_string_lossy()
+                        .ends_with(crate::space::container::SUFFIX)
+                {
+                    continue;
+                }
+                let Ok(map) = crate::space::container::ContainerFile::open(&path)
+                    .and_then(|c| c.map(fs.block.start, fs.fs_block_size))
+                else {
+                    continue;
+                };
+                let Some(first) = map.extents().first() else {
+                    continue;
+                };
+                if let Ok(rec) = read_header_at(&disk, first.disk)
+                    && !known.iter().any(|k| k.id == rec.id)
+                    && !found
+                        .iter()
+                        .any(|f: &crate::store::record::StagingRecord| f.id == rec.id)
+                {
+                    found.push(rec);
+                }
+            }
+        }
+    }
     Ok(found)
 }

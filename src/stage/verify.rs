@@ -1,6 +1,8 @@
 //! `verify`: re-derive the map and compare it, check the on-disk header,
 //! then re-read every byte of the image from the raw disk through the map
-//! and compare it with the hashes recorded while staging.
+//! and compare it with the hashes recorded while staging — or, where the
+//! image's [`boot_note`] says it was booted since, accept its own changes
+//! ([`verify_accepting_own_boots`]).
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -9,9 +11,9 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::map::disk_io::{AlignedBuf, DiskReader};
 use crate::progress::Progress;
 use crate::stage::staged;
-use crate::store::header;
-use crate::store::record::{StagingRecord, StagingState};
-use crate::store::state_dir::StateDir;
+use crate::store::record::{Change, Customization, StagingRecord, StagingState};
+use crate::store::state_dir::{StateDir, StateLock};
+use crate::store::{boot_note, header};
 
 /// The outcome of a verification that could run to the end.
 #[derive(Debug, Clone, Serialize)]
@@ -26,6 +28,27 @@ pub struct VerifyReport {
     pub bad_chunks: Vec<u64>,
     pub bad_chunk_count: u64,
     pub sha256: Option<String>,
+    /// The differences are the image's own: its boot note counts boots
+    /// the record has not accepted yet (a trial boot mounted it
+    /// read-write). [`Verified::accept_own_boots`] then takes the bytes as
+    /// they are as the new baseline.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub changed_by_boot: Option<OwnBoots>,
+    /// Set when the differences were accepted and the image re-hashed.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub rehashed: bool,
+}
+
+/// Boots of a staged image that changed it, from its boot note.
+#[derive(Debug, Clone, Serialize)]
+pub struct OwnBoots {
+    /// Boots noted in all, and how many of them were accepted before.
+    pub boots: u32,
+    pub accepted_before: u32,
+    pub first_boot_unix: u64,
+    pub last_boot_unix: u64,
+    /// The kernel's boot id of the last one.
+    pub last_boot_id: String,
 }
 
 /// Read the header of `rec` back from the disk and check it describes the
@@ -99,8 +122,92 @@ pub fn hash_image(
 }
 
 /// Verify `name`. Map and header problems are errors ([`ErrorKind::MapChanged`],
-/// [`ErrorKind::Corrupt`]); data mismatches are reported with `ok: false`.
+/// [`ErrorKind::Corrupt`]); data mismatches are reported with `ok: false`
+/// (and `changed_by_boot` when the boot note explains them).
 pub fn verify(state: &StateDir, name: &str, progress: &dyn Progress) -> Result<VerifyReport> {
+    Ok(verify_hashing(state, name, progress)?.report)
+}
+
+/// [`verify`], and where the differences are the image's own boots',
+/// accept them ([`Verified::accept_own_boots`]).
+pub fn verify_accepting_own_boots(
+    state: &StateLock<'_>,
+    name: &str,
+    progress: &dyn Progress,
+) -> Result<VerifyReport> {
+    verify_hashing(state, name, progress)?.accept_own_boots(state, progress)
+}
+
+/// A verification with what it read: the record it checked and the
+/// hashes of the bytes as they are.
+pub struct Verified {
+    pub report: VerifyReport,
+    rec: StagingRecord,
+    hashes: ImageHashes,
+}
+
+impl Verified {
+    /// Where the differences are the image's own boots' (the report's
+    /// `changed_by_boot`), accept them: the bytes as they are become the
+    /// baseline (the chunk hashes and SHA-256 are replaced, a
+    /// `trial-boot` entry joins the customizations, the boots are counted
+    /// as accepted; header and state file rewritten), said in `progress`
+    /// and the report. Anything else is returned as it was reported.
+    /// Refused when the record changed since it was verified.
+    pub fn accept_own_boots(
+        self,
+        state: &StateLock<'_>,
+        progress: &dyn Progress,
+    ) -> Result<VerifyReport> {
+        let Verified {
+            mut report,
+            rec: verified,
+            hashes,
+        } = self;
+        let Some(boots) = report.changed_by_boot.clone() else {
+            return Ok(report);
+        };
+        let name = &report.name;
+        let mut rec = state.load(name)?;
+        if rec != verified {
+            return Err(Error::new(
+                ErrorKind::InvalidState,
+                format!("'{name}' changed while it was verified: verify it again"),
+            ));
+        }
+        let since = boots.boots - boots.accepted_before;
+        rec.image.customized.push(Customization {
+            at_unix: boots.last_boot_unix,
+            changes: vec![Change {
+                what: "trial-boot".into(),
+                path: "/".into(),
+                detail: format!(
+                    "{since} boot(s) of the image changed {} of its chunks; its bytes as they are were accepted",
+                    report.bad_chunk_count
+                ),
+            }],
+            change_count: 1,
+            sha256_before: rec.image.sha256.take(),
+            sha256: hashes.sha256.clone(),
+        });
+        rec.image.chunk_blake3 = hashes.chunks;
+        rec.image.sha256 = Some(hashes.sha256);
+        rec.image.boots_accepted = boots.boots;
+        staged::record_changed(state, &rec)?;
+        progress.note(&format!(
+            "'{name}': {} of {} chunks changed by its own boot ({since} since it was staged or last re-hashed, the last at {}): re-hashed, its bytes as they are are the new baseline",
+            report.bad_chunk_count,
+            report.chunks_checked,
+            crate::progress::utc_time(boots.last_boot_unix),
+        ));
+        report.ok = true;
+        report.rehashed = true;
+        Ok(report)
+    }
+}
+
+/// [`verify`], keeping what it read.
+pub fn verify_hashing(state: &StateDir, name: &str, progress: &dyn Progress) -> Result<Verified> {
     let rec = state.load(name)?;
     if rec.state == StagingState::Failed {
         return Err(Error::new(
@@ -143,13 +250,19 @@ pub fn verify(state: &StateDir, name: &str, progress: &dyn Progress) -> Result<V
             }
         }
     }
-    let sha256 = hashes.sha256;
+    let sha256 = hashes.sha256.clone();
     let complete = rec.image.chunk_blake3.len() as u64 == rec.image.chunk_count();
     // The whole-image hash is checked when one was recorded.
     let whole_ok = rec.image.sha256.as_deref().is_none_or(|s| s == sha256);
-    Ok(VerifyReport {
+    let ok = bad_count == 0 && complete && whole_ok;
+    let changed_by_boot = if ok || !complete {
+        None
+    } else {
+        own_boots(&rec, &reader)?
+    };
+    let report = VerifyReport {
         name: name.to_string(),
-        ok: bad_count == 0 && complete && whole_ok,
+        ok,
         map_valid: true,
         header_valid: true,
         bytes_checked: rec.image.size,
@@ -157,5 +270,28 @@ pub fn verify(state: &StateDir, name: &str, progress: &dyn Progress) -> Result<V
         bad_chunks: bad,
         bad_chunk_count: bad_count,
         sha256: Some(sha256),
+        changed_by_boot,
+        rehashed: false,
+    };
+    Ok(Verified {
+        report,
+        rec,
+        hashes,
     })
+}
+
+/// The boots of `rec` its boot note counts beyond those accepted.
+fn own_boots(rec: &StagingRecord, reader: &DiskReader) -> Result<Option<OwnBoots>> {
+    let mut area = AlignedBuf::new(boot_note::AREA as usize);
+    reader.read_at(rec.container.data_offset - boot_note::AREA, &mut area)?;
+    let accepted = rec.image.boots_accepted;
+    Ok(
+        boot_note::unaccepted_boots(boot_note::decode(&area), rec.id, accepted).map(|n| OwnBoots {
+            boots: n.boots,
+            accepted_before: accepted,
+            first_boot_unix: n.first_unix,
+            last_boot_unix: n.last_unix,
+            last_boot_id: n.last_boot_id.to_string(),
+        }),
+    )
 }

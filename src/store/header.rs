@@ -87,7 +87,7 @@ pub fn reserve_len(image_size: u64, chunk_size: u64, max_extents: u64) -> u64 {
 
 /// Encode the header of `record` (whose map must be set). The result is
 /// `used_len` rounded up to `align` bytes; it fails when it would not fit in
-/// `record.container.data_offset` bytes or the header is too fragmented for
+/// `record.container.data_offset` bytes less the boot note's area or the header is too fragmented for
 /// block 0 to describe.
 pub fn encode(record: &StagingRecord, align: u64) -> Result<Vec<u8>> {
     let map = record.map.as_ref().ok_or_else(|| {
@@ -100,7 +100,8 @@ pub fn encode(record: &StagingRecord, align: u64) -> Result<Vec<u8>> {
     let header_len = record.container.data_offset;
     let used = BLOCK0_SIZE as u64 + body.len() as u64;
     let padded = used.div_ceil(align) * align;
-    if padded > header_len {
+    // The header area's last bytes are the boot note's.
+    if padded > header_len.saturating_sub(crate::store::boot_note::AREA) {
         return Err(Error::new(
             ErrorKind::UnsupportedFilesystem,
             format!(

@@ -95,6 +95,15 @@ pub struct ImageInfo {
     /// bytes after the last one.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub customized: Vec<Customization>,
+    /// Boots of this image (counted by its [`crate::store::boot_note`])
+    /// whose changes were accepted: the chunk hashes describe the bytes
+    /// after them.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub boots_accepted: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// One change `customize` made inside a staged image.
@@ -364,24 +373,38 @@ impl StagingRecord {
     }
 
     /// Disk offset of the on-disk header's block 0 (container offset 0).
-    pub fn header_disk_offset(&self) -> Result<u64> {
-        let map = self.map.as_ref().ok_or_else(|| {
+    /// The map, which a staging has once its space is allocated.
+    fn allocated_map(&self) -> Result<&ExtentMap> {
+        self.map.as_ref().ok_or_else(|| {
             Error::new(
                 ErrorKind::InvalidState,
                 format!("'{}' has no map yet (still allocating)", self.name),
             )
-        })?;
+        })
+    }
+
+    pub fn header_disk_offset(&self) -> Result<u64> {
+        let map = self.allocated_map()?;
         Ok(map.translate(0, 512)?[0].disk)
+    }
+
+    /// The disk offset of the [`crate::store::boot_note`] area, when it
+    /// lies in one extent (it always does but on a filesystem whose blocks
+    /// are smaller than the area): None, and the image's boots go
+    /// unnoted.
+    pub fn boot_note_disk_offset(&self) -> Result<Option<u64>> {
+        let map = self.allocated_map()?;
+        let area = crate::store::boot_note::AREA;
+        let runs = map.translate(self.container.data_offset - area, area)?;
+        Ok(match runs.as_slice() {
+            [one] => Some(one.disk),
+            _ => None,
+        })
     }
 
     /// The map of the image bytes alone (container map minus the header).
     pub fn image_map(&self) -> Result<ExtentMap> {
-        let map = self.map.as_ref().ok_or_else(|| {
-            Error::new(
-                ErrorKind::InvalidState,
-                format!("'{}' has no map yet (still allocating)", self.name),
-            )
-        })?;
+        let map = self.allocated_map()?;
         map.slice(self.container.data_offset, self.image.size)
     }
 }
@@ -497,6 +520,7 @@ pub(crate) mod tests {
                 partition: None,
                 customizing: None,
                 customized: Vec::new(),
+                boots_accepted: 0,
             },
             container: ContainerInfo {
                 path: "/var/tmp/web-01.lrc".into(),

@@ -1,5 +1,7 @@
 //! Real Debian 12 systems (debootstrap-built: systemd, udev,
-//! `linux-image-amd64`; `tests/common/debian.rs`) restored and trial-booted
+//! `linux-image-amd64`; `tests/common/debian.rs`; the initramfs-tools
+//! system's initrd zstd with an uncompressed archive in front, the dracut
+//! system's xz) restored and trial-booted
 //! under OVMF, the old system booting through the GRUB that its own
 //! `grub-install` and `update-grub` set up, in one run of six boots:
 //! (1) the old system stages a system whose initrd initramfs-tools made
@@ -7,10 +9,14 @@
 //! 100 s trial deadline and `--reboot` (through systemd); (2) the restored
 //! system reaches multi-user.target from the map, then drops to the
 //! emergency shell, and nobody commits: the watchdog resets the machine;
-//! (3) the old system again: the trial ended, `discard` cleans it up, it
-//! stages a whole-disk system (its ESP mounted by UUID in its fstab, its
-//! initrd made by dracut) and activates it through GRUB (`next_entry`);
-//! (4) the restored system commits, which stops the watchdog: it is still
+//! (3) the old system again: the trial ended; `verify` accepts the
+//! changes the trial made (its early-boot step noted the boot) and
+//! re-hashes; `discard` cleans up, it stages a whole-disk system (its ESP
+//! mounted by UUID in its fstab, its initrd made by dracut), puts the
+//! auto-commit in it (`customize --auto-commit`) and activates it through
+//! GRUB (`next_entry`); (4) once its health check passes, the restored
+//! system's auto-commit unit commits (and removes itself), which stops
+//! the watchdog: it is still
 //! up after the deadline; (5) GRUB starts it by default, it rolls back
 //! from its side; (6) the old system removes what was left. Every boot
 //! reports systemd's state, its failed units, its root device and
@@ -19,7 +25,7 @@
 use std::time::Duration;
 
 use crate::common::debian::{
-    old_system_disk, old_system_guest, restored_disk_image, restored_image,
+    old_system_disk, old_system_guest, restored_disk_image, restored_image, systems,
 };
 use crate::common::*;
 
@@ -56,9 +62,17 @@ case $n in
   ;;
 2)
   echo "LR trial_ended_2=$(liverestore --json status | grep -o '"trial_ended":[a-z]*' | cut -d: -f2)"
+  # the trial mounted deb read-write: its own changes, noted at its boot,
+  # are accepted (no re-stage); a second verify finds the new baseline
+  liverestore --json verify deb > /tmp/verify.json || true
+  echo "LR deb_rehashed=$(grep -c '"rehashed":true' /tmp/verify.json || true)"
+  echo "LR deb_boots=$(grep -o '"boots":[0-9]*' /tmp/verify.json | cut -d: -f2)"
+  echo "LR deb_verified_again=$(liverestore verify deb | grep -c 'chunks match' || true)"
   liverestore discard deb
   liverestore stage /dev/vdc --name rh --dir /
-  echo "LR report=old system ($state, nobody committed): discarded 'deb', staged 'rh' (dracut; a whole disk: ESP and root), activating it through GRUB"
+  # commits itself once the scenario says so (a health check)
+  liverestore customize rh-p2 --auto-commit --health 'test -e /run/lr-ready' --commit-within 60s
+  echo "LR report=old system ($state, nobody committed): 'deb' re-hashed after its trial and discarded, staged 'rh' (dracut; a whole disk: ESP and root) with auto-commit, activating it through GRUB"
   liverestore activate rh --loader grub --trial-deadline 70s --reboot
   ;;
 3)
@@ -85,14 +99,19 @@ deb/1)
 rh/1)
   echo "LR rh_deadline_left=$(liverestore --json status | grep -o '"deadline_left_secs":[0-9]*' | cut -d: -f2)"
   liverestore status | grep deadline
-  liverestore commit | tee /tmp/commit.out
-  echo "LR rh_deadline_left_after_commit=$(liverestore --json status | grep -c deadline_left_secs || true)"
-  echo "LR rh_deadline_off=$(grep -c "deadline is off" /tmp/commit.out)"
+  # healthy now: the auto-commit unit commits and removes itself
+  touch /run/lr-ready
+  i=0; while [ "$(next)" != "restored system (default)" ] && [ $i -lt 60 ]; do sleep 1; i=$((i+1)); done
+  while systemctl -q is-active liverestore-auto-commit; do sleep 1; done
   echo "LR rh_next_after_commit=$(next)"
+  echo "LR rh_deadline_left_after_commit=$(liverestore --json status | grep -c deadline_left_secs || true)"
+  echo "LR rh_deadline_off=$(journalctl -b -u liverestore-auto-commit -o cat | grep -c "deadline is off" || true)"
+  echo "LR rh_auto_commit_passed=$(journalctl -b -u liverestore-auto-commit -o cat | grep -c "^healthy (" || true)"
+  echo "LR rh_auto_commit_left=$(ls /etc/systemd/system /etc/systemd/system/multi-user.target.wants /usr/local/lib | grep -c liverestore || true)"
   # still here after the deadline (70 s after the early-boot step)
   while [ "$(cut -d. -f1 /proc/uptime)" -lt 85 ]; do sleep 1; done
   echo "LR rh_alive_after_deadline=$(cut -d' ' -f1 /proc/uptime)"
-  echo "LR report=restored 'rh' ($state) on $(findmnt -n -o SOURCE /): committed, and still up after its trial's deadline"
+  echo "LR report=restored 'rh' ($state) on $(findmnt -n -o SOURCE /): committed by its auto-commit unit once healthy, and still up after its trial's deadline"
   systemctl reboot
   ;;
 rh/2)
@@ -108,6 +127,36 @@ esac
 #[ignore = "needs root, debootstrap and QEMU: real Debian systems in guests (scripts/test.sh runs it)"]
 fn real_debian_systems_trial_boot_through_uefi_and_grub() {
     require_root();
+    // The restored initrds, as their tools made them: initramfs-tools'
+    // zstd with an uncompressed archive in front (as the CPU microcode
+    // packages add), dracut's xz; each gets the early-boot archive
+    // appended, and both boot below.
+    let initrd_of = |tree: &str| {
+        let boot = systems().join(tree).join("boot");
+        let name = std::fs::read_dir(&boot)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .find(|n| n.starts_with("initrd.img-"))
+            .unwrap();
+        std::fs::read(boot.join(name)).unwrap()
+    };
+    let it = initrd_of("initramfs-tools");
+    assert!(it.starts_with(b"070701"), "an uncompressed archive first");
+    let trailer = it.windows(10).position(|w| w == b"TRAILER!!!").unwrap();
+    let main = trailer + it[trailer..].iter().position(|&b| b == 0).unwrap();
+    let main = main + it[main..].iter().position(|&b| b != 0).unwrap();
+    assert_eq!(it[main..main + 4], [0x28, 0xb5, 0x2f, 0xfd], "then zstd");
+    let dr = initrd_of("dracut");
+    assert!(
+        dr.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]),
+        "dracut's is xz"
+    );
+    println!(
+        "initrds: initramfs-tools {} bytes (an uncompressed archive of {main} bytes, then zstd), dracut {} bytes (xz)",
+        it.len(),
+        dr.len()
+    );
     let t = tempfile::tempdir().unwrap();
     let deb = t.path().join("deb.ext4");
     restored_image(
@@ -150,6 +199,19 @@ fn real_debian_systems_trial_boot_through_uefi_and_grub() {
         "{}",
         run.output()
     );
+    // every mapped boot noted on the disk before the image was mapped:
+    // deb once, rh's root and ESP on the trial and on the default boot
+    assert!(
+        run.console.contains("boot 1 of 'deb' noted"),
+        "{}",
+        run.output()
+    );
+    assert!(
+        run.console.contains("boot 2 of 'liverestore-p1' noted"),
+        "{}",
+        run.output()
+    );
+    assert!(!run.console.contains("is not noted"), "{}", run.output());
     // armed for both trials; not for the committed system's default boot
     assert_eq!(run.console.matches("trial deadline armed").count(), 2);
     assert_eq!(
@@ -167,6 +229,12 @@ fn real_debian_systems_trial_boot_through_uefi_and_grub() {
         ("deb_by_uuid_1", "1"),
         ("old-system_boot_2", "running"),
         ("trial_ended_2", "true"),
+        // the hung trial changed deb; noted at its boot, so accepted
+        ("deb_rehashed", "1"),
+        ("deb_boots", "1"),
+        ("deb_verified_again", "1"),
+        ("rh_auto_commit_passed", "1"),
+        ("rh_auto_commit_left", "0"),
         ("rh_boot_1", "running"),
         // dracut mounts root= through udev's link to /dev/dm-0
         ("rh_root_1", "/dev/mapper/liverestore-root"),

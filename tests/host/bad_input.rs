@@ -292,6 +292,125 @@ fn bad_images_names_space_and_the_lock() {
     cli.expect(0, &["discard", "one"]);
 }
 
+/// Changes made by the image's own trial boot, which the early-boot step
+/// notes on the disk before it maps the image, are accepted (re-hashed as
+/// the new baseline) by `verify`; without a note that counts a boot not
+/// accepted yet, the same change is corruption. The note is written here
+/// as `/lr/init` writes it (the guest tests boot the real thing).
+#[test]
+#[ignore = "needs root: loop devices and mounts (scripts/test.sh runs it)"]
+fn changes_of_its_own_boot_are_accepted_and_corruption_is_not() {
+    use liverestore::store::boot_note::{self, NoteArea};
+    let t = tempfile::tempdir().unwrap();
+    let disk = LoopDisk::new(t.path(), Fs::Ext4, 256);
+    let cli = Cli::new(t.path());
+    let image = random_bytes((20 * MIB) as usize, 6);
+    let img = t.path().join("a.img");
+    std::fs::write(&img, &image).unwrap();
+    let dir = disk.mnt.to_str().unwrap();
+    cli.expect(
+        0,
+        &["stage", img.to_str().unwrap(), "--name", "a", "--dir", dir],
+    );
+    let record = |cli: &Cli| -> liverestore::store::record::StagingRecord {
+        serde_json::from_value(cli.json(&["info", "a", "--json"])["record"].clone()).unwrap()
+    };
+    let rec = record(&cli);
+    let note_at = rec.boot_note_disk_offset().unwrap().unwrap();
+    // never booted: whatever the disk held there (the header area's
+    // tail is never written while staging) is not a note
+    assert!(!matches!(
+        boot_note::decode(&disk.read_at(note_at, 4096)),
+        NoteArea::Note(_)
+    ));
+    let map = cli.json(&["map", "a", "--json"]);
+    let data_at = map["extents"][0]["disk_offset"].as_u64().unwrap();
+    let flip = |at: u64| disk.poke(at, &[disk.read_at(at, 1)[0] ^ 0x5a]);
+    let note = |id, boots: u32| {
+        let mut n = boot_note::next(
+            NoteArea::Blank,
+            id,
+            boots - 1,
+            1_790_000_000,
+            uuid::Uuid::from_u128(3),
+        );
+        n.first_unix -= 60;
+        disk.poke(note_at, &boot_note::encode(&n));
+    };
+    let verify = |cli: &Cli| {
+        let out = cli.run(&["verify", "a", "--json"]);
+        let last = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .last()
+            .unwrap()
+            .to_string();
+        (
+            out.status.code(),
+            serde_json::from_str::<serde_json::Value>(&last).unwrap(),
+        )
+    };
+
+    // Changed, no note: corruption.
+    flip(data_at + 100);
+    let (code, report) = verify(&cli);
+    assert_eq!(code, Some(20), "{report}");
+    assert!(report.get("changed_by_boot").is_none(), "{report}");
+    // A note of another staging, or a damaged one, explains nothing.
+    note(uuid::Uuid::from_u128(99), 1);
+    assert_eq!(verify(&cli).0, Some(20));
+    note(rec.id, 1);
+    disk.poke(note_at + 30, &[0xee]);
+    assert_eq!(verify(&cli).0, Some(20));
+
+    // Its own first boot: accepted, re-hashed, said.
+    note(rec.id, 1);
+    let out = cli.run(&["verify", "a"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("changed by its own boot; re-hashed"),
+        "{text}"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("the new baseline"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let after = record(&cli);
+    assert_eq!(after.image.boots_accepted, 1);
+    let entry = after.image.customized.last().unwrap();
+    assert_eq!(entry.changes[0].what, "trial-boot");
+    assert_eq!(entry.sha256_before, rec.image.sha256);
+    assert_ne!(after.image.chunk_blake3[0], rec.image.chunk_blake3[0]);
+    assert_eq!(after.image.chunk_blake3[1..], rec.image.chunk_blake3[1..]);
+    let (code, report) = verify(&cli);
+    assert_eq!(
+        (code, &report["rehashed"]),
+        (Some(0), &serde_json::Value::Null),
+        "{report}"
+    );
+
+    // A later change with no new boot: corruption again.
+    flip(data_at + 5 * MIB);
+    let (code, report) = verify(&cli);
+    assert_eq!(code, Some(20), "{report}");
+    assert_eq!(report["bad_chunks"], serde_json::json!([1]));
+    // A second boot explains it (JSON: what was accepted).
+    note(rec.id, 2);
+    let (code, report) = verify(&cli);
+    assert_eq!(code, Some(0), "{report}");
+    assert_eq!(report["rehashed"], true);
+    assert_eq!(report["changed_by_boot"]["boots"], 2);
+    assert_eq!(report["changed_by_boot"]["accepted_before"], 1);
+    assert_eq!(record(&cli).image.boots_accepted, 2);
+    cli.expect(0, &["discard", "a"]);
+}
+
 #[test]
 #[ignore = "needs root: loop devices and mounts (scripts/test.sh runs it)"]
 fn changed_maps_and_corruption_are_detected() {

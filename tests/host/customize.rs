@@ -129,16 +129,22 @@ fn customize_changes_the_staged_system_and_nothing_else() {
     std::fs::write(disk.mnt.join("hostname"), "host file\n").unwrap();
     let cli = Cli::new(t.path());
     let dir = disk.mnt.to_str().unwrap().to_string();
-    cli.expect(
-        0,
-        &[
-            "stage",
-            img.to_str().unwrap(),
-            "--name",
-            "cust",
-            "--dir",
-            &dir,
-        ],
+    let out = cli.run(&[
+        "stage",
+        img.to_str().unwrap(),
+        "--name",
+        "cust",
+        "--dir",
+        &dir,
+    ]);
+    // stage already warns about the fstab entries activate would
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains(
+            "/etc/fstab names devices it will not find at boot: /boot/efi (UUID=ABCD-1234, line 2)"
+        ) && err.contains("customize cust --fix-fstab"),
+        "{err}"
     );
     let staged_sha = sha256_hex(&std::fs::read(&img).unwrap());
 
@@ -322,6 +328,28 @@ fn corrupt_bytes_are_refused_and_an_interrupted_customize_finishes() {
     let e = cli.expect_err(22, &["customize", "cust2", "--preserve", "relative/path"]);
     assert!(e.contains("absolute"), "{e}");
     cli.expect_err(17, &["customize", "nosuch", "--new-identity"]);
+    // --auto-commit puts a liverestore into the image: a static one only;
+    // and it needs systemd there: without, nothing is changed at all.
+    let e = cli.expect_err(
+        22,
+        &[
+            "customize",
+            "cust2",
+            "--auto-commit",
+            "--helper",
+            "/bin/true",
+        ],
+    );
+    assert!(e.contains("statically linked"), "{e}");
+    let sha =
+        |cli: &Cli| cli.json(&["info", "cust2", "--json"])["record"]["image"]["sha256"].clone();
+    let before = sha(&cli);
+    let e = cli.expect_err(22, &["customize", "cust2", "--auto-commit"]);
+    assert!(e.contains("needs systemd in the image"), "{e}");
+    assert!(e.contains("nothing was changed"), "{e}");
+    assert_no_leftovers(&cli, "cust2");
+    assert_eq!(sha(&cli), before);
+    cli.expect(0, &["verify", "cust2"]);
 
     // An interruption after the bytes started to change: the source uses
     // ifupdown, the image systemd-networkd, so --carry-network stops the
@@ -397,4 +425,78 @@ fn corrupt_bytes_are_refused_and_an_interrupted_customize_finishes() {
     assert_eq!(v.status.code(), Some(20), "{v:?}");
     assert_no_leftovers(&cli, "cust2");
     cli.expect(0, &["discard", "cust2"]);
+}
+
+/// `--auto-commit` on a system with systemd: the unit, enabled for
+/// multi-user.target, its settings and a static liverestore go in, and
+/// the record says so. (The unit committing a real trial boot is shown by
+/// the real Debian guest test.)
+#[test]
+#[ignore = "needs root: loop devices and mounts (scripts/test.sh runs it)"]
+fn auto_commit_goes_into_a_system_with_systemd() {
+    require_root();
+    let t = tempfile::tempdir().unwrap();
+    let disk = LoopDisk::new(t.path(), Fs::Ext4, 160);
+    let tree = t.path().join("tree");
+    for dir in ["usr/lib/systemd", "etc/systemd/system"] {
+        std::fs::create_dir_all(tree.join(dir)).unwrap();
+    }
+    std::fs::write(tree.join("usr/lib/systemd/systemd"), "").unwrap();
+    std::fs::write(tree.join("etc/hostname"), "kiosk\n").unwrap();
+    let img = t.path().join("kiosk.ext4");
+    mkfs_ext4_from(&tree, &img, 48);
+    let cli = Cli::new(t.path());
+    let dir = disk.mnt.to_str().unwrap();
+    cli.expect(
+        0,
+        &[
+            "stage",
+            img.to_str().unwrap(),
+            "--name",
+            "kiosk",
+            "--dir",
+            dir,
+        ],
+    );
+    let out = cli.json(&[
+        "--json",
+        "customize",
+        "kiosk",
+        "--auto-commit",
+        "--health",
+        "test -e /run/app-ready",
+        "--commit-within",
+        "2min",
+    ]);
+    let changes = &out["customized"]["changes"];
+    assert_eq!(changes[0]["what"], "auto-commit", "{out}");
+    assert_eq!(
+        changes[0]["path"],
+        "/etc/systemd/system/liverestore-auto-commit.service"
+    );
+    cli.expect(0, &["verify", "kiosk"]);
+    let got = look_inside(
+        &cli,
+        "kiosk",
+        r#"
+echo "exec=$(grep ExecStart etc/systemd/system/liverestore-auto-commit.service)"
+echo "wants=$(readlink etc/systemd/system/multi-user.target.wants/liverestore-auto-commit.service)"
+echo "settings=$(tr -d ' \n' < usr/local/lib/liverestore/auto-commit.json)"
+echo "binary=$(stat -c '%a %s' usr/local/lib/liverestore/liverestore)"
+"#,
+    );
+    assert_eq!(
+        got["exec"],
+        "ExecStart=/usr/local/lib/liverestore/liverestore auto-commit"
+    );
+    assert_eq!(got["wants"], "../liverestore-auto-commit.service");
+    assert_eq!(
+        got["settings"],
+        r#"{"health":"test-e/run/app-ready","within_secs":120}"#
+    );
+    let size = std::fs::metadata(env!("CARGO_BIN_EXE_liverestore"))
+        .unwrap()
+        .len();
+    assert_eq!(got["binary"], format!("755 {size}"));
+    cli.expect(0, &["discard", "kiosk"]);
 }

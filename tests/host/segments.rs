@@ -206,7 +206,28 @@ fn segment_set_spans_ext4_xfs_and_unallocated_space() {
             .len(),
         2
     );
+    // A lost state directory neither: with no record of 'small' at all,
+    // its header (in its container file) is found on the disk, and the
+    // new staging is placed clear of its ranges, said so.
+    std::fs::remove_file(&record).unwrap();
+    let plan = cli.json(&[&["--json", "plan"][..], &args[..]].concat());
+    assert_eq!(plan["unknown_stagings"][0]["name"], "small", "{plan}");
+    let out = cli.run(&[&["stage"][..], &args[..]].concat());
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("staging 'small'") && err.contains("the state directory does not know it"),
+        "{err}"
+    );
+    let third_map = cli.json(&["--json", "map", "third"]);
+    for (a, b) in disk_ranges(&third_map) {
+        for (c, d) in disk_ranges(&small_map).into_iter().chain(disk_ranges(&map)) {
+            assert!(b <= c || d <= a, "{a}..{b} overlaps {c}..{d}");
+        }
+    }
+    cli.expect(0, &["discard", "third"]);
     std::fs::write(&record, &whole).unwrap();
+    cli.expect(0, &["verify", "small"]);
 
     // A partition created over the staged unallocated space invalidates
     // the map; removing it again makes it valid.

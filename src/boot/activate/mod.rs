@@ -229,28 +229,6 @@ pub fn find_kernel(root: &RootDir) -> Result<(String, Vec<u8>, Vec<u8>)> {
     Ok((v, kernel, initrd))
 }
 
-/// Say which entries of the restored system's fstab name devices that
-/// will not exist at its boot (systemd would stop in emergency mode), and
-/// how to fix them; nothing is changed here.
-fn warn_about_fstab(
-    members: &[crate::store::record::StagingRecord],
-    fstab: &str,
-    name: &str,
-    progress: &dyn Progress,
-) {
-    let Ok(ids) = crate::customize::image_ids(members) else {
-        return;
-    };
-    let risky = crate::customize::fstab::at_risk(fstab, &ids);
-    if !risky.is_empty() {
-        let what: Vec<String> = risky.iter().map(ToString::to_string).collect();
-        progress.note(&format!(
-            "warning: the restored system's /etc/fstab names devices it will not find at boot: {}; systemd would wait for them and stop in emergency mode. `liverestore customize {name} --fix-fstab` makes them nofail",
-            what.join(", ")
-        ));
-    }
-}
-
 /// The largest kernel liverestore reads from an image (distribution
 /// kernels are 5–15 MiB).
 pub const KERNEL_LIMIT: u64 = 256 << 20;
@@ -362,10 +340,10 @@ pub fn activate(
     }
     // A whole-disk image's partitions boot together (by the name it was
     // staged under, or any member's).
-    let mut members = crate::stage::staged::set_of(state, name)?;
+    let members = crate::stage::staged::set_of(state, name)?;
     for m in &members {
         // verify re-derives the map (revalidate) before re-reading every byte.
-        let report = verify::verify(state, &m.name, progress)?;
+        let report = verify::verify_accepting_own_boots(state, &m.name, progress)?;
         if !report.ok {
             return Err(Error::new(
                 ErrorKind::VerifyFailed,
@@ -376,6 +354,8 @@ pub fn activate(
             ));
         }
     }
+    // as verified (the changes of their own boots may have been accepted)
+    let mut members = crate::stage::staged::set_of(state, name)?;
     // The root is the partition with a kernel.
     let mut found = None;
     let mut why = Vec::new();
@@ -391,8 +371,14 @@ pub fn activate(
         });
         match kernel {
             Ok((k, fstab, modules)) => {
-                if let Some(text) = fstab {
-                    warn_about_fstab(&members, &String::from_utf8_lossy(&text), name, progress);
+                if let Some(w) = fstab.and_then(|text| {
+                    crate::customize::fstab_warning(
+                        &members,
+                        &String::from_utf8_lossy(&text),
+                        &m.name,
+                    )
+                }) {
+                    progress.note(&w);
                 }
                 found = Some((i, k, modules));
                 break;
