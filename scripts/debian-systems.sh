@@ -29,7 +29,7 @@ mkdir -p "$dir"
 exec 9>"$dir/.lock"
 flock 9
 # what the trees are; a change rebuilds them (and the old system's disk)
-version="2: initramfs-tools zstd with an early archive in front; dracut xz"
+version="3: initramfs-tools zstd with an early archive in front; dracut xz"
 [ "$(cat "$dir/done" 2>/dev/null)" = "$version" ] && exit 0
 
 # The mirror apt uses here for $suite (deb822 .sources or sources.list).
@@ -54,6 +54,7 @@ in_tree() {
       touch "$t/dev/$n"; mount --bind "/dev/$n" "$t/dev/$n"
     done
     mkdir -p "$t/dev/pts" "$t/dev/shm"
+    ln -s /proc/self/fd "$t/dev/fd"
     exec chroot "$t" "$@"' sh "$tree" "$@"
 }
 
@@ -64,7 +65,7 @@ echo "debian-systems: debootstrap $suite from $mirror" >&2
 # Stage one only (unpack); the rest is installed by dpkg in the tree, which
 # then honours the path-exclude rules.
 debootstrap --foreign --variant=minbase \
-  --include=systemd-sysv,udev,dmsetup,kmod,e2fsprogs,zstd,initramfs-tools,linux-image-amd64,grub-efi-amd64-bin,grub2-common,efibootmgr \
+  --include=systemd-sysv,udev,dmsetup,kmod,e2fsprogs,zstd,xz-utils,initramfs-tools,linux-image-amd64,grub-efi-amd64-bin,grub2-common,efibootmgr \
   "$suite" "$base" "$mirror" >"$work/debootstrap.log" 2>&1 \
   || { tail -20 "$work/debootstrap.log" >&2; exit 1; }
 mkdir -p "$base/etc/dpkg/dpkg.cfg.d"
@@ -125,6 +126,9 @@ printf 'hostonly="no"\ncompress="xz"\n' >"$work/dracut/etc/dracut.conf.d/10-live
 in_tree "$work/dracut" sh -c 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends dracut >/dev/null && apt-get clean && rm -rf /var/lib/apt/lists/*' \
   >>"$work/debootstrap.log" 2>&1 || { tail -20 "$work/debootstrap.log" >&2; exit 1; }
 ls "$work/dracut"/boot/initrd.img-* >/dev/null || { echo "dracut made no initrd" >&2; exit 1; }
+if grep -q "falling back to default" "$work/debootstrap.log"; then
+  echo "dracut could not compress as configured" >&2; exit 1
+fi
 
 # The initramfs-tools system's initrd: zstd (Debian's default, now that
 # zstd is there), with an uncompressed archive in front, added the way

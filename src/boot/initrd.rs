@@ -132,6 +132,32 @@ pub fn early_boot_cpio(
     cpio::newc::trailer(out).map_err(|e| Error::io("build the early-boot initramfs", e))
 }
 
+/// What the kernel would unpack `initrd` as: its first archive's format
+/// after any zero bytes (the kernel skips them, `unpack_to_rootfs`):
+/// a `newc` cpio archive (an early-microcode one comes first, uncompressed)
+/// or one of the compressions the kernel decompresses. None: not an
+/// initramfs; the kernel would panic ("invalid magic") on it.
+pub fn initrd_format(initrd: &[u8]) -> Option<&'static str> {
+    let start = initrd.iter().position(|&b| b != 0)?;
+    let head = &initrd[start..];
+    const FORMATS: &[(&[u8], &str)] = &[
+        (b"070701", "cpio"),
+        (b"070702", "cpio"),
+        (&[0x1f, 0x8b], "gzip"),
+        (&[0x1f, 0x9e], "gzip"),
+        (b"BZh", "bzip2"),
+        (&[0x5d, 0x00, 0x00], "lzma"),
+        (&[0xfd, b'7', b'z', b'X', b'Z', 0x00], "xz"),
+        (&[0x89, b'L', b'Z', b'O'], "lzo"),
+        (&[0x02, 0x21, 0x4c, 0x18], "lz4"),
+        (&[0x28, 0xb5, 0x2f, 0xfd], "zstd"),
+    ];
+    FORMATS
+        .iter()
+        .find(|(magic, _)| head.starts_with(magic))
+        .map(|&(_, name)| name)
+}
+
 /// `initrd` with the early-boot archive `early` appended, as the kernel
 /// unpacks it: after a compressed archive the kernel takes a cpio header
 /// only at an offset that is a multiple of 4 (`unpack_to_rootfs` in
@@ -354,6 +380,26 @@ mod tests {
         let xz = xz.finish().unwrap();
         all.push((format!("xz, {} bytes", xz.len()), xz));
         all
+    }
+
+    #[test]
+    fn initrd_formats_are_known_by_their_magic() {
+        for (what, initrd) in restored_initrds() {
+            let want = what.split([',', ' ']).next().unwrap();
+            let want = if want == "microcode" || want == "uncompressed" {
+                "cpio"
+            } else {
+                want
+            };
+            assert_eq!(initrd_format(&initrd), Some(want), "{what}");
+        }
+        let mut padded = vec![0u8; 4];
+        padded.extend_from_slice(&zstd::encode_all(&b"x"[..], 1).unwrap());
+        assert_eq!(initrd_format(&padded), Some("zstd"));
+        assert_eq!(initrd_format(b"INITRD"), None);
+        assert_eq!(initrd_format(b"\x7fELF..."), None);
+        assert_eq!(initrd_format(&[0u8; 64]), None);
+        assert_eq!(initrd_format(b""), None);
     }
 
     #[test]

@@ -18,12 +18,16 @@ use crate::common::*;
 
 const VERSION: &str = "6.1.0-99-test";
 
+/// The restored system's initrd: only its first bytes matter here (gzip's
+/// magic: activate refuses what is no initramfs).
+const INITRD: &[u8] = b"\x1f\x8b\x08INITRD";
+
 /// A system image with a kernel and an initrd liverestore can find.
 fn system_image(dir: &Path) -> PathBuf {
     let tree = dir.join("system.tree");
     std::fs::create_dir_all(tree.join("boot")).unwrap();
     std::fs::write(tree.join(format!("boot/vmlinuz-{VERSION}")), kernel()).unwrap();
-    std::fs::write(tree.join(format!("boot/initrd.img-{VERSION}")), b"INITRD").unwrap();
+    std::fs::write(tree.join(format!("boot/initrd.img-{VERSION}")), INITRD).unwrap();
     std::fs::create_dir_all(tree.join("etc")).unwrap();
     std::fs::write(tree.join("etc/hostname"), "restored\n").unwrap();
     // the source machine's ESP, which this machine has not got
@@ -137,10 +141,7 @@ fn grub_activation_on_a_live_ext4() {
     let files = mnt.join("boot/liverestore/sys");
     assert_eq!(std::fs::read(files.join("vmlinuz")).unwrap(), kernel());
     let initrd = std::fs::read(files.join("initrd.img")).unwrap();
-    assert!(
-        initrd.starts_with(b"INITRD"),
-        "the image's own initrd first"
-    );
+    assert!(initrd.starts_with(INITRD), "the image's own initrd first");
     assert!(initrd.len() > 1000, "then the early-boot initramfs");
 
     // custom.cfg: the user's entry, then ours.
@@ -424,6 +425,33 @@ fn grub_activation_refusals() {
     );
     assert!(err.contains("/boot/vmlinuz"), "{err}");
 
+    // An initrd that is no initramfs: its kernel would panic on it.
+    let junk = ext4_image(
+        t.path(),
+        "junk.ext4",
+        16,
+        &[
+            (&format!("boot/vmlinuz-{VERSION}"), "a kernel"),
+            (
+                &format!("boot/initrd.img-{VERSION}"),
+                "INITRD, not an archive",
+            ),
+        ],
+    );
+    cli.stage(&junk, "junk", &mnt);
+    let err = cli.expect_err(
+        14,
+        &[
+            "activate",
+            "junk",
+            "--grub-dir",
+            ok_str,
+            "--helper",
+            &helper,
+        ],
+    );
+    assert!(err.contains("is not an initramfs"), "{err}");
+
     // Staged bytes that changed since staging: refused before anything.
     let (start, end) = container_ranges(&cli, "sys")[0];
     let middle = (start + end) / 2 / 4096 * 4096;
@@ -560,7 +588,7 @@ fn native_activation(mbr: bool) {
     );
     assert!(!custom.contains("rdinit"), "{custom}");
     let initrd = std::fs::read(mnt.join("boot/liverestore/sys/initrd.img")).unwrap();
-    assert_eq!(initrd, b"INITRD");
+    assert_eq!(initrd, INITRD);
     // The disk is renamed before the rollback (as after a reboot that
     // swapped sda and sdb), its old name now another, blank disk's:
     // rollback finds it by its identity and leaves the other one alone.

@@ -199,7 +199,8 @@ pub fn early_boot_modules(root: &RootDir, version: &str) -> Vec<(String, Vec<u8>
 /// is trusted: a symlink resolves inside the image (an absolute one from
 /// the image's `/`, never the running system's), and only a regular file
 /// within [`KERNEL_LIMIT`] / [`INITRD_LIMIT`] is read (a FIFO, a device
-/// node, a symlink loop or a huge sparse file is refused as a bad image).
+/// node, a symlink loop or a huge sparse file is refused as a bad image);
+/// an initrd that is no initramfs is refused too.
 pub fn find_kernel(root: &RootDir) -> Result<(String, Vec<u8>, Vec<u8>)> {
     let boot = Path::new("/boot");
     let mut versions: Vec<String> = root
@@ -226,6 +227,14 @@ pub fn find_kernel(root: &RootDir) -> Result<(String, Vec<u8>, Vec<u8>)> {
     };
     let kernel = read(format!("vmlinuz-{v}"), KERNEL_LIMIT)?;
     let initrd = read(format!("initrd.img-{v}"), INITRD_LIMIT)?;
+    if crate::boot::initrd::initrd_format(&initrd).is_none() {
+        return Err(Error::new(
+            ErrorKind::BadImage,
+            format!(
+                "the image's /boot/initrd.img-{v} is not an initramfs (neither a cpio archive nor gzip, bzip2, lzma, xz, lzo, lz4 or zstd): its kernel could not start from it"
+            ),
+        ));
+    }
     Ok((v, kernel, initrd))
 }
 
@@ -1053,17 +1062,21 @@ mod tests {
             "initrd.img-6.1.0-10-amd64",
             "vmlinuz-6.5.0-1-amd64", // no initrd: skipped
         ] {
-            std::fs::write(boot.join(f), f).unwrap();
+            std::fs::write(boot.join(f), format!("070701{f}")).unwrap();
         }
         let (v, k, i) = find_kernel(&root).unwrap();
         assert_eq!(v, "6.1.0-10-amd64");
         assert_eq!(
             (&k[..], &i[..]),
             (
-                &b"vmlinuz-6.1.0-10-amd64"[..],
-                &b"initrd.img-6.1.0-10-amd64"[..]
+                &b"070701vmlinuz-6.1.0-10-amd64"[..],
+                &b"070701initrd.img-6.1.0-10-amd64"[..]
             )
         );
+        // an initrd that is no initramfs: refused
+        std::fs::write(boot.join("initrd.img-6.1.0-10-amd64"), "not an archive").unwrap();
+        let e = find_kernel(&root).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::BadImage, "{e}");
     }
 
     /// Hostile images: what `/boot` holds decides what is read, but never
@@ -1078,7 +1091,7 @@ mod tests {
         let image = || {
             let t = tempfile::tempdir().unwrap();
             std::fs::create_dir_all(t.path().join("boot")).unwrap();
-            std::fs::write(t.path().join("boot/initrd.img-1"), "INITRD").unwrap();
+            std::fs::write(t.path().join("boot/initrd.img-1"), "070701INITRD").unwrap();
             t
         };
         let kernel = |t: &tempfile::TempDir| find_kernel(&RootDir::open(t.path()).unwrap());
