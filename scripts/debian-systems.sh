@@ -4,7 +4,9 @@
 # cached in DIR (default target/distros):
 #   DIR/initramfs-tools/  systemd, udev, dmsetup, linux-image-amd64,
 #                         initramfs-tools, e2fsprogs, and GRUB for UEFI
-#                         (grub-efi-amd64-bin, grub2-common, efibootmgr);
+#                         (grub-efi-amd64-bin, grub2-common, efibootmgr,
+#                         and for Secure Boot shim-signed and
+#                         grub-efi-amd64-signed);
 #                         its initrd zstd-compressed with an uncompressed
 #                         early archive in front (as the CPU microcode
 #                         packages add one)
@@ -29,7 +31,7 @@ mkdir -p "$dir"
 exec 9>"$dir/.lock"
 flock 9
 # what the trees are; a change rebuilds them (and the old system's disk)
-version="3: initramfs-tools zstd with an early archive in front; dracut xz"
+version="4: initramfs-tools zstd with an early archive in front; dracut xz; signed shim and GRUB"
 [ "$(cat "$dir/done" 2>/dev/null)" = "$version" ] && exit 0
 
 # The mirror apt uses here for $suite (deb822 .sources or sources.list).
@@ -65,7 +67,7 @@ echo "debian-systems: debootstrap $suite from $mirror" >&2
 # Stage one only (unpack); the rest is installed by dpkg in the tree, which
 # then honours the path-exclude rules.
 debootstrap --foreign --variant=minbase \
-  --include=systemd-sysv,udev,dmsetup,kmod,e2fsprogs,zstd,xz-utils,initramfs-tools,linux-image-amd64,grub-efi-amd64-bin,grub2-common,efibootmgr \
+  --include=systemd-sysv,udev,dmsetup,kmod,e2fsprogs,zstd,xz-utils,initramfs-tools,linux-image-amd64,grub-efi-amd64-bin,grub-efi-amd64-signed,shim-signed,grub2-common,efibootmgr \
   "$suite" "$base" "$mirror" >"$work/debootstrap.log" 2>&1 \
   || { tail -20 "$work/debootstrap.log" >&2; exit 1; }
 mkdir -p "$base/etc/dpkg/dpkg.cfg.d"

@@ -1,6 +1,7 @@
 //! UEFI boot variables as bytes (pure, unit-tested): `EFI_LOAD_OPTION`
 //! with a hard-drive + file device path, `BootOrder`/`BootNext`, and the
-//! efivarfs file layout (4 bytes of attributes, then the data).
+//! efivarfs file layout (4 bytes of attributes, then the data); and
+//! whether a PE image is signed at all (for Secure Boot).
 //!
 //! Written here rather than driving `efibootmgr`: it is not always
 //! installed, and `efibootmgr -c` also puts the new entry first in
@@ -213,8 +214,89 @@ impl LoadOption {
     }
 }
 
+/// Whether the PE image `image` (a kernel's EFI stub, a boot loader)
+/// carries an Authenticode signature: its certificate table (data
+/// directory 4, a file offset and size) is there and inside the file.
+/// Who signed it is not looked at: under Secure Boot the firmware or shim
+/// decides that; an image with no signature at all is refused by both.
+/// An error: not a PE image.
+pub fn pe_signed(image: &[u8]) -> Result<bool> {
+    let bad = |m: &str| Error::new(ErrorKind::BadImage, format!("not a PE image: {m}"));
+    let u16_at = |at: usize| {
+        image
+            .get(at..at + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]))
+            .ok_or_else(|| bad("truncated"))
+    };
+    let u32_at = |at: usize| {
+        image
+            .get(at..at + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .ok_or_else(|| bad("truncated"))
+    };
+    if image.get(..2) != Some(b"MZ") {
+        return Err(bad("no MZ header"));
+    }
+    let pe = u32_at(0x3c)? as usize;
+    if image.get(pe..pe + 4) != Some(b"PE\0\0") {
+        return Err(bad("no PE signature"));
+    }
+    let optional = pe + 24;
+    // PE32 and PE32+ differ in where the data directories start
+    let (count_at, dirs_at) = match u16_at(optional)? {
+        0x10b => (optional + 92, optional + 96),
+        0x20b => (optional + 108, optional + 112),
+        other => return Err(bad(&format!("optional header magic {other:#x}"))),
+    };
+    const SECURITY: usize = 4;
+    if (u32_at(count_at)? as usize) <= SECURITY {
+        return Ok(false);
+    }
+    let offset = u32_at(dirs_at + SECURITY * 8)? as u64;
+    let size = u32_at(dirs_at + SECURITY * 8 + 4)? as u64;
+    Ok(size >= 8 && offset > 0 && offset + size <= image.len() as u64)
+}
+
 #[cfg(test)]
 mod tests {
+    /// A PE32+ header with `dirs` data directories, the security one (if
+    /// there) at `cert` (offset, size), in a file of `len` bytes.
+    fn pe(dirs: u32, cert: (u32, u32), len: usize) -> Vec<u8> {
+        let mut b = vec![0u8; len];
+        b[..2].copy_from_slice(b"MZ");
+        b[0x3c..0x40].copy_from_slice(&0x80u32.to_le_bytes());
+        b[0x80..0x84].copy_from_slice(b"PE\0\0");
+        let opt = 0x80 + 24;
+        b[opt..opt + 2].copy_from_slice(&0x20bu16.to_le_bytes());
+        b[opt + 108..opt + 112].copy_from_slice(&dirs.to_le_bytes());
+        let sec = opt + 112 + 4 * 8;
+        b[sec..sec + 4].copy_from_slice(&cert.0.to_le_bytes());
+        b[sec + 4..sec + 8].copy_from_slice(&cert.1.to_le_bytes());
+        b
+    }
+
+    #[test]
+    fn signed_and_unsigned_kernels() {
+        assert!(pe_signed(&pe(16, (0x1000, 0x5c0), 0x2000)).unwrap());
+        assert!(!pe_signed(&pe(16, (0, 0), 0x2000)).unwrap(), "no table");
+        assert!(
+            !pe_signed(&pe(4, (0x1000, 0x5c0), 0x2000)).unwrap(),
+            "no such directory"
+        );
+        assert!(
+            !pe_signed(&pe(16, (0x1f00, 0x5c0), 0x2000)).unwrap(),
+            "past the end"
+        );
+        assert!(pe_signed(b"\x7fELF").is_err());
+        assert!(pe_signed(b"MZ").is_err());
+        let mut odd = pe(16, (0x1000, 0x5c0), 0x2000);
+        odd[0x80 + 24] = 0x99;
+        assert!(pe_signed(&odd).is_err());
+        for len in 0..0x200 {
+            let _ = pe_signed(&pe(16, (0x1000, 0x5c0), 0x2000)[..len]);
+        }
+    }
+
     use super::*;
 
     fn esp() -> GptPartition {

@@ -278,6 +278,12 @@ impl Report for Status {
             None => println!("activated:  nothing"),
         }
         println!("next boot:  {}", s.next_boot);
+        if let Some(sb) = s.secure_boot {
+            println!(
+                "firmware:   UEFI, Secure Boot {}",
+                if sb { "on" } else { "off" }
+            );
+        }
         if s.trial_ended {
             println!(
                 "trial:      ended, not committed (the next stage, discard or activate cleans it up, or `liverestore rollback`)"

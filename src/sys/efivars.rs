@@ -15,6 +15,14 @@ pub const EFIVARS: &str = "/sys/firmware/efi/efivars";
 /// `EFIVARFS_MAGIC` from `<linux/magic.h>`.
 const EFIVARFS_MAGIC: u64 = 0xde5e_81e4;
 
+/// Whether the firmware runs with Secure Boot on (its `SecureBoot`
+/// variable is 1, read from efivarfs where it is mounted). False where
+/// there is no UEFI or the variable cannot be read.
+pub fn secure_boot() -> bool {
+    let path = Path::new(EFIVARS).join(efi::var_name("SecureBoot"));
+    std::fs::read(path).is_ok_and(|d| efi::parse_var_file(&d).is_ok_and(|(_, data)| data == [1]))
+}
+
 /// The variables of the running firmware.
 pub struct EfiVars {
     dir: PathBuf,

@@ -209,8 +209,15 @@ printf 'UUID=%s / ext4 errors=remount-ro 0 1\nUUID=%s /boot/efi vfat umask=0077 
 cat /t/etc/fstab
 ! grep -q 'UUID= ' /t/etc/fstab
 for d in dev proc sys sys/firmware/efi/efivars; do mount --bind /$d /t/$d; done
-chroot /t grub-install --target=x86_64-efi --efi-directory=/boot/efi --bootloader-id=debian
+chroot /t grub-install --target=x86_64-efi --efi-directory=/boot/efi --bootloader-id=debian --uefi-secure-boot
 chroot /t update-grub
+# the removable path too, for firmware with no entry of its own (the
+# Secure Boot guest's fresh variables): the signed shim, the signed GRUB
+# and its stub configuration, as grub-install --force-extra-removable
+# puts them
+mkdir -p /t/boot/efi/EFI/BOOT
+cp /t/boot/efi/EFI/debian/shimx64.efi /t/boot/efi/EFI/BOOT/BOOTX64.EFI
+cp /t/boot/efi/EFI/debian/grubx64.efi /t/boot/efi/EFI/debian/grub.cfg /t/boot/efi/EFI/BOOT/
 rm -f /t/boot/efi/vmlinuz.efi /t/boot/efi/old.img /t/boot/efi/startup.nsh
 for d in sys/firmware/efi/efivars sys proc dev boot/efi; do umount /t/$d; done
 umount /t
@@ -292,6 +299,7 @@ fn cached_old_system() -> (PathBuf, PathBuf) {
                 esp_size: ESP_MIB * MIB,
                 vars: Some(new_vars.clone()),
                 startup: true,
+                secure_boot: false,
             }),
             ..Guest::default()
         }
@@ -319,7 +327,20 @@ pub fn old_system_guest(disks: Vec<PathBuf>, vars: PathBuf, timeout: Duration) -
             esp_size: ESP_MIB * MIB,
             vars: Some(vars),
             startup: false,
+            secure_boot: false,
         }),
         ..Guest::default()
     }
+}
+
+/// The same old system under Secure Boot: Debian's OVMF with Microsoft's
+/// keys, fresh variables (no boot entry of its own: the firmware starts
+/// the disk's `\EFI\BOOT\BOOTX64.EFI`, Debian's signed shim, which
+/// starts the signed GRUB, which has shim check the kernel).
+pub fn old_system_guest_secure_boot(disks: Vec<PathBuf>, work: &Path, timeout: Duration) -> Guest {
+    let mut g = old_system_guest(disks, work.join("sb-vars.fd"), timeout);
+    if let Some(u) = g.uefi.as_mut() {
+        u.secure_boot = true;
+    }
+    g
 }

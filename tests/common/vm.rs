@@ -193,6 +193,10 @@ pub struct Uefi {
     /// (formatting it the first time). False: the disk boots as it is,
     /// through what its own system installed there (a real Debian's GRUB).
     pub startup: bool,
+    /// Secure Boot on: Debian's OVMF built for it (SMM, on q35) with
+    /// Microsoft's keys enrolled (`OVMF_VARS_4M.ms.fd` as the template);
+    /// the firmware then starts only what a key in db signed (shim).
+    pub secure_boot: bool,
 }
 
 /// An initrd and kernel arguments, as a boot loader would pass them.
@@ -889,12 +893,21 @@ impl Guest {
             .args(["-m", &self.memory_mib.to_string()]);
         if let Some(u) = &self.uefi {
             let vars = u.vars.clone().unwrap_or_else(|| work.join("OVMF_VARS.fd"));
+            let (code, template) = match u.secure_boot {
+                false => ("OVMF_CODE_4M.fd", "OVMF_VARS_4M.fd"),
+                true => ("OVMF_CODE_4M.secboot.fd", "OVMF_VARS_4M.ms.fd"),
+            };
             if u.vars.is_none() || !vars.exists() {
-                fs::copy(format!("{OVMF}/OVMF_VARS_4M.fd"), &vars).unwrap();
+                fs::copy(format!("{OVMF}/{template}"), &vars).unwrap();
+            }
+            if u.secure_boot {
+                // the Secure Boot build keeps its variables behind SMM
+                cmd.args(["-machine", "q35,smm=on"])
+                    .args(["-global", "driver=cfi.pflash01,property=secure,value=on"]);
             }
             cmd.arg("-drive")
                 .arg(format!(
-                    "if=pflash,format=raw,readonly=on,file={OVMF}/OVMF_CODE_4M.fd"
+                    "if=pflash,format=raw,readonly=on,file={OVMF}/{code}"
                 ))
                 .arg("-drive")
                 .arg(format!("if=pflash,format=raw,file={}", vars.display()));

@@ -25,7 +25,8 @@
 use std::time::Duration;
 
 use crate::common::debian::{
-    old_system_disk, old_system_guest, restored_disk_image, restored_image, systems,
+    old_system_disk, old_system_guest, old_system_guest_secure_boot, restored_disk_image,
+    restored_image, systems,
 };
 use crate::common::*;
 
@@ -123,6 +124,33 @@ rh/2)
 esac
 "#;
 
+/// The first file of the Debian `tree`'s /boot whose name starts with
+/// `prefix` (`vmlinuz-`, `initrd.img-`).
+fn boot_file(tree: &str, prefix: &str) -> Vec<u8> {
+    let boot = systems().join(tree).join("boot");
+    let name = std::fs::read_dir(&boot)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|n| n.starts_with(prefix))
+        .unwrap();
+    std::fs::read(boot.join(name)).unwrap()
+}
+
+/// The initramfs-tools system as an 800 MiB ext4 image named `deb`, in
+/// `dir`, with the restored systems' `scenario`.
+fn deb_image(dir: &std::path::Path, scenario: &str) -> std::path::PathBuf {
+    let deb = dir.join("deb.ext4");
+    restored_image(
+        "initramfs-tools",
+        &deb,
+        800,
+        "deb",
+        &format!("{REPORT}{scenario}"),
+    );
+    deb
+}
+
 #[test]
 #[ignore = "needs root, debootstrap and QEMU: real Debian systems in guests (scripts/test.sh runs it)"]
 fn real_debian_systems_trial_boot_through_uefi_and_grub() {
@@ -131,23 +159,13 @@ fn real_debian_systems_trial_boot_through_uefi_and_grub() {
     // zstd with an uncompressed archive in front (as the CPU microcode
     // packages add), dracut's xz; each gets the early-boot archive
     // appended, and both boot below.
-    let initrd_of = |tree: &str| {
-        let boot = systems().join(tree).join("boot");
-        let name = std::fs::read_dir(&boot)
-            .unwrap()
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .find(|n| n.starts_with("initrd.img-"))
-            .unwrap();
-        std::fs::read(boot.join(name)).unwrap()
-    };
-    let it = initrd_of("initramfs-tools");
+    let it = boot_file("initramfs-tools", "initrd.img-");
     assert!(it.starts_with(b"070701"), "an uncompressed archive first");
     let trailer = it.windows(10).position(|w| w == b"TRAILER!!!").unwrap();
     let main = trailer + it[trailer..].iter().position(|&b| b == 0).unwrap();
     let main = main + it[main..].iter().position(|&b| b != 0).unwrap();
     assert_eq!(it[main..main + 4], [0x28, 0xb5, 0x2f, 0xfd], "then zstd");
-    let dr = initrd_of("dracut");
+    let dr = boot_file("dracut", "initrd.img-");
     assert!(
         dr.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]),
         "dracut's is xz"
@@ -158,14 +176,7 @@ fn real_debian_systems_trial_boot_through_uefi_and_grub() {
         dr.len()
     );
     let t = tempfile::tempdir().unwrap();
-    let deb = t.path().join("deb.ext4");
-    restored_image(
-        "initramfs-tools",
-        &deb,
-        800,
-        "deb",
-        &format!("{REPORT}{RESTORED_SYSTEM}"),
-    );
+    let deb = deb_image(t.path(), RESTORED_SYSTEM);
     let rh = t.path().join("rh-disk.img");
     restored_disk_image(
         "dracut",
@@ -252,5 +263,79 @@ fn real_debian_systems_trial_boot_through_uefi_and_grub() {
         ("grub_left", "0"),
         ("files_left", "0"),
         ("esp_left", "0"),
+    ]);
+}
+
+const OLD_SYSTEM_SECURE_BOOT: &str = r#"
+case $n in
+1)
+  echo "LR sb_firmware=$(liverestore --json status | grep -o '"secure_boot":[a-z]*' | cut -d: -f2)"
+  echo "LR sb_lockdown=$(cat /sys/kernel/security/lockdown)"
+  liverestore stage /dev/vdb --name deb --dir /
+  # straight to the kernel: the firmware would refuse it; said up front
+  rc=0; liverestore activate deb --loader uefi 2>/tmp/uefi.err || rc=$?
+  echo "LR sb_uefi_refused=$rc"
+  echo "LR sb_uefi_why=$(grep -c 'Secure Boot is on' /tmp/uefi.err || true)"
+  # the default goes shim → signed GRUB → the image's signed kernel
+  liverestore --json activate deb --trial-deadline 300s > /tmp/activate.json
+  echo "LR sb_grub=$(grep -c '"grub":{' /tmp/activate.json || true)"
+  echo "LR sb_fallback=$(grep -c 'Secure Boot is on: through GRUB' /tmp/activate.json || true)"
+  echo "LR report=old system ($state, Secure Boot): staged 'deb', refused a Boot#### to its kernel, activated it through GRUB"
+  systemctl reboot
+  ;;
+esac
+"#;
+
+const RESTORED_SYSTEM_SECURE_BOOT: &str = r#"
+case $host/$n in
+deb/1)
+  echo "LR sb_restored_firmware=$(liverestore --json status | grep -o '"secure_boot":[a-z]*' | cut -d: -f2)"
+  echo "LR sb_restored_lockdown=$(cat /sys/kernel/security/lockdown)"
+  liverestore commit
+  echo "LR sb_next_after_commit=$(next)"
+  echo "LR report=restored 'deb' ($state) on $(findmnt -n -o SOURCE /) under Secure Boot (its signed kernel through shim and GRUB): committed"
+  echo "== scenario exit 0"
+  systemctl poweroff
+  ;;
+esac
+"#;
+
+/// Under Secure Boot (Debian's OVMF with Microsoft's keys): the old
+/// system starts through Debian's signed shim and GRUB; `activate
+/// --loader uefi` is refused up front (the firmware would refuse a
+/// `Boot####` straight to a kernel that only shim trusts, and the trial
+/// would quietly start the old system); the default goes through GRUB,
+/// whose shim check passes the image's signed kernel; the restored system
+/// runs (under the kernel's lockdown) and commits.
+#[test]
+#[ignore = "needs root, debootstrap and QEMU: real Debian systems in guests (scripts/test.sh runs it)"]
+fn real_debian_trial_under_secure_boot() {
+    require_root();
+    // what this test relies on: Debian's kernel carries a signature
+    let kernel = boot_file("initramfs-tools", "vmlinuz-");
+    assert!(liverestore::boot::efi::pe_signed(&kernel).unwrap());
+    let t = tempfile::tempdir().unwrap();
+    let deb = deb_image(t.path(), RESTORED_SYSTEM_SECURE_BOOT);
+    let (disk, _) = old_system_disk(t.path(), &format!("{REPORT}{OLD_SYSTEM_SECURE_BOOT}"));
+    let run = old_system_guest_secure_boot(vec![disk, deb], t.path(), Duration::from_secs(1200))
+        .run_ok(&t.path().join("vm"));
+    for (i, r) in run.values("report").iter().enumerate() {
+        println!("boot {}: {r}", i + 1);
+    }
+    run.assert_values(&[
+        ("old-system_boot_1", "running"),
+        ("old-system_failed_1", ""),
+        ("sb_firmware", "true"),
+        ("sb_lockdown", "none [integrity] confidentiality"),
+        ("sb_uefi_refused", "25"),
+        ("sb_uefi_why", "1"),
+        ("sb_grub", "1"),
+        ("sb_fallback", "1"),
+        ("deb_boot_1", "running"),
+        ("deb_failed_1", ""),
+        ("deb_root_1", "/dev/dm-0"),
+        ("sb_restored_firmware", "true"),
+        ("sb_restored_lockdown", "none [integrity] confidentiality"),
+        ("sb_next_after_commit", "restored system (default)"),
     ]);
 }

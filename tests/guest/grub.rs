@@ -49,6 +49,7 @@ fn grub_guest(dir: &Path, efi: bool, image: std::path::PathBuf, scenario: &str) 
             esp_size: EFI_ESP_MIB * MIB,
             vars: Some(dir.join("OVMF_VARS.fd")),
             startup: true,
+            secure_boot: false,
         };
         (disk, (1 + EFI_ESP_MIB) * MIB, Some(uefi))
     } else {

@@ -47,6 +47,7 @@ pub fn old_system_guest(
             esp_size: ESP_MIB * MIB,
             vars,
             startup: true,
+            secure_boot: false,
         }),
         ..Guest::default()
     }

@@ -488,6 +488,7 @@ mod tests {
             old_system: None,
             trial_ended: false,
             deadline_left_secs: None,
+            secure_boot: None,
         };
         fill_status(&mut s, env);
         s

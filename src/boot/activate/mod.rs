@@ -38,7 +38,7 @@ use crate::error::{Error, ErrorKind, IoContext, Result};
 use crate::progress::Progress;
 use crate::store::durable::sync_dir;
 use crate::store::state_dir::{StateDir, StateLock};
-use crate::{attach::test_restore, boot::initrd, stage::verify};
+use crate::{attach::test_restore, boot::efi, boot::initrd, stage::verify};
 
 /// What an activation created.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,7 +59,7 @@ pub struct Activation {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grub: Option<GrubBoot>,
     /// Why GRUB was used when UEFI was not asked for explicitly
-    /// (`--loader auto` and no usable efivarfs).
+    /// (`--loader auto`: no usable efivarfs, or Secure Boot on).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fallback: Option<String>,
     /// A native boot's partition entries (the root's first); empty for a
@@ -304,15 +304,42 @@ enum Loader {
 }
 
 /// The loader to arm, and why GRUB stands in for UEFI when it does.
+/// Under Secure Boot, refuse `--loader uefi` (without `--image-esp`) up
+/// front: the firmware would refuse its `Boot####`.
+fn check_loader_for_secure_boot(opts: &ActivateOptions<'_>, secure_boot: bool) -> Result<()> {
+    if secure_boot && opts.loader == LoaderChoice::Uefi && opts.image_esp.is_none() {
+        return Err(Error::new(
+            ErrorKind::UnsupportedBootLoader,
+            "Secure Boot is on: the firmware starts only what a key in its db signed, and would refuse a Boot#### straight to the image's kernel (signed for shim, not for the firmware) — the trial would quietly start the old system. Use --loader grub: the firmware → shim → the signed GRUB → the image's signed kernel",
+        ));
+    }
+    Ok(())
+}
+
 fn choose_loader(
     rec: &crate::store::record::StagingRecord,
     opts: &ActivateOptions<'_>,
+    secure_boot: bool,
 ) -> Result<(Loader, Option<String>)> {
     let grub = || grub::Target::open(rec, opts.grub_dir).map(Loader::Grub);
     let uefi = || uefi::Target::open(opts.esp).map(Loader::Uefi);
     match opts.loader {
         LoaderChoice::Uefi => Ok((uefi()?, None)),
         LoaderChoice::Grub => Ok((grub()?, None)),
+        LoaderChoice::Auto if secure_boot => {
+            let loader = grub().map_err(|e| {
+                Error::new(
+                    ErrorKind::UnsupportedBootLoader,
+                    format!(
+                        "Secure Boot is on, so the trial must go through shim and the signed GRUB (the firmware would refuse a Boot#### straight to the kernel); and GRUB: {e}"
+                    ),
+                )
+            })?;
+            Ok((
+                loader,
+                Some("Secure Boot is on: through GRUB (the firmware → shim → the signed GRUB → the image's signed kernel), not a Boot#### to the kernel".into()),
+            ))
+        }
         LoaderChoice::Auto => match crate::sys::efivars::EfiVars::open() {
             Ok(_) => Ok((uefi()?, None)),
             Err(no_uefi) => {
@@ -337,6 +364,9 @@ pub fn activate(
     progress: &dyn Progress,
 ) -> Result<Activation> {
     crate::stage::plan::require_root()?;
+    // Under Secure Boot, shim (through GRUB) starts only a signed kernel.
+    let secure_boot = crate::sys::efivars::secure_boot();
+    check_loader_for_secure_boot(opts, secure_boot)?;
     if let Some(a) = current(state)? {
         return Err(Error::new(
             ErrorKind::InvalidState,
@@ -407,11 +437,19 @@ pub fn activate(
     };
     let rec = members.remove(root_at);
     let companions = members;
+    if secure_boot && opts.image_esp.is_none() && !efi::pe_signed(&kernel).unwrap_or(false) {
+        return Err(Error::new(
+            ErrorKind::UnsupportedBootLoader,
+            format!(
+                "Secure Boot is on and the image's kernel /boot/vmlinuz-{version} carries no signature: shim would refuse to start it (sign it with a key shim trusts, or turn Secure Boot off)"
+            ),
+        ));
+    }
     let (mut loader, fallback) = match opts.image_esp {
         // set below, once the image's ESP has its partition entry
         Some(_) => (None, None),
         None => {
-            let (l, f) = choose_loader(&rec, opts)?;
+            let (l, f) = choose_loader(&rec, opts, secure_boot)?;
             (Some(l), f)
         }
     };
@@ -822,6 +860,9 @@ pub struct Status {
     /// left before the watchdog resets the machine, unless `commit`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub deadline_left_secs: Option<u64>,
+    /// Whether the firmware runs with Secure Boot on (UEFI only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secure_boot: Option<bool>,
 }
 
 /// Which system runs and what the next boot starts.
@@ -848,6 +889,9 @@ pub fn status(state: &StateDir) -> Result<Status> {
             .map(|n| n.old_system),
         trial_ended: false,
         deadline_left_secs: None,
+        secure_boot: Path::new("/sys/firmware/efi")
+            .exists()
+            .then(crate::sys::efivars::secure_boot),
     };
     if via.is_some() {
         s.deadline_left_secs = deadline_left(
