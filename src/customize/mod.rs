@@ -473,11 +473,21 @@ pub fn warn_about_fstab(
             crate::attach::root_dir::RootDir::open(mnt)?
                 .read_limited(std::path::Path::new("/etc/fstab"), 1 << 20)
         });
-        if let Ok(Some(text)) = fstab {
-            if let Some(w) = fstab_warning(set, &String::from_utf8_lossy(&text), &rec.name) {
-                progress.note(&w);
+        match fstab {
+            Ok(Some(text)) => {
+                if let Some(w) = fstab_warning(set, &String::from_utf8_lossy(&text), &rec.name) {
+                    progress.note(&w);
+                }
+                return;
             }
-            return;
+            Ok(None) => {}
+            Err(e) => {
+                progress.note(&format!(
+                    "the restored system's /etc/fstab in '{}' could not be looked at ({e}); `activate` checks it again",
+                    rec.name
+                ));
+                return;
+            }
         }
     }
 }

@@ -134,15 +134,18 @@ pub fn unknown_stagings(
         if seen_fs.contains(&(m.major, m.minor)) {
             continue;
         }
-        // only this disk's filesystems, each once
+        // only this disk's filesystems, each once; which disk a mount is
+        // on is read from sysfs alone (no other mount is touched)
+        let on_this_disk = hostfs::SysBlock::resolve(Path::new("/sys"), m.major, m.minor)
+            .is_ok_and(|b| {
+                (b.disk_major, b.disk_minor) == (target.block.disk_major, target.block.disk_minor)
+            });
+        if !on_this_disk {
+            continue;
+        }
         let Ok(fs) = hostfs::discover(&m.mount_point) else {
             continue;
         };
-        if (fs.block.disk_major, fs.block.disk_minor)
-            != (target.block.disk_major, target.block.disk_minor)
-        {
-            continue;
-        }
         seen_fs.push((m.major, m.minor));
         let dev = rustix::fs::makedev(m.major, m.minor);
         let mut dirs = vec![m.mount_point.clone()];

@@ -276,11 +276,17 @@ case $n in
   rc=0; liverestore activate deb --loader uefi 2>/tmp/uefi.err || rc=$?
   echo "LR sb_uefi_refused=$rc"
   echo "LR sb_uefi_why=$(grep -c 'Secure Boot is on' /tmp/uefi.err || true)"
+  # a kernel without a signature: shim would refuse it; said up front
+  liverestore stage /dev/vdc --name unsigned --dir /
+  rc=0; liverestore activate unsigned 2>/tmp/unsigned.err || rc=$?
+  echo "LR sb_unsigned_refused=$rc"
+  echo "LR sb_unsigned_why=$(grep -c 'carries no signature' /tmp/unsigned.err || true)"
+  liverestore discard unsigned
   # the default goes shim → signed GRUB → the image's signed kernel
   liverestore --json activate deb --trial-deadline 300s > /tmp/activate.json
   echo "LR sb_grub=$(grep -c '"grub":{' /tmp/activate.json || true)"
   echo "LR sb_fallback=$(grep -c 'Secure Boot is on: through GRUB' /tmp/activate.json || true)"
-  echo "LR report=old system ($state, Secure Boot): staged 'deb', refused a Boot#### to its kernel, activated it through GRUB"
+  echo "LR report=old system ($state, Secure Boot): staged 'deb', refused a Boot#### to its kernel and an unsigned kernel, activated 'deb' through GRUB"
   systemctl reboot
   ;;
 esac
@@ -304,7 +310,8 @@ esac
 /// system starts through Debian's signed shim and GRUB; `activate
 /// --loader uefi` is refused up front (the firmware would refuse a
 /// `Boot####` straight to a kernel that only shim trusts, and the trial
-/// would quietly start the old system); the default goes through GRUB,
+/// would quietly start the old system), as is an image whose kernel is
+/// not signed; the default goes through GRUB,
 /// whose shim check passes the image's signed kernel; the restored system
 /// runs (under the kernel's lockdown) and commits.
 #[test]
@@ -316,9 +323,29 @@ fn real_debian_trial_under_secure_boot() {
     assert!(liverestore::boot::efi::pe_signed(&kernel).unwrap());
     let t = tempfile::tempdir().unwrap();
     let deb = deb_image(t.path(), RESTORED_SYSTEM_SECURE_BOOT);
+    // the same kernel with its signature taken off (PE32+: the security
+    // directory emptied, the certificates cut from the end), and an
+    // initrd, in a small image of its own
+    let mut bare = kernel.clone();
+    let opt = u32::from_le_bytes(bare[0x3c..0x40].try_into().unwrap()) as usize + 24;
+    let sec = opt + 112 + 4 * 8;
+    let at = u32::from_le_bytes(bare[sec..sec + 4].try_into().unwrap()) as usize;
+    bare[sec..sec + 8].fill(0);
+    bare.truncate(at);
+    assert!(!liverestore::boot::efi::pe_signed(&bare).unwrap());
+    let tree = t.path().join("unsigned.tree");
+    std::fs::create_dir_all(tree.join("boot")).unwrap();
+    std::fs::write(tree.join("boot/vmlinuz-6.1.0-0-unsigned"), &bare).unwrap();
+    std::fs::write(tree.join("boot/initrd.img-6.1.0-0-unsigned"), b"070701").unwrap();
+    let unsigned = t.path().join("unsigned.ext4");
+    mkfs_ext4_from(&tree, &unsigned, 32);
     let (disk, _) = old_system_disk(t.path(), &format!("{REPORT}{OLD_SYSTEM_SECURE_BOOT}"));
-    let run = old_system_guest_secure_boot(vec![disk, deb], t.path(), Duration::from_secs(1200))
-        .run_ok(&t.path().join("vm"));
+    let run = old_system_guest_secure_boot(
+        vec![disk, deb, unsigned],
+        t.path(),
+        Duration::from_secs(1200),
+    )
+    .run_ok(&t.path().join("vm"));
     for (i, r) in run.values("report").iter().enumerate() {
         println!("boot {}: {r}", i + 1);
     }
@@ -331,6 +358,8 @@ fn real_debian_trial_under_secure_boot() {
         ("sb_uefi_why", "1"),
         ("sb_grub", "1"),
         ("sb_fallback", "1"),
+        ("sb_unsigned_refused", "25"),
+        ("sb_unsigned_why", "1"),
         ("deb_boot_1", "running"),
         ("deb_failed_1", ""),
         ("deb_root_1", "/dev/dm-0"),
