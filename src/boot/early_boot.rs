@@ -293,18 +293,9 @@ fn note_boot(disk: &Path, what: &str, id: uuid::Uuid, at: &NoteAt) {
             .and_then(|s| s.trim().parse().ok())
             .unwrap_or_default();
         let new = boot_note::next(old, id, at.boots_accepted, now, boot_id);
-        let sector = disk
-            .file_name()
-            .and_then(|n| {
-                std::fs::read_to_string(
-                    Path::new("/sys/block")
-                        .join(n)
-                        .join("queue/logical_block_size"),
-                )
-                .ok()
-            })
-            .and_then(|s| s.trim().parse::<u64>().ok())
-            .unwrap_or(512);
+        let sector = crate::space::hostfs::logical_sector_size(
+            &disk.file_name().unwrap_or_default().to_string_lossy(),
+        );
         DiskWriter::write_range(disk, offset, &boot_note::encode(&new), sector)?;
         Ok(new.boots)
     };

@@ -273,17 +273,17 @@ impl CustomizeArgs {
             fix_fstab: self.fix_fstab,
             auto_commit: match self.auto_commit {
                 false => None,
-                true => Some(crate::customize::AutoCommitOptions {
-                    settings: crate::customize::auto_commit::Settings {
+                true => Some(crate::customize::AutoCommitOptions::new(
+                    crate::customize::auto_commit::Settings {
                         health: self.health,
                         within_secs: self.commit_within,
                     },
-                    helper: match self.helper {
+                    &match self.helper {
                         Some(h) => h,
                         None => std::env::current_exe()
                             .map_err(|e| crate::Error::io("find this program", e))?,
                     },
-                }),
+                )?),
             },
         };
         Ok(CustomizeResult {

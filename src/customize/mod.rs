@@ -60,31 +60,34 @@ pub struct CustomizeOptions {
 }
 
 /// `--auto-commit`: the check, its time limit, and the static liverestore
-/// to put into the image.
+/// to put into the image (read and checked once, when made).
 #[derive(Debug, Clone)]
 pub struct AutoCommitOptions {
     pub settings: auto_commit::Settings,
-    pub helper: PathBuf,
+    helper: Vec<u8>,
 }
 
 impl AutoCommitOptions {
-    /// The helper's bytes: a static liverestore, which runs whatever C
-    /// library the restored system has.
-    fn helper_bytes(&self) -> Result<Vec<u8>> {
-        let bytes = std::fs::read(&self.helper).map_err(|e| {
-            Error::io("read the liverestore to put into the image", e).with_path(&self.helper)
+    /// With the liverestore at `helper`, which must be static: it runs
+    /// whatever C library the restored system has.
+    pub fn new(settings: auto_commit::Settings, helper: &std::path::Path) -> Result<Self> {
+        let bytes = std::fs::read(helper).map_err(|e| {
+            Error::io("read the liverestore to put into the image", e).with_path(helper)
         })?;
         if !crate::boot::initrd::is_static_elf(&bytes) {
             return Err(Error::new(
                 ErrorKind::InvalidState,
                 format!(
                     "--auto-commit puts a liverestore into the image, which must be statically linked: {} is not (give one with --helper)",
-                    self.helper.display()
+                    helper.display()
                 ),
             )
-            .with_path(&self.helper));
+            .with_path(helper));
         }
-        Ok(bytes)
+        Ok(AutoCommitOptions {
+            settings,
+            helper: bytes,
+        })
     }
 }
 
@@ -103,9 +106,6 @@ impl CustomizeOptions {
                 ErrorKind::InvalidState,
                 "nothing to do: give --preserve PATH, --carry-network, --new-identity, --hostname NAME, --inject-drivers, --fix-fstab or --auto-commit",
             ));
-        }
-        if let Some(a) = &self.auto_commit {
-            a.helper_bytes()?;
         }
         if let Some(h) = &self.hostname {
             new_identity::check_hostname(h)?;
@@ -358,7 +358,7 @@ pub fn apply(
         changes.extend(fix_fstab(root, ids)?);
     }
     if let Some(a) = &opts.auto_commit {
-        changes.extend(auto_commit::install(root, &a.settings, &a.helper_bytes()?)?);
+        changes.extend(auto_commit::install(root, &a.settings, &a.helper)?);
     }
     for p in &opts.preserve {
         let c = copy::preserve(&opts.source_root, p, root)?;

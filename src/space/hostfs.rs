@@ -362,6 +362,19 @@ pub fn dev_node(name: &str, major: u32, minor: u32) -> Result<PathBuf> {
     Ok(path)
 }
 
+/// The logical sector size of block device `name` (a kernel name, e.g.
+/// `vda`), from sysfs; 512 where sysfs does not tell.
+pub fn logical_sector_size(name: &str) -> u64 {
+    read_trim(
+        &Path::new("/sys/class/block")
+            .join(name)
+            .join("queue/logical_block_size"),
+    )
+    .and_then(|s| s.parse::<u64>().ok())
+    .unwrap_or(512)
+    .max(512)
+}
+
 /// Resolve `dir` to its filesystem, partition and disk, refusing anything
 /// liverestore cannot stage on.
 pub fn discover(dir: &Path) -> Result<HostTarget> {

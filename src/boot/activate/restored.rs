@@ -42,12 +42,7 @@ pub fn disk() -> Result<RestoredDisk> {
         .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)))
         .ok_or_else(|| Error::new(ErrorKind::UnsupportedDevice, format!("device {dev}")))?;
     let path = hostfs::dev_node(&name, major, minor)?;
-    let sector_size =
-        std::fs::read_to_string(format!("/sys/class/block/{name}/queue/logical_block_size"))
-            .ok()
-            .and_then(|s| s.trim().parse::<u64>().ok())
-            .unwrap_or(512)
-            .max(512);
+    let sector_size = hostfs::logical_sector_size(&name);
     Ok(RestoredDisk { path, sector_size })
 }
 
