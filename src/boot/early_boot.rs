@@ -12,8 +12,11 @@
 //!    partition's below), then create the device-mapper `linear` device
 //!    [`DM_NAME`] from the map,
 //!    then one for each other partition of the same whole-disk image
-//!    (`liverestore-pN`), each checked by its own on-disk header;
-//! 5. unmount what it mounted and `exec /init`, with the same arguments.
+//!    (`liverestore-pN`), each checked by its own on-disk header — unless
+//!    the boot is native ([`BootPlan::native`]): the image is its own
+//!    partition, so the boots are noted and nothing is mapped;
+//! 5. arm the trial's deadline (`liverestore.deadline=`), unmount what it
+//!    mounted and `exec /init`, with the same arguments.
 //!
 //! Any failure is printed and the machine reboots after [`FAILURE_PAUSE`]:
 //! a trial boot (`BootNext`, one-shot) then returns to the old system.
@@ -87,10 +90,10 @@ pub fn run() -> ! {
     let mut mounted = Vec::new();
     let mut params = BootParams::from_cmdline("");
     let err = match assemble(&mut mounted, &mut params) {
-        Ok(dev) => {
-            eprintln!("liverestore: the staged image is {}", dev.display());
+        Ok((what, disk)) => {
+            eprintln!("liverestore: {what}");
             if let Some(deadline) = params.deadline {
-                start_deadline(&mut mounted, deadline);
+                start_deadline(&mut mounted, deadline, &disk);
             }
             for m in mounted.iter().rev() {
                 let _ = rustix::mount::unmount(*m, rustix::mount::UnmountFlags::DETACH);
@@ -120,7 +123,7 @@ pub fn run() -> ! {
 /// [`crate::boot::activate::committed_boot`]; efivarfs is mounted for it
 /// where there is UEFI). Said on the console; a failure does not stop the
 /// boot.
-fn start_deadline(mounted: &mut Vec<&'static str>, deadline: Duration) {
+fn start_deadline(mounted: &mut Vec<&'static str>, deadline: Duration, disk: &Path) {
     if let Err(e) = load_our_modules() {
         eprintln!("liverestore: warning: {e}");
     }
@@ -139,7 +142,7 @@ fn start_deadline(mounted: &mut Vec<&'static str>, deadline: Duration) {
         mounted.push(EFIVARS);
     }
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
-    if crate::boot::activate::committed_boot(&cmdline) {
+    if crate::boot::activate::committed_boot(&cmdline, disk) {
         eprintln!("liverestore: committed: no trial deadline");
         return;
     }
@@ -207,7 +210,9 @@ fn mount_missing(mounted: &mut Vec<&'static str>) -> Result<()> {
     Ok(())
 }
 
-fn assemble(mounted: &mut Vec<&'static str>, params: &mut BootParams) -> Result<PathBuf> {
+/// Find the disk, note the boots and map the image (unless native);
+/// what was done (for the console), and the disk's node.
+fn assemble(mounted: &mut Vec<&'static str>, params: &mut BootParams) -> Result<(String, PathBuf)> {
     mount_missing(mounted)?;
     *params =
         BootParams::from_cmdline(&std::fs::read_to_string("/proc/cmdline").unwrap_or_default());
@@ -218,10 +223,12 @@ fn assemble(mounted: &mut Vec<&'static str>, params: &mut BootParams) -> Result<
     let release = uname.release().to_string_lossy().into_owned();
     let modules = Path::new("/lib/modules").join(&release);
     let mut wanted = plan.modules.clone();
-    wanted.push("dm_mod".into());
+    if !plan.native {
+        wanted.push("dm_mod".into());
+    }
     if modules.join("modules.dep").exists() {
         kmod::load(&modules, &wanted)?;
-    } else if !Path::new(dm::CONTROL).exists() {
+    } else if !plan.native && !Path::new(dm::CONTROL).exists() {
         return Err(Error::new(
             ErrorKind::KernelLacks,
             format!(
@@ -231,31 +238,34 @@ fn assemble(mounted: &mut Vec<&'static str>, params: &mut BootParams) -> Result<
         ));
     }
     let (name, dev_t) = find_disk(&plan, params.disk_wait)?;
-    eprintln!(
-        "liverestore: '{}' found on /dev/{name}; mapping {} extents",
-        plan.name,
-        plan.extents.len()
-    );
     let node = Path::new("/dev").join(&name);
+    let what = if plan.native {
+        "it boots natively".to_string()
+    } else {
+        format!("mapping {} extents", plan.extents.len())
+    };
+    eprintln!("liverestore: '{}' found on /dev/{name}; {what}", plan.name);
+    // Every boot noted before anything is mapped; the image's other
+    // partitions each checked by its own header first.
     note_boot(&node, &plan.name, plan.id, &plan.note);
+    for c in &plan.companions {
+        check_companion(&node, &name, c)?;
+        note_boot(&node, &c.dm_name, c.id, &c.note);
+    }
+    if plan.native {
+        let what = format!(
+            "'{}' boots natively from its own partition on /dev/{name}: nothing to map",
+            plan.name
+        );
+        return Ok((what, node));
+    }
     let info = dm::create(
         DM_NAME,
         &format!("{DM_UUID_PREFIX}{}", plan.id),
         &plan.table(&dev_t),
         false,
     )?;
-    // The image's other partitions, each checked by its own header.
     for c in &plan.companions {
-        if !holds_header(&node, c.header_offset, c.id)? {
-            return Err(Error::new(
-                ErrorKind::MapChanged,
-                format!(
-                    "the header at byte {} of /dev/{name} is not {}'s any more",
-                    c.header_offset, c.dm_name
-                ),
-            ));
-        }
-        note_boot(&node, &c.dm_name, c.id, &c.note);
         dm::create(
             &c.dm_name,
             &format!("{DM_UUID_PREFIX}{}", c.id),
@@ -268,7 +278,24 @@ fn assemble(mounted: &mut Vec<&'static str>, params: &mut BootParams) -> Result<
             c.extents.len()
         );
     }
-    Ok(info.path())
+    Ok((
+        format!("the staged image is {}", info.path().display()),
+        node,
+    ))
+}
+
+/// Refuse a companion whose on-disk header is not its own any more.
+fn check_companion(node: &Path, name: &str, c: &crate::boot::plan::Companion) -> Result<()> {
+    if holds_header(node, c.header_offset, c.id)? {
+        return Ok(());
+    }
+    Err(Error::new(
+        ErrorKind::MapChanged,
+        format!(
+            "the header at byte {} of /dev/{name} is not {}'s any more",
+            c.header_offset, c.dm_name
+        ),
+    ))
 }
 
 /// Note this boot in staging `id`'s boot note ([`boot_note`]), before its

@@ -3,8 +3,10 @@
 //! one after the other), holding `/lr/init` — a static liverestore, which
 //! runs as the early-boot step when started under that name (kernel
 //! argument `rdinit=/lr/init`) — and `/lr/boot.json`, its [`BootPlan`].
-//! `/lr/init` assembles the staged image as a device-mapper device and
-//! hands over to the restored initrd's `/init` (see [`crate::boot::early_boot`]).
+//! `/lr/init` assembles the staged image as a device-mapper device (a
+//! native boot's needs none: it only notes the boot and arms the trial's
+//! deadline) and hands over to the restored initrd's `/init` (see
+//! [`crate::boot::early_boot`]).
 
 use std::io::Write;
 use std::path::Path;
@@ -175,16 +177,19 @@ pub fn append_early_boot(initrd: &mut Vec<u8>, early: &[u8]) {
 /// the driver modules of the staging's disk, read from sysfs) and the
 /// archive, whose `/lr/init` is `helper` (default: this program).
 pub fn for_staging(rec: &StagingRecord, helper: Option<&Path>) -> Result<(BootPlan, Vec<u8>)> {
-    for_set(rec, &[], helper, &[])
+    for_set(rec, &[], helper, &[], false)
 }
 
 /// As [`for_staging`], with `others` (partitions of the same whole-disk
-/// image) mapped alongside `root`, and `extra` files in `/lr`.
+/// image) mapped alongside `root`, and `extra` files in `/lr`; `native`:
+/// nothing is mapped, they boot as their own partitions
+/// ([`BootPlan::native`]).
 pub fn for_set(
     root: &StagingRecord,
     others: &[StagingRecord],
     helper: Option<&Path>,
     extra: &[(String, Vec<u8>)],
+    native: bool,
 ) -> Result<(BootPlan, Vec<u8>)> {
     // The disk's drivers, found in sysfs under the name it has now (found
     // by its identity when the map is derived again).
@@ -194,7 +199,10 @@ pub fn for_set(
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let modules = crate::sys::kmod::disk_driver_modules(Path::new("/sys"), &disk_name);
-    let plan = BootPlan::for_set(root, others, modules)?;
+    let plan = BootPlan {
+        native,
+        ..BootPlan::for_set(root, others, modules)?
+    };
     let helper = match helper {
         Some(p) => p.to_path_buf(),
         None => std::env::current_exe().map_err(|e| Error::io("find this program", e))?,

@@ -51,6 +51,12 @@ pub struct BootPlan {
     /// own device, so the restored system finds them as it expects.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub companions: Vec<Companion>,
+    /// A native boot ([`crate::boot::activate::NativeBoot`]): the image
+    /// (and each companion) boots as its own partition, so nothing is
+    /// mapped; the early-boot step only finds the disk, checks the
+    /// headers, notes the boots and arms the trial's deadline.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub native: bool,
 }
 
 /// A partition mapped alongside the root ([`BootPlan::companions`]).
@@ -167,6 +173,7 @@ impl BootPlan {
             note,
             modules,
             companions: Vec::new(),
+            native: false,
         })
     }
 
@@ -270,6 +277,13 @@ mod tests {
         let mut odd = plan.clone();
         odd.note.note_offset = Some(at + 1);
         assert!(BootPlan::decode(&odd.encode()).is_err());
+        // a native boot's plan says so; older plans read as mapped
+        assert!(!String::from_utf8(plan.encode()).unwrap().contains("native"));
+        let native = BootPlan {
+            native: true,
+            ..plan.clone()
+        };
+        assert!(BootPlan::decode(&native.encode()).unwrap().native);
     }
 
     #[test]

@@ -92,13 +92,15 @@ pub struct ActivateArgs {
     /// once (sync, then reboot(2), as `reboot -f`).
     #[arg(long)]
     reboot: bool,
-    /// A mapped boot's deadline: unless the restored system runs
+    /// The trial's deadline: unless the restored system runs
     /// `liverestore commit` within DURATION of its early boot, the
     /// watchdog (the kernel's softdog, taken from the image) resets the
     /// machine, which then starts the old system again — a trial that
     /// hangs (emergency shell, a device it waits for) comes back by
-    /// itself. Seconds, or with s, min, h (90s, 30min, 1h); `none` for
-    /// no deadline. A native boot has none.
+    /// itself. Seconds, or with s, min, h (90s, 30min, 1h), at least 60 s
+    /// (shorter would reset every restored system before it is up);
+    /// `none` for no deadline. A boot through the image's own ESP (--image-esp)
+    /// has none.
     #[arg(long, value_name = "DURATION", default_value = "30min", value_parser = parse_deadline)]
     trial_deadline: Deadline,
 }
@@ -107,7 +109,11 @@ pub struct ActivateArgs {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Deadline(Option<std::time::Duration>);
 
-/// `90`, `90s`, `30min`, `1h`, or `none` (also `0`).
+/// The shortest trial deadline taken.
+const MIN_DEADLINE_SECS: u64 = 60;
+
+/// `90`, `90s`, `30min`, `1h`, or `none` (also `0`); at least
+/// [`MIN_DEADLINE_SECS`].
 fn parse_deadline(text: &str) -> std::result::Result<Deadline, String> {
     if text.trim() == "none" {
         return Ok(Deadline(None));
@@ -116,6 +122,13 @@ fn parse_deadline(text: &str) -> std::result::Result<Deadline, String> {
     // softdog's longest timeout
     if secs > 65535 {
         return Err(format!("{text:?}: at most 65535 s (18 h)"));
+    }
+    // shorter than any real system's boot: every trial would be reset
+    // before it could commit
+    if (1..MIN_DEADLINE_SECS).contains(&secs) {
+        return Err(format!(
+            "{text:?}: at least {MIN_DEADLINE_SECS} s — the watchdog would reset the restored system before it is up and committed (real systems take from 20 s to minutes to boot), so every trial would end on the old system"
+        ));
     }
     Ok(Deadline(
         (secs > 0).then(|| std::time::Duration::from_secs(secs)),
@@ -539,7 +552,9 @@ mod tests {
         assert_eq!(secs("2h"), Ok(Some(7200)));
         assert_eq!(secs("none"), Ok(None));
         assert_eq!(secs("0"), Ok(None));
-        for bad in ["", "min", "10 days", "-5", "19h", "1.5h"] {
+        assert_eq!(secs("60"), Ok(Some(60)));
+        assert!(parse_deadline("59s").unwrap_err().contains("at least 60 s"));
+        for bad in ["", "min", "10 days", "-5", "19h", "1.5h", "1", "30s"] {
             assert!(parse_deadline(bad).is_err(), "{bad:?}");
         }
         assert_eq!(human_duration(90), "90 s");

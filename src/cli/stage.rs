@@ -40,9 +40,23 @@ impl PlanArgs {
         if self.space.dir.is_empty() {
             return Err(Error::new(ErrorKind::NoSpace, "give at least one --dir"));
         }
-        let pieces = crate::input::Image::open(&self.image, &self.input.options())
-            .and_then(|mut i| split::pieces(&mut i, self.name.as_deref(), self.input.split()));
-        Ok(crate::stage::plan::assess(&cx.state, &self.space.request(), pieces).plan)
+        let mut random = None;
+        let pieces =
+            crate::input::Image::open(&self.image, &self.input.options()).and_then(|mut i| {
+                random = i.random_source();
+                split::pieces(&mut i, self.name.as_deref(), self.input.split())
+            });
+        // the restored system's fstab, read in the image itself
+        let fstab = match &pieces {
+            Ok(p) => crate::customize::fstab_warning_before_staging(random, p),
+            Err(_) => Ok(None),
+        };
+        let mut plan = crate::stage::plan::assess(&cx.state, &self.space.request(), pieces).plan;
+        match fstab {
+            Ok(w) => plan.fstab_warning = w,
+            Err(why) => plan.fstab_not_checked = Some(why),
+        }
+        Ok(plan)
     }
 }
 
@@ -115,6 +129,9 @@ impl Report for Plan {
         }
         for u in &p.unknown_stagings {
             show("unknown staging", Some(u.note()));
+        }
+        if let Some(w) = &p.fstab_warning {
+            show("restored fstab", Some(w.clone()));
         }
         if !p.make_room.is_empty() {
             let total: u64 = p.make_room.iter().map(|c| c.bytes).sum();

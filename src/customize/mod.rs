@@ -440,8 +440,12 @@ pub fn fstab_warning(
     fstab_text: &str,
     member: &str,
 ) -> Option<String> {
-    let ids = image_ids(set).ok()?;
-    let risky = fstab::at_risk(fstab_text, &ids);
+    at_risk_warning(&image_ids(set).ok()?, fstab_text, member)
+}
+
+/// The warning about `fstab_text`'s devices that none of `ids` is.
+fn at_risk_warning(ids: &fstab::ImageIds, fstab_text: &str, member: &str) -> Option<String> {
+    let risky = fstab::at_risk(fstab_text, ids);
     if risky.is_empty() {
         return None;
     }
@@ -449,6 +453,52 @@ pub fn fstab_warning(
     Some(format!(
         "warning: the restored system's /etc/fstab names devices it will not find at boot: {}; systemd would wait for them and stop in emergency mode. `liverestore customize {member} --fix-fstab` makes them nofail",
         what.join(", ")
+    ))
+}
+
+/// Before staging (`plan`): the warning [`fstab_warning`] gives, from the
+/// image itself — its `pieces` as `plan` splits it, read through `src`
+/// (see [`crate::input::Image::random_source`]); the first piece whose
+/// ext4 filesystem holds `/etc/fstab` is the root. `Err`: why it could not
+/// be looked at (`stage` looks again once it is staged).
+pub fn fstab_warning_before_staging(
+    src: Option<std::sync::Arc<dyn crate::input::transport::ReadAt>>,
+    pieces: &[crate::input::split::Piece],
+) -> std::result::Result<Option<String>, String> {
+    let src = src.ok_or("the image is compressed or in a format with tables: its files are looked at once it is staged")?;
+    let mut ids = fstab::ImageIds::default();
+    let mut root = None;
+    for p in pieces {
+        if let Some(e) = p.partition.as_ref().and_then(|p| p.entry()) {
+            ids.partuuids.extend(e.guid.clone());
+            ids.partlabels.extend(e.label.clone());
+        }
+        let mut head = vec![0u8; 0x10048.min(p.size as usize)];
+        src.read_exact_at(&mut head, p.offset)
+            .map_err(|e| format!("the image cannot be read at byte {}: {e}", p.offset))?;
+        let (uuid, label) = fstab::ids_of_head(&head);
+        ids.uuids.extend(uuid);
+        ids.labels.extend(label);
+        if root.is_none() && test_restore::detect_filesystem(&head) == Some("ext4") {
+            let text = crate::input::ext4_files::read_file(
+                src.clone(),
+                (p.offset, p.size),
+                "/etc/fstab",
+                1 << 20,
+            )
+            .map_err(|e| e.to_string())?;
+            if let Some(text) = text {
+                root = Some((p.name.clone().unwrap_or_else(|| "NAME".into()), text));
+            }
+        }
+    }
+    let Some((member, text)) = root else {
+        return Err("no ext4 filesystem of the image holds /etc/fstab (xfs and btrfs are looked at once staged)".into());
+    };
+    Ok(at_risk_warning(
+        &ids,
+        &String::from_utf8_lossy(&text),
+        &member,
     ))
 }
 
@@ -489,5 +539,50 @@ pub fn warn_about_fstab(
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::input::split::Piece;
+    use crate::input::transport::{MemSource, ReadAt};
+
+    #[test]
+    fn plan_reads_the_fstab_in_the_image_itself() {
+        let fstab = b"LABEL=root / ext4 defaults 0 1\nLABEL=root /srv ext4 defaults 0 2\nUUID=ABCD-1234 /boot/efi vfat umask=0077 0 1\nUUID=ABCD-1234 /mnt vfat nofail 0 0\n";
+        let Some(fs) =
+            crate::input::ext4_files::ext4_with(&[("/etc/fstab", fstab)], None, &["-L", "root"])
+        else {
+            eprintln!("no mkfs.ext4: skipped");
+            return;
+        };
+        // a whole-disk image: 1 MiB of something else, then the root
+        let mut image = vec![0u8; 1 << 20];
+        image.extend_from_slice(&fs);
+        let src: std::sync::Arc<dyn ReadAt> = std::sync::Arc::new(MemSource(image));
+        let piece = |name: &str, offset: u64, size: u64| Piece {
+            name: Some(name.into()),
+            offset,
+            size,
+            partition: None,
+        };
+        let pieces = [
+            piece("web-p1", 0, 1 << 20),
+            piece("web-p2", 1 << 20, fs.len() as u64),
+        ];
+        let w = fstab_warning_before_staging(Some(src.clone()), &pieces)
+            .unwrap()
+            .unwrap();
+        assert!(
+            w.contains("/boot/efi (UUID=ABCD-1234, line 3)")
+                && !w.contains("/srv")
+                && !w.contains("/mnt")
+                && w.contains("customize web-p2 --fix-fstab"),
+            "{w}"
+        );
+        // nothing it can read: said why
+        assert!(fstab_warning_before_staging(None, &pieces).is_err());
+        assert!(fstab_warning_before_staging(Some(src), &pieces[..1]).is_err());
     }
 }

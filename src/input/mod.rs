@@ -17,6 +17,7 @@
 pub mod bmap;
 pub mod bytes;
 pub mod compression;
+pub mod ext4_files;
 pub mod partitions;
 pub mod probe;
 pub mod qcow2;
@@ -121,6 +122,9 @@ pub struct Image {
     /// The first bytes, once [`Image::head`] read them: chunk reads are
     /// served from here until they pass its end.
     head: Option<Vec<u8>>,
+    /// The source itself, when its bytes are the logical image's (raw,
+    /// uncompressed, from a file or a server that serves ranges).
+    random: Option<Arc<dyn ReadAt>>,
 }
 
 impl std::fmt::Debug for Image {
@@ -143,6 +147,7 @@ impl Image {
     pub fn open(spec: &str, opts: &OpenOptions) -> Result<Image> {
         let location = Location::parse(spec);
         let mut starts_at = 0;
+        let mut random: Option<Arc<dyn ReadAt>> = None;
         let img = match &location {
             Location::Stdin => {
                 let stream: Box<dyn Read + Send> = Box::new(io::stdin());
@@ -150,6 +155,7 @@ impl Image {
             }
             Location::File(path) => {
                 let file = Arc::new(LocalFile::open(path)?);
+                random = Some(file.clone());
                 let bmap = match (&opts.bmap, opts.no_bmap) {
                     (Some(b), _) => Some(b.clone()),
                     (None, false) => {
@@ -164,6 +170,7 @@ impl Image {
             }
             Location::Url(url) => {
                 let object = Arc::new(HttpObject::open(url)?);
+                random = Some(object.clone());
                 let streamer = Arc::clone(&object);
                 let stream = move |from: u64| {
                     streamer
@@ -225,7 +232,16 @@ impl Image {
             hash_file,
             starts_at,
             head: None,
+            random: random.filter(|_| img.2 == Format::Raw && img.3 == Compression::None),
         })
+    }
+
+    /// Random access to the logical image's bytes, when the source is
+    /// them (a raw, uncompressed image from a file or a server that serves
+    /// ranges): its files can then be looked at before staging
+    /// ([`ext4_files`]).
+    pub fn random_source(&self) -> Option<Arc<dyn ReadAt>> {
+        self.random.clone()
     }
 
     /// The logical size: the bytes that end up on the disk.

@@ -96,6 +96,14 @@ pub struct Plan {
     /// Their space is left alone like any other staging's.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub unknown_stagings: Vec<UnknownStaging>,
+    /// The restored system's `/etc/fstab` names devices it will not find
+    /// at boot (what `stage` and `activate` warn about too).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fstab_warning: Option<String>,
+    /// Why the image's fstab was not looked at (`stage` looks once the
+    /// image is staged).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fstab_not_checked: Option<String>,
     pub refusals: Vec<Refusal>,
 }
 
@@ -393,6 +401,8 @@ pub fn assess(
             .collect(),
         make_room: deletions,
         unknown_stagings,
+        fstab_warning: None,
+        fstab_not_checked: None,
         refusals: errors
             .iter()
             .map(|e| Refusal {

@@ -255,6 +255,26 @@ pub fn old_system_disk(work: &Path, scenario: &str) -> (PathBuf, PathBuf) {
     (disk, vars)
 }
 
+/// `disk` (a copy from [`old_system_disk`]) made `mib` MiB larger, the
+/// new space unallocated after its last partition (the backup GPT moved
+/// to the new end), for stagings made `--unallocated --contiguous`.
+pub fn add_unallocated(disk: &Path, mib: u64) {
+    let len = fs::metadata(disk).unwrap().len();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(disk)
+        .unwrap()
+        .set_len(len + mib * MIB)
+        .unwrap();
+    sh("sgdisk", &["-e", disk.to_str().unwrap()]);
+}
+
+/// The initrd `name` (in `/boot`) of the ext4 image at `image` replaced by
+/// `initrd`.
+pub fn replace_initrd(image: &Path, name: &str, initrd: &[u8]) {
+    write_files(image, 0, &[(&format!("/boot/{name}"), initrd, 0o644)]);
+}
+
 /// The old system's disk and variables after GRUB's installation, made
 /// once per tree build (`target/distros/old-system/`).
 fn cached_old_system() -> (PathBuf, PathBuf) {

@@ -1,12 +1,14 @@
 //! Real Debian 12 systems (debootstrap-built: systemd, udev,
 //! `linux-image-amd64`; `tests/common/debian.rs`; the initramfs-tools
 //! system's initrd zstd with an uncompressed archive in front, the dracut
-//! system's xz) restored and trial-booted
-//! under OVMF, the old system booting through the GRUB that its own
-//! `grub-install` and `update-grub` set up, in one run of six boots:
+//! system's xz; an uncompressed one made from the first for the Secure
+//! Boot run) restored and trial-booted under OVMF, the old system booting
+//! through the GRUB that its own `grub-install` and `update-grub` set up.
+//!
+//! Mapped, in one run of six boots:
 //! (1) the old system stages a system whose initrd initramfs-tools made
 //! and activates it for the firmware (`Boot####`, `BootNext`) with a
-//! 100 s trial deadline and `--reboot` (through systemd); (2) the restored
+//! 60 s trial deadline and `--reboot` (through systemd); (2) the restored
 //! system reaches multi-user.target from the map, then drops to the
 //! emergency shell, and nobody commits: the watchdog resets the machine;
 //! (3) the old system again: the trial ended; `verify` accepts the
@@ -18,15 +20,19 @@
 //! system's auto-commit unit commits (and removes itself), which stops
 //! the watchdog: it is still
 //! up after the deadline; (5) GRUB starts it by default, it rolls back
-//! from its side; (6) the old system removes what was left. Every boot
-//! reports systemd's state, its failed units, its root device and
-//! whether udev made the root's `/dev/disk/by-uuid` link.
+//! from its side; (6) the old system removes what was left.
+//!
+//! Natively under Secure Boot, in another run of six boots: see
+//! [`real_debian_native_trials_under_secure_boot`].
+//!
+//! Every boot reports systemd's state, its failed units, its root device
+//! and whether udev made the root's `/dev/disk/by-uuid` link.
 
 use std::time::Duration;
 
 use crate::common::debian::{
-    old_system_disk, old_system_guest, old_system_guest_secure_boot, restored_disk_image,
-    restored_image, systems,
+    add_unallocated, old_system_disk, old_system_guest, old_system_guest_secure_boot,
+    replace_initrd, restored_disk_image, restored_image, systems,
 };
 use crate::common::*;
 
@@ -59,7 +65,7 @@ case $n in
 1)
   liverestore stage /dev/vdb --name deb --dir /
   echo "LR report=old system ($state): staged 'deb' (initramfs-tools), activating it for the firmware"
-  liverestore activate deb --trial-deadline 100s --reboot
+  liverestore activate deb --trial-deadline 60s --reboot
   ;;
 2)
   echo "LR trial_ended_2=$(liverestore --json status | grep -o '"trial_ended":[a-z]*' | cut -d: -f2)"
@@ -74,7 +80,7 @@ case $n in
   # commits itself once the scenario says so (a health check)
   liverestore customize rh-p2 --auto-commit --health 'test -e /run/lr-ready' --commit-within 60s
   echo "LR report=old system ($state, nobody committed): 'deb' re-hashed after its trial and discarded, staged 'rh' (dracut; a whole disk: ESP and root) with auto-commit, activating it through GRUB"
-  liverestore activate rh --loader grub --trial-deadline 70s --reboot
+  liverestore activate rh --loader grub --trial-deadline 60s --reboot
   ;;
 3)
   liverestore rollback
@@ -109,8 +115,8 @@ rh/1)
   echo "LR rh_deadline_off=$(journalctl -b -u liverestore-auto-commit -o cat | grep -c "deadline is off" || true)"
   echo "LR rh_auto_commit_passed=$(journalctl -b -u liverestore-auto-commit -o cat | grep -c "^healthy (" || true)"
   echo "LR rh_auto_commit_left=$(ls /etc/systemd/system /etc/systemd/system/multi-user.target.wants /usr/local/lib | grep -c liverestore || true)"
-  # still here after the deadline (70 s after the early-boot step)
-  while [ "$(cut -d. -f1 /proc/uptime)" -lt 85 ]; do sleep 1; done
+  # still here after the deadline (60 s after the early-boot step)
+  while [ "$(cut -d. -f1 /proc/uptime)" -lt 75 ]; do sleep 1; done
   echo "LR rh_alive_after_deadline=$(cut -d' ' -f1 /proc/uptime)"
   echo "LR report=restored 'rh' ($state) on $(findmnt -n -o SOURCE /): committed by its auto-commit unit once healthy, and still up after its trial's deadline"
   systemctl reboot
@@ -125,8 +131,8 @@ esac
 "#;
 
 /// The first file of the Debian `tree`'s /boot whose name starts with
-/// `prefix` (`vmlinuz-`, `initrd.img-`).
-fn boot_file(tree: &str, prefix: &str) -> Vec<u8> {
+/// `prefix` (`vmlinuz-`, `initrd.img-`): its name and bytes.
+fn boot_file_named(tree: &str, prefix: &str) -> (String, Vec<u8>) {
     let boot = systems().join(tree).join("boot");
     let name = std::fs::read_dir(&boot)
         .unwrap()
@@ -134,7 +140,63 @@ fn boot_file(tree: &str, prefix: &str) -> Vec<u8> {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .find(|n| n.starts_with(prefix))
         .unwrap();
-    std::fs::read(boot.join(name)).unwrap()
+    let bytes = std::fs::read(boot.join(&name)).unwrap();
+    (name, bytes)
+}
+
+/// As [`boot_file_named`], the bytes only.
+fn boot_file(tree: &str, prefix: &str) -> Vec<u8> {
+    boot_file_named(tree, prefix).1
+}
+
+/// The initramfs-tools system's initrd as it made it: its name, the
+/// uncompressed archive in front (with the zeros after it) and the
+/// zstd-compressed main archive.
+fn initramfs_tools_initrd() -> (String, Vec<u8>, Vec<u8>) {
+    let (name, it) = boot_file_named("initramfs-tools", "initrd.img-");
+    assert!(it.starts_with(b"070701"), "an uncompressed archive first");
+    let trailer = it.windows(10).position(|w| w == b"TRAILER!!!").unwrap();
+    let main = trailer + it[trailer..].iter().position(|&b| b == 0).unwrap();
+    let main = main + it[main..].iter().position(|&b| b != 0).unwrap();
+    assert_eq!(it[main..main + 4], [0x28, 0xb5, 0x2f, 0xfd], "then zstd");
+    (name, it[..main].to_vec(), it[main..].to_vec())
+}
+
+/// `data` through `program args` (stdin to stdout).
+fn filter(program: &str, args: &[&str], data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut child = std::process::Command::new(program)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let data = data.to_vec();
+    let writer = std::thread::spawn(move || stdin.write_all(&data).unwrap());
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    assert!(out.status.success(), "{program} {args:?}");
+    out.stdout
+}
+
+/// The initramfs-tools system's initrd with its main archive
+/// decompressed and, with `compress` (`gzip`), compressed again that way:
+/// the archive in front kept. Replaced in `image`; returns its size.
+fn recompressed_initrd(image: &std::path::Path, compress: Option<&str>) -> usize {
+    let (name, early, zstd) = initramfs_tools_initrd();
+    let plain = filter("zstd", &["-dc"], &zstd);
+    let main = match compress {
+        Some(program) => filter(program, &["-c", "-n"], &plain),
+        None => plain,
+    };
+    assert_eq!(
+        liverestore::boot::initrd::initrd_format(&main),
+        Some(compress.unwrap_or("cpio"))
+    );
+    let initrd = [early, main].concat();
+    replace_initrd(image, &name, &initrd);
+    initrd.len()
 }
 
 /// The initramfs-tools system as an 800 MiB ext4 image named `deb`, in
@@ -159,12 +221,8 @@ fn real_debian_systems_trial_boot_through_uefi_and_grub() {
     // zstd with an uncompressed archive in front (as the CPU microcode
     // packages add), dracut's xz; each gets the early-boot archive
     // appended, and both boot below.
-    let it = boot_file("initramfs-tools", "initrd.img-");
-    assert!(it.starts_with(b"070701"), "an uncompressed archive first");
-    let trailer = it.windows(10).position(|w| w == b"TRAILER!!!").unwrap();
-    let main = trailer + it[trailer..].iter().position(|&b| b == 0).unwrap();
-    let main = main + it[main..].iter().position(|&b| b != 0).unwrap();
-    assert_eq!(it[main..main + 4], [0x28, 0xb5, 0x2f, 0xfd], "then zstd");
+    let (_, early, zstd) = initramfs_tools_initrd();
+    let main = early.len();
     let dr = boot_file("dracut", "initrd.img-");
     assert!(
         dr.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]),
@@ -172,7 +230,7 @@ fn real_debian_systems_trial_boot_through_uefi_and_grub() {
     );
     println!(
         "initrds: initramfs-tools {} bytes (an uncompressed archive of {main} bytes, then zstd), dracut {} bytes (xz)",
-        it.len(),
+        main + zstd.len(),
         dr.len()
     );
     let t = tempfile::tempdir().unwrap();
@@ -200,10 +258,10 @@ fn real_debian_systems_trial_boot_through_uefi_and_grub() {
     }
     // status tells how long the trial has left, until the commit
     let left: u64 = run.get("rh_deadline_left").parse().unwrap();
-    assert!((1..70).contains(&left), "{left}");
+    assert!((1..60).contains(&left), "{left}");
     assert_eq!(run.get("rh_deadline_left_after_commit"), "0");
     let alive: f64 = run.get("rh_alive_after_deadline").parse().unwrap();
-    assert!(alive >= 85.0, "{alive}");
+    assert!(alive >= 75.0, "{alive}");
     // the hung trial came back by the watchdog, not by its own reboot
     assert!(
         run.console.contains("softdog: Initiating system reboot"),
@@ -271,7 +329,8 @@ case $n in
 1)
   echo "LR sb_firmware=$(liverestore --json status | grep -o '"secure_boot":[a-z]*' | cut -d: -f2)"
   echo "LR sb_lockdown=$(cat /sys/kernel/security/lockdown)"
-  liverestore stage /dev/vdb --name deb --dir /
+  # whole in the unallocated space after the old system's partitions
+  liverestore stage /dev/vdb --name deb --dir / --unallocated --contiguous
   # straight to the kernel: the firmware would refuse it; said up front
   rc=0; liverestore activate deb --loader uefi 2>/tmp/uefi.err || rc=$?
   echo "LR sb_uefi_refused=$rc"
@@ -282,12 +341,44 @@ case $n in
   echo "LR sb_unsigned_refused=$rc"
   echo "LR sb_unsigned_why=$(grep -c 'carries no signature' /tmp/unsigned.err || true)"
   liverestore discard unsigned
-  # the default goes shim → signed GRUB → the image's signed kernel
+  # the default goes shim → signed GRUB → the image's signed kernel, and
+  # boots it natively: a partition over the image, root=PARTUUID
   liverestore --json activate deb --trial-deadline 300s > /tmp/activate.json
   echo "LR sb_grub=$(grep -c '"grub":{' /tmp/activate.json || true)"
   echo "LR sb_fallback=$(grep -c 'Secure Boot is on: through GRUB' /tmp/activate.json || true)"
-  echo "LR report=old system ($state, Secure Boot): staged 'deb', refused a Boot#### to its kernel and an unsigned kernel, activated 'deb' through GRUB"
+  echo "LR deb_native=$(grep -o '"native":\[{"staging":"deb"' /tmp/activate.json | wc -l)"
+  echo "LR deb_args=$(grep -o '"args":"[^"]*"' /tmp/activate.json | cut -d'"' -f4)"
+  echo "LR deb_partition=$(ls /sys/block/vda | grep -c '^vda3$')"
+  echo "LR report=old system ($state, Secure Boot): staged 'deb' whole in unallocated space, refused a Boot#### to its kernel and an unsigned kernel, activated 'deb' natively through GRUB"
   systemctl reboot
+  ;;
+2)
+  # deb committed, started by default, rolled back from its side
+  liverestore rollback
+  echo "LR deb_partition_left=$(ls /sys/block/vda | grep -c '^vda3$' || true)"
+  # a health check that never passes: the auto-commit gives up and
+  # reboots (customize first accepts the changes of the two noted boots)
+  liverestore customize deb --auto-commit --health 'test -e /run/never' --commit-within 10s 2>/tmp/customize.err
+  echo "LR deb_rehashed=$(grep -c 'changed by its own boot' /tmp/customize.err || true)"
+  echo "LR report=old system ($state): rolled back; 'deb' re-hashed after its two boots and given an auto-commit that will not pass; activating it again"
+  liverestore activate deb --trial-deadline 300s --reboot
+  ;;
+3)
+  echo "LR trial_ended_3=$(liverestore --json status | grep -o '"trial_ended":[a-z]*' | cut -d: -f2)"
+  # what deb's auto-commit said before it rebooted, from its journal
+  mkdir -p /mnt/deb
+  mount -o ro,noload /dev/vda3 /mnt/deb
+  echo "LR deb_gave_up=$(journalctl -D /mnt/deb/var/log/journal -u liverestore-auto-commit -o cat | grep -c 'did not pass within 10 s' || true)"
+  echo "LR deb_auto_commit_kept=$(ls /mnt/deb/etc/systemd/system | grep -c liverestore-auto-commit || true)"
+  umount /mnt/deb
+  liverestore rollback
+  liverestore discard deb
+  echo "LR deb_partition_left_3=$(ls /sys/block/vda | grep -c '^vda3$' || true)"
+  echo "LR grub_left=$(ls /boot/grub | grep -c custom.cfg || true)"
+  echo "LR files_left=$(ls /boot/liverestore 2>/dev/null | wc -l)"
+  echo "LR report=old system ($state, nobody committed): rolled back and discarded 'deb'"
+  echo "== scenario exit 0"
+  systemctl poweroff
   ;;
 esac
 "#;
@@ -298,31 +389,54 @@ deb/1)
   echo "LR sb_restored_firmware=$(liverestore --json status | grep -o '"secure_boot":[a-z]*' | cut -d: -f2)"
   echo "LR sb_restored_lockdown=$(cat /sys/kernel/security/lockdown)"
   liverestore commit
-  echo "LR sb_next_after_commit=$(next)"
-  echo "LR report=restored 'deb' ($state) on $(findmnt -n -o SOURCE /) under Secure Boot (its signed kernel through shim and GRUB): committed"
-  echo "== scenario exit 0"
-  systemctl poweroff
+  echo "LR deb_next_after_commit=$(next)"
+  echo "LR report=restored 'deb' ($state) natively on $(findmnt -n -o SOURCE /) under Secure Boot (its signed kernel through shim and GRUB): committed"
+  systemctl reboot
+  ;;
+deb/2)
+  liverestore rollback
+  echo "LR deb_next_after_rollback=$(next)"
+  echo "LR report=restored 'deb' ($state) natively on $(findmnt -n -o SOURCE /), started by default: rolled back from its side"
+  systemctl reboot
+  ;;
+deb/3)
+  echo "LR report=restored 'deb' ($state) natively on $(findmnt -n -o SOURCE /), a trial again: nobody commits, its auto-commit's check never passes"
   ;;
 esac
 "#;
 
-/// Under Secure Boot (Debian's OVMF with Microsoft's keys): the old
-/// system starts through Debian's signed shim and GRUB; `activate
-/// --loader uefi` is refused up front (the firmware would refuse a
-/// `Boot####` straight to a kernel that only shim trusts, and the trial
-/// would quietly start the old system), as is an image whose kernel is
-/// not signed; the default goes through GRUB,
-/// whose shim check passes the image's signed kernel; the restored system
-/// runs (under the kernel's lockdown) and commits.
+/// Under Secure Boot (Debian's OVMF with Microsoft's keys), natively,
+/// six boots. (1) The old system starts through Debian's signed shim and
+/// GRUB; it stages the initramfs-tools system (its initrd uncompressed
+/// here: the early-boot archive follows a cpio archive, not a compressed
+/// stream) whole into the unallocated space after its partitions
+/// (`--unallocated --contiguous`); `activate --loader uefi` is refused up
+/// front (the firmware would refuse a `Boot####` straight to a kernel that
+/// only shim trusts, and the trial would quietly start the old system), as
+/// is an image whose kernel is not signed; the default goes through GRUB,
+/// whose shim check passes the image's signed kernel, and boots natively:
+/// a partition over the image, `root=PARTUUID=…`, the early-boot step only
+/// noting the boot and arming the deadline. (2) The restored system runs
+/// from /dev/vda3 (under the kernel's lockdown) and commits; (3) GRUB
+/// starts it by default, it rolls back from its side; (4) the old system
+/// takes the partition back, `customize` accepts the changes of the two
+/// noted boots and puts in an auto-commit whose health check never passes,
+/// and activates it again; (5) its auto-commit gives up and reboots it;
+/// (6) the old system, nobody having committed, reads the auto-commit's
+/// journal in the image and cleans up.
 #[test]
 #[ignore = "needs root, debootstrap and QEMU: real Debian systems in guests (scripts/test.sh runs it)"]
-fn real_debian_trial_under_secure_boot() {
+fn real_debian_native_trials_under_secure_boot() {
     require_root();
     // what this test relies on: Debian's kernel carries a signature
     let kernel = boot_file("initramfs-tools", "vmlinuz-");
     assert!(liverestore::boot::efi::pe_signed(&kernel).unwrap());
     let t = tempfile::tempdir().unwrap();
     let deb = deb_image(t.path(), RESTORED_SYSTEM_SECURE_BOOT);
+    let plain_size = recompressed_initrd(&deb, None);
+    println!(
+        "deb's initrd: {plain_size} bytes, uncompressed (the archive in front, then the main one)"
+    );
     // the same kernel with its signature taken off (PE32+: the security
     // directory emptied, the certificates cut from the end), and an
     // initrd, in a small image of its own
@@ -340,15 +454,55 @@ fn real_debian_trial_under_secure_boot() {
     let unsigned = t.path().join("unsigned.ext4");
     mkfs_ext4_from(&tree, &unsigned, 32);
     let (disk, _) = old_system_disk(t.path(), &format!("{REPORT}{OLD_SYSTEM_SECURE_BOOT}"));
+    add_unallocated(&disk, 850);
     let run = old_system_guest_secure_boot(
         vec![disk, deb, unsigned],
         t.path(),
-        Duration::from_secs(1200),
+        Duration::from_secs(1500),
     )
     .run_ok(&t.path().join("vm"));
     for (i, r) in run.values("report").iter().enumerate() {
         println!("boot {}: {r}", i + 1);
     }
+    for key in ["old-system", "deb"] {
+        for n in 1..=3 {
+            if let Some(up) = run.value(&format!("{key}_uptime_{n}")) {
+                println!("{key}, its boot {n}: the scenario started {up} s after the kernel");
+            }
+        }
+    }
+    let args = run.get("deb_args");
+    assert!(
+        args.starts_with("rdinit=/lr/init root=PARTUUID=")
+            && args.contains("liverestore.deadline=300"),
+        "{args}"
+    );
+    // both trials armed the deadline from the early-boot step, which
+    // mapped nothing and noted every boot; not the committed system's
+    // default boot (GRUB's environment block read on the disk it found)
+    assert_eq!(
+        run.console.matches("trial deadline armed").count(),
+        2,
+        "{}",
+        run.output()
+    );
+    assert_eq!(
+        run.console
+            .matches("liverestore: committed: no trial deadline")
+            .count(),
+        1
+    );
+    assert_eq!(
+        run.console
+            .matches("boots natively from its own partition")
+            .count(),
+        3
+    );
+    assert!(
+        run.console.contains("boot 3 of 'deb' noted"),
+        "{}",
+        run.output()
+    );
     run.assert_values(&[
         ("old-system_boot_1", "running"),
         ("old-system_failed_1", ""),
@@ -356,15 +510,38 @@ fn real_debian_trial_under_secure_boot() {
         ("sb_lockdown", "none [integrity] confidentiality"),
         ("sb_uefi_refused", "25"),
         ("sb_uefi_why", "1"),
-        ("sb_grub", "1"),
-        ("sb_fallback", "1"),
         ("sb_unsigned_refused", "25"),
         ("sb_unsigned_why", "1"),
+        ("sb_grub", "1"),
+        ("sb_fallback", "1"),
+        ("deb_native", "1"),
+        ("deb_partition", "1"),
         ("deb_boot_1", "running"),
         ("deb_failed_1", ""),
-        ("deb_root_1", "/dev/dm-0"),
+        ("deb_root_1", "/dev/vda3"),
+        ("deb_by_uuid_1", "1"),
         ("sb_restored_firmware", "true"),
         ("sb_restored_lockdown", "none [integrity] confidentiality"),
-        ("sb_next_after_commit", "restored system (default)"),
+        ("deb_next_after_commit", "restored system (default)"),
+        ("deb_boot_2", "running"),
+        ("deb_failed_2", ""),
+        ("deb_root_2", "/dev/vda3"),
+        ("old-system_boot_2", "running"),
+        ("deb_partition_left", "0"),
+        ("deb_rehashed", "1"),
+        ("deb_boot_3", "running"),
+        ("deb_root_3", "/dev/vda3"),
+        ("old-system_boot_3", "running"),
+        ("trial_ended_3", "true"),
+        ("deb_gave_up", "1"),
+        ("deb_auto_commit_kept", "1"),
+        ("deb_partition_left_3", "0"),
+        ("grub_left", "0"),
+        ("files_left", "0"),
     ]);
+    assert!(
+        run.get("deb_next_after_rollback").starts_with("old system"),
+        "{}",
+        run.get("deb_next_after_rollback")
+    );
 }

@@ -3,7 +3,8 @@
 //! (`--unallocated --contiguous`); `activate` adds GPT partition 3 over
 //! exactly those bytes (the kernel sees it at once: BLKPG) and a
 //! `Boot####` whose kernel boots `root=PARTUUID=…` with the restored
-//! system's own initrd — no early-boot step, no device-mapper. BootNext
+//! system's own initrd — no device-mapper; the early-boot step appended
+//! to it only notes the boot (and would arm a deadline). BootNext
 //! starts it from `/dev/vda3`; it commits; the firmware then starts it by
 //! default; it rolls back from its side; the old system removes the entry
 //! (table and kernel), the ESP files and the record.
@@ -85,7 +86,7 @@ fn native_boot_from_a_partition_added_over_the_image() {
     let t = tempfile::tempdir().unwrap();
     let disk = host_disk(t.path());
     // Its /init loads the disk's driver itself (a real initramfs has
-    // udev for that): no /lr/init runs before it in a native boot.
+    // udev for that), unless /lr/init loaded it first.
     let image = crate::common::vm::bootable_restored_image(
         t.path(),
         RESTORED_SYSTEM,
@@ -103,12 +104,24 @@ fn native_boot_from_a_partition_added_over_the_image() {
     assert_eq!(run.get("native_number"), "3");
     let guid = run.get("native_guid");
     assert!(
-        run.get("args")
-            .starts_with(&format!("root=PARTUUID={guid} rw panic=30 liverestore.id=")),
+        run.get("args").starts_with(&format!(
+            "rdinit=/lr/init root=PARTUUID={guid} rw panic=30 liverestore.id="
+        )),
         "{}",
         run.get("args")
     );
-    assert!(!run.get("args").contains("rdinit"));
+    // the early-boot step maps nothing, and notes both boots
+    assert!(
+        run.console
+            .contains("'web' boots natively from its own partition on /dev/vda: nothing to map"),
+        "{}",
+        run.output()
+    );
+    assert!(
+        run.console.contains("boot 2 of 'web' noted"),
+        "{}",
+        run.output()
+    );
     run.assert_values(&[
         ("kernel_sees", "1"),
         ("vda3_fs", "ext4"),

@@ -236,7 +236,7 @@ fn a_whole_disk_image_boots_with_its_partitions_together() {
 #[test]
 #[ignore = "needs root and QEMU: scratch disks and guests (scripts/test.sh runs it)"]
 fn a_whole_disk_image_boots_natively_from_its_own_partitions() {
-    // no /lr/init: the restored initrd loads the disk driver itself
+    // /lr/init maps nothing: the image's partitions are the disk's
     let (run, esp_guid) = run_whole_disk(
         "--unallocated --contiguous",
         120,

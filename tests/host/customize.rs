@@ -129,6 +129,45 @@ fn customize_changes_the_staged_system_and_nothing_else() {
     std::fs::write(disk.mnt.join("hostname"), "host file\n").unwrap();
     let cli = Cli::new(t.path());
     let dir = disk.mnt.to_str().unwrap().to_string();
+    // plan reads the fstab in the image itself (its ext4, unmounted)
+    let plan = cli.json(&[
+        "--json",
+        "plan",
+        img.to_str().unwrap(),
+        "--name",
+        "cust",
+        "--dir",
+        &dir,
+    ]);
+    let w = plan["fstab_warning"].as_str().unwrap_or_default();
+    assert!(
+        w.contains("/boot/efi (UUID=ABCD-1234, line 2)")
+            && w.contains("none (UUID=2222bbbb-0000-0000-0000-000000000002, line 3)")
+            && !w.contains("line 1")
+            && w.contains("customize cust --fix-fstab"),
+        "{plan}"
+    );
+    // a compressed image is read once staged: plan says why not now
+    let zst = t.path().join("system.ext4.zst");
+    sh(
+        "zstd",
+        &[
+            "-q",
+            "-1",
+            img.to_str().unwrap(),
+            "-o",
+            zst.to_str().unwrap(),
+        ],
+    );
+    let plan = cli.json(&["--json", "plan", zst.to_str().unwrap(), "--dir", &dir]);
+    assert!(plan["fstab_warning"].is_null(), "{plan}");
+    assert!(
+        plan["fstab_not_checked"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("compressed"),
+        "{plan}"
+    );
     let out = cli.run(&[
         "stage",
         img.to_str().unwrap(),
@@ -137,7 +176,7 @@ fn customize_changes_the_staged_system_and_nothing_else() {
         "--dir",
         &dir,
     ]);
-    // stage already warns about the fstab entries activate would
+    // stage warns too about the fstab entries activate would
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{err}");
     assert!(

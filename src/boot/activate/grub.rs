@@ -345,17 +345,21 @@ struct RawEnv {
 
 impl RawEnv {
     fn find(offset: u64) -> Result<RawEnv> {
-        let d = super::restored::disk()?;
+        Ok(RawEnv::on(super::restored::disk()?, offset))
+    }
+
+    /// The block at `offset` of disk `d`.
+    fn on(d: super::restored::RestoredDisk, offset: u64) -> RawEnv {
         let (disk, align) = (d.path, d.sector_size);
         let start = offset / align * align;
         let end = (offset + ENV_SIZE as u64).div_ceil(align) * align;
-        Ok(RawEnv {
+        RawEnv {
             disk,
             start,
             len: end - start,
             within: (offset - start) as usize,
             align,
-        })
+        }
     }
 
     /// The aligned range's bytes and the block parsed; refused unless the
@@ -395,9 +399,18 @@ pub(super) fn read_env_raw(offset: u64) -> Result<GrubEnv> {
 }
 
 /// In the restored system: whether `commit` made a liverestore entry
-/// GRUB's default (`liverestore_default` in the environment block).
-pub(super) fn default_is_set_raw(offset: u64) -> bool {
-    read_env_raw(offset).is_ok_and(|env| env.get(vars::DEFAULT).is_some())
+/// GRUB's default (`liverestore_default` in the environment block) — on
+/// `disk`, or the disk it runs from.
+pub(super) fn default_is_set_raw(disk: Option<super::restored::RestoredDisk>, offset: u64) -> bool {
+    let raw = match disk {
+        Some(d) => RawEnv::on(d, offset),
+        None => match RawEnv::find(offset) {
+            Ok(raw) => raw,
+            Err(_) => return false,
+        },
+    };
+    raw.read()
+        .is_ok_and(|(_, env, _)| env.get(vars::DEFAULT).is_some())
 }
 
 /// In the restored system: make its entry GRUB's default.

@@ -482,29 +482,34 @@ pub fn activate(
     let loader = loader.expect("a loader was chosen");
     let mut boot_initrd = initrd_img;
     let mut deadline_secs = None;
-    let root_args = match native.first() {
-        Some(n) => {
-            if opts.trial_deadline.is_some() {
-                progress.note("no trial deadline: a native boot starts the restored initrd as it is, without liverestore's early-boot step that arms the watchdog");
-            }
-            n.root_arg()
+    // The early-boot step maps the image, or, for a native boot, only
+    // notes the boots and arms the trial's deadline. The image's own ESP
+    // program (--image-esp) starts the image's own kernel and initrd: it
+    // has none.
+    let root_args = if opts.image_esp.is_some() {
+        if opts.trial_deadline.is_some() {
+            progress.note("no trial deadline: the image's own boot program starts its own kernel and initrd, without liverestore's early-boot step that arms the watchdog");
         }
-        None => {
-            // the modules only a deadline needs
-            let extra = match opts.trial_deadline {
-                Some(_) => modules,
-                None => Vec::new(),
-            };
-            let (_, early) = initrd::for_set(&rec, &companions, opts.helper, &extra)?;
-            initrd::append_early_boot(&mut boot_initrd, &early);
-            if let Some(d) = opts.trial_deadline.filter(|d| d.as_secs() > 0) {
-                if extra.is_empty() {
-                    progress.note(&format!("the image has no softdog module for kernel {version}: the trial's deadline needs a watchdog built into its kernel or loaded by /lr/init"));
-                }
-                deadline_secs = Some(d.as_secs());
+        String::new()
+    } else {
+        // the modules only a deadline needs
+        let extra = match opts.trial_deadline {
+            Some(_) => modules,
+            None => Vec::new(),
+        };
+        let (_, early) =
+            initrd::for_set(&rec, &companions, opts.helper, &extra, !native.is_empty())?;
+        initrd::append_early_boot(&mut boot_initrd, &early);
+        if let Some(d) = opts.trial_deadline.filter(|d| d.as_secs() > 0) {
+            if extra.is_empty() {
+                progress.note(&format!("the image has no softdog module for kernel {version}: the trial's deadline needs a watchdog built into its kernel or loaded by /lr/init"));
             }
-            format!("rdinit={} root=/dev/dm-0", initrd::INIT_PATH)
+            deadline_secs = Some(d.as_secs());
         }
+        let root = native
+            .first()
+            .map_or("root=/dev/dm-0".to_string(), NativeBoot::root_arg);
+        format!("rdinit={} {root}", initrd::INIT_PATH)
     };
     let deadline_arg = deadline_secs.map_or(String::new(), |s| format!("{DEADLINE_ARG}{s}"));
 
@@ -737,13 +742,21 @@ fn booted_via() -> Option<BootedVia> {
         .or_else(|| uefi::started_from_ours().then_some(BootedVia::Uefi))
 }
 
-/// In the restored system's early boot (`/lr/init`, the image mapped):
-/// whether this boot is its default one since `commit` (GRUB's
-/// `liverestore_default` set; the firmware's `BootOrder` starts with the
-/// entry it was started from), not the trial: no deadline then.
-pub fn committed_boot(cmdline: &str) -> bool {
+/// In the restored system's early boot (`/lr/init`, before the root is
+/// mounted): whether this boot is its default one since `commit` (GRUB's
+/// `liverestore_default` set in the block on `disk`, the disk holding the
+/// image; the firmware's `BootOrder` starts with the entry it was started
+/// from), not the trial: no deadline then.
+pub fn committed_boot(cmdline: &str, disk: &Path) -> bool {
     match booted_via_cmdline(cmdline) {
-        Some(BootedVia::Grub { env_offset }) => grub::default_is_set_raw(env_offset),
+        Some(BootedVia::Grub { env_offset }) => {
+            let name = disk.file_name().unwrap_or_default().to_string_lossy();
+            let disk = restored::RestoredDisk {
+                path: disk.to_path_buf(),
+                sector_size: crate::space::hostfs::logical_sector_size(&name),
+            };
+            grub::default_is_set_raw(Some(disk), env_offset)
+        }
         Some(BootedVia::Uefi) => uefi::started_by_default(),
         None => false,
     }

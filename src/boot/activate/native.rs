@@ -2,8 +2,9 @@
 //! disk outside every partition (`stage --contiguous --unallocated`), it
 //! boots as an ordinary partition — a GPT entry over exactly its bytes
 //! ([`crate::boot::partition_entry`]) and `root=PARTUUID=…` — with the restored
-//! system's own kernel and initrd as they are: no early-boot step, no
-//! device-mapper. The partitions of a whole-disk image get an entry each,
+//! system's own kernel and initrd, and no device-mapper: the early-boot
+//! step appended to the initrd only notes the boot and arms the trial's
+//! deadline ([`crate::boot::plan::BootPlan::native`]). The partitions of a whole-disk image get an entry each,
 //! with the type, name, attributes and partition GUID they had in the
 //! image (a new GUID where the disk already uses that one), so the
 //! restored system finds them as it expects.
