@@ -22,7 +22,8 @@
 //! - [`cli`]: the command line, one function and one report per command.
 //! - [`sys`]: kernel interfaces and the only `unsafe` code.
 //! - [`error`]: one error type, a kind per exit code; [`progress`]:
-//!   progress events; [`failpoint`]: simulated power loss for tests.
+//!   progress events; [`metrics`]: the Prometheus textfile
+//!   (`--metrics-file`); [`failpoint`]: simulated power loss for tests.
 
 pub mod attach;
 pub mod boot;
@@ -32,6 +33,7 @@ pub mod error;
 pub mod failpoint;
 pub mod input;
 pub mod map;
+pub mod metrics;
 pub mod progress;
 pub mod space;
 pub mod stage;

@@ -29,7 +29,7 @@ pub enum RwMode {
 #[derive(clap::Args, Debug)]
 #[command(verbatim_doc_comment)]
 pub struct AttachArgs {
-    name: String,
+    pub(crate) name: String,
     /// Writable: `overlay` (default) keeps writes in a throw-away
     /// copy-on-write store; `direct` writes into the staged image.
     #[arg(long, value_enum, num_args = 0..=1, default_missing_value = "overlay", require_equals = true)]
@@ -79,7 +79,7 @@ impl Report for AttachReport {
 /// also cleans up after an interrupted attach.
 #[derive(clap::Args, Debug)]
 pub struct DetachArgs {
-    name: String,
+    pub(crate) name: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -113,7 +113,7 @@ impl Report for DetachReport {
 #[derive(clap::Args, Debug)]
 #[command(verbatim_doc_comment)]
 pub struct TestRestoreArgs {
-    name: String,
+    pub(crate) name: String,
     /// Shell command to run against the mounted image.
     #[arg(long, value_name = "CMD")]
     run: Option<String>,
@@ -196,7 +196,7 @@ impl Report for TestRestoreReport {
 #[derive(clap::Args, Debug)]
 #[command(verbatim_doc_comment)]
 pub struct CustomizeArgs {
-    name: String,
+    pub(crate) name: String,
     /// Copy this file or tree from the running system into the
     /// restored one at the same path (mode, owner, time and links
     /// kept; files the restored system has and this one lacks stay).

@@ -56,7 +56,7 @@ use crate::error::{Error, Result};
 pub struct ActivateArgs {
     /// A staged image, or the name a whole-disk image was staged under
     /// (any of its NAME-pN works too).
-    name: String,
+    pub(crate) name: String,
     /// Which boot loader to arm.
     #[arg(long, value_enum, default_value_t = LoaderChoice::Auto)]
     loader: LoaderChoice,

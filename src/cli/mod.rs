@@ -79,6 +79,21 @@ pub struct Cli {
     #[arg(long, global = true)]
     pub json: bool,
 
+    /// Keep PATH up to date in the Prometheus text format that
+    /// node_exporter's textfile collector reads (put it in the collector's
+    /// directory, named *.prom): progress, bytes written, state, last
+    /// success and exit code of each staging's operations, labelled by
+    /// `name` and `operation`; written atomically when a command that
+    /// changes something starts, every 2 s while it works, and when it
+    /// ends. Other stagings' and operations' series in the file are kept.
+    #[arg(
+        long,
+        global = true,
+        env = "LIVERESTORE_METRICS_FILE",
+        value_name = "PATH"
+    )]
+    pub metrics_file: Option<PathBuf>,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -109,6 +124,28 @@ pub enum Command {
     ServeImage(attach::ServeImageArgs),
     #[command(hide = true)]
     GenerateDocs(docs::GenerateDocsArgs),
+}
+
+impl Command {
+    /// The staging name the metrics of this command are labelled with
+    /// (empty for what acts on the running system); None: a command that
+    /// changes nothing writes no metrics.
+    fn metrics_name(&self) -> Option<String> {
+        match self {
+            Command::Stage(a) => Some(a.name.clone().unwrap_or_default()),
+            Command::Verify(a) => Some(a.name.clone()),
+            Command::Discard(a) => Some(a.name.clone()),
+            Command::Activate(a) => Some(a.name.clone()),
+            Command::Attach(a) => Some(a.name.clone()),
+            Command::Detach(a) => Some(a.name.clone()),
+            Command::TestRestore(a) => Some(a.name.clone()),
+            Command::Customize(a) => Some(a.name.clone()),
+            Command::Commit(_) | Command::Rollback(_) | Command::AutoCommit(_) => {
+                Some(String::new())
+            }
+            _ => None,
+        }
+    }
 }
 
 /// What every command gets besides its arguments.
@@ -169,29 +206,50 @@ fn finish<R: Report>(name: &str, cx: &Context, report: Result<R>) -> u8 {
 
 /// Run one parsed command line; the process exit code.
 pub fn run(cli: Cli, name: &str) -> u8 {
-    let cx = Context::new(&cli.state_dir, cli.json);
-    match cli.command {
-        Command::Plan(a) => finish(name, &cx, a.run(&cx)),
-        Command::Stage(a) => finish(name, &cx, a.run(&cx)),
-        Command::List(a) => finish(name, &cx, a.run(&cx)),
-        Command::Info(a) => finish(name, &cx, a.run(&cx)),
-        Command::Verify(a) => finish(name, &cx, a.run(&cx)),
-        Command::Map(a) => finish(name, &cx, a.run(&cx)),
-        Command::Discard(a) => finish(name, &cx, a.run(&cx)),
-        Command::Scan(a) => finish(name, &cx, a.run(&cx)),
-        Command::Activate(a) => finish(name, &cx, a.run(&cx)),
-        Command::Status(a) => finish(name, &cx, a.run(&cx)),
-        Command::Rollback(a) => finish(name, &cx, a.run(&cx)),
-        Command::Commit(a) => finish(name, &cx, a.run(&cx)),
-        Command::AutoCommit(a) => finish(name, &cx, a.run(&cx)),
-        Command::Initrd(a) => finish(name, &cx, a.run(&cx)),
-        Command::Attach(a) => finish(name, &cx, a.run(&cx)),
-        Command::Detach(a) => finish(name, &cx, a.run(&cx)),
-        Command::TestRestore(a) => finish(name, &cx, a.run(&cx)),
-        Command::Customize(a) => finish(name, &cx, a.run(&cx)),
-        Command::ServeImage(a) => finish(name, &cx, a.run(&cx)),
-        Command::Completions(a) => finish(name, &cx, a.run(&cx)),
-        Command::GenerateDocs(a) => finish(name, &cx, a.run(&cx)),
+    let mut cx = Context::new(&cli.state_dir, cli.json);
+    let metrics = cli.metrics_file.as_deref().and_then(|path| {
+        let staging = cli.command.metrics_name()?;
+        Some(std::sync::Arc::new(crate::metrics::MetricsFile::start(
+            path, &staging, name,
+        )))
+    });
+    if let Some(m) = &metrics {
+        let inner = std::mem::replace(&mut cx.progress, Box::new(NoProgress));
+        cx.progress = Box::new(crate::metrics::WithMetrics {
+            inner,
+            metrics: m.clone(),
+        });
+    }
+    let code = run_command(cli.command, name, &cx);
+    if let Some(m) = metrics {
+        m.finish(code);
+    }
+    code
+}
+
+fn run_command(command: Command, name: &str, cx: &Context) -> u8 {
+    match command {
+        Command::Plan(a) => finish(name, cx, a.run(cx)),
+        Command::Stage(a) => finish(name, cx, a.run(cx)),
+        Command::List(a) => finish(name, cx, a.run(cx)),
+        Command::Info(a) => finish(name, cx, a.run(cx)),
+        Command::Verify(a) => finish(name, cx, a.run(cx)),
+        Command::Map(a) => finish(name, cx, a.run(cx)),
+        Command::Discard(a) => finish(name, cx, a.run(cx)),
+        Command::Scan(a) => finish(name, cx, a.run(cx)),
+        Command::Activate(a) => finish(name, cx, a.run(cx)),
+        Command::Status(a) => finish(name, cx, a.run(cx)),
+        Command::Rollback(a) => finish(name, cx, a.run(cx)),
+        Command::Commit(a) => finish(name, cx, a.run(cx)),
+        Command::AutoCommit(a) => finish(name, cx, a.run(cx)),
+        Command::Initrd(a) => finish(name, cx, a.run(cx)),
+        Command::Attach(a) => finish(name, cx, a.run(cx)),
+        Command::Detach(a) => finish(name, cx, a.run(cx)),
+        Command::TestRestore(a) => finish(name, cx, a.run(cx)),
+        Command::Customize(a) => finish(name, cx, a.run(cx)),
+        Command::ServeImage(a) => finish(name, cx, a.run(cx)),
+        Command::Completions(a) => finish(name, cx, a.run(cx)),
+        Command::GenerateDocs(a) => finish(name, cx, a.run(cx)),
     }
 }
 

@@ -199,7 +199,7 @@ pub struct StageArgs {
     image: Option<String>,
     /// Name of the staged image (letters, digits, '.', '-', '_').
     #[arg(long, required_unless_present = "resume", conflicts_with = "resume")]
-    name: Option<String>,
+    pub(crate) name: Option<String>,
     #[command(flatten)]
     space: SpaceArgs,
     #[command(flatten)]
@@ -535,7 +535,7 @@ impl Report for InfoReport {
 /// the same; any other difference is refused.
 #[derive(clap::Args, Debug)]
 pub struct VerifyArgs {
-    name: String,
+    pub(crate) name: String,
 }
 
 impl VerifyArgs {
@@ -622,7 +622,7 @@ impl Report for MapExport {
 /// partitions (NAME-p1, NAME-p2, …).
 #[derive(clap::Args, Debug)]
 pub struct DiscardArgs {
-    name: String,
+    pub(crate) name: String,
     /// Also discard when the state file is damaged.
     #[arg(long)]
     force: bool,

@@ -16,6 +16,7 @@ mod grub;
 mod native;
 mod package;
 mod power_loss;
+mod secure_boot;
 mod segments;
 mod uefi;
 mod whole_disk;

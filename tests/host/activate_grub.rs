@@ -578,17 +578,28 @@ fn native_activation(mbr: bool) {
         sh("blkid", &["-o", "value", "-s", "PARTUUID", &part]).trim(),
         guid
     );
-    // booted as it is: root=PARTUUID, the image's own initrd, no /lr/init
+    // root=PARTUUID, the image's own initrd with the early-boot archive
+    // after it (native: it notes the boot, arms the deadline, maps nothing)
     let custom = std::fs::read_to_string(g.join("custom.cfg")).unwrap();
     assert!(
         custom.contains(&format!(
-            "linux '/boot/liverestore/sys/vmlinuz' root=PARTUUID={guid} rw panic=30 liverestore.id="
+            "linux '/boot/liverestore/sys/vmlinuz' rdinit=/lr/init root=PARTUUID={guid} rw panic=30 liverestore.id="
         )),
         "{custom}"
     );
-    assert!(!custom.contains("rdinit"), "{custom}");
     let initrd = std::fs::read(mnt.join("boot/liverestore/sys/initrd.img")).unwrap();
-    assert_eq!(initrd, INITRD);
+    assert!(initrd.starts_with(INITRD), "the image's own initrd first");
+    let plan = &initrd[initrd
+        .windows(12)
+        .position(|w| w == b"lr/boot.json")
+        .expect("the early-boot plan")..];
+    let start = plan.iter().position(|&b| b == b'{').unwrap();
+    let plan: serde_json::Value = serde_json::Deserializer::from_slice(&plan[start..])
+        .into_iter()
+        .next()
+        .unwrap()
+        .unwrap();
+    assert_eq!(plan["native"], true, "{plan}");
     // The disk is renamed before the rollback (as after a reboot that
     // swapped sda and sdb), its old name now another, blank disk's:
     // rollback finds it by its identity and leaves the other one alone.

@@ -19,6 +19,7 @@ mod formats;
 mod inputs;
 mod json_output;
 mod make_room;
+mod metrics;
 mod partitions;
 mod segments;
 mod stage;
