@@ -23,7 +23,8 @@
 //! - [`sys`]: kernel interfaces and the only `unsafe` code.
 //! - [`error`]: one error type, a kind per exit code; [`progress`]:
 //!   progress events; [`metrics`]: the Prometheus textfile
-//!   (`--metrics-file`); [`failpoint`]: simulated power loss for tests.
+//!   (`--metrics-file`); [`journal`]: events in the systemd journal;
+//!   [`failpoint`]: simulated power loss for tests.
 
 pub mod attach;
 pub mod boot;
@@ -32,6 +33,7 @@ pub mod customize;
 pub mod error;
 pub mod failpoint;
 pub mod input;
+pub mod journal;
 pub mod map;
 pub mod metrics;
 pub mod progress;

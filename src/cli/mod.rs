@@ -127,10 +127,10 @@ pub enum Command {
 }
 
 impl Command {
-    /// The staging name the metrics of this command are labelled with
-    /// (empty for what acts on the running system); None: a command that
-    /// changes nothing writes no metrics.
-    fn metrics_name(&self) -> Option<String> {
+    /// The staging this command acts on, as its metrics and journal
+    /// entries name it (empty for what acts on the running system); None:
+    /// a command that changes nothing writes neither.
+    fn staging_label(&self) -> Option<String> {
         match self {
             Command::Stage(a) => Some(a.name.clone().unwrap_or_default()),
             Command::Verify(a) => Some(a.name.clone()),
@@ -207,12 +207,20 @@ fn finish<R: Report>(name: &str, cx: &Context, report: Result<R>) -> u8 {
 /// Run one parsed command line; the process exit code.
 pub fn run(cli: Cli, name: &str) -> u8 {
     let mut cx = Context::new(&cli.state_dir, cli.json);
-    let metrics = cli.metrics_file.as_deref().and_then(|path| {
-        let staging = cli.command.metrics_name()?;
-        Some(std::sync::Arc::new(crate::metrics::MetricsFile::start(
-            path, &staging, name,
-        )))
-    });
+    // What changes something is also told to the metrics file and the
+    // journal, as it goes.
+    let staging = cli.command.staging_label();
+    let metrics = cli
+        .metrics_file
+        .as_deref()
+        .zip(staging.as_deref())
+        .map(|(path, staging)| {
+            std::sync::Arc::new(crate::metrics::MetricsFile::start(path, staging, name))
+        });
+    let journal = staging
+        .as_deref()
+        .and_then(|staging| crate::journal::Journal::start(staging, name))
+        .map(std::sync::Arc::new);
     if let Some(m) = &metrics {
         let inner = std::mem::replace(&mut cx.progress, Box::new(NoProgress));
         cx.progress = Box::new(crate::metrics::WithMetrics {
@@ -220,9 +228,19 @@ pub fn run(cli: Cli, name: &str) -> u8 {
             metrics: m.clone(),
         });
     }
+    if let Some(j) = &journal {
+        let inner = std::mem::replace(&mut cx.progress, Box::new(NoProgress));
+        cx.progress = Box::new(crate::journal::WithJournal {
+            inner,
+            journal: j.clone(),
+        });
+    }
     let code = run_command(cli.command, name, &cx);
     if let Some(m) = metrics {
         m.finish(code);
+    }
+    if let Some(j) = journal {
+        j.finish(code);
     }
     code
 }

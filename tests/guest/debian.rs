@@ -27,7 +27,8 @@
 //! once the systems are built, while the other guest thread runs this).
 //!
 //! Every boot reports systemd's state, its failed units, its root device
-//! and whether udev made the root's `/dev/disk/by-uuid` link.
+//! and whether udev made the root's `/dev/disk/by-uuid` link. The old
+//! system's first boot also reads liverestore's entries in its journal.
 
 use std::time::Duration;
 
@@ -64,6 +65,14 @@ const OLD_SYSTEM: &str = r#"
 case $n in
 1)
   liverestore stage /dev/vdb --name deb --dir /
+  # the journal has it, with structured fields (and a failure too)
+  liverestore verify nosuch 2>/dev/null || true
+  journalctl --sync
+  j() { journalctl -o export SYSLOG_IDENTIFIER=liverestore "$@"; }
+  echo "LR journal_stage_ok=$(j MESSAGE_ID=0a84ea21d2d349469243d591d815d555 LIVERESTORE_NAME=deb LIVERESTORE_OPERATION=stage | grep -c '^LIVERESTORE_EXIT_CODE=0$' || true)"
+  echo "LR journal_stage_100=$(j MESSAGE_ID=7ab0cfd737694f2ebc2631f7cd83ddbb LIVERESTORE_NAME=deb | grep -c '^LIVERESTORE_PERCENT=100$' || true)"
+  echo "LR journal_tenths=$(j MESSAGE_ID=7ab0cfd737694f2ebc2631f7cd83ddbb LIVERESTORE_NAME=deb | grep -c '^LIVERESTORE_PERCENT=' || true)"
+  echo "LR journal_failed=$(j MESSAGE_ID=3692d566236846b1b8bb62f40753f472 LIVERESTORE_NAME=nosuch LIVERESTORE_OPERATION=verify | grep -c '^LIVERESTORE_EXIT_CODE=17$' || true)"
   echo "LR report=old system ($state): staged 'deb' (initramfs-tools), activating it for the firmware"
   liverestore activate deb --trial-deadline 60s --reboot
   ;;
@@ -194,14 +203,14 @@ pub(crate) fn uncompressed_initrd(image: &std::path::Path) -> usize {
     initrd.len()
 }
 
-/// The initramfs-tools system as an 800 MiB ext4 image named `deb`, in
-/// `dir`, with the restored systems' `scenario`.
-pub(crate) fn deb_image(dir: &std::path::Path, scenario: &str) -> std::path::PathBuf {
+/// The initramfs-tools system as an ext4 image of `mib` MiB named `deb`,
+/// in `dir`, with the restored systems' `scenario`.
+pub(crate) fn deb_image(dir: &std::path::Path, mib: u64, scenario: &str) -> std::path::PathBuf {
     let deb = dir.join("deb.ext4");
     restored_image(
         "initramfs-tools",
         &deb,
-        800,
+        mib,
         "deb",
         &format!("{REPORT}{scenario}"),
     );
@@ -229,12 +238,12 @@ fn real_debian_systems_trial_boot_through_uefi_and_grub() {
         dr.len()
     );
     let t = tempfile::tempdir().unwrap();
-    let deb = deb_image(t.path(), RESTORED_SYSTEM);
+    let deb = deb_image(t.path(), 700, RESTORED_SYSTEM);
     let rh = t.path().join("rh-disk.img");
     restored_disk_image(
         "dracut",
         &rh,
-        (64, 800),
+        (64, 700),
         "rh",
         &format!("{REPORT}{RESTORED_SYSTEM}"),
     );
@@ -251,6 +260,9 @@ fn real_debian_systems_trial_boot_through_uefi_and_grub() {
             }
         }
     }
+    // a tenth at most once each (a run of zeros may skip some)
+    let tenths: u32 = run.get("journal_tenths").parse().unwrap();
+    assert!((2..=11).contains(&tenths), "{tenths}");
     // status tells how long the trial has left, until the commit
     let left: u64 = run.get("rh_deadline_left").parse().unwrap();
     assert!((1..60).contains(&left), "{left}");
@@ -287,6 +299,11 @@ fn real_debian_systems_trial_boot_through_uefi_and_grub() {
     run.assert_values(&[
         ("old-system_boot_1", "running"),
         ("old-system_failed_1", ""),
+        // the journal: stage's success with its exit code, its progress
+        // by tenths (0 % to 100 %), a failed verify's exit code
+        ("journal_stage_ok", "1"),
+        ("journal_stage_100", "1"),
+        ("journal_failed", "1"),
         ("deb_boot_1", "running"),
         ("deb_failed_1", ""),
         ("deb_root_1", "/dev/dm-0"),

@@ -116,7 +116,9 @@ fn real_debian_native_trials_under_secure_boot() {
     let kernel = boot_file("initramfs-tools", "vmlinuz-");
     assert!(liverestore::boot::efi::pe_signed(&kernel).unwrap());
     let t = tempfile::tempdir().unwrap();
-    let deb = deb_image(t.path(), RESTORED_SYSTEM_SECURE_BOOT);
+    // room for the uncompressed initrd, two boots' journal and the
+    // auto-commit's static liverestore (700 MiB was not: ENOSPC)
+    let deb = deb_image(t.path(), 800, RESTORED_SYSTEM_SECURE_BOOT);
     let plain_size = uncompressed_initrd(&deb);
     println!(
         "deb's initrd: {plain_size} bytes, uncompressed (the archive in front, then the main one)"
