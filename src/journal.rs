@@ -7,7 +7,9 @@
 //! ([`Event`], for `journalctl MESSAGE_ID=…`); `LIVERESTORE_NAME` (the
 //! staging), `LIVERESTORE_OPERATION` (the command), `LIVERESTORE_PERCENT`,
 //! `LIVERESTORE_EXIT_CODE`. A journal that cannot be reached is skipped
-//! quietly: the command's own output says everything too.
+//! quietly: the command's own output says everything too. Where stderr
+//! already goes to the journal (a systemd service's, as `JOURNAL_STREAM`
+//! says: the auto-commit unit), notes are not sent again.
 //!
 //! Sent in journald's native protocol (`KEY=VALUE` lines in one datagram,
 //! a length-prefixed value where it holds a newline), written here:
@@ -82,10 +84,27 @@ pub fn encode(fields: &[(&str, &str)]) -> Vec<u8> {
     out
 }
 
+/// Whether stderr already goes to the journal: `JOURNAL_STREAM` (set by
+/// systemd for a service) names its device and inode.
+fn stderr_is_journal() -> bool {
+    let Ok(stream) = std::env::var("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((dev, ino)) = stream.split_once(':') else {
+        return false;
+    };
+    let Ok(st) = rustix::fs::fstat(std::io::stderr()) else {
+        return false;
+    };
+    dev.parse::<u64>().ok() == Some(st.st_dev) && ino.parse::<u64>().ok() == Some(st.st_ino)
+}
+
 /// One command's entries.
 pub struct Journal {
     name: String,
     operation: String,
+    /// Notes are sent (stderr, where they also go, is not the journal).
+    notes: bool,
     /// The tenth of the current phase last sent, and the phase.
     sent: Mutex<(Option<u64>, String, u64)>,
 }
@@ -100,6 +119,7 @@ impl Journal {
         let j = Journal {
             name: name.to_string(),
             operation: operation.to_string(),
+            notes: !stderr_is_journal(),
             sent: Mutex::new((None, String::new(), 0)),
         };
         j.send(
@@ -200,7 +220,9 @@ impl Progress for WithJournal {
     }
     fn note(&self, message: &str) {
         self.inner.note(message);
-        self.journal.send(Event::Note, message, &[]);
+        if self.journal.notes {
+            self.journal.send(Event::Note, message, &[]);
+        }
     }
 }
 

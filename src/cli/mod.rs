@@ -153,6 +153,28 @@ pub struct Context {
     pub state: StateDir,
     pub json: bool,
     pub progress: Box<dyn Progress>,
+    /// Told how the command ended, before anything it does after its
+    /// report (`activate --reboot`).
+    pub observers: Observers,
+}
+
+/// What also hears how a command that changes something went: the
+/// metrics file and the journal.
+#[derive(Default)]
+pub struct Observers {
+    metrics: Option<std::sync::Arc<crate::metrics::MetricsFile>>,
+    journal: Option<std::sync::Arc<crate::journal::Journal>>,
+}
+
+impl Observers {
+    fn end(&self, code: u8) {
+        if let Some(m) = &self.metrics {
+            m.finish(code);
+        }
+        if let Some(j) = &self.journal {
+            j.finish(code);
+        }
+    }
 }
 
 impl Context {
@@ -168,6 +190,7 @@ impl Context {
             state: StateDir::new(state_dir),
             json,
             progress,
+            observers: Observers::default(),
         }
     }
 
@@ -194,13 +217,23 @@ fn finish<R: Report>(name: &str, cx: &Context, report: Result<R>) -> u8 {
     match report {
         Ok(r) => {
             let code = render(name, cx.json, &r);
+            // told before a reboot can cut the process short
+            cx.observers.end(code);
             // The result line is out: an error now goes to stderr only.
             match r.after_render() {
                 Ok(()) => code,
-                Err(e) => render_error(name, false, &e),
+                Err(e) => {
+                    let code = render_error(name, false, &e);
+                    cx.observers.end(code);
+                    code
+                }
             }
         }
-        Err(e) => render_error(name, cx.json, &e),
+        Err(e) => {
+            let code = render_error(name, cx.json, &e);
+            cx.observers.end(code);
+            code
+        }
     }
 }
 
@@ -235,14 +268,8 @@ pub fn run(cli: Cli, name: &str) -> u8 {
             journal: j.clone(),
         });
     }
-    let code = run_command(cli.command, name, &cx);
-    if let Some(m) = metrics {
-        m.finish(code);
-    }
-    if let Some(j) = journal {
-        j.finish(code);
-    }
-    code
+    cx.observers = Observers { metrics, journal };
+    run_command(cli.command, name, &cx)
 }
 
 fn run_command(command: Command, name: &str, cx: &Context) -> u8 {
