@@ -105,8 +105,15 @@ pub struct Journal {
     operation: String,
     /// Notes are sent (stderr, where they also go, is not the journal).
     notes: bool,
-    /// The tenth of the current phase last sent, and the phase.
-    sent: Mutex<(Option<u64>, String, u64)>,
+    sent: Mutex<Sent>,
+}
+
+/// The current phase, and the tenth of it last sent.
+#[derive(Default)]
+struct Sent {
+    phase: String,
+    total: u64,
+    tenth: Option<u64>,
 }
 
 impl Journal {
@@ -120,7 +127,7 @@ impl Journal {
             name: name.to_string(),
             operation: operation.to_string(),
             notes: !stderr_is_journal(),
-            sent: Mutex::new((None, String::new(), 0)),
+            sent: Mutex::new(Sent::default()),
         };
         j.send(
             Event::Started,
@@ -176,52 +183,48 @@ fn tenth(done: u64, total: u64) -> u64 {
     (u128::from(done.min(total)) * 10 / u128::from(total)) as u64
 }
 
-/// A [`Progress`] that also writes the journal.
-pub struct WithJournal {
-    pub inner: Box<dyn Progress>,
-    pub journal: std::sync::Arc<Journal>,
-}
-
-impl WithJournal {
+impl Journal {
+    /// A progress entry, when `done` (or the end) reached a tenth not sent.
     fn progress(&self, done: u64, end: bool) {
-        let mut sent = self.journal.sent.lock().expect("journal lock");
-        let (last, phase, total) = &mut *sent;
-        let t = if end { 10 } else { tenth(done, *total) };
-        if *last == Some(t) {
+        let mut sent = self.sent.lock().expect("journal lock");
+        let t = if end { 10 } else { tenth(done, sent.total) };
+        if sent.tenth == Some(t) {
             return;
         }
-        *last = Some(t);
+        sent.tenth = Some(t);
         let percent = (t * 10).to_string();
-        let message = format!("liverestore {} {phase}: {percent}%", self.journal.operation);
-        self.journal.send(
+        let message = format!("liverestore {} {}: {percent}%", self.operation, sent.phase);
+        self.send(
             Event::Progress,
             &message,
             &[
-                ("LIVERESTORE_PHASE", phase.as_str()),
+                ("LIVERESTORE_PHASE", sent.phase.as_str()),
                 ("LIVERESTORE_PERCENT", &percent),
             ],
         );
     }
 }
 
-impl Progress for WithJournal {
+/// The journal follows the command's progress (the command's own display
+/// gets it too: [`crate::progress::Tee`]).
+impl Progress for Journal {
     fn begin(&self, phase: &str, total: u64) {
-        self.inner.begin(phase, total);
-        *self.journal.sent.lock().expect("journal lock") = (None, phase.to_string(), total);
+        *self.sent.lock().expect("journal lock") = Sent {
+            phase: phase.to_string(),
+            total,
+            tenth: None,
+        };
         self.progress(0, false);
     }
     fn update(&self, done: u64) {
-        self.inner.update(done);
         self.progress(done, false);
     }
     fn end(&self) {
-        self.inner.end();
         self.progress(0, true);
     }
     fn note(&self, message: &str) {
-        self.inner.note(message);
-        if self.journal.notes {
-            self.journal.send(Event::Note, message, &[]);
+        if self.notes {
+            self.send(Event::Note, message, &[]);
         }
     }
 }

@@ -370,14 +370,6 @@ impl MetricsFile {
         }
     }
 
-    fn phase(&self, phase: &str, total: u64) {
-        let mut run = self.state.lock().expect("metrics lock");
-        run.writing = phase == "stage";
-        run.total = total;
-        run.series.progress_ratio = 0.0;
-        self.write(&mut run);
-    }
-
     fn done(&self, done: u64, end: bool) {
         let mut run = self.state.lock().expect("metrics lock");
         let done = if end { run.total } else { done.min(run.total) };
@@ -414,28 +406,23 @@ fn write_atomically(path: &Path, data: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
-/// A [`Progress`] that also keeps the metrics file up to date.
-pub struct WithMetrics {
-    pub inner: Box<dyn Progress>,
-    pub metrics: std::sync::Arc<MetricsFile>,
-}
-
-impl Progress for WithMetrics {
+/// The metrics file follows the command's progress (the command's own
+/// display gets it too: [`crate::progress::Tee`]).
+impl Progress for MetricsFile {
     fn begin(&self, phase: &str, total: u64) {
-        self.inner.begin(phase, total);
-        self.metrics.phase(phase, total);
+        let mut run = self.state.lock().expect("metrics lock");
+        run.writing = phase == "stage";
+        run.total = total;
+        run.series.progress_ratio = 0.0;
+        self.write(&mut run);
     }
     fn update(&self, done: u64) {
-        self.inner.update(done);
-        self.metrics.done(done, false);
+        self.done(done, false);
     }
     fn end(&self) {
-        self.inner.end();
-        self.metrics.done(0, true);
+        self.done(0, true);
     }
-    fn note(&self, message: &str) {
-        self.inner.note(message);
-    }
+    fn note(&self, _: &str) {}
 }
 
 #[cfg(test)]
@@ -506,11 +493,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("liverestore.prom");
         std::fs::write(&path, encode(&sample()[1..])).unwrap();
-        let m = std::sync::Arc::new(MetricsFile::start(&path, "web", "stage"));
-        let p = WithMetrics {
-            inner: Box::new(crate::progress::NoProgress),
-            metrics: m.clone(),
-        };
+        let m = MetricsFile::start(&path, "web", "stage");
+        let p: &dyn Progress = &m;
         p.begin("stage", 1000);
         p.update(400);
         p.end();

@@ -31,6 +31,42 @@ impl Progress for NoProgress {
     }
 }
 
+/// Progress shared with whoever else keeps it (the metrics file and
+/// the journal are kept by the command line too, to tell them how the
+/// command ended).
+impl<P: Progress + Send> Progress for std::sync::Arc<P> {
+    fn begin(&self, phase: &str, total: u64) {
+        (**self).begin(phase, total);
+    }
+    fn update(&self, done: u64) {
+        (**self).update(done);
+    }
+    fn end(&self) {
+        (**self).end();
+    }
+    fn note(&self, message: &str) {
+        (**self).note(message);
+    }
+}
+
+/// Every event to each of several receivers, in order.
+pub struct Tee(pub Vec<Box<dyn Progress>>);
+
+impl Progress for Tee {
+    fn begin(&self, phase: &str, total: u64) {
+        self.0.iter().for_each(|p| p.begin(phase, total));
+    }
+    fn update(&self, done: u64) {
+        self.0.iter().for_each(|p| p.update(done));
+    }
+    fn end(&self) {
+        self.0.iter().for_each(|p| p.end());
+    }
+    fn note(&self, message: &str) {
+        self.0.iter().for_each(|p| p.note(message));
+    }
+}
+
 /// A progress bar on stderr.
 #[derive(Default)]
 pub struct TerminalProgress {

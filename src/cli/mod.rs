@@ -21,7 +21,7 @@ use std::process::ExitCode;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::error::Result;
-use crate::progress::{JsonProgress, NoProgress, Progress, TerminalProgress};
+use crate::progress::{JsonProgress, NoProgress, Progress, Tee, TerminalProgress};
 use crate::store::state_dir::{DEFAULT_STATE_DIR, StateDir};
 use output::{Report, render, render_error};
 
@@ -254,19 +254,16 @@ pub fn run(cli: Cli, name: &str) -> u8 {
         .as_deref()
         .and_then(|staging| crate::journal::Journal::start(staging, name))
         .map(std::sync::Arc::new);
+    let mut followers: Vec<Box<dyn Progress>> = Vec::new();
     if let Some(m) = &metrics {
-        let inner = std::mem::replace(&mut cx.progress, Box::new(NoProgress));
-        cx.progress = Box::new(crate::metrics::WithMetrics {
-            inner,
-            metrics: m.clone(),
-        });
+        followers.push(Box::new(m.clone()));
     }
     if let Some(j) = &journal {
-        let inner = std::mem::replace(&mut cx.progress, Box::new(NoProgress));
-        cx.progress = Box::new(crate::journal::WithJournal {
-            inner,
-            journal: j.clone(),
-        });
+        followers.push(Box::new(j.clone()));
+    }
+    if !followers.is_empty() {
+        followers.insert(0, std::mem::replace(&mut cx.progress, Box::new(NoProgress)));
+        cx.progress = Box::new(Tee(followers));
     }
     cx.observers = Observers { metrics, journal };
     run_command(cli.command, name, &cx)

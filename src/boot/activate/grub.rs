@@ -398,18 +398,12 @@ pub(super) fn read_env_raw(offset: u64) -> Result<GrubEnv> {
     RawEnv::find(offset)?.read().map(|(_, env, _)| env)
 }
 
-/// In the restored system: whether `commit` made a liverestore entry
-/// GRUB's default (`liverestore_default` in the environment block) — on
-/// `disk`, or the disk it runs from.
-pub(super) fn default_is_set_raw(disk: Option<super::restored::RestoredDisk>, offset: u64) -> bool {
-    let raw = match disk {
-        Some(d) => RawEnv::on(d, offset),
-        None => match RawEnv::find(offset) {
-            Ok(raw) => raw,
-            Err(_) => return false,
-        },
-    };
-    raw.read()
+/// In the restored system's early boot: whether `commit` made a
+/// liverestore entry GRUB's default (`liverestore_default` in the
+/// environment block at `offset` of `disk`).
+pub(super) fn default_is_set_raw(disk: super::restored::RestoredDisk, offset: u64) -> bool {
+    RawEnv::on(disk, offset)
+        .read()
         .is_ok_and(|(_, env, _)| env.get(vars::DEFAULT).is_some())
 }
 

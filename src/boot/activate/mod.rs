@@ -750,12 +750,7 @@ fn booted_via() -> Option<BootedVia> {
 pub fn committed_boot(cmdline: &str, disk: &Path) -> bool {
     match booted_via_cmdline(cmdline) {
         Some(BootedVia::Grub { env_offset }) => {
-            let name = disk.file_name().unwrap_or_default().to_string_lossy();
-            let disk = restored::RestoredDisk {
-                path: disk.to_path_buf(),
-                sector_size: crate::space::hostfs::logical_sector_size(&name),
-            };
-            grub::default_is_set_raw(Some(disk), env_offset)
+            grub::default_is_set_raw(restored::RestoredDisk::at(disk), env_offset)
         }
         Some(BootedVia::Uefi) => uefi::started_by_default(),
         None => false,

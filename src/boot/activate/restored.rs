@@ -41,9 +41,18 @@ pub fn disk() -> Result<RestoredDisk> {
         .split_once(':')
         .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)))
         .ok_or_else(|| Error::new(ErrorKind::UnsupportedDevice, format!("device {dev}")))?;
-    let path = hostfs::dev_node(&name, major, minor)?;
-    let sector_size = hostfs::logical_sector_size(&name);
-    Ok(RestoredDisk { path, sector_size })
+    Ok(RestoredDisk::at(&hostfs::dev_node(&name, major, minor)?))
+}
+
+impl RestoredDisk {
+    /// The disk whose node is `node` (`/dev/vda`).
+    pub fn at(node: &Path) -> RestoredDisk {
+        let name = node.file_name().unwrap_or_default().to_string_lossy();
+        RestoredDisk {
+            sector_size: hostfs::logical_sector_size(&name),
+            path: node.to_path_buf(),
+        }
+    }
 }
 
 /// The disk under the device-mapper device [`DM_NAME`]: (name, "major:minor").
