@@ -4,7 +4,7 @@ set -euo pipefail
 [ "$(id -u)" = 0 ] || { echo "run as root (it installs packages and uses loop devices)" >&2; exit 1; }
 pkgs=(xfsprogs gdisk btrfs-progs e2fsprogs util-linux fdisk bc time zstd xz-utils qemu-utils android-sdk-libsparse-utils bmap-tools
       qemu-system-x86 kmod dmsetup dosfstools cpio ovmf mtools openssh-client grub-common grub-pc-bin grub-efi-amd64-bin
-      debootstrap prometheus-node-exporter)
+      debootstrap prometheus-node-exporter prometheus openssh-server python3-venv)
 missing_packages() {
   local p
   for p in "${pkgs[@]}"; do
@@ -28,5 +28,7 @@ mapfile -t missing < <(missing_packages)
 command -v cargo >/dev/null || { echo "cargo not found: install Rust (rustup) first" >&2; exit 1; }
 modprobe loop 2>/dev/null || true
 [ -e /dev/loop-control ] || { echo "no loop device support in this kernel" >&2; exit 1; }
+# ansible-core for the collection's tests (PyPI, in target/ansible).
+bash scripts/ansible-env.sh
 # The QEMU test guest's kernel (Debian's package, unpacked into target/vm).
 bash scripts/vm-kernel.sh

@@ -223,10 +223,17 @@ pub fn customize(
     let sha256_before = if resumed {
         None
     } else {
-        if opts.auto_commit.is_some() {
+        if opts.auto_commit.is_some() || opts.carry_network {
             // before anything changes (a read-write mount alone would)
             test_restore::with_mounted(state, name, |mnt| {
-                auto_commit::check(&crate::attach::root_dir::RootDir::open(mnt)?)
+                let root = crate::attach::root_dir::RootDir::open(mnt)?;
+                if opts.auto_commit.is_some() {
+                    auto_commit::check(&root)?;
+                }
+                if opts.carry_network {
+                    network::check(&opts.source_root, &root)?;
+                }
+                Ok(())
             })?;
         }
         let report = verify::verify_accepting_own_boots(state, name, progress)?;

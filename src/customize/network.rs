@@ -202,17 +202,27 @@ pub fn choose(source: &[Stack], restored: &[Stack]) -> Result<Vec<Stack>> {
     ))
 }
 
+/// The stacks `carry` would copy from `host` into `root`, or why none:
+/// also asked before anything changes (on a read-only mount of the image).
+pub fn stacks_to_carry(host: &HostTree, root: &RootDir) -> Result<Vec<Stack>> {
+    let source: Vec<Stack> = stacks_in(host)
+        .into_iter()
+        .filter(|s| !config_files(host, *s).is_empty())
+        .collect();
+    choose(&source, &stacks_in(root))
+}
+
+/// `--carry-network` can be done: asked before the image is changed.
+pub fn check(source_root: &Path, root: &RootDir) -> Result<()> {
+    stacks_to_carry(&HostTree(source_root.to_path_buf()), root).map(|_| ())
+}
+
 /// Copy the network configuration from the system at `source_root` into
 /// `root`.
 pub fn carry(source_root: &Path, root: &RootDir) -> Result<Vec<Change>> {
     let host = HostTree(source_root.to_path_buf());
-    let source: Vec<Stack> = stacks_in(&host)
-        .into_iter()
-        .filter(|s| !config_files(&host, *s).is_empty())
-        .collect();
-    let restored = stacks_in(root);
     let mut changes = Vec::new();
-    for stack in choose(&source, &restored)? {
+    for stack in stacks_to_carry(&host, root)? {
         for file in config_files(&host, stack) {
             copy::preserve(source_root, &file, root)?;
             changes.push(Change::new("network", &file, stack.as_str()));

@@ -24,6 +24,12 @@ const INITRD: &[u8] = b"\x1f\x8b\x08INITRD";
 
 /// A system image with a kernel and an initrd liverestore can find.
 fn system_image(dir: &Path) -> PathBuf {
+    system_image_with_payload(dir, 0, 32)
+}
+
+/// The same with `payload_mib` of random data in `/srv/payload` (staging
+/// it takes a while), in an ext4 of `mib`.
+pub(crate) fn system_image_with_payload(dir: &Path, payload_mib: usize, mib: u64) -> PathBuf {
     let tree = dir.join("system.tree");
     std::fs::create_dir_all(tree.join("boot")).unwrap();
     std::fs::write(tree.join(format!("boot/vmlinuz-{VERSION}")), kernel()).unwrap();
@@ -36,8 +42,16 @@ fn system_image(dir: &Path) -> PathBuf {
         "UUID=ABCD-1234 /boot/efi vfat umask=0077 0 1\n",
     )
     .unwrap();
+    if payload_mib > 0 {
+        std::fs::create_dir_all(tree.join("srv")).unwrap();
+        std::fs::write(
+            tree.join("srv/payload"),
+            random_bytes(payload_mib << 20, 12),
+        )
+        .unwrap();
+    }
     let img = dir.join("system.ext4");
-    mkfs_ext4_from(&tree, &img, 32);
+    mkfs_ext4_from(&tree, &img, mib);
     img
 }
 
@@ -47,7 +61,7 @@ fn kernel() -> Vec<u8> {
 
 /// The static program `/lr/init` needs: the guest's static busybox stands
 /// in (the initramfs is built, not booted, here).
-fn helper() -> String {
+pub(crate) fn helper() -> String {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/vm/busybox");
     assert!(
         p.exists(),
@@ -70,6 +84,17 @@ fn activate_json(cli: &Cli, grub_dir: &str, helper: &str) -> serde_json::Value {
         "--helper",
         helper,
     ])
+}
+
+/// GRUB's directory on a scratch disk, with `grub.cfg` as update-grub
+/// makes it and an empty `grubenv`.
+pub(crate) fn grub_dir_with_env(mnt: &Path) -> PathBuf {
+    let g = grub_dir(mnt);
+    sh(
+        "grub-editenv",
+        &[g.join("grubenv").to_str().unwrap(), "create"],
+    );
+    g
 }
 
 fn grub_dir(mnt: &Path) -> PathBuf {

@@ -390,9 +390,8 @@ fn corrupt_bytes_are_refused_and_an_interrupted_customize_finishes() {
     assert_eq!(sha(&cli), before);
     cli.expect(0, &["verify", "cust2"]);
 
-    // An interruption after the bytes started to change: the source uses
-    // ifupdown, the image systemd-networkd, so --carry-network stops the
-    // run inside the mounted image.
+    // --carry-network that cannot be done (the source uses ifupdown, the
+    // image systemd-networkd) is refused before anything changes.
     let other = t.path().join("ifupdown-source");
     for (p, data) in [
         ("sbin/ifup", ""),
@@ -421,6 +420,33 @@ fn corrupt_bytes_are_refused_and_an_interrupted_customize_finishes() {
         e.contains("configured with ifupdown, the restored system uses systemd-networkd"),
         "{e}"
     );
+    assert!(!e.contains("marked as being customized"), "{e}");
+    assert_no_leftovers(&cli, "cust2");
+    assert_eq!(sha(&cli), before);
+    cli.expect(0, &["verify", "cust2"]);
+
+    // An interruption after the bytes started to change: an image whose
+    // /etc/fstab is a directory (preserved so from another tree) stops
+    // --fix-fstab after --hostname changed the image.
+    let odd = t.path().join("odd-source");
+    std::fs::create_dir_all(odd.join("etc/fstab")).unwrap();
+    std::fs::write(odd.join("etc/fstab/x"), "").unwrap();
+    cli.expect(
+        0,
+        &[
+            "customize",
+            "cust2",
+            "--preserve",
+            "/etc/fstab",
+            "--source-root",
+            odd.to_str().unwrap(),
+        ],
+    );
+    let e = cli.expect_err(
+        14,
+        &["customize", "cust2", "--hostname", "half", "--fix-fstab"],
+    );
+    assert!(e.contains("is not a regular file"), "{e}");
     assert!(e.contains("run `liverestore customize cust2` again"), "{e}");
     assert_no_leftovers(&cli, "cust2");
     let e = cli.expect_err(22, &["verify", "cust2"]);

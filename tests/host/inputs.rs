@@ -5,12 +5,11 @@
 //! staged; 404 and a wrong length are clean errors; a --sha256 mismatch
 //! leaves a "failed" staging that verify refuses.
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 
+use crate::common::http::{Faults, serve_one};
 use crate::common::*;
 
 /// An image with data, zeros and a pattern, 40 MiB.
@@ -67,93 +66,6 @@ fn qcow2_and_sparse_images_land_as_raw_bytes() {
     cli.expect(0, &["discard", "s"]);
 }
 
-/// A one-file HTTP/1.1 server: HEAD and GET with `Range`. The first GET
-/// is cut off after `drop_after` bytes; `lie` adds bytes to the length.
-struct Server {
-    port: u16,
-    gets: Arc<AtomicUsize>,
-}
-
-fn serve(data: Arc<Vec<u8>>, drop_after: usize, lie: usize) -> Server {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let gets = Arc::new(AtomicUsize::new(0));
-    let counter = Arc::clone(&gets);
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(conn) = conn else { return };
-            let (data, counter) = (Arc::clone(&data), Arc::clone(&counter));
-            std::thread::spawn(move || handle(conn, &data, drop_after, lie, &counter));
-        }
-    });
-    Server { port, gets }
-}
-
-fn handle(mut conn: TcpStream, data: &[u8], drop_after: usize, lie: usize, gets: &AtomicUsize) {
-    let mut reader = BufReader::new(conn.try_clone().unwrap());
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line).unwrap_or(0) == 0 {
-            return;
-        }
-        let (method, path) = {
-            let mut w = line.split_whitespace();
-            (
-                w.next().unwrap_or("").to_string(),
-                w.next().unwrap_or("").to_string(),
-            )
-        };
-        let mut range = None;
-        loop {
-            let mut h = String::new();
-            reader.read_line(&mut h).unwrap();
-            if h.trim().is_empty() {
-                break;
-            }
-            if let Some(v) = h.to_ascii_lowercase().strip_prefix("range: bytes=") {
-                let (a, b) = v.trim().split_once('-').unwrap();
-                let a: usize = a.parse().unwrap();
-                let b: usize = if b.is_empty() {
-                    data.len() - 1
-                } else {
-                    b.parse().unwrap()
-                };
-                range = Some((a, b + 1));
-            }
-        }
-        if path != "/disk.img" {
-            let _ = conn.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n");
-            continue;
-        }
-        let (a, b) = range.unwrap_or((0, data.len()));
-        let status = if range.is_some() {
-            "206 Partial Content"
-        } else {
-            "200 OK"
-        };
-        let head = format!(
-            "HTTP/1.1 {status}\r\nContent-Length: {}\r\nAccept-Ranges: bytes\r\nETag: \"v1\"\r\n\r\n",
-            b - a + lie
-        );
-        conn.write_all(head.as_bytes()).unwrap();
-        if method == "HEAD" {
-            continue;
-        }
-        let n = gets.fetch_add(1, Ordering::SeqCst);
-        if n == 0 && drop_after > 0 {
-            let _ = conn.write_all(&data[a..a + drop_after]);
-            let _ = conn.shutdown(std::net::Shutdown::Both);
-            return;
-        }
-        if conn.write_all(&data[a..b]).is_err() {
-            return;
-        }
-        if lie > 0 {
-            return;
-        }
-    }
-}
-
 #[test]
 #[ignore = "needs root: loop devices and mounts (scripts/test.sh runs it)"]
 fn http_with_a_dropped_connection_404_and_wrong_length() {
@@ -165,7 +77,13 @@ fn http_with_a_dropped_connection_404_and_wrong_length() {
     let data = Arc::new(image());
     let expected = sha256_hex(&data);
 
-    let server = serve(Arc::clone(&data), 13 * MIB as usize + 12345, 0);
+    let server = serve_one(
+        Arc::clone(&data),
+        Faults {
+            drop_after: 13 * MIB as usize + 12345,
+            ..Faults::default()
+        },
+    );
     let url = format!("http://127.0.0.1:{}/disk.img", server.port);
     let out = cli.json(&[
         "--json", "stage", &url, "--name", "web", "--dir", dir, "--sha256", &expected,
@@ -182,7 +100,13 @@ fn http_with_a_dropped_connection_404_and_wrong_length() {
     let err = cli.expect_err(14, &["stage", &missing, "--name", "x", "--dir", dir]);
     assert!(err.contains("404"), "{err}");
 
-    let liar = serve(Arc::clone(&data), 0, 5000);
+    let liar = serve_one(
+        Arc::clone(&data),
+        Faults {
+            lie: 5000,
+            ..Faults::default()
+        },
+    );
     let url = format!("http://127.0.0.1:{}/disk.img", liar.port);
     let err = cli.expect_err(14, &["stage", &url, "--name", "x", "--dir", dir]);
     assert!(err.contains("bytes where"), "{err}");

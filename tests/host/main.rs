@@ -11,6 +11,7 @@
 mod common;
 
 mod activate_grub;
+mod ansible;
 mod attach;
 mod bad_input;
 mod crash;

@@ -492,6 +492,7 @@ mod tests {
             grub_next_entry: None,
             grub_default: None,
             next_boot: String::new(),
+            committed: false,
             old_system: None,
             trial_ended: false,
             deadline_left_secs: None,

@@ -856,6 +856,9 @@ pub struct Status {
     pub grub_default: Option<String>,
     /// "restored system (trial, once)", "old system …", …
     pub next_boot: String,
+    /// The activated restored system is the boot loader's default: it was
+    /// committed (`next_boot` is "restored system (default)").
+    pub committed: bool,
     /// In a restored system: the system that activated it, from the
     /// on-disk header.
     pub old_system: Option<crate::store::record::OldSystem>,
@@ -892,6 +895,7 @@ pub fn status(state: &StateDir) -> Result<Status> {
         grub_next_entry: None,
         grub_default: None,
         next_boot: String::new(),
+        committed: false,
         old_system: via
             .and_then(|_| restored::own_note().ok().flatten())
             .map(|n| n.old_system),
@@ -912,6 +916,7 @@ pub fn status(state: &StateDir) -> Result<Status> {
         Some(env) => grub::fill_status(&mut s, &env),
         None => uefi::fill_status(&mut s, via == Some(BootedVia::Uefi)),
     }
+    s.committed = s.next_boot == "restored system (default)";
     // Known only when the boot loader's state could be read: an
     // unreadable one (no efivarfs) leaves the activation alone.
     let readable = s.loader == "grub" || !s.boot_order.is_empty();
