@@ -9,4 +9,8 @@ cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
 skip=(--skip vfat_4gib_image_splits_for_real)
 [ "${LIVERESTORE_SLOW_TESTS:-}" = 1 ] && skip=()
-cargo test --all-targets --locked -- --include-ignored --test-threads=2 "${skip[@]}"
+# Unit tests and the QEMU guests: two at a time (each guest keeps a core
+# busy). The host tests: four at a time (the Ansible ones mostly wait on
+# their hosts and servers).
+cargo test --locked --lib --bins --test guest -- --include-ignored --test-threads=2 "${skip[@]}"
+cargo test --locked --test host -- --include-ignored --test-threads=4 "${skip[@]}"

@@ -996,10 +996,19 @@ impl Guest {
             .rfind(END)
             .and_then(|i| text[i + END.len()..].split_whitespace().next())
             .and_then(|s| s.parse().ok());
+        let elapsed = start.elapsed();
+        // Straight to the process's stderr, past the test harness's
+        // capture: where the suite's time goes, in every CI log.
+        let _ = writeln!(
+            std::io::stderr(),
+            "[guest] {} ran {:.1} s",
+            std::thread::current().name().unwrap_or("?"),
+            elapsed.as_secs_f64()
+        );
         GuestRun {
             console: text,
             status,
-            elapsed: start.elapsed(),
+            elapsed,
         }
     }
 }
