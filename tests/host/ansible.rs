@@ -311,6 +311,7 @@ impl Ansible {
             .env("ANSIBLE_LOCAL_TEMP", self.dir.join("local-tmp"))
             .env("ANSIBLE_SSH_CONTROL_PATH_DIR", self.dir.join("cp"))
             .env("ANSIBLE_PYTHON_INTERPRETER", "/usr/bin/python3")
+            .env("ANSIBLE_VERBOSITY", "0")
             // the SSH masters end soon after the play (the hosts go away)
             .env(
                 "ANSIBLE_SSH_ARGS",

@@ -149,4 +149,25 @@ fn node_exporter_reads_the_metrics_file_while_and_after_staging() {
         scraped.contains("# TYPE liverestore_bytes_written_total counter"),
         "{scraped}"
     );
+
+    // a metrics file that cannot be written (its directory is a file):
+    // said once, and the work goes on
+    let blocked = t.path().join("not-a-dir");
+    std::fs::write(&blocked, "").unwrap();
+    let out = cli
+        .cmd()
+        .args(["--metrics-file"])
+        .arg(blocked.join("liverestore.prom"))
+        .args(["stage", img.to_str().unwrap(), "--name", "web2", "--dir"])
+        .arg(&disk.mnt)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(
+        err.matches("warning: the metrics file").count(),
+        1,
+        "{err}"
+    );
+    assert_eq!(cli.json(&["verify", "web2", "--json"])["ok"], true);
 }

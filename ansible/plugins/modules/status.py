@@ -67,7 +67,9 @@ state:
   type: str
   sample: staging
 progress:
-  description: The fraction of the image written and synced (0.0 to 1.0).
+  description:
+    - The fraction of the image written and synced (0.0 to 1.0), as recorded at the staging's checkpoints
+      (every 5 s or 1 GiB). The metrics file (O(metrics_file)) follows it more closely.
   returned: when O(name) is given
   type: float
   sample: 0.42
