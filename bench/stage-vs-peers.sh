@@ -11,6 +11,8 @@
 #   ext4    ext4 image, 25 % used       vs dd of the full image
 #   bmap    that ext4 image + its bmap  vs bmaptool copy
 #   qcow2   that ext4 image as qcow2    vs qemu-img convert -n -t none
+# Also fio's sequential write and read (4 MiB, queue depth 1 and 32) on the
+# same device, and stage and verify as a fraction of fio's best.
 # Usage: sudo [CASES="raw zstd"] bench/stage-vs-peers.sh [MIB] [ROUNDS]
 # (CASES picks cases; default all.)
 set -euo pipefail
@@ -63,7 +65,24 @@ image_of() {
              bmap) echo bmapped.img ;; qcow2) echo ext4.qcow2 ;; esac
 }
 
-printf '%-6s %-5s %8s %8s %7s %10s %10s %9s\n' case round peer_s stage_s ratio written zeroed peak_rss
+# The device's own limit, measured by fio on the peers' partition in the
+# same run: sequential direct I/O with 4 MiB blocks, one request in flight
+# and 32 (libaio); the best of each direction is what stage (writes) and
+# verify (reads) are held against below.
+fio_bw() { # rw iodepth -> bytes/s
+  fio --name=limit --filename="$peer_dev" --rw="$1" --bs=4M --direct=1 --ioengine=libaio \
+      --iodepth="$2" --size="${size_mib}M" --time_based=0 --output-format=json 2>/dev/null |
+    python3 -c 'import json,sys; j=json.load(sys.stdin)["jobs"][0]; print(int(j["write" if sys.argv[1].endswith("write") else "read"]["bw_bytes"]))' "$1"
+}
+fio_write=0; fio_read=0
+for qd in 1 32; do
+  w=$(fio_bw write "$qd"); r=$(fio_bw read "$qd")
+  printf 'fio  qd %-2s  write %7.1f MiB/s  read %7.1f MiB/s\n' "$qd" "$(echo "$w / 1048576" | bc -l)" "$(echo "$r / 1048576" | bc -l)"
+  [ "$w" -gt "$fio_write" ] && fio_write=$w
+  [ "$r" -gt "$fio_read" ] && fio_read=$r
+done
+
+printf '%-6s %-5s %8s %8s %7s %10s %10s %9s %9s %9s\n' case round peer_s stage_s ratio written zeroed peak_rss stage/fio verify/fio
 for c in ${CASES:-raw zstd ext4 bmap qcow2}; do
   for r in $(seq 1 "$rounds"); do
     sync
@@ -75,13 +94,20 @@ for c in ${CASES:-raw zstd ext4 bmap qcow2}; do
     w1=$(sectors_written)
     zeroed=$(tail -1 "$work/out.json" | sed -n 's/.*"disk_zeroed":\([0-9]*\).*/\1/p')
     written_mib=$(echo "(($w1 - $w0) * 512 - $zeroed) / 1048576" | bc)
-    printf '%-6s %-5s %8.2f %8.2f %7.3f %7s MiB %6s MiB %6s MiB\n' "$c" "$r" "$t_peer" "$t_lr" \
-      "$(echo "$t_lr / $t_peer" | bc -l)" "$written_mib" "$((zeroed >> 20))" "$(( $(cat "$work/rss") >> 10 ))"
+    t0=$(now); "$lr" verify bench >/dev/null; t_verify=$(echo "$(now) - $t0" | bc -l)
+    # throughput of the image's bytes, as a fraction of the device's best
+    size_bytes=$(stat -c %s "$work/$(image_of "$c")")
+    [ "$c" = zstd ] && size_bytes=$((size_mib << 20))
+    [ "$c" = qcow2 ] || [ "$c" = bmap ] && size_bytes=$(stat -c %s "$work/ext4.img")
+    printf '%-6s %-5s %8.2f %8.2f %7.3f %7s MiB %6s MiB %6s MiB %9.2f %9.2f\n' "$c" "$r" "$t_peer" "$t_lr" \
+      "$(echo "$t_lr / $t_peer" | bc -l)" "$written_mib" "$((zeroed >> 20))" "$(( $(cat "$work/rss") >> 10 ))" \
+      "$(echo "$size_bytes / $t_lr / $fio_write" | bc -l)" "$(echo "$size_bytes / $t_verify / $fio_read" | bc -l)"
     "$lr" discard bench >/dev/null
     echo "$c $t_peer $t_lr" >> "$work/times"
   done
 done
 echo "ratio   = stage time / peer time (lower is better)"
+echo "stage/fio, verify/fio = the image's bytes per second as a fraction of fio's best sequential write / read on this device (higher is better; the sparse cases exceed 1: zeros are not written)"
 echo
 echo "per case, all rounds together (this VM's timings vary a lot from run to run):"
 awk '{p[$1]+=$2; s[$1]+=$3; if(!($1 in seen)){seen[$1]=1; order[++n]=$1}}
