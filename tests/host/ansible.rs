@@ -659,6 +659,20 @@ fn playbook_reimages_four_hosts_at_once_watched_by_prometheus() {
     assert!(shows(&out, '+', "\"next_boot\": \"old system"), "{out}");
     let (failed, r) = ans.module("h1", "rollback", &common, &[]);
     assert!(!failed && r["changed"] == false, "{r}");
+    // activate and commit in check mode: what they would change
+    let (failed, r, out) = ans.module_out(
+        "h1",
+        "activate",
+        &format!(
+            "{common} name=web loader=grub grub_dir={mnt1}/boot/grub helper={}",
+            helper()
+        ),
+        &["--check", "--diff"],
+    );
+    assert!(!failed && r["changed"] == true, "{r}");
+    assert!(shows(&out, '+', "\"activated\": \"web\""), "{out}");
+    let (failed, r) = ans.module("h1", "commit", &common, &["--check"]);
+    assert!(failed && r["error_kind"] == "invalid_state", "{r}");
     // discard, twice
     let (failed, r) = ans.module("h1", "discard", &format!("{common} name=web"), &[]);
     assert!(!failed && r["changed"] == true, "{r}");

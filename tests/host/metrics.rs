@@ -164,10 +164,6 @@ fn node_exporter_reads_the_metrics_file_while_and_after_staging() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
-    assert_eq!(
-        err.matches("warning: the metrics file").count(),
-        1,
-        "{err}"
-    );
+    assert_eq!(err.matches("warning: the metrics file").count(), 1, "{err}");
     assert_eq!(cli.json(&["verify", "web2", "--json"])["ok"], true);
 }

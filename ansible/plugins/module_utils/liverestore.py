@@ -201,6 +201,19 @@ def boot_state(status):
     )
 
 
+def predicted_boot_change(module, cli, status, after, **extra):
+    """Check mode of activate, commit and rollback: changed, and the diff
+    of the boot state as the command would leave it (`after`: the fields
+    it changes)."""
+    before = boot_state(status)
+    module.exit_json(
+        changed=True,
+        diff=dict(before=before, after=dict(before, **after)),
+        notes=cli.notes,
+        **extra
+    )
+
+
 def boot_change(module, cli, args, before_status, **extra):
     """Run a command that changes the boot loader (activate, commit,
     rollback) and exit with changed, diff (boot state before/after) and

@@ -114,8 +114,8 @@ from ansible_collections.liverestore.liverestore.plugins.module_utils.liverestor
     argument_spec,
     boot_change,
     boot_entry,
-    boot_state,
     members,
+    predicted_boot_change,
 )
 
 
@@ -158,9 +158,9 @@ def main():
     if module.check_mode:
         if not members(cli.stagings(), name):
             module.fail_json(msg="no staged image named '%s'" % name, rc=17, exit_code=17, error_kind="not_found")
-        before = boot_state(status)
-        after = dict(before, activated=name, next_boot="restored system (trial, once)", committed=False)
-        module.exit_json(changed=True, diff=dict(before=before, after=after), notes=cli.notes)
+        predicted_boot_change(
+            module, cli, status, dict(activated=name, next_boot="restored system (trial, once)", committed=False)
+        )
     args = ["activate", name, "--loader", p["loader"], "--boot", p["boot"]]
     for opt in ("esp", "grub_dir", "append", "helper", "trial_deadline"):
         if p[opt] is not None:

@@ -62,7 +62,7 @@ from ansible_collections.liverestore.liverestore.plugins.module_utils.liverestor
     argument_spec,
     boot_change,
     boot_entry,
-    boot_state,
+    predicted_boot_change,
 )
 
 
@@ -86,9 +86,9 @@ def main():
                 exit_code=22,
                 error_kind="invalid_state",
             )
-        before = boot_state(status)
-        after = dict(before, committed=True, next_boot="restored system (default)")
-        module.exit_json(changed=True, committed=True, diff=dict(before=before, after=after), notes=cli.notes)
+        predicted_boot_change(
+            module, cli, status, dict(committed=True, next_boot="restored system (default)"), committed=True
+        )
     boot_change(module, cli, ["commit"], status)
 
 

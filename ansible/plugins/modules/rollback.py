@@ -53,7 +53,7 @@ from ansible_collections.liverestore.liverestore.plugins.module_utils.liverestor
     LiverestoreCli,
     argument_spec,
     boot_change,
-    boot_state,
+    predicted_boot_change,
 )
 
 
@@ -65,11 +65,10 @@ def main():
     if old_next and (status.get("booted_restored") or not status.get("activation")):
         module.exit_json(changed=False, next_boot=status.get("next_boot"), notes=cli.notes)
     if module.check_mode:
-        before = boot_state(status)
-        after = dict(before, committed=False, next_boot="old system")
+        after = dict(committed=False, next_boot="old system")
         if not status.get("booted_restored"):
             after.update(activated=None, boot_entry=None)
-        module.exit_json(changed=True, diff=dict(before=before, after=after), notes=cli.notes)
+        predicted_boot_change(module, cli, status, after)
     boot_change(module, cli, ["rollback"], status)
 
 
