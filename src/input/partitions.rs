@@ -134,14 +134,22 @@ fn parse_gpt(head: &[u8], sector_size: u32, image_size: u64) -> Result<Partition
             )));
         }
     }
+    // The primary header only, whose counts are checked above: gptman's
+    // `GPT::read_from` falls back to a "backup" header at the end of what
+    // it is given and allocates for whatever entry count that one claims
+    // (a fuzzed image asked for 400 GB).
     let mut cursor = Cursor::new(head);
-    let gpt = gptman::GPT::read_from(&mut cursor, ss)
+    cursor.set_position(ss);
+    let header = gptman::GPTHeader::read_from(&mut cursor)
+        .map_err(|e| bad(format!("the image's GPT header is not valid: {e}")))?;
+    let entries = header
+        .read_partitions(&mut cursor, ss)
         .map_err(|e| bad(format!("the image's GPT is not valid: {e}")))?;
-    if gpt.header.primary_lba != 1 {
+    if header.primary_lba != 1 {
         return Err(bad("the image's GPT header is not the primary one"));
     }
     let mut partitions = Vec::new();
-    for (i, p) in gpt.iter() {
+    for (i, p) in (1u32..).zip(entries.iter()) {
         if p.is_unused() {
             continue;
         }
@@ -168,10 +176,10 @@ fn parse_gpt(head: &[u8], sector_size: u32, image_size: u64) -> Result<Partition
     let table = PartitionTable {
         kind: TableKind::Gpt,
         sector_size,
-        disk_guid: Some(guid(gpt.header.disk_guid)),
+        disk_guid: Some(guid(header.disk_guid)),
         mbr_signature: None,
-        first_usable_lba: Some(gpt.header.first_usable_lba),
-        last_usable_lba: Some(gpt.header.last_usable_lba),
+        first_usable_lba: Some(header.first_usable_lba),
+        last_usable_lba: Some(header.last_usable_lba),
         partitions,
     };
     check_fits(table, image_size)
@@ -285,6 +293,20 @@ fn check_fits(mut table: PartitionTable, image_size: u64) -> Result<PartitionTab
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by the `partition_table` fuzz target (2026-12-03): a primary
+    /// GPT header that gptman rejects, and at the end of the head a
+    /// "backup" header claiming billions of entries. gptman's fallback to
+    /// it allocated for all of them (out of memory, abort); only the
+    /// checked primary header is read now, and the image is refused.
+    #[test]
+    fn a_bogus_backup_gpt_header_is_never_read() {
+        let input =
+            include_bytes!("../../fuzz/corpus/partition_table/regression-gpt-backup-header-count");
+        let size = u64::from_le_bytes(input[..8].try_into().unwrap()) % (1 << 40);
+        let e = parse(&input[8..], size).unwrap_err();
+        assert_eq!(e.kind(), crate::error::ErrorKind::BadImage);
+    }
 
     fn mbr(entries: &[(u8, u8, u32, u32)]) -> Vec<u8> {
         let mut b = vec![0u8; HEAD_LEN];
