@@ -167,6 +167,19 @@ class LiverestoreCli:
         return self.run_or_fail(["status"])
 
 
+def option_args(params, flags=(), options=()):
+    """Module parameters as liverestore arguments: `--flag` for each true
+    flag, `--option VALUE` for each option that is set (a_b is --a-b)."""
+    args = []
+    for flag in flags:
+        if params[flag]:
+            args.append("--" + flag.replace("_", "-"))
+    for opt in options:
+        if params[opt] is not None:
+            args += ["--" + opt.replace("_", "-"), str(params[opt])]
+    return args
+
+
 def members(stagings, name):
     """The stagings NAME stands for: itself, or NAME-p1, NAME-p2, ... of a
     whole-disk image staged under NAME."""

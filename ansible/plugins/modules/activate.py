@@ -115,6 +115,7 @@ from ansible_collections.liverestore.liverestore.plugins.module_utils.liverestor
     boot_change,
     boot_entry,
     members,
+    option_args,
     predicted_boot_change,
 )
 
@@ -162,9 +163,7 @@ def main():
             module, cli, status, dict(activated=name, next_boot="restored system (trial, once)", committed=False)
         )
     args = ["activate", name, "--loader", p["loader"], "--boot", p["boot"]]
-    for opt in ("esp", "grub_dir", "append", "helper", "trial_deadline"):
-        if p[opt] is not None:
-            args += ["--" + opt.replace("_", "-"), p[opt]]
+    args += option_args(p, options=("esp", "grub_dir", "append", "helper", "trial_deadline"))
     boot_change(module, cli, args, status)
 
 

@@ -111,6 +111,7 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.liverestore.liverestore.plugins.module_utils.liverestore import (
     LiverestoreCli,
     argument_spec,
+    option_args,
 )
 
 
@@ -147,12 +148,11 @@ def main():
     args = ["customize", name]
     for path in p["preserve"]:
         args += ["--preserve", path]
-    for flag in ("carry_network", "new_identity", "inject_drivers", "fix_fstab", "auto_commit"):
-        if p[flag]:
-            args.append("--" + flag.replace("_", "-"))
-    for opt in ("hostname", "health", "commit_within", "helper", "source_root"):
-        if p[opt] is not None:
-            args += ["--" + opt.replace("_", "-"), p[opt]]
+    args += option_args(
+        p,
+        flags=("carry_network", "new_identity", "inject_drivers", "fix_fstab", "auto_commit"),
+        options=("hostname", "health", "commit_within", "helper", "source_root"),
+    )
     done = cli.run_or_fail(args)
     customized = done.get("customized", {})
     module.exit_json(

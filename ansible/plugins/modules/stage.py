@@ -187,6 +187,7 @@ from ansible_collections.liverestore.liverestore.plugins.module_utils.liverestor
     LiverestoreCli,
     argument_spec,
     members,
+    option_args,
     progress_of,
 )
 
@@ -196,13 +197,11 @@ def staging_args(p):
     args = []
     for d in p["dir"]:
         args += ["--dir", d]
-    for flag in ("unallocated", "contiguous", "no_bmap", "whole_disk"):
-        if p[flag]:
-            args.append("--" + flag.replace("_", "-"))
-    for opt in ("keep_free", "max_file_size", "make_room", "size", "bmap", "partition", "sha256"):
-        if p[opt] is not None:
-            args += ["--" + opt.replace("_", "-"), str(p[opt])]
-    return args
+    return args + option_args(
+        p,
+        flags=("unallocated", "contiguous", "no_bmap", "whole_disk"),
+        options=("keep_free", "max_file_size", "make_room", "size", "bmap", "partition", "sha256"),
+    )
 
 
 def image_sha256(record):
