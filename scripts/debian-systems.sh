@@ -18,8 +18,9 @@
 # once the boot has started multi-user.target, output to the console), a
 # root password "liverestore" and GRUB set up for a serial console. To stage
 # faster under emulation the kernel's modules for sound, GPUs, wireless,
-# media, InfiniBand and staging drivers are left out (dpkg's path-exclude,
-# as minimal Debian images do).
+# media, InfiniBand, Ethernet cards (virtio_net stays), IIO sensors and
+# staging drivers are left out (dpkg's path-exclude, as minimal Debian
+# images do), and so are apt's package lists.
 # Needs root, debootstrap, network to the mirror. Idempotent; one build at a
 # time (flock). Mounts happen only inside private mount namespaces
 # (unshare), so nothing stays mounted in the trees, whatever happens.
@@ -31,7 +32,7 @@ mkdir -p "$dir"
 exec 9>"$dir/.lock"
 flock 9
 # what the trees are; a change rebuilds them (and the old system's disk)
-version="4: initramfs-tools zstd with an early archive in front; dracut xz; signed shim and GRUB"
+version="5: initramfs-tools zstd with an early archive in front; dracut xz; signed shim and GRUB; no Ethernet or IIO modules, no apt lists"
 [ "$(cat "$dir/done" 2>/dev/null)" = "$version" ] && exit 0
 
 # The mirror apt uses here for $suite (deb822 .sources or sources.list).
@@ -81,6 +82,8 @@ path-exclude=/lib/modules/*/kernel/drivers/staging/*
 path-exclude=/lib/modules/*/kernel/net/wireless/*
 path-exclude=/lib/modules/*/kernel/net/mac80211/*
 path-exclude=/lib/modules/*/kernel/drivers/bluetooth/*
+path-exclude=/lib/modules/*/kernel/drivers/net/ethernet/*
+path-exclude=/lib/modules/*/kernel/drivers/iio/*
 path-exclude=/usr/share/doc/*
 path-exclude=/usr/share/man/*
 path-exclude=/usr/share/locale/*
@@ -117,6 +120,8 @@ WantedBy=multi-user.target
 EOF
 in_tree "$base" systemctl enable lr-scenario.service >/dev/null 2>&1
 in_tree "$base" apt-get clean
+# the package lists too (49 MB), as Debian's container and cloud images do
+rm -rf "$base"/var/lib/apt/lists/*
 
 # The dracut system: the same, with dracut instead of initramfs-tools
 # (apt removes initramfs-tools; dracut's kernel hook makes the initrd).

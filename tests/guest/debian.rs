@@ -238,12 +238,12 @@ fn real_debian_systems_trial_boot_through_uefi_and_grub() {
         dr.len()
     );
     let t = tempfile::tempdir().unwrap();
-    let deb = deb_image(t.path(), 700, RESTORED_SYSTEM);
+    let deb = deb_image(t.path(), 600, RESTORED_SYSTEM);
     let rh = t.path().join("rh-disk.img");
     restored_disk_image(
         "dracut",
         &rh,
-        (64, 700),
+        (64, 600),
         "rh",
         &format!("{REPORT}{RESTORED_SYSTEM}"),
     );

@@ -11,6 +11,7 @@ mod common;
 mod attach;
 mod boot;
 mod debian;
+mod debian_uefi;
 mod drivers;
 mod grub;
 mod native;

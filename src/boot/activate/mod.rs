@@ -944,8 +944,10 @@ fn deadline_left(cmdline: &str, uptime: &str, counting: Option<Option<u64>>) -> 
 }
 
 /// In the old system, before `stage`, `discard` or `activate`: when the
-/// trial of the recorded activation ended without a commit
-/// ([`Status::trial_ended`]), clean it up as `rollback` does and say so;
+/// trial of the recorded activation ended without a commit, or the
+/// restored system committed and later rolled back from its side (the
+/// old system cannot tell the two apart: either way the boot loader
+/// starts it again; [`Status::trial_ended`]), clean it up as `rollback` does and say so;
 /// what comes next then just works. Anything else is left as it is.
 pub fn clean_up_ended_trial(
     state: &StateLock<'_>,
@@ -962,7 +964,7 @@ pub fn clean_up_ended_trial(
         .unwrap_or_default();
     let done = rollback(state)?;
     progress.note(&format!(
-        "the trial boot of '{name}' ended without a commit: its boot entry ({}) and boot files are removed, as `liverestore rollback` does",
+        "the activation of '{name}' is over (its trial ended without a commit, or the restored system rolled back): its boot entry ({}) and boot files are removed, as `liverestore rollback` does",
         done.entry
     ));
     Ok(Some(done))
