@@ -2,7 +2,7 @@
 //! `linux-image-amd64`; `tests/common/debian.rs`; the initramfs-tools
 //! system's initrd zstd with an uncompressed archive in front, the dracut
 //! system's xz; an uncompressed one made from the first for the Secure
-//! Boot run, `tests/guest/secure_boot.rs`) restored and trial-booted under OVMF, the old system booting
+//! Boot run, `tests/guest/debian_secure_boot.rs`) restored and trial-booted under OVMF, the old system booting
 //! through the GRUB that its own `grub-install` and `update-grub` set up.
 //!
 //! Mapped, in one run of six boots:
@@ -23,8 +23,10 @@
 //! from its side; (6) the old system removes what was left.
 //!
 //! Natively under Secure Boot, in another run of six boots: see
-//! `tests/guest/secure_boot.rs` (a module of its own so that it starts
-//! once the systems are built, while the other guest thread runs this).
+//! `tests/guest/debian_secure_boot.rs`; through the firmware natively:
+//! `tests/guest/debian_uefi.rs`. Modules of their own, named so that the
+//! test order starts the three long runs first, beside each other, and
+//! the short guests fill in after them (the suite's wall time).
 //!
 //! Every boot reports systemd's state, its failed units, its root device
 //! and whether udev made the root's `/dev/disk/by-uuid` link. The old

@@ -1,6 +1,6 @@
 //! A real Debian 12 system restored and trial-booted natively under
 //! Secure Boot (`tests/guest/debian.rs` has the systems and the mapped
-//! run; this runs after it in the test order, once the systems are built).
+//! run).
 
 use std::time::Duration;
 
