@@ -25,6 +25,9 @@ for _ in 1 2; do
 done
 mapfile -t missing < <(missing_packages)
 [ ${#missing[@]} -eq 0 ] || { echo "install-deps: could not install ${missing[*]}" >&2; exit 1; }
+# --packages: Debian's packages only (scripts/test.sh starts building the
+# test systems with debootstrap as soon as it is there, then runs the rest)
+[ "${1:-}" = --packages ] && exit 0
 command -v cargo >/dev/null || { echo "cargo not found: install Rust (rustup) first" >&2; exit 1; }
 modprobe loop 2>/dev/null || true
 [ -e /dev/loop-control ] || { echo "no loop device support in this kernel" >&2; exit 1; }
