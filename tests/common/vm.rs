@@ -249,7 +249,7 @@ const MILESTONES: &[&str] = &[
     "trial deadline armed",
     "softdog: Initiating",
     "reboot: Restarting",
-    "reboot: Power down",
+    POWER_DOWN,
 ];
 
 /// What Linux prints as it powers the machine off (any other end of a
@@ -267,10 +267,8 @@ fn milestones(text: &[u8], from: usize, secs: f64, out: &mut Vec<(f64, String)>)
     };
     let end = from + last_newline + 1;
     for line in String::from_utf8_lossy(&text[from..end]).lines() {
-        if let Some(m) = MILESTONES.iter().find(|m| line.contains(*m)) {
-            let at = line.find(m).unwrap_or(0);
-            let shown: String = line[at..].chars().take(100).collect();
-            out.push((secs, shown));
+        if let Some(at) = MILESTONES.iter().find_map(|m| line.find(m)) {
+            out.push((secs, line[at..].chars().take(100).collect()));
         }
     }
     end
@@ -306,6 +304,24 @@ impl GuestRun {
             .filter_map(|&(k, v)| {
                 let got = self.value(k);
                 (got.as_deref() != Some(v)).then(|| format!("{k}: expected {v:?}, got {got:?}"))
+            })
+            .collect();
+        assert!(
+            wrong.is_empty(),
+            "{}\nscenario output:\n{}",
+            wrong.join("\n"),
+            self.output()
+        );
+    }
+
+    /// Assert how often each text appears on the console (`(text,
+    /// times)`), listing all that differ.
+    pub fn assert_console_counts(&self, expected: &[(&str, usize)]) {
+        let wrong: Vec<String> = expected
+            .iter()
+            .filter_map(|&(text, n)| {
+                let got = self.console.matches(text).count();
+                (got != n).then(|| format!("{text:?}: expected {n} times, seen {got}"))
             })
             .collect();
         assert!(
@@ -1022,12 +1038,18 @@ impl Guest {
         }
         let start = Instant::now();
         let mut timed_out = false;
-        let (mut scanned, mut timeline) = (0, Vec::new());
+        let mut timeline = Vec::new();
         // the console of the machine's earlier boots (QEMU starts each
         // launch's file anew)
         let mut earlier = Vec::new();
         let stderr = loop {
             let mut child = ChildGuard::from(cmd.spawn().expect("qemu-system-x86_64"));
+            // where this launch's console has been read to; its UEFI
+            // shell countdowns seen so far
+            let mut scanned = 0;
+            if let Some((_, pressed)) = &mut keys {
+                *pressed = 0;
+            }
             loop {
                 if child.try_wait().unwrap().is_some() {
                     break;
@@ -1037,7 +1059,7 @@ impl Guest {
                     let _ = child.kill();
                     break;
                 }
-                let text = [&earlier[..], &fs::read(&console).unwrap_or_default()].concat();
+                let text = fs::read(&console).unwrap_or_default();
                 scanned = milestones(&text, scanned, start.elapsed().as_secs_f64(), &mut timeline);
                 if let Some((input, pressed)) = &mut keys {
                     let shells = text
@@ -1053,6 +1075,7 @@ impl Guest {
             }
             let out = child.wait_with_output().unwrap();
             let this = fs::read(&console).unwrap_or_default();
+            milestones(&this, scanned, start.elapsed().as_secs_f64(), &mut timeline);
             let powered_off = this
                 .windows(POWER_DOWN.len())
                 .any(|w| w == POWER_DOWN.as_bytes());

@@ -291,13 +291,10 @@ fn real_debian_systems_trial_boot_through_uefi_and_grub() {
     );
     assert!(!run.console.contains("is not noted"), "{}", run.output());
     // armed for both trials; not for the committed system's default boot
-    assert_eq!(run.console.matches("trial deadline armed").count(), 2);
-    assert_eq!(
-        run.console
-            .matches("liverestore: committed: no trial deadline")
-            .count(),
-        1
-    );
+    run.assert_console_counts(&[
+        ("trial deadline armed", 2),
+        ("liverestore: committed: no trial deadline", 1),
+    ]);
     run.assert_values(&[
         ("old-system_boot_1", "running"),
         ("old-system_failed_1", ""),

@@ -167,24 +167,11 @@ fn real_debian_native_trials_under_secure_boot() {
     // both trials armed the deadline from the early-boot step, which
     // mapped nothing and noted every boot; not the committed system's
     // default boot (GRUB's environment block read on the disk it found)
-    assert_eq!(
-        run.console.matches("trial deadline armed").count(),
-        2,
-        "{}",
-        run.output()
-    );
-    assert_eq!(
-        run.console
-            .matches("liverestore: committed: no trial deadline")
-            .count(),
-        1
-    );
-    assert_eq!(
-        run.console
-            .matches("boots natively from its own partition")
-            .count(),
-        3
-    );
+    run.assert_console_counts(&[
+        ("trial deadline armed", 2),
+        ("liverestore: committed: no trial deadline", 1),
+        ("boots natively from its own partition", 3),
+    ]);
     assert!(
         run.console.contains("boot 3 of 'deb' noted"),
         "{}",

@@ -92,21 +92,11 @@ fn a_real_debian_system_commits_natively_through_the_firmware() {
     );
     // the trial armed the deadline, the default boot said committed, and
     // neither mapped anything
-    assert_eq!(run.console.matches("trial deadline armed").count(), 1);
-    assert_eq!(
-        run.console
-            .matches("liverestore: committed: no trial deadline")
-            .count(),
-        1
-    );
-    assert_eq!(
-        run.console
-            .matches("boots natively from its own partition")
-            .count(),
-        2,
-        "{}",
-        run.output()
-    );
+    run.assert_console_counts(&[
+        ("trial deadline armed", 1),
+        ("liverestore: committed: no trial deadline", 1),
+        ("boots natively from its own partition", 2),
+    ]);
     assert!(
         run.console.contains("boot 2 of 'deb' noted"),
         "{}",
