@@ -59,6 +59,13 @@ pub enum ErrorKind {
     /// read-only and no GRUB configuration that honours `next_entry` and
     /// `custom.cfg`.
     UnsupportedBootLoader,
+    /// An image signature was refused: it does not match the bytes, its
+    /// key is not trusted (or expired, or revoked), or the signature file
+    /// is not a signature.
+    SignatureRejected,
+    /// The machine's policy (`/etc/liverestore/policy.toml`) forbids it,
+    /// e.g. activating a staging no trusted key signed.
+    PolicyForbids,
 }
 
 impl ErrorKind {
@@ -82,6 +89,8 @@ impl ErrorKind {
             ErrorKind::Io => 23,
             ErrorKind::KernelLacks => 24,
             ErrorKind::UnsupportedBootLoader => 25,
+            ErrorKind::SignatureRejected => 26,
+            ErrorKind::PolicyForbids => 27,
         }
     }
 
@@ -104,11 +113,13 @@ impl ErrorKind {
             ErrorKind::Io => "io",
             ErrorKind::KernelLacks => "kernel_lacks",
             ErrorKind::UnsupportedBootLoader => "unsupported_boot_loader",
+            ErrorKind::SignatureRejected => "signature_rejected",
+            ErrorKind::PolicyForbids => "policy_forbids",
         }
     }
 
     /// All kinds, for documentation and tests.
-    pub const ALL: [ErrorKind; 16] = [
+    pub const ALL: [ErrorKind; 18] = [
         ErrorKind::NotRoot,
         ErrorKind::UnsupportedFilesystem,
         ErrorKind::UnsupportedDevice,
@@ -125,6 +136,8 @@ impl ErrorKind {
         ErrorKind::Io,
         ErrorKind::KernelLacks,
         ErrorKind::UnsupportedBootLoader,
+        ErrorKind::SignatureRejected,
+        ErrorKind::PolicyForbids,
     ];
 }
 

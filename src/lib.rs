@@ -20,6 +20,8 @@
 //! - [`boot`]: **where boot entries change** (activate, commit, rollback),
 //!   the early-boot step and the boot formats.
 //! - [`cli`]: the command line, one function and one report per command.
+//! - [`trust`]: image signatures (OpenPGP, minisign), trusted keys and the
+//!   machine's policy (`policy.toml`).
 //! - [`sys`]: kernel interfaces and the only `unsafe` code.
 //! - [`error`]: one error type, a kind per exit code; [`progress`]:
 //!   progress events; [`metrics`]: the Prometheus textfile
@@ -41,5 +43,6 @@ pub mod space;
 pub mod stage;
 pub mod store;
 pub mod sys;
+pub mod trust;
 
 pub use error::{Error, ErrorKind, Result};

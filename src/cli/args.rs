@@ -111,6 +111,8 @@ impl ImageArgs {
             bmap: self.bmap.clone(),
             no_bmap: self.no_bmap,
             start_at: 0,
+            tap: None,
+            signed_bmap: None,
         }
     }
 

@@ -48,7 +48,11 @@ Exit codes:
   22  invalid state for this operation (e.g. resuming a complete image)
   23  I/O error
   24  the kernel lacks what is needed (device-mapper, loop, FUSE)
-  25  no boot loader to drive (no writable efivarfs, no usable GRUB)";
+  25  no boot loader to drive (no writable efivarfs, no usable GRUB)
+  26  signature rejected (bad signature, unknown, expired or revoked key,
+      not a signature file)
+  27  the machine's policy forbids it (an unsigned staging under
+      require_signature)";
 
 /// Restore a disk or partition image onto the disk the running Linux
 /// system lives on, while it keeps running.

@@ -207,6 +207,22 @@ pub struct StageArgs {
     /// The image's SHA-256 (64 hex digits): checked before completing.
     #[arg(long, value_name = "HEX")]
     sha256: Option<String>,
+    /// Detached signature of the image file: OpenPGP (`.sig`, `.asc`, as
+    /// `gpg --detach-sign` writes it) or minisign (`.minisig`); a path or
+    /// an http(s) URL. Without it, IMAGE.sig, IMAGE.asc or IMAGE.minisig
+    /// next to a local or HTTP image is used when there are trusted keys.
+    /// It is checked over the exact bytes read (the file as published,
+    /// compressed or not), in the same pass as staging; the staging is
+    /// marked complete only if it holds, and failed if it does not. An
+    /// unknown, expired or revoked key is refused before anything is
+    /// written.
+    #[arg(long, value_name = "FILE|URL")]
+    signature: Option<String>,
+    /// Directory of trusted public keys: OpenPGP certificates (*.asc,
+    /// *.gpg, *.pgp, *.key, from `gpg --export`) and minisign public keys
+    /// (*.pub) [default: /etc/liverestore/trusted.d].
+    #[arg(long, value_name = "DIR")]
+    trusted_keys: Option<PathBuf>,
     /// Continue the interrupted staging NAME.
     #[arg(long, value_name = "NAME")]
     resume: Option<String>,
@@ -235,6 +251,8 @@ pub struct StagedSummary {
     /// "partition 2 ("data") of the … disk image staged as 'sys'".
     #[serde(skip)]
     partition_description: Option<String>,
+    /// The signature check that held, if the image was signed.
+    pub signature: Option<crate::trust::VerifiedSignature>,
 }
 
 impl StagedSummary {
@@ -257,6 +275,7 @@ impl StagedSummary {
             image_offset: part.and_then(|p| p.entry()).map_or(0, |e| e.offset),
             image_sha256,
             partition_description: part.map(describe_partition),
+            signature: rec.image.signature.clone(),
         })
     }
 }
@@ -265,6 +284,31 @@ impl StagedSummary {
 #[derive(Debug, Serialize)]
 pub struct StageReport {
     pub stagings: Vec<StagedSummary>,
+}
+
+/// "good minisign signature by key X (comment), made 2026-…, from F".
+pub(crate) fn describe_signature(v: &crate::trust::VerifiedSignature) -> String {
+    let made = v
+        .signed_unix
+        .map(|t| {
+            let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(t);
+            format!(", made {}", humantime::format_rfc3339_seconds(t))
+        })
+        .unwrap_or_default();
+    let signer = v
+        .signer
+        .as_deref()
+        .map(|s| format!(" ({s})"))
+        .unwrap_or_default();
+    let of = v
+        .bmap
+        .as_deref()
+        .map(|b| format!(" of the bmap {b} (every mapped range checked against it)"))
+        .unwrap_or_default();
+    format!(
+        "good {} signature{of} by key {}{signer}{made}, from {}; key file {}",
+        v.format, v.key, v.signature, v.key_file
+    )
 }
 
 impl StageArgs {
@@ -299,6 +343,10 @@ impl StageArgs {
                     open: self.input.options(),
                     sha256: self.sha256,
                     split: self.input.split(),
+                    signature: crate::stage::signature::SignatureRequest {
+                        signature: self.signature,
+                        trusted_keys: self.trusted_keys,
+                    },
                 };
                 crate::stage::stage(&state, &req, progress)?
             }
@@ -314,6 +362,13 @@ impl StageArgs {
             .all(|r| r.state == crate::store::record::StagingState::Complete)
         {
             crate::customize::warn_about_fstab(&state, &recs, progress);
+            let policy = crate::trust::policy::Policy::of_this_machine()?;
+            if policy.require_signature && recs.iter().any(|r| r.image.signature.is_none()) {
+                progress.note(&format!(
+                    "this image was not verified against a trusted key, and {} requires it: `activate` will refuse it (test-restore and attach work)",
+                    policy.file.as_deref().map_or("the policy".into(), |p| p.display().to_string())
+                ));
+            }
         }
         let stagings = recs.iter().map(StagedSummary::of).collect::<Result<_>>()?;
         Ok(StageReport { stagings })
@@ -340,6 +395,9 @@ impl Report for StageReport {
                     .as_deref()
                     .unwrap_or("not computed (no --sha256)")
             );
+            if let Some(v) = &s.signature {
+                println!("  signature: {}", describe_signature(v));
+            }
         }
     }
 }
@@ -473,6 +531,31 @@ impl Report for InfoReport {
             "sha256:      {}",
             rec.image.sha256.as_deref().unwrap_or("-")
         );
+        match (&rec.image.signature, &rec.image.expected_signature) {
+            (Some(v), _) => {
+                println!("signature:   {}", describe_signature(v));
+                if !rec.image.customized.is_empty() {
+                    println!(
+                        "             (of the image as staged; changed since by customize, listed below)"
+                    );
+                }
+            }
+            (None, Some(e)) => println!("signature:   {} (not verified)", e.signature),
+            (None, None) => println!("signature:   none"),
+        }
+        for c in &rec.image.customized {
+            let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(c.at_unix);
+            println!(
+                "customized:  {}: {} changes, sha256 {} -> {}",
+                humantime::format_rfc3339_seconds(at),
+                c.change_count,
+                c.sha256_before.as_deref().unwrap_or("-"),
+                c.sha256
+            );
+            for ch in &c.changes {
+                println!("             {} {}: {}", ch.what, ch.path, ch.detail);
+            }
+        }
         println!(
             "container:   {} (inode {}, {} bytes, image at +{})",
             rec.container.path, rec.container.inode, rec.container.size, rec.container.data_offset

@@ -21,6 +21,7 @@ pub mod ext4_files;
 pub mod partitions;
 pub mod probe;
 pub mod qcow2;
+pub mod source_tap;
 pub mod sparse;
 pub mod split;
 pub mod transport;
@@ -105,6 +106,13 @@ pub struct OpenOptions {
     /// For a raw image over HTTP: start the transfer at this byte (a
     /// resumed staging does not fetch what it already has).
     pub start_at: u64,
+    /// Offer every byte read of the source to this tap (a signature check
+    /// over the file as published). Needs `start_at` 0.
+    pub tap: Option<Arc<source_tap::SourceTap>>,
+    /// The bmap file's bytes as its signature was checked over, with that
+    /// verdict: used instead of reading the file again (what was verified
+    /// is what is used).
+    pub signed_bmap: Option<(Arc<Vec<u8>>, crate::trust::VerifiedSignature)>,
 }
 
 /// An opened image, ready to be read chunk by chunk.
@@ -125,6 +133,11 @@ pub struct Image {
     /// The source itself, when its bytes are the logical image's (raw,
     /// uncompressed, from a file or a server that serves ranges).
     random: Option<Arc<dyn ReadAt>>,
+    /// The signature check on the source's bytes, if one was asked for.
+    tap: Option<Arc<source_tap::SourceTap>>,
+    /// A signed bmap's verdict: it holds for the staged bytes once every
+    /// mapped range passed its checksum (which the bmap reader checks).
+    signed_bmap: Option<crate::trust::VerifiedSignature>,
 }
 
 impl std::fmt::Debug for Image {
@@ -148,9 +161,41 @@ impl Image {
         let location = Location::parse(spec);
         let mut starts_at = 0;
         let mut random: Option<Arc<dyn ReadAt>> = None;
+        let tap = opts.tap.clone();
+        if tap.is_some() && opts.start_at > 0 {
+            return Err(Error::new(
+                ErrorKind::InvalidState,
+                "a signature is checked over the whole file: it cannot start past its first byte",
+            ));
+        }
+        let tapped = |src: Arc<dyn ReadAt>| -> Arc<dyn ReadAt> {
+            match &tap {
+                Some(t) => {
+                    t.set_random(src.clone());
+                    Arc::new(source_tap::TappedReadAt {
+                        inner: src,
+                        tap: t.clone(),
+                    })
+                }
+                None => src,
+            }
+        };
+        let tap_stream = {
+            let tap = tap.clone();
+            move |inner: Box<dyn Read + Send>, pos: u64| -> Box<dyn Read + Send> {
+                match &tap {
+                    Some(t) => Box::new(source_tap::TappedRead {
+                        inner,
+                        pos,
+                        tap: t.clone(),
+                    }),
+                    None => inner,
+                }
+            }
+        };
         let img = match &location {
             Location::Stdin => {
-                let stream: Box<dyn Read + Send> = Box::new(io::stdin());
+                let stream = tap_stream(Box::new(io::stdin()), 0);
                 open_stream(stream, None, opts, None)?
             }
             Location::File(path) => {
@@ -164,23 +209,24 @@ impl Image {
                     }
                     (None, true) => None,
                 };
-                open_random(file.clone(), Some(path), opts, bmap, || {
-                    file.stream().map(|f| Box::new(f) as Box<dyn Read + Send>)
+                let src = tapped(file.clone());
+                open_random(src, Some(path), opts, bmap, || {
+                    file.stream().map(|f| tap_stream(Box::new(f), 0))
                 })?
             }
             Location::Url(url) => {
                 let object = Arc::new(HttpObject::open(url)?);
                 random = Some(object.clone());
+                let src = tapped(object.clone());
                 let streamer = Arc::clone(&object);
                 let stream = move |from: u64| {
                     streamer
                         .stream_from(from)
-                        .map(|s| Box::new(s) as Box<dyn Read + Send>)
+                        .map(|s| tap_stream(Box::new(s), from))
                         .map_err(io::Error::other)
                 };
                 let mut head = [0u8; 8];
-                object
-                    .read_exact_at(&mut head, 0)
+                src.read_exact_at(&mut head, 0)
                     .map_err(|e| read_failed("cannot read the image", e))?;
                 let plain = Compression::detect(&head) == Compression::None
                     && !sparse::is_sparse(&head)
@@ -202,9 +248,7 @@ impl Image {
                         Compression::None,
                     )
                 } else {
-                    open_random(object.clone(), None, opts, opts.bmap.clone(), move || {
-                        stream(0)
-                    })?
+                    open_random(src, None, opts, opts.bmap.clone(), move || stream(0))?
                 }
             }
         };
@@ -233,6 +277,12 @@ impl Image {
             starts_at,
             head: None,
             random: random.filter(|_| img.2 == Format::Raw && img.3 == Compression::None),
+            tap,
+            signed_bmap: opts
+                .signed_bmap
+                .as_ref()
+                .filter(|_| img.2 == Format::Bmap)
+                .map(|(_, v)| v.clone()),
         })
     }
 
@@ -302,6 +352,20 @@ impl Image {
     pub fn finish(&mut self) -> Result<()> {
         self.reader.finish()
     }
+
+    /// Whether the source's bytes are checked against a signature.
+    pub fn checks_signature(&self) -> bool {
+        self.tap.is_some() || self.signed_bmap.is_some()
+    }
+
+    /// After [`Image::finish`]: the verdict of the signature check on the
+    /// source's bytes, when one was asked for ([`OpenOptions::tap`]).
+    pub fn finish_signature(&mut self) -> Option<Result<crate::trust::VerifiedSignature>> {
+        match self.tap.take() {
+            Some(t) => Some(t.complete()),
+            None => self.signed_bmap.take().map(Ok),
+        }
+    }
 }
 
 type Opened = (Box<dyn ImageReader>, u64, Format, Compression);
@@ -329,7 +393,7 @@ fn open_random(
             None
         };
         let bmap = match bmap {
-            Some(p) => Some(bmap::Bmap::load(&p)?),
+            Some(p) => Some(load_bmap(&p, opts)?),
             None => None,
         };
         return open_stream(
@@ -373,7 +437,7 @@ fn open_random(
         ));
     }
     if let Some(p) = bmap {
-        let b = bmap::Bmap::load(&p)?;
+        let b = load_bmap(&p, opts)?;
         if b.image_size != src.len() {
             return Err(bad(format!(
                 "{} describes a {}-byte image, but the image has {} bytes",
@@ -393,6 +457,17 @@ fn open_random(
         Format::Raw,
         Compression::None,
     ))
+}
+
+/// The bmap at `path`, or the signed bytes of it `opts` holds.
+fn load_bmap(path: &Path, opts: &OpenOptions) -> Result<bmap::Bmap> {
+    match &opts.signed_bmap {
+        Some((bytes, _)) => std::str::from_utf8(bytes)
+            .map_err(|_| bad("the bmap file is not text"))
+            .and_then(bmap::Bmap::parse)
+            .map_err(|e| e.with_path(path)),
+        None => bmap::Bmap::load(path),
+    }
 }
 
 fn wrap_bmap(

@@ -344,6 +344,47 @@ impl Read for HttpStream {
     }
 }
 
+/// A small file next to the image (a signature, a hash): a path or an
+/// http(s) URL. `None` when there is none (no such file, HTTP 404); at
+/// most `limit + 1` bytes are read, so that a caller can tell a file that
+/// is too large.
+pub fn fetch_small(spec: &str, limit: usize) -> Result<Option<Vec<u8>>> {
+    let take = limit as u64 + 1;
+    if !(spec.starts_with("http://") || spec.starts_with("https://")) {
+        let file = match File::open(spec) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io("cannot read", e).with_path(spec)),
+        };
+        let mut out = Vec::new();
+        file.take(take)
+            .read_to_end(&mut out)
+            .map_err(|e| Error::io("cannot read", e).with_path(spec))?;
+        return Ok(Some(out));
+    }
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(60)))
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let resp = agent
+        .get(spec)
+        .call()
+        .map_err(|e| http_error(spec, format!("cannot reach the server: {e}")))?;
+    match resp.status().as_u16() {
+        200 => {}
+        404 | 410 => return Ok(None),
+        s => return Err(http_error(spec, format!("the server answered HTTP {s}"))),
+    }
+    let mut out = Vec::new();
+    resp.into_body()
+        .into_reader()
+        .take(take)
+        .read_to_end(&mut out)
+        .map_err(|e| http_error(spec, format!("the transfer failed: {e}")))?;
+    Ok(Some(out))
+}
+
 /// Where the image comes from, as the user named it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Location {

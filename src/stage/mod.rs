@@ -26,6 +26,7 @@
 
 pub mod plan;
 pub mod scan;
+pub mod signature;
 pub mod staged;
 pub mod verify;
 
@@ -84,6 +85,8 @@ pub struct StageRequest<'a> {
     pub sha256: Option<String>,
     /// What to do with a whole-disk image's partitions.
     pub split: Split,
+    /// `--signature`, `--trusted-keys`.
+    pub signature: signature::SignatureRequest,
 }
 
 /// A SHA-256 as 64 lowercase hex digits, or [`ErrorKind::BadImage`].
@@ -108,9 +111,14 @@ pub fn stage(
     plan::require_root()?;
     crate::store::record::validate_name(req.name)?;
     let expected = req.sha256.as_deref().map(parse_sha256).transpose()?;
+    // The signature and its key are settled before anything is written.
+    let bmap = signature::bmap_of(req.image, &req.open);
+    let signed = signature::prepare(req.image, bmap.as_deref(), &req.signature, progress)?;
+    let mut open = req.open.clone();
+    let expected_signature = signed.map(|p| p.apply(&mut open));
     // An image that cannot be opened or split is one of the refusals
     // `assess` lists.
-    let opened = Image::open(req.image, &req.open).and_then(|mut image| {
+    let opened = Image::open(req.image, &open).and_then(|mut image| {
         let pieces = split::pieces(&mut image, Some(req.name), req.split)?;
         Ok((image, pieces))
     });
@@ -213,6 +221,8 @@ pub fn stage(
                     customizing: None,
                     customized: Vec::new(),
                     boots_accepted: 0,
+                    expected_signature: expected_signature.clone(),
+                    signature: None,
                 },
                 container,
                 host,
@@ -333,7 +343,10 @@ pub fn resume(
     // A URL is not downloaded again up to what is staged (the staged chunks
     // are only checked on the disk), unless the whole image must be hashed.
     let remote = spec.starts_with("http://") || spec.starts_with("https://");
-    let start_at = if remote && first.image.expected_sha256.is_none() {
+    let start_at = if remote
+        && first.image.expected_sha256.is_none()
+        && first.image.expected_signature.is_none()
+    {
         recs.iter()
             .map(|r| offset_of(r) + r.image.written)
             .min()
@@ -346,7 +359,13 @@ pub fn resume(
         bmap: first.image.bmap.as_ref().map(std::path::PathBuf::from),
         no_bmap: !first.image.kind.starts_with("bmap"),
         start_at,
+        tap: None,
+        signed_bmap: None,
     };
+    let mut opts = opts;
+    if let Some(e) = &first.image.expected_signature {
+        signature::prepare_again(&spec, e, progress)?.apply(&mut opts);
+    }
     let mut source = Image::open(&spec, &opts)?;
     if source.size() != image_size {
         return Err(Error::new(

@@ -43,12 +43,20 @@ pub(super) struct HashedChunk {
 }
 
 /// What flows down the pipeline: read (`ReadChunk`) → hash and find zeros
-/// (`HashedChunk`) → write. `Done` carries the whole-image SHA-256 once
-/// computed.
+/// (`HashedChunk`) → write. `Done` carries what only the end tells.
 pub(super) enum Message<C> {
     Chunk(C),
-    Done(Option<[u8; 32]>),
+    Done(Ended),
     Failed(Error),
+}
+
+/// What the end of the image tells: its SHA-256 (once the hasher computed
+/// it, when one is expected) and the verdict of its signature (when one is
+/// checked).
+#[derive(Default)]
+pub(super) struct Ended {
+    pub(super) sha256: Option<[u8; 32]>,
+    pub(super) signature: Option<Result<crate::trust::VerifiedSignature>>,
 }
 
 /// Whether `b` is all zeros (in 64-byte blocks the compiler vectorizes).
@@ -205,10 +213,12 @@ pub(super) fn write_pass(
     }
     let want_sha256 = sinks.iter().any(|s| s.rec.image.expected_sha256.is_some());
     let image_size = source.size();
-    let spans = spans(&layout, image_size, chunk, source.starts_at, want_sha256);
+    // A signature covers the whole file: every byte is read, in order.
+    let read_all = want_sha256 || source.checks_signature();
+    let spans = spans(&layout, image_size, chunk, source.starts_at, read_all);
     let total: u64 = sinks.iter().map(|s| s.rec.image.size).sum();
     progress.begin("stage", total);
-    let full_sha256 = std::thread::scope(|s| -> Result<Option<[u8; 32]>> {
+    let ended = std::thread::scope(|s| -> Result<Ended> {
         let (tx, rx) = mpsc::sync_channel::<Message<HashedChunk>>(PIPELINE_DEPTH);
         let (free_tx, free_rx) = mpsc::channel::<AlignedBuf>();
         for _ in 0..2 * PIPELINE_DEPTH + 3 {
@@ -247,7 +257,10 @@ pub(super) fn write_pass(
                 }
             }
             let msg = match source.finish() {
-                Ok(()) => Message::Done(None),
+                Ok(()) => Message::Done(Ended {
+                    sha256: None,
+                    signature: source.finish_signature(),
+                }),
                 Err(e) => Message::Failed(e),
             };
             let _ = read_tx.send(msg);
@@ -305,7 +318,10 @@ pub(super) fn write_pass(
                             runs,
                         })
                     }
-                    Message::Done(_) => Message::Done(whole.take().map(|w| w.finalize().into())),
+                    Message::Done(ended) => Message::Done(Ended {
+                        sha256: whole.take().map(|w| w.finalize().into()),
+                        ..ended
+                    }),
                     Message::Failed(e) => Message::Failed(e),
                 };
                 let last = !matches!(msg, Message::Chunk(_));
@@ -336,11 +352,11 @@ pub(super) fn write_pass(
             };
             match msg {
                 Message::Failed(e) => return Err(e),
-                Message::Done(sha256) => {
+                Message::Done(ended) => {
                     for sink in &mut sinks {
                         sink.pending.flush(&mut sink.writer)?;
                     }
-                    return Ok(sha256);
+                    return Ok(ended);
                 }
                 Message::Chunk(mut c) => {
                     // The previous staging got its last chunk: record it,
@@ -359,5 +375,5 @@ pub(super) fn write_pass(
         }
     })?;
     progress.end();
-    finish(state, &mut sinks, full_sha256.map(hex::encode), align)
+    finish(state, &mut sinks, ended, align)
 }

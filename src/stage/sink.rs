@@ -104,15 +104,17 @@ impl Sink<'_> {
     }
 }
 
-/// whole image's SHA-256, then mark complete (or failed) on disk and in
-/// the state directory.
 /// Step 5 for every sink: sync, check the map did not move, check the
+/// whole image's SHA-256 and its signature, then mark complete (or
+/// failed) on disk and in the state directory. Nothing is marked complete
+/// before the signature held.
 pub(super) fn finish(
     state: &StateLock<'_>,
     sinks: &mut [Sink<'_>],
-    sha256: Option<String>,
+    ended: super::pipeline::Ended,
     align: u64,
 ) -> Result<()> {
+    let sha256 = ended.sha256.map(hex::encode);
     for sink in sinks.iter_mut() {
         sink.writer.sync()?;
         let rec = &mut *sink.rec;
@@ -132,30 +134,50 @@ pub(super) fn finish(
         })?;
     }
     let expected = sinks[0].rec.image.expected_sha256.clone();
+    let (verified, signature_failure) = match ended.signature {
+        Some(Ok(v)) => (Some(v), None),
+        Some(Err(e)) => (None, Some(e)),
+        None => (None, None),
+    };
+    if verified.is_none()
+        && signature_failure.is_none()
+        && sinks
+            .iter()
+            .any(|s| s.rec.image.expected_signature.is_some())
+    {
+        return Err(Error::new(
+            ErrorKind::InvalidState,
+            "the signature check did not run; the staging is left incomplete",
+        ));
+    }
     let failure = match (&expected, &sha256) {
-        (Some(e), Some(a)) if e != a => {
-            Some(format!("the image's SHA-256 is {a}, but {e} was expected"))
-        }
-        _ => None,
+        (Some(e), Some(a)) if e != a => Some((
+            ErrorKind::VerifyFailed,
+            format!("the image's SHA-256 is {a}, but {e} was expected"),
+        )),
+        _ => signature_failure.map(|e| (e.kind(), e.message().to_string())),
     };
     for sink in sinks.iter_mut() {
         let rec = &mut *sink.rec;
         match &failure {
-            Some(why) => {
+            Some((_, why)) => {
                 rec.state = StagingState::Failed;
                 rec.image.failure = Some(why.clone());
             }
-            None => rec.state = StagingState::Complete,
+            None => {
+                rec.image.signature = verified.clone();
+                rec.state = StagingState::Complete;
+            }
         }
         staged::write_header(&mut sink.writer, rec, align)?;
         sink.writer.sync()?;
         state.save(rec)?;
     }
     match failure {
-        Some(why) => {
+        Some((kind, why)) => {
             let names: Vec<&str> = sinks.iter().map(|s| s.rec.name.as_str()).collect();
             Err(Error::new(
-                ErrorKind::VerifyFailed,
+                kind,
                 format!("{why}; marked failed: {} (discard them)", names.join(", ")),
             ))
         }

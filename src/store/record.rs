@@ -100,6 +100,15 @@ pub struct ImageInfo {
     /// after them.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub boots_accepted: u32,
+    /// The signature the image's file must match (`--signature`, or one
+    /// found next to the image), checked over its bytes while staging.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_signature: Option<crate::trust::ExpectedSignature>,
+    /// What that check proved, once it held: set before the staging is
+    /// marked complete, never after. It describes the image as staged;
+    /// `customize` keeps it and lists what it changed in `customized`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<crate::trust::VerifiedSignature>,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -521,6 +530,8 @@ pub(crate) mod tests {
                 customizing: None,
                 customized: Vec::new(),
                 boots_accepted: 0,
+                expected_signature: None,
+                signature: None,
             },
             container: ContainerInfo {
                 path: "/var/tmp/web-01.lrc".into(),

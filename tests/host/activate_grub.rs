@@ -23,7 +23,7 @@ const VERSION: &str = "6.1.0-99-test";
 const INITRD: &[u8] = b"\x1f\x8b\x08INITRD";
 
 /// A system image with a kernel and an initrd liverestore can find.
-fn system_image(dir: &Path) -> PathBuf {
+pub(crate) fn system_image(dir: &Path) -> PathBuf {
     system_image_with_payload(dir, 0, 32)
 }
 

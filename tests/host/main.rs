@@ -23,4 +23,5 @@ mod make_room;
 mod metrics;
 mod partitions;
 mod segments;
+mod signatures;
 mod stage;

@@ -36,6 +36,8 @@ EXIT_CODES = {
     23: "io",
     24: "kernel_lacks",
     25: "unsupported_boot_loader",
+    26: "signature_rejected",
+    27: "policy_forbids",
 }
 
 COMMON_ARGS = dict(

@@ -357,6 +357,33 @@ fn choose_loader(
 }
 
 /// Activate `name` for the next boot only (trial).
+/// The machine's policy: under `require_signature`, every member must
+/// have been verified against a trusted key when it was staged (the
+/// verification is in its record and its on-disk header; `customize`
+/// keeps it, with its changes listed).
+fn check_policy(
+    policy: &crate::trust::policy::Policy,
+    members: &[crate::store::record::StagingRecord],
+) -> Result<()> {
+    if !policy.require_signature {
+        return Ok(());
+    }
+    match members.iter().find(|m| m.image.signature.is_none()) {
+        Some(m) => Err(Error::new(
+            ErrorKind::PolicyForbids,
+            format!(
+                "'{}' was not verified against a trusted key when it was staged, and {} requires it (require_signature = true): stage the image again with its signature (--signature, or IMAGE.sig/.asc/.minisig next to it) and a trusted key",
+                m.name,
+                policy
+                    .file
+                    .as_deref()
+                    .map_or("the policy".into(), |p| p.display().to_string())
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
 pub fn activate(
     state: &StateLock<'_>,
     name: &str,
@@ -380,6 +407,7 @@ pub fn activate(
     // A whole-disk image's partitions boot together (by the name it was
     // staged under, or any member's).
     let members = crate::stage::staged::set_of(state, name)?;
+    check_policy(&crate::trust::policy::Policy::of_this_machine()?, &members)?;
     for m in &members {
         // verify re-derives the map (revalidate) before re-reading every byte.
         let report = verify::verify_accepting_own_boots(state, &m.name, progress)?;

@@ -1,0 +1,607 @@
+//! Signed images, with keys and signatures made here by Debian's GnuPG and
+//! minisign: a zstd-compressed image with its OpenPGP `.sig` next to it,
+//! and a raw image over HTTP with its `.minisig` next to the URL, stage
+//! complete with the verification in the record; each bad signature is
+//! refused with exit 26 (bytes it does not cover: the staging is kept,
+//! marked failed; an unknown, expired or revoked key, a truncated
+//! signature, an image passed as the signature: refused before anything is
+//! written). Then the policy: `require_signature = true` makes `activate`
+//! refuse an unsigned staging (exit 27) and take a signed one, also after
+//! `customize`, which keeps the verification and lists its changes.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+
+use crate::common::http::{Faults, serve};
+use crate::common::*;
+
+/// A GnuPG home with keys made for the test, and a minisign key pair; the
+/// gpg-agent gpg starts is stopped when it goes out of scope.
+struct Signers {
+    home: PathBuf,
+    dir: PathBuf,
+}
+
+impl Signers {
+    fn new(dir: &Path) -> Signers {
+        let home = dir.join("gnupg");
+        std::fs::create_dir_all(&home).unwrap();
+        std::fs::set_permissions(&home, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .unwrap();
+        let s = Signers {
+            home,
+            dir: dir.to_path_buf(),
+        };
+        s.gpg(&[
+            "--quick-gen-key",
+            "Builder <builder@example.org>",
+            "ed25519",
+            "sign",
+            "never",
+        ]);
+        s.gpg(&[
+            "--quick-gen-key",
+            "Stranger <stranger@example.org>",
+            "ed25519",
+            "sign",
+            "never",
+        ]);
+        s.gpg(&[
+            "--quick-gen-key",
+            "Revoked <revoked@example.org>",
+            "ed25519",
+            "sign",
+            "never",
+        ]);
+        // made in 2020, valid for a day
+        s.gpg(&[
+            "--faked-system-time",
+            "20200101T000000!",
+            "--quick-gen-key",
+            "Expired <expired@example.org>",
+            "ed25519",
+            "sign",
+            "1d",
+        ]);
+        sh(
+            "minisign",
+            &[
+                "-G",
+                "-W",
+                "-p",
+                dir.join("m.pub").to_str().unwrap(),
+                "-s",
+                dir.join("m.sec").to_str().unwrap(),
+            ],
+        );
+        s
+    }
+
+    fn gpg(&self, args: &[&str]) -> Vec<u8> {
+        let out = Command::new("gpg")
+            .arg("--homedir")
+            .arg(&self.home)
+            .args([
+                "--batch",
+                "--yes",
+                "--pinentry-mode",
+                "loopback",
+                "--passphrase",
+                "",
+            ])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "gpg {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    }
+
+    fn fingerprint(&self, email: &str) -> String {
+        let out = String::from_utf8(self.gpg(&["--with-colons", "--fingerprint", email])).unwrap();
+        out.lines()
+            .find_map(|l| l.strip_prefix("fpr:"))
+            .unwrap()
+            .trim_matches(':')
+            .to_string()
+    }
+
+    /// The public key of `email`, as `gpg --armor --export` writes it.
+    fn export(&self, email: &str, to: &Path) {
+        std::fs::write(to, self.gpg(&["--armor", "--export", email])).unwrap();
+    }
+
+    /// Revoke `email`'s key with the revocation certificate gpg made.
+    fn revoke(&self, email: &str) {
+        let fpr = self.fingerprint(email);
+        let cert = self.home.join(format!("openpgp-revocs.d/{fpr}.rev"));
+        // gpg puts a ':' before the armor so that it is not imported by accident
+        let text = std::fs::read_to_string(&cert).unwrap().replace(
+            ":-----BEGIN PGP PUBLIC KEY BLOCK-----",
+            "-----BEGIN PGP PUBLIC KEY BLOCK-----",
+        );
+        let rev = self.dir.join("rev.asc");
+        std::fs::write(&rev, text).unwrap();
+        self.gpg(&["--import", rev.to_str().unwrap()]);
+    }
+
+    /// A detached signature of `file` by `email` (binary, or armored).
+    fn sign(&self, email: &str, file: &Path, out: &Path, armor: bool, extra: &[&str]) {
+        let mut args = extra.to_vec();
+        args.extend(["--local-user", email, "--detach-sign", "--output"]);
+        args.push(out.to_str().unwrap());
+        if armor {
+            args.push("--armor");
+        }
+        args.push(file.to_str().unwrap());
+        self.gpg(&args);
+    }
+
+    fn minisign(&self, file: &Path, out: &Path) {
+        sh(
+            "minisign",
+            &[
+                "-S",
+                "-s",
+                self.dir.join("m.sec").to_str().unwrap(),
+                "-m",
+                file.to_str().unwrap(),
+                "-x",
+                out.to_str().unwrap(),
+            ],
+        );
+    }
+
+    fn minisign_key_id(&self) -> String {
+        let text = std::fs::read_to_string(self.dir.join("m.pub")).unwrap();
+        text.lines()
+            .next()
+            .unwrap()
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .to_string()
+    }
+}
+
+impl Drop for Signers {
+    fn drop(&mut self) {
+        let _ = Command::new("gpgconf")
+            .arg("--homedir")
+            .arg(&self.home)
+            .args(["--kill", "gpg-agent"])
+            .status();
+    }
+}
+
+/// An image of `mib` with data and zeros, different for each `seed`.
+fn image(mib: usize, seed: u64) -> Vec<u8> {
+    let mut v = random_bytes(mib << 20, seed);
+    v[(mib << 20) / 4..(mib << 20) / 2].fill(0);
+    v
+}
+
+#[test]
+#[ignore = "needs root: loop devices and mounts (scripts/test.sh runs it)"]
+fn signed_images_stage_only_when_a_trusted_key_signed_their_bytes() {
+    require_root();
+    let t = tempfile::tempdir().unwrap();
+    let disk = LoopDisk::new(&t.path().join("d"), Fs::Ext4, 200);
+    let cli = Cli::new(t.path());
+    let dir = disk.mnt.to_str().unwrap();
+    let signers = Signers::new(t.path());
+    let trusted = t.path().join("trusted.d");
+    std::fs::create_dir_all(&trusted).unwrap();
+    for who in ["builder", "expired"] {
+        signers.export(
+            &format!("{who}@example.org"),
+            &trusted.join(format!("{who}.asc")),
+        );
+    }
+    std::fs::copy(t.path().join("m.pub"), trusted.join("release.pub")).unwrap();
+    let keys = trusted.to_str().unwrap();
+    let p = |name: &str| t.path().join(name);
+    let s = |path: &Path| path.to_str().unwrap().to_string();
+
+    // A zstd-compressed image and its binary OpenPGP signature next to it:
+    // found, checked over the compressed bytes as published.
+    let data = image(24, 1);
+    std::fs::write(p("sys.img"), &data).unwrap();
+    sh(
+        "zstd",
+        &["-q", "-f", &s(&p("sys.img")), "-o", &s(&p("sys.img.zst"))],
+    );
+    signers.sign(
+        "builder@example.org",
+        &p("sys.img.zst"),
+        &p("sys.img.zst.sig"),
+        false,
+        &[],
+    );
+    let out = cli.json(&[
+        "--json",
+        "stage",
+        &s(&p("sys.img.zst")),
+        "--name",
+        "sys",
+        "--dir",
+        dir,
+        "--trusted-keys",
+        keys,
+    ]);
+    let sig = &out["stagings"][0]["signature"];
+    assert_eq!(sig["format"], "openpgp", "{out}");
+    assert_eq!(
+        sig["key"],
+        signers.fingerprint("builder@example.org"),
+        "{out}"
+    );
+    assert_eq!(sig["signer"], "Builder <builder@example.org>", "{out}");
+    assert_eq!(sig["signature"], s(&p("sys.img.zst.sig")), "{out}");
+    assert_eq!(sig["key_file"], s(&trusted.join("builder.asc")), "{out}");
+    assert_image_on_disk(&disk, &cli.json(&["map", "sys", "--json"]), &data);
+    let info = cli.json(&["info", "sys", "--json"]);
+    assert_eq!(info["record"]["image"]["signature"], *sig, "{info}");
+    let text = cli.expect(0, &["info", "sys"]);
+    assert!(
+        text.contains("signature:   good openpgp signature by key"),
+        "{text}"
+    );
+    cli.expect(0, &["discard", "sys"]);
+
+    // bmaptool's model: the image unsigned, its bmap signed (BMAP.asc);
+    // every mapped range is checked against the bmap's SHA-256.
+    std::fs::copy(p("sys.img"), p("sparse.img")).unwrap();
+    sh("fallocate", &["--dig-holes", &s(&p("sparse.img"))]);
+    sh(
+        "bmaptool",
+        &[
+            "create",
+            "-o",
+            &s(&p("sparse.img.bmap")),
+            &s(&p("sparse.img")),
+        ],
+    );
+    signers.sign(
+        "builder@example.org",
+        &p("sparse.img.bmap"),
+        &p("sparse.img.bmap.asc"),
+        true,
+        &[],
+    );
+    let out = cli.json(&[
+        "--json",
+        "stage",
+        &s(&p("sparse.img")),
+        "--name",
+        "bm",
+        "--dir",
+        dir,
+        "--trusted-keys",
+        keys,
+    ]);
+    let sig = &out["stagings"][0]["signature"];
+    assert_eq!(sig["bmap"], s(&p("sparse.img.bmap")), "{out}");
+    assert_eq!(sig["signature"], s(&p("sparse.img.bmap.asc")), "{out}");
+    assert!(
+        out["stagings"][0]["kind"]
+            .as_str()
+            .unwrap()
+            .starts_with("bmap"),
+        "{out}"
+    );
+    assert_image_on_disk(&disk, &cli.json(&["map", "bm", "--json"]), &data);
+    cli.expect(0, &["discard", "bm"]);
+    // signed by a key that is not trusted: refused before staging
+    signers.sign(
+        "stranger@example.org",
+        &p("sparse.img.bmap"),
+        &p("sparse.img.bmap.asc"),
+        true,
+        &[],
+    );
+    let err = cli.expect_err(
+        26,
+        &[
+            "stage",
+            &s(&p("sparse.img")),
+            "--name",
+            "bm",
+            "--dir",
+            dir,
+            "--trusted-keys",
+            keys,
+        ],
+    );
+    assert!(err.contains("sparse.img.bmap.asc was made by"), "{err}");
+
+    // A raw image over HTTP with its minisign signature next to the URL
+    // (.sig and .asc are 404): one streamed read, checked as it comes.
+    let raw = image(16, 2);
+    std::fs::write(p("web.img"), &raw).unwrap();
+    signers.minisign(&p("web.img"), &p("web.img.minisig"));
+    let files = HashMap::from([
+        ("/web.img".to_string(), Arc::new(raw.clone())),
+        (
+            "/web.img.minisig".to_string(),
+            Arc::new(std::fs::read(p("web.img.minisig")).unwrap()),
+        ),
+    ]);
+    let server = serve("127.0.0.1", files, Faults::default());
+    let url = format!("http://127.0.0.1:{}/web.img", server.port);
+    let out = cli.json(&[
+        "--json",
+        "stage",
+        &url,
+        "--name",
+        "web",
+        "--dir",
+        dir,
+        "--trusted-keys",
+        keys,
+    ]);
+    let sig = &out["stagings"][0]["signature"];
+    assert_eq!(sig["format"], "minisign", "{out}");
+    assert_eq!(sig["key"], signers.minisign_key_id(), "{out}");
+    assert_eq!(sig["signature"], format!("{url}.minisig"), "{out}");
+    assert!(
+        sig["trusted_comment"].as_str().unwrap().contains("web.img"),
+        "{out}"
+    );
+    assert_image_on_disk(&disk, &cli.json(&["map", "web", "--json"]), &raw);
+    cli.expect(0, &["discard", "web"]);
+
+    // A signature over other bytes: only the end tells; the staging is
+    // kept, marked failed, as a SHA-256 mismatch is.
+    signers.sign(
+        "builder@example.org",
+        &p("web.img"),
+        &p("other.sig"),
+        true,
+        &[],
+    );
+    let err = cli.expect_err(
+        26,
+        &[
+            "stage",
+            &s(&p("sys.img.zst")),
+            "--name",
+            "bad",
+            "--dir",
+            dir,
+            "--trusted-keys",
+            keys,
+            "--signature",
+            &s(&p("other.sig")),
+        ],
+    );
+    assert!(err.contains("does not match the image's bytes"), "{err}");
+    assert!(err.contains("marked failed: bad"), "{err}");
+    let info = cli.json(&["info", "bad", "--json"]);
+    assert_eq!(info["record"]["state"], "failed", "{info}");
+    assert!(info["record"]["image"]["signature"].is_null(), "{info}");
+    cli.expect_err(22, &["test-restore", "bad"]);
+    cli.expect(0, &["discard", "bad"]);
+
+    // Refused before anything is written.
+    let refused = |signature: &Path, expect: &str| {
+        let err = cli.expect_err(
+            26,
+            &[
+                "stage",
+                &s(&p("sys.img")),
+                "--name",
+                "x",
+                "--dir",
+                dir,
+                "--trusted-keys",
+                keys,
+                "--signature",
+                &s(signature),
+            ],
+        );
+        assert!(err.contains(expect), "{expect}: {err}");
+        assert!(containers_in(&disk.mnt).is_empty(), "{err}");
+        assert!(!cli.state_dir.join("images/x.json").exists(), "{err}");
+    };
+    signers.sign(
+        "stranger@example.org",
+        &p("sys.img"),
+        &p("stranger.sig"),
+        false,
+        &[],
+    );
+    refused(&p("stranger.sig"), "which is not among the trusted keys");
+    signers.sign(
+        "expired@example.org",
+        &p("sys.img"),
+        &p("expired.sig"),
+        false,
+        &["--faked-system-time", "20200101T010000!"],
+    );
+    refused(&p("expired.sig"), "expired on 2020-01-02");
+    signers.sign(
+        "revoked@example.org",
+        &p("sys.img"),
+        &p("revoked.sig"),
+        false,
+        &[],
+    );
+    signers.revoke("revoked@example.org");
+    signers.export("revoked@example.org", &trusted.join("revoked.asc"));
+    refused(&p("revoked.sig"), "was revoked");
+    signers.sign(
+        "builder@example.org",
+        &p("sys.img"),
+        &p("good.asc"),
+        true,
+        &[],
+    );
+    let armored = std::fs::read(p("good.asc")).unwrap();
+    std::fs::write(p("truncated.asc"), &armored[..armored.len() / 2]).unwrap();
+    refused(&p("truncated.asc"), "not a valid armored OpenPGP signature");
+    refused(&p("sys.img"), "is it the image itself?");
+    refused(&p("missing.sig"), "does not exist");
+    // with no trusted key at all
+    let err = cli.expect_err(
+        26,
+        &[
+            "stage",
+            &s(&p("sys.img")),
+            "--name",
+            "x",
+            "--dir",
+            dir,
+            "--trusted-keys",
+            &s(&p("nokeys")),
+            "--signature",
+            &s(&p("good.asc")),
+        ],
+    );
+    assert!(err.contains("no trusted keys"), "{err}");
+    // The good one passes (armored, given explicitly).
+    let out = cli.json(&[
+        "--json",
+        "stage",
+        &s(&p("sys.img")),
+        "--name",
+        "x",
+        "--dir",
+        dir,
+        "--trusted-keys",
+        keys,
+        "--signature",
+        &s(&p("good.asc")),
+    ]);
+    assert_eq!(
+        out["stagings"][0]["signature"]["format"], "openpgp",
+        "{out}"
+    );
+    cli.expect(0, &["discard", "x"]);
+}
+
+#[test]
+#[ignore = "needs root: loop devices and mounts (scripts/test.sh runs it)"]
+fn the_policy_lets_only_signed_stagings_become_bootable() {
+    require_root();
+    let t = tempfile::tempdir().unwrap();
+    let disk = LoopDisk::new(&t.path().join("d"), Fs::Ext4, 200);
+    let cli = Cli::new(t.path());
+    let mnt = disk.mnt.clone();
+    let signers = Signers::new(t.path());
+    // The machine's configuration: a trusted key and the rule.
+    let config = t.path().join("etc");
+    std::fs::create_dir_all(config.join("trusted.d")).unwrap();
+    signers.export("builder@example.org", &config.join("trusted.d/builder.asc"));
+    std::fs::write(config.join("policy.toml"), "require_signature = true\n").unwrap();
+    let run = |args: &[&str]| {
+        cli.cmd()
+            .env("LIVERESTORE_CONFIG_DIR", &config)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let img = crate::activate_grub::system_image(t.path());
+    let g = crate::activate_grub::grub_dir_with_env(&mnt);
+    let helper = crate::activate_grub::helper();
+    let activate = [
+        "activate",
+        "sys",
+        "--loader",
+        "grub",
+        "--grub-dir",
+        g.to_str().unwrap(),
+        "--helper",
+        &helper,
+    ];
+
+    // Unsigned: staged (it can be tested), with a warning; not activated.
+    let out = run(&[
+        "stage",
+        img.to_str().unwrap(),
+        "--name",
+        "sys",
+        "--dir",
+        mnt.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("`activate` will refuse it"), "{err}");
+    let out = run(&activate);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(27), "{err}");
+    assert!(
+        err.contains("requires it (require_signature = true)"),
+        "{err}"
+    );
+    assert!(
+        !mnt.join("boot/liverestore").exists(),
+        "nothing of a boot entry"
+    );
+    cli.expect(0, &["discard", "sys"]);
+
+    // Signed (the default trusted keys of the configuration directory, the
+    // signature found next to the image), customized, then activated.
+    let sig = PathBuf::from(format!("{}.asc", img.display()));
+    signers.sign("builder@example.org", &img, &sig, true, &[]);
+    let out = run(&[
+        "stage",
+        img.to_str().unwrap(),
+        "--name",
+        "sys",
+        "--dir",
+        mnt.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(&["customize", "sys", "--hostname", "signed-host"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let info = cli.json(&["info", "sys", "--json"]);
+    let image = &info["record"]["image"];
+    assert_eq!(
+        image["signature"]["key"],
+        signers.fingerprint("builder@example.org"),
+        "{info}"
+    );
+    assert_eq!(
+        image["customized"][0]["changes"][0]["what"], "hostname",
+        "{info}"
+    );
+    let text = cli.expect(0, &["info", "sys"]);
+    assert!(
+        text.contains("(of the image as staged; changed since by customize"),
+        "{text}"
+    );
+    let out = run(&activate);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(mnt.join("boot/liverestore/sys/vmlinuz").exists());
+    cli.expect(0, &["rollback"]);
+
+    // A policy file with a rule this version does not know: refused, not
+    // half-applied.
+    std::fs::write(config.join("policy.toml"), "require_signatures = true\n").unwrap();
+    let out = run(&activate);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(27), "{err}");
+    assert!(err.contains("require_signatures"), "{err}");
+    cli.expect(0, &["discard", "sys"]);
+}
