@@ -131,11 +131,11 @@ fn parse_minisign(text: &str) -> Result<MinisignSignature> {
 }
 
 /// A minisign key ID as minisign prints it: the 8 bytes as a little-endian
-/// number in upper-case hex.
+/// number in upper-case hex, without leading zeros (`%" PRIX64`).
 pub(crate) fn minisign_key_id(bytes: &[u8]) -> String {
-    let mut b = bytes.to_vec();
-    b.reverse();
-    hex::encode_upper(b)
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&bytes[..8]);
+    format!("{:X}", u64::from_le_bytes(b))
 }
 
 #[cfg(test)]

@@ -131,7 +131,15 @@ impl Signers {
     }
 
     /// A detached signature of `file` by `email` (binary, or armored).
-    fn sign(&self, email: &str, file: &Path, out: &Path, armor: bool, extra: &[&str]) {
+    fn sign(
+        &self,
+        email: &str,
+        file: impl AsRef<Path>,
+        out: impl AsRef<Path>,
+        armor: bool,
+        extra: &[&str],
+    ) {
+        let (file, out) = (file.as_ref(), out.as_ref());
         let mut args = extra.to_vec();
         args.extend(["--local-user", email, "--detach-sign", "--output"]);
         args.push(out.to_str().unwrap());
@@ -179,6 +187,16 @@ impl Drop for Signers {
     }
 }
 
+/// A temp dir with a scratch ext4 disk, the CLI and the signers.
+fn scratch() -> (tempfile::TempDir, LoopDisk, Cli, Signers) {
+    require_root();
+    let t = tempfile::tempdir().unwrap();
+    let disk = LoopDisk::new(&t.path().join("d"), Fs::Ext4, 200);
+    let cli = Cli::new(t.path());
+    let signers = Signers::new(t.path());
+    (t, disk, cli, signers)
+}
+
 /// An image of `mib` with data and zeros, different for each `seed`.
 fn image(mib: usize, seed: u64) -> Vec<u8> {
     let mut v = random_bytes(mib << 20, seed);
@@ -186,15 +204,57 @@ fn image(mib: usize, seed: u64) -> Vec<u8> {
     v
 }
 
+/// `[--json] stage IMAGE --name NAME --dir DIR --trusted-keys KEYS EXTRA…`
+struct Stage<'a> {
+    cli: &'a Cli,
+    dir: &'a str,
+    keys: &'a str,
+}
+
+impl Stage<'_> {
+    fn args(&self, json: bool, image: &str, name: &str, extra: &[&str]) -> Vec<String> {
+        let mut a: Vec<String> = if json {
+            vec!["--json".into()]
+        } else {
+            Vec::new()
+        };
+        a.extend(
+            [
+                "stage",
+                image,
+                "--name",
+                name,
+                "--dir",
+                self.dir,
+                "--trusted-keys",
+                self.keys,
+            ]
+            .map(String::from),
+        );
+        a.extend(extra.iter().map(|x| x.to_string()));
+        a
+    }
+
+    /// Staged: its result line.
+    fn ok(&self, image: &str, name: &str, extra: &[&str]) -> serde_json::Value {
+        let a = self.args(true, image, name, extra);
+        self.cli
+            .json(&a.iter().map(String::as_str).collect::<Vec<_>>())
+    }
+
+    /// Refused with `code`: stderr.
+    fn refused(&self, code: i32, image: &str, name: &str, extra: &[&str]) -> String {
+        let a = self.args(false, image, name, extra);
+        self.cli
+            .expect_err(code, &a.iter().map(String::as_str).collect::<Vec<_>>())
+    }
+}
+
 #[test]
 #[ignore = "needs root: loop devices and mounts (scripts/test.sh runs it)"]
 fn signed_images_stage_only_when_a_trusted_key_signed_their_bytes() {
-    require_root();
-    let t = tempfile::tempdir().unwrap();
-    let disk = LoopDisk::new(&t.path().join("d"), Fs::Ext4, 200);
-    let cli = Cli::new(t.path());
+    let (t, disk, cli, signers) = scratch();
     let dir = disk.mnt.to_str().unwrap();
-    let signers = Signers::new(t.path());
     let trusted = t.path().join("trusted.d");
     std::fs::create_dir_all(&trusted).unwrap();
     for who in ["builder", "expired"] {
@@ -205,8 +265,13 @@ fn signed_images_stage_only_when_a_trusted_key_signed_their_bytes() {
     }
     std::fs::copy(t.path().join("m.pub"), trusted.join("release.pub")).unwrap();
     let keys = trusted.to_str().unwrap();
-    let p = |name: &str| t.path().join(name);
-    let s = |path: &Path| path.to_str().unwrap().to_string();
+    let stage = Stage {
+        cli: &cli,
+        dir,
+        keys,
+    };
+    let p = |name: &str| t.path().join(name).to_str().unwrap().to_string();
+    let builder = "builder@example.org";
 
     // A zstd-compressed image and its binary OpenPGP signature next to it:
     // found, checked over the compressed bytes as published.
@@ -214,36 +279,16 @@ fn signed_images_stage_only_when_a_trusted_key_signed_their_bytes() {
     std::fs::write(p("sys.img"), &data).unwrap();
     sh(
         "zstd",
-        &["-q", "-f", &s(&p("sys.img")), "-o", &s(&p("sys.img.zst"))],
+        &["-q", "-f", &p("sys.img"), "-o", &p("sys.img.zst")],
     );
-    signers.sign(
-        "builder@example.org",
-        &p("sys.img.zst"),
-        &p("sys.img.zst.sig"),
-        false,
-        &[],
-    );
-    let out = cli.json(&[
-        "--json",
-        "stage",
-        &s(&p("sys.img.zst")),
-        "--name",
-        "sys",
-        "--dir",
-        dir,
-        "--trusted-keys",
-        keys,
-    ]);
+    signers.sign(builder, p("sys.img.zst"), p("sys.img.zst.sig"), false, &[]);
+    let out = stage.ok(&p("sys.img.zst"), "sys", &[]);
     let sig = &out["stagings"][0]["signature"];
     assert_eq!(sig["format"], "openpgp", "{out}");
-    assert_eq!(
-        sig["key"],
-        signers.fingerprint("builder@example.org"),
-        "{out}"
-    );
+    assert_eq!(sig["key"], signers.fingerprint(builder), "{out}");
     assert_eq!(sig["signer"], "Builder <builder@example.org>", "{out}");
-    assert_eq!(sig["signature"], s(&p("sys.img.zst.sig")), "{out}");
-    assert_eq!(sig["key_file"], s(&trusted.join("builder.asc")), "{out}");
+    assert_eq!(sig["signature"], p("sys.img.zst.sig"), "{out}");
+    assert_eq!(sig["key_file"], format!("{keys}/builder.asc"), "{out}");
     assert_image_on_disk(&disk, &cli.json(&["map", "sys", "--json"]), &data);
     let info = cli.json(&["info", "sys", "--json"]);
     assert_eq!(info["record"]["image"]["signature"], *sig, "{info}");
@@ -257,37 +302,22 @@ fn signed_images_stage_only_when_a_trusted_key_signed_their_bytes() {
     // bmaptool's model: the image unsigned, its bmap signed (BMAP.asc);
     // every mapped range is checked against the bmap's SHA-256.
     std::fs::copy(p("sys.img"), p("sparse.img")).unwrap();
-    sh("fallocate", &["--dig-holes", &s(&p("sparse.img"))]);
+    sh("fallocate", &["--dig-holes", &p("sparse.img")]);
     sh(
         "bmaptool",
-        &[
-            "create",
-            "-o",
-            &s(&p("sparse.img.bmap")),
-            &s(&p("sparse.img")),
-        ],
+        &["create", "-o", &p("sparse.img.bmap"), &p("sparse.img")],
     );
     signers.sign(
-        "builder@example.org",
-        &p("sparse.img.bmap"),
-        &p("sparse.img.bmap.asc"),
+        builder,
+        p("sparse.img.bmap"),
+        p("sparse.img.bmap.asc"),
         true,
         &[],
     );
-    let out = cli.json(&[
-        "--json",
-        "stage",
-        &s(&p("sparse.img")),
-        "--name",
-        "bm",
-        "--dir",
-        dir,
-        "--trusted-keys",
-        keys,
-    ]);
+    let out = stage.ok(&p("sparse.img"), "bm", &[]);
     let sig = &out["stagings"][0]["signature"];
-    assert_eq!(sig["bmap"], s(&p("sparse.img.bmap")), "{out}");
-    assert_eq!(sig["signature"], s(&p("sparse.img.bmap.asc")), "{out}");
+    assert_eq!(sig["bmap"], p("sparse.img.bmap"), "{out}");
+    assert_eq!(sig["signature"], p("sparse.img.bmap.asc"), "{out}");
     assert!(
         out["stagings"][0]["kind"]
             .as_str()
@@ -300,31 +330,19 @@ fn signed_images_stage_only_when_a_trusted_key_signed_their_bytes() {
     // signed by a key that is not trusted: refused before staging
     signers.sign(
         "stranger@example.org",
-        &p("sparse.img.bmap"),
-        &p("sparse.img.bmap.asc"),
+        p("sparse.img.bmap"),
+        p("sparse.img.bmap.asc"),
         true,
         &[],
     );
-    let err = cli.expect_err(
-        26,
-        &[
-            "stage",
-            &s(&p("sparse.img")),
-            "--name",
-            "bm",
-            "--dir",
-            dir,
-            "--trusted-keys",
-            keys,
-        ],
-    );
+    let err = stage.refused(26, &p("sparse.img"), "bm", &[]);
     assert!(err.contains("sparse.img.bmap.asc was made by"), "{err}");
 
     // A raw image over HTTP with its minisign signature next to the URL
     // (.sig and .asc are 404): one streamed read, checked as it comes.
     let raw = image(16, 2);
     std::fs::write(p("web.img"), &raw).unwrap();
-    signers.minisign(&p("web.img"), &p("web.img.minisig"));
+    signers.minisign(Path::new(&p("web.img")), Path::new(&p("web.img.minisig")));
     let files = HashMap::from([
         ("/web.img".to_string(), Arc::new(raw.clone())),
         (
@@ -334,17 +352,7 @@ fn signed_images_stage_only_when_a_trusted_key_signed_their_bytes() {
     ]);
     let server = serve("127.0.0.1", files, Faults::default());
     let url = format!("http://127.0.0.1:{}/web.img", server.port);
-    let out = cli.json(&[
-        "--json",
-        "stage",
-        &url,
-        "--name",
-        "web",
-        "--dir",
-        dir,
-        "--trusted-keys",
-        keys,
-    ]);
+    let out = stage.ok(&url, "web", &[]);
     let sig = &out["stagings"][0]["signature"];
     assert_eq!(sig["format"], "minisign", "{out}");
     assert_eq!(sig["key"], signers.minisign_key_id(), "{out}");
@@ -358,27 +366,12 @@ fn signed_images_stage_only_when_a_trusted_key_signed_their_bytes() {
 
     // A signature over other bytes: only the end tells; the staging is
     // kept, marked failed, as a SHA-256 mismatch is.
-    signers.sign(
-        "builder@example.org",
-        &p("web.img"),
-        &p("other.sig"),
-        true,
-        &[],
-    );
-    let err = cli.expect_err(
+    signers.sign(builder, p("web.img"), p("other.sig"), true, &[]);
+    let err = stage.refused(
         26,
-        &[
-            "stage",
-            &s(&p("sys.img.zst")),
-            "--name",
-            "bad",
-            "--dir",
-            dir,
-            "--trusted-keys",
-            keys,
-            "--signature",
-            &s(&p("other.sig")),
-        ],
+        &p("sys.img.zst"),
+        "bad",
+        &["--signature", &p("other.sig")],
     );
     assert!(err.contains("does not match the image's bytes"), "{err}");
     assert!(err.contains("marked failed: bad"), "{err}");
@@ -389,95 +382,62 @@ fn signed_images_stage_only_when_a_trusted_key_signed_their_bytes() {
     cli.expect(0, &["discard", "bad"]);
 
     // Refused before anything is written.
-    let refused = |signature: &Path, expect: &str| {
-        let err = cli.expect_err(
-            26,
-            &[
-                "stage",
-                &s(&p("sys.img")),
-                "--name",
-                "x",
-                "--dir",
-                dir,
-                "--trusted-keys",
-                keys,
-                "--signature",
-                &s(signature),
-            ],
-        );
+    let refused = |signature: &str, expect: &str| {
+        let err = stage.refused(26, &p("sys.img"), "x", &["--signature", signature]);
         assert!(err.contains(expect), "{expect}: {err}");
         assert!(containers_in(&disk.mnt).is_empty(), "{err}");
         assert!(!cli.state_dir.join("images/x.json").exists(), "{err}");
     };
     signers.sign(
         "stranger@example.org",
-        &p("sys.img"),
-        &p("stranger.sig"),
+        p("sys.img"),
+        p("stranger.sig"),
         false,
         &[],
     );
     refused(&p("stranger.sig"), "which is not among the trusted keys");
+    let a = stage.args(
+        true,
+        &p("sys.img"),
+        "x",
+        &["--signature", &p("stranger.sig")],
+    );
+    let f = cli.json_failure(26, &a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(f["kind"], "signature_rejected", "{f}");
+    let then = ["--faked-system-time", "20200101T010000!"];
     signers.sign(
         "expired@example.org",
-        &p("sys.img"),
-        &p("expired.sig"),
+        p("sys.img"),
+        p("expired.sig"),
         false,
-        &["--faked-system-time", "20200101T010000!"],
+        &then,
     );
     refused(&p("expired.sig"), "expired on 2020-01-02");
     signers.sign(
         "revoked@example.org",
-        &p("sys.img"),
-        &p("revoked.sig"),
+        p("sys.img"),
+        p("revoked.sig"),
         false,
         &[],
     );
     signers.revoke("revoked@example.org");
     signers.export("revoked@example.org", &trusted.join("revoked.asc"));
     refused(&p("revoked.sig"), "was revoked");
-    signers.sign(
-        "builder@example.org",
-        &p("sys.img"),
-        &p("good.asc"),
-        true,
-        &[],
-    );
+    signers.sign(builder, p("sys.img"), p("good.asc"), true, &[]);
     let armored = std::fs::read(p("good.asc")).unwrap();
     std::fs::write(p("truncated.asc"), &armored[..armored.len() / 2]).unwrap();
     refused(&p("truncated.asc"), "not a valid armored OpenPGP signature");
     refused(&p("sys.img"), "is it the image itself?");
     refused(&p("missing.sig"), "does not exist");
     // with no trusted key at all
-    let err = cli.expect_err(
-        26,
-        &[
-            "stage",
-            &s(&p("sys.img")),
-            "--name",
-            "x",
-            "--dir",
-            dir,
-            "--trusted-keys",
-            &s(&p("nokeys")),
-            "--signature",
-            &s(&p("good.asc")),
-        ],
-    );
+    let none = Stage {
+        keys: &p("nokeys"),
+        ..stage
+    };
+    let err = none.refused(26, &p("sys.img"), "x", &["--signature", &p("good.asc")]);
     assert!(err.contains("no trusted keys"), "{err}");
     // The good one passes (armored, given explicitly).
-    let out = cli.json(&[
-        "--json",
-        "stage",
-        &s(&p("sys.img")),
-        "--name",
-        "x",
-        "--dir",
-        dir,
-        "--trusted-keys",
-        keys,
-        "--signature",
-        &s(&p("good.asc")),
-    ]);
+    let out = stage.ok(&p("sys.img"), "x", &["--signature", &p("good.asc")]);
     assert_eq!(
         out["stagings"][0]["signature"]["format"], "openpgp",
         "{out}"
@@ -488,12 +448,8 @@ fn signed_images_stage_only_when_a_trusted_key_signed_their_bytes() {
 #[test]
 #[ignore = "needs root: loop devices and mounts (scripts/test.sh runs it)"]
 fn the_policy_lets_only_signed_stagings_become_bootable() {
-    require_root();
-    let t = tempfile::tempdir().unwrap();
-    let disk = LoopDisk::new(&t.path().join("d"), Fs::Ext4, 200);
-    let cli = Cli::new(t.path());
+    let (t, disk, cli, signers) = scratch();
     let mnt = disk.mnt.clone();
-    let signers = Signers::new(t.path());
     // The machine's configuration: a trusted key and the rule.
     let config = t.path().join("etc");
     std::fs::create_dir_all(config.join("trusted.d")).unwrap();

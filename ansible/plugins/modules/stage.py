@@ -70,6 +70,17 @@ options:
         mismatch fails the task (C(verify_failed)) and leaves the staging marked failed.
       - Also what makes a later run of the same task see the image as already staged.
     type: str
+  signature:
+    description:
+      - A detached signature of the image file (OpenPGP C(.sig)/C(.asc) or minisign C(.minisig)), a path
+        or URL on the managed host. By default C(IMAGE.sig), C(IMAGE.asc) or C(IMAGE.minisig) next to the
+        image is used when the host has trusted keys.
+      - It is checked over the bytes staged, in the same pass; a signature that does not hold fails the
+        task (C(signature_rejected), rc 26) and leaves the staging marked failed.
+    type: str
+  trusted_keys:
+    description: The directory of trusted public keys on the managed host (default C(/etc/liverestore/trusted.d)).
+    type: path
   size:
     description: The image's size (bytes, or with K, M, G or T), for a compressed stream that does not declare it.
     type: str
@@ -158,6 +169,16 @@ sha256:
   returned: success
   type: str
   sample: 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08
+signature:
+  description:
+    - The signature check that held (format, key fingerprint or minisign key ID, signer, signing time,
+      signature and key file), when the image was signed; null otherwise.
+  returned: success
+  type: dict
+  sample:
+    format: openpgp
+    key: E399F87FF1F50F48872375DEC5B9820B46D5CE3C
+    signer: Image Builder <images@example.org>
 resumed:
   description: Whether an interrupted staging of the same image was continued.
   returned: success
@@ -229,6 +250,7 @@ def recorded(info):
         sha256=image.get("sha256"),
         image_sha256=image_sha256(record),
         kind=image.get("kind"),
+        signature=image.get("signature"),
         container=record.get("container", {}).get("path"),
         disk=info.get("disk"),
         map_valid=info.get("map_valid"),
@@ -244,6 +266,8 @@ def main():
             unallocated=dict(type="bool", default=False),
             contiguous=dict(type="bool", default=False),
             sha256=dict(type="str"),
+            signature=dict(type="str"),
+            trusted_keys=dict(type="path"),
             size=dict(type="str"),
             keep_free=dict(type="str"),
             max_file_size=dict(type="str"),
@@ -274,6 +298,7 @@ def main():
                 progress=1.0,
                 stagings=[recorded(i) for i in infos],
                 sha256=infos[0]["record"]["image"].get("sha256") if len(infos) == 1 else None,
+                signature=infos[0]["record"]["image"].get("signature"),
             )
             module.exit_json(**result)
         if same and states <= set(["staging", "allocating"]):
@@ -311,6 +336,7 @@ def main():
         result["resumed"] = True
     else:
         args = ["stage", p["src"], "--name", name] + staging_args(p)
+        args += option_args(p, options=("signature", "trusted_keys"))
     done = cli.run_or_fail(args, **result)
     made = done.get("stagings", [])
     result.update(
@@ -320,6 +346,7 @@ def main():
         stagings=made,
         bytes_written=sum(s.get("disk_written", 0) for s in made),
         sha256=made[0].get("image_sha256") or made[0].get("sha256") if made else None,
+        signature=made[0].get("signature") if made else None,
     )
     module.exit_json(**result)
 
