@@ -11,8 +11,9 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crate::common::http::{Faults, serve};
 use crate::common::*;
@@ -560,4 +561,85 @@ fn the_policy_lets_only_signed_stagings_become_bootable() {
     assert_eq!(out.status.code(), Some(27), "{err}");
     assert!(err.contains("require_signatures"), "{err}");
     cli.expect(0, &["discard", "sys"]);
+}
+
+#[test]
+#[ignore = "needs root: loop devices and mounts (scripts/test.sh runs it)"]
+fn a_signed_staging_cut_off_is_resumed_and_checked_whole() {
+    let (t, disk, cli, signers) = scratch();
+    let trusted = t.path().join("trusted.d");
+    std::fs::create_dir_all(&trusted).unwrap();
+    std::fs::copy(t.path().join("m.pub"), trusted.join("release.pub")).unwrap();
+    let raw = image(48, 3);
+    let img = t.path().join("slow.img");
+    std::fs::write(&img, &raw).unwrap();
+    let sig = t.path().join("slow.img.minisig");
+    signers.minisign(&img, &sig);
+    let files = HashMap::from([
+        ("/slow.img".to_string(), Arc::new(raw.clone())),
+        (
+            "/slow.img.minisig".to_string(),
+            Arc::new(std::fs::read(&sig).unwrap()),
+        ),
+    ]);
+    // 6 MiB/s: the first checkpoint (5 s) comes well before the end.
+    let server = serve(
+        "127.0.0.1",
+        files,
+        Faults {
+            rate: 6 << 20,
+            ..Faults::default()
+        },
+    );
+    let url = format!("http://127.0.0.1:{}/slow.img", server.port);
+    let dir = disk.mnt.to_str().unwrap();
+    let keys = trusted.to_str().unwrap();
+    let mut child: ChildGuard = cli
+        .cmd()
+        .args([
+            "stage",
+            &url,
+            "--name",
+            "slow",
+            "--dir",
+            dir,
+            "--trusted-keys",
+            keys,
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+        .into();
+    let start = Instant::now();
+    while recorded_written(&cli, "slow").unwrap_or(0) == 0 {
+        assert!(start.elapsed() < Duration::from_secs(60), "no checkpoint");
+        assert!(child.try_wait().unwrap().is_none(), "stage ended early");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let info = cli.json(&["info", "slow", "--json"]);
+    let image = &info["record"]["image"];
+    assert_eq!(info["record"]["state"], "staging", "{info}");
+    assert!(
+        image["signature"].is_null(),
+        "not verified before the end: {info}"
+    );
+    assert_eq!(
+        image["expected_signature"]["signature"],
+        format!("{url}.minisig"),
+        "{info}"
+    );
+    // Nothing usable meanwhile.
+    cli.expect_err(22, &["test-restore", "slow"]);
+    // The resume fetches the whole image again (the signature covers it
+    // all), checks what is on the disk, and completes only once it held.
+    let out = cli.json(&["--json", "stage", "--resume", "slow"]);
+    assert_eq!(
+        out["stagings"][0]["signature"]["format"], "minisign",
+        "{out}"
+    );
+    assert_image_on_disk(&disk, &cli.json(&["map", "slow", "--json"]), &raw);
+    cli.expect(0, &["discard", "slow"]);
 }
