@@ -37,6 +37,11 @@ impl Bmap {
     }
 
     pub fn parse(text: &str) -> Result<Bmap> {
+        if text.starts_with("-----BEGIN PGP SIGNED MESSAGE-----") {
+            return Err(bad(
+                "this bmap file is clearsigned, which liverestore does not read: sign it detached instead (gpg --detach-sign BMAP, as bmaptool's --bmap-sig takes it); BMAP.asc or BMAP.sig next to it is checked",
+            ));
+        }
         let doc = roxmltree::Document::parse(text)
             .map_err(|e| bad(format!("the bmap file is not valid XML: {e}")))?;
         let root = doc.root_element();
@@ -266,6 +271,16 @@ pub mod tests {
             let mapped = (1..=2).contains(&block) || block == 5;
             assert_eq!(got, if mapped { want } else { 0 }, "byte {i}");
         }
+    }
+
+    #[test]
+    fn a_clearsigned_bmap_is_refused_with_what_to_do() {
+        let text = format!(
+            "-----BEGIN PGP SIGNED MESSAGE-----\nHash: SHA512\n\n{}",
+            make_bmap(&image(), &[(1, 2)])
+        );
+        let e = Bmap::parse(&text).unwrap_err();
+        assert!(e.message().contains("gpg --detach-sign"), "{e}");
     }
 
     #[test]

@@ -86,6 +86,17 @@ pub struct ImageHashes {
     pub sha256: String,
 }
 
+/// Reads of a verification in flight at once: each is a thread that reads
+/// a chunk and hashes it (BLAKE3), so the device gets several requests and
+/// the chunk hashes use every core, while the calling thread takes the
+/// chunks in order for the whole-image SHA-256 (sequential by nature).
+/// Measured with `bench/stage-vs-peers.sh` (verify/fio): see docs/guide.md.
+pub const VERIFY_READERS: usize = 4;
+
+/// Chunk buffers beyond one per reader: room for the in-order SHA-256 to
+/// wait on a slow chunk while the others go on (4 MiB each).
+const SPARE_BUFFERS: usize = 4;
+
 /// Read every image byte of `rec` from the disk through `reader` and hash
 /// it: per chunk (BLAKE3) and whole (SHA-256). `what` names the progress.
 pub fn hash_image(
@@ -95,25 +106,87 @@ pub fn hash_image(
     what: &str,
     progress: &dyn Progress,
 ) -> Result<ImageHashes> {
+    use std::collections::BTreeMap;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::mpsc;
+
     let chunk = rec.image.chunk_size;
     let size = rec.image.size;
-    let mut buf = AlignedBuf::new(chunk as usize);
+    let count = rec.image.chunk_count();
+    let data_offset = rec.container.data_offset;
     let mut whole = Sha256::new();
-    let mut chunks = Vec::with_capacity(rec.image.chunk_count() as usize);
+    let mut chunks = Vec::with_capacity(count as usize);
     progress.begin(what, size);
-    for index in 0..rec.image.chunk_count() {
-        let offset = index * chunk;
-        let len = (size - offset).min(chunk);
-        let io_len = len.div_ceil(align) * align;
-        reader.read_at(
-            rec.container.data_offset + offset,
-            &mut buf[..io_len as usize],
-        )?;
-        let data = &buf[..len as usize];
-        whole.update(data);
-        chunks.push(blake3::hash(data).to_hex().to_string());
-        progress.update(offset + len);
-    }
+    let next = AtomicU64::new(0);
+    let (free_tx, free_rx) = mpsc::channel::<AlignedBuf>();
+    let free_rx = std::sync::Mutex::new(free_rx);
+    std::thread::scope(|s| -> Result<()> {
+        // Moved in: dropped when this returns (early on an error too), so
+        // readers waiting for a buffer end before the scope joins them.
+        let free_tx = free_tx;
+        let (done_tx, done_rx) = mpsc::channel::<Result<(u64, AlignedBuf, String)>>();
+        for _ in 0..VERIFY_READERS + SPARE_BUFFERS {
+            free_tx
+                .send(AlignedBuf::new(chunk as usize))
+                .expect("receiver alive");
+        }
+        for _ in 0..VERIFY_READERS {
+            let (free_rx, done_tx, next) = (&free_rx, done_tx.clone(), &next);
+            s.spawn(move || {
+                loop {
+                    // A buffer first, then an index: the chunk the SHA-256
+                    // waits for always has a buffer (no deadlock).
+                    let buf = free_rx
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .recv();
+                    let Ok(mut buf) = buf else { return };
+                    let index = next.fetch_add(1, Ordering::Relaxed);
+                    if index >= count {
+                        return;
+                    }
+                    let offset = index * chunk;
+                    let len = (size - offset).min(chunk);
+                    let io_len = len.div_ceil(align) * align;
+                    let read = reader.read_at(data_offset + offset, &mut buf[..io_len as usize]);
+                    let msg = read.map(|()| {
+                        let hash = blake3::hash(&buf[..len as usize]).to_hex().to_string();
+                        (index, buf, hash)
+                    });
+                    let failed = msg.is_err();
+                    if done_tx.send(msg).is_err() || failed {
+                        return;
+                    }
+                }
+            });
+        }
+        drop(done_tx);
+        // In order: the SHA-256 and the list of chunk hashes.
+        let mut waiting = BTreeMap::new();
+        let mut expect = 0u64;
+        while expect < count {
+            let Ok(msg) = done_rx.recv() else {
+                return Err(Error::new(
+                    ErrorKind::Io,
+                    "the disk readers stopped unexpectedly",
+                ));
+            };
+            let (index, buf, hash) = msg?;
+            waiting.insert(index, (buf, hash));
+            while let Some((buf, hash)) = waiting.remove(&expect) {
+                let offset = expect * chunk;
+                let len = (size - offset).min(chunk);
+                whole.update(&buf[..len as usize]);
+                chunks.push(hash);
+                progress.update(offset + len);
+                let _ = free_tx.send(buf);
+                expect += 1;
+            }
+        }
+        // The readers see no index left, or the pool closed, and end.
+        drop(free_tx);
+        Ok(())
+    })?;
     progress.end();
     Ok(ImageHashes {
         chunks,
