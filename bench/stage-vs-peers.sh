@@ -104,6 +104,7 @@ for c in ${CASES:-raw zstd ext4 bmap qcow2}; do
       "$(echo "$size_bytes / $t_lr / $fio_write" | bc -l)" "$(echo "$size_bytes / $t_verify / $fio_read" | bc -l)"
     "$lr" discard bench >/dev/null
     echo "$c $t_peer $t_lr" >> "$work/times"
+    echo "$c $t_peer $t_lr $written_mib $((zeroed >> 20)) $(( $(cat "$work/rss") >> 10 )) $(echo "$size_bytes / $t_lr / $fio_write" | bc -l) $(echo "$size_bytes / $t_verify / $fio_read" | bc -l)" >> "$work/rows"
   done
 done
 echo "ratio   = stage time / peer time (lower is better)"
@@ -113,3 +114,17 @@ echo "per case, all rounds together (this VM's timings vary a lot from run to ru
 awk '{p[$1]+=$2; s[$1]+=$3; if(!($1 in seen)){seen[$1]=1; order[++n]=$1}}
      END{for(i=1;i<=n;i++){c=order[i]; printf "%-6s peer %6.2f s  stage %6.2f s  ratio of totals %.3f\n", c, p[c], s[c], s[c]/p[c]}}' "$work/times"
 echo "written = bytes the device received from stage minus what it zeroed (header included)"
+
+# The same as a Markdown table (docs/guide.md#speed is this, pasted).
+echo
+echo "### $(date -u +%Y-%m-%d), $(nproc) cores ($(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1)), ${size_mib} MiB images, ${rounds} rounds"
+echo
+printf 'fio best: write %.0f MiB/s, read %.0f MiB/s (4 MiB blocks, queue depth 1 or 32, on the same loop device)\n\n' \
+  "$(echo "$fio_write / 1048576" | bc -l)" "$(echo "$fio_read / 1048576" | bc -l)"
+echo "| case | peer s | stage s | ratio of totals | written MiB | zeroed MiB | peak RSS MiB | stage/fio | verify/fio |"
+echo "|---|---|---|---|---|---|---|---|---|"
+awk '{c=$1; if(!(c in seen)){seen[c]=1; order[++n]=c}
+      p[c]=p[c] (p[c]==""?"":" / ") sprintf("%.2f",$2); s[c]=s[c] (s[c]==""?"":" / ") sprintf("%.2f",$3)
+      tp[c]+=$2; ts[c]+=$3; w[c]=$4; z[c]=$5; if($6>r[c]) r[c]=$6
+      sf[c]=sf[c] (sf[c]==""?"":" / ") sprintf("%.2f",$7); vf[c]=vf[c] (vf[c]==""?"":" / ") sprintf("%.2f",$8)}
+     END{for(i=1;i<=n;i++){c=order[i]; printf "| %s | %s | %s | **%.3f** | %s | %s | %s | %s | %s |\n", c, p[c], s[c], ts[c]/tp[c], w[c], z[c], r[c], sf[c], vf[c]}}' "$work/rows"

@@ -619,12 +619,23 @@ impl Report for InfoReport {
 #[derive(clap::Args, Debug)]
 pub struct VerifyArgs {
     pub(crate) name: String,
+    /// Also compute the whole image's SHA-256 (one core, in order, so it
+    /// sets the pace). It is always computed, and checked, when the
+    /// staging has one on record (`stage --sha256`, a hash file, after
+    /// `customize`); every byte is checked against the chunk hashes
+    /// recorded while staging either way.
+    #[arg(long)]
+    pub(crate) sha256: bool,
 }
 
 impl VerifyArgs {
     pub fn run(self, cx: &Context) -> Result<VerifyReport> {
-        let verified =
-            crate::stage::verify::verify_hashing(&cx.state, &self.name, cx.progress.as_ref())?;
+        let verified = crate::stage::verify::verify_hashing(
+            &cx.state,
+            &self.name,
+            cx.progress.as_ref(),
+            self.sha256,
+        )?;
         if verified.report.changed_by_boot.is_none() {
             return Ok(verified.report);
         }
@@ -657,7 +668,9 @@ impl Report for VerifyReport {
                 self.name,
                 human_bytes(self.bytes_checked),
                 self.chunks_checked,
-                self.sha256.as_deref().unwrap_or("-")
+                self.sha256
+                    .as_deref()
+                    .unwrap_or("not computed (verify --sha256)")
             );
         } else {
             println!(

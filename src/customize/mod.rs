@@ -275,9 +275,10 @@ pub fn customize(
     let checked = staged::revalidate(&rec)?;
     let align = checked.target.io_align();
     let reader = DiskReader::open(&checked.target.disk_path, checked.map)?;
-    let hashes = verify::hash_image(&rec, &reader, align, "rehash", progress)?;
+    let hashes = verify::hash_image(&rec, &reader, align, "rehash", progress, true)?;
+    let sha256 = hashes.sha256.clone().expect("asked for");
     rec.image.chunk_blake3 = hashes.chunks;
-    rec.image.sha256 = Some(hashes.sha256.clone());
+    rec.image.sha256 = Some(sha256.clone());
     rec.image.customizing = None;
     rec.image.customized.push(Customization {
         at_unix: now(),
@@ -288,7 +289,7 @@ pub fn customize(
             .collect(),
         change_count: changes.len() as u64,
         sha256_before: sha256_before.clone(),
-        sha256: hashes.sha256.clone(),
+        sha256: sha256.clone(),
     });
     staged::record_changed(state, &rec)?;
     Ok(CustomizeReport {
@@ -299,7 +300,7 @@ pub fn customize(
         resumed,
         changes,
         sha256_before,
-        sha256: hashes.sha256,
+        sha256,
     })
 }
 

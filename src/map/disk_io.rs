@@ -11,6 +11,9 @@
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::thread::JoinHandle;
 
 use crate::error::{Error, ErrorKind, IoContext, Result};
 use crate::map::extent_map::ExtentMap;
@@ -84,7 +87,7 @@ pub fn check_map_within(map: &ExtentMap, bounds: &[(u64, u64)], disk: &Path) -> 
 
 /// The one checked choke point for disk writes.
 pub struct DiskWriter {
-    file: File,
+    file: Arc<File>,
     path: PathBuf,
     map: ExtentMap,
     /// Disk byte ranges `[lo, hi)` the map may touch at all: the partition
@@ -94,6 +97,121 @@ pub struct DiskWriter {
     align: u64,
     written: u64,
     zeroed: u64,
+    /// Writes in flight ([`DiskWriter::write_queued`]), when started.
+    queue: Option<WriteQueue>,
+}
+
+/// A write the checks passed, for a queue thread: `range` of `buf` at
+/// disk byte `disk`; the buffer goes back through `back` once no write
+/// holds it any more.
+struct QueuedWrite {
+    disk: u64,
+    buf: Arc<AlignedBuf>,
+    range: std::ops::Range<usize>,
+    back: mpsc::Sender<AlignedBuf>,
+}
+
+/// How many queued writes are in flight, and the first that failed.
+#[derive(Default)]
+struct InFlight {
+    count: usize,
+    failed: Option<Error>,
+}
+
+/// A few threads doing checked writes, so that the disk gets several
+/// requests at once (see [`DiskWriter::start_queue`]).
+struct WriteQueue {
+    jobs: Option<mpsc::SyncSender<QueuedWrite>>,
+    state: Arc<(Mutex<InFlight>, Condvar)>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+/// Give `buf` back through `back` if this was its last holder.
+pub fn release(buf: Arc<AlignedBuf>, back: &mpsc::Sender<AlignedBuf>) {
+    if let Some(b) = Arc::into_inner(buf) {
+        let _ = back.send(b);
+    }
+}
+
+impl WriteQueue {
+    fn start(file: &Arc<File>, path: &Path, threads: usize) -> WriteQueue {
+        // Rendezvous: a write is handed over only to an idle thread, so at
+        // most `threads` are in flight.
+        let (jobs, rx) = mpsc::sync_channel::<QueuedWrite>(0);
+        let rx = Arc::new(Mutex::new(rx));
+        let state: Arc<(Mutex<InFlight>, Condvar)> = Arc::default();
+        let threads = (0..threads)
+            .map(|_| {
+                let (rx, state, file, path) =
+                    (rx.clone(), state.clone(), file.clone(), path.to_path_buf());
+                std::thread::spawn(move || {
+                    loop {
+                        let job = rx.lock().unwrap_or_else(PoisonError::into_inner).recv();
+                        let Ok(job) = job else { return };
+                        let r = file
+                            .write_all_at(&job.buf[job.range.clone()], job.disk)
+                            .op(|| "write to the disk".into())
+                            .map_err(|e| e.with_path(&path).with_offset(job.disk));
+                        release(job.buf, &job.back);
+                        let (lock, cv) = &*state;
+                        let mut st = lock.lock().unwrap_or_else(PoisonError::into_inner);
+                        st.count -= 1;
+                        if let Err(e) = r {
+                            st.failed.get_or_insert(e);
+                        }
+                        cv.notify_all();
+                    }
+                })
+            })
+            .collect();
+        WriteQueue {
+            jobs: Some(jobs),
+            state,
+            threads,
+        }
+    }
+
+    /// The first failure so far, again (it stays, so that every later
+    /// call fails too).
+    fn failure(st: &InFlight) -> Result<()> {
+        match &st.failed {
+            Some(e) => Err(Error::new(e.kind(), e.to_string())),
+            None => Ok(()),
+        }
+    }
+
+    fn submit(&self, job: QueuedWrite) -> Result<()> {
+        {
+            let mut st = self.state.0.lock().unwrap_or_else(PoisonError::into_inner);
+            WriteQueue::failure(&st)?;
+            st.count += 1;
+        }
+        let jobs = self.jobs.as_ref().expect("open until dropped");
+        jobs.send(job)
+            .map_err(|_| Error::new(ErrorKind::Io, "the disk write threads stopped"))
+    }
+
+    /// Until nothing is in flight; then the first failure, if any.
+    fn wait(&self) -> Result<()> {
+        let (lock, cv) = &*self.state;
+        let mut st = lock.lock().unwrap_or_else(PoisonError::into_inner);
+        while st.count > 0 {
+            st = cv.wait(st).unwrap_or_else(PoisonError::into_inner);
+        }
+        WriteQueue::failure(&st)
+    }
+}
+
+impl Drop for WriteQueue {
+    /// Every write in flight ends before the writer is gone: after a
+    /// failure the caller may give the space back, and no write may land
+    /// there later.
+    fn drop(&mut self) {
+        self.jobs = None;
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
 }
 
 /// Buffer size for writing zeros where `BLKZEROOUT` is unavailable.
@@ -167,13 +285,14 @@ impl DiskWriter {
             ));
         }
         Ok(DiskWriter {
-            file,
+            file: Arc::new(file),
             path: path.to_path_buf(),
             map,
             bounds,
             align,
             written: 0,
             zeroed: 0,
+            queue: None,
         })
     }
 
@@ -276,8 +395,70 @@ impl DiskWriter {
         self.zeroed
     }
 
-    /// Flush the disk's write cache: everything written so far is durable.
+    /// Let [`DiskWriter::write_queued`] keep up to `threads` writes in
+    /// flight (a few threads doing `pwrite`): the staging pipeline's data.
+    pub fn start_queue(&mut self, threads: usize) {
+        if self.queue.is_none() && threads > 0 {
+            self.queue = Some(WriteQueue::start(&self.file, &self.path, threads));
+        }
+    }
+
+    /// Like [`DiskWriter::write_at`] for `range` of `buf` (checked here,
+    /// before anything is submitted), but the write is done by a queue
+    /// thread while this returns; `buf` goes back through `back` when its
+    /// last write is done. Without a queue, written at once. A failed
+    /// queued write is returned by the next call, [`DiskWriter::wait`] or
+    /// [`DiskWriter::sync`].
+    pub fn write_queued(
+        &mut self,
+        offset: u64,
+        buf: &Arc<AlignedBuf>,
+        range: std::ops::Range<usize>,
+        back: &mpsc::Sender<AlignedBuf>,
+    ) -> Result<()> {
+        if self.queue.is_none() {
+            return self.write_at(offset, buf.part(range));
+        }
+        if !buf
+            .part(range.clone())
+            .starts_aligned_to(self.align as usize)
+        {
+            return Err(Error::new(
+                ErrorKind::Io,
+                format!(
+                    "refused: the buffer for write {offset}+{} does not start on a {}-byte boundary",
+                    range.len(),
+                    self.align
+                ),
+            ));
+        }
+        let runs = self.checked_runs(offset, range.len() as u64)?;
+        let queue = self.queue.as_ref().expect("checked above");
+        for run in runs {
+            let start = range.start + run.buf_offset as usize;
+            queue.submit(QueuedWrite {
+                disk: run.disk,
+                buf: buf.clone(),
+                range: start..start + run.length as usize,
+                back: back.clone(),
+            })?;
+            self.written += run.length;
+        }
+        Ok(())
+    }
+
+    /// Until every queued write is done; the first that failed, if any.
+    pub fn wait(&self) -> Result<()> {
+        match &self.queue {
+            Some(q) => q.wait(),
+            None => Ok(()),
+        }
+    }
+
+    /// Flush the disk's write cache, after every queued write is done:
+    /// everything written so far is durable.
     pub fn sync(&self) -> Result<()> {
+        self.wait()?;
         self.file
             .sync_data()
             .op(|| "flush the disk".into())
@@ -387,6 +568,60 @@ mod tests {
         let mut back = vec![0u8; 12288];
         r.read_at(0, &mut back).unwrap();
         assert_eq!(back, data);
+    }
+
+    #[test]
+    fn queued_writes_land_at_mapped_bytes_and_give_their_buffers_back() {
+        let (disk, map) = fixture();
+        let mut w = DiskWriter::from_file(
+            disk.reopen().unwrap(),
+            disk.path(),
+            map.clone(),
+            vec![(4096, 60000)],
+            512,
+        )
+        .unwrap();
+        w.start_queue(3);
+        let data: Vec<u8> = (0..12288u32).map(|i| (i % 251) as u8 + 1).collect();
+        let (back, returned) = mpsc::channel();
+        for piece in 0..3usize {
+            let mut buf = AlignedBuf::new(4096);
+            buf.copy_from_slice(&data[piece * 4096..][..4096]);
+            let buf = Arc::new(buf);
+            // two writes share the buffer (halves of it)
+            w.write_queued(piece as u64 * 4096, &buf, 0..2048, &back)
+                .unwrap();
+            w.write_queued(piece as u64 * 4096 + 2048, &buf, 2048..4096, &back)
+                .unwrap();
+            release(buf, &back);
+        }
+        // refused before submission, like write_at
+        let stray = Arc::new(AlignedBuf::new(4096));
+        assert!(w.write_queued(12288, &stray, 0..512, &back).is_err());
+        w.sync().unwrap();
+        assert_eq!(w.bytes_written(), 12288);
+        assert_eq!(returned.try_iter().count(), 3, "each buffer back once");
+        let raw = std::fs::read(disk.path()).unwrap();
+        assert_eq!(&raw[16384..20480], &data[..4096]);
+        assert_eq!(&raw[8192..16384], &data[4096..]);
+    }
+
+    #[test]
+    fn a_failed_queued_write_is_reported_by_the_next_wait() {
+        let (disk, map) = fixture();
+        // read-only: every write fails (EBADF)
+        let ro = std::fs::File::open(disk.path()).unwrap();
+        let mut w = DiskWriter::from_file(ro, disk.path(), map, vec![(0, 65536)], 512).unwrap();
+        w.start_queue(2);
+        let (back, _returned) = mpsc::channel();
+        let buf = Arc::new(AlignedBuf::new(4096));
+        w.write_queued(0, &buf, 0..4096, &back).unwrap();
+        let e = w.sync().unwrap_err();
+        assert!(e.to_string().contains("write to the disk"), "{e}");
+        assert!(
+            w.write_queued(0, &buf, 0..512, &back).is_err(),
+            "and stays failed"
+        );
     }
 
     #[test]

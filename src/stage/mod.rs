@@ -66,6 +66,15 @@ pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(5);
 pub const IDLE_CHECKPOINT: Duration = Duration::from_secs(1);
 /// Chunks in flight between the reader/hasher thread and the writer.
 const PIPELINE_DEPTH: usize = 3;
+/// Data writes the writer keeps in flight (each a chunk's run, done by a
+/// thread of the staging's [`DiskWriter`] queue). A pool of threads doing
+/// `pwrite` rather than io_uring: the same requests in flight without a
+/// second I/O path (or a crate and kernel feature) beside the checked one.
+/// Measured with `bench/stage-vs-peers.sh 2048 4` on the development VM:
+/// 2 GiB of random data in 1.03 s a round with one write at a time, 0.75 s
+/// with 3 (docs/guide.md#speed); fio on that device gains about as much
+/// from queue depth 2-4 and nothing beyond.
+const WRITES_IN_FLIGHT: usize = 3;
 
 /// Granularity of zero detection: a run of zero grains is zeroed on the
 /// disk (`BLKZEROOUT`) instead of written.

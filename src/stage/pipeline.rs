@@ -192,6 +192,7 @@ pub(super) fn write_pass(
             return Err(Error::new(ErrorKind::InvalidState, "unexpected chunk size"));
         }
         let mut writer = DiskWriter::for_staging(rec, target, map.clone())?;
+        writer.start_queue(WRITES_IN_FLIGHT);
         let reader = DiskReader::open(&target.disk_path, map.clone())?;
         staged::write_header(&mut writer, rec, align)?;
         let committed = if resuming {
@@ -221,7 +222,7 @@ pub(super) fn write_pass(
     let ended = std::thread::scope(|s| -> Result<Ended> {
         let (tx, rx) = mpsc::sync_channel::<Message<HashedChunk>>(PIPELINE_DEPTH);
         let (free_tx, free_rx) = mpsc::channel::<AlignedBuf>();
-        for _ in 0..2 * PIPELINE_DEPTH + 3 {
+        for _ in 0..2 * PIPELINE_DEPTH + 3 + WRITES_IN_FLIGHT {
             free_tx
                 .send(AlignedBuf::new(chunk as usize))
                 .expect("receiver alive");
@@ -358,7 +359,7 @@ pub(super) fn write_pass(
                     }
                     return Ok(ended);
                 }
-                Message::Chunk(mut c) => {
+                Message::Chunk(c) => {
                     // The previous staging got its last chunk: record it,
                     // so a resume skips it.
                     if let Some(prev) = current.replace(c.sink)
@@ -366,10 +367,10 @@ pub(super) fn write_pass(
                     {
                         sinks[prev].checkpoint_if_behind(state)?;
                     }
-                    sinks[c.sink].put(state, &mut c, align, progress)?;
                     done += c.len as u64;
+                    let sink = c.sink;
+                    sinks[sink].put(state, c, align, progress, &free_tx)?;
                     progress.update(done);
-                    let _ = free_tx.send(c.buf);
                 }
             }
         }

@@ -42,12 +42,15 @@ impl Sink<'_> {
     }
 
     /// Write (or, below `committed`, check) one hashed chunk.
+    /// The chunk's buffer goes back through `back` once its writes are
+    /// done (they may still be in flight when this returns).
     pub(super) fn put(
         &mut self,
         state: &StateLock<'_>,
-        c: &mut HashedChunk,
+        mut c: HashedChunk,
         align: u64,
         progress: &dyn Progress,
+        back: &std::sync::mpsc::Sender<AlignedBuf>,
     ) -> Result<()> {
         let rec = &mut *self.rec;
         let chunk = rec.image.chunk_size;
@@ -78,18 +81,21 @@ impl Sink<'_> {
                 }
                 self.writer.write_at(at, c.buf.part(0..io_len))?;
             }
+            let _ = back.send(c.buf);
             return Ok(());
         }
+        let buf = std::sync::Arc::new(c.buf);
         for run in &c.runs {
             let run_at = at + run.start as u64;
             if run.zero {
                 self.pending.add(&mut self.writer, run_at, run.len as u64)?;
             } else {
                 self.pending.flush(&mut self.writer)?;
-                self.writer
-                    .write_at(run_at, c.buf.part(run.start..run.start + run.len))?;
+                let range = run.start..run.start + run.len;
+                self.writer.write_queued(run_at, &buf, range, back)?;
             }
         }
+        crate::map::disk_io::release(buf, back);
         rec.image.chunk_blake3.push(std::mem::take(&mut c.blake3));
         let done = offset + len as u64;
         self.done = done;

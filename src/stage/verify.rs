@@ -82,8 +82,8 @@ pub fn check_header(rec: &StagingRecord, reader: &DiskReader, align: u64) -> Res
 pub struct ImageHashes {
     /// BLAKE3 (hex) of each chunk.
     pub chunks: Vec<String>,
-    /// SHA-256 (hex) of the whole image.
-    pub sha256: String,
+    /// SHA-256 (hex) of the whole image, when it was asked for.
+    pub sha256: Option<String>,
 }
 
 /// Reads of a verification in flight at once: each is a thread that reads
@@ -98,13 +98,16 @@ pub const VERIFY_READERS: usize = 4;
 const SPARE_BUFFERS: usize = 4;
 
 /// Read every image byte of `rec` from the disk through `reader` and hash
-/// it: per chunk (BLAKE3) and whole (SHA-256). `what` names the progress.
+/// it: per chunk (BLAKE3, on every core) and, with `whole`, the whole image
+/// (SHA-256: one core, in order, so it sets the pace; without it, reading
+/// does). `what` names the progress.
 pub fn hash_image(
     rec: &StagingRecord,
     reader: &DiskReader,
     align: u64,
     what: &str,
     progress: &dyn Progress,
+    whole_sha256: bool,
 ) -> Result<ImageHashes> {
     use std::collections::BTreeMap;
     use std::sync::atomic::{AtomicU64, Ordering};
@@ -114,7 +117,7 @@ pub fn hash_image(
     let size = rec.image.size;
     let count = rec.image.chunk_count();
     let data_offset = rec.container.data_offset;
-    let mut whole = Sha256::new();
+    let mut whole = whole_sha256.then(Sha256::new);
     let mut chunks = Vec::with_capacity(count as usize);
     progress.begin(what, size);
     let next = AtomicU64::new(0);
@@ -176,7 +179,9 @@ pub fn hash_image(
             while let Some((buf, hash)) = waiting.remove(&expect) {
                 let offset = expect * chunk;
                 let len = (size - offset).min(chunk);
-                whole.update(&buf[..len as usize]);
+                if let Some(w) = whole.as_mut() {
+                    w.update(&buf[..len as usize]);
+                }
                 chunks.push(hash);
                 progress.update(offset + len);
                 let _ = free_tx.send(buf);
@@ -190,7 +195,7 @@ pub fn hash_image(
     progress.end();
     Ok(ImageHashes {
         chunks,
-        sha256: hex::encode(whole.finalize()),
+        sha256: whole.map(|w| hex::encode(w.finalize())),
     })
 }
 
@@ -198,7 +203,7 @@ pub fn hash_image(
 /// [`ErrorKind::Corrupt`]); data mismatches are reported with `ok: false`
 /// (and `changed_by_boot` when the boot note explains them).
 pub fn verify(state: &StateDir, name: &str, progress: &dyn Progress) -> Result<VerifyReport> {
-    Ok(verify_hashing(state, name, progress)?.report)
+    Ok(verify_hashing(state, name, progress, false)?.report)
 }
 
 /// [`verify`], and where the differences are the image's own boots',
@@ -208,7 +213,7 @@ pub fn verify_accepting_own_boots(
     name: &str,
     progress: &dyn Progress,
 ) -> Result<VerifyReport> {
-    verify_hashing(state, name, progress)?.accept_own_boots(state, progress)
+    verify_hashing(state, name, progress, true)?.accept_own_boots(state, progress)
 }
 
 /// A verification with what it read: the record it checked and the
@@ -248,6 +253,17 @@ impl Verified {
                 format!("'{name}' changed while it was verified: verify it again"),
             ));
         }
+        // The new baseline needs the whole image's SHA-256 too.
+        let hashes = match hashes.sha256 {
+            Some(_) => hashes,
+            None => {
+                let checked = staged::revalidate(&rec)?;
+                let align = checked.target.io_align();
+                let reader = DiskReader::open(&checked.target.disk_path, checked.map)?;
+                hash_image(&rec, &reader, align, "rehash", progress, true)?
+            }
+        };
+        let sha256 = hashes.sha256.clone().expect("asked for");
         let since = boots.boots - boots.accepted_before;
         rec.image.customized.push(Customization {
             at_unix: boots.last_boot_unix,
@@ -261,10 +277,10 @@ impl Verified {
             }],
             change_count: 1,
             sha256_before: rec.image.sha256.take(),
-            sha256: hashes.sha256.clone(),
+            sha256: sha256.clone(),
         });
         rec.image.chunk_blake3 = hashes.chunks;
-        rec.image.sha256 = Some(hashes.sha256);
+        rec.image.sha256 = Some(sha256);
         rec.image.boots_accepted = boots.boots;
         staged::record_changed(state, &rec)?;
         progress.note(&format!(
@@ -279,8 +295,15 @@ impl Verified {
     }
 }
 
-/// [`verify`], keeping what it read.
-pub fn verify_hashing(state: &StateDir, name: &str, progress: &dyn Progress) -> Result<Verified> {
+/// [`verify`], keeping what it read. The whole image's SHA-256 is
+/// computed (and checked) when the staging has one on record, or with
+/// `whole_sha256`; the chunk hashes prove every byte either way.
+pub fn verify_hashing(
+    state: &StateDir,
+    name: &str,
+    progress: &dyn Progress,
+    whole_sha256: bool,
+) -> Result<Verified> {
     let rec = state.load(name)?;
     if rec.state == StagingState::Failed {
         return Err(Error::new(
@@ -306,7 +329,8 @@ pub fn verify_hashing(state: &StateDir, name: &str, progress: &dyn Progress) -> 
     let reader = DiskReader::open(&checked.target.disk_path, checked.map)?;
     check_header(&rec, &reader, align)?;
 
-    let hashes = hash_image(&rec, &reader, align, "verify", progress)?;
+    let whole = whole_sha256 || rec.image.sha256.is_some();
+    let hashes = hash_image(&rec, &reader, align, "verify", progress, whole)?;
     let mut bad = Vec::new();
     let mut bad_count = 0u64;
     for (index, (expected, actual)) in rec
@@ -326,7 +350,7 @@ pub fn verify_hashing(state: &StateDir, name: &str, progress: &dyn Progress) -> 
     let sha256 = hashes.sha256.clone();
     let complete = rec.image.chunk_blake3.len() as u64 == rec.image.chunk_count();
     // The whole-image hash is checked when one was recorded.
-    let whole_ok = rec.image.sha256.as_deref().is_none_or(|s| s == sha256);
+    let whole_ok = rec.image.sha256.is_none() || rec.image.sha256 == sha256;
     let ok = bad_count == 0 && complete && whole_ok;
     let changed_by_boot = if ok || !complete {
         None
@@ -342,7 +366,7 @@ pub fn verify_hashing(state: &StateDir, name: &str, progress: &dyn Progress) -> 
         chunks_checked: rec.image.chunk_blake3.len() as u64,
         bad_chunks: bad,
         bad_chunk_count: bad_count,
-        sha256: Some(sha256),
+        sha256,
         changed_by_boot,
         rehashed: false,
     };

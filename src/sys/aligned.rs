@@ -16,6 +16,10 @@ pub struct AlignedBuf {
 
 // SAFETY: AlignedBuf owns its allocation exclusively, like a Box<[u8]>.
 unsafe impl Send for AlignedBuf {}
+// SAFETY: shared access only reads (`Deref` to `&[u8]`); writing needs
+// `&mut self`, as for a Box<[u8]>. Lets several disk writes in flight
+// share one chunk (`DiskWriter::write_queued`).
+unsafe impl Sync for AlignedBuf {}
 
 impl AlignedBuf {
     /// `len` zero bytes (`len` > 0).

@@ -103,7 +103,7 @@ fn a_gpt_disk_image_becomes_one_staging_per_partition() {
             slice(&data, parts[i]),
         );
         // verify reads the partition back from the disk
-        let v = cli.json(&["verify", &name, "--json"]);
+        let v = cli.json(&["verify", &name, "--sha256", "--json"]);
         assert_eq!(v["ok"], true, "{v}");
         assert_eq!(v["sha256"], sha256_hex(slice(&data, parts[i])));
     }

@@ -53,6 +53,9 @@ fn stage_and_prove_nothing_stray(fs: Fs) {
     assert_image_on_disk(&disk, &map, &image);
     let verify = cli.json(&["verify", "sys", "--json"]);
     assert_eq!(verify["ok"], true, "{verify}");
+    // no SHA-256 on record: the chunk hashes alone, unless asked
+    assert!(verify["sha256"].is_null(), "{verify}");
+    let verify = cli.json(&["verify", "sys", "--sha256", "--json"]);
     assert_eq!(verify["sha256"], sha256_hex(&image));
     let list = cli.json(&["list", "--json"]);
     assert_eq!(list["images"][0]["state"], "complete");
