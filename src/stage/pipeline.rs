@@ -222,7 +222,7 @@ pub(super) fn write_pass(
     let ended = std::thread::scope(|s| -> Result<Ended> {
         let (tx, rx) = mpsc::sync_channel::<Message<HashedChunk>>(PIPELINE_DEPTH);
         let (free_tx, free_rx) = mpsc::channel::<AlignedBuf>();
-        for _ in 0..2 * PIPELINE_DEPTH + 3 + WRITES_IN_FLIGHT {
+        for _ in 0..2 * PIPELINE_DEPTH + 3 {
             free_tx
                 .send(AlignedBuf::new(chunk as usize))
                 .expect("receiver alive");
