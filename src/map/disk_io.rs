@@ -543,17 +543,16 @@ mod tests {
         (disk, map)
     }
 
+    /// A writer over the fixture, bounded to bytes 4096..60000.
+    fn writer(disk: &tempfile::NamedTempFile, map: &ExtentMap) -> DiskWriter {
+        let file = disk.reopen().unwrap();
+        DiskWriter::from_file(file, disk.path(), map.clone(), vec![(4096, 60000)], 512).unwrap()
+    }
+
     #[test]
     fn writes_land_only_at_mapped_bytes() {
         let (disk, map) = fixture();
-        let mut w = DiskWriter::from_file(
-            disk.reopen().unwrap(),
-            disk.path(),
-            map.clone(),
-            vec![(4096, 60000)],
-            512,
-        )
-        .unwrap();
+        let mut w = writer(&disk, &map);
         let data: Vec<u8> = (0..12288u32).map(|i| (i % 251) as u8 + 1).collect();
         let mut buf = AlignedBuf::new(data.len());
         buf.copy_from_slice(&data);
@@ -573,14 +572,7 @@ mod tests {
     #[test]
     fn queued_writes_land_at_mapped_bytes_and_give_their_buffers_back() {
         let (disk, map) = fixture();
-        let mut w = DiskWriter::from_file(
-            disk.reopen().unwrap(),
-            disk.path(),
-            map.clone(),
-            vec![(4096, 60000)],
-            512,
-        )
-        .unwrap();
+        let mut w = writer(&disk, &map);
         w.start_queue(3);
         let data: Vec<u8> = (0..12288u32).map(|i| (i % 251) as u8 + 1).collect();
         let (back, returned) = mpsc::channel();

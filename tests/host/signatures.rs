@@ -456,42 +456,39 @@ fn the_policy_lets_only_signed_stagings_become_bootable() {
     std::fs::create_dir_all(config.join("trusted.d")).unwrap();
     signers.export("builder@example.org", &config.join("trusted.d/builder.asc"));
     std::fs::write(config.join("policy.toml"), "require_signature = true\n").unwrap();
-    let run = |args: &[&str]| {
-        cli.cmd()
+    // liverestore under that configuration, exiting `code`: its stderr
+    let run = |code: i32, args: &[&str]| {
+        let out = cli
+            .cmd()
             .env("LIVERESTORE_CONFIG_DIR", &config)
             .args(args)
             .output()
-            .unwrap()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {err}");
+        err
     };
     let img = crate::activate_grub::system_image(t.path());
     let g = crate::activate_grub::grub_dir_with_env(&mnt);
     let helper = crate::activate_grub::helper();
+    let (img_s, mnt_s) = (img.to_str().unwrap(), mnt.to_str().unwrap());
+    let stage = ["stage", img_s, "--name", "sys", "--dir", mnt_s];
+    let grub = g.to_str().unwrap();
     let activate = [
         "activate",
         "sys",
         "--loader",
         "grub",
         "--grub-dir",
-        g.to_str().unwrap(),
+        grub,
         "--helper",
         &helper,
     ];
 
     // Unsigned: staged (it can be tested), with a warning; not activated.
-    let out = run(&[
-        "stage",
-        img.to_str().unwrap(),
-        "--name",
-        "sys",
-        "--dir",
-        mnt.to_str().unwrap(),
-    ]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{err}");
+    let err = run(0, &stage);
     assert!(err.contains("`activate` will refuse it"), "{err}");
-    let out = run(&activate);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(27), "{err}");
+    let err = run(27, &activate);
     assert!(
         err.contains("requires it (require_signature = true)"),
         "{err}"
@@ -506,59 +503,27 @@ fn the_policy_lets_only_signed_stagings_become_bootable() {
     // signature found next to the image), customized, then activated.
     let sig = PathBuf::from(format!("{}.asc", img.display()));
     signers.sign("builder@example.org", &img, &sig, true, &[]);
-    let out = run(&[
-        "stage",
-        img.to_str().unwrap(),
-        "--name",
-        "sys",
-        "--dir",
-        mnt.to_str().unwrap(),
-    ]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = run(&["customize", "sys", "--hostname", "signed-host"]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run(0, &stage);
+    run(0, &["customize", "sys", "--hostname", "signed-host"]);
     let info = cli.json(&["info", "sys", "--json"]);
     let image = &info["record"]["image"];
-    assert_eq!(
-        image["signature"]["key"],
-        signers.fingerprint("builder@example.org"),
-        "{info}"
-    );
+    let key = signers.fingerprint("builder@example.org");
+    assert_eq!(image["signature"]["key"], key, "{info}");
     assert_eq!(
         image["customized"][0]["changes"][0]["what"], "hostname",
         "{info}"
     );
     let text = cli.expect(0, &["info", "sys"]);
-    assert!(
-        text.contains("(of the image as staged; changed since by customize"),
-        "{text}"
-    );
-    let out = run(&activate);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let note = "(of the image as staged; changed since by customize";
+    assert!(text.contains(note), "{text}");
+    run(0, &activate);
     assert!(mnt.join("boot/liverestore/sys/vmlinuz").exists());
     cli.expect(0, &["rollback"]);
 
     // A policy file with a rule this version does not know: refused, not
     // half-applied.
     std::fs::write(config.join("policy.toml"), "require_signatures = true\n").unwrap();
-    let out = run(&activate);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(27), "{err}");
+    let err = run(27, &activate);
     assert!(err.contains("require_signatures"), "{err}");
     cli.expect(0, &["discard", "sys"]);
 }
