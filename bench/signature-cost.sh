@@ -35,17 +35,17 @@ for f in random.img random.img.zst; do
 done
 cat "$work"/images/* > /dev/null   # page cache for everyone
 
-printf '%-14s %-9s %-5s %8s %9s\n' image signature round stage_s vs_unsigned
+printf '%-14s %-9s %-5s %8s %9s %9s\n' image signature round stage_s vs_unsigned peak_rss
 for f in random.img random.img.zst; do
   for r in $(seq 1 "$rounds"); do
     for k in unsigned pgp minisign; do
       sync
       t0=$(date +%s.%N)
-      "$lr" --json stage "$work/$k/$f" --name bench --dir "$work/host" --trusted-keys "$work/keys" > "$work/out.json"
+      /usr/bin/time -f %M -o "$work/rss" "$lr" --json stage "$work/$k/$f" --name bench --dir "$work/host" --trusted-keys "$work/keys" > "$work/out.json"
       t=$(echo "$(date +%s.%N) - $t0" | bc -l)
       grep -q '"format":"' "$work/out.json" || [ "$k" = unsigned ] || { echo "$k: not verified" >&2; exit 1; }
       [ "$k" = unsigned ] && base=$t
-      printf '%-14s %-9s %-5s %8.2f %9.3f\n' "$f" "$k" "$r" "$t" "$(echo "$t / $base" | bc -l)"
+      printf '%-14s %-9s %-5s %8.2f %9.3f %5s MiB\n' "$f" "$k" "$r" "$t" "$(echo "$t / $base" | bc -l)" "$(( $(cat "$work/rss") >> 10 ))"
       echo "$f $k $t" >> "$work/times"
       "$lr" discard bench >/dev/null
     done

@@ -225,9 +225,11 @@ enum Matched {
     Minisign(Box<minisign::Matched>),
 }
 
-/// Bytes in flight to the checking thread: enough to keep it busy, little
-/// memory.
-const CHECK_QUEUE: usize = 8;
+/// Pieces in flight to the checking thread, and their size: enough to
+/// keep it busy, and at most 4 MiB on top of the staging's own buffers
+/// (measured: 16 MiB of 4 MiB reads took a signed staging to 76 MiB RSS).
+const CHECK_QUEUE: usize = 4;
+const CHECK_PIECE: usize = 1 << 20;
 
 impl SignatureMatch {
     /// The key that will check the image, for messages.
@@ -301,12 +303,14 @@ impl StreamingCheck {
             return;
         }
         self.fed += data.len() as u64;
-        // A checking thread that already ended has its answer: `finish`
-        // gives it.
-        if let Some(tx) = &self.tx
-            && tx.send(data.to_vec()).is_err()
-        {
-            self.tx = None;
+        for piece in data.chunks(CHECK_PIECE) {
+            // A checking thread that already ended has its answer: `finish`
+            // gives it.
+            if let Some(tx) = &self.tx
+                && tx.send(piece.to_vec()).is_err()
+            {
+                self.tx = None;
+            }
         }
     }
 

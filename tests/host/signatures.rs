@@ -298,6 +298,9 @@ fn signed_images_stage_only_when_a_trusted_key_signed_their_bytes() {
         text.contains("signature:   good openpgp signature by key"),
         "{text}"
     );
+    // the on-disk header holds the same verification: verify compares it
+    // with the record
+    cli.expect(0, &["verify", "sys"]);
     cli.expect(0, &["discard", "sys"]);
 
     // bmaptool's model: the image unsigned, its bmap signed (BMAP.asc);
