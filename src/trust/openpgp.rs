@@ -57,15 +57,7 @@ impl Key {
         sig: &packet::Signature,
         now_unix: u64,
     ) -> Option<Result<Matched>> {
-        let names = |k: &dyn KeyDetails| {
-            sig.issuer_fingerprint()
-                .iter()
-                .any(|f| **f == k.fingerprint())
-                || sig
-                    .issuer_key_id()
-                    .iter()
-                    .any(|id| **id == k.legacy_key_id())
-        };
+        let names = |k: &dyn KeyDetails| made_by(sig, k);
         for cert in &self.certs {
             let signer = cert
                 .details
@@ -103,15 +95,26 @@ impl Key {
     }
 }
 
-/// The end of a key's validity from its self-signature, if it has one.
+/// The end of a key's validity, if it has one: what the newest of its
+/// self-signatures says (a newer one without an expiry lifts it).
 fn expiry(created: u64, self_sigs: &[&packet::Signature]) -> Option<u64> {
-    // The newest self-signature that says anything about it decides.
     let newest = self_sigs
         .iter()
-        .filter(|s| s.key_expiration_time().is_some())
         .max_by_key(|s| s.created().map(|t| t.as_secs()))?;
     let secs = newest.key_expiration_time()?.as_secs();
     (secs > 0).then(|| created + u64::from(secs))
+}
+
+/// Whether `sig` was made by `key` (a self-signature, when `key` is the
+/// primary key), as far as its issuer subpackets say.
+fn made_by(sig: &packet::Signature, key: &dyn KeyDetails) -> bool {
+    sig.issuer_fingerprint()
+        .iter()
+        .any(|f| **f == key.fingerprint())
+        || sig
+            .issuer_key_id()
+            .iter()
+            .any(|id| **id == key.legacy_key_id())
 }
 
 /// The checks of the signature against a key's own times.
@@ -160,10 +163,12 @@ fn usable_primary(cert: &SignedPublicKey, sig: &packet::Signature, now: u64) -> 
             when.map(|w| format!(" on {w}")).unwrap_or_default()
         )));
     }
+    // Certifications by others (on a user ID) say nothing of its expiry.
     let mut self_sigs: Vec<&packet::Signature> = cert.details.direct_signatures.iter().collect();
     for u in &cert.details.users {
         self_sigs.extend(u.signatures.iter());
     }
+    self_sigs.retain(|s| made_by(s, &cert.primary_key));
     let created = u64::from(cert.primary_key.created_at().as_secs());
     check_times(&what, created, expiry(created, &self_sigs), sig, now)
 }

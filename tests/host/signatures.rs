@@ -56,6 +56,24 @@ impl Signers {
             "sign",
             "never",
         ]);
+        // made in 2020, valid for a day, then renewed without an end
+        s.gpg(&[
+            "--faked-system-time",
+            "20200101T000000!",
+            "--quick-gen-key",
+            "Renewed <renewed@example.org>",
+            "ed25519",
+            "sign",
+            "1d",
+        ]);
+        let renewed = s.fingerprint("renewed@example.org");
+        s.gpg(&[
+            "--faked-system-time",
+            "20200101T120000!",
+            "--quick-set-expire",
+            &renewed,
+            "never",
+        ]);
         // made in 2020, valid for a day
         s.gpg(&[
             "--faked-system-time",
@@ -417,6 +435,21 @@ fn signed_images_stage_only_when_a_trusted_key_signed_their_bytes() {
         &then,
     );
     refused(&p("expired.sig"), "expired on 2020-01-02");
+    // a key whose newest self-signature lifted its expiry signs
+    signers.export("renewed@example.org", &trusted.join("renewed.asc"));
+    signers.sign(
+        "renewed@example.org",
+        p("sys.img"),
+        p("renewed.sig"),
+        false,
+        &then,
+    );
+    let out = stage.ok(&p("sys.img"), "x", &["--signature", &p("renewed.sig")]);
+    assert_eq!(
+        out["stagings"][0]["signature"]["signer"], "Renewed <renewed@example.org>",
+        "{out}"
+    );
+    cli.expect(0, &["discard", "x"]);
     signers.sign(
         "revoked@example.org",
         p("sys.img"),
