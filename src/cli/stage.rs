@@ -290,10 +290,7 @@ pub struct StageReport {
 pub(crate) fn describe_signature(v: &crate::trust::VerifiedSignature) -> String {
     let made = v
         .signed_unix
-        .map(|t| {
-            let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(t);
-            format!(", made {}", humantime::format_rfc3339_seconds(t))
-        })
+        .map(|t| format!(", made {}", crate::progress::utc_time(t)))
         .unwrap_or_default();
     let signer = v
         .signer
@@ -544,10 +541,9 @@ impl Report for InfoReport {
             (None, None) => println!("signature:   none"),
         }
         for c in &rec.image.customized {
-            let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(c.at_unix);
             println!(
                 "customized:  {}: {} changes, sha256 {} -> {}",
-                humantime::format_rfc3339_seconds(at),
+                crate::progress::utc_time(c.at_unix),
                 c.change_count,
                 c.sha256_before.as_deref().unwrap_or("-"),
                 c.sha256

@@ -30,13 +30,6 @@ pub const SIDECARS: [&str; 3] = ["sig", "asc", "minisig"];
 /// A bmap's signature files, as bmaptool looks for them.
 pub const BMAP_SIDECARS: [&str; 2] = ["asc", "sig"];
 
-fn now_unix() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 /// How a staging's bytes are bound to a signature.
 pub enum Signed {
     /// The image file's own signature, checked over its bytes while they
@@ -136,7 +129,7 @@ pub fn prepare(
         ));
         return Ok(None);
     }
-    let now = now_unix();
+    let now = crate::progress::unix_now();
     let mut first_refusal = None;
     for (origin, bytes) in candidates {
         let matched = signature_file::parse(&bytes)

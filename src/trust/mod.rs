@@ -33,9 +33,6 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, ErrorKind, Result};
 pub use signature_file::SignatureFile;
 
-/// Where the trusted keys are by default (`--trusted-keys` overrides it).
-pub const DEFAULT_TRUSTED_KEYS: &str = "/etc/liverestore/trusted.d";
-
 /// The directory of the machine's configuration: `/etc/liverestore`, or
 /// `$LIVERESTORE_CONFIG_DIR` (for tests and installs under another root;
 /// there is deliberately no command-line flag for it, so that a policy is
@@ -46,12 +43,10 @@ pub fn config_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/etc/liverestore"))
 }
 
-/// The trusted keys directory when `--trusted-keys` is not given.
+/// The trusted keys directory when `--trusted-keys` is not given:
+/// `trusted.d` of [`config_dir`].
 pub fn default_trusted_keys() -> PathBuf {
-    match std::env::var_os("LIVERESTORE_CONFIG_DIR") {
-        Some(d) => PathBuf::from(d).join("trusted.d"),
-        None => PathBuf::from(DEFAULT_TRUSTED_KEYS),
-    }
+    config_dir().join("trusted.d")
 }
 
 /// A refusal of a signature, as [`ErrorKind::SignatureRejected`].
@@ -254,10 +249,7 @@ impl SignatureMatch {
                 Matched::OpenPgp(m) => m.check(ChannelReader::new(rx)),
                 Matched::Minisign(m) => m.check(rx),
             }?;
-            let verified_unix = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0);
+            let verified_unix = crate::progress::unix_now();
             Ok(VerifiedSignature {
                 format: proof.format.to_string(),
                 key: proof.key,
@@ -312,11 +304,6 @@ impl StreamingCheck {
                 self.tx = None;
             }
         }
-    }
-
-    /// How many bytes were fed.
-    pub fn fed(&self) -> u64 {
-        self.fed
     }
 
     /// The end of the signed bytes: the verdict.

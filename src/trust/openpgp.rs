@@ -21,11 +21,6 @@ fn fingerprint(k: &impl KeyDetails) -> String {
     format!("{:X}", k.fingerprint())
 }
 
-fn date(unix: u64) -> String {
-    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix))
-        .to_string()
-}
-
 impl Key {
     /// One or more certificates, armored or binary. Their self-signatures
     /// must verify (a tampered key file is refused here, not trusted).
@@ -128,15 +123,18 @@ fn check_times(
     if let Some(end) = expires
         && now >= end
     {
-        return Err(rejected(format!("{what} expired on {}", date(end))));
+        return Err(rejected(format!(
+            "{what} expired on {}",
+            crate::progress::utc_time(end)
+        )));
     }
     let made = sig.created().map(|t| u64::from(t.as_secs()));
     if let Some(m) = made {
         if m < created {
             return Err(rejected(format!(
                 "the signature is dated {}, before {what} was created ({})",
-                date(m),
-                date(created)
+                crate::progress::utc_time(m),
+                crate::progress::utc_time(created)
             )));
         }
         if let Some(exp) = sig.signature_expiration_time().map(|d| d.as_secs())
@@ -145,7 +143,7 @@ fn check_times(
         {
             return Err(rejected(format!(
                 "the signature expired on {}",
-                date(m + u64::from(exp))
+                crate::progress::utc_time(m + u64::from(exp))
             )));
         }
     }
@@ -157,7 +155,9 @@ fn usable_primary(cert: &SignedPublicKey, sig: &packet::Signature, now: u64) -> 
     let what = format!("the OpenPGP key {fp}");
     // Revocations were checked to be the key's own when it was loaded.
     if let Some(r) = cert.details.revocation_signatures.first() {
-        let when = r.created().map(|t| date(u64::from(t.as_secs())));
+        let when = r
+            .created()
+            .map(|t| crate::progress::utc_time(u64::from(t.as_secs())));
         return Err(rejected(format!(
             "{what} was revoked{}: it signs nothing any more",
             when.map(|w| format!(" on {w}")).unwrap_or_default()

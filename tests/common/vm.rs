@@ -306,6 +306,11 @@ impl GuestRun {
                 (got.as_deref() != Some(v)).then(|| format!("{k}: expected {v:?}, got {got:?}"))
             })
             .collect();
+        self.assert_none_wrong(&wrong);
+    }
+
+    /// Fail with every line of `wrong` and the scenario's output, if any.
+    fn assert_none_wrong(&self, wrong: &[String]) {
         assert!(
             wrong.is_empty(),
             "{}\nscenario output:\n{}",
@@ -324,12 +329,7 @@ impl GuestRun {
                 (got != n).then(|| format!("{text:?}: expected {n} times, seen {got}"))
             })
             .collect();
-        assert!(
-            wrong.is_empty(),
-            "{}\nscenario output:\n{}",
-            wrong.join("\n"),
-            self.output()
-        );
+        self.assert_none_wrong(&wrong);
     }
 
     /// Assert that the scenario printed the lines starting with `keys` in
