@@ -17,6 +17,8 @@
 //! - [`attach`]: using a staging without booting it (attach, the FUSE
 //!   fallback, test-restore).
 //! - [`customize`]: changing a staged system before its first boot.
+//! - [`export`]: streaming a staging out into an archive file (raw+zstd,
+//!   qcow2) that `stage` takes back.
 //! - [`boot`]: **where boot entries change** (activate, commit, rollback),
 //!   the early-boot step and the boot formats.
 //! - [`cli`]: the command line, one function and one report per command.
@@ -33,6 +35,7 @@ pub mod boot;
 pub mod cli;
 pub mod customize;
 pub mod error;
+pub mod export;
 pub mod failpoint;
 pub mod input;
 pub mod journal;

@@ -4,7 +4,7 @@
 //! command shares. `src/main.rs` only calls [`main`].
 //!
 //! The files follow the library's folders: [`stage`] (plan, stage, list,
-//! info, verify, map, discard, scan), [`attach`] (attach, detach,
+//! info, verify, map, discard, scan), [`export`], [`attach`] (attach, detach,
 //! test-restore, customize), [`boot`] (activate, status, commit, rollback,
 //! initrd).
 
@@ -12,6 +12,7 @@ pub mod args;
 pub mod attach;
 pub mod boot;
 pub mod docs;
+pub mod export;
 pub mod output;
 pub mod stage;
 
@@ -113,6 +114,7 @@ pub enum Command {
     Map(stage::MapArgs),
     Discard(stage::DiscardArgs),
     Scan(stage::ScanArgs),
+    Export(export::ExportArgs),
     Activate(boot::ActivateArgs),
     Status(boot::StatusArgs),
     Rollback(boot::RollbackArgs),
@@ -138,6 +140,7 @@ impl Command {
         match self {
             Command::Stage(a) => Some(a.name.clone().unwrap_or_default()),
             Command::Verify(a) => Some(a.name.clone()),
+            Command::Export(a) => Some(a.name.clone()),
             Command::Discard(a) => Some(a.name.clone()),
             Command::Activate(a) => Some(a.name.clone()),
             Command::Attach(a) => Some(a.name.clone()),
@@ -283,6 +286,7 @@ fn run_command(command: Command, name: &str, cx: &Context) -> u8 {
         Command::Map(a) => finish(name, cx, a.run(cx)),
         Command::Discard(a) => finish(name, cx, a.run(cx)),
         Command::Scan(a) => finish(name, cx, a.run(cx)),
+        Command::Export(a) => finish(name, cx, a.run(cx)),
         Command::Activate(a) => finish(name, cx, a.run(cx)),
         Command::Status(a) => finish(name, cx, a.run(cx)),
         Command::Rollback(a) => finish(name, cx, a.run(cx)),

@@ -34,6 +34,8 @@ mod allocation;
 mod pipeline;
 mod sink;
 
+pub(crate) use pipeline::is_zero;
+
 use allocation::{allocate, record_space};
 use pipeline::write_pass;
 

@@ -60,7 +60,7 @@ pub(super) struct Ended {
 }
 
 /// Whether `b` is all zeros (in 64-byte blocks the compiler vectorizes).
-pub(super) fn is_zero(b: &[u8]) -> bool {
+pub(crate) fn is_zero(b: &[u8]) -> bool {
     let mut blocks = b.chunks_exact(64);
     blocks.all(|c| c.iter().fold(0u8, |a, &x| a | x) == 0)
         && blocks.remainder().iter().all(|&x| x == 0)

@@ -109,6 +109,34 @@ pub fn hash_image(
     progress: &dyn Progress,
     whole_sha256: bool,
 ) -> Result<ImageHashes> {
+    let mut whole = whole_sha256.then(Sha256::new);
+    let mut chunks = Vec::with_capacity(rec.image.chunk_count() as usize);
+    read_image_chunks(rec, reader, align, what, progress, |_, bytes, hash| {
+        if let Some(w) = whole.as_mut() {
+            w.update(bytes);
+        }
+        chunks.push(hash);
+        Ok(())
+    })?;
+    Ok(ImageHashes {
+        chunks,
+        sha256: whole.map(|w| hex::encode(w.finalize())),
+    })
+}
+
+/// Read every image byte of `rec` from the disk through `reader`,
+/// [`VERIFY_READERS`] chunks in flight, each hashed (BLAKE3) on the thread
+/// that read it, and hand them to `each` in image order: (chunk index,
+/// its bytes, its BLAKE3 in hex). The first error (a read's, or one
+/// `each` returns) ends it. `what` names the progress.
+pub fn read_image_chunks(
+    rec: &StagingRecord,
+    reader: &DiskReader,
+    align: u64,
+    what: &str,
+    progress: &dyn Progress,
+    mut each: impl FnMut(u64, &[u8], String) -> Result<()>,
+) -> Result<()> {
     use std::collections::BTreeMap;
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::mpsc;
@@ -117,8 +145,6 @@ pub fn hash_image(
     let size = rec.image.size;
     let count = rec.image.chunk_count();
     let data_offset = rec.container.data_offset;
-    let mut whole = whole_sha256.then(Sha256::new);
-    let mut chunks = Vec::with_capacity(count as usize);
     progress.begin(what, size);
     let next = AtomicU64::new(0);
     let (free_tx, free_rx) = mpsc::channel::<AlignedBuf>();
@@ -137,8 +163,8 @@ pub fn hash_image(
             let (free_rx, done_tx, next) = (&free_rx, done_tx.clone(), &next);
             s.spawn(move || {
                 loop {
-                    // A buffer first, then an index: the chunk the SHA-256
-                    // waits for always has a buffer (no deadlock).
+                    // A buffer first, then an index: the chunk taken in
+                    // order next always has a buffer (no deadlock).
                     let buf = free_rx
                         .lock()
                         .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -164,7 +190,6 @@ pub fn hash_image(
             });
         }
         drop(done_tx);
-        // In order: the SHA-256 and the list of chunk hashes.
         let mut waiting = BTreeMap::new();
         let mut expect = 0u64;
         while expect < count {
@@ -179,10 +204,7 @@ pub fn hash_image(
             while let Some((buf, hash)) = waiting.remove(&expect) {
                 let offset = expect * chunk;
                 let len = (size - offset).min(chunk);
-                if let Some(w) = whole.as_mut() {
-                    w.update(&buf[..len as usize]);
-                }
-                chunks.push(hash);
+                each(expect, &buf[..len as usize], hash)?;
                 progress.update(offset + len);
                 let _ = free_tx.send(buf);
                 expect += 1;
@@ -193,10 +215,7 @@ pub fn hash_image(
         Ok(())
     })?;
     progress.end();
-    Ok(ImageHashes {
-        chunks,
-        sha256: whole.map(|w| hex::encode(w.finalize())),
-    })
+    Ok(())
 }
 
 /// Verify `name`. Map and header problems are errors ([`ErrorKind::MapChanged`],

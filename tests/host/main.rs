@@ -16,6 +16,7 @@ mod attach;
 mod bad_input;
 mod crash;
 mod customize;
+mod export;
 mod formats;
 mod inputs;
 mod json_output;
