@@ -4,8 +4,27 @@
 # Needs root. Tests that need root are #[ignore]d with the reason, so a
 # plain `cargo test` as any user runs the rest; this runs them all.
 # LIVERESTORE_SLOW_TESTS=1 also runs the 15-minute real 4 GiB vfat staging.
+#
+# Where the time goes (a fresh 2-core machine): the build (~4 min) and
+# the QEMU guests under TCG (~14 min, two at a time). So the build starts
+# first, beside the package installation (it needs only Rust and a C
+# compiler), and the host tests run beside the guests (they mostly wait on
+# disks and servers): their output follows the guests'.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+mkdir -p target
+command -v cargo >/dev/null || { echo "cargo not found: install Rust (rustup) first" >&2; exit 1; }
+cargo test --locked --no-run --lib --bins --test guest --test host >target/test-build.log 2>&1 &
+build=$!
+systems=""
+host=""
+# What this script started in the background ends with it.
+stop_background() {
+  [ -z "$build" ] || kill "$build" 2>/dev/null || true
+  [ -z "$systems" ] || kill -TERM -- -"$systems" 2>/dev/null || true
+  [ -z "$host" ] || kill "$host" 2>/dev/null || true
+}
+trap stop_background EXIT
 bash scripts/install-deps.sh --packages
 # The real Debian systems the guest tests boot (scripts/debian-systems.sh;
 # cached in target/distros) take minutes to build, mostly waiting on the
@@ -13,16 +32,26 @@ bash scripts/install-deps.sh --packages
 # and the first guests. The tests that need them wait for this build (its
 # lock) and, should it fail, build them again themselves and fail with
 # its error.
-mkdir -p target
 setsid bash scripts/debian-systems.sh target/distros >target/debian-systems.log 2>&1 </dev/null &
 systems=$!
-trap 'kill -TERM -- -"$systems" 2>/dev/null || true' EXIT
 bash scripts/install-deps.sh
+echo "waiting for the test build…"
+if ! wait "$build"; then cat target/test-build.log; exit 1; fi
+build=""
+grep -v '^\s*Compiling ' target/test-build.log || true
 skip=(--skip vfat_4gib_image_splits_for_real)
 [ "${LIVERESTORE_SLOW_TESTS:-}" = 1 ] && skip=()
+# The host tests: four at a time, beside the guests.
+cargo test --locked --test host -- --include-ignored --test-threads=4 "${skip[@]}" >target/host-tests.log 2>&1 &
+host=$!
 # Unit tests and the QEMU guests: two at a time (each guest keeps a core
-# busy). The host tests: four at a time (the Ansible ones mostly wait on
-# their hosts and servers).
-cargo test --locked --lib --bins --test guest -- --include-ignored --test-threads=2 "${skip[@]}"
-cargo test --locked --test host -- --include-ignored --test-threads=4 "${skip[@]}"
+# busy).
+guests=0
+cargo test --locked --lib --bins --test guest -- --include-ignored --test-threads=2 "${skip[@]}" || guests=$?
+hosts=0
+wait "$host" || hosts=$?
+host=""
+echo "== host tests (they ran beside the guests) =="
+cat target/host-tests.log
 wait "$systems" || true
+[ "$guests" = 0 ] && [ "$hosts" = 0 ] || { echo "FAILED: guests exit $guests, host tests exit $hosts" >&2; exit 1; }
