@@ -4,7 +4,7 @@ set -euo pipefail
 [ "$(id -u)" = 0 ] || { echo "run as root (it installs packages and uses loop devices)" >&2; exit 1; }
 pkgs=(xfsprogs gdisk btrfs-progs e2fsprogs util-linux fdisk bc time zstd xz-utils qemu-utils android-sdk-libsparse-utils bmap-tools
       qemu-system-x86 kmod dmsetup dosfstools cpio ovmf mtools openssh-client grub-common grub-pc-bin grub-efi-amd64-bin
-      debootstrap prometheus-node-exporter prometheus openssh-server python3-venv fio gpg gpg-agent minisign)
+      debootstrap prometheus-node-exporter prometheus openssh-server python3-venv fio gpg gpg-agent minisign rsync acl attr)
 missing_packages() {
   local p
   for p in "${pkgs[@]}"; do

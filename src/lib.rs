@@ -17,6 +17,8 @@
 //! - [`attach`]: using a staging without booting it (attach, the FUSE
 //!   fallback, test-restore).
 //! - [`customize`]: changing a staged system before its first boot.
+//! - [`standby`]: warm standbys, copies of this very system kept as
+//!   stagings (`snapshot`).
 //! - [`export`]: streaming a staging out into an archive file (raw+zstd,
 //!   qcow2) that `stage` takes back.
 //! - [`boot`]: **where boot entries change** (activate, commit, rollback),
@@ -44,6 +46,7 @@ pub mod metrics;
 pub mod progress;
 pub mod space;
 pub mod stage;
+pub mod standby;
 pub mod store;
 pub mod sys;
 pub mod trust;

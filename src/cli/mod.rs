@@ -4,7 +4,7 @@
 //! command shares. `src/main.rs` only calls [`main`].
 //!
 //! The files follow the library's folders: [`stage`] (plan, stage, list,
-//! info, verify, map, discard, scan), [`export`], [`attach`] (attach, detach,
+//! info, verify, map, discard, scan), [`export`], [`standby`] (snapshot), [`attach`] (attach, detach,
 //! test-restore, customize), [`boot`] (activate, status, commit, rollback,
 //! initrd).
 
@@ -15,6 +15,7 @@ pub mod docs;
 pub mod export;
 pub mod output;
 pub mod stage;
+pub mod standby;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -115,6 +116,7 @@ pub enum Command {
     Discard(stage::DiscardArgs),
     Scan(stage::ScanArgs),
     Export(export::ExportArgs),
+    Snapshot(standby::SnapshotArgs),
     Activate(boot::ActivateArgs),
     Status(boot::StatusArgs),
     Rollback(boot::RollbackArgs),
@@ -141,6 +143,7 @@ impl Command {
             Command::Stage(a) => Some(a.name.clone().unwrap_or_default()),
             Command::Verify(a) => Some(a.name.clone()),
             Command::Export(a) => Some(a.name.clone()),
+            Command::Snapshot(a) => a.name.clone().or_else(|| a.refresh.clone()),
             Command::Discard(a) => Some(a.name.clone()),
             Command::Activate(a) => Some(a.name.clone()),
             Command::Attach(a) => Some(a.name.clone()),
@@ -287,6 +290,7 @@ fn run_command(command: Command, name: &str, cx: &Context) -> u8 {
         Command::Discard(a) => finish(name, cx, a.run(cx)),
         Command::Scan(a) => finish(name, cx, a.run(cx)),
         Command::Export(a) => finish(name, cx, a.run(cx)),
+        Command::Snapshot(a) => finish(name, cx, a.run(cx)),
         Command::Activate(a) => finish(name, cx, a.run(cx)),
         Command::Status(a) => finish(name, cx, a.run(cx)),
         Command::Rollback(a) => finish(name, cx, a.run(cx)),

@@ -429,8 +429,8 @@ impl Report for ListReport {
             return;
         }
         println!(
-            "{:<20} {:<10} {:>10} {:>6} {:<6} CONTAINER",
-            "NAME", "STATE", "SIZE", "DONE", "MAP"
+            "{:<20} {:<8} {:<10} {:>10} {:>6} {:<6} CONTAINER",
+            "NAME", "KIND", "STATE", "SIZE", "DONE", "MAP"
         );
         for i in &self.images {
             let pct = match (i.written, i.image_size) {
@@ -438,8 +438,9 @@ impl Report for ListReport {
                 _ => "-".into(),
             };
             println!(
-                "{:<20} {:<10} {:>10} {:>6} {:<6} {}",
+                "{:<20} {:<8} {:<10} {:>10} {:>6} {:<6} {}",
                 i.name,
+                i.kind.unwrap_or("-"),
                 i.state.as_deref().unwrap_or("corrupt"),
                 i.image_size.map(human_bytes).unwrap_or_else(|| "-".into()),
                 pct,
@@ -501,6 +502,29 @@ impl Report for InfoReport {
         );
         if let Some(f) = &rec.image.failure {
             println!("failure:     {f}");
+        }
+        if let Some(sb) = &rec.image.standby {
+            println!(
+                "standby:     a copy of {} (fs uuid {}) made {}{}: {} filesystem uuid {}",
+                sb.source_root,
+                sb.source_fs_uuid.as_deref().unwrap_or("-"),
+                if sb.copied_unix == 0 {
+                    "— interrupted, incomplete".to_string()
+                } else {
+                    crate::progress::utc_time(sb.copied_unix)
+                },
+                if sb.merged.is_empty() {
+                    String::new()
+                } else {
+                    format!(" with {} merged in", sb.merged.join(", "))
+                },
+                sb.fs_type,
+                sb.fs_uuid
+            );
+            println!(
+                "             consistency {}: each file copied consistently, not the tree as of one instant; {} changed while copied (copied again), {} vanished",
+                sb.consistency, sb.changed_during_copy, sb.vanished_during_copy
+            );
         }
         if let Some(p) = &rec.image.partition {
             println!("partition:   {}", describe_partition(p));

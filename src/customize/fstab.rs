@@ -204,6 +204,60 @@ pub fn with_nofail(fstab: &str, lines: &[usize]) -> String {
     out
 }
 
+/// `fstab` of a copy of a running system (`snapshot`) whose root is now
+/// the filesystem `root_uuid` of type `fs_type`: the `/` entry names it
+/// (options and pass kept); the entries of filesystems copied into the
+/// root (`merged`, e.g. `/boot`) are commented out, saying why; every
+/// other line as it was. Also returns what changed, one line each.
+pub fn for_copy(
+    fstab: &str,
+    root_uuid: &str,
+    fs_type: &str,
+    merged: &[String],
+) -> (String, Vec<String>) {
+    let mut out = String::with_capacity(fstab.len() + 128);
+    let mut changes = Vec::new();
+    let mut root_seen = false;
+    for line in fstab.split_inclusive('\n') {
+        let Some([device, mount_point, _, _]) = fields(line) else {
+            out.push_str(line);
+            continue;
+        };
+        if mount_point == "/" && !root_seen {
+            root_seen = true;
+            let rest: Vec<&str> = line.split_whitespace().skip(3).collect();
+            let rest = if rest.is_empty() {
+                "defaults 0 1".to_string()
+            } else {
+                rest.join(" ")
+            };
+            out.push_str(&format!("UUID={root_uuid} / {fs_type} {rest}\n"));
+            changes.push(format!("/ is now UUID={root_uuid} (was {device})"));
+        } else if merged.iter().any(|m| m == mount_point) {
+            out.push_str(&format!(
+                "# liverestore snapshot: {mount_point} was copied into the root filesystem\n# {}",
+                line.trim_start()
+            ));
+            if !line.ends_with('\n') {
+                out.push('\n');
+            }
+            changes.push(format!(
+                "{mount_point} ({device}) commented out: copied into /"
+            ));
+        } else {
+            out.push_str(line);
+        }
+    }
+    if !root_seen {
+        if !out.is_empty() && !out.ends_with('\n') {
+            out.push('\n');
+        }
+        out.push_str(&format!("UUID={root_uuid} / {fs_type} defaults 0 1\n"));
+        changes.push(format!("/ added as UUID={root_uuid}"));
+    }
+    (out, changes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -292,5 +346,24 @@ tmpfs /tmp tmpfs\n\
             "UUID=x /a ext4 rw,nofail"
         );
         assert_eq!(with_nofail(FSTAB, &[]), FSTAB);
+    }
+
+    #[test]
+    fn a_copy_names_its_own_root_and_drops_what_it_merged() {
+        let fstab = "# /etc/fstab\nUUID=aaaa / ext4 errors=remount-ro 0 1\nUUID=bbbb /boot ext4 defaults 0 2\nUUID=1A2B-3C4D /boot/efi vfat umask=0077 0 1\n/swapfile none swap sw 0 0";
+        let (out, changes) = for_copy(fstab, "cccc", "ext4", &["/boot".to_string()]);
+        assert_eq!(
+            out,
+            "# /etc/fstab\nUUID=cccc / ext4 errors=remount-ro 0 1\n# liverestore snapshot: /boot was copied into the root filesystem\n# UUID=bbbb /boot ext4 defaults 0 2\nUUID=1A2B-3C4D /boot/efi vfat umask=0077 0 1\n/swapfile none swap sw 0 0"
+        );
+        assert_eq!(changes.len(), 2);
+        let (out, changes) = for_copy("", "cccc", "xfs", &[]);
+        assert_eq!(out, "UUID=cccc / xfs defaults 0 1\n");
+        assert_eq!(changes, ["/ added as UUID=cccc"]);
+        let (out, _) = for_copy("proc /proc proc defaults", "cccc", "xfs", &[]);
+        assert_eq!(
+            out,
+            "proc /proc proc defaults\nUUID=cccc / xfs defaults 0 1\n"
+        );
     }
 }

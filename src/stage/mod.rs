@@ -234,6 +234,7 @@ pub fn stage(
                     boots_accepted: 0,
                     expected_signature: expected_signature.clone(),
                     signature: None,
+                    standby: None,
                 },
                 container,
                 host,

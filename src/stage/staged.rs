@@ -186,6 +186,11 @@ fn revalidate_file(
 #[derive(Debug, Clone, Serialize)]
 pub struct Listing {
     pub name: String,
+    /// `image` (staged from an image) or `standby` (a copy of a running
+    /// system, `snapshot`); None when the record cannot be read.
+    pub kind: Option<&'static str>,
+    /// For a standby: when its copy was made (Unix time).
+    pub copied_unix: Option<u64>,
     pub state: Option<String>,
     pub image_size: Option<u64>,
     pub written: Option<u64>,
@@ -250,6 +255,12 @@ pub fn list(state: &StateDir) -> Result<Vec<Listing>> {
                 let check = checked.and_then(|_| check_disjoint(state, &rec));
                 Listing {
                     name,
+                    kind: Some(if rec.image.standby.is_some() {
+                        "standby"
+                    } else {
+                        "image"
+                    }),
+                    copied_unix: rec.image.standby.as_ref().map(|s| s.copied_unix),
                     state: Some(rec.state.as_str().to_string()),
                     image_size: Some(rec.image.size),
                     written: Some(rec.image.written),
@@ -263,6 +274,8 @@ pub fn list(state: &StateDir) -> Result<Vec<Listing>> {
             }
             Err(e) => Listing {
                 name,
+                kind: None,
+                copied_unix: None,
                 state: None,
                 image_size: None,
                 written: None,

@@ -109,6 +109,47 @@ pub struct ImageInfo {
     /// `customize` keeps it and lists what it changed in `customized`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signature: Option<crate::trust::VerifiedSignature>,
+    /// Set when the staging is a warm standby: a copy of a running
+    /// system made by `snapshot`, not an image made elsewhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub standby: Option<Standby>,
+}
+
+/// How a warm standby was made (`snapshot`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Standby {
+    /// When the copy began and ended.
+    pub started_unix: u64,
+    pub copied_unix: u64,
+    /// The tree copied (`/`: the running system) and its filesystem.
+    pub source_root: String,
+    pub source_fs_uuid: Option<String>,
+    /// The filesystem made inside the staging, and its own UUID.
+    pub fs_type: String,
+    pub fs_uuid: String,
+    /// What the copy guarantees: `per-file` (each file is copied
+    /// consistently; the tree as a whole is not a point-in-time image).
+    pub consistency: String,
+    /// Separately mounted filesystems copied into the tree (`/boot`).
+    #[serde(default)]
+    pub merged: Vec<String>,
+    /// `--exclude` patterns given.
+    #[serde(default)]
+    pub excluded: Vec<String>,
+    /// Files that changed while they were copied (copied again), or that
+    /// vanished: how many, and the first [`Standby::MAX_LISTED`] of each.
+    pub changed_during_copy: u64,
+    #[serde(default)]
+    pub changed: Vec<String>,
+    pub vanished_during_copy: u64,
+    #[serde(default)]
+    pub vanished: Vec<String>,
+}
+
+impl Standby {
+    /// Paths kept in the record (which is also the on-disk header, whose
+    /// room is fixed).
+    pub const MAX_LISTED: usize = 20;
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -361,6 +402,15 @@ impl StagingRecord {
     /// Refuse ([`ErrorKind::InvalidState`]) while an interrupted
     /// `customize` left the staged bytes and their hashes disagreeing.
     pub fn check_not_customizing(&self) -> Result<()> {
+        if self.image.customizing.is_some() && self.image.standby.is_some() {
+            return Err(Error::new(
+                ErrorKind::InvalidState,
+                format!(
+                    "the copy into the standby '{0}' did not finish (interrupted), so its bytes are not a complete copy: discard it and snapshot again",
+                    self.name
+                ),
+            ));
+        }
         if self.image.customizing.is_some() {
             return Err(Error::new(
                 ErrorKind::InvalidState,
@@ -532,6 +582,7 @@ pub(crate) mod tests {
                 boots_accepted: 0,
                 expected_signature: None,
                 signature: None,
+                standby: None,
             },
             container: ContainerInfo {
                 path: "/var/tmp/web-01.lrc".into(),

@@ -26,3 +26,4 @@ mod partitions;
 mod segments;
 mod signatures;
 mod stage;
+mod standby;
