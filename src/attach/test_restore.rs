@@ -96,6 +96,28 @@ pub(crate) fn mount(device: &str, fs: &str, mnt: &std::path::Path, read_only: bo
     rustix::mount::mount(device, mnt, fs, flags, data).map_err(|e| Error::from(e).with_path(mnt))
 }
 
+/// Mount `device` (a filesystem of type `fs`) read-write at `mnt`, run
+/// `f` on the mount point, then write everything back (`syncfs`, which
+/// reports errors) and unmount, also when `f` failed; `f`'s error first.
+pub(crate) fn with_mounted_rw<T>(
+    device: &str,
+    fs: &str,
+    mnt: &std::path::Path,
+    f: impl FnOnce(&std::path::Path) -> Result<T>,
+) -> Result<T> {
+    mount(device, fs, mnt, false)?;
+    let out = f(mnt);
+    let synced = std::fs::File::open(mnt)
+        .and_then(|d| rustix::fs::syncfs(&d).map_err(Into::into))
+        .map_err(|e| Error::io("sync the attached filesystem", e).with_path(mnt));
+    let unmounted = attach::unmount(mnt);
+    let _ = std::fs::remove_dir(mnt);
+    let out = out?;
+    synced?;
+    unmounted?;
+    Ok(out)
+}
+
 /// Mount point for the test of a staging ([`StagingRecord::instance`]).
 ///
 /// [`StagingRecord::instance`]: crate::store::record::StagingRecord::instance

@@ -329,18 +329,9 @@ fn edit(
         ));
     }
     let mnt = PathBuf::from(format!("/run/liverestore/customize-{instance}"));
-    test_restore::mount(device, fs, &mnt, false)?;
-    let changed =
-        crate::attach::root_dir::RootDir::open(&mnt).and_then(|root| apply(&root, opts, ids));
-    // Written back before the unmount returns; syncfs reports errors.
-    let synced = std::fs::File::open(&mnt)
-        .and_then(|f| rustix::fs::syncfs(&f).map_err(Into::into))
-        .map_err(|e| Error::io("sync the image's filesystem", e).with_path(&mnt));
-    let unmounted = attach::unmount(&mnt);
-    let _ = std::fs::remove_dir(&mnt);
-    let changes = changed?;
-    synced?;
-    unmounted?;
+    let changes = test_restore::with_mounted_rw(device, fs, &mnt, |mnt| {
+        crate::attach::root_dir::RootDir::open(mnt).and_then(|root| apply(&root, opts, ids))
+    })?;
     Ok((fs, changes))
 }
 

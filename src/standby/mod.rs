@@ -486,45 +486,19 @@ fn copy_into(
     exclude.extend(opts.exclude.iter().cloned());
     let a = attach::attach(state, name, AttachMode::Direct)?;
     let mnt = PathBuf::from(format!("/run/liverestore/snapshot-{}", rec.instance()));
-    let copied = test_restore::mount(&a.device, &src.fs_type, &mnt, false).and_then(|()| {
-        let result = copy_tree(
-            opts,
-            &exclude,
-            &mnt,
-            fs_uuid,
-            &src.fs_type,
-            merged,
-            progress,
-        );
-        let synced = std::fs::File::open(&mnt)
-            .and_then(|f| rustix::fs::syncfs(&f).map_err(Into::into))
-            .map_err(|e| Error::io("sync the standby's filesystem", e).with_path(&mnt));
-        let unmounted = attach::unmount(&mnt);
-        let _ = std::fs::remove_dir(&mnt);
-        let out = result?;
-        synced?;
-        unmounted?;
-        Ok(out)
+    let copied = test_restore::with_mounted_rw(&a.device, &src.fs_type, &mnt, |mnt| {
+        copy_tree(opts, &exclude, mnt, fs_uuid, &src.fs_type, merged, progress)
     });
     let down = attach::detach(state, name);
     let (outcome, bytes, fstab_changes) = copied?;
     down?;
     let mut standby = rec.image.standby.take().expect("set above");
     standby.copied_unix = unix_now();
+    let listed = |v: &[String]| v.iter().take(Standby::MAX_LISTED).cloned().collect();
     standby.changed_during_copy = outcome.transferred.len() as u64;
-    standby.changed = outcome
-        .transferred
-        .iter()
-        .take(Standby::MAX_LISTED)
-        .cloned()
-        .collect();
+    standby.changed = listed(&outcome.transferred);
     standby.vanished_during_copy = outcome.vanished.len() as u64;
-    standby.vanished = outcome
-        .vanished
-        .iter()
-        .take(Standby::MAX_LISTED)
-        .cloned()
-        .collect();
+    standby.vanished = listed(&outcome.vanished);
     Ok((standby, bytes, fstab_changes))
 }
 
