@@ -16,14 +16,7 @@ rounds=${2:-3}
 [ "$(id -u)" = 0 ] || { echo "run as root" >&2; exit 1; }
 source scripts/scratch-disk.sh
 
-host_mib=$((size_mib * 3 / 2 + 64))
-raw_mib=$((size_mib + 16))
-dd if=/dev/zero of="$work/disk.img" bs=4M count=$(( (host_mib + raw_mib + 4) / 4 + 1 )) status=none
-sgdisk -n 1:2048:+${host_mib}M -t 1:8300 -n 2:0:+${raw_mib}M -t 2:8300 "$work/disk.img" >/dev/null
-attach_scratch_disk --direct-io=on
-mkfs.ext4 -q -E nodiscard "${loopdev}p1"
-mkdir "$work/host" && mount "${loopdev}p1" "$work/host"
-peer_dev="${loopdev}p2"
+two_partition_disk $((size_mib * 3 / 2 + 64)) $((size_mib + 16))
 
 mkdir "$work/tree" "$work/out"
 for i in $(seq 1 $((size_mib / 4 / 16))); do head -c 16M /dev/urandom > "$work/tree/f$i"; done

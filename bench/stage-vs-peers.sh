@@ -22,18 +22,8 @@ rounds=${2:-3}
 [ "$(id -u)" = 0 ] || { echo "run as root" >&2; exit 1; }
 source scripts/scratch-disk.sh
 
-host_mib=$((size_mib * 3 / 2 + 64))
-raw_mib=$((size_mib + 16))
-# Written, not sparse: writes into holes of the backing file (or unwritten
-# extents) cost the loop device's flush a journal commit, which would
-# penalise whoever writes to fresh blocks: a real disk has no holes.
-dd if=/dev/zero of="$work/disk.img" bs=4M count=$(( (host_mib + raw_mib + 4) / 4 + 1 )) status=none
-sgdisk -n 1:2048:+${host_mib}M -t 1:8300 -n 2:0:+${raw_mib}M -t 2:8300 "$work/disk.img" >/dev/null
-attach_scratch_disk --direct-io=on
-mkfs.ext4 -q -E nodiscard "${loopdev}p1"
-mkdir "$work/host" && mount "${loopdev}p1" "$work/host"
+two_partition_disk $((size_mib * 3 / 2 + 64)) $((size_mib + 16))
 dev=$(basename "$loopdev")
-peer_dev="${loopdev}p2"
 
 echo "building images (${size_mib} MiB each) on $(df --output=source "$work" | tail -1)…"
 head -c $((size_mib << 20)) /dev/urandom > "$work/random.img"

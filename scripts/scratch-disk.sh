@@ -29,3 +29,18 @@ attach_scratch_disk() {
     [ -b "${loopdev}p$n" ] || { echo "${loopdev}p$n is not a block device (a stray file?); remove it and retry" >&2; exit 1; }
   done
 }
+
+# two_partition_disk HOST_MIB RAW_MIB: "$work/disk.img" written (not
+# sparse: writes into holes of the backing file cost the loop device's
+# flush a journal commit, which would penalise whoever writes to fresh
+# blocks; a real disk has no holes) with partition 1 of HOST_MIB as ext4
+# mounted at "$work/host" and partition 2 of RAW_MIB left raw (the
+# peers' device, "$peer_dev"), attached with direct I/O.
+two_partition_disk() {
+  dd if=/dev/zero of="$work/disk.img" bs=4M count=$(( ($1 + $2 + 4) / 4 + 1 )) status=none
+  sgdisk -n 1:2048:+"$1"M -t 1:8300 -n 2:0:+"$2"M -t 2:8300 "$work/disk.img" >/dev/null
+  attach_scratch_disk --direct-io=on
+  mkfs.ext4 -q -E nodiscard "${loopdev}p1"
+  mkdir "$work/host" && mount "${loopdev}p1" "$work/host"
+  peer_dev="${loopdev}p2"
+}

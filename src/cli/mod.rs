@@ -4,7 +4,7 @@
 //! command shares. `src/main.rs` only calls [`main`].
 //!
 //! The files follow the library's folders: [`stage`] (plan, stage, list,
-//! info, verify, map, discard, scan), [`export`], [`standby`] (snapshot), [`attach`] (attach, detach,
+//! info, verify, map, discard, scan, adopt), [`export`], [`standby`] (snapshot), [`attach`] (attach, detach,
 //! test-restore, customize), [`boot`] (activate, status, commit, rollback,
 //! initrd).
 
@@ -115,6 +115,7 @@ pub enum Command {
     Map(stage::MapArgs),
     Discard(stage::DiscardArgs),
     Scan(stage::ScanArgs),
+    Adopt(stage::AdoptArgs),
     Export(export::ExportArgs),
     Snapshot(standby::SnapshotArgs),
     Activate(boot::ActivateArgs),
@@ -289,6 +290,7 @@ fn run_command(command: Command, name: &str, cx: &Context) -> u8 {
         Command::Map(a) => finish(name, cx, a.run(cx)),
         Command::Discard(a) => finish(name, cx, a.run(cx)),
         Command::Scan(a) => finish(name, cx, a.run(cx)),
+        Command::Adopt(a) => finish(name, cx, a.run(cx)),
         Command::Export(a) => finish(name, cx, a.run(cx)),
         Command::Snapshot(a) => finish(name, cx, a.run(cx)),
         Command::Activate(a) => finish(name, cx, a.run(cx)),

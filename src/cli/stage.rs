@@ -822,3 +822,58 @@ impl Report for ScanReport {
         }
     }
 }
+
+/// Re-create lost records from the headers on a disk.
+///
+/// When the state directory is lost (a broken or re-imaged primary, a
+/// restored backup of /var/lib), the stagings themselves are still on the
+/// disk, each with its record in its on-disk header. `adopt` reads the
+/// whole DISK as `scan` does and re-creates the record of each complete
+/// staging whose map still re-derives to the recorded one and whose every
+/// chunk, read back, has the hash its header records. Others are listed
+/// with the reason (exit 20 when a staging's data differs from its
+/// header); existing records are left alone.
+///   liverestore scan /dev/sda
+///   liverestore adopt /dev/sda
+#[derive(clap::Args, Debug)]
+#[command(verbatim_doc_comment)]
+pub struct AdoptArgs {
+    /// The whole disk the stagings are on (a block device).
+    disk: PathBuf,
+}
+
+impl AdoptArgs {
+    pub fn run(self, cx: &Context) -> Result<crate::stage::adopt::AdoptReport> {
+        crate::stage::adopt::adopt(&cx.lock()?, &self.disk, cx.progress.as_ref())
+    }
+}
+
+impl Report for crate::stage::adopt::AdoptReport {
+    fn exit_code(&self) -> u8 {
+        if self.headers.iter().any(|h| h.data_mismatch) {
+            ErrorKind::VerifyFailed.exit_code() as u8
+        } else {
+            0
+        }
+    }
+
+    fn print_text(&self) {
+        if self.headers.is_empty() {
+            println!("no liverestore headers on {}", self.disk);
+        }
+        for h in &self.headers {
+            println!(
+                "{:>14}  '{}' {}{}{}",
+                h.disk_offset,
+                h.name.as_deref().unwrap_or("?"),
+                h.outcome,
+                h.kind.map(|k| format!(" ({k})")).unwrap_or_default(),
+                h.reason
+                    .as_ref()
+                    .map(|r| format!(": {r}"))
+                    .unwrap_or_default()
+            );
+        }
+        println!("{} adopted", self.adopted);
+    }
+}

@@ -236,16 +236,8 @@ pub fn customize(
                 Ok(())
             })?;
         }
-        let report = verify::verify_accepting_own_boots(state, name, progress)?;
-        if !report.ok {
-            return Err(Error::new(
-                ErrorKind::VerifyFailed,
-                format!(
-                    "the staged bytes of '{name}' do not match their hashes ({} bad chunks): not customized; stage it again",
-                    report.bad_chunk_count
-                ),
-            ));
-        }
+        let report =
+            verify::verify_before_change(state, name, progress, "not customized; stage it again")?;
         let mut rec = state.load(name)?;
         rec.image.customizing = Some(now());
         staged::record_changed(state, &rec)?;

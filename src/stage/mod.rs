@@ -24,6 +24,7 @@
 //! this folder never imports), or write a disk but through
 //! [`crate::map::disk_io::DiskWriter`].
 
+pub mod adopt;
 pub mod plan;
 pub mod scan;
 pub mod signature;

@@ -235,6 +235,28 @@ pub fn verify_accepting_own_boots(
     verify_hashing(state, name, progress, true)?.accept_own_boots(state, progress)
 }
 
+/// Before changing the staged bytes of `name` (`customize`, a standby's
+/// refresh): they must be the ones recorded (the image's own boots
+/// accepted). `refused` says what is then not done and what to do.
+pub fn verify_before_change(
+    state: &StateLock<'_>,
+    name: &str,
+    progress: &dyn Progress,
+    refused: &str,
+) -> Result<VerifyReport> {
+    let report = verify_accepting_own_boots(state, name, progress)?;
+    if !report.ok {
+        return Err(Error::new(
+            ErrorKind::VerifyFailed,
+            format!(
+                "the staged bytes of '{name}' do not match their hashes ({} bad chunks): {refused}",
+                report.bad_chunk_count
+            ),
+        ));
+    }
+    Ok(report)
+}
+
 /// A verification with what it read: the record it checked and the
 /// hashes of the bytes as they are.
 pub struct Verified {

@@ -352,16 +352,12 @@ pub fn refresh(
     }
     if rec.image.customizing.is_none() {
         // An interrupted refresh is finished by refreshing again.
-        let report = verify::verify_accepting_own_boots(state, name, progress)?;
-        if !report.ok {
-            return Err(Error::new(
-                ErrorKind::VerifyFailed,
-                format!(
-                    "the bytes of '{name}' do not match their hashes ({} bad chunks): not refreshed; discard it and snapshot again",
-                    report.bad_chunk_count
-                ),
-            ));
-        }
+        verify::verify_before_change(
+            state,
+            name,
+            progress,
+            "not refreshed; discard it and snapshot again",
+        )?;
     }
     let opts = SnapshotOptions {
         name: name.to_string(),

@@ -5,7 +5,9 @@
 //! copy is compared with the source attribute by attribute (rsync's own
 //! itemized comparison, run by `test-restore --run` on the mounted
 //! standby), its fstab names its own filesystem, and `verify`, `list` and
-//! `export` take it; hooks and bad sources keep nothing.
+//! `export` take it; hooks and bad sources keep nothing; `--refresh`
+//! copies only what changed, `--keep` prunes, and `adopt` re-creates a
+//! lost record from the header on the raw disk after checking its data.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -291,6 +293,64 @@ fn a_snapshot_copies_every_attribute_and_is_a_staging_like_any_other() {
     let k = cli.json(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert_eq!(k["pruned"], serde_json::json!(["sb"]), "{k}");
     assert_eq!(containers_in(&stg.mnt), ["sb2.liverestore"]);
+
+    // Disaster: the state directory is lost; `adopt` finds the standby's
+    // header on the raw disk, checks every chunk and records it again.
+    let map = cli.json(&["map", "sb2", "--json"]);
+    let lost = t.path().join("state-lost");
+    std::fs::rename(&cli.state_dir, &lost).unwrap();
+    assert_eq!(
+        cli.json(&["list", "--json"])["images"],
+        serde_json::json!([])
+    );
+    let a = cli.json(&["adopt", &stg.dev, "--json"]);
+    assert_eq!(a["adopted"], 1, "{a}");
+    let h = a["headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["name"] == "sb2")
+        .unwrap()
+        .clone();
+    assert_eq!(h["outcome"], "adopted", "{a}");
+    assert_eq!(h["kind"], "standby");
+    let v = cli.json(&["verify", "sb2", "--json"]);
+    assert_eq!(v["ok"], true, "{v}");
+    assert_eq!(
+        cli.json(&["list", "--json"])["images"][0]["kind"],
+        "standby"
+    );
+    let again = cli.json(&["adopt", &stg.dev, "--json"]);
+    assert_eq!(again["adopted"], 0, "{again}");
+    assert!(
+        again["headers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|h| h["name"] == "sb2" && h["outcome"] == "known"),
+        "{again}"
+    );
+    // Lost again, and a byte of its data changed behind its back: not
+    // adopted (exit 20), said why.
+    std::fs::remove_dir_all(&cli.state_dir).unwrap();
+    let at = map["extents"][0]["disk_offset"].as_u64().unwrap() + 8192;
+    let mut b = stg.read_at(at, 1);
+    b[0] ^= 0x5a;
+    stg.poke(at, &b);
+    let bad = cli.json_failure(20, &["adopt", &stg.dev, "--json"]);
+    assert_eq!(bad["adopted"], 0, "{bad}");
+    assert!(
+        bad["headers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|h| h["name"] == "sb2" && h["data_mismatch"] == true),
+        "{bad}"
+    );
+    assert_eq!(
+        cli.json(&["list", "--json"])["images"],
+        serde_json::json!([])
+    );
 
     // A root on a filesystem the copy cannot recreate: said which.
     std::fs::create_dir_all(t.path().join("btrfs")).unwrap();
