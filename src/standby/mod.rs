@@ -184,7 +184,7 @@ fn hook(which: &str, cmd: &str) -> Result<()> {
     if !status.success() {
         return Err(Error::new(
             ErrorKind::InvalidState,
-            format!("the {which} hook `{cmd}` failed ({status}): nothing kept"),
+            format!("the {which} hook `{cmd}` failed ({status})"),
         ));
     }
     Ok(())
@@ -256,51 +256,19 @@ pub fn snapshot(
         None => (data + (data / 4).max(256 << 20)).next_multiple_of(1 << 20),
     };
     if let Some(cmd) = &opts.pre {
-        hook("--pre", cmd)?;
+        hook("--pre", cmd).map_err(|e| Error::new(e.kind(), format!("{e}: nothing made")))?;
     }
-
-    // The empty filesystem, staged like any image (refused here, before
-    // anything is written, when there is no room).
-    let work = PathBuf::from("/run/liverestore");
-    std::fs::create_dir_all(&work)
-        .map_err(|e| Error::io("create /run/liverestore", e).with_path(&work))?;
-    let empty = work.join(format!("snapshot-{}.img", opts.name));
-    let staged_result = empty_filesystem(&empty, &src.fs_type, size).and_then(|fs_uuid| {
-        let image = empty.display().to_string();
-        crate::stage::stage(
-            state,
-            &StageRequest {
-                name: &opts.name,
-                space: &opts.space,
-                image: &image,
-                open: Default::default(),
-                sha256: None,
-                split: Split::WholeDisk,
-                signature: SignatureRequest::default(),
-            },
-            progress,
-        )
-        .map(|_| fs_uuid)
-    });
-    let _ = std::fs::remove_file(&empty);
-    let fs_uuid = staged_result?;
-
-    let copied = copy_into(state, opts, &src, &fs_uuid, &merged, progress);
-    let (standby, bytes_copied, fstab_changes) = match copied {
-        Ok(c) => c,
-        Err(e) => {
-            let _ = staged::discard(state, &opts.name, true);
-            return Err(Error::new(
-                e.kind(),
-                format!("snapshot '{}' failed, nothing kept: {e}", opts.name),
-            ));
-        }
-    };
-    if let Some(cmd) = &opts.post
-        && let Err(e) = hook("--post", cmd)
-    {
+    // --post runs whatever happens from here (it resumes what --pre
+    // paused); a failing one discards the standby.
+    let made = stage_and_copy(state, opts, &src, size, &merged, progress);
+    let post = after_copy(opts.post.as_deref(), made.is_ok(), progress);
+    let (standby, bytes_copied, fstab_changes) = made?;
+    if let Err(e) = post {
         let _ = staged::discard(state, &opts.name, true);
-        return Err(e);
+        return Err(Error::new(
+            e.kind(),
+            format!("{e}: the standby '{}' was discarded", opts.name),
+        ));
     }
     let (sha256, chunks_changed, chunks) =
         record_standby(state, &opts.name, standby.clone(), progress)?;
@@ -385,7 +353,7 @@ pub fn refresh(
         fs_type: old.fs_type.clone(),
         ..src
     };
-    let (standby, bytes_copied, fstab_changes) =
+    let copied =
         copy_into(state, &opts, &src, &old.fs_uuid, &old.merged, progress).map_err(|e| {
             Error::new(
                 e.kind(),
@@ -393,10 +361,15 @@ pub fn refresh(
                     "refresh of '{name}' stopped: {e}; it is marked incomplete: run `liverestore snapshot --refresh {name}` again, or discard it"
                 ),
             )
-        })?;
-    if let Some(cmd) = hooks.1 {
-        hook("--post", cmd)?;
-    }
+        });
+    let post = after_copy(hooks.1, copied.is_ok(), progress);
+    let (standby, bytes_copied, fstab_changes) = copied?;
+    post.map_err(|e| {
+        Error::new(
+            e.kind(),
+            format!("{e}: '{name}' was copied but stays marked incomplete; refresh it again"),
+        )
+    })?;
     let (sha256, chunks_changed, chunks) = record_standby(state, name, standby.clone(), progress)?;
     Ok(SnapshotReport {
         name: name.to_string(),
@@ -444,6 +417,63 @@ fn prune(
         pruned.push(name);
     }
     Ok(pruned)
+}
+
+/// Run the `--post` hook, if any, after the copy: always, since it
+/// resumes what `--pre` paused. After a failed copy its own failure is
+/// only said (the copy's error is the one reported).
+fn after_copy(cmd: Option<&str>, copied: bool, progress: &dyn Progress) -> Result<()> {
+    let Some(cmd) = cmd else { return Ok(()) };
+    match hook("--post", cmd) {
+        Err(e) if !copied => {
+            progress.note(&e.to_string());
+            Ok(())
+        }
+        other => other,
+    }
+}
+
+/// The empty filesystem, staged like any image (refused before anything
+/// is written when there is no room), then the copy into it; a failed copy
+/// discards the staging.
+fn stage_and_copy(
+    state: &StateLock<'_>,
+    opts: &SnapshotOptions,
+    src: &SourceFs,
+    size: u64,
+    merged: &[String],
+    progress: &dyn Progress,
+) -> Result<(Standby, u64, Vec<String>)> {
+    let work = PathBuf::from("/run/liverestore");
+    std::fs::create_dir_all(&work)
+        .map_err(|e| Error::io("create /run/liverestore", e).with_path(&work))?;
+    let empty = work.join(format!("snapshot-{}.img", opts.name));
+    let staged_result = empty_filesystem(&empty, &src.fs_type, size).and_then(|fs_uuid| {
+        let image = empty.display().to_string();
+        crate::stage::stage(
+            state,
+            &StageRequest {
+                name: &opts.name,
+                space: &opts.space,
+                image: &image,
+                open: Default::default(),
+                sha256: None,
+                split: Split::WholeDisk,
+                signature: SignatureRequest::default(),
+            },
+            progress,
+        )
+        .map(|_| fs_uuid)
+    });
+    let _ = std::fs::remove_file(&empty);
+    let fs_uuid = staged_result?;
+    copy_into(state, opts, src, &fs_uuid, merged, progress).map_err(|e| {
+        let _ = staged::discard(state, &opts.name, true);
+        Error::new(
+            e.kind(),
+            format!("snapshot '{}' failed, nothing kept: {e}", opts.name),
+        )
+    })
 }
 
 /// Mark the staging as being copied, attach it writable, mount it, copy

@@ -236,6 +236,21 @@ fn a_snapshot_copies_every_attribute_and_is_a_staging_like_any_other() {
     assert!(e["message"].as_str().unwrap().contains("--pre"), "{e}");
     let e = run(22, snap("x2", &["--size", "200M", "--post", "false"]));
     assert!(e["message"].as_str().unwrap().contains("--post"), "{e}");
+    // --post runs even when the copy fails (it resumes what --pre paused)
+    let ran = t.path().join("post-ran");
+    let post = format!("touch {}", ran.display());
+    let big = src.mnt.join("var/big-after-the-check");
+    let pre = format!("head -c 40M /dev/urandom > {}", big.display());
+    let e = run(
+        23,
+        snap("x5", &["--size", "48M", "--pre", &pre, "--post", &post]),
+    );
+    assert!(
+        e["message"].as_str().unwrap().contains("nothing kept"),
+        "{e}"
+    );
+    assert!(ran.exists(), "--post ran after the failed copy");
+    std::fs::remove_file(&big).unwrap();
     let e = run(13, snap("x3", &["--size", "16M"]));
     assert!(e["message"].as_str().unwrap().contains("too small"), "{e}");
     let e = run(16, snap("sb", &[]));
