@@ -65,7 +65,8 @@ pub struct SnapshotArgs {
     /// Run CMD (`sh -c`) before the copy; if it fails nothing is made.
     #[arg(long, value_name = "CMD")]
     pre: Option<String>,
-    /// Run CMD after the copy; if it fails the standby is discarded.
+    /// Run CMD after the copy, also when the copy failed (it resumes what
+    /// --pre paused); if it fails the new standby is discarded.
     #[arg(long, value_name = "CMD")]
     post: Option<String>,
 }
