@@ -264,10 +264,7 @@ pub fn customize(
     down?;
 
     let mut rec = state.load(name)?;
-    let checked = staged::revalidate(&rec)?;
-    let align = checked.target.io_align();
-    let reader = DiskReader::open(&checked.target.disk_path, checked.map)?;
-    let hashes = verify::hash_image(&rec, &reader, align, "rehash", progress, true)?;
+    let hashes = verify::rehash(&rec, "rehash", progress)?;
     let sha256 = hashes.sha256.clone().expect("asked for");
     rec.image.chunk_blake3 = hashes.chunks;
     rec.image.sha256 = Some(sha256.clone());

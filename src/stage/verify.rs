@@ -86,6 +86,17 @@ pub struct ImageHashes {
     pub sha256: Option<String>,
 }
 
+/// The staged bytes of `rec` as they are on the disk now, hashed through
+/// its re-derived map: per chunk and the whole image's SHA-256 (for a new
+/// baseline after they were changed on purpose). `what` names the
+/// progress.
+pub fn rehash(rec: &StagingRecord, what: &str, progress: &dyn Progress) -> Result<ImageHashes> {
+    let checked = staged::revalidate(rec)?;
+    let align = checked.target.io_align();
+    let reader = DiskReader::open(&checked.target.disk_path, checked.map)?;
+    hash_image(rec, &reader, align, what, progress, true)
+}
+
 /// Reads of a verification in flight at once: each is a thread that reads
 /// a chunk and hashes it (BLAKE3), so the device gets several requests and
 /// the chunk hashes use every core, while the calling thread takes the
@@ -297,12 +308,7 @@ impl Verified {
         // The new baseline needs the whole image's SHA-256 too.
         let hashes = match hashes.sha256 {
             Some(_) => hashes,
-            None => {
-                let checked = staged::revalidate(&rec)?;
-                let align = checked.target.io_align();
-                let reader = DiskReader::open(&checked.target.disk_path, checked.map)?;
-                hash_image(&rec, &reader, align, "rehash", progress, true)?
-            }
+            None => rehash(&rec, "rehash", progress)?,
         };
         let sha256 = hashes.sha256.clone().expect("asked for");
         let since = boots.boots - boots.accepted_before;

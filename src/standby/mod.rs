@@ -31,7 +31,6 @@ use serde::Serialize;
 use crate::attach::{self, AttachMode, test_restore};
 use crate::error::{Error, ErrorKind, Result};
 use crate::input::split::Split;
-use crate::map::disk_io::DiskReader;
 use crate::progress::{Progress, unix_now};
 use crate::space::allocate::SpaceRequest;
 use crate::stage::{StageRequest, signature::SignatureRequest, staged, verify};
@@ -594,10 +593,7 @@ fn record_standby(
     progress: &dyn Progress,
 ) -> Result<(String, u64, u64)> {
     let mut rec = state.load(name)?;
-    let checked = staged::revalidate(&rec)?;
-    let align = checked.target.io_align();
-    let reader = DiskReader::open(&checked.target.disk_path, checked.map)?;
-    let hashes = verify::hash_image(&rec, &reader, align, "rehash", progress, true)?;
+    let hashes = verify::rehash(&rec, "rehash", progress)?;
     let sha256 = hashes.sha256.clone().expect("asked for");
     let changed = hashes
         .chunks
