@@ -169,7 +169,6 @@ impl Progress for JsonProgress {
     }
 }
 
-/// A Unix time as people read it: `2026-12-02T22:25:06Z`.
 /// Now, in seconds since the Unix epoch (0 if the clock is before it).
 pub fn unix_now() -> u64 {
     std::time::SystemTime::now()
@@ -178,6 +177,7 @@ pub fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
+/// A Unix time as people read it: `2026-12-02T22:25:06Z`.
 pub fn utc_time(unix: u64) -> String {
     humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix))
         .to_string()

@@ -23,7 +23,6 @@
 pub mod qcow2_out;
 pub mod zstd_out;
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -33,8 +32,8 @@ use sha2::{Digest, Sha256};
 use crate::error::{Error, ErrorKind, Result};
 use crate::map::disk_io::DiskReader;
 use crate::progress::Progress;
-use crate::stage::{staged, verify};
-use crate::store::record::StagingState;
+use crate::stage::{ChunkRun, staged, verify, zero_runs};
+use crate::store::durable;
 use crate::store::state_dir::StateDir;
 use crate::sys::io_priority::{self, IoClass, IoPriority};
 
@@ -97,8 +96,9 @@ pub struct ExportReport {
 /// Where the bytes of one export go, in image order.
 pub trait ArchiveWriter {
     /// Append the image's bytes at `offset` (always the next ones);
-    /// `zero` says they are all zeros.
-    fn write(&mut self, offset: u64, bytes: &[u8], zero: bool) -> Result<()>;
+    /// `runs` splits them into data and all-zero runs of whole
+    /// [`crate::stage::ZERO_GRAIN`]s, as staging splits them.
+    fn write(&mut self, offset: u64, bytes: &[u8], runs: &[ChunkRun]) -> Result<()>;
     /// Finish the archive (trailers, tables) and make it durable; its size.
     fn finish(self: Box<Self>) -> Result<u64>;
 }
@@ -111,28 +111,7 @@ pub fn export(
     progress: &dyn Progress,
 ) -> Result<ExportReport> {
     let rec = state.load(name)?;
-    match rec.state {
-        StagingState::Complete => {}
-        StagingState::Failed => {
-            return Err(Error::new(
-                ErrorKind::VerifyFailed,
-                format!(
-                    "'{name}' failed ({}): there is nothing trustworthy to export; discard it",
-                    rec.image.failure.as_deref().unwrap_or("unknown reason")
-                ),
-            ));
-        }
-        other => {
-            return Err(Error::new(
-                ErrorKind::InvalidState,
-                format!(
-                    "'{name}' is not complete ({}): finish it with `liverestore stage --resume {name}` first",
-                    other.as_str()
-                ),
-            ));
-        }
-    }
-    rec.check_not_customizing()?;
+    verify::check_verifiable(&rec)?;
     if opts.format == ExportFormat::Qcow2 && matches!(opts.target, ExportTarget::Stdout) {
         return Err(Error::new(
             ErrorKind::InvalidState,
@@ -220,17 +199,13 @@ fn export_in_class(
                 ));
             }
             sha.update(bytes);
-            let zeros: u64 = bytes
-                .chunks(qcow2_out::CLUSTER)
-                .filter(|g| crate::stage::is_zero(g))
-                .map(|g| g.len() as u64)
-                .sum();
-            zero_bytes += zeros;
-            out.write(
-                index * rec.image.chunk_size,
-                bytes,
-                zeros == bytes.len() as u64,
-            )
+            let runs = zero_runs(bytes);
+            zero_bytes += runs
+                .iter()
+                .filter(|r| r.zero)
+                .map(|r| r.len as u64)
+                .sum::<u64>();
+            out.write(index * rec.image.chunk_size, bytes, &runs)
         },
     )?;
     let staged_sha256 = hex::encode(sha.clone().finalize());
@@ -328,20 +303,34 @@ impl PartialFile {
     /// Rename the (synced) temporary file into place and sync the
     /// directory; the final path.
     fn commit(mut self) -> Result<PathBuf> {
-        if self.path.symlink_metadata().is_ok() {
-            return Err(Error::new(
-                ErrorKind::InvalidState,
-                format!(
-                    "{} appeared while exporting: not replaced",
-                    self.path.display()
-                ),
-            )
-            .with_path(&self.path));
+        // Never over a file that appeared meanwhile (one atomic rename).
+        let cwd = rustix::fs::CWD;
+        match rustix::fs::renameat_with(
+            cwd,
+            &self.temp,
+            cwd,
+            &self.path,
+            rustix::fs::RenameFlags::NOREPLACE,
+        ) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::EXIST) => {
+                return Err(Error::new(
+                    ErrorKind::InvalidState,
+                    format!(
+                        "{} appeared while exporting: not replaced",
+                        self.path.display()
+                    ),
+                )
+                .with_path(&self.path));
+            }
+            Err(e) => {
+                return Err(
+                    Error::io("rename the export into place", e.into()).with_path(&self.path)
+                );
+            }
         }
-        std::fs::rename(&self.temp, &self.path)
-            .map_err(|e| Error::io("rename the export into place", e).with_path(&self.path))?;
         self.committed = true;
-        sync_parent(&self.path)?;
+        durable::sync_parent(&self.path)?;
         Ok(self.path.clone())
     }
 }
@@ -352,16 +341,6 @@ impl Drop for PartialFile {
             let _ = std::fs::remove_file(&self.temp);
         }
     }
-}
-
-fn sync_parent(path: &Path) -> Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| Error::io("sync the directory", e).with_path(dir))
 }
 
 /// The name the SHA-256 line gives the image: the archive's name without
@@ -380,9 +359,9 @@ fn image_name(archive: &Path, format: ExportFormat, staging: &str) -> String {
     }
 }
 
-/// Write `ARCHIVE.sha256`: the image's SHA-256 in `sha256sum` style, which
-/// `stage ARCHIVE` finds and checks (it hashes the image it stages, not
-/// the archive file). Written under a temporary name, synced, renamed.
+/// Write `ARCHIVE.sha256` durably: the image's SHA-256 in `sha256sum`
+/// style, which `stage ARCHIVE` finds and checks (it hashes the image it
+/// stages, not the archive file).
 fn write_sha256_file(
     archive: &Path,
     sha256: &str,
@@ -390,19 +369,8 @@ fn write_sha256_file(
     staging: &str,
 ) -> Result<PathBuf> {
     let path = PathBuf::from(format!("{}.sha256", archive.display()));
-    let temp = PathBuf::from(format!("{}.partial-{}", path.display(), std::process::id()));
     let line = format!("{sha256}  {}\n", image_name(archive, format, staging));
-    let write = || -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&temp)?;
-        f.write_all(line.as_bytes())?;
-        f.sync_all()?;
-        std::fs::rename(&temp, &path)
-    };
-    write().map_err(|e| {
-        let _ = std::fs::remove_file(&temp);
-        Error::io("write the SHA-256 file", e).with_path(&path)
-    })?;
-    sync_parent(&path)?;
+    durable::replace_file(&path, line.as_bytes(), 0o644)?;
     Ok(path)
 }
 

@@ -12,11 +12,14 @@ use imago::{
 };
 
 use crate::error::{Error, Result};
+use crate::stage::ChunkRun;
 
 use super::ArchiveWriter;
 
-/// qcow2's default cluster size, as `qemu-img create` uses.
-pub const CLUSTER: usize = 64 << 10;
+/// qcow2's default cluster size, as `qemu-img create` uses; the grain of
+/// the zero runs export is given, so a zero run is whole clusters.
+pub const CLUSTER: usize = crate::stage::ZERO_GRAIN;
+const _: () = assert!(CLUSTER == 64 << 10);
 
 pub struct Qcow2Writer {
     access: FormatAccess<File>,
@@ -48,32 +51,13 @@ impl Qcow2Writer {
     }
 }
 
-/// The runs of `bytes` (at image offset `offset`) that hold data, cluster
-/// by cluster: (offset in `bytes`, length), neighbours merged.
-fn data_runs(bytes: &[u8]) -> Vec<(usize, usize)> {
-    let mut runs: Vec<(usize, usize)> = Vec::new();
-    for (i, c) in bytes.chunks(CLUSTER).enumerate() {
-        if crate::stage::is_zero(c) {
-            continue;
-        }
-        let start = i * CLUSTER;
-        match runs.last_mut() {
-            Some((s, l)) if *s + *l == start => *l += c.len(),
-            _ => runs.push((start, c.len())),
-        }
-    }
-    runs
-}
-
 impl ArchiveWriter for Qcow2Writer {
-    fn write(&mut self, offset: u64, bytes: &[u8], zero: bool) -> Result<()> {
-        if zero {
-            return Ok(());
-        }
-        for (start, len) in data_runs(bytes) {
-            let at = offset + start as u64;
+    fn write(&mut self, offset: u64, bytes: &[u8], runs: &[ChunkRun]) -> Result<()> {
+        // Zero runs are whole clusters (ZERO_GRAIN = CLUSTER): unallocated.
+        for run in runs.iter().filter(|r| !r.zero) {
+            let at = offset + run.start as u64;
             self.access
-                .write(&bytes[start..start + len], at)
+                .write(&bytes[run.start..run.start + run.len], at)
                 .map_err(|e| {
                     Error::io("write the qcow2 image", e)
                         .with_path(&self.path)
@@ -98,6 +82,15 @@ impl ArchiveWriter for Qcow2Writer {
 mod tests {
     use super::*;
 
+    /// The data runs of `b`, as (start, len).
+    fn data_runs(b: &[u8]) -> Vec<(usize, usize)> {
+        crate::stage::zero_runs(b)
+            .into_iter()
+            .filter(|r| !r.zero)
+            .map(|r| (r.start, r.len))
+            .collect()
+    }
+
     #[test]
     fn only_clusters_with_data_are_written() {
         let mut b = vec![0u8; 5 * CLUSTER + 100];
@@ -121,8 +114,9 @@ mod tests {
         let mut img = vec![0u8; size as usize];
         img[CLUSTER..2 * CLUSTER].fill(0xab);
         img[4 * CLUSTER + 3] = 7;
-        w.write(0, &img[..2 * CLUSTER], false).unwrap();
-        w.write(2 * CLUSTER as u64, &img[2 * CLUSTER..], false)
+        let (a, b) = img.split_at(2 * CLUSTER);
+        w.write(0, a, &crate::stage::zero_runs(a)).unwrap();
+        w.write(2 * CLUSTER as u64, b, &crate::stage::zero_runs(b))
             .unwrap();
         let len = w.finish().unwrap();
         // two data clusters, not five

@@ -1,12 +1,14 @@
 //! The raw image as one zstd frame (the `zstd` crate, libzstd's own
 //! multithreaded compressor, one worker per core; with its content
-//! checksum and the image's size in its header), to a file or a pipe. Zero runs cost almost nothing in the
-//! frame; `stage` reads it back like any `.zst`.
+//! checksum and the image's size in its header), to a file or a pipe.
+//! Zero runs cost almost nothing in the frame; `stage` reads it back like
+//! any `.zst`.
 
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
+use crate::stage::ChunkRun;
 
 use super::ArchiveWriter;
 
@@ -78,32 +80,27 @@ impl<W: DurableWrite> ZstdWriter<W> {
             path: path.map(Path::to_path_buf),
         })
     }
+}
 
-    fn failed(&self, what: &str, e: std::io::Error) -> Error {
-        let e = Error::io(what, e);
-        match &self.path {
-            Some(p) => e.with_path(p),
-            None => e,
-        }
+/// An I/O error of the export, naming its file (if it has one).
+fn failed(path: &Option<PathBuf>, what: &str, e: std::io::Error) -> Error {
+    let e = Error::io(what, e);
+    match path {
+        Some(p) => e.with_path(p),
+        None => e,
     }
 }
 
 impl<W: DurableWrite> ArchiveWriter for ZstdWriter<W> {
-    fn write(&mut self, offset: u64, bytes: &[u8], _zero: bool) -> Result<()> {
+    fn write(&mut self, offset: u64, bytes: &[u8], _runs: &[ChunkRun]) -> Result<()> {
         self.encoder
             .write_all(bytes)
-            .map_err(|e| self.failed("write the export", e).with_offset(offset))
+            .map_err(|e| failed(&self.path, "write the export", e).with_offset(offset))
     }
 
     fn finish(self: Box<Self>) -> Result<u64> {
         let path = self.path.clone();
-        let failed = |what: &str, e: std::io::Error| {
-            let e = Error::io(what, e);
-            match &path {
-                Some(p) => e.with_path(p),
-                None => e,
-            }
-        };
+        let failed = |what: &str, e| failed(&path, what, e);
         let counted = self
             .encoder
             .finish()
@@ -122,6 +119,7 @@ impl<W: DurableWrite> ArchiveWriter for ZstdWriter<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::stage::zero_runs;
 
     /// A Vec that can be "made durable".
     struct Memory(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
@@ -147,8 +145,8 @@ mod tests {
             Box::new(ZstdWriter::new(Memory(mem.clone()), 9 << 20, 3, None).unwrap());
         let data: Vec<u8> = (0..1 << 20).map(|i: u32| (i * 7 % 251) as u8).collect();
         let zeros = vec![0u8; 8 << 20];
-        w.write(0, &data, false).unwrap();
-        w.write(1 << 20, &zeros, true).unwrap();
+        w.write(0, &data, &zero_runs(&data)).unwrap();
+        w.write(1 << 20, &zeros, &zero_runs(&zeros)).unwrap();
         let n = w.finish().unwrap();
         let frame = mem.lock().unwrap().clone();
         assert_eq!(n, frame.len() as u64);

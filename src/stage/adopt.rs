@@ -126,12 +126,7 @@ pub fn adopt(state: &StateLock<'_>, disk: &Path, progress: &dyn Progress) -> Res
         let align = checked.target.io_align();
         let reader = DiskReader::open(&checked.target.disk_path, checked.map)?;
         let hashes = verify::hash_image(&rec, &reader, align, "adopt", progress, false)?;
-        let bad = hashes
-            .chunks
-            .iter()
-            .zip(&rec.image.chunk_blake3)
-            .filter(|(a, b)| a != b)
-            .count();
+        let bad = hashes.differing(&rec.image.chunk_blake3).count();
         if bad > 0 || hashes.chunks.len() != rec.image.chunk_blake3.len() {
             let mut a = skipped(
                 h,

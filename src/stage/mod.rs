@@ -35,7 +35,7 @@ mod allocation;
 mod pipeline;
 mod sink;
 
-pub(crate) use pipeline::is_zero;
+pub use pipeline::{ChunkRun, zero_runs};
 
 use allocation::{allocate, record_space};
 use pipeline::write_pass;

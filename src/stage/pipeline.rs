@@ -14,10 +14,10 @@ use crate::space::hostfs::HostTarget;
 /// A run of a chunk, in bytes from the chunk's start: data to write, or
 /// zeros to make with `BLKZEROOUT`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct ChunkRun {
-    pub(super) start: usize,
-    pub(super) len: usize,
-    pub(super) zero: bool,
+pub struct ChunkRun {
+    pub start: usize,
+    pub len: usize,
+    pub zero: bool,
 }
 
 /// A chunk as read from the image: `len` image bytes in `buf` (unless
@@ -60,7 +60,7 @@ pub(super) struct Ended {
 }
 
 /// Whether `b` is all zeros (in 64-byte blocks the compiler vectorizes).
-pub(crate) fn is_zero(b: &[u8]) -> bool {
+pub(super) fn is_zero(b: &[u8]) -> bool {
     let mut blocks = b.chunks_exact(64);
     blocks.all(|c| c.iter().fold(0u8, |a, &x| a | x) == 0)
         && blocks.remainder().iter().all(|&x| x == 0)
@@ -68,7 +68,7 @@ pub(crate) fn is_zero(b: &[u8]) -> bool {
 
 /// Split `buf` into data and zero runs of whole [`ZERO_GRAIN`]s (the last
 /// grain may be shorter), merging neighbours of the same kind.
-pub(super) fn zero_runs(buf: &[u8]) -> Vec<ChunkRun> {
+pub fn zero_runs(buf: &[u8]) -> Vec<ChunkRun> {
     let mut runs: Vec<ChunkRun> = Vec::new();
     for (i, grain) in buf.chunks(ZERO_GRAIN).enumerate() {
         let zero = is_zero(grain);

@@ -86,6 +86,19 @@ pub struct ImageHashes {
     pub sha256: Option<String>,
 }
 
+impl ImageHashes {
+    /// The indices of the chunks, of those both sides have, whose hash
+    /// differs from `recorded`'s.
+    pub fn differing<'a>(&'a self, recorded: &'a [String]) -> impl Iterator<Item = u64> + 'a {
+        self.chunks
+            .iter()
+            .zip(recorded)
+            .enumerate()
+            .filter(|(_, (a, b))| a != b)
+            .map(|(i, _)| i as u64)
+    }
+}
+
 /// The staged bytes of `rec` as they are on the disk now, hashed through
 /// its re-derived map: per chunk and the whole image's SHA-256 (for a new
 /// baseline after they were changed on purpose). `what` names the
@@ -342,16 +355,11 @@ impl Verified {
     }
 }
 
-/// [`verify`], keeping what it read. The whole image's SHA-256 is
-/// computed (and checked) when the staging has one on record, or with
-/// `whole_sha256`; the chunk hashes prove every byte either way.
-pub fn verify_hashing(
-    state: &StateDir,
-    name: &str,
-    progress: &dyn Progress,
-    whole_sha256: bool,
-) -> Result<Verified> {
-    let rec = state.load(name)?;
+/// Refuse a staging whose bytes cannot be vouched for: failed
+/// ([`ErrorKind::VerifyFailed`]), not complete, or left mid-change by an
+/// interrupted `customize` or snapshot ([`ErrorKind::InvalidState`]).
+pub fn check_verifiable(rec: &StagingRecord) -> Result<()> {
+    let name = &rec.name;
     if rec.state == StagingState::Failed {
         return Err(Error::new(
             ErrorKind::VerifyFailed,
@@ -370,7 +378,20 @@ pub fn verify_hashing(
             ),
         ));
     }
-    rec.check_not_customizing()?;
+    rec.check_not_customizing()
+}
+
+/// [`verify`], keeping what it read. The whole image's SHA-256 is
+/// computed (and checked) when the staging has one on record, or with
+/// `whole_sha256`; the chunk hashes prove every byte either way.
+pub fn verify_hashing(
+    state: &StateDir,
+    name: &str,
+    progress: &dyn Progress,
+    whole_sha256: bool,
+) -> Result<Verified> {
+    let rec = state.load(name)?;
+    check_verifiable(&rec)?;
     let checked = staged::revalidate(&rec)?;
     let align = checked.target.io_align();
     let reader = DiskReader::open(&checked.target.disk_path, checked.map)?;
@@ -380,18 +401,10 @@ pub fn verify_hashing(
     let hashes = hash_image(&rec, &reader, align, "verify", progress, whole)?;
     let mut bad = Vec::new();
     let mut bad_count = 0u64;
-    for (index, (expected, actual)) in rec
-        .image
-        .chunk_blake3
-        .iter()
-        .zip(&hashes.chunks)
-        .enumerate()
-    {
-        if expected != actual {
-            bad_count += 1;
-            if bad.len() < 64 {
-                bad.push(index as u64);
-            }
+    for index in hashes.differing(&rec.image.chunk_blake3) {
+        bad_count += 1;
+        if bad.len() < 64 {
+            bad.push(index);
         }
     }
     let sha256 = hashes.sha256.clone();

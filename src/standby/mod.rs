@@ -28,7 +28,9 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use crate::attach::root_dir::{Kind, Meta, RootDir};
 use crate::attach::{self, AttachMode, test_restore};
+use crate::customize::run_tool;
 use crate::error::{Error, ErrorKind, Result};
 use crate::input::split::Split;
 use crate::progress::{Progress, unix_now};
@@ -91,13 +93,9 @@ struct SourceFs {
     used: u64,
 }
 
-fn run(cmd: &mut std::process::Command, package: &str) -> Result<String> {
-    crate::customize::run_tool(cmd, package)
-}
-
 /// The filesystem mounted at (or holding) `path`, as `findmnt` sees it.
 fn source_fs(path: &Path) -> Result<SourceFs> {
-    let out = run(
+    let out = run_tool(
         std::process::Command::new("findmnt")
             .args(["-n", "-o", "FSTYPE,UUID", "--target"])
             .arg(path),
@@ -146,13 +144,13 @@ fn empty_filesystem(path: &Path, fs_type: &str, size: u64) -> Result<String> {
     match fs_type {
         // The staged zeros are real zeros on the disk (BLKZEROOUT), so the
         // inode tables need no initialising.
-        "ext4" => run(
+        "ext4" => run_tool(
             std::process::Command::new("mkfs.ext4")
                 .args(["-q", "-F", "-E", "nodiscard,lazy_itable_init=1"])
                 .arg(path),
             "e2fsprogs",
         )?,
-        "xfs" => run(
+        "xfs" => run_tool(
             std::process::Command::new("mkfs.xfs")
                 .args(["-q", "-f", "-K"])
                 .arg(path),
@@ -165,7 +163,7 @@ fn empty_filesystem(path: &Path, fs_type: &str, size: u64) -> Result<String> {
             ));
         }
     };
-    let uuid = run(
+    let uuid = run_tool(
         std::process::Command::new("blkid")
             .args(["-p", "-o", "value", "-s", "UUID"])
             .arg(path),
@@ -326,17 +324,8 @@ pub fn refresh(
             "not refreshed; discard it and snapshot again",
         )?;
     }
-    let opts = SnapshotOptions {
-        name: name.to_string(),
-        space: SpaceRequest::default(),
-        source_root: PathBuf::from(&old.source_root),
-        exclude: old.excluded.clone(),
-        size: None,
-        pre: None,
-        post: None,
-        keep: None,
-    };
-    let src = source_fs(&opts.source_root)?;
+    let source_root = PathBuf::from(&old.source_root);
+    let src = source_fs(&source_root)?;
     if src.uuid.is_some() && src.uuid != old.source_fs_uuid {
         progress.note(&format!(
             "{} is now the filesystem {} (the standby was copied from {}): the primary was re-made since; refreshing from what is there now",
@@ -352,8 +341,9 @@ pub fn refresh(
         fs_type: old.fs_type.clone(),
         ..src
     };
+    let tree = (source_root.as_path(), old.excluded.as_slice());
     let copied =
-        copy_into(state, &opts, &src, &old.fs_uuid, &old.merged, progress).map_err(|e| {
+        copy_into(state, name, tree, &src, &old.fs_uuid, &old.merged, progress).map_err(|e| {
             Error::new(
                 e.kind(),
                 format!(
@@ -466,7 +456,8 @@ fn stage_and_copy(
     });
     let _ = std::fs::remove_file(&empty);
     let fs_uuid = staged_result?;
-    copy_into(state, opts, src, &fs_uuid, merged, progress).map_err(|e| {
+    let tree = (opts.source_root.as_path(), opts.exclude.as_slice());
+    copy_into(state, &opts.name, tree, src, &fs_uuid, merged, progress).map_err(|e| {
         let _ = staged::discard(state, &opts.name, true);
         Error::new(
             e.kind(),
@@ -479,26 +470,26 @@ fn stage_and_copy(
 /// the tree (and a separate /boot), fix its fstab, take it all down.
 fn copy_into(
     state: &StateLock<'_>,
-    opts: &SnapshotOptions,
+    name: &str,
+    (source_root, excluded): (&Path, &[String]),
     src: &SourceFs,
     fs_uuid: &str,
     merged: &[String],
     progress: &dyn Progress,
 ) -> Result<(Standby, u64, Vec<String>)> {
-    let name = &opts.name;
     let mut rec = state.load(name)?;
     let started_unix = unix_now();
     rec.image.customizing = Some(started_unix);
     rec.image.standby = Some(Standby {
         started_unix,
         copied_unix: 0,
-        source_root: opts.source_root.display().to_string(),
+        source_root: source_root.display().to_string(),
         source_fs_uuid: src.uuid.clone(),
         fs_type: src.fs_type.clone(),
         fs_uuid: fs_uuid.to_string(),
         consistency: "per-file".into(),
         merged: merged.to_vec(),
-        excluded: opts.exclude.clone(),
+        excluded: excluded.to_vec(),
         changed_during_copy: 0,
         changed: Vec::new(),
         vanished_during_copy: 0,
@@ -507,15 +498,23 @@ fn copy_into(
     staged::record_changed(state, &rec)?;
 
     let canonical = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
-    let mut exclude = standard_excludes(&canonical(&opts.source_root), &canonical(state.root()));
-    exclude.extend(opts.exclude.iter().cloned());
+    let mut exclude = standard_excludes(&canonical(source_root), &canonical(state.root()));
+    exclude.extend(excluded.iter().cloned());
     let a = attach::attach(state, name, AttachMode::Direct)?;
     let mnt = PathBuf::from(format!("/run/liverestore/snapshot-{}", rec.instance()));
     let copied = test_restore::with_mounted_rw(&a.device, &src.fs_type, &mnt, |mnt| {
-        copy_tree(opts, &exclude, mnt, fs_uuid, &src.fs_type, merged, progress)
+        copy_tree(
+            source_root,
+            &exclude,
+            mnt,
+            fs_uuid,
+            &src.fs_type,
+            merged,
+            progress,
+        )
     });
     let down = attach::detach(state, name);
-    let (outcome, bytes, fstab_changes) = copied?;
+    let (outcome, fstab_changes) = copied?;
     down?;
     let mut standby = rec.image.standby.take().expect("set above");
     standby.copied_unix = unix_now();
@@ -524,24 +523,23 @@ fn copy_into(
     standby.changed = listed(&outcome.transferred);
     standby.vanished_during_copy = outcome.vanished.len() as u64;
     standby.vanished = listed(&outcome.vanished);
-    Ok((standby, bytes, fstab_changes))
+    Ok((standby, outcome.bytes, fstab_changes))
 }
 
 /// The copy itself, into the mounted standby at `mnt`: both passes over
-/// the root (and a separate /boot), then the fstab. Returns what pass two
-/// found changed or vanished (over both trees), the bytes copied, and the
-/// fstab's changes.
+/// the tree at `root` (and a separate /boot), then the fstab. Returns what
+/// pass two found changed or vanished (over both trees) with the bytes
+/// both passes copied, and the fstab's changes.
 fn copy_tree(
-    opts: &SnapshotOptions,
+    root: &Path,
     exclude: &[String],
     mnt: &Path,
     fs_uuid: &str,
     fs_type: &str,
     merged: &[String],
     progress: &dyn Progress,
-) -> Result<(tree_copy::PassOutcome, u64, Vec<String>)> {
-    let root = &opts.source_root;
-    let mut trees = vec![(root.clone(), mnt.to_path_buf(), exclude.to_vec())];
+) -> Result<(tree_copy::PassOutcome, Vec<String>)> {
+    let mut trees = vec![(root.to_path_buf(), mnt.to_path_buf(), exclude.to_vec())];
     for m in merged {
         let rel = m.trim_start_matches('/');
         trees.push((root.join(rel), mnt.join(rel), Vec::new()));
@@ -573,15 +571,21 @@ fn copy_tree(
         vanished.dedup();
         total.vanished.extend(vanished);
     }
-    let fstab_path = mnt.join("etc/fstab");
-    let fstab = std::fs::read_to_string(&fstab_path).unwrap_or_default();
+    // Inside the copy, paths resolve inside it (an absolute symlink such
+    // as /etc/fstab -> /etc/fstab.d/… must not reach this system's file).
+    let root_dir = RootDir::open(mnt)?;
+    let rel = Path::new("/etc/fstab");
+    let fstab = root_dir
+        .read(rel)?
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
     let (fstab, changes) = crate::customize::fstab::for_copy(&fstab, fs_uuid, fs_type, merged);
-    if mnt.join("etc").is_dir() {
-        std::fs::write(&fstab_path, fstab)
-            .map_err(|e| Error::io("write the standby's fstab", e).with_path(&fstab_path))?;
+    if root_dir.kind(Path::new("/etc"))? == Some(Kind::Dir) {
+        let meta = root_dir.meta(rel)?.unwrap_or(Meta::root(0o644));
+        root_dir.write(rel, fstab.as_bytes(), meta)?;
     }
     total.bytes = bytes;
-    Ok((total, bytes, changes))
+    Ok((total, changes))
 }
 
 /// Hash the standby anew and record it complete, as a standby.
@@ -595,12 +599,7 @@ fn record_standby(
     let mut rec = state.load(name)?;
     let hashes = verify::rehash(&rec, "rehash", progress)?;
     let sha256 = hashes.sha256.clone().expect("asked for");
-    let changed = hashes
-        .chunks
-        .iter()
-        .zip(&rec.image.chunk_blake3)
-        .filter(|(a, b)| a != b)
-        .count() as u64;
+    let changed = hashes.differing(&rec.image.chunk_blake3).count() as u64;
     let chunks = hashes.chunks.len() as u64;
     rec.image.chunk_blake3 = hashes.chunks;
     rec.image.sha256 = Some(sha256.clone());

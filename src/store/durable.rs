@@ -39,6 +39,15 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
         .map_err(|e| e.with_path(dir))
 }
 
+/// Make `path`'s directory entry durable: [`sync_dir`] of its directory
+/// (`.` for a bare file name).
+pub fn sync_parent(path: &Path) -> Result<()> {
+    match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => sync_dir(d),
+        _ => sync_dir(Path::new(".")),
+    }
+}
+
 /// Replace `path` with `data` durably: a temporary file beside it,
 /// synced, renamed over it, and the directory synced. The file keeps its
 /// permission bits; a new one gets `new_mode`.
@@ -52,7 +61,7 @@ pub fn replace_file(path: &Path, data: &[u8], new_mode: u32) -> Result<()> {
     fs::rename(&tmp, path)
         .op(|| "replace a file".into())
         .map_err(|e| e.with_path(path))?;
-    sync_dir(path.parent().unwrap_or(Path::new("/")))
+    sync_parent(path)
 }
 
 #[cfg(test)]
