@@ -204,6 +204,33 @@ pub mod vars {
     /// Set by `commit`: liverestore's `custom.cfg` block then makes its
     /// entry GRUB's default.
     pub const DEFAULT: &str = "liverestore_default";
+    /// `activate --standby`: the entry id of the standby that GRUB starts
+    /// once the installed system failed [`TRIES`] boots in a row.
+    pub const STANDBY: &str = "liverestore_standby";
+    /// `activate --standby`: the failed boots of the installed system
+    /// left before GRUB starts the standby. The standby's block counts it
+    /// down (and saves it) at every boot of the installed system; the
+    /// installed system's `healthy-boot` unit sets it back to the full
+    /// count once a boot reached `multi-user.target`. `0`: the standby
+    /// starts.
+    pub const TRIES: &str = "liverestore_tries";
+}
+
+/// The most failed boots a standby can wait for: GRUB's script has no
+/// arithmetic, so the block counts down through one `elif` per value.
+pub const MAX_STANDBY_TRIES: u32 = 9;
+
+/// The failed boots left before the standby starts, as the block reads
+/// [`vars::TRIES`]: a value it cannot count down from counts as 0 (GRUB's
+/// block then starts the standby too).
+pub fn tries_left(env: &GrubEnv) -> Option<u32> {
+    env.get(vars::STANDBY)?;
+    Some(
+        env.get(vars::TRIES)
+            .and_then(|t| t.parse().ok())
+            .filter(|t| *t <= MAX_STANDBY_TRIES)
+            .unwrap_or(0),
+    )
 }
 
 fn begin_marker(name: &str) -> String {
@@ -233,6 +260,10 @@ pub struct MenuEntry<'a> {
     pub kernel: &'a str,
     pub initrd: &'a str,
     pub args: &'a str,
+    /// The standby of the installed system (`activate --standby`): the
+    /// block also counts the installed system's boots down
+    /// ([`vars::TRIES`]) and starts the entry when none are left.
+    pub standby: bool,
 }
 
 /// Quote `s` for grub.cfg: single quotes, with `'` written as `'\''`.
@@ -242,9 +273,23 @@ fn quote(s: &str) -> String {
 
 /// liverestore's block for `custom.cfg`: the menu entry, and the line that
 /// makes it the default once `commit` set [`vars::DEFAULT`] (unless this
-/// boot is a one-shot choice of something else).
+/// boot is a one-shot choice of something else). A standby's block also
+/// counts down [`vars::TRIES`] (saved with `save_env`, as Debian's
+/// `recordfail` does) while the installed system boots, and makes the
+/// entry the default once it reached 0.
 pub fn custom_block(e: &MenuEntry<'_>) -> String {
     let id = entry_id(e.name);
+    let (title, standby) = if e.standby {
+        (
+            format!("liverestore {} (standby)", e.name),
+            standby_lines(&id),
+        )
+    } else {
+        (
+            format!("liverestore {} (restored system)", e.name),
+            String::new(),
+        )
+    };
     format!(
         "{begin}\n\
          # Added by `liverestore activate`; `liverestore rollback` removes it.\n\
@@ -258,11 +303,12 @@ pub fn custom_block(e: &MenuEntry<'_>) -> String {
          }}\n\
          if [ \"${{{default}}}\" = \"{id}\" -a -z \"${{boot_once}}\" ]; then\n\
          \tset default=\"{id}\"\n\
+         {standby}\
          fi\n\
          {end}\n",
         begin = begin_marker(e.name),
         end = end_marker(e.name),
-        title = quote(&format!("liverestore {} (restored system)", e.name)),
+        title = quote(&title),
         fs = e.fs_module,
         uuid = e.fs_uuid,
         kernel = quote(e.kernel),
@@ -270,6 +316,31 @@ pub fn custom_block(e: &MenuEntry<'_>) -> String {
         args = e.args,
         default = vars::DEFAULT,
     )
+}
+
+/// The standby's branch of its block: no failed boots left, start it;
+/// else count this boot of the installed system down, and save it.
+fn standby_lines(id: &str) -> String {
+    let (standby, tries) = (vars::STANDBY, vars::TRIES);
+    let mut s = format!(
+        "elif [ \"${{{standby}}}\" = \"{id}\" -a -z \"${{boot_once}}\" ]; then\n\
+         \tif [ \"${{{tries}}}\" = \"0\" ]; then\n\
+         \t\tset default=\"{id}\"\n"
+    );
+    for n in 1..=MAX_STANDBY_TRIES {
+        s.push_str(&format!(
+            "\telif [ \"${{{tries}}}\" = \"{n}\" ]; then\n\
+             \t\tset {tries}=\"{}\"\n\
+             \t\tsave_env {tries}\n",
+            n - 1
+        ));
+    }
+    s.push_str(&format!(
+        "\telse\n\
+         \t\tset default=\"{id}\"\n\
+         \tfi\n"
+    ));
+    s
 }
 
 /// `custom.cfg` text without the blocks of `name` (unchanged when there
@@ -379,7 +450,55 @@ mod tests {
             kernel: "/boot/liverestore/web/vmlinuz",
             initrd: "/boot/liverestore/web/initrd.img",
             args: "rdinit=/lr/init root=/dev/dm-0 rw",
+            standby: false,
         }
+    }
+
+    #[test]
+    fn a_standby_block_counts_the_failed_boots_down() {
+        let block = custom_block(&MenuEntry {
+            standby: true,
+            ..entry()
+        });
+        assert!(block.contains("menuentry 'liverestore web (standby)' --id liverestore-web {"));
+        // commit's default first; then the standby's count
+        let default = block.find("${liverestore_default}").unwrap();
+        let standby = block
+            .find(
+                "elif [ \"${liverestore_standby}\" = \"liverestore-web\" -a -z \"${boot_once}\" ]",
+            )
+            .unwrap();
+        assert!(default < standby);
+        assert!(block.contains(
+            "\tif [ \"${liverestore_tries}\" = \"0\" ]; then\n\t\tset default=\"liverestore-web\"\n"
+        ));
+        for n in 1..=MAX_STANDBY_TRIES {
+            assert!(block.contains(&format!(
+                "\telif [ \"${{liverestore_tries}}\" = \"{n}\" ]; then\n\t\tset liverestore_tries=\"{}\"\n\t\tsave_env liverestore_tries\n",
+                n - 1
+            )));
+        }
+        // a value it cannot count down from starts the standby
+        assert!(block.contains("\telse\n\t\tset default=\"liverestore-web\"\n\tfi\nfi\n"));
+        // balanced: every if has its fi
+        let words: Vec<&str> = block.split_whitespace().collect();
+        let count = |w: &str| words.iter().filter(|x| **x == w).count();
+        assert_eq!(count("if"), count("fi"));
+        assert!(!custom_block(&entry()).contains("liverestore_tries"));
+    }
+
+    #[test]
+    fn tries_left_as_grub_reads_them() {
+        let mut env = GrubEnv::new();
+        assert_eq!(tries_left(&env), None);
+        env.set(vars::STANDBY, "liverestore-web");
+        assert_eq!(tries_left(&env), Some(0), "no count: the standby starts");
+        env.set(vars::TRIES, "2");
+        assert_eq!(tries_left(&env), Some(2));
+        env.set(vars::TRIES, "12");
+        assert_eq!(tries_left(&env), Some(0));
+        env.set(vars::TRIES, "x");
+        assert_eq!(tries_left(&env), Some(0));
     }
 
     #[test]

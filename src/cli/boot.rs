@@ -51,6 +51,20 @@ use crate::error::{Error, Result};
 /// does not come up and `commit`, the boot after that is the old system
 /// again. Only one image can be activated at a time; `liverestore
 /// rollback` takes it back, and `discard` refuses it until then.
+///
+/// --standby arms NAME (a `snapshot` of this system, or any staged
+/// image) as this system's fallback instead: nothing boots it now; the
+/// installed system stays the default, and GRUB starts NAME by itself
+/// once the installed system failed --failed-boots boots in a row
+/// (rebooted without reaching multi-user.target). Through GRUB only:
+///   grubenv     liverestore_tries, counted down by NAME's block in
+///               custom.cfg at every boot of the installed system;
+///   unit        liverestore-healthy-boot.service puts the full count
+///               back at every healthy boot (`liverestore healthy-boot`).
+/// From the standby, `commit` makes it the default and `rollback` goes
+/// back to the installed system, as after a trial.
+///   liverestore snapshot --name standby --dir /var/lib/standby
+///   liverestore activate standby --standby --failed-boots 2
 #[derive(clap::Args, Debug)]
 #[command(verbatim_doc_comment)]
 pub struct ActivateArgs {
@@ -103,6 +117,19 @@ pub struct ActivateArgs {
     /// has none.
     #[arg(long, value_name = "DURATION", default_value = "30min", value_parser = parse_deadline)]
     trial_deadline: Deadline,
+    /// Arm NAME as this system's standby (started by GRUB after failed
+    /// boots), not as a trial; no trial deadline.
+    #[arg(long, conflicts_with_all = ["image_esp", "reboot"])]
+    standby: bool,
+    /// With --standby: the installed system's failed boots in a row after
+    /// which GRUB starts the standby (1 to 9).
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = crate::boot::activate::standby::DEFAULT_FAILED_BOOTS,
+        value_parser = clap::value_parser!(u32).range(1..=9)
+    )]
+    failed_boots: u32,
 }
 
 /// `--trial-deadline`: a duration, or none.
@@ -160,6 +187,10 @@ pub struct ActivateReport {
     pub activation: Activation,
     /// `--reboot`: whether the machine reboots now.
     pub rebooting: bool,
+    /// `--standby`: what keeps the failed-boot count from working here
+    /// (no `panic=` on this system's command line).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
 }
 
 impl ActivateArgs {
@@ -173,15 +204,24 @@ impl ActivateArgs {
             append: self.append.as_deref(),
             helper: self.helper.as_deref(),
             trial_deadline: self.trial_deadline.0,
+            standby: self.standby.then_some(self.failed_boots),
         };
+        let activation = activate::activate(
+            &cx.lock_after_ended_trial()?,
+            &self.name,
+            &opts,
+            cx.progress.as_ref(),
+        )?;
+        let warning = activation.standby.as_ref().and_then(|_| {
+            activate::standby::reboot_warning(
+                &std::fs::read_to_string("/proc/cmdline").unwrap_or_default(),
+                &std::fs::read_to_string("/etc/default/grub").unwrap_or_default(),
+            )
+        });
         Ok(ActivateReport {
-            activation: activate::activate(
-                &cx.lock_after_ended_trial()?,
-                &self.name,
-                &opts,
-                cx.progress.as_ref(),
-            )?,
+            activation,
             rebooting: self.reboot,
+            warning,
         })
     }
 }
@@ -206,6 +246,23 @@ impl Report for ActivateReport {
         };
         if let Some(why) = &a.fallback {
             eprintln!("{why}");
+        }
+        if let (Some(arm), Some(g)) = (&a.standby, &a.grub) {
+            println!(
+                "'{}' armed as this system's standby: GRUB entry '{}' in {}/custom.cfg; kernel {} in {}",
+                a.name, g.entry_id, g.grub_dir, a.kernel_version, a.files_dir
+            );
+            println!(
+                "failover: after {} failed boot(s) in a row of this system (a reboot before multi-user.target), GRUB starts '{}' by itself; {} puts the count back at every healthy boot",
+                arm.after_failed_boots, a.name, arm.unit
+            );
+            println!(
+                "from the standby: `liverestore commit` keeps it, `liverestore rollback` goes back to this system; here, `liverestore rollback` disarms it"
+            );
+            if let Some(w) = &self.warning {
+                eprintln!("warning: {w}");
+            }
+            return;
         }
         println!(
             "'{}' activated for the next boot only: {how}; kernel {} in {}",
@@ -291,6 +348,16 @@ impl Report for Status {
             None => println!("activated:  nothing"),
         }
         println!("next boot:  {}", s.next_boot);
+        if let Some(sb) = &s.standby {
+            println!(
+                "standby:    {} armed: GRUB starts it after {} more failed boot(s) of the installed system{}",
+                sb.entry,
+                sb.failed_boots_left,
+                sb.after_failed_boots
+                    .map(|n| format!(" (armed with {n}; a healthy boot puts it back)"))
+                    .unwrap_or_default()
+            );
+        }
         if let Some(sb) = s.secure_boot {
             println!(
                 "firmware:   UEFI, Secure Boot {}",
@@ -445,6 +512,41 @@ impl Report for AutoCommitReport {
         print_committed(&a.committed);
         if !a.removed.is_empty() {
             println!("the auto-commit removed itself: {}", a.removed.join(", "));
+        }
+    }
+}
+
+/// (run by liverestore-healthy-boot.service, which `activate --standby`
+/// installs) This boot of the installed system is healthy: put the
+/// standby's failed-boot count back.
+///
+/// Sets liverestore_tries in GRUB_DIR/grubenv back to the --failed-boots
+/// of the activation. Changes nothing in a system liverestore started
+/// (the standby itself, a trial) or when no standby is armed.
+#[derive(clap::Args, Debug)]
+pub struct HealthyBootArgs {}
+
+impl HealthyBootArgs {
+    pub fn run(self, cx: &Context) -> Result<activate::HealthyBoot> {
+        activate::healthy_boot(&cx.state.lock()?)
+    }
+}
+
+impl Report for activate::HealthyBoot {
+    fn print_text(&self) {
+        match (&self.standby, &self.nothing_because) {
+            (_, Some(why)) => println!("nothing to do: {why}"),
+            (Some(name), None) if self.reset => println!(
+                "healthy boot: the failed-boot count of standby '{name}' is back to {} (it was {})",
+                self.failed_boots_left.unwrap_or(0),
+                self.failed_boots_left_before
+                    .map_or("unset".to_string(), |n| n.to_string())
+            ),
+            (Some(name), None) => println!(
+                "healthy boot: standby '{name}' needs {} failed boot(s) in a row, as armed",
+                self.failed_boots_left.unwrap_or(0)
+            ),
+            (None, None) => {}
         }
     }
 }

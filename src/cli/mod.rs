@@ -123,6 +123,7 @@ pub enum Command {
     Rollback(boot::RollbackArgs),
     Commit(boot::CommitArgs),
     AutoCommit(boot::AutoCommitArgs),
+    HealthyBoot(boot::HealthyBootArgs),
     Initrd(boot::InitrdArgs),
     Attach(attach::AttachArgs),
     Detach(attach::DetachArgs),
@@ -151,9 +152,10 @@ impl Command {
             Command::Detach(a) => Some(a.name.clone()),
             Command::TestRestore(a) => Some(a.name.clone()),
             Command::Customize(a) => Some(a.name.clone()),
-            Command::Commit(_) | Command::Rollback(_) | Command::AutoCommit(_) => {
-                Some(String::new())
-            }
+            Command::Commit(_)
+            | Command::Rollback(_)
+            | Command::AutoCommit(_)
+            | Command::HealthyBoot(_) => Some(String::new()),
             _ => None,
         }
     }
@@ -298,6 +300,7 @@ fn run_command(command: Command, name: &str, cx: &Context) -> u8 {
         Command::Rollback(a) => finish(name, cx, a.run(cx)),
         Command::Commit(a) => finish(name, cx, a.run(cx)),
         Command::AutoCommit(a) => finish(name, cx, a.run(cx)),
+        Command::HealthyBoot(a) => finish(name, cx, a.run(cx)),
         Command::Initrd(a) => finish(name, cx, a.run(cx)),
         Command::Attach(a) => finish(name, cx, a.run(cx)),
         Command::Detach(a) => finish(name, cx, a.run(cx)),

@@ -14,6 +14,8 @@
 //!
 //! Pure text: the identities of the image come from the caller.
 
+use std::path::Path;
+
 use serde::Serialize;
 
 /// What identifies the image's own filesystems and partitions (what its
@@ -204,16 +206,51 @@ pub fn with_nofail(fstab: &str, lines: &[usize]) -> String {
     out
 }
 
+/// The entries of `fstab`: (device, mount point), in order.
+pub fn entries(fstab: &str) -> Vec<(String, String)> {
+    fstab
+        .lines()
+        .filter_map(|line| {
+            let [device, mount_point, _, _] = fields(line)?;
+            Some((device.to_string(), mount_point.to_string()))
+        })
+        .collect()
+}
+
+/// The `/dev` path of the block device an fstab entry names (`UUID=…` →
+/// `/dev/disk/by-uuid/…`, `/dev/sda1` as it is); None for what names no
+/// block device (`tmpfs`, `proc`, `host:/export`, `none`).
+pub fn device_link(device: &str) -> Option<std::path::PathBuf> {
+    let device = device.trim_matches('"');
+    for (tag, dir) in [
+        ("UUID=", "by-uuid"),
+        ("PARTUUID=", "by-partuuid"),
+        ("LABEL=", "by-label"),
+        ("PARTLABEL=", "by-partlabel"),
+    ] {
+        if let Some(v) = device.strip_prefix(tag) {
+            let v = v.trim_matches('"');
+            return (!v.is_empty() && !v.contains('/'))
+                .then(|| Path::new("/dev/disk").join(dir).join(v));
+        }
+    }
+    device.starts_with("/dev/").then(|| device.into())
+}
+
 /// `fstab` of a copy of a running system (`snapshot`) whose root is now
 /// the filesystem `root_uuid` of type `fs_type`: the `/` entry names it
 /// (options and pass kept); the entries of filesystems copied into the
-/// root (`merged`, e.g. `/boot`) are commented out, saying why; every
-/// other line as it was. Also returns what changed, one line each.
+/// root (`merged`, e.g. `/boot`) and those on the disk the copy boots
+/// mapped from (`held`, e.g. `/boot/efi`: device-mapper holds that disk,
+/// its partitions cannot be mounted beside it) are commented out, saying
+/// why; every other line as it was. Also returns what changed, one line
+/// each.
 pub fn for_copy(
     fstab: &str,
     root_uuid: &str,
     fs_type: &str,
     merged: &[String],
+    held: &[String],
 ) -> (String, Vec<String>) {
     let mut out = String::with_capacity(fstab.len() + 128);
     let mut changes = Vec::new();
@@ -243,6 +280,17 @@ pub fn for_copy(
             }
             changes.push(format!(
                 "{mount_point} ({device}) commented out: copied into /"
+            ));
+        } else if held.iter().any(|m| m == mount_point) {
+            out.push_str(&format!(
+                "# liverestore snapshot: {mount_point} is on the disk this copy boots mapped from, which device-mapper holds then\n# {}",
+                line.trim_start()
+            ));
+            if !line.ends_with('\n') {
+                out.push('\n');
+            }
+            changes.push(format!(
+                "{mount_point} ({device}) commented out: on the disk the standby is mapped from"
             ));
         } else {
             out.push_str(line);
@@ -351,19 +399,57 @@ tmpfs /tmp tmpfs\n\
     #[test]
     fn a_copy_names_its_own_root_and_drops_what_it_merged() {
         let fstab = "# /etc/fstab\nUUID=aaaa / ext4 errors=remount-ro 0 1\nUUID=bbbb /boot ext4 defaults 0 2\nUUID=1A2B-3C4D /boot/efi vfat umask=0077 0 1\n/swapfile none swap sw 0 0";
-        let (out, changes) = for_copy(fstab, "cccc", "ext4", &["/boot".to_string()]);
+        let (out, changes) = for_copy(fstab, "cccc", "ext4", &["/boot".to_string()], &[]);
         assert_eq!(
             out,
             "# /etc/fstab\nUUID=cccc / ext4 errors=remount-ro 0 1\n# liverestore snapshot: /boot was copied into the root filesystem\n# UUID=bbbb /boot ext4 defaults 0 2\nUUID=1A2B-3C4D /boot/efi vfat umask=0077 0 1\n/swapfile none swap sw 0 0"
         );
         assert_eq!(changes.len(), 2);
-        let (out, changes) = for_copy("", "cccc", "xfs", &[]);
+        let (out, changes) = for_copy("", "cccc", "xfs", &[], &[]);
         assert_eq!(out, "UUID=cccc / xfs defaults 0 1\n");
         assert_eq!(changes, ["/ added as UUID=cccc"]);
-        let (out, _) = for_copy("proc /proc proc defaults", "cccc", "xfs", &[]);
+        let (out, _) = for_copy("proc /proc proc defaults", "cccc", "xfs", &[], &[]);
         assert_eq!(
             out,
             "proc /proc proc defaults\nUUID=cccc / xfs defaults 0 1\n"
         );
+        // the ESP on the disk the standby is mapped from
+        let (out, changes) = for_copy(fstab, "cccc", "ext4", &[], &["/boot/efi".to_string()]);
+        assert!(
+            out.contains("from, which device-mapper holds then\n# UUID=1A2B-3C4D /boot/efi vfat")
+        );
+        assert!(out.contains("\nUUID=bbbb /boot ext4"));
+        assert_eq!(
+            changes[1],
+            "/boot/efi (UUID=1A2B-3C4D) commented out: on the disk the standby is mapped from"
+        );
+    }
+
+    #[test]
+    fn devices_fstab_names() {
+        let e = entries("# c\nUUID=a / ext4 rw 0 1\ntmpfs /tmp tmpfs rw\n");
+        assert_eq!(
+            e,
+            [
+                ("UUID=a".into(), "/".into()),
+                ("tmpfs".into(), "/tmp".into())
+            ]
+        );
+        assert_eq!(
+            device_link("UUID=ab-12"),
+            Some("/dev/disk/by-uuid/ab-12".into())
+        );
+        assert_eq!(
+            device_link("PARTUUID=\"x\""),
+            Some("/dev/disk/by-partuuid/x".into())
+        );
+        assert_eq!(
+            device_link("LABEL=data"),
+            Some("/dev/disk/by-label/data".into())
+        );
+        assert_eq!(device_link("/dev/vda1"), Some("/dev/vda1".into()));
+        assert_eq!(device_link("UUID=../../sda"), None);
+        assert_eq!(device_link("tmpfs"), None);
+        assert_eq!(device_link("host:/export"), None);
     }
 }

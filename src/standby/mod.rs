@@ -312,7 +312,9 @@ pub fn refresh(
     if state.activated_names()?.iter().any(|n| n == name) {
         return Err(Error::new(
             ErrorKind::InvalidState,
-            format!("'{name}' is activated: `liverestore rollback` first, then refresh it"),
+            format!(
+                "'{name}' is activated (as a trial, or armed as this system's standby): `liverestore rollback` first, refresh it, then `liverestore activate {name} --standby` again"
+            ),
         ));
     }
     if rec.image.customizing.is_none() {
@@ -507,8 +509,7 @@ fn copy_into(
             source_root,
             &exclude,
             mnt,
-            fs_uuid,
-            &src.fs_type,
+            (fs_uuid, &src.fs_type, Path::new(&rec.disk.path)),
             merged,
             progress,
         )
@@ -534,8 +535,7 @@ fn copy_tree(
     root: &Path,
     exclude: &[String],
     mnt: &Path,
-    fs_uuid: &str,
-    fs_type: &str,
+    (fs_uuid, fs_type, disk): (&str, &str, &Path),
     merged: &[String],
     progress: &dyn Progress,
 ) -> Result<(tree_copy::PassOutcome, Vec<String>)> {
@@ -579,13 +579,45 @@ fn copy_tree(
         .read(rel)?
         .map(|b| String::from_utf8_lossy(&b).into_owned())
         .unwrap_or_default();
-    let (fstab, changes) = crate::customize::fstab::for_copy(&fstab, fs_uuid, fs_type, merged);
+    let held = on_the_disk(&fstab, disk, merged);
+    let (fstab, changes) =
+        crate::customize::fstab::for_copy(&fstab, fs_uuid, fs_type, merged, &held);
     if root_dir.kind(Path::new("/etc"))? == Some(Kind::Dir) {
         let meta = root_dir.meta(rel)?.unwrap_or(Meta::root(0o644));
         root_dir.write(rel, fstab.as_bytes(), meta)?;
     }
     total.bytes = bytes;
     Ok((total, changes))
+}
+
+/// The mount points of `fstab` (other than `/` and `merged`) whose device
+/// is on `disk`, the standby's: its mapped boot holds that disk, so they
+/// could not be mounted there (a shared ESP, a swap partition).
+fn on_the_disk(fstab: &str, disk: &Path, merged: &[String]) -> Vec<String> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let Ok(d) = std::fs::metadata(disk) else {
+        return Vec::new();
+    };
+    let (major, minor) = (rustix::fs::major(d.rdev()), rustix::fs::minor(d.rdev()));
+    crate::customize::fstab::entries(fstab)
+        .into_iter()
+        .filter(|(_, m)| m != "/" && !merged.contains(m))
+        .filter_map(|(device, mount_point)| {
+            let node =
+                std::fs::canonicalize(crate::customize::fstab::device_link(&device)?).ok()?;
+            let m = std::fs::metadata(node).ok()?;
+            if !m.file_type().is_block_device() {
+                return None;
+            }
+            let b = crate::space::hostfs::SysBlock::resolve(
+                Path::new("/sys"),
+                rustix::fs::major(m.rdev()),
+                rustix::fs::minor(m.rdev()),
+            )
+            .ok()?;
+            (b.disk_major == major && b.disk_minor == minor).then_some(mount_point)
+        })
+        .collect()
 }
 
 /// Hash the standby anew and record it complete, as a standby.

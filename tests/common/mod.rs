@@ -645,7 +645,15 @@ impl Cli {
     pub fn cmd(&self) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_liverestore"));
         c.env("LIVERESTORE_STATE_DIR", &self.state_dir);
+        // `activate --standby`'s unit: never into this machine's systemd
+        c.env("LIVERESTORE_UNIT_DIR", self.unit_dir());
         c
+    }
+
+    /// Where `activate --standby` puts its unit (beside the state
+    /// directory).
+    pub fn unit_dir(&self) -> PathBuf {
+        self.state_dir.with_file_name("units")
     }
 
     pub fn run(&self, args: &[&str]) -> Output {

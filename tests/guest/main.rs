@@ -12,6 +12,7 @@ mod attach;
 mod boot;
 mod debian;
 mod debian_secure_boot;
+mod debian_standby;
 mod debian_uefi;
 mod drivers;
 mod grub;

@@ -666,3 +666,142 @@ fn native_activation(mbr: bool) {
     disk.unmount();
     assert!(disk.fsck_clean());
 }
+
+/// `activate --standby` on this host: the standby's `custom.cfg` block
+/// (GRUB's own `grub-script-check` reads it), the count and the standby
+/// in `grubenv` (no one-shot `next_entry`: nothing boots it now), the
+/// healthy-boot unit enabled, `status`, `healthy-boot` putting a
+/// counted-down count back, the standby's turn once none are left, and
+/// `rollback` taking every piece back; the refusals. The failover itself
+/// boots in a guest (`tests/guest/debian_standby.rs`).
+#[test]
+#[ignore = "needs root: loop devices and mounts (scripts/test.sh runs it)"]
+fn a_standby_armed_through_grub() {
+    require_root();
+    let t = tempfile::tempdir().unwrap();
+    let disk = LoopDisk::new(&t.path().join("d"), Fs::Ext4, 200);
+    let cli = Cli::new(t.path());
+    let img = system_image(t.path());
+    let mnt = disk.mnt.clone();
+    let g = grub_dir_with_env(&mnt);
+    let g_str = g.to_str().unwrap();
+    cli.stage(&img, "sys", &mnt);
+    let before = tree_hashes(&mnt.join("boot"));
+    let helper = helper();
+    let arm = |extra: &[&str]| {
+        let mut args = vec![
+            "activate",
+            "sys",
+            "--standby",
+            "--grub-dir",
+            g_str,
+            "--helper",
+            &helper,
+        ];
+        args.extend_from_slice(extra);
+        args.iter().map(|s| s.to_string()).collect::<Vec<_>>()
+    };
+
+    // the firmware cannot count: refused before anything changes
+    let err = cli.expect_err(25, &as_strs(&arm(&["--loader", "uefi"])));
+    assert!(err.contains("--loader grub"), "{err}");
+    cli.expect_err(2, &as_strs(&arm(&["--failed-boots", "0"])));
+    cli.expect_err(2, &as_strs(&arm(&["--failed-boots", "10"])));
+    cli.expect_err(2, &as_strs(&arm(&["--reboot"])));
+    assert_eq!(tree_hashes(&mnt.join("boot")), before);
+
+    let mut args = vec!["--json".to_string()];
+    args.extend(arm(&["--failed-boots", "3"]));
+    let a = cli.json(&as_strs(&args));
+    let act = &a["activation"];
+    assert_eq!(act["trial"], false, "{a}");
+    assert!(act["deadline_secs"].is_null(), "a standby has none: {a}");
+    assert_eq!(act["standby"]["after_failed_boots"], 3, "{a}");
+    let unit = cli.unit_dir().join("liverestore-healthy-boot.service");
+    assert_eq!(act["standby"]["unit"], unit.to_str().unwrap(), "{a}");
+    let text = std::fs::read_to_string(&unit).unwrap();
+    assert!(
+        text.contains(&format!(
+            "ExecStart={} healthy-boot",
+            env!("CARGO_BIN_EXE_liverestore")
+        )),
+        "{text}"
+    );
+    let link = cli
+        .unit_dir()
+        .join("multi-user.target.wants/liverestore-healthy-boot.service");
+    assert_eq!(std::fs::read_link(&link).unwrap(), unit);
+
+    let custom = g.join("custom.cfg");
+    let block = std::fs::read_to_string(&custom).unwrap();
+    assert!(
+        block.contains("menuentry 'liverestore sys (standby)' --id liverestore-sys {"),
+        "{block}"
+    );
+    assert!(!block.contains("liverestore.deadline="), "{block}");
+    sh("grub-script-check", &[custom.to_str().unwrap()]);
+    let env = grubenv_list(&g);
+    assert!(env.contains("liverestore_standby=liverestore-sys"), "{env}");
+    assert!(env.contains("liverestore_tries=3"), "{env}");
+    assert!(!env.contains("next_entry"), "nothing boots it now: {env}");
+
+    let s = cli.json(&["--json", "status"]);
+    assert_eq!(s["next_boot"], "old system (GRUB's default entry)", "{s}");
+    assert_eq!(s["standby"]["failed_boots_left"], 3, "{s}");
+    assert_eq!(s["standby"]["after_failed_boots"], 3, "{s}");
+    assert_eq!(
+        s["trial_ended"], false,
+        "an armed standby is no ended trial: {s}"
+    );
+    let shown = cli.expect(0, &["status"]);
+    assert!(shown.contains("after 3 more failed boot(s)"), "{shown}");
+
+    // two failed boots counted (as GRUB's block does), then a healthy one
+    let set = |v: &str| {
+        sh(
+            "grub-editenv",
+            &[g.join("grubenv").to_str().unwrap(), "set", v],
+        )
+    };
+    set("liverestore_tries=1");
+    assert_eq!(
+        cli.json(&["--json", "status"])["standby"]["failed_boots_left"],
+        1
+    );
+    let h = cli.json(&["--json", "healthy-boot"]);
+    assert_eq!(
+        (
+            &h["reset"],
+            &h["failed_boots_left_before"],
+            &h["failed_boots_left"]
+        ),
+        (&true.into(), &1.into(), &3.into()),
+        "{h}"
+    );
+    assert!(grubenv_list(&g).contains("liverestore_tries=3"));
+    let again = cli.json(&["--json", "healthy-boot"]);
+    assert_eq!(again["reset"], false, "{again}");
+    // none left: GRUB's block starts the standby
+    set("liverestore_tries=0");
+    let s = cli.json(&["--json", "status"]);
+    assert_eq!(
+        s["next_boot"], "standby (the installed system failed its boots in a row)",
+        "{s}"
+    );
+    // one activation at a time; an armed standby cannot be discarded
+    cli.expect_err(22, &as_strs(&arm(&[])));
+    cli.expect_err(22, &["discard", "sys"]);
+
+    // rollback: the unit, the variables, the block, the files
+    let out = cli.expect(0, &["rollback"]);
+    assert!(out.contains("GRUB entry 'liverestore-sys'"), "{out}");
+    assert!(!unit.exists() && link.symlink_metadata().is_err());
+    assert_eq!(grubenv_list(&g).trim(), "");
+    assert_eq!(tree_hashes(&mnt.join("boot")), before);
+    let h = cli.json(&["--json", "healthy-boot"]);
+    assert_eq!(h["nothing_because"], "nothing is activated", "{h}");
+}
+
+fn as_strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}

@@ -116,9 +116,10 @@ impl Target {
         // The variables activation and commit add must fit.
         let mut env = read_env_at(&env_path)?;
         let id = grub_format::entry_id(name);
-        for v in [vars::ENTRY, vars::NEXT_ENTRY, vars::DEFAULT] {
+        for v in [vars::ENTRY, vars::NEXT_ENTRY, vars::DEFAULT, vars::STANDBY] {
             env.set(v, &id);
         }
+        env.set(vars::TRIES, "9");
         env.encode().map_err(|e| e.with_path(&env_path))?;
         let env_offset = target.block.start + env_block(&env_path, target.fs_block_size)?;
         Ok(Target {
@@ -172,6 +173,7 @@ impl Target {
             kernel: &self.grub_path(&files.join(KERNEL_FILE)),
             initrd: &self.grub_path(&files.join(INITRD_FILE)),
             args: &a.args,
+            standby: a.standby.is_some(),
         });
         let cfg = g.custom_cfg();
         let text = read_optional(&cfg)?;
@@ -187,7 +189,14 @@ impl Target {
         let env_path = g.env_path();
         let mut env = read_env_at(&env_path)?;
         env.set(vars::ENTRY, &g.entry_id);
-        env.set(vars::NEXT_ENTRY, &g.entry_id);
+        match &a.standby {
+            // GRUB starts it by itself after that many failed boots
+            Some(arm) => {
+                env.set(vars::TRIES, &arm.after_failed_boots.to_string());
+                env.set(vars::STANDBY, &g.entry_id);
+            }
+            None => env.set(vars::NEXT_ENTRY, &g.entry_id),
+        }
         write_env_at(&env_path, &env)?;
         // Written in place: the block the restored system will write is
         // still the file's.
@@ -293,6 +302,12 @@ pub(super) fn read_env_file(g: &GrubBoot) -> Result<GrubEnv> {
     read_env_at(&g.env_path())
 }
 
+/// In the old system: rewrite the environment block of an activation in
+/// place.
+pub(super) fn write_env(g: &GrubBoot, env: &GrubEnv) -> Result<()> {
+    write_env_at(&g.env_path(), env)
+}
+
 /// In the old system: take the activation's variables out of `grubenv`,
 /// then its block out of `custom.cfg`. Whatever is already gone is fine.
 pub(super) fn disarm(g: &GrubBoot, name: &str) -> Result<()> {
@@ -322,13 +337,23 @@ pub(super) fn disarm(g: &GrubBoot, name: &str) -> Result<()> {
 /// Remove what points GRUB at entry `id` (and, with `entry`, the mark of
 /// the activation); whether anything changed.
 fn forget(env: &mut GrubEnv, id: &str, entry: bool) -> bool {
-    let mut changed = false;
+    let mut changed = disarm_standby(env, id);
     for v in [vars::NEXT_ENTRY, vars::DEFAULT, vars::ENTRY] {
         if (v != vars::ENTRY || entry) && env.get(v) == Some(id) {
             changed |= env.remove(v);
         }
     }
     changed
+}
+
+/// Take standby `id` and its count out of `env`; whether anything changed.
+fn disarm_standby(env: &mut GrubEnv, id: &str) -> bool {
+    if env.get(vars::STANDBY) != Some(id) {
+        return false;
+    }
+    env.remove(vars::STANDBY);
+    env.remove(vars::TRIES);
+    true
 }
 
 /// `grubenv` seen from the restored system: its block on the disk under
@@ -415,6 +440,8 @@ pub(super) fn commit(offset: u64) -> Result<String> {
     if env.get(vars::NEXT_ENTRY) == Some(id.as_str()) {
         env.remove(vars::NEXT_ENTRY);
     }
+    // a standby committed is the default: no more counting
+    disarm_standby(&mut env, &id);
     raw.write(buf, &env)?;
     crate::failpoint::hit("commit:boot-order");
     Ok(id)
@@ -437,6 +464,9 @@ pub(super) fn rollback_restored(offset: u64) -> Result<RolledBack> {
     })
 }
 
+/// `status`'s next boot once the installed system failed its boots.
+pub(super) const STANDBY_STARTS: &str = "standby (the installed system failed its boots in a row)";
+
 /// The GRUB part of `status`.
 pub(super) fn fill_status(s: &mut Status, env: &GrubEnv) {
     s.loader = "grub";
@@ -449,10 +479,18 @@ pub(super) fn fill_status(s: &mut Status, env: &GrubEnv) {
         .map(str::to_string);
     s.grub_next_entry = env.get(vars::NEXT_ENTRY).map(str::to_string);
     s.grub_default = env.get(vars::DEFAULT).map(str::to_string);
+    s.standby =
+        super::standby::status_of(env, s.activation.as_ref().and_then(|a| a.standby.as_ref()))
+            .filter(|sb| Some(&sb.entry) == ours.as_ref());
+    let standby_starts = s
+        .standby
+        .as_ref()
+        .is_some_and(|sb| sb.failed_boots_left == 0);
     s.next_boot = match (&s.grub_next_entry, &ours) {
         (Some(n), Some(o)) if n == o => "restored system (trial, once)".into(),
         (Some(n), _) => format!("GRUB entry '{n}' (next_entry, not liverestore's)"),
         _ if ours.is_some() && s.grub_default == ours => "restored system (default)".into(),
+        _ if standby_starts => STANDBY_STARTS.into(),
         _ => "old system (GRUB's default entry)".into(),
     };
 }
@@ -497,6 +535,7 @@ mod tests {
             trial_ended: false,
             deadline_left_secs: None,
             secure_boot: None,
+            standby: None,
         };
         fill_status(&mut s, env);
         s
@@ -524,5 +563,39 @@ mod tests {
             status_with(&env).next_boot,
             "GRUB entry '2' (next_entry, not liverestore's)"
         );
+    }
+
+    #[test]
+    fn a_standby_in_status_and_out_of_grubenv() {
+        let mut env = GrubEnv::new();
+        env.set(vars::ENTRY, "liverestore-sb");
+        env.set(vars::STANDBY, "liverestore-sb");
+        env.set(vars::TRIES, "2");
+        let s = status_with(&env);
+        assert_eq!(s.next_boot, "old system (GRUB's default entry)");
+        assert_eq!(s.standby.as_ref().unwrap().failed_boots_left, 2);
+        env.set(vars::TRIES, "0");
+        assert_eq!(status_with(&env).next_boot, STANDBY_STARTS);
+        // committed from the standby: its default, no count left
+        let mut committed = env.clone();
+        committed.set(vars::DEFAULT, "liverestore-sb");
+        assert!(disarm_standby(&mut committed, "liverestore-sb"));
+        let s = status_with(&committed);
+        assert_eq!(
+            (s.next_boot.as_str(), s.standby),
+            ("restored system (default)", None)
+        );
+        // rolled back from the standby: the installed system, the entry
+        // kept for the old system's rollback
+        assert!(forget(&mut env, "liverestore-sb", false));
+        assert_eq!(env.get(vars::TRIES), None);
+        assert_eq!(env.get(vars::ENTRY), Some("liverestore-sb"));
+        assert_eq!(
+            status_with(&env).next_boot,
+            "old system (GRUB's default entry)"
+        );
+        // someone else's standby is left alone
+        env.set(vars::STANDBY, "liverestore-other");
+        assert!(!disarm_standby(&mut env, "liverestore-sb"));
     }
 }

@@ -22,6 +22,7 @@
 mod grub;
 mod native;
 mod restored;
+pub mod standby;
 mod uefi;
 
 use std::path::Path;
@@ -30,6 +31,7 @@ use serde::{Deserialize, Serialize};
 
 pub use grub::GrubBoot;
 pub use native::NativeBoot;
+pub use standby::{HealthyBoot, StandbyArm, StandbyStatus, healthy_boot};
 pub use uefi::UefiBoot;
 
 use crate::attach::root_dir::RootDir;
@@ -75,6 +77,10 @@ pub struct Activation {
     /// machine (back to the old system). None: no deadline.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deadline_secs: Option<u64>,
+    /// `activate --standby`: armed as the fallback of the installed
+    /// system (GRUB starts it after failed boots), not as a trial.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub standby: Option<StandbyArm>,
 }
 
 impl Activation {
@@ -149,6 +155,9 @@ pub struct ActivateOptions<'a> {
     pub helper: Option<&'a Path>,
     /// A mapped boot's deadline: `/lr/init` arms the watchdog with it.
     pub trial_deadline: Option<std::time::Duration>,
+    /// Arm the image as the installed system's standby (through GRUB),
+    /// started after this many failed boots in a row, not as a trial.
+    pub standby: Option<u32>,
 }
 
 /// The kernel argument that gives `/lr/init` the trial's deadline
@@ -323,6 +332,23 @@ fn choose_loader(
 ) -> Result<(Loader, Option<String>)> {
     let grub = || grub::Target::open(rec, opts.grub_dir).map(Loader::Grub);
     let uefi = || uefi::Target::open(opts.esp).map(Loader::Uefi);
+    if opts.standby.is_some() {
+        return match opts.loader {
+            LoaderChoice::Uefi => Err(Error::new(
+                ErrorKind::UnsupportedBootLoader,
+                "--standby counts the installed system's failed boots, which UEFI firmware cannot do (a BootNext set by a unit is gone after one failed boot, and a boot that never reaches the unit cannot set it): use --loader grub (the default with --standby)",
+            )),
+            _ => Ok((
+                grub().map_err(|e| {
+                    Error::new(
+                        e.kind(),
+                        format!("--standby needs GRUB, which counts the failed boots: {e}"),
+                    )
+                })?,
+                Some("--standby: through GRUB, which counts the installed system's failed boots in grubenv (the firmware cannot)".into()),
+            )),
+        };
+    }
     match opts.loader {
         LoaderChoice::Uefi => Ok((uefi()?, None)),
         LoaderChoice::Grub => Ok((grub()?, None)),
@@ -391,6 +417,15 @@ pub fn activate(
     progress: &dyn Progress,
 ) -> Result<Activation> {
     crate::stage::plan::require_root()?;
+    if let Some(n) = opts.standby {
+        standby::check_count(n)?;
+        if opts.image_esp.is_some() {
+            return Err(Error::new(
+                ErrorKind::InvalidState,
+                "--standby boots through GRUB, which counts the failed boots; --image-esp boots through the firmware: use one or the other",
+            ));
+        }
+    }
     // Under Secure Boot, shim (through GRUB) starts only a signed kernel.
     let secure_boot = crate::sys::efivars::secure_boot();
     check_loader_for_secure_boot(opts, secure_boot)?;
@@ -520,15 +555,17 @@ pub fn activate(
         }
         String::new()
     } else {
-        // the modules only a deadline needs
-        let extra = match opts.trial_deadline {
+        // the modules only a deadline needs; a standby has none: it is
+        // not a trial, nothing is to come back to
+        let trial_deadline = opts.trial_deadline.filter(|_| opts.standby.is_none());
+        let extra = match trial_deadline {
             Some(_) => modules,
             None => Vec::new(),
         };
         let (_, early) =
             initrd::for_set(&rec, &companions, opts.helper, &extra, !native.is_empty())?;
         initrd::append_early_boot(&mut boot_initrd, &early);
-        if let Some(d) = opts.trial_deadline.filter(|d| d.as_secs() > 0) {
+        if let Some(d) = trial_deadline.filter(|d| d.as_secs() > 0) {
             if extra.is_empty() {
                 progress.note(&format!("the image has no softdog module for kernel {version}: the trial's deadline needs a watchdog built into its kernel or loaded by /lr/init"));
             }
@@ -547,7 +584,7 @@ pub fn activate(
         id: rec.id,
         kernel_version: version,
         args: String::new(),
-        trial: true,
+        trial: opts.standby.is_none(),
         files_dir: String::new(),
         uefi: None,
         grub: None,
@@ -555,6 +592,17 @@ pub fn activate(
         native,
         companions: companions.iter().map(|c| c.name.clone()).collect(),
         deadline_secs,
+        standby: match opts.standby {
+            Some(n) => Some(StandbyArm {
+                after_failed_boots: n,
+                unit: standby::unit_dir()
+                    .join(standby::UNIT)
+                    .display()
+                    .to_string(),
+                program: this_program()?,
+            }),
+            None => None,
+        },
     };
     let header_offset = rec.header_disk_offset()?;
     let args = |a: &str| {
@@ -614,6 +662,14 @@ pub fn activate(
             )?;
         }
         crate::failpoint::hit("activate:files");
+        if let Some(arm) = &activation.standby {
+            let unit = Path::new(&arm.unit);
+            progress.note(&format!(
+                "installing {} (resets the failed-boot count on every healthy boot)",
+                unit.display()
+            ));
+            standby::install_unit(unit.parent().unwrap_or(Path::new("/")), &arm.program)?;
+        }
         match &loader {
             Loader::Uefi(t) => t.arm(&activation),
             Loader::Grub(t) => t.arm(&activation),
@@ -632,6 +688,21 @@ pub fn activate(
             )),
         },
     }
+}
+
+/// This program's path, for a unit of the installed system to run.
+fn this_program() -> Result<String> {
+    let exe = std::env::current_exe().map_err(|e| Error::io("find this program's path", e))?;
+    let text = exe.display().to_string();
+    if text.ends_with(" (deleted)") || !exe.is_file() {
+        return Err(Error::new(
+            ErrorKind::NotFound,
+            format!(
+                "this program ({text}) is no longer on the disk: the standby's unit could not run it"
+            ),
+        ));
+    }
+    Ok(text)
 }
 
 /// What the on-disk header keeps of activation `a`.
@@ -902,6 +973,10 @@ pub struct Status {
     /// Whether the firmware runs with Secure Boot on (UEFI only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub secure_boot: Option<bool>,
+    /// A standby armed in GRUB's environment block (`activate
+    /// --standby`): its entry and the failed boots left before it starts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub standby: Option<StandbyStatus>,
 }
 
 /// Which system runs and what the next boot starts.
@@ -932,6 +1007,7 @@ pub fn status(state: &StateDir) -> Result<Status> {
         secure_boot: Path::new("/sys/firmware/efi")
             .exists()
             .then(crate::sys::efivars::secure_boot),
+        standby: None,
     };
     if via.is_some() {
         s.deadline_left_secs = deadline_left(
@@ -948,9 +1024,14 @@ pub fn status(state: &StateDir) -> Result<Status> {
     // Known only when the boot loader's state could be read: an
     // unreadable one (no efivarfs) leaves the activation alone.
     let readable = s.loader == "grub" || !s.boot_order.is_empty();
+    // a standby still armed has not ended: the installed system boots
+    // by default all along
+    let armed_standby =
+        s.activation.as_ref().is_some_and(|a| a.standby.is_some()) && s.standby.is_some();
     s.trial_ended = !s.booted_restored
         && readable
         && s.activation.is_some()
+        && !armed_standby
         && s.next_boot.starts_with("old system");
     Ok(s)
 }
@@ -1034,6 +1115,9 @@ pub fn rollback(state: &StateLock<'_>) -> Result<RolledBack> {
     }
     if let Some(g) = &a.grub {
         grub::disarm(g, &a.name)?;
+    }
+    if let Some(arm) = &a.standby {
+        standby::remove_unit(Path::new(&arm.unit))?;
     }
     crate::failpoint::hit("rollback:boot-entry");
     if !a.files_dir.is_empty() {
