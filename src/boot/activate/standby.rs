@@ -5,7 +5,12 @@
 //! `save_env`), and once none are left GRUB starts the standby by itself.
 //! Every boot of the installed system that reaches `multi-user.target`
 //! runs [`UNIT`], which puts the full count back (`liverestore
-//! healthy-boot`): only failed boots in a row count.
+//! healthy-boot`): only failed boots in a row count. It is the shape
+//! update frameworks give GRUB and U-Boot (RAUC's `grub.cfg` keeps
+//! `A_TRY`/`A_OK` in `grubenv` with `save_env`; U-Boot's `bootcount`
+//! against `bootlimit` starts `altbootcmd`, reset from Linux), here
+//! without replacing the machine's own `grub.cfg`: the block is
+//! `custom.cfg`'s, which `update-grub`'s configuration sources.
 //!
 //! Only GRUB can count: UEFI firmware has no counter of its own (a
 //! `BootNext` set by a unit of the installed system is gone after one
