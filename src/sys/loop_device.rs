@@ -55,9 +55,12 @@ impl LoopDevice {
         if opts.autoclear {
             flags |= ioctl::LO_FLAGS_AUTOCLEAR;
         }
-        // Another process may take the free device between the two calls:
-        // then ask again.
-        for _ in 0..16 {
+        // Another process may take the free device between the two calls
+        // (or one just detached may still be going away): then ask again,
+        // a little later each time — up to about 6 s in all, so that
+        // several tools attaching at once (losetup, snapd, another
+        // liverestore) all get theirs.
+        for attempt in 0..64u64 {
             let number = ioctl::loop_get_free(&control)
                 .map_err(|e| Error::io("no free loop device", e.into()))?;
             let path = PathBuf::from(format!("/dev/loop{number}"));
@@ -82,7 +85,10 @@ impl LoopDevice {
             }
             match r {
                 Ok(()) => return Ok((LoopDevice { number, path }, dev)),
-                Err(e) if e == rustix::io::Errno::BUSY => continue,
+                Err(e) if e == rustix::io::Errno::BUSY => {
+                    std::thread::sleep(std::time::Duration::from_millis(5 * (attempt.min(20) + 1)));
+                    continue;
+                }
                 Err(e) => {
                     return Err(
                         Error::io("cannot attach the loop device", e.into()).with_path(&path)

@@ -8,7 +8,7 @@
 //! Mapped, in one run of five boots:
 //! (1) the old system stages a system whose initrd initramfs-tools made
 //! and activates it for the firmware (`Boot####`, `BootNext`) with a
-//! 90 s trial deadline and `--reboot` (through systemd); (2) the restored
+//! 60 s trial deadline and `--reboot` (through systemd); (2) the restored
 //! system reaches multi-user.target from the map, then drops to the
 //! emergency shell, and nobody commits: the watchdog resets the machine;
 //! (3) the old system again: the trial ended; `verify` accepts the
@@ -77,7 +77,7 @@ case $n in
   echo "LR journal_tenths=$(j MESSAGE_ID=7ab0cfd737694f2ebc2631f7cd83ddbb LIVERESTORE_NAME=deb | grep -c '^LIVERESTORE_PERCENT=' || true)"
   echo "LR journal_failed=$(j MESSAGE_ID=3692d566236846b1b8bb62f40753f472 LIVERESTORE_NAME=nosuch LIVERESTORE_OPERATION=verify | grep -c '^LIVERESTORE_EXIT_CODE=17$' || true)"
   echo "LR report=old system ($state): staged 'deb' (initramfs-tools), activating it for the firmware"
-  liverestore activate deb --trial-deadline 90s --reboot
+  liverestore activate deb --trial-deadline 60s --reboot
   ;;
 2)
   echo "LR trial_ended_2=$(liverestore --json status | grep -o '"trial_ended":[a-z]*' | cut -d: -f2)"
@@ -90,9 +90,9 @@ case $n in
   liverestore discard deb
   liverestore stage /dev/vdc --name rh --dir /
   # commits itself once the scenario says so (a health check)
-  liverestore customize rh-p2 --auto-commit --health 'test -e /run/lr-ready' --commit-within 120s
+  liverestore customize rh-p2 --auto-commit --health 'test -e /run/lr-ready' --commit-within 60s
   echo "LR report=old system ($state, nobody committed): 'deb' re-hashed after its trial and discarded, staged 'rh' (dracut; a whole disk: ESP and root) with auto-commit, activating it through GRUB"
-  liverestore activate rh --loader grub --trial-deadline 120s --reboot
+  liverestore activate rh --loader grub --trial-deadline 60s --reboot
   ;;
 3)
   liverestore rollback
@@ -127,8 +127,8 @@ rh/1)
   echo "LR rh_deadline_off=$(journalctl -b -u liverestore-auto-commit -o cat | grep -c "deadline is off" || true)"
   echo "LR rh_auto_commit_passed=$(journalctl -b -u liverestore-auto-commit -o cat | grep -c "^healthy (" || true)"
   echo "LR rh_auto_commit_left=$(ls /etc/systemd/system /etc/systemd/system/multi-user.target.wants /usr/local/lib | grep -c liverestore || true)"
-  # still here after the deadline (120 s after the early-boot step)
-  while [ "$(cut -d. -f1 /proc/uptime)" -lt 135 ]; do sleep 1; done
+  # still here after the deadline (60 s after the early-boot step)
+  while [ "$(cut -d. -f1 /proc/uptime)" -lt 75 ]; do sleep 1; done
   echo "LR rh_alive_after_deadline=$(cut -d' ' -f1 /proc/uptime)"
   liverestore rollback
   echo "LR rh_next_after_rollback=$(next)"
@@ -264,10 +264,10 @@ fn real_debian_systems_trial_boot_through_uefi_and_grub() {
     assert!((2..=11).contains(&tenths), "{tenths}");
     // status tells how long the trial has left, until the commit
     let left: u64 = run.get("rh_deadline_left").parse().unwrap();
-    assert!((1..120).contains(&left), "{left}");
+    assert!((1..60).contains(&left), "{left}");
     assert_eq!(run.get("rh_deadline_left_after_commit"), "0");
     let alive: f64 = run.get("rh_alive_after_deadline").parse().unwrap();
-    assert!(alive >= 135.0, "{alive}");
+    assert!(alive >= 75.0, "{alive}");
     // the hung trial came back by the watchdog, not by its own reboot
     assert!(
         run.console.contains("softdog: Initiating system reboot"),

@@ -20,7 +20,7 @@ case $n in
   # whole in the unallocated space after the old system's partitions:
   # booted natively, from a partition entry added over it
   liverestore stage /dev/vdb --name deb --dir / --unallocated --contiguous
-  liverestore --json activate deb --loader uefi --trial-deadline 120s > /tmp/activate.json
+  liverestore --json activate deb --loader uefi --trial-deadline 60s > /tmp/activate.json
   echo "LR native_args=$(grep -o '"args":"[^"]*"' /tmp/activate.json | cut -d'"' -f4)"
   echo "LR native_partition=$(ls /sys/block/vda | grep -c '^vda3$')"
   echo "LR next_armed_1=$(next)"
@@ -84,7 +84,7 @@ fn a_real_debian_system_commits_natively_through_the_firmware() {
     let args = run.get("native_args");
     assert!(
         args.starts_with("rdinit=/lr/init root=PARTUUID=")
-            && args.contains("liverestore.deadline=120"),
+            && args.contains("liverestore.deadline=60"),
         "{args}"
     );
     // the trial armed the deadline and mapped nothing

@@ -296,14 +296,19 @@ fn grub_activation_on_a_live_ext4() {
             .unwrap()
     };
     let (a, b) = (spawn(), spawn());
-    let codes: Vec<i32> = [a, b]
+    let outs: Vec<std::process::Output> = [a, b]
         .into_iter()
-        .map(|c| c.wait_with_output().unwrap().status.code().unwrap())
+        .map(|c| c.wait_with_output().unwrap())
+        .collect();
+    let codes: Vec<i32> = outs.iter().map(|o| o.status.code().unwrap()).collect();
+    let said: Vec<String> = outs
+        .iter()
+        .map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
         .collect();
     assert_eq!(
         codes.iter().filter(|&&c| c == 0).count(),
         1,
-        "exactly one activation: {codes:?}"
+        "exactly one activation: {codes:?} {said:?}"
     );
     assert!(
         codes.iter().all(|c| [0, 21, 22].contains(c)),
