@@ -237,6 +237,25 @@ pub fn device_link(device: &str) -> Option<std::path::PathBuf> {
     device.starts_with("/dev/").then(|| device.into())
 }
 
+/// Why a copy's fstab entry for `mount_point` is commented out (the
+/// comment, and the change as listed), if it is.
+fn left_out_of_copy(
+    mount_point: &str,
+    merged: &[String],
+    held: &[String],
+) -> Option<(&'static str, &'static str)> {
+    if merged.iter().any(|m| m == mount_point) {
+        Some(("was copied into the root filesystem", "copied into /"))
+    } else if held.iter().any(|m| m == mount_point) {
+        Some((
+            "is on the disk this copy boots mapped from, which device-mapper holds then",
+            "on the disk the standby is mapped from",
+        ))
+    } else {
+        None
+    }
+}
+
 /// `fstab` of a copy of a running system (`snapshot`) whose root is now
 /// the filesystem `root_uuid` of type `fs_type`: the `/` entry names it
 /// (options and pass kept); the entries of filesystems copied into the
@@ -270,28 +289,15 @@ pub fn for_copy(
             };
             out.push_str(&format!("UUID={root_uuid} / {fs_type} {rest}\n"));
             changes.push(format!("/ is now UUID={root_uuid} (was {device})"));
-        } else if merged.iter().any(|m| m == mount_point) {
+        } else if let Some((why, short)) = left_out_of_copy(mount_point, merged, held) {
             out.push_str(&format!(
-                "# liverestore snapshot: {mount_point} was copied into the root filesystem\n# {}",
+                "# liverestore snapshot: {mount_point} {why}\n# {}",
                 line.trim_start()
             ));
             if !line.ends_with('\n') {
                 out.push('\n');
             }
-            changes.push(format!(
-                "{mount_point} ({device}) commented out: copied into /"
-            ));
-        } else if held.iter().any(|m| m == mount_point) {
-            out.push_str(&format!(
-                "# liverestore snapshot: {mount_point} is on the disk this copy boots mapped from, which device-mapper holds then\n# {}",
-                line.trim_start()
-            ));
-            if !line.ends_with('\n') {
-                out.push('\n');
-            }
-            changes.push(format!(
-                "{mount_point} ({device}) commented out: on the disk the standby is mapped from"
-            ));
+            changes.push(format!("{mount_point} ({device}) commented out: {short}"));
         } else {
             out.push_str(line);
         }
