@@ -99,11 +99,7 @@ pub fn run(state: &StateDir, progress: &dyn Progress) -> Result<AutoCommitted> {
         }
     }
     let _ = std::fs::remove_dir(installed::DIR);
-    if crate::sys::power::systemd_runs() {
-        let _ = std::process::Command::new("systemctl")
-            .arg("daemon-reload")
-            .status();
-    }
+    crate::sys::power::daemon_reload();
     Ok(AutoCommitted {
         health: settings.health,
         checks,

@@ -127,7 +127,8 @@ pub struct ActivateArgs {
         long,
         value_name = "N",
         default_value_t = crate::boot::activate::standby::DEFAULT_FAILED_BOOTS,
-        value_parser = clap::value_parser!(u32).range(1..=9)
+        value_parser = clap::value_parser!(u32)
+            .range(1..=i64::from(crate::boot::grub_format::MAX_STANDBY_TRIES))
     )]
     failed_boots: u32,
 }

@@ -222,19 +222,11 @@ pub fn entries(fstab: &str) -> Vec<(String, String)> {
 /// block device (`tmpfs`, `proc`, `host:/export`, `none`).
 pub fn device_link(device: &str) -> Option<std::path::PathBuf> {
     let device = device.trim_matches('"');
-    for (tag, dir) in [
-        ("UUID=", "by-uuid"),
-        ("PARTUUID=", "by-partuuid"),
-        ("LABEL=", "by-label"),
-        ("PARTLABEL=", "by-partlabel"),
-    ] {
-        if let Some(v) = device.strip_prefix(tag) {
-            let v = v.trim_matches('"');
-            return (!v.is_empty() && !v.contains('/'))
-                .then(|| Path::new("/dev/disk").join(dir).join(v));
-        }
+    match identity(device) {
+        Some((kind, v)) => (!v.is_empty() && !v.contains('/'))
+            .then(|| Path::new("/dev/disk").join(format!("by-{kind}")).join(v)),
+        None => device.starts_with("/dev/").then(|| device.into()),
     }
-    device.starts_with("/dev/").then(|| device.into())
 }
 
 /// Why a copy's fstab entry for `mount_point` is commented out (the

@@ -48,6 +48,16 @@ pub fn sync_parent(path: &Path) -> Result<()> {
     }
 }
 
+/// Remove `path` durably (its directory synced); one already gone is
+/// fine. Returns whether it was there.
+pub fn remove_file(path: &Path) -> Result<bool> {
+    match fs::remove_file(path) {
+        Ok(()) => sync_parent(path).map(|()| true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(crate::error::Error::io("remove a file", e).with_path(path)),
+    }
+}
+
 /// Replace `path` with `data` durably: a temporary file beside it,
 /// synced, renamed over it, and the directory synced. The file keeps its
 /// permission bits; a new one gets `new_mode`.

@@ -267,11 +267,7 @@ impl StateLock<'_> {
 
     /// Remove a state file of another part (gone already is fine), durably.
     pub fn remove_state(&self, path: &Path) -> Result<()> {
-        match fs::remove_file(path) {
-            Ok(()) => durable::sync_dir(path.parent().unwrap_or(&self.root)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(Error::io("cannot delete the state file", e).with_path(path)),
-        }
+        durable::remove_file(path).map(|_| ())
     }
 
     /// Forget `name`.

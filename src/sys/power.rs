@@ -15,6 +15,14 @@ pub fn systemd_runs() -> bool {
     Path::new("/run/systemd/system").is_dir()
 }
 
+/// Have systemd read its unit files again, when it runs (a unit added or
+/// removed). Best effort: a failure leaves the change for the next boot.
+pub fn daemon_reload() {
+    if systemd_runs() {
+        let _ = Command::new("systemctl").arg("daemon-reload").status();
+    }
+}
+
 /// Restart the machine now. Returns only when that failed.
 pub fn reboot() -> Result<()> {
     if systemd_runs() {

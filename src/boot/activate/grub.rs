@@ -119,7 +119,7 @@ impl Target {
         for v in [vars::ENTRY, vars::NEXT_ENTRY, vars::DEFAULT, vars::STANDBY] {
             env.set(v, &id);
         }
-        env.set(vars::TRIES, "9");
+        env.set(vars::TRIES, &grub_format::MAX_STANDBY_TRIES.to_string());
         env.encode().map_err(|e| e.with_path(&env_path))?;
         let env_offset = target.block.start + env_block(&env_path, target.fs_block_size)?;
         Ok(Target {

@@ -663,12 +663,11 @@ pub fn activate(
         }
         crate::failpoint::hit("activate:files");
         if let Some(arm) = &activation.standby {
-            let unit = Path::new(&arm.unit);
             progress.note(&format!(
                 "installing {} (resets the failed-boot count on every healthy boot)",
-                unit.display()
+                arm.unit
             ));
-            standby::install_unit(unit.parent().unwrap_or(Path::new("/")), &arm.program)?;
+            standby::install_unit(Path::new(&arm.unit), &arm.program)?;
         }
         match &loader {
             Loader::Uefi(t) => t.arm(&activation),

@@ -150,58 +150,37 @@ fn wants_link(unit: &Path) -> PathBuf {
     dir.join("multi-user.target.wants").join(UNIT)
 }
 
-/// Install and enable the unit in `dir` (as `systemctl enable` would: the
-/// `.wants` symlink), then have systemd read it. Returns the unit's path.
-pub(super) fn install_unit(dir: &Path, program: &str) -> Result<PathBuf> {
-    let unit = dir.join(UNIT);
-    std::fs::create_dir_all(dir)
-        .map_err(|e| Error::io("create the units' directory", e).with_path(dir))?;
-    crate::store::durable::replace_file(&unit, unit_text(program).as_bytes(), 0o644)?;
-    let wants = wants_link(&unit);
-    if let Some(d) = wants.parent() {
-        std::fs::create_dir_all(d)
-            .map_err(|e| Error::io("create multi-user.target.wants", e).with_path(d))?;
-    }
-    match std::fs::remove_file(&wants) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(Error::io("replace the unit's link", e).with_path(&wants)),
-    }
-    std::os::unix::fs::symlink(&unit, &wants)
+/// Install the unit file `unit` and enable it (as `systemctl enable`
+/// would: the `.wants` symlink), then have systemd read it.
+pub(super) fn install_unit(unit: &Path, program: &str) -> Result<()> {
+    let wants = wants_link(unit);
+    let wants_dir = wants.parent().unwrap_or(Path::new(UNIT_DIR));
+    std::fs::create_dir_all(wants_dir)
+        .map_err(|e| Error::io("create the units' directory", e).with_path(wants_dir))?;
+    crate::store::durable::replace_file(unit, unit_text(program).as_bytes(), 0o644)?;
+    crate::store::durable::remove_file(&wants)?;
+    std::os::unix::fs::symlink(unit, &wants)
         .map_err(|e| Error::io("enable the unit", e).with_path(&wants))?;
     crate::store::durable::sync_parent(&wants)?;
-    daemon_reload(dir);
-    Ok(unit)
+    daemon_reload(unit);
+    Ok(())
 }
 
-/// Remove the unit at `unit` and its link (whatever is already gone is
+/// Remove the unit file `unit` and its link (whatever is already gone is
 /// fine).
 pub(super) fn remove_unit(unit: &Path) -> Result<()> {
-    let mut removed = false;
-    for file in [wants_link(unit), unit.to_path_buf()] {
-        match std::fs::remove_file(&file) {
-            Ok(()) => {
-                removed = true;
-                crate::store::durable::sync_parent(&file)?;
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => {
-                return Err(Error::io("remove the healthy-boot unit", e).with_path(&file));
-            }
-        }
-    }
-    if removed && let Some(dir) = unit.parent() {
-        daemon_reload(dir);
+    let link = crate::store::durable::remove_file(&wants_link(unit))?;
+    if crate::store::durable::remove_file(unit)? || link {
+        daemon_reload(unit);
     }
     Ok(())
 }
 
-/// Have systemd read its units again, when `dir` is its own.
-fn daemon_reload(dir: &Path) {
-    if dir == Path::new(UNIT_DIR) && crate::sys::power::systemd_runs() {
-        let _ = std::process::Command::new("systemctl")
-            .arg("daemon-reload")
-            .status();
+/// Have systemd read its units again, when `unit` is in its directory
+/// (not a test's or an image's).
+fn daemon_reload(unit: &Path) {
+    if unit.parent() == Some(Path::new(UNIT_DIR)) {
+        crate::sys::power::daemon_reload();
     }
 }
 
@@ -301,8 +280,8 @@ mod tests {
     #[test]
     fn the_unit_is_enabled_and_removed_in_its_directory() {
         let t = tempfile::tempdir().unwrap();
-        let unit = install_unit(t.path(), "/usr/bin/liverestore").unwrap();
-        assert_eq!(unit, t.path().join(UNIT));
+        let unit = t.path().join(UNIT);
+        install_unit(&unit, "/usr/bin/liverestore").unwrap();
         let link = t.path().join("multi-user.target.wants").join(UNIT);
         assert_eq!(std::fs::read_link(&link).unwrap(), unit);
         assert!(
