@@ -259,9 +259,10 @@ pub fn verify_accepting_own_boots(
     verify_hashing(state, name, progress, true)?.accept_own_boots(state, progress)
 }
 
-/// Before changing the staged bytes of `name` (`customize`, a standby's
-/// refresh): they must be the ones recorded (the image's own boots
-/// accepted). `refused` says what is then not done and what to do.
+/// Before changing or booting the staged bytes of `name` (`customize`, a
+/// standby's refresh, `activate`): they must be the ones recorded (the
+/// image's own boots accepted). `refused` says what is then not done and
+/// what to do.
 pub fn verify_before_change(
     state: &StateLock<'_>,
     name: &str,

@@ -445,16 +445,12 @@ pub fn activate(
     check_policy(&crate::trust::policy::Policy::of_this_machine()?, &members)?;
     for m in &members {
         // verify re-derives the map (revalidate) before re-reading every byte.
-        let report = verify::verify_accepting_own_boots(state, &m.name, progress)?;
-        if !report.ok {
-            return Err(Error::new(
-                ErrorKind::VerifyFailed,
-                format!(
-                    "'{}' no longer reads back as staged: refusing to boot it",
-                    m.name
-                ),
-            ));
-        }
+        verify::verify_before_change(
+            state,
+            &m.name,
+            progress,
+            "it no longer reads back as staged: refusing to boot it",
+        )?;
     }
     // as verified (the changes of their own boots may have been accepted)
     let mut members = crate::stage::staged::set_of(state, name)?;
