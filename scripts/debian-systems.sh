@@ -3,7 +3,7 @@
 # with debootstrap from the Debian mirror this machine's apt uses, and
 # cached in DIR (default target/distros):
 #   DIR/initramfs-tools/  systemd, udev, dmsetup, linux-image-amd64,
-#                         initramfs-tools, e2fsprogs, and GRUB for UEFI
+#                         initramfs-tools, e2fsprogs, rsync, and GRUB for UEFI
 #                         (grub-efi-amd64-bin, grub2-common, efibootmgr,
 #                         and for Secure Boot shim-signed and
 #                         grub-efi-amd64-signed);
@@ -25,7 +25,8 @@
 # filesystems, ext4, xfs, btrfs, FAT, efivarfs, FUSE, ISO 9660 and their
 # helpers; no networking modules but virtio_net's. 170 MB of 450 go, and
 # the initrds shrink with them (they take most of the modules there are).
-# apt's package lists go too.
+# apt's package lists, the documentation and the translations go too,
+# and boot units no test machine uses are masked (below).
 # Needs root, debootstrap, network to the mirror. Idempotent; one build at a
 # time (flock). Mounts happen only inside private mount namespaces
 # (unshare), so nothing stays mounted in the trees, whatever happens.
@@ -37,7 +38,7 @@ mkdir -p "$dir"
 exec 9>"$dir/.lock"
 flock 9
 # what the trees are; a change rebuilds them (and the old system's disk)
-version="7: initramfs-tools zstd with an early archive in front; dracut xz; signed shim and GRUB; rsync; only the modules of virtual machines (kept by name), no apt lists"
+version="8: initramfs-tools zstd with an early archive in front; dracut xz; signed shim and GRUB; rsync; only the modules of virtual machines (kept by name), no apt lists, no docs; unused boot units masked, daily timers off, no kvm"
 [ "$(cat "$dir/done" 2>/dev/null)" = "$version" ] && exit 0
 
 # The mirror apt uses here for $suite (deb822 .sources or sources.list).
@@ -80,6 +81,8 @@ mkdir -p "$base/etc/dpkg/dpkg.cfg.d"
 cat >"$base/etc/dpkg/dpkg.cfg.d/liverestore-tests" <<'EOF'
 # only what virtual machines (q35, virtio, OVMF) and these tests use
 path-exclude=/lib/modules/*/kernel/sound/*
+# (udev loads kvm for -cpu max's virtualization flags: nothing here runs VMs)
+path-exclude=/lib/modules/*/kernel/arch/x86/kvm/*
 path-exclude=/lib/modules/*/kernel/drivers/*
 path-include=/lib/modules/*/kernel/drivers/acpi/*
 path-include=/lib/modules/*/kernel/drivers/base/*
@@ -117,6 +120,7 @@ path-include=/lib/modules/*/kernel/net/core/*
 path-exclude=/usr/share/doc/*
 path-exclude=/usr/share/man/*
 path-exclude=/usr/share/locale/*
+path-exclude=/usr/share/info/*
 EOF
 in_tree "$base" /debootstrap/debootstrap --second-stage >>"$work/debootstrap.log" 2>&1 \
   || { tail -20 "$work/debootstrap.log" >&2; exit 1; }
@@ -149,7 +153,21 @@ ExecStart=/bin/sh -c '/usr/local/sbin/lr-scenario 2>&1 | cat >/dev/console'
 WantedBy=multi-user.target
 EOF
 in_tree "$base" systemctl enable lr-scenario.service >/dev/null 2>&1
+# What no test machine uses, done at every boot, each about a second of
+# emulated CPU on a single virtual CPU (`systemd-analyze blame` in a guest:
+# e2scrub_reap 2.3 s, each mount 1 s): e2scrub's clean-up of LVM
+# snapshots, and the hugepages, POSIX queue, debugfs and tracefs mounts.
+# And the daily timers of apt, dpkg, e2scrub and fstrim: one firing in the
+# middle of a test would be a failed unit there (no network, no mirror).
+in_tree "$base" systemctl mask e2scrub_reap.service dev-hugepages.mount dev-mqueue.mount \
+  sys-kernel-debug.mount sys-kernel-tracing.mount >/dev/null 2>&1
+in_tree "$base" systemctl disable apt-daily.timer apt-daily-upgrade.timer dpkg-db-backup.timer \
+  e2scrub_all.timer fstrim.timer >/dev/null 2>&1
 in_tree "$base" apt-get clean
+# The documentation and translations debootstrap's first stage unpacked
+# before dpkg's path-exclude rules were there (40 MB).
+rm -rf "$base"/usr/share/doc/* "$base"/usr/share/man/* "$base"/usr/share/info/*
+find "$base/usr/share/locale" -mindepth 1 -maxdepth 1 -type d -exec rm -rf {} +
 # the package lists too (49 MB), as Debian's container and cloud images do
 rm -rf "$base"/var/lib/apt/lists/*
 

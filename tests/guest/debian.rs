@@ -5,7 +5,7 @@
 //! Boot run, `tests/guest/debian_secure_boot.rs`) restored and trial-booted under OVMF, the old system booting
 //! through the GRUB that its own `grub-install` and `update-grub` set up.
 //!
-//! Mapped, in one run of five boots:
+//! Mapped, then natively through the firmware, in one run of seven boots:
 //! (1) the old system stages a system whose initrd initramfs-tools made
 //! and activates it for the firmware (`Boot####`, `BootNext`) with a
 //! 60 s trial deadline and `--reboot` (through systemd); (2) the restored
@@ -19,14 +19,20 @@
 //! GRUB (`next_entry`); (4) once its health check passes, the restored
 //! system's auto-commit unit commits (and removes itself), which stops
 //! the watchdog: it is still up after the deadline; it rolls back from
-//! its side; (5) the old system removes what was left. (GRUB starting a
+//! its side; (5) the old system removes what was left, stages a third
+//! system (`nat`) whole into the unallocated space after its partitions
+//! and activates it for the firmware natively (a partition over the
+//! image, a `Boot####` straight to its kernel, `root=PARTUUID=…`); (6) it
+//! runs from /dev/vda3, commits (first in `BootOrder`) and rolls back from
+//! its side; (7) the old system's `discard` takes back what that
+//! activation left: nothing in the partition table, on the ESP, in the
+//! firmware's boot entries or in the state directory. (GRUB starting a
 //! committed system by default: `tests/guest/debian_secure_boot.rs`, and
 //! mapped, `tests/guest/grub.rs`.)
 //!
 //! Natively under Secure Boot, in another run of six boots: see
-//! `tests/guest/debian_secure_boot.rs`; through the firmware natively:
-//! `tests/guest/debian_uefi.rs`. Modules of their own, named so that the
-//! test order starts the long runs first, beside each other, and
+//! `tests/guest/debian_secure_boot.rs`. Modules of their own, named so
+//! that the test order starts the long runs first, beside each other, and
 //! the short guests fill in after them (the suite's wall time).
 //!
 //! Every boot reports systemd's state, its failed units, its root device
@@ -36,7 +42,8 @@
 use std::time::Duration;
 
 use crate::common::debian::{
-    old_system_disk, old_system_guest, replace_initrd, restored_disk_image, restored_image, systems,
+    add_unallocated, old_system_disk, old_system_guest, replace_initrd, restored_disk_image,
+    restored_image, systems,
 };
 use crate::common::*;
 
@@ -100,7 +107,29 @@ case $n in
   echo "LR grub_left=$(ls /boot/grub | grep -c custom.cfg || true)"
   echo "LR files_left=$(ls /boot/liverestore 2>/dev/null | wc -l)"
   echo "LR esp_left=$(ls /boot/efi | grep -c liverestore || true)"
-  echo "LR report=old system ($state): rolled back what was left, discarded 'rh'"
+  # nat whole in the unallocated space after the old system's
+  # partitions: booted natively, from a partition entry added over it
+  liverestore stage /dev/vdd --name nat --dir / --unallocated --contiguous
+  liverestore --json activate nat --loader uefi --trial-deadline 60s > /tmp/activate.json
+  echo "LR native_args=$(grep -o '"args":"[^"]*"' /tmp/activate.json | cut -d'"' -f4)"
+  echo "LR native_partition=$(ls /sys/block/vda | grep -c '^vda3$')"
+  echo "LR next_armed_3=$(next)"
+  echo "LR report=old system ($state): rolled back what was left, discarded 'rh'; staged 'nat' whole in unallocated space, activated it natively for the firmware"
+  systemctl reboot
+  ;;
+4)
+  # nat committed and rolled back from its side: discard first takes
+  # back what the activation left (partition 3, the boot entry, the ESP
+  # files), says so, then discards
+  liverestore discard nat > /tmp/discard.out 2>&1
+  cat /tmp/discard.out
+  echo "LR took_back=$(grep -c "activation of 'nat' is over" /tmp/discard.out || true)"
+  echo "LR partition_left=$(ls /sys/block/vda | grep -c '^vda3$' || true)"
+  echo "LR native_esp_left=$(ls /boot/efi | grep -c liverestore || true)"
+  echo "LR entries_left=$(efibootmgr | grep -c liverestore || true)"
+  echo "LR records_left=$(ls /var/lib/liverestore/images | wc -l)"
+  echo "LR activation_left=$(ls /var/lib/liverestore | grep -c activation || true)"
+  echo "LR report=old system ($state): took back what the rolled-back activation of 'nat' left, discarded it"
   echo "== scenario exit 0"
   systemctl poweroff
   ;;
@@ -109,6 +138,14 @@ esac
 
 const RESTORED_SYSTEM: &str = r#"
 case $host/$n in
+nat/1)
+  liverestore commit
+  echo "LR nat_next_after_commit=$(next)"
+  liverestore rollback
+  echo "LR nat_next_after_rollback=$(next)"
+  echo "LR report=restored 'nat' ($state) on $(findmnt -n -o SOURCE /), a trial through the firmware: committed, then rolled back from its side"
+  systemctl reboot
+  ;;
 deb/1)
   # a trial that hangs: the emergency shell, nobody at the console; the
   # watchdog armed by the early-boot step resets the machine
@@ -237,17 +274,28 @@ fn real_debian_systems_trial_boot_through_uefi_and_grub() {
         dr.len()
     );
     let t = tempfile::tempdir().unwrap();
-    let deb = deb_image(t.path(), 600, RESTORED_SYSTEM);
+    // 480 MiB: the 250 MB tree with room for the trials' journals and
+    // changes (each MiB is staged and hashed under emulation)
+    let deb = deb_image(t.path(), 480, RESTORED_SYSTEM);
     let rh = t.path().join("rh-disk.img");
     restored_disk_image(
         "dracut",
         &rh,
-        (64, 600),
+        (64, 480),
         "rh",
         &format!("{REPORT}{RESTORED_SYSTEM}"),
     );
+    let nat = t.path().join("nat.ext4");
+    restored_image(
+        "initramfs-tools",
+        &nat,
+        480,
+        "nat",
+        &format!("{REPORT}{RESTORED_SYSTEM}"),
+    );
     let (disk, vars) = old_system_disk(t.path(), &format!("{REPORT}{OLD_SYSTEM}"));
-    let run = old_system_guest(vec![disk, deb, rh], vars, Duration::from_secs(1800))
+    add_unallocated(&disk, 520);
+    let run = old_system_guest(vec![disk, deb, rh, nat], vars, Duration::from_secs(1800))
         .run_ok(&t.path().join("vm"));
     for (i, r) in run.values("report").iter().enumerate() {
         println!("boot {}: {r}", i + 1);
@@ -287,10 +335,22 @@ fn real_debian_systems_trial_boot_through_uefi_and_grub() {
         run.output()
     );
     assert!(!run.console.contains("is not noted"), "{}", run.output());
-    // armed for both trials
-    run.assert_console_counts(&[("trial deadline armed", 2)]);
-    let next = run.get("rh_next_after_rollback");
-    assert!(next.starts_with("old system"), "{next}");
+    // armed for the three trials; nat mapped nothing
+    run.assert_console_counts(&[
+        ("trial deadline armed", 3),
+        ("boots natively from its own partition", 1),
+        ("boot 1 of 'nat' noted", 1),
+    ]);
+    for key in ["rh_next_after_rollback", "nat_next_after_rollback"] {
+        let next = run.get(key);
+        assert!(next.starts_with("old system"), "{key}: {next}");
+    }
+    let args = run.get("native_args");
+    assert!(
+        args.starts_with("rdinit=/lr/init root=PARTUUID=")
+            && args.contains("liverestore.deadline=60"),
+        "{args}"
+    );
     run.assert_values(&[
         ("old-system_boot_1", "running"),
         ("old-system_failed_1", ""),
@@ -325,5 +385,23 @@ fn real_debian_systems_trial_boot_through_uefi_and_grub() {
         ("grub_left", "0"),
         ("files_left", "0"),
         ("esp_left", "0"),
+        // natively through the firmware: a partition over nat, its own
+        // root there, committed (first in BootOrder), rolled back
+        ("native_partition", "1"),
+        ("next_armed_3", "restored system (trial, once)"),
+        ("nat_boot_1", "running"),
+        ("nat_failed_1", ""),
+        ("nat_root_1", "/dev/vda3"),
+        ("nat_by_uuid_1", "1"),
+        ("nat_next_after_commit", "restored system (default)"),
+        // and the old system's discard took back what was left
+        ("old-system_boot_4", "running"),
+        ("old-system_failed_4", ""),
+        ("took_back", "1"),
+        ("partition_left", "0"),
+        ("native_esp_left", "0"),
+        ("entries_left", "0"),
+        ("records_left", "0"),
+        ("activation_left", "0"),
     ]);
 }

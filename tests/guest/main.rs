@@ -13,7 +13,6 @@ mod boot;
 mod debian;
 mod debian_secure_boot;
 mod debian_standby;
-mod debian_uefi;
 mod drivers;
 mod grub;
 mod native;
