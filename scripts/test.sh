@@ -22,7 +22,10 @@ systems=""
 # What this script started in the background ends with it.
 stop_background() {
   [ -z "$build" ] || kill "$build" 2>/dev/null || true
-  [ -z "${host:-}" ] || kill "$host" 2>/dev/null || true
+  local g
+  for g in "${guests:-}" "${host:-}"; do
+    [ -z "$g" ] || kill -TERM -- -"$g" 2>/dev/null || true
+  done
   [ -z "$systems" ] || kill -TERM -- -"$systems" 2>/dev/null || true
 }
 trap stop_background EXIT
@@ -51,21 +54,24 @@ skip=(--skip vfat_4gib_image_splits_for_real)
 # that would idle until it ends; their output follows the guests'. Started
 # with the guests, they slowed the guests more than they saved (20:52
 # against 20:01 for the suite).
-guest_log=target/guest-tests.log host_log=target/host-tests.log
-{ cargo test --locked --lib --bins --test guest -- --include-ignored --test-threads=2 "${skip[@]}" 2>&1 | tee "$guest_log"; } &
+guest_log=target/guest-tests.log host_log=target/host-tests.log guests="" host=""
+# (each in a process group of its own, which the exit trap ends)
+setsid bash -c 'set -o pipefail; cargo test --locked --lib --bins --test guest -- --include-ignored --test-threads=2 "$@" 2>&1 | tee target/guest-tests.log' \
+  bash "${skip[@]}" &
 guests=$!
 # what the guest program printed: how many tests it runs, how many ended
 while kill -0 "$guests" 2>/dev/null; do
-  printed=$(sed -n '/Running tests\/guest\//,$p' "$guest_log" 2>/dev/null)
+  printed=$(sed -n '/Running tests\/guest\//,$p' "$guest_log" 2>/dev/null || true)
   total=$(grep -Eo '^running [0-9]+ tests' <<<"$printed" | grep -Eo '[0-9]+' | head -1 || true)
   ended=$(grep -Ec '^test .* \.\.\. ' <<<"$printed" || true)
   [ -n "$total" ] && [ "$ended" -ge $((total - 1)) ] && break
   sleep 5
 done
-cargo test --locked --test host -- --include-ignored --test-threads=4 "${skip[@]}" >"$host_log" 2>&1 &
+setsid cargo test --locked --test host -- --include-ignored --test-threads=4 "${skip[@]}" >"$host_log" 2>&1 &
 host=$!
 guests_rc=0; wait "$guests" || guests_rc=$?
 host_rc=0; wait "$host" || host_rc=$?
+guests="" host=""
 cat "$host_log"
 wait "$systems" || true
 [ "$guests_rc" = 0 ] && [ "$host_rc" = 0 ]
