@@ -239,19 +239,29 @@ pub(crate) fn uncompressed_initrd(image: &std::path::Path) -> usize {
     initrd.len()
 }
 
-/// The initramfs-tools system as an ext4 image of `mib` MiB named `deb`,
-/// in `dir`, with the restored systems' `scenario`.
-pub(crate) fn deb_image(dir: &std::path::Path, mib: u64, scenario: &str) -> std::path::PathBuf {
-    let deb = dir.join("deb.ext4");
+/// The initramfs-tools system as an ext4 image of `mib` MiB with host
+/// name `name`, `dir/NAME.ext4`, with the restored systems' `scenario`.
+pub(crate) fn initramfs_tools_image(
+    dir: &std::path::Path,
+    name: &str,
+    mib: u64,
+    scenario: &str,
+) -> std::path::PathBuf {
+    let image = dir.join(format!("{name}.ext4"));
     restored_image(
         "initramfs-tools",
-        &deb,
+        &image,
         mib,
-        "deb",
+        name,
         &format!("{REPORT}{scenario}"),
     );
-    deb
+    image
 }
+
+/// The size of this run's restored systems (MiB): the 250 MB tree with
+/// room for the trials' journals and changes (each MiB is staged and
+/// hashed under emulation, several times).
+const SYSTEM_MIB: u64 = 480;
 
 #[test]
 #[ignore = "needs root, debootstrap and QEMU: real Debian systems in guests (scripts/test.sh runs it)"]
@@ -274,27 +284,18 @@ fn real_debian_systems_trial_boot_through_uefi_and_grub() {
         dr.len()
     );
     let t = tempfile::tempdir().unwrap();
-    // 480 MiB: the 250 MB tree with room for the trials' journals and
-    // changes (each MiB is staged and hashed under emulation)
-    let deb = deb_image(t.path(), 480, RESTORED_SYSTEM);
+    let deb = initramfs_tools_image(t.path(), "deb", SYSTEM_MIB, RESTORED_SYSTEM);
     let rh = t.path().join("rh-disk.img");
     restored_disk_image(
         "dracut",
         &rh,
-        (64, 480),
+        (64, SYSTEM_MIB),
         "rh",
         &format!("{REPORT}{RESTORED_SYSTEM}"),
     );
-    let nat = t.path().join("nat.ext4");
-    restored_image(
-        "initramfs-tools",
-        &nat,
-        480,
-        "nat",
-        &format!("{REPORT}{RESTORED_SYSTEM}"),
-    );
+    let nat = initramfs_tools_image(t.path(), "nat", SYSTEM_MIB, RESTORED_SYSTEM);
     let (disk, vars) = old_system_disk(t.path(), &format!("{REPORT}{OLD_SYSTEM}"));
-    add_unallocated(&disk, 520);
+    add_unallocated(&disk, SYSTEM_MIB + 40);
     let run = old_system_guest(vec![disk, deb, rh, nat], vars, Duration::from_secs(1800))
         .run_ok(&t.path().join("vm"));
     for (i, r) in run.values("report").iter().enumerate() {

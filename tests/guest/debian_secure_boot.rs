@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::common::debian::{add_unallocated, old_system_disk, old_system_guest_secure_boot};
 use crate::common::*;
-use crate::debian::{REPORT, boot_file, deb_image, uncompressed_initrd};
+use crate::debian::{REPORT, boot_file, initramfs_tools_image, uncompressed_initrd};
 
 const OLD_SYSTEM_SECURE_BOOT: &str = r#"
 case $n in
@@ -120,7 +120,7 @@ fn real_debian_native_trials_under_secure_boot() {
     // auto-commit's static liverestore (700 MiB was not, ENOSPC, when the
     // tree was 140 MB larger: Ethernet and IIO modules, apt's lists, the
     // documentation)
-    let deb = deb_image(t.path(), 640, RESTORED_SYSTEM_SECURE_BOOT);
+    let deb = initramfs_tools_image(t.path(), "deb", 640, RESTORED_SYSTEM_SECURE_BOOT);
     let plain_size = uncompressed_initrd(&deb);
     println!(
         "deb's initrd: {plain_size} bytes, uncompressed (the archive in front, then the main one)"
