@@ -54,12 +54,20 @@ use crate::error::{Error, Result};
 ///
 /// --standby arms NAME (a `snapshot` of this system, or any staged
 /// image) as this system's fallback instead: nothing boots it now; the
-/// installed system stays the default, and GRUB starts NAME by itself
-/// once the installed system failed --failed-boots boots in a row
-/// (rebooted without reaching multi-user.target). Through GRUB only:
-///   grubenv     liverestore_tries, counted down by NAME's block in
-///               custom.cfg at every boot of the installed system;
-///   unit        liverestore-healthy-boot.service puts the full count
+/// installed system stays the default, and the machine starts NAME by
+/// itself once the installed system failed --failed-boots boots in a
+/// row (rebooted without reaching multi-user.target):
+///   GRUB (the default)  liverestore_tries in grubenv, counted down by
+///               NAME's block in custom.cfg at every boot of the
+///               installed system, however early it then fails;
+///   UEFI (--loader uefi)  NAME's Boot#### first in BootOrder; early in
+///               every boot of the installed system
+///               liverestore-count-boot.service counts the boot and puts
+///               the installed system's own entry in BootNext again
+///               while failed boots are left. A boot that fails before
+///               that unit (a kernel that cannot start, an init that is
+///               gone) fails over after one failed boot.
+///   both        liverestore-healthy-boot.service puts the full count
 ///               back at every healthy boot (`liverestore healthy-boot`).
 /// From the standby, `commit` makes it the default and `rollback` goes
 /// back to the installed system, as after a trial.
@@ -117,12 +125,13 @@ pub struct ActivateArgs {
     /// has none.
     #[arg(long, value_name = "DURATION", default_value = "30min", value_parser = parse_deadline)]
     trial_deadline: Deadline,
-    /// Arm NAME as this system's standby (started by GRUB after failed
-    /// boots), not as a trial; no trial deadline.
+    /// Arm NAME as this system's standby (started by GRUB, or the
+    /// firmware with --loader uefi, after failed boots), not as a trial;
+    /// no trial deadline.
     #[arg(long, conflicts_with_all = ["image_esp", "reboot"])]
     standby: bool,
     /// With --standby: the installed system's failed boots in a row after
-    /// which GRUB starts the standby (1 to 9).
+    /// which the standby starts (1 to 9).
     #[arg(
         long,
         value_name = "N",
@@ -248,14 +257,36 @@ impl Report for ActivateReport {
         if let Some(why) = &a.fallback {
             eprintln!("{why}");
         }
-        if let (Some(arm), Some(g)) = (&a.standby, &a.grub) {
+        if let Some(arm) = &a.standby {
+            let (entry, by) = match (&a.uefi, &a.grub) {
+                (Some(u), _) => (
+                    format!(
+                        "Boot{:04X} ({}), first in BootOrder; BootNext: this system's Boot{:04X}",
+                        u.boot_number,
+                        u.loader,
+                        arm.installed_boot.unwrap_or_default()
+                    ),
+                    "the firmware",
+                ),
+                (_, Some(g)) => (
+                    format!("GRUB entry '{}' in {}/custom.cfg", g.entry_id, g.grub_dir),
+                    "GRUB",
+                ),
+                _ => (String::new(), "the boot loader"),
+            };
             println!(
-                "'{}' armed as this system's standby: GRUB entry '{}' in {}/custom.cfg; kernel {} in {}",
-                a.name, g.entry_id, g.grub_dir, a.kernel_version, a.files_dir
+                "'{}' armed as this system's standby: {entry}; kernel {} in {}",
+                a.name, a.kernel_version, a.files_dir
             );
             println!(
-                "failover: after {} failed boot(s) in a row of this system (a reboot before multi-user.target), GRUB starts '{}' by itself; {} puts the count back at every healthy boot",
-                arm.after_failed_boots, a.name, arm.unit
+                "failover: after {} failed boot(s) in a row of this system (a reboot before multi-user.target), {by} starts '{}' by itself; {} puts the count back at every healthy boot{}",
+                arm.after_failed_boots,
+                a.name,
+                arm.unit,
+                arm.count_unit
+                    .as_ref()
+                    .map(|c| format!(", {c} counts every boot at its start (a boot that fails before it fails over at once)"))
+                    .unwrap_or_default()
             );
             println!(
                 "from the standby: `liverestore commit` keeps it, `liverestore rollback` goes back to this system; here, `liverestore rollback` disarms it"
@@ -351,8 +382,13 @@ impl Report for Status {
         println!("next boot:  {}", s.next_boot);
         if let Some(sb) = &s.standby {
             println!(
-                "standby:    {} armed: GRUB starts it after {} more failed boot(s) of the installed system{}",
+                "standby:    {} armed: {} starts it after {} more failed boot(s) of the installed system{}",
                 sb.entry,
+                if sb.loader == "uefi" {
+                    "the firmware"
+                } else {
+                    "GRUB"
+                },
                 sb.failed_boots_left,
                 sb.after_failed_boots
                     .map(|n| format!(" (armed with {n}; a healthy boot puts it back)"))
@@ -521,9 +557,11 @@ impl Report for AutoCommitReport {
 /// installs) This boot of the installed system is healthy: put the
 /// standby's failed-boot count back.
 ///
-/// Sets liverestore_tries in GRUB_DIR/grubenv back to the --failed-boots
-/// of the activation. Changes nothing in a system liverestore started
-/// (the standby itself, a trial) or when no standby is armed.
+/// GRUB: sets liverestore_tries in GRUB_DIR/grubenv back to the
+/// --failed-boots of the activation. UEFI: the count in the state
+/// directory back to it, and BootNext to the installed system's entry.
+/// Changes nothing in a system liverestore started (the standby itself,
+/// a trial) or when no standby is armed.
 #[derive(clap::Args, Debug)]
 pub struct HealthyBootArgs {}
 
@@ -535,18 +573,67 @@ impl HealthyBootArgs {
 
 impl Report for activate::HealthyBoot {
     fn print_text(&self) {
+        let next = self
+            .boot_next
+            .map(|n| format!("; BootNext: Boot{n:04X}"))
+            .unwrap_or_default();
         match (&self.standby, &self.nothing_because) {
             (_, Some(why)) => println!("nothing to do: {why}"),
             (Some(name), None) if self.reset => println!(
-                "healthy boot: the failed-boot count of standby '{name}' is back to {} (it was {})",
+                "healthy boot: the failed-boot count of standby '{name}' is back to {} (it was {}){next}",
                 self.failed_boots_left.unwrap_or(0),
                 self.failed_boots_left_before
                     .map_or("unset".to_string(), |n| n.to_string())
             ),
             (Some(name), None) => println!(
-                "healthy boot: standby '{name}' needs {} failed boot(s) in a row, as armed",
+                "healthy boot: standby '{name}' needs {} failed boot(s) in a row, as armed{next}",
                 self.failed_boots_left.unwrap_or(0)
             ),
+            (None, None) => {}
+        }
+    }
+}
+
+/// (run by liverestore-count-boot.service, which `activate --standby
+/// --loader uefi` installs) Count this boot of the installed system
+/// against its standby, early in the boot.
+///
+/// One failed boot less is left (the count is in the state directory:
+/// the firmware keeps none); while some are left, BootNext is set to
+/// the installed system's entry again, so a failure of this boot is
+/// followed by another boot of it. With none left, the next boot starts
+/// the standby (first in BootOrder) unless this one reaches
+/// multi-user.target (`healthy-boot`). Changes nothing in a system
+/// liverestore started, through GRUB (which counts itself), or when no
+/// standby is armed.
+#[derive(clap::Args, Debug)]
+pub struct CountBootArgs {}
+
+/// What `count-boot` did.
+#[derive(Debug, Serialize)]
+#[serde(transparent)]
+pub struct CountedBoot(activate::HealthyBoot);
+
+impl CountBootArgs {
+    pub fn run(self, cx: &Context) -> Result<CountedBoot> {
+        activate::count_boot(&cx.state.lock()?).map(CountedBoot)
+    }
+}
+
+impl Report for CountedBoot {
+    fn print_text(&self) {
+        let c = &self.0;
+        match (&c.standby, &c.nothing_because) {
+            (_, Some(why)) => println!("nothing to do: {why}"),
+            (Some(name), None) => match c.boot_next {
+                Some(n) => println!(
+                    "boot counted: {} failed boot(s) of this system left before standby '{name}' starts (BootNext: Boot{n:04X}, this system, again)",
+                    c.failed_boots_left.unwrap_or(0)
+                ),
+                None => println!(
+                    "boot counted: none left — unless this boot reaches multi-user.target, the next one starts standby '{name}'"
+                ),
+            },
             (None, None) => {}
         }
     }

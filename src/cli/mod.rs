@@ -124,6 +124,7 @@ pub enum Command {
     Commit(boot::CommitArgs),
     AutoCommit(boot::AutoCommitArgs),
     HealthyBoot(boot::HealthyBootArgs),
+    CountBoot(boot::CountBootArgs),
     Initrd(boot::InitrdArgs),
     Attach(attach::AttachArgs),
     Detach(attach::DetachArgs),
@@ -155,7 +156,8 @@ impl Command {
             Command::Commit(_)
             | Command::Rollback(_)
             | Command::AutoCommit(_)
-            | Command::HealthyBoot(_) => Some(String::new()),
+            | Command::HealthyBoot(_)
+            | Command::CountBoot(_) => Some(String::new()),
             _ => None,
         }
     }
@@ -301,6 +303,7 @@ fn run_command(command: Command, name: &str, cx: &Context) -> u8 {
         Command::Commit(a) => finish(name, cx, a.run(cx)),
         Command::AutoCommit(a) => finish(name, cx, a.run(cx)),
         Command::HealthyBoot(a) => finish(name, cx, a.run(cx)),
+        Command::CountBoot(a) => finish(name, cx, a.run(cx)),
         Command::Initrd(a) => finish(name, cx, a.run(cx)),
         Command::Attach(a) => finish(name, cx, a.run(cx)),
         Command::Detach(a) => finish(name, cx, a.run(cx)),

@@ -156,6 +156,12 @@ impl StateDir {
         self.root.join("activation.json")
     }
 
+    /// Where an armed standby's failed-boot count is kept when the boot
+    /// loader keeps none (`boot::activate::standby` owns its type).
+    pub fn standby_count_path(&self) -> PathBuf {
+        self.root.join("standby-count.json")
+    }
+
     /// Where attachments keep their records and overlay stores.
     pub fn attachments_dir(&self) -> PathBuf {
         self.root.join("attached")

@@ -255,6 +255,9 @@ fn grub_trial(efi: bool) -> GuestRun {
         "old system (GRUB's default entry)",
         "GRUB cleared next_entry as it booted"
     );
+    // the early-boot step of the committed system's default boot reads
+    // GRUB's environment block on the disk it found: no deadline then
+    run.assert_console_counts(&[("liverestore: committed: no trial deadline", 1)]);
     run.assert_values(&[
         // boot 4 (UEFI: 2): the restored system commits
         ("restored_boot_2", "restored-system"),

@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::standby::STANDBY_STARTS;
 use super::{Activation, RolledBack, Status, replace_file, sync_dir, write_synced};
 use crate::boot::grub_format::{self, ENV_SIZE, GrubEnv, MenuEntry, vars};
 use crate::error::{Error, ErrorKind, IoContext, Result};
@@ -463,9 +464,6 @@ pub(super) fn rollback_restored(offset: u64) -> Result<RolledBack> {
         files_removed: false,
     })
 }
-
-/// `status`'s next boot once the installed system failed its boots.
-pub(super) const STANDBY_STARTS: &str = "standby (the installed system failed its boots in a row)";
 
 /// The GRUB part of `status`.
 pub(super) fn fill_status(s: &mut Status, env: &GrubEnv) {

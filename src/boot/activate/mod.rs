@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 
 pub use grub::GrubBoot;
 pub use native::NativeBoot;
-pub use standby::{HealthyBoot, StandbyArm, StandbyStatus, healthy_boot};
+pub use standby::{HealthyBoot, StandbyArm, StandbyStatus, count_boot, healthy_boot};
 pub use uefi::UefiBoot;
 
 use crate::attach::root_dir::RootDir;
@@ -333,20 +333,30 @@ fn choose_loader(
     let grub = || grub::Target::open(rec, opts.grub_dir).map(Loader::Grub);
     let uefi = || uefi::Target::open(opts.esp).map(Loader::Uefi);
     if opts.standby.is_some() {
+        let through_grub = || {
+            grub().map_err(|e| {
+                Error::new(
+                    e.kind(),
+                    format!("--standby through GRUB, which counts the failed boots: {e}"),
+                )
+            })
+        };
         return match opts.loader {
-            LoaderChoice::Uefi => Err(Error::new(
-                ErrorKind::UnsupportedBootLoader,
-                "--standby counts the installed system's failed boots, which UEFI firmware cannot do (a BootNext set by a unit is gone after one failed boot, and a boot that never reaches the unit cannot set it): use --loader grub (the default with --standby)",
-            )),
-            _ => Ok((
-                grub().map_err(|e| {
-                    Error::new(
-                        e.kind(),
-                        format!("--standby needs GRUB, which counts the failed boots: {e}"),
-                    )
-                })?,
-                Some("--standby: through GRUB, which counts the installed system's failed boots in grubenv (the firmware cannot)".into()),
-            )),
+            LoaderChoice::Uefi => Ok((uefi()?, Some(standby::UEFI_ROUTE.into()))),
+            LoaderChoice::Grub => Ok((through_grub()?, Some(standby::GRUB_ROUTE.into()))),
+            LoaderChoice::Auto => match through_grub() {
+                Ok(l) => Ok((l, Some(standby::GRUB_ROUTE.into()))),
+                Err(e) if secure_boot => Err(e),
+                Err(no_grub) => match uefi() {
+                    Ok(l) => Ok((l, Some(format!("{no_grub}; {}", standby::UEFI_ROUTE)))),
+                    Err(no_uefi) => Err(Error::new(
+                        ErrorKind::UnsupportedBootLoader,
+                        format!(
+                            "no boot loader to arm the standby with: {no_grub}; and UEFI: {no_uefi}"
+                        ),
+                    )),
+                },
+            },
         };
     }
     match opts.loader {
@@ -422,7 +432,7 @@ pub fn activate(
         if opts.image_esp.is_some() {
             return Err(Error::new(
                 ErrorKind::InvalidState,
-                "--standby boots through GRUB, which counts the failed boots; --image-esp boots through the firmware: use one or the other",
+                "--standby boots the standby through liverestore's early-boot step, which counts nothing without it; --image-esp starts the image's own boot program: use one or the other",
             ));
         }
     }
@@ -589,14 +599,22 @@ pub fn activate(
         companions: companions.iter().map(|c| c.name.clone()).collect(),
         deadline_secs,
         standby: match opts.standby {
-            Some(n) => Some(StandbyArm {
-                after_failed_boots: n,
-                unit: standby::unit_dir()
-                    .join(standby::UNIT)
-                    .display()
-                    .to_string(),
-                program: this_program()?,
-            }),
+            Some(n) => {
+                // the UEFI route: the installed system's own entry goes in
+                // BootNext, the units count the boots
+                let installed = match &loader {
+                    Loader::Uefi(t) => Some(t.installed_entry()?),
+                    Loader::Grub(_) => None,
+                };
+                let unit = |name: &str| standby::unit_dir().join(name).display().to_string();
+                Some(StandbyArm {
+                    after_failed_boots: n,
+                    unit: unit(standby::UNIT),
+                    program: this_program()?,
+                    installed_boot: installed,
+                    count_unit: installed.map(|_| unit(standby::COUNT_UNIT)),
+                })
+            }
             None => None,
         },
     };
@@ -660,10 +678,17 @@ pub fn activate(
         crate::failpoint::hit("activate:files");
         if let Some(arm) = &activation.standby {
             progress.note(&format!(
-                "installing {} (resets the failed-boot count on every healthy boot)",
-                arm.unit
+                "installing {} (resets the failed-boot count on every healthy boot){}",
+                arm.unit,
+                arm.count_unit
+                    .as_ref()
+                    .map(|c| format!(" and {c} (counts every boot at its start)"))
+                    .unwrap_or_default()
             ));
-            standby::install_unit(Path::new(&arm.unit), &arm.program)?;
+            standby::install_units(arm)?;
+            if arm.installed_boot.is_some() {
+                standby::arm_uefi_count(state, arm.after_failed_boots)?;
+            }
         }
         match &loader {
             Loader::Uefi(t) => t.arm(&activation),
@@ -1013,7 +1038,11 @@ pub fn status(state: &StateDir) -> Result<Status> {
     }
     match grub_env {
         Some(env) => grub::fill_status(&mut s, &env),
-        None => uefi::fill_status(&mut s, via == Some(BootedVia::Uefi)),
+        None => uefi::fill_status(
+            &mut s,
+            via == Some(BootedVia::Uefi),
+            standby::uefi_count_for_status(state),
+        ),
     }
     s.committed = s.next_boot == "restored system (default)";
     // Known only when the boot loader's state could be read: an
@@ -1106,13 +1135,14 @@ pub fn rollback(state: &StateLock<'_>) -> Result<RolledBack> {
         };
     };
     if let Some(u) = &a.uefi {
-        uefi::disarm(u)?;
+        uefi::disarm(u, a.standby.as_ref().and_then(|s| s.installed_boot))?;
     }
     if let Some(g) = &a.grub {
         grub::disarm(g, &a.name)?;
     }
     if let Some(arm) = &a.standby {
-        standby::remove_unit(Path::new(&arm.unit))?;
+        standby::remove_units(arm)?;
+        standby::remove_uefi_count(state)?;
     }
     crate::failpoint::hit("rollback:boot-entry");
     if !a.files_dir.is_empty() {

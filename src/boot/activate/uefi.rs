@@ -15,6 +15,8 @@ use crate::space::hostfs::{self, FsKind};
 use crate::space::identity;
 use crate::sys::efivars::EfiVars;
 
+use super::standby::{STANDBY_STARTS, StandbyStatus, UEFI_DESCRIPTION_PREFIX};
+
 pub const KERNEL_FILE: &str = "vmlinuz.efi";
 pub const INITRD_FILE: &str = "initrd.img";
 
@@ -117,22 +119,108 @@ impl Target {
         Ok(files_dir)
     }
 
-    /// Create the `Boot####` entry, then set `BootNext` to it.
+    /// Create the `Boot####` entry, then set `BootNext` to it. A
+    /// standby's instead goes first in `BootOrder`, with `BootNext` on
+    /// the installed system's entry ([`standby_order`]).
     pub(super) fn arm(&self, a: &Activation) -> Result<()> {
         let u = a.uefi.as_ref().expect("a UEFI activation");
-        let option = LoadOption::linux(
-            &format!("liverestore {}", a.name),
-            &self.part,
-            &u.loader,
-            &a.args,
-        );
+        let installed = a.standby.as_ref().and_then(|s| s.installed_boot);
+        let description = match installed {
+            Some(_) => format!("{UEFI_DESCRIPTION_PREFIX}{}", a.name),
+            None => format!("liverestore {}", a.name),
+        };
+        let option = LoadOption::linux(&description, &self.part, &u.loader, &a.args);
         self.vars
             .set(&efi::boot_var(u.boot_number), &option.encode())?;
         crate::failpoint::hit("activate:boot-entry");
-        self.vars.set("BootNext", &efi::u16s(&[u.boot_number]))?;
-        crate::failpoint::hit("activate:boot-next");
+        let Some(installed) = installed else {
+            self.vars.set("BootNext", &efi::u16s(&[u.boot_number]))?;
+            crate::failpoint::hit("activate:boot-next");
+            return Ok(());
+        };
+        // BootNext first: a power cut between the two leaves the next
+        // boot the installed system's
+        self.vars.set("BootNext", &efi::u16s(&[installed]))?;
+        let order = self.boot_order()?;
+        self.vars.set(
+            "BootOrder",
+            &efi::u16s(&standby_order(&order, u.boot_number, installed)),
+        )?;
+        crate::failpoint::hit("activate:boot-order");
         Ok(())
     }
+
+    fn boot_order(&self) -> Result<Vec<u16>> {
+        Ok(self
+            .vars
+            .get("BootOrder")?
+            .map(|d| efi::parse_u16s(&d))
+            .unwrap_or_default())
+    }
+
+    /// The UEFI route of a standby: the installed system's own entry,
+    /// the one it was started from (`BootCurrent`), checked to exist and
+    /// not to be liverestore's.
+    pub(super) fn installed_entry(&self) -> Result<u16> {
+        let cur = self.vars.get_u16("BootCurrent")?.ok_or_else(|| {
+            Error::new(
+                ErrorKind::InvalidState,
+                "the firmware does not report BootCurrent: there is no entry of this system to put in BootNext",
+            )
+        })?;
+        let option = self
+            .vars
+            .get(&efi::boot_var(cur))?
+            .map(|d| LoadOption::decode(&d))
+            .transpose()?
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorKind::InvalidState,
+                    format!("Boot{cur:04X} (BootCurrent) is gone: there is no entry of this system to put in BootNext"),
+                )
+            })?;
+        if option.description.starts_with("liverestore ") {
+            return Err(Error::new(
+                ErrorKind::InvalidState,
+                format!(
+                    "this system was started from Boot{cur:04X} \"{}\", liverestore's: `commit` or `rollback` first",
+                    option.description
+                ),
+            ));
+        }
+        Ok(cur)
+    }
+}
+
+/// A standby's `BootOrder`: its entry first, then the installed system's
+/// (put second when it was not in the order, as after a `BootNext` boot),
+/// then the rest as they were.
+pub fn standby_order(order: &[u16], standby: u16, installed: u16) -> Vec<u16> {
+    let mut out = vec![standby];
+    if !order.contains(&installed) {
+        out.push(installed);
+    }
+    out.extend(order.iter().copied().filter(|&n| n != standby));
+    out
+}
+
+/// Whether `Boot####` `number` exists.
+pub(super) fn entry_exists(number: u16) -> Result<bool> {
+    Ok(EfiVars::open()?.get(&efi::boot_var(number))?.is_some())
+}
+
+/// Set `BootNext`.
+pub(super) fn set_boot_next(number: u16) -> Result<()> {
+    EfiVars::open()?.set("BootNext", &efi::u16s(&[number]))
+}
+
+/// Remove `BootNext` when it is `number`.
+pub(super) fn clear_boot_next(number: u16) -> Result<()> {
+    let vars = EfiVars::open()?;
+    if vars.get_u16("BootNext")? == Some(number) {
+        vars.remove("BootNext")?;
+    }
+    Ok(())
 }
 
 fn esp_partition(esp: &Path) -> Result<GptPartition> {
@@ -233,6 +321,13 @@ pub(super) fn commit(expected: Option<u16>) -> Result<u16> {
         .get("BootOrder")?
         .map(|d| efi::parse_u16s(&d))
         .unwrap_or_default();
+    // a standby (first in BootOrder already) is told from a committed
+    // system by its entry's description: committed, it loses the word
+    let (_, mut option) = current_entry(&vars)?;
+    if let Some(name) = option.description.strip_prefix(UEFI_DESCRIPTION_PREFIX) {
+        option.description = format!("liverestore {name}");
+        vars.set(&efi::boot_var(cur), &option.encode())?;
+    }
     vars.set("BootOrder", &efi::u16s(&efi::order_with_first(&order, cur)))?;
     crate::failpoint::hit("commit:boot-order");
     if vars.get_u16("BootNext")? == Some(cur) {
@@ -242,8 +337,9 @@ pub(super) fn commit(expected: Option<u16>) -> Result<u16> {
 }
 
 /// The UEFI part of `status`; `booted_uefi`: the running system is a
-/// restored one started through a `Boot####` of ours.
-pub(super) fn fill_status(s: &mut Status, booted_uefi: bool) {
+/// restored one started through a `Boot####` of ours; `standby_left`:
+/// the UEFI route's count, from the state directory.
+pub(super) fn fill_status(s: &mut Status, booted_uefi: bool, standby_left: Option<u32>) {
     let vars = EfiVars::open().ok();
     let get = |n: &str| vars.as_ref().and_then(|v| v.get_u16(n).ok().flatten());
     s.boot_order = vars
@@ -268,19 +364,71 @@ pub(super) fn fill_status(s: &mut Status, booted_uefi: bool) {
         s.next_boot = "old system (nothing is activated)".into();
         return;
     }
-    s.next_boot = match (s.boot_next, ours) {
-        (Some(n), Some(o)) if n == o => "restored system (trial, once)".to_string(),
-        _ if ours.is_some() && s.boot_order.first().copied() == ours => {
-            "restored system (default)".to_string()
-        }
-        (Some(n), _) => format!("Boot{n:04X} (BootNext, not liverestore's)"),
-        _ => "old system (the firmware's BootOrder)".to_string(),
+    let description = |n: u16| {
+        vars.as_ref()
+            .and_then(|v| v.get(&efi::boot_var(n)).ok().flatten())
+            .and_then(|d| LoadOption::decode(&d).ok())
+            .map(|o| o.description)
     };
+    // a standby, armed here or running: its entry says so
+    let standby =
+        ours.filter(|&o| description(o).is_some_and(|d| d.starts_with(UEFI_DESCRIPTION_PREFIX)));
+    let arm = s.activation.as_ref().and_then(|a| a.standby.as_ref());
+    s.next_boot = next_boot(
+        s.boot_next,
+        &s.boot_order,
+        ours,
+        standby.is_some(),
+        arm.and_then(|a| a.installed_boot),
+    );
+    if let Some(o) = standby {
+        s.standby = Some(StandbyStatus {
+            loader: "uefi",
+            entry: format!("Boot{o:04X}"),
+            after_failed_boots: arm.map(|a| a.after_failed_boots),
+            // running, it was started: none were left
+            failed_boots_left: match booted_uefi {
+                true => 0,
+                false => standby_left
+                    .or(arm.map(|a| a.after_failed_boots))
+                    .unwrap_or(0),
+            },
+        });
+    }
 }
 
-/// In the old system: take the activation's entry out.
-pub(super) fn disarm(u: &UefiBoot) -> Result<()> {
-    remove_entry(&EfiVars::open()?, u.boot_number)
+/// What the firmware starts next: `ours` is liverestore's entry (a
+/// standby's when `standby`, whose installed system's entry is
+/// `installed`).
+fn next_boot(
+    boot_next: Option<u16>,
+    order: &[u16],
+    ours: Option<u16>,
+    standby: bool,
+    installed: Option<u16>,
+) -> String {
+    let first = order.first().copied();
+    match (boot_next, ours) {
+        (Some(n), Some(o)) if n == o => "restored system (trial, once)".to_string(),
+        (Some(n), _) if standby && Some(n) == installed => "old system (BootNext)".to_string(),
+        _ if standby && ours.is_some() && first == ours => STANDBY_STARTS.to_string(),
+        _ if ours.is_some() && first == ours => "restored system (default)".to_string(),
+        (Some(n), _) => format!("Boot{n:04X} (BootNext, not liverestore's)"),
+        _ => "old system (the firmware's BootOrder)".to_string(),
+    }
+}
+
+/// In the old system: take the activation's entry out (a standby's:
+/// and the `BootNext` to the installed system it kept).
+pub(super) fn disarm(u: &UefiBoot, installed: Option<u16>) -> Result<()> {
+    let vars = EfiVars::open()?;
+    remove_entry(&vars, u.boot_number)?;
+    if let Some(n) = installed
+        && vars.get_u16("BootNext")? == Some(n)
+    {
+        vars.remove("BootNext")?;
+    }
+    Ok(())
 }
 
 /// In the restored system: remove the entry it was started from; the
@@ -315,4 +463,60 @@ fn remove_entry(vars: &EfiVars, number: u16) -> Result<()> {
     }
     crate::failpoint::hit("rollback:boot-order");
     vars.remove(&efi::boot_var(number))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_standby_goes_first_and_the_installed_system_stays_in_the_order() {
+        assert_eq!(standby_order(&[1, 0, 2], 5, 1), [5, 1, 0, 2]);
+        assert_eq!(
+            standby_order(&[0, 5, 2], 5, 1),
+            [5, 1, 0, 2],
+            "started through BootNext: put second"
+        );
+        assert_eq!(standby_order(&[], 5, 1), [5, 1]);
+    }
+
+    #[test]
+    fn what_the_firmware_starts_next() {
+        // a trial
+        assert_eq!(
+            next_boot(Some(5), &[1, 5], Some(5), false, None),
+            "restored system (trial, once)"
+        );
+        assert_eq!(
+            next_boot(None, &[1, 5], Some(5), false, None),
+            "old system (the firmware's BootOrder)"
+        );
+        assert_eq!(
+            next_boot(None, &[5, 1], Some(5), false, None),
+            "restored system (default)"
+        );
+        assert_eq!(
+            next_boot(Some(3), &[1], Some(5), false, None),
+            "Boot0003 (BootNext, not liverestore's)"
+        );
+        // a standby: BootNext on the installed system while boots are left
+        assert_eq!(
+            next_boot(Some(1), &[5, 1], Some(5), true, Some(1)),
+            "old system (BootNext)"
+        );
+        assert_eq!(
+            next_boot(None, &[5, 1], Some(5), true, Some(1)),
+            STANDBY_STARTS
+        );
+        // running in the standby (its records are not at hand)
+        assert_eq!(
+            next_boot(None, &[5, 1], Some(5), true, None),
+            STANDBY_STARTS
+        );
+        // rolled back from it: its entry is gone
+        assert_eq!(
+            next_boot(None, &[1], Some(5), false, Some(1)),
+            "old system (the firmware's BootOrder)"
+        );
+    }
 }
