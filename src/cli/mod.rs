@@ -60,7 +60,7 @@ Exit codes:
 /// system lives on, while it keeps running.
 ///
 /// The image is written into the pinned extents of an ordinary file (the
-/// container) of a mounted ext4, xfs or vfat filesystem, straight through the
+/// container) of a mounted ext4, xfs, vfat or btrfs filesystem, straight through the
 /// whole-disk device. The host filesystem never sees the data and stays
 /// intact; every write is checked against the container's map. Then the
 /// image is booted once as a trial, and kept (commit) or not (rollback).

@@ -133,6 +133,9 @@ impl Report for Plan {
         if let Some(w) = &p.fstab_warning {
             show("restored fstab", Some(w.clone()));
         }
+        for c in &p.cautions {
+            show("caution", Some(c.clone()));
+        }
         if !p.make_room.is_empty() {
             let total: u64 = p.make_room.iter().map(|c| c.bytes).sum();
             show(

@@ -14,6 +14,14 @@
 //! FAT read-only and system attributes, which defragmenters leave alone;
 //! nothing in Linux moves a FAT file's clusters). Its inode numbers are made
 //! up per mount, so a vfat container is known by its map alone.
+//!
+//! btrfs differs in two: the container is made No-CoW (`chattr +C`) while
+//! it is still empty, so its preallocated extents stay where they are,
+//! uncompressed and unchecksummed; and FIEMAP's addresses are btrfs's
+//! logical ones, translated to the device through the chunk tree
+//! (`crate::map::btrfs`; `single` data chunks only). The immutable flag
+//! does not stop a balance, which relocates every chunk: the map
+//! re-derived before each use then differs, and the staging is refused.
 
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
@@ -23,7 +31,7 @@ use rustix::fs::{FallocateFlags, IFlags};
 
 use crate::error::{Error, ErrorKind, IoContext, Result};
 use crate::map::extent_map::ExtentMap;
-use crate::map::fiemap;
+use crate::map::{btrfs, fiemap};
 use crate::space::hostfs::FsKind;
 
 /// FAT attributes that pin a container on vfat: read-only and system.
@@ -105,6 +113,28 @@ impl ContainerFile {
             fs: fs_kind_of(&file, path)?,
             file,
         };
+        if this.fs == FsKind::Btrfs {
+            // No-CoW while it is empty (btrfs takes the flag only then): its
+            // extents stay where they are allocated, never compressed or
+            // checksummed, so the raw disk's bytes are the file's
+            let mut flags = rustix::fs::ioctl_getflags(&this.file)
+                .map_err(|e| Error::from(e).with_path(path))?;
+            flags.insert(IFlags::NOCOW);
+            rustix::fs::ioctl_setflags(&this.file, flags).map_err(|e| {
+                Error::from(e)
+                    .with_kind(ErrorKind::UnsupportedFilesystem)
+                    .with_path(path)
+            })?;
+            let set = rustix::fs::ioctl_getflags(&this.file)
+                .map_err(|e| Error::from(e).with_path(path))?;
+            if !set.contains(IFlags::NOCOW) {
+                return Err(Error::new(
+                    ErrorKind::UnsupportedFilesystem,
+                    "btrfs did not keep the No-CoW flag (chattr +C) on the new container",
+                )
+                .with_path(path));
+            }
+        }
         rustix::fs::fallocate(&this.file, FallocateFlags::empty(), 0, size)
             .map_err(|e| Error::from(e).with_path(path))
             .map_err(|e| match e.kind() {
@@ -222,9 +252,80 @@ impl ContainerFile {
                 .with_kind(ErrorKind::UnsupportedFilesystem)
                 .with_path(&self.path)
         })?;
-        let extents =
+        if self.fs == FsKind::Btrfs
+            && raw
+                .iter()
+                .any(|e| e.fe_flags & fiemap::FIEMAP_EXTENT_SHARED != 0)
+        {
+            return Err(Error::new(
+                ErrorKind::UnsupportedFilesystem,
+                "the container's blocks are shared with a btrfs snapshot or a reflinked copy: a write through the disk would change that copy too. Delete the snapshot (`btrfs subvolume delete`, then `btrfs subvolume sync` until btrfs has dropped it) and try again; keep the staging's subvolume out of snapper and timeshift",
+            )
+            .with_path(&self.path));
+        }
+        let mut extents =
             fiemap::validate(&raw, size, block_size).map_err(|e| e.with_path(&self.path))?;
+        if self.fs == FsKind::Btrfs {
+            extents = self.btrfs_device_extents(&extents)?;
+        }
         ExtentMap::from_file_extents(&extents, size, fs_start).map_err(|e| e.with_path(&self.path))
+    }
+
+    /// btrfs: FIEMAP's logical addresses as offsets on the filesystem's
+    /// one device, through the chunk tree read from the kernel now (a
+    /// balance since moves them, and the map then differs). The file must
+    /// still be No-CoW.
+    fn btrfs_device_extents(
+        &self,
+        extents: &[fiemap::FileExtent],
+    ) -> Result<Vec<fiemap::FileExtent>> {
+        let fail = |e: rustix::io::Errno| {
+            Error::from(e)
+                .with_kind(ErrorKind::UnsupportedFilesystem)
+                .with_path(&self.path)
+        };
+        let flags = rustix::fs::ioctl_getflags(&self.file).map_err(fail)?;
+        if !flags.contains(IFlags::NOCOW) {
+            return Err(Error::new(
+                ErrorKind::UnsupportedFilesystem,
+                "the container is not No-CoW (chattr +C): btrfs may move or checksum its blocks",
+            )
+            .with_path(&self.path));
+        }
+        let info = crate::sys::ioctl::btrfs_fs_info(&self.file).map_err(fail)?;
+        match btrfs::parse_fs_info(&info) {
+            Some((1, _)) => {}
+            Some((n, _)) => {
+                return Err(Error::new(
+                    ErrorKind::UnsupportedFilesystem,
+                    format!("this btrfs now spans {n} devices: refusing to map the container"),
+                )
+                .with_path(&self.path));
+            }
+            None => return Err(fail(rustix::io::Errno::INVAL)),
+        }
+        let mut chunks = Vec::new();
+        let mut from = 0;
+        loop {
+            let mut args =
+                btrfs::chunk_search_args(from, crate::sys::ioctl::BTRFS_SEARCH_ARGS_SIZE);
+            crate::sys::ioctl::btrfs_tree_search(&self.file, &mut args).map_err(fail)?;
+            let got = btrfs::parse_search_answer(&args).map_err(|e| e.with_path(&self.path))?;
+            match btrfs::next_search_from(&got) {
+                Some(next) if next > from || chunks.is_empty() => {
+                    chunks.extend(got);
+                    from = next;
+                }
+                _ => break,
+            }
+        }
+        // one device: every stripe is on it
+        let devid = chunks
+            .iter()
+            .find(|c| c.flags & btrfs::BLOCK_GROUP_DATA != 0)
+            .and_then(|c| c.stripes.first())
+            .map_or(1, |s| s.devid);
+        btrfs::to_device(extents, &chunks, devid).map_err(|e| e.with_path(&self.path))
     }
 }
 
@@ -235,10 +336,12 @@ fn fs_kind_of(file: &File, path: &Path) -> Result<FsKind> {
     /// `MSDOS_SUPER_MAGIC` from `<linux/magic.h>`.
     const MSDOS_SUPER_MAGIC: u64 = 0x4d44;
     const XFS_SUPER_MAGIC: u64 = 0x5846_5342;
+    const BTRFS_SUPER_MAGIC: u64 = 0x9123_683e;
     let st = rustix::fs::fstatfs(file).map_err(|e| Error::from(e).with_path(path))?;
     Ok(match st.f_type as u64 {
         MSDOS_SUPER_MAGIC => FsKind::Vfat,
         XFS_SUPER_MAGIC => FsKind::Xfs,
+        BTRFS_SUPER_MAGIC => FsKind::Btrfs,
         _ => FsKind::Ext4,
     })
 }

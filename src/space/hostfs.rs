@@ -19,6 +19,11 @@ pub enum FsKind {
     /// FAT12/16/32 mounted as vfat: no FIEMAP (FIBMAP instead), no
     /// unwritten extents, files of at most 4 GiB − 1 (containers are split).
     Vfat,
+    /// btrfs on one device: containers are No-CoW (`chattr +C` before they
+    /// are allocated), and FIEMAP's addresses are logical, translated
+    /// through the chunk tree (`crate::map::btrfs`; the `single` data
+    /// profile only).
+    Btrfs,
 }
 
 impl FsKind {
@@ -27,7 +32,20 @@ impl FsKind {
             FsKind::Ext4 => "ext4",
             FsKind::Xfs => "xfs",
             FsKind::Vfat => "vfat",
+            FsKind::Btrfs => "btrfs",
         }
+    }
+}
+
+/// What must not run on a filesystem of `kind` while a staging is on it,
+/// and how liverestore notices when it did (`plan`, `stage` and
+/// `activate` say it).
+pub fn cautions(kind: FsKind) -> Vec<String> {
+    match kind {
+        FsKind::Btrfs => vec![
+            "btrfs: while a staging is here, run no balance (btrfsmaintenance's btrfs-balance.timer, `btrfs balance`), no `btrfs filesystem defragment` of this directory and no snapshot of its subvolume (snapper, timeshift): a balance moves the container's chunks and a snapshot shares its blocks. liverestore re-derives the map through the chunk tree before every use and refuses a staging whose map changed or whose blocks are shared (exit 18 or 11); it never guesses".into(),
+        ],
+        _ => Vec::new(),
     }
 }
 
@@ -38,34 +56,35 @@ pub fn classify_fs(fs_type: &str) -> Result<FsKind> {
         "ext4" => Ok(FsKind::Ext4),
         "xfs" => Ok(FsKind::Xfs),
         "vfat" => Ok(FsKind::Vfat),
-        "btrfs" | "bcachefs" | "zfs" => refuse(format!(
-            "{fs_type} is copy-on-write: its FIEMAP addresses are logical and it moves data; pick a directory on ext4, xfs or vfat"
+        "btrfs" => Ok(FsKind::Btrfs),
+        "bcachefs" | "zfs" => refuse(format!(
+            "{fs_type} is copy-on-write: its FIEMAP addresses are logical and it moves data; pick a directory on ext4, xfs, vfat or btrfs"
         )),
         "tmpfs" | "ramfs" | "devtmpfs" | "proc" | "sysfs" => refuse(format!(
-            "{fs_type} lives in memory, not on a disk; pick a directory on ext4, xfs or vfat"
+            "{fs_type} lives in memory, not on a disk; pick a directory on ext4, xfs, vfat or btrfs"
         )),
         "overlay" | "aufs" | "squashfs" | "erofs" => refuse(format!(
-            "{fs_type} is a layered or read-only filesystem whose blocks are not on one disk; pick a directory on ext4, xfs or vfat"
+            "{fs_type} is a layered or read-only filesystem whose blocks are not on one disk; pick a directory on ext4, xfs, vfat or btrfs"
         )),
         "nfs" | "nfs4" | "cifs" | "smb3" | "ceph" | "9p" | "glusterfs" | "afs" | "virtiofs" => {
             refuse(format!(
-                "{fs_type} is a network filesystem, not a local disk; pick a directory on ext4, xfs or vfat"
+                "{fs_type} is a network filesystem, not a local disk; pick a directory on ext4, xfs, vfat or btrfs"
             ))
         }
         t if t.starts_with("fuse") => refuse(format!(
-            "{fs_type} is a FUSE filesystem whose block layout is unknown; pick a directory on ext4, xfs or vfat"
+            "{fs_type} is a FUSE filesystem whose block layout is unknown; pick a directory on ext4, xfs, vfat or btrfs"
         )),
         "ext2" | "ext3" => refuse(format!(
-            "{fs_type} cannot preallocate files (no extents); pick a directory on ext4, xfs or vfat"
+            "{fs_type} cannot preallocate files (no extents); pick a directory on ext4, xfs, vfat or btrfs"
         )),
         "msdos" => refuse(
             "msdos (FAT with 8.3 names only) cannot hold container names; mount it as vfat".into(),
         ),
         "exfat" | "ntfs" | "ntfs3" | "fuseblk" => refuse(format!(
-            "{fs_type} hosts are not supported yet; pick a directory on ext4, xfs or vfat"
+            "{fs_type} hosts are not supported yet; pick a directory on ext4, xfs, vfat or btrfs"
         )),
         other => refuse(format!(
-            "{other} is not supported; pick a directory on ext4, xfs or vfat"
+            "{other} is not supported; pick a directory on ext4, xfs, vfat or btrfs"
         )),
     }
 }
@@ -163,9 +182,82 @@ pub fn fs_uuid(kind: FsKind, head: &[u8]) -> Option<String> {
         ),
         // xfs superblock at 0: "XFSB", sb_uuid at +32
         FsKind::Xfs => (head.get(0..4)? == b"XFSB", 32),
+        // btrfs superblock at 64 KiB: fsid at +0x20, "_BHRfS_M" at +0x40
+        FsKind::Btrfs => (
+            head.get(BTRFS_SUPER + 0x40..BTRFS_SUPER + 0x48)? == b"_BHRfS_M",
+            BTRFS_SUPER + 0x20,
+        ),
     };
     let bytes: [u8; 16] = head.get(at..at + 16)?.try_into().ok()?;
     magic_ok.then(|| uuid::Uuid::from_bytes(bytes).to_string())
+}
+
+/// Where btrfs's superblock is.
+const BTRFS_SUPER: usize = 0x10000;
+
+/// How many bytes from a filesystem's start [`fs_uuid`] needs.
+pub fn fs_head_len(kind: FsKind) -> usize {
+    match kind {
+        FsKind::Btrfs => BTRFS_SUPER + 4096,
+        _ => 2048,
+    }
+}
+
+/// The one device under the btrfs filesystem of `dir` ("major:minor"),
+/// from the kernel: its device count (`BTRFS_IOC_FS_INFO`) and
+/// `sys/fs/btrfs/FSID/devices/` (`sys`: the sysfs root). Refused when it
+/// spans several devices.
+pub fn btrfs_device(dir: &Path, sys: &Path) -> Result<(u32, u32)> {
+    let f = fs::File::open(dir)
+        .op(|| "cannot open the directory".into())
+        .map_err(|e| e.with_path(dir))?;
+    let info = crate::sys::ioctl::btrfs_fs_info(&f).map_err(|e| {
+        Error::from(e)
+            .with_kind(ErrorKind::UnsupportedFilesystem)
+            .with_path(dir)
+    })?;
+    let (devices, fsid) = crate::map::btrfs::parse_fs_info(&info)
+        .ok_or_else(|| Error::new(ErrorKind::UnsupportedFilesystem, "BTRFS_IOC_FS_INFO answer"))?;
+    if devices != 1 {
+        return Err(Error::new(
+            ErrorKind::UnsupportedFilesystem,
+            format!(
+                "this btrfs spans {devices} devices: a container's data could be on any of them, and the map, the early boot and the free-space checks follow one disk; pick a directory on a single-device filesystem"
+            ),
+        )
+        .with_path(dir));
+    }
+    let list = sys.join("fs/btrfs").join(fsid.to_string()).join("devices");
+    let names: Vec<PathBuf> = fs::read_dir(&list)
+        .op(|| "list the btrfs filesystem's devices".into())
+        .map_err(|e| e.with_path(&list))?
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    let [one] = names.as_slice() else {
+        return Err(Error::new(
+            ErrorKind::UnsupportedFilesystem,
+            format!("{} lists {} devices, not one", list.display(), names.len()),
+        ));
+    };
+    let dev = fs::read_to_string(one.join("dev"))
+        .op(|| "read the device's number".into())
+        .map_err(|e| e.with_path(one))?;
+    let (major, minor) = dev.trim().split_once(':').ok_or_else(|| {
+        Error::new(
+            ErrorKind::UnsupportedDevice,
+            format!("device number '{}'", dev.trim()),
+        )
+    })?;
+    let parse = |v: &str| {
+        v.parse::<u32>().map_err(|_| {
+            Error::new(
+                ErrorKind::UnsupportedDevice,
+                format!("device number '{}'", dev.trim()),
+            )
+        })
+    };
+    Ok((parse(major)?, parse(minor)?))
 }
 
 /// A block device as sysfs describes it.
@@ -399,7 +491,13 @@ pub fn discover(dir: &Path) -> Result<HostTarget> {
     })?;
     let fs_kind = classify_fs(&mount.fs_type).map_err(|e| e.with_path(&canon))?;
     let (major, minor) = (rustix::fs::major(meta.dev()), rustix::fs::minor(meta.dev()));
-    if (major, minor) != (mount.major, mount.minor) {
+    // btrfs numbers its mounts and subvolumes anonymously: the device is
+    // the kernel's list of the filesystem's devices
+    let (major, minor) = match fs_kind {
+        FsKind::Btrfs => btrfs_device(&canon, Path::new("/sys"))?,
+        _ => (major, minor),
+    };
+    if fs_kind != FsKind::Btrfs && (major, minor) != (mount.major, mount.minor) {
         return Err(Error::new(
             ErrorKind::UnsupportedFilesystem,
             format!(

@@ -42,7 +42,11 @@ fn gpt_ids(target: &HostTarget) -> (Option<String>, Option<String>) {
 
 /// Describe the host side of `target` (needs read access to the disk).
 pub fn describe(target: &HostTarget) -> Result<(HostInfo, DiskInfo)> {
-    let head = crate::map::disk_io::read_raw(&target.disk_path, target.block.start, 2048)?;
+    let head = crate::map::disk_io::read_raw(
+        &target.disk_path,
+        target.block.start,
+        hostfs::fs_head_len(target.fs),
+    )?;
     let sector0 = crate::map::disk_io::read_raw(&target.disk_path, 0, 512)?;
     let (gpt_guid, gpt_part) = gpt_ids(target);
     let mbr = if gpt_guid.is_none() {

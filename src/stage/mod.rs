@@ -143,6 +143,11 @@ pub fn stage(
     for u in &assessment.plan.unknown_stagings {
         progress.note(&u.note());
     }
+    if assessment.plan.ok {
+        for c in &assessment.plan.cautions {
+            progress.note(c);
+        }
+    }
     if assessment.plan.ok && !assessment.plan.make_room.is_empty() {
         // --make-room: delete what the plan needs gone, then plan again
         // from what is really free now.

@@ -104,6 +104,11 @@ pub struct Plan {
     /// image is staged).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fstab_not_checked: Option<String>,
+    /// What must not run on the host filesystem while the staging is
+    /// there, and how liverestore notices (btrfs: balance,
+    /// defragmentation, snapshots).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub cautions: Vec<String>,
     pub refusals: Vec<Refusal>,
 }
 
@@ -403,6 +408,10 @@ pub fn assess(
         unknown_stagings,
         fstab_warning: None,
         fstab_not_checked: None,
+        cautions: target
+            .as_ref()
+            .map(|t| crate::space::hostfs::cautions(t.fs))
+            .unwrap_or_default(),
         refusals: errors
             .iter()
             .map(|e| Refusal {

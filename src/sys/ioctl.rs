@@ -1,6 +1,7 @@
 //! The few raw ioctls that rustix does not wrap (FIEMAP, FIBMAP, block
 //! device size and zero-out, inode generation, FAT attributes, filesystem
-//! freeze, BLKPG, loop devices, device-mapper, the watchdog's timeout), with
+//! freeze, BLKPG, loop devices, device-mapper, the watchdog's timeout,
+//! btrfs's tree search and filesystem info), with
 //! their `#[repr(C)]` structs. This is the only module with `unsafe` code; each block says why
 //! it is sound. Everything here is a thin transport: interpretation of the
 //! results (e.g. which FIEMAP flags are acceptable) lives in pure modules.
@@ -572,6 +573,91 @@ pub fn watchdog_set_timeout<Fd: AsFd>(fd: Fd, seconds: u32) -> io::Result<u32> {
         ioctl::ioctl(fd, ctl)?;
     }
     Ok(u32::try_from(value).unwrap_or(0))
+}
+
+/// `BTRFS_IOCTL_MAGIC`.
+const BTRFS_IOCTL_MAGIC: u8 = 0x94;
+/// `struct btrfs_ioctl_search_args`: a 104-byte key, then the results.
+pub const BTRFS_SEARCH_ARGS_SIZE: usize = 4096;
+/// `struct btrfs_ioctl_fs_info_args`.
+pub const BTRFS_FS_INFO_SIZE: usize = 1024;
+
+/// One btrfs ioctl whose argument is a fixed-size struct of `N` bytes,
+/// handed over as 8-byte aligned words.
+struct BtrfsRequest<'a, const N: usize> {
+    opcode: Opcode,
+    buf: &'a mut [u64],
+}
+
+// SAFETY: the opcodes used with this type (BTRFS_IOC_TREE_SEARCH,
+// BTRFS_IOC_FS_INFO) take a pointer to a struct of exactly N bytes
+// (`_IOWR`/`_IOR` with that size encoded in the opcode); `btrfs_ioctl`
+// checks that `buf` holds exactly N bytes before the call, so the kernel
+// reads and writes only inside it. The buffer is 8-byte aligned (u64),
+// as both structs need.
+unsafe impl<const N: usize> Ioctl for BtrfsRequest<'_, N> {
+    type Output = ();
+    const IS_MUTATING: bool = true;
+
+    fn opcode(&self) -> Opcode {
+        self.opcode
+    }
+
+    fn as_ptr(&mut self) -> *mut std::ffi::c_void {
+        self.buf.as_mut_ptr().cast()
+    }
+
+    unsafe fn output_from_ptr(_out: IoctlOutput, _ptr: *mut std::ffi::c_void) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+fn btrfs_ioctl<Fd: AsFd, const N: usize>(
+    fd: Fd,
+    opcode: Opcode,
+    bytes: &mut [u8],
+) -> io::Result<()> {
+    if bytes.len() != N || !N.is_multiple_of(8) {
+        return Err(io::Errno::INVAL);
+    }
+    let mut words: Vec<u64> = bytes
+        .chunks_exact(8)
+        .map(|c| u64::from_ne_bytes(c.try_into().expect("8 bytes")))
+        .collect();
+    let req = BtrfsRequest::<N> {
+        opcode,
+        buf: &mut words,
+    };
+    // SAFETY: see the Ioctl impl for BtrfsRequest; the length was checked.
+    unsafe { ioctl::ioctl(fd, req)? };
+    for (c, w) in bytes.chunks_exact_mut(8).zip(&words) {
+        c.copy_from_slice(&w.to_ne_bytes());
+    }
+    Ok(())
+}
+
+/// `BTRFS_IOC_TREE_SEARCH = _IOWR(0x94, 17, struct btrfs_ioctl_search_args)`
+/// on any file of the filesystem (needs CAP_SYS_ADMIN): `args` is the
+/// encoded search key followed by the result buffer
+/// (`crate::map::btrfs` encodes and decodes both).
+pub fn btrfs_tree_search<Fd: AsFd>(fd: Fd, args: &mut [u8]) -> io::Result<()> {
+    btrfs_ioctl::<_, BTRFS_SEARCH_ARGS_SIZE>(
+        fd,
+        ioctl::opcode::read_write::<[u8; BTRFS_SEARCH_ARGS_SIZE]>(BTRFS_IOCTL_MAGIC, 17),
+        args,
+    )
+}
+
+/// `BTRFS_IOC_FS_INFO = _IOR(0x94, 31, struct btrfs_ioctl_fs_info_args)`:
+/// the filesystem's device count, fsid and sizes, raw.
+pub fn btrfs_fs_info<Fd: AsFd>(fd: Fd) -> io::Result<Vec<u8>> {
+    let mut bytes = vec![0u8; BTRFS_FS_INFO_SIZE];
+    btrfs_ioctl::<_, BTRFS_FS_INFO_SIZE>(
+        fd,
+        ioctl::opcode::read::<[u8; BTRFS_FS_INFO_SIZE]>(BTRFS_IOCTL_MAGIC, 31),
+        &mut bytes,
+    )?;
+    Ok(bytes)
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ mod activate_grub;
 mod ansible;
 mod attach;
 mod bad_input;
+mod btrfs;
 mod crash;
 mod customize;
 mod export;

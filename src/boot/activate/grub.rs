@@ -169,6 +169,7 @@ impl Target {
                 FsKind::Ext4 => "ext2",
                 FsKind::Xfs => "xfs",
                 FsKind::Vfat => "fat",
+                FsKind::Btrfs => "btrfs",
             },
             fs_uuid: &self.fs_uuid,
             kernel: &self.grub_path(&files.join(KERNEL_FILE)),

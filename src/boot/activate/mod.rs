@@ -464,6 +464,18 @@ pub fn activate(
     }
     // as verified (the changes of their own boots may have been accepted)
     let mut members = crate::stage::staged::set_of(state, name)?;
+    // what must not run meanwhile on the host filesystem (btrfs)
+    let mut said = Vec::new();
+    for m in &members {
+        if let Ok(kind) = crate::space::hostfs::classify_fs(&m.host.fs_type) {
+            for c in crate::space::hostfs::cautions(kind) {
+                if !said.contains(&c) {
+                    progress.note(&c);
+                    said.push(c);
+                }
+            }
+        }
+    }
     // The root is the partition with a kernel.
     let mut found = None;
     let mut why = Vec::new();
