@@ -560,8 +560,9 @@ bad line
         assert_eq!(classify_fs("ext4").unwrap(), FsKind::Ext4);
         assert_eq!(classify_fs("xfs").unwrap(), FsKind::Xfs);
         assert_eq!(classify_fs("vfat").unwrap(), FsKind::Vfat);
+        assert_eq!(classify_fs("btrfs").unwrap(), FsKind::Btrfs);
         for t in [
-            "btrfs",
+            "bcachefs",
             "tmpfs",
             "overlay",
             "nfs4",
@@ -582,6 +583,21 @@ bad line
                 .message()
                 .contains("network")
         );
+    }
+
+    #[test]
+    fn a_btrfs_superblock_names_its_filesystem() {
+        let mut head = vec![0u8; fs_head_len(FsKind::Btrfs)];
+        assert_eq!(fs_uuid(FsKind::Btrfs, &head), None, "no magic");
+        head[BTRFS_SUPER + 0x40..BTRFS_SUPER + 0x48].copy_from_slice(b"_BHRfS_M");
+        head[BTRFS_SUPER + 0x20..BTRFS_SUPER + 0x30].copy_from_slice(&[0x11; 16]);
+        assert_eq!(
+            fs_uuid(FsKind::Btrfs, &head).unwrap(),
+            "11111111-1111-1111-1111-111111111111"
+        );
+        assert_eq!(fs_uuid(FsKind::Btrfs, &head[..2048]), None, "cut short");
+        assert!(cautions(FsKind::Btrfs)[0].contains("balance"));
+        assert!(cautions(FsKind::Ext4).is_empty());
     }
 
     #[test]

@@ -542,16 +542,27 @@ pub fn dm_ioctl<Fd: AsFd>(control: Fd, cmd: u8, bytes: &mut [u8]) -> io::Result<
     if data_size as usize != bytes.len() {
         return Err(io::Errno::INVAL);
     }
+    through_words(bytes, |words| {
+        let req = DmRequest {
+            opcode: ioctl::opcode::read_write::<[u8; DM_IOCTL_SIZE]>(0xfd, cmd),
+            buf: words,
+        };
+        // SAFETY: see the Ioctl impl for DmRequest; data_size was checked.
+        unsafe { ioctl::ioctl(control, req) }
+    })
+}
+
+/// Run `call` on `bytes` (a multiple of 8 long) as 8-byte aligned words,
+/// then copy what it left in them back.
+fn through_words(
+    bytes: &mut [u8],
+    call: impl FnOnce(&mut [u64]) -> io::Result<()>,
+) -> io::Result<()> {
     let mut words: Vec<u64> = bytes
         .chunks_exact(8)
         .map(|c| u64::from_ne_bytes(c.try_into().expect("8 bytes")))
         .collect();
-    let req = DmRequest {
-        opcode: ioctl::opcode::read_write::<[u8; DM_IOCTL_SIZE]>(0xfd, cmd),
-        buf: &mut words,
-    };
-    // SAFETY: see the Ioctl impl for DmRequest; data_size was checked.
-    unsafe { ioctl::ioctl(control, req)? };
+    call(&mut words)?;
     for (c, w) in bytes.chunks_exact_mut(8).zip(&words) {
         c.copy_from_slice(&w.to_ne_bytes());
     }
@@ -620,20 +631,11 @@ fn btrfs_ioctl<Fd: AsFd, const N: usize>(
     if bytes.len() != N || !N.is_multiple_of(8) {
         return Err(io::Errno::INVAL);
     }
-    let mut words: Vec<u64> = bytes
-        .chunks_exact(8)
-        .map(|c| u64::from_ne_bytes(c.try_into().expect("8 bytes")))
-        .collect();
-    let req = BtrfsRequest::<N> {
-        opcode,
-        buf: &mut words,
-    };
-    // SAFETY: see the Ioctl impl for BtrfsRequest; the length was checked.
-    unsafe { ioctl::ioctl(fd, req)? };
-    for (c, w) in bytes.chunks_exact_mut(8).zip(&words) {
-        c.copy_from_slice(&w.to_ne_bytes());
-    }
-    Ok(())
+    through_words(bytes, |words| {
+        let req = BtrfsRequest::<N> { opcode, buf: words };
+        // SAFETY: see the Ioctl impl for BtrfsRequest; the length was checked.
+        unsafe { ioctl::ioctl(fd, req) }
+    })
 }
 
 /// `BTRFS_IOC_TREE_SEARCH = _IOWR(0x94, 17, struct btrfs_ioctl_search_args)`

@@ -313,6 +313,18 @@ pub struct HealthyBoot {
 }
 
 impl HealthyBoot {
+    /// For standby `name`, whose count was `before`; nothing done yet.
+    fn of(name: &str, before: Option<u32>, nothing_because: Option<String>) -> HealthyBoot {
+        HealthyBoot {
+            standby: Some(name.to_string()),
+            failed_boots_left_before: before,
+            failed_boots_left: before,
+            reset: false,
+            boot_next: None,
+            nothing_because,
+        }
+    }
+
     fn nothing(why: &str) -> HealthyBoot {
         HealthyBoot {
             standby: None,
@@ -406,14 +418,7 @@ pub fn healthy_boot(state: &StateLock<'_>) -> Result<HealthyBoot> {
     let full = arm.after_failed_boots;
     if let (Some(u), Some(installed)) = (&a.uefi, arm.installed_boot) {
         let before = uefi_count(state)?;
-        let mut out = HealthyBoot {
-            standby: Some(a.name.clone()),
-            failed_boots_left_before: before,
-            failed_boots_left: before,
-            reset: false,
-            boot_next: None,
-            nothing_because: uefi_entry_armed(u, &a.name)?,
-        };
+        let mut out = HealthyBoot::of(&a.name, before, uefi_entry_armed(u, &a.name)?);
         if out.nothing_because.is_some() {
             return Ok(out);
         }
@@ -434,15 +439,7 @@ pub fn healthy_boot(state: &StateLock<'_>) -> Result<HealthyBoot> {
     };
     let path = Path::new(&g.grub_dir).join("grubenv");
     let mut env = super::grub::read_env_file(g)?;
-    let before = grub_format::tries_left(&env);
-    let mut out = HealthyBoot {
-        standby: Some(a.name.clone()),
-        failed_boots_left_before: before,
-        failed_boots_left: before,
-        reset: false,
-        boot_next: None,
-        nothing_because: None,
-    };
+    let mut out = HealthyBoot::of(&a.name, grub_format::tries_left(&env), None);
     if env.get(vars::STANDBY) != Some(g.entry_id.as_str()) {
         out.nothing_because = Some(format!(
             "grubenv ({}) no longer arms '{}' (committed or rolled back from the standby): `liverestore rollback` cleans up",
@@ -477,14 +474,7 @@ pub fn count_boot(state: &StateLock<'_>) -> Result<HealthyBoot> {
         ));
     };
     let before = uefi_count(state)?;
-    let mut out = HealthyBoot {
-        standby: Some(a.name.clone()),
-        failed_boots_left_before: before,
-        failed_boots_left: before,
-        reset: false,
-        boot_next: None,
-        nothing_because: uefi_entry_armed(u, &a.name)?,
-    };
+    let mut out = HealthyBoot::of(&a.name, before, uefi_entry_armed(u, &a.name)?);
     if out.nothing_because.is_some() {
         return Ok(out);
     }
