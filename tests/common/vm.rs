@@ -170,10 +170,6 @@ pub struct Guest {
 /// (boot.img in the MBR, core.img in the BIOS boot partition). Later runs
 /// boot what the disk holds.
 pub struct Bios {
-    /// GRUB for UEFI instead (with `Guest::uefi` set): its image is the
-    /// ESP's `\EFI\BOOT\BOOTX64.EFI`, which the firmware starts before
-    /// its shell; `core_offset` is then unused.
-    pub efi: bool,
     /// The BIOS boot partition (type ef02) that holds GRUB's core image.
     pub core_offset: u64,
     /// The old system's ext4 partition and its GPT number.
@@ -805,11 +801,7 @@ impl Guest {
     /// Make the old system's ext4 and install GRUB on `disks[0]` (see
     /// [`Bios`]), unless a first run did.
     fn install_grub(&self, b: &Bios, kernel: &Kernel, initrd: &Path, append: &str) {
-        let (platform, format) = if b.efi {
-            ("x86_64-efi", "x86_64-efi")
-        } else {
-            ("i386-pc", "i386-pc")
-        };
+        let (platform, format) = ("i386-pc", "i386-pc");
         let grub_lib = format!("/usr/lib/grub/{platform}");
         let disk = &self.disks[0];
         let mut f = fs::OpenOptions::new()
@@ -860,7 +852,7 @@ impl Guest {
             ],
         );
         let core = work.join("core.img");
-        let disk_module = if b.efi { "fat" } else { "biosdisk" };
+        let disk_module = "biosdisk";
         super::sh(
             "grub-mkimage",
             &[
@@ -877,22 +869,6 @@ impl Guest {
                 "ext2",
             ],
         );
-        if let (true, Some(u)) = (b.efi, &self.uefi) {
-            // the removable-media path, which the firmware tries first
-            let esp = format!("{}@@{}", disk.display(), u.esp_offset);
-            super::sh("mmd", &["-i", &esp, "::/EFI", "::/EFI/BOOT"]);
-            super::sh(
-                "mcopy",
-                &[
-                    "-i",
-                    &esp,
-                    core.to_str().unwrap(),
-                    "::/EFI/BOOT/BOOTX64.EFI",
-                ],
-            );
-            f.sync_all().unwrap();
-            return;
-        }
         let core = fs::read(&core).unwrap();
         assert!(core.len() as u64 <= b.root_offset - b.core_offset);
         let core_lba = b.core_offset / 512;

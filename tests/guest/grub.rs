@@ -7,13 +7,16 @@
 //! activates again; the restored system commits (writing `grubenv` on the
 //! raw disk, as GRUB does); GRUB then starts it by default; it rolls back
 //! from its side; the old system starts and removes what is left. The
-//! BIOS run's CPU has no RDRAND. The same under OVMF, GRUB started from
-//! the ESP, in four boots: its first trial commits at once.
+//! BIOS run's CPU has no RDRAND. GRUB under UEFI (its EFI build, from the
+//! ESP, through shim under Secure Boot) is the real Debian runs' (trial,
+//! commit and rollback through GRUB in `debian.rs` and
+//! `debian_secure_boot.rs`); the fallback to GRUB when efivarfs is
+//! missing is the same decision here and in the host tests.
 
 use std::path::Path;
 use std::time::Duration;
 
-use crate::common::vm::{Bios, DM_OVER_LOOP, EXT4, Guest, GuestRun, Uefi, VIRTIO_BLK};
+use crate::common::vm::{Bios, DM_OVER_LOOP, EXT4, Guest, GuestRun, VIRTIO_BLK};
 use crate::common::*;
 
 const ROOT_MIB: u64 = 360;
@@ -27,49 +30,22 @@ fn host_disk(dir: &Path) -> std::path::PathBuf {
     )
 }
 
-/// The ESP of the UEFI variant (the harness also keeps the old system's
-/// own boot files there), before the ext4.
-const EFI_ESP_MIB: u64 = 64;
-
-/// GRUB on the old system's disk: BIOS (boot.img and core.img) or UEFI
-/// (`\EFI\BOOT\BOOTX64.EFI` on an ESP, booted by OVMF).
-fn grub_guest(dir: &Path, efi: bool, image: std::path::PathBuf, scenario: &str) -> Guest {
-    // The BIOS variant runs on a CPU without RDRAND (its test says why).
-    let (disk, root_offset, uefi) = if efi {
-        let disk = gpt_disk_file(
-            &dir.join("host-disk.img"),
-            2 + EFI_ESP_MIB + ROOT_MIB,
-            &[
-                (1, EFI_ESP_MIB, "ef00"),
-                (1 + EFI_ESP_MIB, ROOT_MIB, "8300"),
-            ],
-        );
-        let uefi = Uefi {
-            esp_offset: MIB,
-            esp_size: EFI_ESP_MIB * MIB,
-            vars: Some(dir.join("OVMF_VARS.fd")),
-            startup: true,
-            secure_boot: false,
-        };
-        (disk, (1 + EFI_ESP_MIB) * MIB, Some(uefi))
-    } else {
-        (host_disk(dir), 2 * MIB, None)
-    };
+/// GRUB on the old system's disk (boot.img and core.img), under the
+/// BIOS, on a CPU without RDRAND (its test says why).
+fn grub_guest(dir: &Path, image: std::path::PathBuf, scenario: &str) -> Guest {
     Guest {
         modules: [VIRTIO_BLK, EXT4, DM_OVER_LOOP].concat(),
         binaries: vec!["e2fsck"],
-        disks: vec![disk, image],
+        disks: vec![host_disk(dir), image],
         scenario: scenario.into(),
         timeout: Duration::from_secs(600),
         bios: Some(Bios {
-            efi,
             core_offset: MIB,
-            root_offset,
+            root_offset: 2 * MIB,
             root_size: ROOT_MIB * MIB,
             root_partition: 2,
         }),
-        uefi,
-        cpu: if efi { "max" } else { "qemu64" },
+        cpu: "qemu64",
         ..Guest::default()
     }
 }
@@ -84,9 +60,6 @@ env_var() { grep -a "^$1=" $G/grubenv | cut -d= -f2; }
 n=$(( $(cat /mnt/host/boots 2>/dev/null || echo 0) + 1 ))
 echo $n > /mnt/host/boots
 sync
-# first=commit: the first trial commits, so the old system's second boot
-# is the one after the restored system rolled back (step 3)
-[ "$first" = commit ] && [ $n = 2 ] && n=3
 echo "LR old_boot_$n=yes"
 case $n in
 1)
@@ -102,7 +75,7 @@ case $n in
   echo "LR uefi_activate=$?"
   liverestore activate web --grub-dir /mnt/host/boot/nothing-here >/dev/null 2>&1
   echo "LR no_grub_activate=$?"
-  liverestore activate web --grub-dir $G --append lr.test=$first >/tmp/activate.out 2>&1
+  liverestore activate web --grub-dir $G --append lr.test=trial >/tmp/activate.out 2>&1
   echo "LR activate=$?"
   cat /tmp/activate.out
   liverestore activate web --grub-dir $G >/dev/null 2>&1
@@ -176,7 +149,7 @@ reboot -f
 #[test]
 #[ignore = "needs root and QEMU: scratch disks and guests (scripts/test.sh runs it)"]
 fn bios_grub_trial_boot_then_back_to_the_old_system() {
-    let run = grub_trial(false);
+    let run = grub_trial();
     assert_eq!(run.get("rdrand"), "0", "the guest's CPU must lack RDRAND");
     run.assert_values(&[
         ("crng_ready_before_stage", "0"),
@@ -185,15 +158,7 @@ fn bios_grub_trial_boot_then_back_to_the_old_system() {
     ]);
 }
 
-/// The same under OVMF, GRUB started from the ESP: without efivarfs
-/// mounted, `activate` falls back to GRUB just the same.
-#[test]
-#[ignore = "needs root and QEMU: scratch disks and guests (scripts/test.sh runs it)"]
-fn uefi_grub_trial_boot_then_back_to_the_old_system() {
-    grub_trial(true);
-}
-
-fn grub_trial(efi: bool) -> GuestRun {
+fn grub_trial() -> GuestRun {
     require_root();
     let t = tempfile::tempdir().unwrap();
     let image = crate::common::vm::bootable_restored_image(
@@ -202,12 +167,7 @@ fn grub_trial(efi: bool) -> GuestRun {
         &[VIRTIO_BLK, &["dm-mod"], EXT4].concat(),
         EXT4,
     );
-    // Under UEFI the first trial commits at once: the trial nobody commits
-    // and the boot back to the old system (the same grubenv mechanism) are
-    // shown under the BIOS; two boots of OVMF fewer.
-    let first = if efi { "commit" } else { "trial" };
-    let scenario = format!("first={first}\n{OLD_SYSTEM}");
-    let run = grub_guest(t.path(), efi, image, &scenario).run_ok(&t.path().join("vm"));
+    let run = grub_guest(t.path(), image, OLD_SYSTEM).run_ok(&t.path().join("vm"));
     // boot 1: the old system stages and activates; no efivarfs: GRUB
     assert_eq!(run.get("old_boot_1"), "yes");
     let extents: usize = run.get("extents").parse().unwrap();
@@ -223,33 +183,31 @@ fn grub_trial(efi: bool) -> GuestRun {
         ("entries_1", "1"),
         ("boot_files", "initrd.img vmlinuz"),
     ]);
-    if !efi {
-        run.assert_values(&[
-            // boot 2: GRUB's next_entry starts the restored system, from the map
-            ("restored_boot_1", "restored-system"),
-            ("restored_root_1", "/dev/dm-0"),
-        ]);
-        assert_eq!(
-            run.get("restored_now_1"),
-            "old system (GRUB's default entry)",
-            "GRUB cleared next_entry as it booted"
-        );
-        // boot 3: nobody committed: the old system; rollback; activate again
-        run.assert_values(&[
-            ("old_boot_2", "yes"),
-            ("next_2", "old system (GRUB's default entry)"),
-            ("trial_ended_2", "true"),
-            ("next_entry_2", ""),
-            ("custom_left", "0"),
-            ("files_left", "0"),
-            ("env_left", "0"),
-        ]);
-        assert_eq!(
-            run.get("next_after_rollback"),
-            "old system (nothing is activated)"
-        );
-        assert_eq!(run.get("activate_again"), "0");
-    }
+    run.assert_values(&[
+        // boot 2: GRUB's next_entry starts the restored system, from the map
+        ("restored_boot_1", "restored-system"),
+        ("restored_root_1", "/dev/dm-0"),
+    ]);
+    assert_eq!(
+        run.get("restored_now_1"),
+        "old system (GRUB's default entry)",
+        "GRUB cleared next_entry as it booted"
+    );
+    // boot 3: nobody committed: the old system; rollback; activate again
+    run.assert_values(&[
+        ("old_boot_2", "yes"),
+        ("next_2", "old system (GRUB's default entry)"),
+        ("trial_ended_2", "true"),
+        ("next_entry_2", ""),
+        ("custom_left", "0"),
+        ("files_left", "0"),
+        ("env_left", "0"),
+    ]);
+    assert_eq!(
+        run.get("next_after_rollback"),
+        "old system (nothing is activated)"
+    );
+    assert_eq!(run.get("activate_again"), "0");
     assert_eq!(
         run.get("restored_now_2"),
         "old system (GRUB's default entry)",
@@ -259,11 +217,11 @@ fn grub_trial(efi: bool) -> GuestRun {
     // GRUB's environment block on the disk it found: no deadline then
     run.assert_console_counts(&[("liverestore: committed: no trial deadline", 1)]);
     run.assert_values(&[
-        // boot 4 (UEFI: 2): the restored system commits
+        // boot 4: the restored system commits
         ("restored_boot_2", "restored-system"),
         ("commit", "ok"),
         ("restored_next_2", "restored system (default)"),
-        // boot 5 (UEFI: 3): GRUB starts it by default; it rolls back from its side
+        // boot 5: GRUB starts it by default; it rolls back from its side
         ("restored_boot_3", "restored-system"),
         ("restored_root_3", "/dev/dm-0"),
         ("restored_now_3", "restored system (default)"),
@@ -272,7 +230,7 @@ fn grub_trial(efi: bool) -> GuestRun {
         run.get("restored_next_after_rollback"),
         "old system (GRUB's default entry)"
     );
-    // boot 6 (UEFI: 4): the old system, which removes what is left
+    // boot 6: the old system, which removes what is left
     run.assert_values(&[
         ("old_boot_3", "yes"),
         ("next_3", "old system (GRUB's default entry)"),
@@ -283,17 +241,7 @@ fn grub_trial(efi: bool) -> GuestRun {
         ("activation_left", "0"),
         ("old_fsck", "clean"),
     ]);
-    let order: &[&str] = if efi {
-        &[
-            "LR old_boot_1",
-            "LR restored_boot_2",
-            "LR restored_boot_3",
-            "LR old_boot_3",
-        ]
-    } else {
-        crate::common::vm::SIX_BOOTS
-    };
-    run.assert_in_order(order);
+    run.assert_in_order(crate::common::vm::SIX_BOOTS);
     run
 }
 
@@ -390,7 +338,6 @@ fn grub_power_loss_leaves_a_bootable_machine() {
             scenario: OLD_SYSTEM_POWER_LOSS.into(),
             timeout: Duration::from_secs(300),
             bios: Some(Bios {
-                efi: false,
                 core_offset: MIB,
                 root_offset: 2 * MIB,
                 root_size: ROOT_MIB * MIB,
