@@ -135,9 +135,17 @@ pub fn unknown_stagings(
             continue;
         }
         // only this disk's filesystems, each once; which disk a mount is
-        // on is read from sysfs alone (no other mount is touched)
-        let on_this_disk = hostfs::SysBlock::resolve(Path::new("/sys"), m.major, m.minor)
-            .is_ok_and(|b| {
+        // on is read from sysfs alone (no other mount is touched); btrfs
+        // numbers its mounts anonymously: its one device is the kernel's
+        let device = match m.fs_type.as_str() {
+            "btrfs" => hostfs::btrfs_device(&m.mount_point, Path::new("/sys")).ok(),
+            _ => Some((m.major, m.minor)),
+        };
+        let on_this_disk = device
+            .and_then(|(major, minor)| {
+                hostfs::SysBlock::resolve(Path::new("/sys"), major, minor).ok()
+            })
+            .is_some_and(|b| {
                 (b.disk_major, b.disk_minor) == (target.block.disk_major, target.block.disk_minor)
             });
         if !on_this_disk {
@@ -147,7 +155,15 @@ pub fn unknown_stagings(
             continue;
         };
         seen_fs.push((m.major, m.minor));
-        let dev = rustix::fs::makedev(m.major, m.minor);
+        // the mounted tree only (btrfs: the mounted subvolume's own
+        // number, which its files carry, not the mount's)
+        let dev = match m.fs_type.as_str() {
+            "btrfs" => match std::fs::metadata(&m.mount_point) {
+                Ok(meta) => meta.dev(),
+                Err(_) => continue,
+            },
+            _ => rustix::fs::makedev(m.major, m.minor),
+        };
         let mut dirs = vec![m.mount_point.clone()];
         while let Some(dir) = dirs.pop() {
             let Ok(entries) = std::fs::read_dir(&dir) else {

@@ -39,7 +39,8 @@ fn chunk_ranges(part: &str) -> Vec<(u64, u64)> {
 #[ignore = "needs root: loop devices and mounts (scripts/test.sh runs it)"]
 fn staging_on_btrfs_maps_through_the_chunk_tree_and_a_balance_is_refused() {
     let t = tempfile::tempdir().unwrap();
-    let mut disk = LoopDisk::new(t.path(), Fs::Btrfs, 700);
+    // 560 MiB of btrfs, the rest of the disk unallocated
+    let mut disk = LoopDisk::with_partitions(t.path(), 700, &[(Fs::Btrfs, 1, 560)]);
     // data first, so that logical addresses and device offsets differ
     populate(&disk.mnt);
     std::fs::write(disk.mnt.join("before"), random_bytes(40 << 20, 3)).unwrap();
@@ -118,6 +119,20 @@ fn staging_on_btrfs_maps_through_the_chunk_tree_and_a_balance_is_refused() {
     );
     disk.mount();
     assert_eq!(tree_hashes(&disk.mnt), files_before, "the host's files");
+
+    // with the state directory lost, a staging into the unallocated
+    // space finds this one's header through its container on btrfs and
+    // keeps clear of it
+    let lost = Cli::new(&t.path().join("lost"));
+    let plan = lost.json(&[
+        "--json",
+        "plan",
+        img.to_str().unwrap(),
+        "--dir",
+        dir.to_str().unwrap(),
+        "--unallocated",
+    ]);
+    assert_eq!(plan["unknown_stagings"][0]["name"], "sys", "{plan}");
 
     // a balance moves every chunk: the map re-derived before each use
     // differs, and everything that would read or boot it refuses
