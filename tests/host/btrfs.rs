@@ -120,6 +120,29 @@ fn staging_on_btrfs_maps_through_the_chunk_tree_and_a_balance_is_refused() {
     disk.mount();
     assert_eq!(tree_hashes(&disk.mnt), files_before, "the host's files");
 
+    // GRUB cannot write grubenv on btrfs: a GRUB activation whose
+    // /boot/grub is there is refused before anything changes
+    let g = crate::activate_grub::grub_dir_with_env(&disk.mnt);
+    let helper = crate::activate_grub::helper();
+    let os = crate::activate_grub::system_image(t.path());
+    cli.stage(&os, "os", &dir);
+    let e = cli.expect_err(
+        25,
+        &[
+            "activate",
+            "os",
+            "--loader",
+            "grub",
+            "--grub-dir",
+            g.to_str().unwrap(),
+            "--helper",
+            &helper,
+        ],
+    );
+    assert!(e.contains("is on btrfs, where GRUB cannot write"), "{e}");
+    assert!(!g.join("custom.cfg").exists());
+    cli.expect(0, &["discard", "os"]);
+
     // with the state directory lost, a staging into the unallocated
     // space finds this one's header through its container on btrfs and
     // keeps clear of it

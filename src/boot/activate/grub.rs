@@ -77,7 +77,7 @@ fn unusable(msg: String) -> Error {
 impl Target {
     /// Check GRUB's directory: a `grub.cfg` that loads `grubenv`, honours
     /// `next_entry` and sources `custom.cfg`; a filesystem GRUB can write
-    /// `grubenv` on (ext4, xfs, vfat), on the staging's disk; a `grubenv`
+    /// `grubenv` on (ext4, xfs, vfat; not btrfs), on the staging's disk; a `grubenv`
     /// of one written block (created, empty, when missing).
     pub(super) fn open(rec: &StagingRecord, grub_dir: &Path) -> Result<Target> {
         let name = rec.name.as_str();
@@ -95,6 +95,15 @@ impl Target {
                 grub_dir.display()
             ))
         })?;
+        if target.fs == FsKind::Btrfs {
+            // GRUB's save_env refuses btrfs (checksummed, copy-on-write
+            // blocks), and the restored system's commit writes grubenv on
+            // the raw disk as GRUB would: never through btrfs's addresses
+            return Err(unusable(format!(
+                "GRUB's directory {} is on btrfs, where GRUB cannot write its environment block (grubenv: the trial's one-shot entry, the commit, a standby's count): use --loader uefi, or a /boot on ext4, xfs or vfat",
+                grub_dir.display()
+            )));
+        }
         let (host, grub_disk) = crate::space::identity::describe(&target)?;
         if !grub_disk.same_disk(&rec.disk) {
             return Err(unusable(format!(
