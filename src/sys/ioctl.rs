@@ -503,18 +503,21 @@ pub fn loop_clear<D: AsFd>(dev: D) -> io::Result<()> {
 /// Size of `struct dm_ioctl`; the encoding lives in `crate::sys::dm`.
 pub const DM_IOCTL_SIZE: usize = 312;
 
-/// One device-mapper ioctl: `_IOWR(0xfd, cmd, struct dm_ioctl)` on
-/// /dev/mapper/control, with the request and the answer in `buf`.
-struct DmRequest<'a> {
+/// An ioctl whose argument is one buffer, request and answer in place:
+/// device-mapper's (`_IOWR(0xfd, cmd, struct dm_ioctl)` on
+/// /dev/mapper/control) and btrfs's tree search and filesystem info.
+struct BufferRequest<'a> {
     opcode: Opcode,
     buf: &'a mut [u64],
 }
 
-// SAFETY: device-mapper ioctls take a `struct dm_ioctl` whose `data_size`
-// field says how large the whole buffer is; `dm_ioctl` below checks that
-// `data_size` equals the buffer's length before the call, so the kernel
-// reads and writes only inside `buf`. The buffer is 8-byte aligned (u64).
-unsafe impl Ioctl for DmRequest<'_> {
+// SAFETY: every caller makes `buf` exactly as large as the kernel reads
+// and writes for `opcode`: `dm_ioctl` checks that the `struct dm_ioctl`'s
+// `data_size` field equals the buffer's length; `btrfs_ioctl` that the
+// buffer is the size of the struct its opcode encodes. So the kernel
+// stays inside `buf`. The buffer is 8-byte aligned (u64), as every one
+// of these structs needs.
+unsafe impl Ioctl for BufferRequest<'_> {
     type Output = ();
     const IS_MUTATING: bool = true;
 
@@ -543,11 +546,11 @@ pub fn dm_ioctl<Fd: AsFd>(control: Fd, cmd: u8, bytes: &mut [u8]) -> io::Result<
         return Err(io::Errno::INVAL);
     }
     through_words(bytes, |words| {
-        let req = DmRequest {
+        let req = BufferRequest {
             opcode: ioctl::opcode::read_write::<[u8; DM_IOCTL_SIZE]>(0xfd, cmd),
             buf: words,
         };
-        // SAFETY: see the Ioctl impl for DmRequest; data_size was checked.
+        // SAFETY: see the Ioctl impl for BufferRequest; data_size was checked.
         unsafe { ioctl::ioctl(control, req) }
     })
 }
@@ -593,36 +596,6 @@ pub const BTRFS_SEARCH_ARGS_SIZE: usize = 4096;
 /// `struct btrfs_ioctl_fs_info_args`.
 pub const BTRFS_FS_INFO_SIZE: usize = 1024;
 
-/// One btrfs ioctl whose argument is a fixed-size struct of `N` bytes,
-/// handed over as 8-byte aligned words.
-struct BtrfsRequest<'a, const N: usize> {
-    opcode: Opcode,
-    buf: &'a mut [u64],
-}
-
-// SAFETY: the opcodes used with this type (BTRFS_IOC_TREE_SEARCH,
-// BTRFS_IOC_FS_INFO) take a pointer to a struct of exactly N bytes
-// (`_IOWR`/`_IOR` with that size encoded in the opcode); `btrfs_ioctl`
-// checks that `buf` holds exactly N bytes before the call, so the kernel
-// reads and writes only inside it. The buffer is 8-byte aligned (u64),
-// as both structs need.
-unsafe impl<const N: usize> Ioctl for BtrfsRequest<'_, N> {
-    type Output = ();
-    const IS_MUTATING: bool = true;
-
-    fn opcode(&self) -> Opcode {
-        self.opcode
-    }
-
-    fn as_ptr(&mut self) -> *mut std::ffi::c_void {
-        self.buf.as_mut_ptr().cast()
-    }
-
-    unsafe fn output_from_ptr(_out: IoctlOutput, _ptr: *mut std::ffi::c_void) -> io::Result<()> {
-        Ok(())
-    }
-}
-
 fn btrfs_ioctl<Fd: AsFd, const N: usize>(
     fd: Fd,
     opcode: Opcode,
@@ -632,8 +605,8 @@ fn btrfs_ioctl<Fd: AsFd, const N: usize>(
         return Err(io::Errno::INVAL);
     }
     through_words(bytes, |words| {
-        let req = BtrfsRequest::<N> { opcode, buf: words };
-        // SAFETY: see the Ioctl impl for BtrfsRequest; the length was checked.
+        let req = BufferRequest { opcode, buf: words };
+        // SAFETY: see the Ioctl impl for BufferRequest; the length was checked.
         unsafe { ioctl::ioctl(fd, req) }
     })
 }
