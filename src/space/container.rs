@@ -292,18 +292,9 @@ impl ContainerFile {
             )
             .with_path(&self.path));
         }
-        let info = crate::sys::ioctl::btrfs_fs_info(&self.file).map_err(fail)?;
-        match btrfs::parse_fs_info(&info) {
-            Some((1, _)) => {}
-            Some((n, _)) => {
-                return Err(Error::new(
-                    ErrorKind::UnsupportedFilesystem,
-                    format!("this btrfs now spans {n} devices: refusing to map the container"),
-                )
-                .with_path(&self.path));
-            }
-            None => return Err(fail(rustix::io::Errno::INVAL)),
-        }
+        crate::space::hostfs::btrfs_single_device_fsid(&self.file, &self.path)?;
+        // the chunk items, a search answer at a time, each search from past
+        // the last chunk found; one that does not move on ends it
         let mut chunks = Vec::new();
         let mut from = 0;
         loop {
@@ -311,13 +302,11 @@ impl ContainerFile {
                 btrfs::chunk_search_args(from, crate::sys::ioctl::BTRFS_SEARCH_ARGS_SIZE);
             crate::sys::ioctl::btrfs_tree_search(&self.file, &mut args).map_err(fail)?;
             let got = btrfs::parse_search_answer(&args).map_err(|e| e.with_path(&self.path))?;
-            match btrfs::next_search_from(&got) {
-                Some(next) if next > from || chunks.is_empty() => {
-                    chunks.extend(got);
-                    from = next;
-                }
-                _ => break,
-            }
+            let Some(next) = btrfs::next_search_from(&got).filter(|&n| n > from) else {
+                break;
+            };
+            chunks.extend(got);
+            from = next;
         }
         // one device: every stripe is on it
         let devid = chunks

@@ -203,18 +203,14 @@ pub fn fs_head_len(kind: FsKind) -> usize {
     }
 }
 
-/// The one device under the btrfs filesystem of `dir` ("major:minor"),
-/// from the kernel: its device count (`BTRFS_IOC_FS_INFO`) and
-/// `sys/fs/btrfs/FSID/devices/` (`sys`: the sysfs root). Refused when it
-/// spans several devices.
-pub fn btrfs_device(dir: &Path, sys: &Path) -> Result<(u32, u32)> {
-    let f = fs::File::open(dir)
-        .op(|| "cannot open the directory".into())
-        .map_err(|e| e.with_path(dir))?;
-    let info = crate::sys::ioctl::btrfs_fs_info(&f).map_err(|e| {
+/// The UUID of the btrfs filesystem that `f` (at `path`) is on, from
+/// the kernel (`BTRFS_IOC_FS_INFO`); refused when it spans several
+/// devices.
+pub fn btrfs_single_device_fsid(f: &fs::File, path: &Path) -> Result<uuid::Uuid> {
+    let info = crate::sys::ioctl::btrfs_fs_info(f).map_err(|e| {
         Error::from(e)
             .with_kind(ErrorKind::UnsupportedFilesystem)
-            .with_path(dir)
+            .with_path(path)
     })?;
     let (devices, fsid) = crate::map::btrfs::parse_fs_info(&info)
         .ok_or_else(|| Error::new(ErrorKind::UnsupportedFilesystem, "BTRFS_IOC_FS_INFO answer"))?;
@@ -225,8 +221,31 @@ pub fn btrfs_device(dir: &Path, sys: &Path) -> Result<(u32, u32)> {
                 "this btrfs spans {devices} devices: a container's data could be on any of them, and the map, the early boot and the free-space checks follow one disk; pick a directory on a single-device filesystem"
             ),
         )
-        .with_path(dir));
+        .with_path(path));
     }
+    Ok(fsid)
+}
+
+/// The block device under mount `m` ("major:minor"): the mount's own
+/// number; for btrfs, which numbers its mounts and subvolumes
+/// anonymously, its one device from the kernel ([`btrfs_device`]; `dir`:
+/// a directory of it).
+pub fn mount_device(m: &MountEntry, dir: &Path) -> Result<(u32, u32)> {
+    match m.fs_type.as_str() {
+        "btrfs" => btrfs_device(dir, Path::new("/sys")),
+        _ => Ok((m.major, m.minor)),
+    }
+}
+
+/// The one device under the btrfs filesystem of `dir` ("major:minor"),
+/// from the kernel: its device count (`BTRFS_IOC_FS_INFO`) and
+/// `sys/fs/btrfs/FSID/devices/` (`sys`: the sysfs root). Refused when it
+/// spans several devices.
+pub fn btrfs_device(dir: &Path, sys: &Path) -> Result<(u32, u32)> {
+    let f = fs::File::open(dir)
+        .op(|| "cannot open the directory".into())
+        .map_err(|e| e.with_path(dir))?;
+    let fsid = btrfs_single_device_fsid(&f, dir)?;
     let list = sys.join("fs/btrfs").join(fsid.to_string()).join("devices");
     let names: Vec<PathBuf> = fs::read_dir(&list)
         .op(|| "list the btrfs filesystem's devices".into())
@@ -491,12 +510,7 @@ pub fn discover(dir: &Path) -> Result<HostTarget> {
     })?;
     let fs_kind = classify_fs(&mount.fs_type).map_err(|e| e.with_path(&canon))?;
     let (major, minor) = (rustix::fs::major(meta.dev()), rustix::fs::minor(meta.dev()));
-    // btrfs numbers its mounts and subvolumes anonymously: the device is
-    // the kernel's list of the filesystem's devices
-    let (major, minor) = match fs_kind {
-        FsKind::Btrfs => btrfs_device(&canon, Path::new("/sys"))?,
-        _ => (major, minor),
-    };
+    // (btrfs's subvolumes each have their own number)
     if fs_kind != FsKind::Btrfs && (major, minor) != (mount.major, mount.minor) {
         return Err(Error::new(
             ErrorKind::UnsupportedFilesystem,
@@ -507,6 +521,7 @@ pub fn discover(dir: &Path) -> Result<HostTarget> {
         )
         .with_path(&canon));
     }
+    let (major, minor) = mount_device(&mount, &canon)?;
     let block = SysBlock::resolve(Path::new("/sys"), major, minor)?;
     let disk_path = dev_node(&block.disk_name, block.disk_major, block.disk_minor)?;
     let st = rustix::fs::statvfs(&canon).op(|| "statvfs".into())?;

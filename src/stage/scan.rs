@@ -135,13 +135,9 @@ pub fn unknown_stagings(
             continue;
         }
         // only this disk's filesystems, each once; which disk a mount is
-        // on is read from sysfs alone (no other mount is touched); btrfs
-        // numbers its mounts anonymously: its one device is the kernel's
-        let device = match m.fs_type.as_str() {
-            "btrfs" => hostfs::btrfs_device(&m.mount_point, Path::new("/sys")).ok(),
-            _ => Some((m.major, m.minor)),
-        };
-        let on_this_disk = device
+        // on is read from sysfs alone (no other mount is touched)
+        let on_this_disk = hostfs::mount_device(&m, &m.mount_point)
+            .ok()
             .and_then(|(major, minor)| {
                 hostfs::SysBlock::resolve(Path::new("/sys"), major, minor).ok()
             })

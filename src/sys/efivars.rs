@@ -141,6 +141,22 @@ impl EfiVars {
             .collect())
     }
 
+    /// `BootOrder`: empty when it is not set.
+    pub fn boot_order(&self) -> Result<Vec<u16>> {
+        Ok(self
+            .get("BootOrder")?
+            .map(|d| efi::parse_u16s(&d))
+            .unwrap_or_default())
+    }
+
+    /// Delete `BootNext` when it names `number` (someone else's stays).
+    pub fn clear_boot_next(&self, number: u16) -> Result<()> {
+        if self.get_u16("BootNext")? == Some(number) {
+            self.remove("BootNext")?;
+        }
+        Ok(())
+    }
+
     /// A `u16` variable (`BootNext`, `BootCurrent`).
     pub fn get_u16(&self, name: &str) -> Result<Option<u16>> {
         Ok(self

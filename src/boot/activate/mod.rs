@@ -699,7 +699,7 @@ pub fn activate(
             ));
             standby::install_units(arm)?;
             if arm.installed_boot.is_some() {
-                standby::arm_uefi_count(state, arm.after_failed_boots)?;
+                standby::write_uefi_count(state, arm.after_failed_boots)?;
             }
         }
         match &loader {
@@ -1053,7 +1053,7 @@ pub fn status(state: &StateDir) -> Result<Status> {
         None => uefi::fill_status(
             &mut s,
             via == Some(BootedVia::Uefi),
-            standby::uefi_count_for_status(state),
+            standby::uefi_count(state).ok().flatten(),
         ),
     }
     s.committed = s.next_boot == "restored system (default)";

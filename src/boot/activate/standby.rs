@@ -361,27 +361,14 @@ fn armed_standby(
 }
 
 /// The UEFI route's count as the state file has it (none: as armed).
-fn uefi_count(state: &StateLock<'_>) -> Result<Option<u32>> {
+pub(super) fn uefi_count(state: &crate::store::state_dir::StateDir) -> Result<Option<u32>> {
     Ok(state
         .read_state::<UefiCount>(&state.standby_count_path())?
         .map(|c| c.failed_boots_left))
 }
 
-/// The UEFI route's failed boots left, for `status`.
-pub(super) fn uefi_count_for_status(state: &crate::store::state_dir::StateDir) -> Option<u32> {
-    state
-        .read_state::<UefiCount>(&state.standby_count_path())
-        .ok()
-        .flatten()
-        .map(|c| c.failed_boots_left)
-}
-
-/// The UEFI route's count when armed: full.
-pub(super) fn arm_uefi_count(state: &StateLock<'_>, full: u32) -> Result<()> {
-    write_uefi_count(state, full)
-}
-
-fn write_uefi_count(state: &StateLock<'_>, left: u32) -> Result<()> {
+/// Write the UEFI route's count (armed: full).
+pub(super) fn write_uefi_count(state: &StateLock<'_>, left: u32) -> Result<()> {
     state.write_state(
         &state.standby_count_path(),
         &UefiCount {

@@ -141,21 +141,13 @@ impl Target {
         // BootNext first: a power cut between the two leaves the next
         // boot the installed system's
         self.vars.set("BootNext", &efi::u16s(&[installed]))?;
-        let order = self.boot_order()?;
+        let order = self.vars.boot_order()?;
         self.vars.set(
             "BootOrder",
             &efi::u16s(&standby_order(&order, u.boot_number, installed)),
         )?;
         crate::failpoint::hit("activate:boot-order");
         Ok(())
-    }
-
-    fn boot_order(&self) -> Result<Vec<u16>> {
-        Ok(self
-            .vars
-            .get("BootOrder")?
-            .map(|d| efi::parse_u16s(&d))
-            .unwrap_or_default())
     }
 
     /// The UEFI route of a standby: the installed system's own entry,
@@ -216,11 +208,7 @@ pub(super) fn set_boot_next(number: u16) -> Result<()> {
 
 /// Remove `BootNext` when it is `number`.
 pub(super) fn clear_boot_next(number: u16) -> Result<()> {
-    let vars = EfiVars::open()?;
-    if vars.get_u16("BootNext")? == Some(number) {
-        vars.remove("BootNext")?;
-    }
-    Ok(())
+    EfiVars::open()?.clear_boot_next(number)
 }
 
 fn esp_partition(esp: &Path) -> Result<GptPartition> {
@@ -292,12 +280,7 @@ pub(super) fn started_by_default() -> bool {
         return false;
     };
     let current = vars.get_u16("BootCurrent").ok().flatten();
-    let order = vars
-        .get("BootOrder")
-        .ok()
-        .flatten()
-        .map(|d| efi::parse_u16s(&d))
-        .unwrap_or_default();
+    let order = vars.boot_order().unwrap_or_default();
     current.is_some() && order.first().copied() == current
 }
 
@@ -306,7 +289,7 @@ pub(super) fn started_by_default() -> bool {
 /// from.
 pub(super) fn commit(expected: Option<u16>) -> Result<u16> {
     let vars = EfiVars::open()?;
-    let (cur, _) = current_entry(&vars)?;
+    let (cur, mut option) = current_entry(&vars)?;
     if let Some(n) = expected
         && n != cur
     {
@@ -317,22 +300,16 @@ pub(super) fn commit(expected: Option<u16>) -> Result<u16> {
             ),
         ));
     }
-    let order = vars
-        .get("BootOrder")?
-        .map(|d| efi::parse_u16s(&d))
-        .unwrap_or_default();
+    let order = vars.boot_order()?;
     // a standby (first in BootOrder already) is told from a committed
     // system by its entry's description: committed, it loses the word
-    let (_, mut option) = current_entry(&vars)?;
     if let Some(name) = option.description.strip_prefix(UEFI_DESCRIPTION_PREFIX) {
         option.description = format!("liverestore {name}");
         vars.set(&efi::boot_var(cur), &option.encode())?;
     }
     vars.set("BootOrder", &efi::u16s(&efi::order_with_first(&order, cur)))?;
     crate::failpoint::hit("commit:boot-order");
-    if vars.get_u16("BootNext")? == Some(cur) {
-        vars.remove("BootNext")?;
-    }
+    vars.clear_boot_next(cur)?;
     Ok(cur)
 }
 
@@ -344,8 +321,7 @@ pub(super) fn fill_status(s: &mut Status, booted_uefi: bool, standby_left: Optio
     let get = |n: &str| vars.as_ref().and_then(|v| v.get_u16(n).ok().flatten());
     s.boot_order = vars
         .as_ref()
-        .and_then(|v| v.get("BootOrder").ok().flatten())
-        .map(|d| efi::parse_u16s(&d))
+        .and_then(|v| v.boot_order().ok())
         .unwrap_or_default();
     s.boot_next = get("BootNext");
     s.boot_current = get("BootCurrent");
@@ -423,12 +399,10 @@ fn next_boot(
 pub(super) fn disarm(u: &UefiBoot, installed: Option<u16>) -> Result<()> {
     let vars = EfiVars::open()?;
     remove_entry(&vars, u.boot_number)?;
-    if let Some(n) = installed
-        && vars.get_u16("BootNext")? == Some(n)
-    {
-        vars.remove("BootNext")?;
+    match installed {
+        Some(n) => vars.clear_boot_next(n),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// In the restored system: remove the entry it was started from; the
@@ -451,15 +425,11 @@ pub(super) fn rollback_restored() -> Result<RolledBack> {
 /// Take boot entry `number` out of `BootNext` and `BootOrder` and delete
 /// it; whatever is already gone is fine.
 fn remove_entry(vars: &EfiVars, number: u16) -> Result<()> {
-    if vars.get_u16("BootNext")? == Some(number) {
-        vars.remove("BootNext")?;
-    }
-    if let Some(order) = vars.get("BootOrder")? {
-        let order = efi::parse_u16s(&order);
-        if order.contains(&number) {
-            let kept: Vec<u16> = order.into_iter().filter(|&n| n != number).collect();
-            vars.set("BootOrder", &efi::u16s(&kept))?;
-        }
+    vars.clear_boot_next(number)?;
+    let order = vars.boot_order()?;
+    if order.contains(&number) {
+        let kept: Vec<u16> = order.into_iter().filter(|&n| n != number).collect();
+        vars.set("BootOrder", &efi::u16s(&kept))?;
     }
     crate::failpoint::hit("rollback:boot-order");
     vars.remove(&efi::boot_var(number))
