@@ -2,9 +2,12 @@
 # Install what liverestore's build, demo and tests need on Debian (idempotent).
 set -euo pipefail
 [ "$(id -u)" = 0 ] || { echo "run as root (it installs packages and uses loop devices)" >&2; exit 1; }
+# (lvm2: its `lvm` is copied into the LVM guest test; with no
+# device-mapper in this kernel nothing is activated on this machine)
 pkgs=(xfsprogs gdisk btrfs-progs e2fsprogs util-linux fdisk bc time zstd xz-utils qemu-utils android-sdk-libsparse-utils bmap-tools
       qemu-system-x86 kmod dmsetup dosfstools cpio ovmf mtools openssh-client grub-common grub-pc-bin grub-efi-amd64-bin
-      debootstrap prometheus-node-exporter prometheus openssh-server python3-venv fio gpg gpg-agent minisign rsync acl attr)
+      debootstrap prometheus-node-exporter prometheus openssh-server python3-venv fio gpg gpg-agent minisign rsync acl attr
+      lvm2)
 missing_packages() {
   local p
   for p in "${pkgs[@]}"; do

@@ -24,8 +24,9 @@ pub enum ErrorKind {
     /// The directory is on a filesystem liverestore cannot stage into
     /// (btrfs, tmpfs, overlay, network, …).
     UnsupportedFilesystem,
-    /// The device stack under the filesystem is not supported (LVM, LUKS,
-    /// md, a kernel that forbids writing the disk).
+    /// The device stack under the filesystem is not supported (LUKS, md,
+    /// an LVM volume other than linear, a kernel that forbids writing the
+    /// disk).
     UnsupportedDevice,
     /// Not enough free space on the host filesystem.
     NoSpace,

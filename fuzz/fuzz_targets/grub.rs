@@ -22,6 +22,7 @@ fuzz_target!(|data: &[u8]| {
         kernel: "/boot/liverestore/web/vmlinuz",
         initrd: "/boot/liverestore/web/initrd.img",
         args: "rdinit=/lr/init",
+        standby: data.first().is_some_and(|b| b & 1 == 1),
     });
     if let Ok(with) = grub_format::with_block(&text, "web", &block) {
         assert_eq!(with.matches("### BEGIN liverestore web ###").count(), 1);

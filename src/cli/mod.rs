@@ -36,7 +36,7 @@ Exit codes:
    2  usage error
   10  not root
   11  unsupported filesystem (btrfs, tmpfs, overlay, network, …)
-  12  unsupported device (LVM/LUKS/RAID, kernel refuses disk writes)
+  12  unsupported device (LUKS, md RAID, LVM other than linear, kernel refuses disk writes)
   13  not enough free space
   14  bad image (missing, unreadable, truncated, longer than announced)
   15  invalid name

@@ -9,6 +9,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::map::device_layout::DeviceLayout;
 use crate::map::fiemap::FileExtent;
 
 /// `length` bytes at container offset `logical` live at whole-disk byte
@@ -121,22 +122,27 @@ impl ExtentMap {
         Ok(ExtentMap { len, extents: out })
     }
 
-    /// The map of a file with FIEMAP `extents` whose filesystem starts at
-    /// byte `fs_start` of the disk.
-    pub fn from_file_extents(extents: &[FileExtent], len: u64, fs_start: u64) -> Result<Self> {
-        let mapped = extents
-            .iter()
-            .map(|e| {
-                Ok(MapExtent {
-                    logical: e.logical,
-                    disk: e
-                        .physical
-                        .checked_add(fs_start)
-                        .ok_or_else(|| corrupt("disk offset overflows".into()))?,
-                    length: e.length,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
+    /// The map of a file with FIEMAP `extents` (offsets on the
+    /// filesystem's device) whose device lies on the disk as `layout` says:
+    /// an extent that crosses from one piece of a logical volume to the
+    /// next becomes two.
+    pub fn from_file_extents(
+        extents: &[FileExtent],
+        len: u64,
+        layout: &DeviceLayout,
+    ) -> Result<Self> {
+        let mut mapped = Vec::with_capacity(extents.len());
+        for e in extents {
+            let mut logical = e.logical;
+            for (disk, length) in layout.to_disk(e.physical, e.length)? {
+                mapped.push(MapExtent {
+                    logical,
+                    disk,
+                    length,
+                });
+                logical += length;
+            }
+        }
         ExtentMap::new(mapped, len)
     }
 
@@ -378,11 +384,38 @@ mod tests {
             physical: 4096,
             length: 8192,
         }];
-        let map = ExtentMap::from_file_extents(&fe, 8192, 1 << 20).unwrap();
+        let partition = DeviceLayout::contiguous(1 << 20, 1 << 30);
+        let map = ExtentMap::from_file_extents(&fe, 8192, &partition).unwrap();
         assert_eq!(map.extents(), &[m(0, (1 << 20) + 4096, 8192)]);
         assert_eq!(
             map.disk_bounds(),
             Some(((1 << 20) + 4096, (1 << 20) + 4096 + 8192))
+        );
+        // past the partition's end
+        assert!(
+            ExtentMap::from_file_extents(&fe, 8192, &DeviceLayout::contiguous(0, 8192)).is_err()
+        );
+    }
+
+    #[test]
+    fn an_extent_across_two_segments_of_a_volume_splits() {
+        use crate::sys::dm::Target;
+        let lin = Target::linear;
+        // 1 MiB at disk 10 MiB, then 1 MiB at disk 50 MiB
+        let (_, lv) = DeviceLayout::compose(
+            &[lin(0, 2048, "8:1 20480"), lin(2048, 2048, "8:1 102400")],
+            &mut |_| Ok(((8, 0), DeviceLayout::contiguous(0, 100 << 20))),
+        )
+        .unwrap();
+        let fe = [FileExtent {
+            logical: 0,
+            physical: (1 << 20) - 4096,
+            length: 12288,
+        }];
+        let map = ExtentMap::from_file_extents(&fe, 12288, &lv).unwrap();
+        assert_eq!(
+            map.extents(),
+            &[m(0, (11 << 20) - 4096, 4096), m(4096, 50 << 20, 8192)]
         );
     }
 

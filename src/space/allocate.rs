@@ -295,9 +295,9 @@ pub fn discover(req: &SpaceRequest, others: &[StagingRecord]) -> Result<Vec<Sour
     if req.unallocated {
         let mut used: Vec<(u64, u64)> = sources
             .iter()
-            .filter_map(|s| match s {
-                Source::Dir { target, .. } => Some(target.partition_range()),
-                Source::Unallocated { .. } => None,
+            .flat_map(|s| match s {
+                Source::Dir { target, .. } => target.disk_ranges(),
+                Source::Unallocated { .. } => Vec::new(),
             })
             .collect();
         // The other stagings on this disk, known by its identity: a

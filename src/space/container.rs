@@ -30,6 +30,7 @@ use std::path::{Path, PathBuf};
 use rustix::fs::{FallocateFlags, IFlags};
 
 use crate::error::{Error, ErrorKind, IoContext, Result};
+use crate::map::device_layout::DeviceLayout;
 use crate::map::extent_map::ExtentMap;
 use crate::map::{btrfs, fiemap};
 use crate::space::hostfs::FsKind;
@@ -238,13 +239,13 @@ impl ContainerFile {
     }
 
     /// Read the container's extents (FIEMAP with SYNC; FIBMAP on vfat) and
-    /// build its map onto the disk, given the byte offset of the filesystem
+    /// build its map onto the disk, given where the filesystem's device is
     /// on the disk and its block (cluster) size.
-    pub fn map(&self, fs_start: u64, block_size: u64) -> Result<ExtentMap> {
+    pub fn map(&self, device: &DeviceLayout, block_size: u64) -> Result<ExtentMap> {
         let size = self.size()?;
         if self.fs == FsKind::Vfat {
             let extents = self.fibmap_extents(size, block_size)?;
-            return ExtentMap::from_file_extents(&extents, size, fs_start)
+            return ExtentMap::from_file_extents(&extents, size, device)
                 .map_err(|e| e.with_path(&self.path));
         }
         let raw = crate::sys::ioctl::fiemap(&self.file).map_err(|e| {
@@ -268,7 +269,7 @@ impl ContainerFile {
         if self.fs == FsKind::Btrfs {
             extents = self.btrfs_device_extents(&extents)?;
         }
-        ExtentMap::from_file_extents(&extents, size, fs_start).map_err(|e| e.with_path(&self.path))
+        ExtentMap::from_file_extents(&extents, size, device).map_err(|e| e.with_path(&self.path))
     }
 
     /// btrfs: FIEMAP's logical addresses as offsets on the filesystem's

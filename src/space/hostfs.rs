@@ -10,6 +10,8 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, ErrorKind, IoContext, Result};
+use crate::map::device_layout::{DeviceLayout, DiskId, MAX_DEPTH};
+use crate::sys::dm::Target;
 
 /// Filesystems a container can live on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,14 +41,16 @@ impl FsKind {
 
 /// What must not run on a filesystem of `kind` while a staging is on it,
 /// and how liverestore notices when it did (`plan`, `stage` and
-/// `activate` say it).
-pub fn cautions(kind: FsKind) -> Vec<String> {
-    match kind {
-        FsKind::Btrfs => vec![
-            "btrfs: while a staging is here, run no balance (btrfsmaintenance's btrfs-balance.timer, `btrfs balance`), no `btrfs filesystem defragment` of this directory and no snapshot of its subvolume (snapper, timeshift): a balance moves the container's chunks and a snapshot shares its blocks. liverestore re-derives the map through the chunk tree before every use and refuses a staging whose map changed or whose blocks are shared (exit 18 or 11); it never guesses".into(),
-        ],
-        _ => Vec::new(),
+/// `activate` say it); `on_volume`: the filesystem is on a logical volume.
+pub fn cautions(kind: FsKind, on_volume: bool) -> Vec<String> {
+    let mut out = Vec::new();
+    if on_volume {
+        out.push("LVM: while a staging is here, run no `pvmove`, `lvconvert`, `lvreduce` or snapshot (`lvcreate -s`) of this volume (an `lvextend` is fine: it moves nothing): they move its segments, or make the volume something other than linear. liverestore re-derives the map through the kernel's device-mapper tables before every use and refuses a staging whose volume moved or changed (exit 18 or 12); it never guesses".into());
     }
+    if kind == FsKind::Btrfs {
+        out.push("btrfs: while a staging is here, run no balance (btrfsmaintenance's btrfs-balance.timer, `btrfs balance`), no `btrfs filesystem defragment` of this directory and no snapshot of its subvolume (snapper, timeshift): a balance moves the container's chunks and a snapshot shares its blocks. liverestore re-derives the map through the chunk tree before every use and refuses a staging whose map changed or whose blocks are shared (exit 18 or 11); it never guesses".into());
+    }
+    out
 }
 
 /// Decide from the mount's filesystem type whether we can stage on it.
@@ -290,13 +294,24 @@ pub struct SysBlock {
     pub disk_major: u32,
     pub disk_minor: u32,
     pub partition_number: Option<u32>,
-    /// Byte offset of the device on the disk.
+    /// Byte offset of the device's first byte on the disk.
     pub start: u64,
     pub size: u64,
     pub disk_size: u64,
     pub logical_sector_size: u32,
     pub physical_sector_size: u32,
     pub serial: Option<String>,
+    /// Where the device's bytes are on the disk: one piece for a
+    /// partition or disk; a logical volume's segments, composed.
+    pub layout: DeviceLayout,
+}
+
+impl SysBlock {
+    /// Whether the device is a device-mapper device (a logical volume),
+    /// whose bytes are wherever its layout says.
+    pub fn is_device_mapper(&self) -> bool {
+        self.name.starts_with("dm-")
+    }
 }
 
 fn read_trim(path: &Path) -> Option<String> {
@@ -318,23 +333,48 @@ fn read_num(path: &Path) -> Result<u64> {
 
 impl SysBlock {
     /// Describe block device `major:minor` from the sysfs tree at `sys`
-    /// (normally `/sys`). Stacked devices (device-mapper, md) are refused.
+    /// (normally `/sys`); a device-mapper device through its live tables
+    /// (`crate::sys::dm::status`). md RAID is refused.
     pub fn resolve(sys: &Path, major: u32, minor: u32) -> Result<SysBlock> {
-        let link = sys.join(format!("dev/block/{major}:{minor}"));
-        let dir = fs::canonicalize(&link).map_err(|e| {
-            Error::io(
-                format!("no block device {major}:{minor} in sysfs (is the filesystem on a disk?)"),
-                e,
-            )
-            .with_kind(ErrorKind::UnsupportedDevice)
-            .with_path(&link)
-        })?;
-        let name = dir
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let stacked = dir.join("dm").exists()
-            || dir.join("md").exists()
+        Self::resolve_with(sys, major, minor, &mut |name| {
+            crate::sys::dm::status(name)?
+                .map(|info| info.targets)
+                .ok_or_else(|| {
+                    Error::new(
+                        ErrorKind::UnsupportedDevice,
+                        format!("device-mapper device {name} vanished"),
+                    )
+                })
+        })
+    }
+
+    /// [`SysBlock::resolve`] with the device-mapper tables from `tables`
+    /// (by device-mapper name).
+    pub fn resolve_with(
+        sys: &Path,
+        major: u32,
+        minor: u32,
+        tables: &mut dyn FnMut(&str) -> Result<Vec<Target>>,
+    ) -> Result<SysBlock> {
+        let dir = block_dir(sys, major, minor)?;
+        let name = file_name(&dir);
+        if dir.join("dm").exists() {
+            let ((dmaj, dmin), layout) =
+                stacked_layout(sys, (major, minor), 0, tables).map_err(|e| {
+                    let what = read_trim(&dir.join("dm/name")).unwrap_or_default();
+                    Error::new(e.kind(), format!("/dev/{name} ({what}): {}", e.message()))
+                })?;
+            let disk = Self::resolve_with(sys, dmaj, dmin, tables)?;
+            return Ok(SysBlock {
+                name,
+                partition_number: None,
+                start: layout.disk_start().unwrap_or(0),
+                size: layout.size(),
+                layout,
+                ..disk
+            });
+        }
+        let stacked = dir.join("md").exists()
             || fs::read_dir(dir.join("slaves"))
                 .map(|mut d| d.next().is_some())
                 .unwrap_or(false);
@@ -342,7 +382,7 @@ impl SysBlock {
             return Err(Error::new(
                 ErrorKind::UnsupportedDevice,
                 format!(
-                    "{name} is a stacked device (LVM, LUKS, RAID): its offsets are not disk offsets; not supported yet"
+                    "{name} is a software RAID (md) device: its offsets are not disk offsets; not supported"
                 ),
             ));
         }
@@ -356,10 +396,7 @@ impl SysBlock {
         } else {
             (dir.clone(), None, 0)
         };
-        let disk_name = disk_dir
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let disk_name = file_name(&disk_dir);
         let dev = read_trim(&disk_dir.join("dev")).ok_or_else(|| {
             Error::new(ErrorKind::UnsupportedDevice, "disk has no dev number").with_path(&disk_dir)
         })?;
@@ -379,6 +416,7 @@ impl SysBlock {
         ]
         .iter()
         .find_map(|p| read_trim(&disk_dir.join(p)));
+        let size = read_num(&dir.join("size"))? * 512;
         Ok(SysBlock {
             name,
             disk_name,
@@ -386,13 +424,66 @@ impl SysBlock {
             disk_minor: dmin,
             partition_number,
             start,
-            size: read_num(&dir.join("size"))? * 512,
+            size,
             disk_size: read_num(&disk_dir.join("size"))? * 512,
             logical_sector_size: read_num(&disk_dir.join("queue/logical_block_size"))? as u32,
             physical_sector_size: read_num(&disk_dir.join("queue/physical_block_size"))? as u32,
             serial,
+            layout: DeviceLayout::contiguous(start, size),
         })
     }
+}
+
+/// The sysfs directory of block device `major:minor`.
+fn block_dir(sys: &Path, major: u32, minor: u32) -> Result<PathBuf> {
+    let link = sys.join(format!("dev/block/{major}:{minor}"));
+    fs::canonicalize(&link).map_err(|e| {
+        Error::io(
+            format!("no block device {major}:{minor} in sysfs (is the filesystem on a disk?)"),
+            e,
+        )
+        .with_kind(ErrorKind::UnsupportedDevice)
+        .with_path(&link)
+    })
+}
+
+fn file_name(dir: &Path) -> String {
+    dir.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// The disk and layout of block device `dev`: a partition or disk from
+/// sysfs, a device-mapper device composed from its table and, in turn,
+/// its lower devices'.
+fn stacked_layout(
+    sys: &Path,
+    dev: DiskId,
+    depth: usize,
+    tables: &mut dyn FnMut(&str) -> Result<Vec<Target>>,
+) -> Result<(DiskId, DeviceLayout)> {
+    let dir = block_dir(sys, dev.0, dev.1)?;
+    if !dir.join("dm").exists() {
+        let b = SysBlock::resolve_with(sys, dev.0, dev.1, tables)?;
+        return Ok(((b.disk_major, b.disk_minor), b.layout));
+    }
+    if depth >= MAX_DEPTH {
+        return Err(Error::new(
+            ErrorKind::UnsupportedDevice,
+            format!("device-mapper devices stacked more than {MAX_DEPTH} deep"),
+        ));
+    }
+    let name = read_trim(&dir.join("dm/name")).ok_or_else(|| {
+        Error::new(
+            ErrorKind::UnsupportedDevice,
+            "a device-mapper device without a name",
+        )
+        .with_path(&dir)
+    })?;
+    let targets = tables(&name)?;
+    DeviceLayout::compose(&targets, &mut |lower| {
+        stacked_layout(sys, lower, depth + 1, tables)
+    })
 }
 
 /// Everything about the place a container would be created in.
@@ -418,10 +509,11 @@ impl HostTarget {
         u64::from(self.block.logical_sector_size).max(512)
     }
 
-    /// Disk bytes `[start, end)` of the filesystem's partition: the only
-    /// bytes a container's map may reach.
-    pub fn partition_range(&self) -> (u64, u64) {
-        (self.block.start, self.block.start + self.block.size)
+    /// Disk bytes `[start, end)` of the filesystem's device (a
+    /// partition; a logical volume's segments): the only bytes a
+    /// container's map may reach.
+    pub fn disk_ranges(&self) -> Vec<(u64, u64)> {
+        self.block.layout.disk_ranges()
     }
 }
 
@@ -611,8 +703,9 @@ bad line
             "11111111-1111-1111-1111-111111111111"
         );
         assert_eq!(fs_uuid(FsKind::Btrfs, &head[..2048]), None, "cut short");
-        assert!(cautions(FsKind::Btrfs)[0].contains("balance"));
-        assert!(cautions(FsKind::Ext4).is_empty());
+        assert!(cautions(FsKind::Btrfs, false)[0].contains("balance"));
+        assert!(cautions(FsKind::Ext4, true)[0].contains("pvmove"));
+        assert!(cautions(FsKind::Ext4, false).is_empty());
     }
 
     #[test]
@@ -695,13 +788,53 @@ bad line
             (0, None, "loop3")
         );
 
+        // an LV of two segments on loop3p2 (data from 1 MiB into the PV)
         let dm = sys.join("devices/virtual/block/dm-0");
         write(&dm.join("dev"), "253:0\n");
         write(&dm.join("dm/name"), "vg-root\n");
         std::os::unix::fs::symlink(&dm, sys.join("dev/block/253:0")).unwrap();
+        let lin = Target::linear;
+        let mut tables = |name: &str| -> Result<Vec<Target>> {
+            assert_eq!(name, "vg-root");
+            Ok(vec![
+                lin(0, 8192, "259:5 2048"),
+                lin(8192, 4096, "259:5 20480"),
+            ])
+        };
+        let lv = SysBlock::resolve_with(sys, 253, 0, &mut tables).unwrap();
+        assert!(lv.is_device_mapper());
+        assert_eq!(lv.name, "dm-0");
         assert_eq!(
-            SysBlock::resolve(sys, 253, 0).unwrap_err().kind(),
-            ErrorKind::UnsupportedDevice
+            (lv.disk_name.as_str(), lv.disk_major, lv.disk_minor),
+            ("loop3", 7, 3)
+        );
+        assert_eq!(lv.partition_number, None);
+        assert_eq!((lv.start, lv.size), ((2048 + 2048) * 512, 12288 * 512));
+        assert_eq!(
+            lv.layout.disk_ranges(),
+            vec![(4096 * 512, 12288 * 512), (22528 * 512, 26624 * 512)]
+        );
+        assert_eq!(lv.disk_size, 2097152 * 512);
+        let mut striped = |_: &str| -> Result<Vec<Target>> {
+            let mut t = lin(0, 8192, "259:5 2048");
+            t.kind = "striped".into();
+            Ok(vec![t])
+        };
+        let e = SysBlock::resolve_with(sys, 253, 0, &mut striped).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::UnsupportedDevice);
+        assert!(
+            e.to_string().contains("/dev/dm-0 (vg-root): a striped"),
+            "{e}"
+        );
+        let md = sys.join("devices/virtual/block/md0");
+        write(&md.join("dev"), "9:0\n");
+        write(&md.join("md/level"), "raid1\n");
+        std::os::unix::fs::symlink(&md, sys.join("dev/block/9:0")).unwrap();
+        assert!(
+            SysBlock::resolve(sys, 9, 0)
+                .unwrap_err()
+                .to_string()
+                .contains("software RAID")
         );
         assert_eq!(
             SysBlock::resolve(sys, 1, 1).unwrap_err().kind(),

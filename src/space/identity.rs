@@ -67,6 +67,11 @@ pub fn describe(target: &HostTarget) -> Result<(HostInfo, DiskInfo)> {
         size: target.block.size,
         partition_number: target.block.partition_number,
         partition_uuid,
+        volume_pieces: if target.block.layout.is_contiguous() {
+            Vec::new()
+        } else {
+            target.block.layout.pieces().to_vec()
+        },
     };
     let disk = DiskInfo {
         path: target.disk_path.display().to_string(),

@@ -35,14 +35,14 @@ pub(super) fn record_space(
                         data_offset: if files == 1 { header_len } else { 0 },
                         block_size: target.fs_block_size,
                     },
-                    host: hosts[source].clone().expect("a directory has a host"),
+                    host: Box::new(hosts[source].clone().expect("a directory has a host")),
                 }
             }
             Planned::Unallocated { disk, length } => Segment::Unallocated { disk, length },
         })
         .collect();
     match out.remove(0) {
-        Segment::File { container, host } => (container, host, out),
+        Segment::File { container, host } => (container, *host, out),
         Segment::Unallocated { .. } => unreachable!("space::assign starts every staging in a file"),
     }
 }
@@ -68,7 +68,7 @@ pub(super) fn allocate_file(
     let file = ContainerFile::create(&path, container.size)?;
     file.set_pinned(true)?;
     (container.inode, container.generation) = file.identity()?;
-    file.map(host.start, container.block_size)
+    file.map(&host.layout()?, container.block_size)
 }
 
 /// Steps 2 and 3: create, preallocate, pin and map every container file,

@@ -254,7 +254,7 @@ pub fn assess(
     let mut deletions = Vec::new();
     if let Some(t) = &target {
         let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
-        if hostfs::cmdline_forbids_write_mounted(&cmdline) && t.block.partition_number.is_none() {
+        if hostfs::cmdline_forbids_write_mounted(&cmdline) && t.block.name == t.block.disk_name {
             errors.push(Error::new(
                 ErrorKind::UnsupportedDevice,
                 format!(
@@ -264,7 +264,10 @@ pub fn assess(
             ));
         }
         let lss = u64::from(t.block.logical_sector_size);
-        if t.block.start % lss != 0 || t.fs_block_size % lss != 0 {
+        let misaligned = |p: &crate::map::device_layout::LayoutPiece| {
+            !p.disk.is_multiple_of(lss) || !p.length.is_multiple_of(lss)
+        };
+        if t.block.layout.pieces().iter().any(misaligned) || t.fs_block_size % lss != 0 {
             errors.push(Error::new(
                 ErrorKind::UnsupportedDevice,
                 format!(
@@ -410,7 +413,7 @@ pub fn assess(
         fstab_not_checked: None,
         cautions: target
             .as_ref()
-            .map(|t| crate::space::hostfs::cautions(t.fs))
+            .map(|t| crate::space::hostfs::cautions(t.fs, t.block.is_device_mapper()))
             .unwrap_or_default(),
         refusals: errors
             .iter()

@@ -184,7 +184,7 @@ pub fn unknown_stagings(
                     continue;
                 }
                 let Ok(map) = crate::space::container::ContainerFile::open(&path)
-                    .and_then(|c| c.map(fs.block.start, fs.fs_block_size))
+                    .and_then(|c| c.map(&fs.block.layout, fs.fs_block_size))
                 else {
                     continue;
                 };

@@ -157,7 +157,20 @@ fn revalidate_file(
     }
     let dir = path.parent().unwrap_or(Path::new("/"));
     let target = hostfs::discover(dir)?;
-    if (target.block.start, target.block.size) != (host.start, host.size) {
+    if target.block.is_device_mapper() {
+        // a logical volume may have grown (`lvextend` moves nothing); every
+        // recorded piece must still be where it was
+        let recorded = host.layout()?;
+        let moved = recorded.pieces().iter().find(|p| {
+            target.block.layout.to_disk(p.start, p.length).ok() != Some(vec![(p.disk, p.length)])
+        });
+        if let Some(p) = moved {
+            return Err(changed(format!(
+                "the logical volume's bytes {}+{} are no longer at disk byte {} (pvmove, or the volume was made again)",
+                p.start, p.length, p.disk
+            )));
+        }
+    } else if (target.block.start, target.block.size) != (host.start, host.size) {
         return Err(changed(format!(
             "its filesystem is now at disk bytes {}+{}, recorded {}+{}",
             target.block.start, target.block.size, host.start, host.size
@@ -178,7 +191,7 @@ fn revalidate_file(
             "the filesystem, partition or disk identity differs from the recorded one".into(),
         ));
     }
-    let map = file.map(target.block.start, container.block_size)?;
+    let map = file.map(&target.block.layout, container.block_size)?;
     Ok((target, map))
 }
 

@@ -10,6 +10,7 @@ use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::map::device_layout::{DeviceLayout, LayoutPiece};
 use crate::map::extent_map::ExtentMap;
 
 /// Current record format version. Version 3 added [`StagingRecord::segments`];
@@ -233,7 +234,7 @@ pub enum Segment {
     /// cannot be that large.
     File {
         container: ContainerInfo,
-        host: HostInfo,
+        host: Box<HostInfo>,
     },
     /// Disk bytes `[disk, disk + length)` outside every partition.
     Unallocated { disk: u64, length: u64 },
@@ -266,6 +267,34 @@ pub struct HostInfo {
     pub size: u64,
     pub partition_number: Option<u32>,
     pub partition_uuid: Option<String>,
+    /// A logical volume's pieces on the disk, in volume order (its
+    /// segments, composed down the device-mapper stack); empty when the
+    /// device is one run, `start`/`size`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volume_pieces: Vec<LayoutPiece>,
+}
+
+impl HostInfo {
+    /// Where the filesystem's device is on the disk.
+    pub fn layout(&self) -> Result<DeviceLayout> {
+        if self.volume_pieces.is_empty() {
+            Ok(DeviceLayout::contiguous(self.start, self.size))
+        } else {
+            DeviceLayout::from_pieces(self.volume_pieces.clone())
+        }
+    }
+
+    /// The disk bytes `[lo, hi)` of the filesystem's device.
+    pub fn disk_ranges(&self) -> Vec<(u64, u64)> {
+        if self.volume_pieces.is_empty() {
+            vec![(self.start, self.start + self.size)]
+        } else {
+            self.volume_pieces
+                .iter()
+                .map(|p| (p.disk, p.disk + p.length))
+                .collect()
+        }
+    }
 }
 
 /// The whole disk that is written to.
@@ -369,7 +398,7 @@ impl StagingRecord {
     pub fn container_files(&self) -> Vec<(&ContainerInfo, &HostInfo)> {
         let mut out = vec![(&self.container, &self.host)];
         out.extend(self.segments.iter().filter_map(|s| match s {
-            Segment::File { container, host } => Some((container, host)),
+            Segment::File { container, host } => Some((container, &**host)),
             Segment::Unallocated { .. } => None,
         }));
         out
@@ -389,12 +418,12 @@ impl StagingRecord {
     /// Disk bytes the map may reach: each container's partition and each
     /// unallocated segment, as `[start, end)`.
     pub fn disk_bounds(&self) -> Vec<(u64, u64)> {
-        let mut out = vec![(self.host.start, self.host.start + self.host.size)];
+        let mut out = self.host.disk_ranges();
         for s in &self.segments {
-            out.push(match s {
-                Segment::File { host, .. } => (host.start, host.start + host.size),
-                Segment::Unallocated { disk, length } => (*disk, disk + length),
-            });
+            match s {
+                Segment::File { host, .. } => out.extend(host.disk_ranges()),
+                Segment::Unallocated { disk, length } => out.push((*disk, disk + length)),
+            }
         }
         out
     }
@@ -601,6 +630,7 @@ pub(crate) mod tests {
                 size: 1 << 30,
                 partition_number: Some(2),
                 partition_uuid: Some("aa".into()),
+                volume_pieces: Vec::new(),
             },
             disk: DiskInfo {
                 path: "/dev/vda".into(),
@@ -646,7 +676,7 @@ pub(crate) mod tests {
         set.segments = vec![
             Segment::File {
                 container: set.container.clone(),
-                host: set.host.clone(),
+                host: Box::new(set.host.clone()),
             },
             Segment::Unallocated {
                 disk: 100 << 20,

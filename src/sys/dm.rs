@@ -44,6 +44,19 @@ pub struct Target {
     pub params: String,
 }
 
+impl Target {
+    /// A `linear` target: `length` sectors at `start`, from `params`
+    /// (`MAJOR:MINOR OFFSET`).
+    pub fn linear(start: u64, length: u64, params: &str) -> Target {
+        Target {
+            start,
+            length,
+            kind: "linear".into(),
+            params: params.into(),
+        }
+    }
+}
+
 /// What the kernel says about a device.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceInfo {
@@ -166,8 +179,14 @@ pub fn decode(b: &[u8]) -> Result<DeviceInfo> {
         if next == 0 {
             break;
         }
-        // In answers, `next` is relative to the start of the data.
-        at = data_start + next;
+        // In answers, `next` is relative to the start of the data; the
+        // next spec starts past this one (a `next` that points back would
+        // loop over the same bytes, `count` times)
+        let following = data_start.saturating_add(next);
+        if following < at + SPEC_SIZE {
+            return Err(bad("a target's next spec does not move forward"));
+        }
+        at = following;
     }
     Ok(DeviceInfo {
         name: get_cstr(&b[48..48 + NAME_LEN]),
@@ -282,18 +301,12 @@ pub fn remove(name: &str) -> Result<()> {
 mod tests {
     use super::*;
 
-    fn lin(start: u64, length: u64, params: &str) -> Target {
-        Target {
-            start,
-            length,
-            kind: "linear".into(),
-            params: params.into(),
-        }
-    }
-
     #[test]
     fn request_layout() {
-        let t = [lin(0, 8, "7:0 2048"), lin(8, 16, "7:0 100000")];
+        let t = [
+            Target::linear(0, 8, "7:0 2048"),
+            Target::linear(8, 16, "7:0 100000"),
+        ];
         let b = encode("lr-x", Some("LIVERESTORE-1"), DM_READONLY_FLAG, &t, 0).unwrap();
         assert_eq!(b.len() % 8, 0);
         assert_eq!(get_u32(&b, 0), 4);
@@ -343,8 +356,17 @@ mod tests {
         assert_eq!(info.path(), PathBuf::from("/dev/dm-3"));
         assert_eq!(
             info.targets,
-            vec![lin(0, 8, "7:0 2048"), lin(8, 4, "7:0 10")]
+            vec![
+                Target::linear(0, 8, "7:0 2048"),
+                Target::linear(8, 4, "7:0 10")
+            ]
         );
+        // a `next` that points back at the first spec, with a huge count:
+        // refused, not looped over (found by the `dm_table` fuzz target)
+        let mut looped = b.clone();
+        put_u32(&mut looped, 20, u32::MAX);
+        put_u32(&mut looped, d + 20, 0x10);
+        assert!(decode(&looped).is_err());
         // Lies about counts or offsets are errors, not panics.
         put_u32(&mut b, 16, 1 << 30);
         assert!(decode(&b).is_err());

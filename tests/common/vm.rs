@@ -577,6 +577,25 @@ pub fn bootable_restored_image(
     image
 }
 
+/// What a boot loader starts for a mapped boot: the restored system's
+/// initrd (virtio, device-mapper, ext4) with the early-boot initramfs
+/// `early` (`liverestore initrd`) appended; the kernel is given
+/// `rdinit=/lr/init`.
+pub fn mapped_boot_initrd(early: &[u8]) -> Vec<u8> {
+    let mut initrd = restored_initrd(
+        &[
+            "virtio_pci",
+            "virtio_blk",
+            "dm-mod",
+            "crc32c_generic",
+            "ext4",
+        ],
+        &["crc32c_generic", "ext4"],
+    );
+    liverestore::boot::initrd::append_early_boot(&mut initrd, early);
+    initrd
+}
+
 /// The initrd a restored system of the guest kernel would have: busybox,
 /// util-linux's blkid, the guest kernel's modules `modules` and
 /// `init_modules` (with dependencies) and its `modules.dep`, and an

@@ -124,17 +124,7 @@ fn a_staged_system_boots_through_the_map() {
     // Boot 2: what a boot loader would start: the restored system's kernel
     // and initrd, the early-boot initramfs appended, rdinit=/lr/init. Only
     // the original disk is attached.
-    let mut initrd = crate::common::vm::restored_initrd(
-        &[
-            "virtio_pci",
-            "virtio_blk",
-            "dm-mod",
-            "crc32c_generic",
-            "ext4",
-        ],
-        &["crc32c_generic", "ext4"],
-    );
-    liverestore::boot::initrd::append_early_boot(&mut initrd, &early);
+    let initrd = crate::common::vm::mapped_boot_initrd(&early);
     // The same disk with the staging's header wiped, for the failure case.
     let plan = boot_plan_of(&early);
     let wiped = t.path().join("wiped-disk.img");

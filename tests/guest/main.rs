@@ -15,6 +15,7 @@ mod debian_secure_boot;
 mod debian_standby;
 mod drivers;
 mod grub;
+mod lvm;
 mod native;
 mod package;
 mod power_loss;

@@ -104,6 +104,14 @@ impl Target {
                 grub_dir.display()
             )));
         }
+        if target.block.is_device_mapper() {
+            // GRUB writes no environment block through LVM (diskfilter)
+            return Err(unusable(format!(
+                "GRUB's directory {} is on {}, a device-mapper device (LVM), where GRUB cannot write its environment block (grubenv): use --loader uefi, or a /boot on a partition",
+                grub_dir.display(),
+                target.block.name
+            )));
+        }
         let (host, grub_disk) = crate::space::identity::describe(&target)?;
         if !grub_disk.same_disk(&rec.disk) {
             return Err(unusable(format!(

@@ -464,11 +464,13 @@ pub fn activate(
     }
     // as verified (the changes of their own boots may have been accepted)
     let mut members = crate::stage::staged::set_of(state, name)?;
-    // what must not run meanwhile on the host filesystem (btrfs)
+    // what must not run meanwhile on the host filesystem (btrfs) or its
+    // logical volume
     let mut said = Vec::new();
     for m in &members {
         if let Ok(kind) = crate::space::hostfs::classify_fs(&m.host.fs_type) {
-            for c in crate::space::hostfs::cautions(kind) {
+            let on_volume = m.host.device.starts_with("/dev/dm-");
+            for c in crate::space::hostfs::cautions(kind, on_volume) {
                 if !said.contains(&c) {
                     progress.note(&c);
                     said.push(c);
