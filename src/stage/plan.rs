@@ -106,7 +106,7 @@ pub struct Plan {
     pub fstab_not_checked: Option<String>,
     /// What must not run on the host filesystem while the staging is
     /// there, and how liverestore notices (btrfs: balance,
-    /// defragmentation, snapshots).
+    /// defragmentation, snapshots; LVM: pvmove, lvconvert, snapshots).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub cautions: Vec<String>,
     pub refusals: Vec<Refusal>,

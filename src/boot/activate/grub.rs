@@ -57,6 +57,28 @@ impl GrubBoot {
     }
 }
 
+/// Why GRUB could not keep its environment block in `grub_dir`, on a
+/// filesystem of `fs` over `block`, if it could not. The restored system's
+/// commit writes `grubenv` on the raw disk as GRUB would, at the offset
+/// FIEMAP gives: on btrfs that is a logical address, on a logical volume
+/// an offset in the volume, and GRUB itself writes neither.
+fn env_block_refusal(fs: FsKind, block: &hostfs::SysBlock, grub_dir: &Path) -> Option<String> {
+    if fs == FsKind::Btrfs {
+        return Some(format!(
+            "GRUB's directory {} is on btrfs, where GRUB cannot write its environment block (grubenv: the trial's one-shot entry, the commit, a standby's count): use --loader uefi, or a /boot on ext4, xfs or vfat",
+            grub_dir.display()
+        ));
+    }
+    if block.is_device_mapper() {
+        return Some(format!(
+            "GRUB's directory {} is on {}, a device-mapper device (LVM), where GRUB cannot write its environment block (grubenv): use --loader uefi, or a /boot on a partition",
+            grub_dir.display(),
+            block.name
+        ));
+    }
+    None
+}
+
 /// A checked GRUB directory, ready to be armed.
 pub(super) struct Target {
     grub_dir: PathBuf,
@@ -95,22 +117,8 @@ impl Target {
                 grub_dir.display()
             ))
         })?;
-        if target.fs == FsKind::Btrfs {
-            // GRUB's save_env refuses btrfs (checksummed, copy-on-write
-            // blocks), and the restored system's commit writes grubenv on
-            // the raw disk as GRUB would: never through btrfs's addresses
-            return Err(unusable(format!(
-                "GRUB's directory {} is on btrfs, where GRUB cannot write its environment block (grubenv: the trial's one-shot entry, the commit, a standby's count): use --loader uefi, or a /boot on ext4, xfs or vfat",
-                grub_dir.display()
-            )));
-        }
-        if target.block.is_device_mapper() {
-            // GRUB writes no environment block through LVM (diskfilter)
-            return Err(unusable(format!(
-                "GRUB's directory {} is on {}, a device-mapper device (LVM), where GRUB cannot write its environment block (grubenv): use --loader uefi, or a /boot on a partition",
-                grub_dir.display(),
-                target.block.name
-            )));
+        if let Some(why) = env_block_refusal(target.fs, &target.block, grub_dir) {
+            return Err(unusable(why));
         }
         let (host, grub_disk) = crate::space::identity::describe(&target)?;
         if !grub_disk.same_disk(&rec.disk) {
@@ -514,6 +522,33 @@ pub(super) fn fill_status(s: &mut Status, env: &GrubEnv) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn grubenv_only_on_a_plain_partition_of_a_filesystem_grub_writes() {
+        let part = hostfs::SysBlock {
+            name: "vda2".into(),
+            disk_name: "vda".into(),
+            disk_major: 252,
+            disk_minor: 0,
+            partition_number: Some(2),
+            start: 1 << 20,
+            size: 1 << 30,
+            disk_size: 8 << 30,
+            logical_sector_size: 512,
+            physical_sector_size: 512,
+            serial: None,
+            layout: crate::map::device_layout::DeviceLayout::contiguous(1 << 20, 1 << 30),
+        };
+        let dir = Path::new("/boot/grub");
+        assert_eq!(env_block_refusal(FsKind::Ext4, &part, dir), None);
+        assert!(env_block_refusal(FsKind::Btrfs, &part, dir).is_some_and(|w| w.contains("btrfs")));
+        let lv = hostfs::SysBlock {
+            name: "dm-0".into(),
+            partition_number: None,
+            ..part
+        };
+        assert!(env_block_refusal(FsKind::Ext4, &lv, dir).is_some_and(|w| w.contains("LVM")));
+    }
 
     #[test]
     fn forgetting_an_entry() {
