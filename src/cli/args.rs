@@ -11,7 +11,8 @@ use crate::space::allocate::SpaceRequest;
 #[derive(clap::Args, Debug, Clone)]
 pub struct SpaceArgs {
     /// Directory on a mounted ext4, xfs, vfat or btrfs (one device,
-    /// single data) filesystem of the target disk. Repeat it to join several filesystems of the same disk into one
+    /// single data) filesystem of the target disk, on a partition or on a
+    /// linear LVM volume (its segments on this disk). Repeat it to join several filesystems of the same disk into one
     /// segment set; they are filled in the order given, and the first holds
     /// the on-disk header.
     #[arg(long, value_name = "DIR")]

@@ -60,8 +60,8 @@ Exit codes:
 /// system lives on, while it keeps running.
 ///
 /// The image is written into the pinned extents of an ordinary file (the
-/// container) of a mounted ext4, xfs, vfat or btrfs filesystem, straight through the
-/// whole-disk device. The host filesystem never sees the data and stays
+/// container) of a mounted ext4, xfs, vfat or btrfs filesystem (on a
+/// partition or a linear LVM volume), straight through the whole-disk device. The host filesystem never sees the data and stays
 /// intact; every write is checked against the container's map. Then the
 /// image is booted once as a trial, and kept (commit) or not (rollback).
 ///
