@@ -306,11 +306,17 @@ pub struct SysBlock {
     pub layout: DeviceLayout,
 }
 
+/// Whether kernel block device name `name` is a device-mapper device's
+/// (`dm-N`).
+pub fn is_device_mapper_name(name: &str) -> bool {
+    name.starts_with("dm-")
+}
+
 impl SysBlock {
     /// Whether the device is a device-mapper device (a logical volume),
     /// whose bytes are wherever its layout says.
     pub fn is_device_mapper(&self) -> bool {
-        self.name.starts_with("dm-")
+        is_device_mapper_name(&self.name)
     }
 }
 

@@ -135,7 +135,8 @@ pub fn unknown_stagings(
             continue;
         }
         // only this disk's filesystems, each once; which disk a mount is
-        // on is read from sysfs alone (no other mount is touched)
+        // on is read from sysfs (and device-mapper's tables, btrfs's device
+        // list): no other filesystem is touched
         let on_this_disk = hostfs::mount_device(&m, &m.mount_point)
             .ok()
             .and_then(|(major, minor)| {

@@ -284,16 +284,19 @@ impl HostInfo {
         }
     }
 
-    /// The disk bytes `[lo, hi)` of the filesystem's device.
+    /// The disk bytes `[lo, hi)` of the filesystem's device; none when
+    /// the recorded pieces do not make a layout (every write is then
+    /// refused).
     pub fn disk_ranges(&self) -> Vec<(u64, u64)> {
-        if self.volume_pieces.is_empty() {
-            vec![(self.start, self.start + self.size)]
-        } else {
-            self.volume_pieces
-                .iter()
-                .map(|p| (p.disk, p.disk + p.length))
-                .collect()
-        }
+        self.layout().map(|l| l.disk_ranges()).unwrap_or_default()
+    }
+
+    /// Whether the filesystem is on a device-mapper device (a logical
+    /// volume).
+    pub fn on_device_mapper(&self) -> bool {
+        self.device
+            .strip_prefix("/dev/")
+            .is_some_and(crate::space::hostfs::is_device_mapper_name)
     }
 }
 
@@ -687,6 +690,27 @@ pub(crate) mod tests {
         assert!(text.contains(r#""kind":"unallocated""#), "{text}");
         assert_eq!(decode_state_file(text.as_bytes()).unwrap(), set);
         assert_eq!(set.disk_bounds().len(), 3);
+        // a logical volume's pieces are its bounds; pieces with a hole
+        // make none (every write refused)
+        let mut lv = set.host.clone();
+        assert!(!lv.on_device_mapper());
+        lv.device = "/dev/dm-0".into();
+        assert!(lv.on_device_mapper());
+        let piece = |start, length, disk| LayoutPiece {
+            start,
+            length,
+            disk,
+        };
+        lv.volume_pieces = vec![
+            piece(0, 10 << 20, 5 << 20),
+            piece(10 << 20, 4 << 20, 1 << 20),
+        ];
+        assert_eq!(
+            lv.disk_ranges(),
+            vec![(5 << 20, 15 << 20), (1 << 20, 5 << 20)]
+        );
+        lv.volume_pieces[1].start += 1;
+        assert!(lv.disk_ranges().is_empty());
         assert_eq!(set.container_files().len(), 2);
     }
 

@@ -469,8 +469,7 @@ pub fn activate(
     let mut said = Vec::new();
     for m in &members {
         if let Ok(kind) = crate::space::hostfs::classify_fs(&m.host.fs_type) {
-            let on_volume = m.host.device.starts_with("/dev/dm-");
-            for c in crate::space::hostfs::cautions(kind, on_volume) {
+            for c in crate::space::hostfs::cautions(kind, m.host.on_device_mapper()) {
                 if !said.contains(&c) {
                     progress.note(&c);
                     said.push(c);
