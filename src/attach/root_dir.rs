@@ -190,6 +190,30 @@ impl RootDir {
         }
     }
 
+    /// The size of the regular file at `rel` (not followed), if it is one.
+    pub fn file_size(&self, rel: &Path) -> Result<Option<u64>> {
+        let (dir, name) = match self.parent(rel, false) {
+            Ok(p) => p,
+            Err(e) if matches!(e.errno(), Some(Errno::NOENT | Errno::NOTDIR)) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        match rustix::fs::statat(&dir, &name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::RegularFile => {
+                Ok(Some(st.st_size as u64))
+            }
+            Ok(_) | Err(Errno::NOENT) => Ok(None),
+            Err(e) => Err(self.err("look at", rel, e)),
+        }
+    }
+
+    /// The bytes root's writes may still use on the root's filesystem
+    /// (its reserved blocks included).
+    pub fn free_bytes(&self) -> Result<u64> {
+        let st = rustix::fs::fstatvfs(&self.fd)
+            .map_err(|e| self.err("statvfs", Path::new("/"), e))?;
+        Ok(st.f_bfree.saturating_mul(st.f_frsize))
+    }
+
     /// Whether `rel` exists, following symlinks inside the image.
     pub fn exists(&self, rel: &Path) -> bool {
         self.resolve(rel, OFlags::PATH).is_ok()

@@ -79,6 +79,27 @@ pub fn check(root: &RootDir) -> Result<()> {
     ))
 }
 
+/// Refuse, before anything is changed, an image whose filesystem has no
+/// room for the `helper_len` bytes of the static helper (less a helper
+/// already there, which is replaced) and the unit's few files.
+pub fn check_room(root: &RootDir, helper_len: u64) -> Result<()> {
+    const MIB: u64 = 1 << 20;
+    let present = root.file_size(Path::new(BINARY))?.unwrap_or(0);
+    let need = helper_len.saturating_sub(present) + 64 * 1024;
+    let free = root.free_bytes()?;
+    if free >= need {
+        return Ok(());
+    }
+    Err(Error::new(
+        ErrorKind::NoSpace,
+        format!(
+            "--auto-commit puts a static liverestore of {} MiB into the image, whose filesystem has {} MiB free: nothing was changed; grow the image's root filesystem, or commit by hand with `liverestore commit` in the restored system",
+            need.div_ceil(MIB),
+            free / MIB
+        ),
+    ))
+}
+
 /// Put the static `helper`, the settings and the enabled unit into `root`.
 pub fn install(root: &RootDir, settings: &Settings, helper: &[u8]) -> Result<Vec<Change>> {
     check(root)?;

@@ -227,8 +227,9 @@ pub fn customize(
             // before anything changes (a read-write mount alone would)
             test_restore::with_mounted(state, name, |mnt| {
                 let root = crate::attach::root_dir::RootDir::open(mnt)?;
-                if opts.auto_commit.is_some() {
+                if let Some(a) = &opts.auto_commit {
                     auto_commit::check(&root)?;
+                    auto_commit::check_room(&root, a.helper.len() as u64)?;
                 }
                 if opts.carry_network {
                     network::check(&opts.source_root, &root)?;

@@ -103,12 +103,68 @@ impl Mount {
         }
     }
 
+    /// Unmount now. A process that is just leaving the filesystem (a
+    /// child another test forked, before its exec closed what it
+    /// inherited) may hold it for a moment: a busy mount is retried for
+    /// 10 s, as liverestore's own unmount does, then the processes that
+    /// hold it are named.
     pub fn unmount(&mut self) {
-        if self.mounted {
-            sh("umount", &[self.path.to_str().unwrap()]);
-            self.mounted = false;
+        if !self.mounted {
+            return;
+        }
+        use rustix::io::Errno;
+        for _ in 0..100 {
+            match rustix::mount::unmount(&self.path, rustix::mount::UnmountFlags::empty()) {
+                Ok(()) => {
+                    self.mounted = false;
+                    return;
+                }
+                Err(e) if e == Errno::BUSY => {
+                    std::thread::sleep(std::time::Duration::from_millis(100))
+                }
+                Err(e) => panic!("umount {}: {e}", self.path.display()),
+            }
+        }
+        panic!(
+            "umount {}: still busy after 10 s; held by: {}",
+            self.path.display(),
+            holders(&self.path).join("; ")
+        );
+    }
+}
+
+/// The processes with a file, a working directory, a root or a mapping
+/// under `path` (what `fuser -m` would name), as "pid (comm): what".
+pub fn holders(path: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let Ok(procs) = fs::read_dir("/proc") else {
+        return out;
+    };
+    for p in procs.flatten() {
+        let pid = p.file_name().to_string_lossy().into_owned();
+        if !pid.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let dir = p.path();
+        let comm = fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        let mut links = vec![dir.join("cwd"), dir.join("root")];
+        if let Ok(fds) = fs::read_dir(dir.join("fd")) {
+            links.extend(fds.flatten().map(|f| f.path()));
+        }
+        for l in links {
+            if let Ok(t) = fs::read_link(&l)
+                && t.starts_with(path)
+            {
+                out.push(format!("{pid} ({}): {} -> {}", comm.trim(), l.display(), t.display()));
+            }
+        }
+        let maps = fs::read_to_string(dir.join("maps")).unwrap_or_default();
+        let under = path.to_string_lossy();
+        if maps.contains(under.as_ref()) {
+            out.push(format!("{pid} ({}): a mapping", comm.trim()));
         }
     }
+    out
 }
 
 impl Drop for Mount {

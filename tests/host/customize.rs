@@ -508,10 +508,30 @@ fn auto_commit_goes_into_a_system_with_systemd() {
     }
     std::fs::write(tree.join("usr/lib/systemd/systemd"), "").unwrap();
     std::fs::write(tree.join("etc/hostname"), "kiosk\n").unwrap();
-    let img = t.path().join("kiosk.ext4");
-    mkfs_ext4_from(&tree, &img, 48);
     let cli = Cli::new(t.path());
     let dir = disk.mnt.to_str().unwrap();
+
+    // No room in the image for the static helper: refused before anything
+    // changes, so no customize is left half-done.
+    let small = t.path().join("small.ext4");
+    mkfs_ext4_from(&tree, &small, 16);
+    let small = small.to_str().unwrap();
+    cli.expect(0, &["stage", small, "--name", "small", "--dir", dir]);
+    let e = cli.expect_err(
+        13,
+        &["customize", "small", "--auto-commit", "--health", "true"],
+    );
+    assert!(
+        e.contains("MiB free: nothing was changed; grow the image's root filesystem"),
+        "{e}"
+    );
+    // (verify refuses an image marked as being customized)
+    cli.expect(0, &["verify", "small"]);
+    cli.expect(0, &["discard", "small"]);
+
+    // (a debug build's static helper is 40 MB)
+    let img = t.path().join("kiosk.ext4");
+    mkfs_ext4_from(&tree, &img, 96);
     cli.expect(
         0,
         &[
