@@ -209,8 +209,8 @@ impl RootDir {
     /// The bytes root's writes may still use on the root's filesystem
     /// (its reserved blocks included).
     pub fn free_bytes(&self) -> Result<u64> {
-        let st = rustix::fs::fstatvfs(&self.fd)
-            .map_err(|e| self.err("statvfs", Path::new("/"), e))?;
+        let st =
+            rustix::fs::fstatvfs(&self.fd).map_err(|e| self.err("statvfs", Path::new("/"), e))?;
         Ok(st.f_bfree.saturating_mul(st.f_frsize))
     }
 

@@ -43,6 +43,12 @@ pub struct SpaceArgs {
     /// exactly those bytes, with no device-mapper at boot.
     #[arg(long, requires = "unallocated")]
     pub contiguous: bool,
+    /// Put each image whole in a new logical volume `lr-NAME` of volume
+    /// group VG (its free extents on the target disk; LVM's `lvcreate`
+    /// makes it, tagged `liverestore`), with only the on-disk header in
+    /// the first --dir. `discard` removes the volume.
+    #[arg(long, value_name = "VG", conflicts_with_all = ["unallocated", "contiguous"])]
+    pub lvm_free: Option<String>,
 }
 
 impl SpaceArgs {
@@ -54,6 +60,7 @@ impl SpaceArgs {
             max_file_size: self.max_file_size,
             make_room: self.make_room.clone(),
             contiguous: self.contiguous,
+            lvm_free: self.lvm_free.clone(),
         }
     }
 }

@@ -106,6 +106,11 @@ impl Report for Plan {
                         Planned::Unallocated { disk, length } => {
                             format!("{} unallocated at {disk}", human_bytes(*length))
                         }
+                        Planned::Volume { source, size } => format!(
+                            "{} in a new logical volume (source {})",
+                            human_bytes(*size),
+                            source + 1
+                        ),
                     })
                     .collect();
                 show(
@@ -604,6 +609,14 @@ impl Report for InfoReport {
                     disk + length,
                     human_bytes(*length)
                 ),
+                Segment::Volume(v) => format!(
+                    "logical volume /dev/{}/{} ({}, {} piece{} on the disk)",
+                    v.vg,
+                    v.lv,
+                    human_bytes(v.length),
+                    v.pieces.len(),
+                    if v.pieces.len() == 1 { "" } else { "s" }
+                ),
             };
             println!("segment {:<4} {what}", i + 2);
         }
@@ -775,6 +788,9 @@ impl Report for DiscardReport {
                     .map(|c| format!(" ({c} removed)"))
                     .unwrap_or_default()
             );
+            for v in &d.volumes_removed {
+                println!("removed logical volume {v}");
+            }
         }
     }
 }

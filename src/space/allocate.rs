@@ -37,6 +37,17 @@ pub struct SpaceRequest {
     /// Each image whole in one unallocated range, the header alone in the
     /// first directory (`--contiguous`): what native activation needs.
     pub contiguous: bool,
+    /// Each image whole in a new logical volume of this volume group
+    /// (`--lvm-free VG`), the header alone in the first directory.
+    pub lvm_free: Option<String>,
+}
+
+impl SpaceRequest {
+    /// Whether each image goes whole into one piece after a header-only
+    /// file ([`assign_contiguous`]).
+    pub fn whole_images(&self) -> bool {
+        self.contiguous || self.lvm_free.is_some()
+    }
 }
 
 /// How much one source can give, as the planner sees it.
@@ -51,6 +62,9 @@ pub enum Capacity {
     },
     /// Free disk ranges `[start, end)`, in disk order.
     Unallocated { free: Vec<(u64, u64)> },
+    /// A volume group's `free` bytes, given as whole volumes of whole
+    /// `extent`s.
+    Volume { free: u64, extent: u64 },
 }
 
 /// A piece of space planned for one staging.
@@ -61,6 +75,9 @@ pub enum Planned {
     File { source: usize, size: u64 },
     /// Disk bytes `[disk, disk + length)`.
     Unallocated { disk: u64, length: u64 },
+    /// A new logical volume of `size` bytes in source `source` (a volume
+    /// group).
+    Volume { source: usize, size: u64 },
 }
 
 impl Planned {
@@ -68,6 +85,7 @@ impl Planned {
         match *self {
             Planned::File { size, .. } => size,
             Planned::Unallocated { length, .. } => length,
+            Planned::Volume { size, .. } => size,
         }
     }
 
@@ -149,6 +167,20 @@ pub fn assign(needs: &[(u64, u64)], sources: &[Capacity]) -> Result<Vec<Vec<Plan
                     }
                     remaining = remaining.saturating_sub(take);
                 }
+                // the rest of the image whole, in one new volume
+                Capacity::Volume { free, extent } => {
+                    let take = remaining.div_ceil(*extent) * *extent;
+                    if pieces.is_empty() || take > *free {
+                        src += 1;
+                        continue;
+                    }
+                    *free -= take;
+                    pieces.push(Planned::Volume {
+                        source: src,
+                        size: take,
+                    });
+                    remaining = 0;
+                }
             }
         }
         out.push(pieces);
@@ -159,11 +191,12 @@ pub fn assign(needs: &[(u64, u64)], sources: &[Capacity]) -> Result<Vec<Vec<Plan
 /// Where a contiguous image starts inside free space: partition alignment.
 pub const CONTIGUOUS_ALIGN: u64 = 1 << 20;
 
-/// Plan space for stagings whose images must each be contiguous on the
-/// disk, outside every partition (so that a partition entry can cover
-/// exactly one): the `header` bytes of each in a file of the first
-/// directory with room, the rest (`need - header`) in the first
-/// unallocated range that holds it whole, starting on a 1 MiB boundary.
+/// Plan space for stagings whose images must each be whole in one piece:
+/// the `header` bytes of each in a file of the first directory with room,
+/// the rest (`need - header`) either in the first unallocated range that
+/// holds it whole, starting on a 1 MiB boundary (contiguous on the disk,
+/// outside every partition, so that a partition entry can cover exactly
+/// one), or in a new logical volume of whole extents.
 pub fn assign_contiguous(needs: &[(u64, u64)], sources: &[Capacity]) -> Result<Vec<Vec<Planned>>> {
     let mut left: Vec<Capacity> = sources.to_vec();
     let mut out = Vec::with_capacity(needs.len());
@@ -183,7 +216,7 @@ pub fn assign_contiguous(needs: &[(u64, u64)], sources: &[Capacity]) -> Result<V
                         Planned::File { source: src, size }
                     })
                 }
-                Capacity::Unallocated { .. } => None,
+                Capacity::Unallocated { .. } | Capacity::Volume { .. } => None,
             });
         let file = file.ok_or_else(|| {
             Error::new(
@@ -196,29 +229,48 @@ pub fn assign_contiguous(needs: &[(u64, u64)], sources: &[Capacity]) -> Result<V
         })?;
         let image = (need - header).div_ceil(UNALLOCATED_GRAIN) * UNALLOCATED_GRAIN;
         let mut largest = 0;
-        let range = left.iter_mut().find_map(|cap| match cap {
-            Capacity::Unallocated { free } => free.iter_mut().find_map(|r| {
-                let start = r.0.div_ceil(CONTIGUOUS_ALIGN) * CONTIGUOUS_ALIGN;
-                let room = r.1.saturating_sub(start);
-                largest = largest.max(room);
-                (room >= image).then(|| {
-                    let piece = Planned::Unallocated {
-                        disk: start,
-                        length: image,
-                    };
-                    r.0 = start + image;
-                    piece
-                })
-            }),
-            Capacity::Dir { .. } => None,
-        });
+        let range = left
+            .iter_mut()
+            .enumerate()
+            .find_map(|(src, cap)| match cap {
+                Capacity::Unallocated { free } => free.iter_mut().find_map(|r| {
+                    let start = r.0.div_ceil(CONTIGUOUS_ALIGN) * CONTIGUOUS_ALIGN;
+                    let room = r.1.saturating_sub(start);
+                    largest = largest.max(room);
+                    (room >= image).then(|| {
+                        let piece = Planned::Unallocated {
+                            disk: start,
+                            length: image,
+                        };
+                        r.0 = start + image;
+                        piece
+                    })
+                }),
+                Capacity::Volume { free, extent } => {
+                    let size = image.div_ceil(*extent) * *extent;
+                    largest = largest.max(*free);
+                    (size <= *free).then(|| {
+                        *free -= size;
+                        Planned::Volume { source: src, size }
+                    })
+                }
+                Capacity::Dir { .. } => None,
+            });
+        let volumes = sources.iter().any(|c| matches!(c, Capacity::Volume { .. }));
         let range = range.ok_or_else(|| {
             Error::new(
                 ErrorKind::NoSpace,
-                format!(
-                    "staging {}: --contiguous needs {image} unallocated bytes in one range (with --unallocated); the largest free range holds {largest}",
-                    i + 1
-                ),
+                if volumes {
+                    format!(
+                        "staging {}: --lvm-free needs {image} bytes (whole extents) free in the volume group on this disk; it has {largest}",
+                        i + 1
+                    )
+                } else {
+                    format!(
+                        "staging {}: --contiguous needs {image} unallocated bytes in one range (with --unallocated); the largest free range holds {largest}",
+                        i + 1
+                    )
+                },
             )
         })?;
         out.push(vec![file, range]);
@@ -235,6 +287,10 @@ pub enum Source {
     },
     Unallocated {
         free: Vec<(u64, u64)>,
+    },
+    /// A volume group's free extents on the disk (`--lvm-free`).
+    Volume {
+        group: crate::space::lvm::GroupSpace,
     },
 }
 
@@ -297,7 +353,7 @@ pub fn discover(req: &SpaceRequest, others: &[StagingRecord]) -> Result<Vec<Sour
             .iter()
             .flat_map(|s| match s {
                 Source::Dir { target, .. } => target.disk_ranges(),
-                Source::Unallocated { .. } => Vec::new(),
+                Source::Unallocated { .. } | Source::Volume { .. } => Vec::new(),
             })
             .collect();
         // The other stagings on this disk, known by its identity: a
@@ -324,6 +380,14 @@ pub fn discover(req: &SpaceRequest, others: &[StagingRecord]) -> Result<Vec<Sour
         }
         sources.push(Source::Unallocated { free });
     }
+    if let Some(vg) = &req.lvm_free {
+        let group = crate::space::lvm::group_space(
+            vg,
+            &first.disk_path.display().to_string(),
+            (first.block.disk_major, first.block.disk_minor),
+        )?;
+        sources.push(Source::Volume { group });
+    }
     Ok(sources)
 }
 
@@ -337,6 +401,10 @@ impl Source {
                 budget: target.free_bytes.saturating_sub(keep_free),
             },
             Source::Unallocated { free } => Capacity::Unallocated { free: free.clone() },
+            Source::Volume { group } => Capacity::Volume {
+                free: group.free,
+                extent: group.extent_size,
+            },
         }
     }
 
@@ -345,6 +413,7 @@ impl Source {
         match self.capacity(keep_free) {
             Capacity::Dir { budget, .. } => budget,
             Capacity::Unallocated { free } => free.iter().map(|(a, b)| b - a).sum(),
+            Capacity::Volume { free, .. } => free,
         }
     }
 }
@@ -492,6 +561,47 @@ mod tests {
         );
         let e = assign_contiguous(&[(3 * mib, mib)], &[dir(mib / 2, u64::MAX)]).unwrap_err();
         assert!(e.to_string().contains("header"), "{e}");
+    }
+
+    #[test]
+    fn each_image_whole_in_a_new_volume() {
+        let vg = Capacity::Volume {
+            free: 100 * MIB,
+            extent: 4 * MIB,
+        };
+        let p = assign_contiguous(
+            &[(31 * MIB, MIB), (51 * MIB, MIB)],
+            &[dir(100 * MIB, u64::MAX), vg.clone()],
+        )
+        .unwrap();
+        assert_eq!(
+            p[0][1],
+            Planned::Volume {
+                source: 1,
+                size: 32 * MIB
+            }
+        );
+        assert_eq!(
+            p[1][1],
+            Planned::Volume {
+                source: 1,
+                size: 52 * MIB
+            }
+        );
+        let e = assign_contiguous(&[(103 * MIB, MIB)], &[dir(100 * MIB, u64::MAX), vg.clone()])
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::NoSpace);
+        assert!(e.message().contains("--lvm-free needs"), "{}", e.message());
+        assert!(e.message().contains("it has 104857600"), "{}", e.message());
+        // the planner of pieces puts the rest whole in one volume too
+        let p = assign(&[(31 * MIB, MIB)], &[dir(2 * MIB, u64::MAX), vg]).unwrap();
+        assert_eq!(
+            p[0][1],
+            Planned::Volume {
+                source: 1,
+                size: 32 * MIB
+            }
+        );
     }
 
     #[test]

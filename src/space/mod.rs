@@ -1,6 +1,7 @@
 //! Where a staging's bytes may go: the host filesystems a directory lives
 //! on ([`hostfs`]) and the stable identity of their disk ([`identity`]),
-//! the disk's unallocated space ([`unallocated`]), the planner that takes
+//! the disk's unallocated space ([`unallocated`]), a volume group's free
+//! extents as new logical volumes ([`lvm`]), the planner that takes
 //! space from them in order ([`allocate`]), the files `--make-room` may
 //! delete ([`make_room`]), and the container file itself: created,
 //! preallocated, pinned and mapped ([`container`]).
@@ -13,5 +14,6 @@ pub(crate) mod allocate;
 pub(crate) mod container;
 pub mod hostfs;
 pub(crate) mod identity;
+pub(crate) mod lvm;
 pub(crate) mod make_room;
 pub(crate) mod unallocated;

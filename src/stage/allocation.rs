@@ -3,6 +3,7 @@
 //! the joined map checked against every other staging.
 
 use super::*;
+use crate::error::IoContext;
 
 /// The record's description of the planned space of staging `name`: its
 /// first container file (which holds the `header_len`-byte header), the
@@ -39,11 +40,25 @@ pub(super) fn record_space(
                 }
             }
             Planned::Unallocated { disk, length } => Segment::Unallocated { disk, length },
+            Planned::Volume { source, size } => {
+                let Source::Volume { group } = &sources[source] else {
+                    unreachable!("volumes are planned in volume groups")
+                };
+                Segment::Volume(Box::new(crate::store::record::VolumeSegment {
+                    vg: group.vg.clone(),
+                    lv: crate::space::lvm::volume_name(name),
+                    length: size,
+                    dm_uuid: String::new(),
+                    pieces: Vec::new(),
+                }))
+            }
         })
         .collect();
     match out.remove(0) {
         Segment::File { container, host } => (container, *host, out),
-        Segment::Unallocated { .. } => unreachable!("space::assign starts every staging in a file"),
+        Segment::Unallocated { .. } | Segment::Volume(_) => {
+            unreachable!("space::assign starts every staging in a file")
+        }
     }
 }
 
@@ -71,9 +86,64 @@ pub(super) fn allocate_file(
     file.map(&host.layout()?, container.block_size)
 }
 
-/// Steps 2 and 3: create, preallocate, pin and map every container file,
-/// join their maps with the unallocated segments', and check the result
-/// against every other staging.
+/// Create the logical volume `v` in the physical volumes of its group on
+/// the staging's disk (LVM's tools), then read where the kernel put it;
+/// returns its map.
+pub(super) fn allocate_volume(
+    v: &mut crate::store::record::VolumeSegment,
+    disk_path: &str,
+    progress: &dyn Progress,
+) -> Result<crate::map::extent_map::ExtentMap> {
+    use crate::space::lvm;
+    use std::os::unix::fs::MetadataExt;
+    let rdev = std::fs::metadata(disk_path)
+        .op(|| "stat the disk".into())
+        .map_err(|e| e.with_path(disk_path))?
+        .rdev();
+    let disk = (rustix::fs::major(rdev), rustix::fs::minor(rdev));
+    progress.note(&format!(
+        "creating logical volume {}/{} of {} bytes",
+        v.vg, v.lv, v.length
+    ));
+    let group = lvm::group_space(&v.vg, disk_path, disk)?;
+    lvm::create(&group, &v.lv, v.length)?;
+    let on_disk = lvm::locate(&v.vg, &v.lv)?.ok_or_else(|| {
+        Error::new(
+            ErrorKind::Io,
+            format!("the new logical volume {}/{} is not active", v.vg, v.lv),
+        )
+    })?;
+    if (on_disk.disk_major, on_disk.disk_minor) != disk {
+        return Err(Error::new(
+            ErrorKind::UnsupportedDevice,
+            format!(
+                "the new logical volume {}/{} is not on {disk_path}",
+                v.vg, v.lv
+            ),
+        ));
+    }
+    v.dm_uuid = on_disk.dm_uuid;
+    v.pieces = on_disk.pieces;
+    volume_map(v)
+}
+
+/// The map of volume segment `v` as recorded: its pieces, in order.
+pub(super) fn volume_map(
+    v: &crate::store::record::VolumeSegment,
+) -> Result<crate::map::extent_map::ExtentMap> {
+    let layout = crate::map::device_layout::DeviceLayout::from_pieces(v.pieces.clone())?;
+    let whole = crate::map::fiemap::FileExtent {
+        logical: 0,
+        physical: 0,
+        length: v.length,
+    };
+    crate::map::extent_map::ExtentMap::from_file_extents(&[whole], v.length, &layout)
+}
+
+/// Steps 2 and 3: create, preallocate, pin and map every container file
+/// (and create every logical volume), join their maps with the
+/// unallocated segments', and check the result against every other
+/// staging.
 pub(super) fn allocate(
     state: &StateLock<'_>,
     rec: &mut StagingRecord,
@@ -94,6 +164,7 @@ pub(super) fn allocate(
             Segment::Unallocated { disk, length } => {
                 crate::map::extent_map::ExtentMap::contiguous(*disk, *length)?
             }
+            Segment::Volume(v) => allocate_volume(v, &rec.disk.path, progress)?,
         });
     }
     let map = crate::map::extent_map::ExtentMap::concat(&parts)?;

@@ -193,7 +193,7 @@ pub fn stage(
         .iter()
         .map(|s| match s {
             Source::Dir { target, .. } => identity::describe(target).map(|(h, _)| Some(h)),
-            Source::Unallocated { .. } => Ok(None),
+            Source::Unallocated { .. } | Source::Volume { .. } => Ok(None),
         })
         .collect::<Result<Vec<_>>>()?;
     let created_unix = std::time::SystemTime::now()
@@ -277,6 +277,7 @@ pub fn stage(
                 rec.container_files()
                     .iter()
                     .try_for_each(|(c, _)| container::remove(Path::new(&c.path)))
+                    .and_then(|()| staged::remove_volumes(rec).map(drop))
                     .and_then(|()| state.remove(&rec.name))
             } else {
                 Ok(())

@@ -134,9 +134,10 @@ impl UnknownStaging {
 /// A source of space.
 #[derive(Debug, Clone, Serialize)]
 pub struct PlannedSource {
-    /// `dir` or `unallocated`.
+    /// `dir`, `unallocated` or `lvm_free`.
     pub kind: &'static str,
-    /// The directory, or the disk.
+    /// The directory, the disk, or the volume group (with its physical
+    /// volumes on the disk).
     pub location: String,
     pub fs_type: Option<String>,
     /// The largest file the filesystem allows (probed).
@@ -247,7 +248,7 @@ pub fn assess(
     };
     let target = sources.iter().find_map(|s| match s {
         Source::Dir { target, .. } => Some((**target).clone()),
-        Source::Unallocated { .. } => None,
+        Source::Unallocated { .. } | Source::Volume { .. } => None,
     });
     let mut layouts = Vec::new();
     let mut planned = Vec::new();
@@ -327,14 +328,31 @@ pub fn assess(
                 Some(Ok(p)) => Some(p),
                 None => None,
             };
-            let assigned = if space.contiguous {
+            if let Some(Source::Volume { group }) =
+                sources.iter().find(|s| matches!(s, Source::Volume { .. }))
+            {
+                for n in pieces.iter().filter_map(|p| p.name.as_deref()) {
+                    let lv = crate::space::lvm::volume_name(n);
+                    match crate::space::lvm::volume_names(&group.vg) {
+                        Ok(names) if names.contains(&lv) => errors.push(Error::new(
+                            ErrorKind::NameInUse,
+                            format!("a logical volume {}/{lv} already exists", group.vg),
+                        )),
+                        Ok(_) => {}
+                        Err(e) => errors.push(e),
+                    }
+                }
+            }
+            let assigned = if space.whole_images() {
                 allocate::assign_contiguous(&needs, &caps)
             } else {
                 allocate::assign(&needs, &caps)
             };
             match (assigned, &patterns) {
                 (Ok(p), _) => planned = p,
-                (Err(e), Some(patterns)) if e.kind() == ErrorKind::NoSpace && !space.contiguous => {
+                (Err(e), Some(patterns))
+                    if e.kind() == ErrorKind::NoSpace && !space.whole_images() =>
+                {
                     match make_room(state, patterns, &sources, &needs, &caps) {
                         Ok((d, p)) => {
                             deletions = d;
@@ -393,6 +411,13 @@ pub fn assess(
                     max_file_size: None,
                     available: s.available(space.keep_free),
                 },
+                Source::Volume { group } => PlannedSource {
+                    kind: "lvm_free",
+                    location: format!("{} ({})", group.vg, group.pvs.join(", ")),
+                    fs_type: None,
+                    max_file_size: None,
+                    available: s.available(space.keep_free),
+                },
             })
             .collect(),
         stagings: pieces
@@ -414,7 +439,15 @@ pub fn assess(
         cautions: target
             .as_ref()
             .map(|t| crate::space::hostfs::cautions(t.fs, t.block.is_device_mapper()))
-            .unwrap_or_default(),
+            .unwrap_or_default()
+            .into_iter()
+            .chain(
+                sources
+                    .iter()
+                    .any(|s| matches!(s, Source::Volume { .. }))
+                    .then(|| crate::space::lvm::CAUTION.to_string()),
+            )
+            .collect(),
         refusals: errors
             .iter()
             .map(|e| Refusal {
@@ -449,7 +482,7 @@ fn make_room(
         .enumerate()
         .filter_map(|(i, s)| match s {
             Source::Dir { target, .. } => std::fs::metadata(&target.dir).ok().map(|m| (i, m.dev())),
-            Source::Unallocated { .. } => None,
+            Source::Unallocated { .. } | Source::Volume { .. } => None,
         })
         .collect();
     let candidates =

@@ -35,11 +35,12 @@ fn changed(rec: &StagingRecord, what: String) -> Error {
     .with_path(&rec.container.path)
 }
 
-/// Re-derive the map of every container file and unallocated segment and
-/// compare it with the record: each file the same (inode and generation,
-/// except on vfat), still pinned, same size, same partition and filesystem;
-/// each unallocated range still outside every partition; the joined map
-/// equal to the recorded one. Anything else is [`ErrorKind::MapChanged`].
+/// Re-derive the map of every container file, unallocated segment and
+/// logical volume and compare it with the record: each file the same
+/// (inode and generation, except on vfat), still pinned, same size, same
+/// partition and filesystem; each unallocated range still outside every
+/// partition; each volume the same, where it was; the joined map equal to
+/// the recorded one. Anything else is [`ErrorKind::MapChanged`].
 pub fn revalidate(rec: &StagingRecord) -> Result<Revalidated> {
     let recorded = rec.map.as_ref().ok_or_else(|| {
         Error::new(
@@ -55,6 +56,7 @@ pub fn revalidate(rec: &StagingRecord) -> Result<Revalidated> {
         parts.push(match segment {
             Segment::File { container, host } => revalidate_file(rec, container, host)?.1,
             Segment::Unallocated { disk, length } => ExtentMap::contiguous(*disk, *length)?,
+            Segment::Volume(v) => revalidate_volume(rec, &target, v)?,
         });
     }
     let map = ExtentMap::concat(&parts).map_err(|e| changed(rec, e.message().to_string()))?;
@@ -62,6 +64,55 @@ pub fn revalidate(rec: &StagingRecord) -> Result<Revalidated> {
         return Err(changed(rec, diff));
     }
     Ok(Revalidated { target, map })
+}
+
+/// The map of the logical volume `v` as the kernel has it now, which must
+/// be the same volume (its device-mapper UUID), on the same disk, with
+/// its bytes where they were (a `pvmove` moves them).
+fn revalidate_volume(
+    rec: &StagingRecord,
+    target: &HostTarget,
+    v: &crate::store::record::VolumeSegment,
+) -> Result<ExtentMap> {
+    let name = format!("{}/{}", v.vg, v.lv);
+    let now = crate::space::lvm::locate(&v.vg, &v.lv)?.ok_or_else(|| {
+        changed(
+            rec,
+            format!(
+                "the logical volume {name} is not active (removed, or its group not activated)"
+            ),
+        )
+    })?;
+    if now.dm_uuid != v.dm_uuid {
+        return Err(changed(
+            rec,
+            format!("the logical volume {name} is another volume now (its UUID changed)"),
+        ));
+    }
+    if (now.disk_major, now.disk_minor) != (target.block.disk_major, target.block.disk_minor) {
+        return Err(changed(
+            rec,
+            format!("the logical volume {name} is on another disk now"),
+        ));
+    }
+    if now.pieces != v.pieces {
+        let moved = v
+            .pieces
+            .iter()
+            .find(|p| !now.pieces.contains(p))
+            .map(|p| {
+                format!(
+                    ": its bytes {}+{} are no longer at disk byte {}",
+                    p.start, p.length, p.disk
+                )
+            })
+            .unwrap_or_default();
+        return Err(changed(
+            rec,
+            format!("the logical volume {name} moved (pvmove?){moved}"),
+        ));
+    }
+    super::allocation::volume_map(v)
 }
 
 /// Write the header with the record as it is now, through `writer`.
@@ -366,6 +417,20 @@ pub fn discard_named(state: &StateLock<'_>, name: &str, force: bool) -> Result<V
     names.iter().map(|n| discard(state, n, force)).collect()
 }
 
+/// Remove the logical volumes liverestore created for `rec` (those still
+/// there, with its tag and, once known, their recorded UUID); the ones
+/// removed, as `VG/LV`.
+pub(crate) fn remove_volumes(rec: &StagingRecord) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for v in rec.volumes() {
+        let uuid = (!v.dm_uuid.is_empty()).then_some(v.dm_uuid.as_str());
+        if crate::space::lvm::remove(&v.vg, &v.lv, uuid)? {
+            out.push(format!("{}/{}", v.vg, v.lv));
+        }
+    }
+    Ok(out)
+}
+
 /// What `discard` did.
 #[derive(Debug, Clone, Serialize)]
 pub struct Discarded {
@@ -374,6 +439,9 @@ pub struct Discarded {
     /// The further container files of a split container or segment set.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub other_containers: Vec<String>,
+    /// The logical volumes removed (`--lvm-free`), as `VG/LV`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub volumes_removed: Vec<String>,
     pub header_wiped: bool,
     pub container_removed: bool,
 }
@@ -397,6 +465,7 @@ pub fn discard(state: &StateLock<'_>, name: &str, force: bool) -> Result<Discard
                 name: name.to_string(),
                 container: paths.next(),
                 other_containers: paths.collect(),
+                volumes_removed: Vec::new(),
                 header_wiped: false,
                 container_removed: true,
             });
@@ -455,12 +524,16 @@ pub fn discard(state: &StateLock<'_>, name: &str, force: bool) -> Result<Discard
             Err(e) => return Err(e),
         }
     }
+    // (a volume whose map changed is still removed when it is the one we
+    // made: tagged, its UUID the recorded one)
+    let volumes_removed = remove_volumes(&rec)?;
     state.remove(name)?;
     let mut paths = files.into_iter().map(|(p, _)| p.display().to_string());
     Ok(Discarded {
         name: name.to_string(),
         container: paths.next(),
         other_containers: paths.collect(),
+        volumes_removed,
         header_wiped,
         container_removed,
     })

@@ -238,6 +238,36 @@ pub enum Segment {
     },
     /// Disk bytes `[disk, disk + length)` outside every partition.
     Unallocated { disk: u64, length: u64 },
+    /// A logical volume liverestore created for the image
+    /// (`--lvm-free`): `lv` in group `vg`, `length` bytes.
+    Volume(Box<VolumeSegment>),
+}
+
+/// A logical volume that holds (the rest of) a staged image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeSegment {
+    pub vg: String,
+    pub lv: String,
+    pub length: u64,
+    /// Device-mapper's UUID of the volume, once created (empty before).
+    #[serde(default)]
+    pub dm_uuid: String,
+    /// Its bytes on the disk, in volume order, once created: the kernel's
+    /// tables composed down the stack (re-read before every use).
+    #[serde(default)]
+    pub pieces: Vec<LayoutPiece>,
+}
+
+impl VolumeSegment {
+    /// Its bytes on the disk as recorded (a corrupt record: none, so that
+    /// every write is refused).
+    pub fn disk_ranges(&self) -> Vec<(u64, u64)> {
+        DeviceLayout::from_pieces(self.pieces.clone())
+            .ok()
+            .filter(|l| l.size() == self.length)
+            .map(|l| l.disk_ranges())
+            .unwrap_or_default()
+    }
 }
 
 /// The container file on the host filesystem.
@@ -402,7 +432,7 @@ impl StagingRecord {
         let mut out = vec![(&self.container, &self.host)];
         out.extend(self.segments.iter().filter_map(|s| match s {
             Segment::File { container, host } => Some((container, &**host)),
-            Segment::Unallocated { .. } => None,
+            Segment::Unallocated { .. } | Segment::Volume(_) => None,
         }));
         out
     }
@@ -413,19 +443,31 @@ impl StagingRecord {
             .iter()
             .filter_map(|s| match s {
                 Segment::Unallocated { disk, length } => Some((*disk, disk + length)),
-                Segment::File { .. } => None,
+                Segment::File { .. } | Segment::Volume(_) => None,
             })
             .collect()
     }
 
-    /// Disk bytes the map may reach: each container's partition and each
-    /// unallocated segment, as `[start, end)`.
+    /// The logical volumes liverestore created for this staging.
+    pub fn volumes(&self) -> Vec<&VolumeSegment> {
+        self.segments
+            .iter()
+            .filter_map(|s| match s {
+                Segment::Volume(v) => Some(&**v),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Disk bytes the map may reach: each container's partition, each
+    /// unallocated segment and each volume's pieces, as `[start, end)`.
     pub fn disk_bounds(&self) -> Vec<(u64, u64)> {
         let mut out = self.host.disk_ranges();
         for s in &self.segments {
             match s {
                 Segment::File { host, .. } => out.extend(host.disk_ranges()),
                 Segment::Unallocated { disk, length } => out.push((*disk, disk + length)),
+                Segment::Volume(v) => out.extend(v.disk_ranges()),
             }
         }
         out
@@ -712,6 +754,27 @@ pub(crate) mod tests {
         lv.volume_pieces[1].start += 1;
         assert!(lv.disk_ranges().is_empty());
         assert_eq!(set.container_files().len(), 2);
+        // a volume --lvm-free made: its pieces are its bounds, once they
+        // cover it exactly
+        let mut vol = VolumeSegment {
+            vg: "vg".into(),
+            lv: "lr-x".into(),
+            length: 14 << 20,
+            dm_uuid: "LVM-abc".into(),
+            pieces: vec![
+                piece(0, 10 << 20, 50 << 20),
+                piece(10 << 20, 4 << 20, 70 << 20),
+            ],
+        };
+        set.segments.push(Segment::Volume(Box::new(vol.clone())));
+        let text = String::from_utf8(encode_state_file(&set)).unwrap();
+        assert!(text.contains(r#""kind":"volume","vg":"vg""#), "{text}");
+        assert_eq!(decode_state_file(text.as_bytes()).unwrap(), set);
+        assert_eq!(set.disk_bounds().len(), 5);
+        assert_eq!(set.volumes().len(), 1);
+        assert_eq!(set.container_files().len(), 2);
+        vol.length += 1;
+        assert!(vol.disk_ranges().is_empty(), "pieces that do not cover it");
     }
 
     #[test]

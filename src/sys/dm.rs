@@ -61,6 +61,8 @@ impl Target {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceInfo {
     pub name: String,
+    /// Its UUID (LVM's: `LVM-` with the group's and the volume's).
+    pub uuid: String,
     pub major: u32,
     pub minor: u32,
     pub open_count: i32,
@@ -190,6 +192,7 @@ pub fn decode(b: &[u8]) -> Result<DeviceInfo> {
     }
     Ok(DeviceInfo {
         name: get_cstr(&b[48..48 + NAME_LEN]),
+        uuid: get_cstr(&b[176..176 + UUID_LEN]),
         major,
         minor,
         open_count: get_u32(b, 24) as i32,

@@ -155,7 +155,12 @@ pub fn holders(path: &Path) -> Vec<String> {
             if let Ok(t) = fs::read_link(&l)
                 && t.starts_with(path)
             {
-                out.push(format!("{pid} ({}): {} -> {}", comm.trim(), l.display(), t.display()));
+                out.push(format!(
+                    "{pid} ({}): {} -> {}",
+                    comm.trim(),
+                    l.display(),
+                    t.display()
+                ));
             }
         }
         let maps = fs::read_to_string(dir.join("maps")).unwrap_or_default();

@@ -468,12 +468,17 @@ pub fn activate(
     // logical volume
     let mut said = Vec::new();
     for m in &members {
-        if let Ok(kind) = crate::space::hostfs::classify_fs(&m.host.fs_type) {
-            for c in crate::space::hostfs::cautions(kind, m.host.on_device_mapper()) {
-                if !said.contains(&c) {
-                    progress.note(&c);
-                    said.push(c);
-                }
+        let mut cautions = match crate::space::hostfs::classify_fs(&m.host.fs_type) {
+            Ok(kind) => crate::space::hostfs::cautions(kind, m.host.on_device_mapper()),
+            Err(_) => Vec::new(),
+        };
+        if !m.volumes().is_empty() {
+            cautions.push(crate::space::lvm::CAUTION.to_string());
+        }
+        for c in cautions {
+            if !said.contains(&c) {
+                progress.note(&c);
+                said.push(c);
             }
         }
     }
