@@ -24,6 +24,8 @@
 //! - [`boot`]: **where boot entries change** (activate, commit, rollback),
 //!   the early-boot step and the boot formats.
 //! - [`cli`]: the command line, one function and one report per command.
+//! - [`ddi`]: pull-mode management, a client of hawkBit's DDI API
+//!   (hawkBit, goosebit): deployments staged, activated, reported.
 //! - [`trust`]: image signatures (OpenPGP, minisign), trusted keys and the
 //!   machine's policy (`policy.toml`).
 //! - [`sys`]: kernel interfaces and the only `unsafe` code.
@@ -36,6 +38,7 @@ pub mod attach;
 pub mod boot;
 pub mod cli;
 pub mod customize;
+pub mod ddi;
 pub mod error;
 pub mod export;
 pub mod failpoint;

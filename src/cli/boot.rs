@@ -79,18 +79,8 @@ pub struct ActivateArgs {
     /// A staged image, or the name a whole-disk image was staged under
     /// (any of its NAME-pN works too).
     pub(crate) name: String,
-    /// Which boot loader to arm.
-    #[arg(long, value_enum, default_value_t = LoaderChoice::Auto)]
-    loader: LoaderChoice,
-    /// How the restored system finds its root.
-    #[arg(long, value_enum, default_value_t = BootChoice::Auto)]
-    boot: BootChoice,
-    /// The mounted EFI system partition (UEFI).
-    #[arg(long, value_name = "DIR", default_value = "/boot/efi")]
-    esp: PathBuf,
-    /// GRUB's directory, with grub.cfg and grubenv (GRUB).
-    #[arg(long, value_name = "DIR", default_value = "/boot/grub")]
-    grub_dir: PathBuf,
+    #[command(flatten)]
+    trial: TrialArgs,
     /// UEFI, a whole-disk image activated natively: boot it from its
     /// own ESP, starting PROGRAM there (default \EFI\BOOT\BOOTX64.EFI,
     /// the removable-media path) as its own disk would; nothing is
@@ -102,29 +92,11 @@ pub struct ActivateArgs {
         default_missing_value = "\\EFI\\BOOT\\BOOTX64.EFI"
     )]
     image_esp: Option<String>,
-    /// Extra kernel arguments for the restored system.
-    #[arg(long, value_name = "ARGS")]
-    append: Option<String>,
-    /// The static liverestore for the early-boot step (default: this
-    /// program, if it is statically linked).
-    #[arg(long, value_name = "FILE")]
-    helper: Option<PathBuf>,
     /// Reboot into the trial once it is armed (the report is printed
     /// first): through systemd (`systemctl reboot`) when it runs, else at
     /// once (sync, then reboot(2), as `reboot -f`).
     #[arg(long)]
     reboot: bool,
-    /// The trial's deadline: unless the restored system runs
-    /// `liverestore commit` within DURATION of its early boot, the
-    /// watchdog (the kernel's softdog, taken from the image) resets the
-    /// machine, which then starts the old system again — a trial that
-    /// hangs (emergency shell, a device it waits for) comes back by
-    /// itself. Seconds, or with s, min, h (90s, 30min, 1h), at least 60 s
-    /// (shorter would reset every restored system before it is up);
-    /// `none` for no deadline. A boot through the image's own ESP (--image-esp)
-    /// has none.
-    #[arg(long, value_name = "DURATION", default_value = "30min", value_parser = parse_deadline)]
-    trial_deadline: Deadline,
     /// Arm NAME as this system's standby (started by GRUB, or the
     /// firmware with --loader uefi, after failed boots), not as a trial;
     /// no trial deadline.
@@ -140,6 +112,58 @@ pub struct ActivateArgs {
             .range(1..=i64::from(crate::boot::grub_format::MAX_STANDBY_TRIES))
     )]
     failed_boots: u32,
+}
+
+/// How a trial is armed: what `activate` and `ddi` share.
+#[derive(clap::Args, Debug, Clone)]
+pub struct TrialArgs {
+    /// Which boot loader to arm.
+    #[arg(long, value_enum, default_value_t = LoaderChoice::Auto)]
+    loader: LoaderChoice,
+    /// How the restored system finds its root.
+    #[arg(long, value_enum, default_value_t = BootChoice::Auto)]
+    boot: BootChoice,
+    /// The mounted EFI system partition (UEFI).
+    #[arg(long, value_name = "DIR", default_value = "/boot/efi")]
+    esp: PathBuf,
+    /// GRUB's directory, with grub.cfg and grubenv (GRUB).
+    #[arg(long, value_name = "DIR", default_value = "/boot/grub")]
+    grub_dir: PathBuf,
+    /// Extra kernel arguments for the restored system.
+    #[arg(long, value_name = "ARGS")]
+    append: Option<String>,
+    /// The static liverestore for the early-boot step (default: this
+    /// program, if it is statically linked).
+    #[arg(long, value_name = "FILE")]
+    helper: Option<PathBuf>,
+    /// The trial's deadline: unless the restored system runs
+    /// `liverestore commit` within DURATION of its early boot, the
+    /// watchdog (the kernel's softdog, taken from the image) resets the
+    /// machine, which then starts the old system again — a trial that
+    /// hangs (emergency shell, a device it waits for) comes back by
+    /// itself. Seconds, or with s, min, h (90s, 30min, 1h), at least 60 s
+    /// (shorter would reset every restored system before it is up);
+    /// `none` for no deadline. A boot through the image's own ESP (--image-esp)
+    /// has none.
+    #[arg(long, value_name = "DURATION", default_value = "30min", value_parser = parse_deadline)]
+    trial_deadline: Deadline,
+}
+
+impl TrialArgs {
+    /// The activation options these arguments ask for (a trial).
+    pub fn options(&self) -> ActivateOptions<'_> {
+        ActivateOptions {
+            loader: self.loader,
+            boot: self.boot,
+            esp: &self.esp,
+            grub_dir: &self.grub_dir,
+            image_esp: None,
+            append: self.append.as_deref(),
+            helper: self.helper.as_deref(),
+            trial_deadline: self.trial_deadline.0,
+            standby: None,
+        }
+    }
 }
 
 /// `--trial-deadline`: a duration, or none.
@@ -206,15 +230,9 @@ pub struct ActivateReport {
 impl ActivateArgs {
     pub fn run(self, cx: &Context) -> Result<ActivateReport> {
         let opts = ActivateOptions {
-            loader: self.loader,
-            boot: self.boot,
-            esp: &self.esp,
-            grub_dir: &self.grub_dir,
             image_esp: self.image_esp.as_deref(),
-            append: self.append.as_deref(),
-            helper: self.helper.as_deref(),
-            trial_deadline: self.trial_deadline.0,
             standby: self.standby.then_some(self.failed_boots),
+            ..self.trial.options()
         };
         let activation = activate::activate(
             &cx.lock_after_ended_trial()?,
@@ -475,12 +493,18 @@ pub struct CommitArgs {}
 #[derive(Debug, Serialize)]
 pub struct CommitReport {
     pub committed: Committed,
+    /// A system from a DDI deployment (`liverestore ddi`): whether its
+    /// update server was told (`closed`/`success`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deployment_reported: Option<bool>,
 }
 
 impl CommitArgs {
     pub fn run(self, cx: &Context) -> Result<CommitReport> {
+        let committed = activate::commit(&cx.lock()?)?;
         Ok(CommitReport {
-            committed: activate::commit(&cx.lock()?)?,
+            committed,
+            deployment_reported: crate::ddi::report_commit(cx.progress.as_ref()),
         })
     }
 }
@@ -529,12 +553,17 @@ pub struct AutoCommitArgs {}
 #[derive(Debug, Serialize)]
 pub struct AutoCommitReport {
     pub auto_committed: crate::boot::auto_commit::AutoCommitted,
+    /// As `commit`'s.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deployment_reported: Option<bool>,
 }
 
 impl AutoCommitArgs {
     pub fn run(self, cx: &Context) -> Result<AutoCommitReport> {
+        let auto_committed = crate::boot::auto_commit::run(&cx.state, cx.progress.as_ref())?;
         Ok(AutoCommitReport {
-            auto_committed: crate::boot::auto_commit::run(&cx.state, cx.progress.as_ref())?,
+            auto_committed,
+            deployment_reported: crate::ddi::report_commit(cx.progress.as_ref()),
         })
     }
 }

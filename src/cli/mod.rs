@@ -11,6 +11,7 @@
 pub mod args;
 pub mod attach;
 pub mod boot;
+pub mod ddi;
 pub mod docs;
 pub mod export;
 pub mod output;
@@ -119,6 +120,7 @@ pub enum Command {
     Export(export::ExportArgs),
     Snapshot(standby::SnapshotArgs),
     Activate(boot::ActivateArgs),
+    Ddi(ddi::DdiArgs),
     Status(boot::StatusArgs),
     Rollback(boot::RollbackArgs),
     Commit(boot::CommitArgs),
@@ -299,6 +301,7 @@ fn run_command(command: Command, name: &str, cx: &Context) -> u8 {
         Command::Snapshot(a) => finish(name, cx, a.run(cx)),
         Command::Activate(a) => finish(name, cx, a.run(cx)),
         Command::Status(a) => finish(name, cx, a.run(cx)),
+        Command::Ddi(a) => finish(name, cx, a.run(cx)),
         Command::Rollback(a) => finish(name, cx, a.run(cx)),
         Command::Commit(a) => finish(name, cx, a.run(cx)),
         Command::AutoCommit(a) => finish(name, cx, a.run(cx)),

@@ -1,6 +1,7 @@
 //! Image inputs: where the bytes come from ([`transport`]), how they are
 //! compressed ([`compression`]) and how they are laid out (raw, Android
-//! sparse, qcow2, VHD, VHDX, bmap), turned into one thing the stager
+//! sparse, qcow2, VHD, VHDX, bmap, the raw image of an SWUpdate `.swu`
+//! archive), turned into one thing the stager
 //! consumes: an [`Image`] that fills chunks of the *logical* image (the
 //! bytes that must end up on the disk), in increasing order, and says
 //! when a whole chunk is known to be zero without reading it.
@@ -24,6 +25,7 @@ pub mod qcow2;
 pub mod source_tap;
 pub mod sparse;
 pub mod split;
+pub mod swu;
 pub mod transport;
 pub mod vhd;
 pub mod vhdx;
@@ -68,6 +70,8 @@ pub enum Format {
     VhdDynamic,
     Vhdx,
     Bmap,
+    /// The raw image inside an SWUpdate archive ([`swu`]).
+    Swu,
 }
 
 impl Format {
@@ -80,6 +84,7 @@ impl Format {
             Format::VhdDynamic => "vhd-dynamic",
             Format::Vhdx => "vhdx",
             Format::Bmap => "bmap",
+            Format::Swu => "swu",
         }
     }
 }
@@ -230,6 +235,7 @@ impl Image {
                     .map_err(|e| read_failed("cannot read the image", e))?;
                 let plain = Compression::detect(&head) == Compression::None
                     && !sparse::is_sparse(&head)
+                    && !swu::looks_like_cpio(&head)
                     && !needs_random_access(&head)
                     && opts.bmap.is_none();
                 if plain {
@@ -408,6 +414,9 @@ fn open_random(
         })
         .map(|(r, s, f, _)| (r, s, f, compression));
     }
+    if swu::is_swu(&head) {
+        return open_stream(stream().map_err(open_stream_err)?, None, opts, None);
+    }
     if qcow2::is_qcow2(&head) {
         let path =
             path.ok_or_else(|| bad("a qcow2 image must be a local file: download it first"))?;
@@ -521,6 +530,21 @@ fn open_stream(
         return Err(bad(
             "this qcow2/VHD/VHDX image is compressed or piped: its tables need random access; decompress it to a file first (or serve it over HTTP with ranges)",
         ));
+    }
+    if swu::is_swu(&head) {
+        let archive: Box<dyn Read + Send> = Box::new(io::Cursor::new(head).chain(stream));
+        let (_, image, size, member) = swu::open_member(archive)?;
+        // a compressed member's size is the decompressor's to tell
+        let known = image.compressed.is_none().then_some(size);
+        let (reader, size, format, compression) = open_stream(Box::new(member), known, opts, None)?;
+        if format != Format::Raw {
+            return Err(bad(format!(
+                "'{}' in the .swu archive is {}, not a raw image",
+                image.filename,
+                format.name()
+            )));
+        }
+        return Ok((reader, size, Format::Swu, compression));
     }
     let rest: Box<dyn Read + Send> = Box::new(io::Cursor::new(head.clone()).chain(stream));
     if sparse::is_sparse(&head) {
@@ -806,6 +830,46 @@ mod tests {
             assert!(buf[..] == data[(i as usize) << 20..((i as usize) + 1) << 20]);
         }
         img.finish().unwrap();
+    }
+
+    #[test]
+    fn the_raw_image_of_a_swu_archive_plain_or_compressed() {
+        use sha2::Digest;
+        let t = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..(3u32 << 20)).map(|i| (i % 253) as u8).collect();
+        let zst = zstd::bulk::compress(&data, 1).unwrap();
+        for (member, compressed, kind) in [
+            (data.clone(), "", "swu"),
+            (zst, "compressed = \"zstd\";", "swu, zstd"),
+        ] {
+            let desc = format!(
+                "software = {{ version = \"1\"; images: ( {{ filename = \"root.img\"; type = \"raw\"; {compressed} sha256 = \"{}\"; }} ); }};",
+                hex::encode(sha2::Sha256::digest(&member))
+            );
+            let p = t.path().join("update.swu");
+            std::fs::write(
+                &p,
+                swu::build(&[(swu::DESCRIPTION, desc.as_bytes()), ("root.img", &member)]),
+            )
+            .unwrap();
+            let opts = OpenOptions {
+                size: (!compressed.is_empty()).then_some(data.len() as u64),
+                ..OpenOptions::default()
+            };
+            let mut img = Image::open(p.to_str().unwrap(), &opts).unwrap();
+            assert_eq!(img.size(), data.len() as u64);
+            assert_eq!(img.kind(), kind);
+            assert!(
+                img.random_source().is_none(),
+                "the archive is not the image"
+            );
+            let mut buf = vec![0u8; 1 << 20];
+            for i in 0..3u64 {
+                img.read_chunk(i << 20, &mut buf).unwrap();
+                assert!(buf[..] == data[(i as usize) << 20..((i as usize) + 1) << 20]);
+            }
+            img.finish().unwrap();
+        }
     }
 
     #[test]

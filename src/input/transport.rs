@@ -182,7 +182,16 @@ impl HttpObject {
         let len = header("content-length")
             .and_then(|v| v.parse::<u64>().ok())
             .ok_or_else(|| http_error(url, "the server does not say how long the image is"))?;
-        let ranges = header("accept-ranges").is_some_and(|v| v.contains("bytes"));
+        let mut ranges = header("accept-ranges").is_some_and(|v| v.contains("bytes"));
+        if !ranges && len > 0 {
+            // Many servers (goosebit's downloads among them) serve ranges
+            // without saying so in a HEAD answer: ask for one byte.
+            ranges = agent
+                .get(url)
+                .header("Range", "bytes=0-0")
+                .call()
+                .is_ok_and(|r| r.status().as_u16() == 206);
+        }
         Ok(HttpObject {
             agent,
             url: url.to_string(),

@@ -248,6 +248,7 @@ pub fn stage(
                 segments,
                 map: None,
                 activation: None,
+                deployment: None,
                 name,
             }
         })

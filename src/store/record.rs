@@ -396,6 +396,10 @@ pub struct StagingRecord {
     /// the restored system learns both.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub activation: Option<ActivationNote>,
+    /// The DDI deployment it came from (`liverestore ddi`); in the on-disk
+    /// header too, so the restored system can report its commit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployment: Option<DeploymentRef>,
 }
 
 /// What the on-disk header of an activated staging says about the
@@ -412,6 +416,19 @@ pub struct ActivationNote {
     /// GRUB: the disk offset of `grubenv`'s block.
     pub grub_env_offset: Option<u64>,
     pub old_system: OldSystem,
+}
+
+/// The DDI deployment a staging came from (`liverestore ddi`): where the
+/// restored system reports that it was committed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeploymentRef {
+    /// The device's resource on the server:
+    /// `{server}/{tenant}/controller/v1/{controller id}`.
+    pub resource: String,
+    /// The action id.
+    pub action: String,
+    /// The version of its software.
+    pub version: Option<String>,
 }
 
 /// The system that activated a staging, as it described itself.
@@ -706,6 +723,7 @@ pub(crate) mod tests {
             ),
             segments: Vec::new(),
             activation: None,
+            deployment: None,
         }
     }
 

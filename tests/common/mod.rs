@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 
 pub mod debian;
+pub mod goosebit;
 pub mod http;
 pub mod schema;
 pub mod vm;

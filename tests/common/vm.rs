@@ -157,7 +157,21 @@ pub struct Guest {
     /// Boot through the BIOS (QEMU's SeaBIOS) and GRUB from `disks[0]`
     /// instead; reboots go back to the firmware, as with `uefi`.
     pub bios: Option<Bios>,
+    /// A network card (an e1000, [`NET_MODULES`] to load) on QEMU's user
+    /// network: the guest is 10.0.2.15/24 ([`NETWORK_UP`]), and reaches
+    /// this machine's 127.0.0.1 as 10.0.2.2.
+    pub network: bool,
 }
+
+/// The modules of the guest's network card.
+pub const NET_MODULES: &[&str] = &["e1000"];
+
+/// The guest's network, up (busybox `ip`).
+pub const NETWORK_UP: &str = "ip link set lo up
+ip link set eth0 up
+ip addr add 10.0.2.15/24 dev eth0
+ip route add default via 10.0.2.2
+";
 
 /// Where GRUB and the old system go on `disks[0]` (bytes; GPT partitions
 /// the test made). On the first run (no ext4 there yet) the harness makes
@@ -216,6 +230,7 @@ impl Default for Guest {
             boot: None,
             uefi: None,
             bios: None,
+            network: false,
         }
     }
 }
@@ -1013,6 +1028,18 @@ impl Guest {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        if self.network {
+            // An e1000 without its option ROM: no firmware here drives it,
+            // so none tries to boot from the network first (OVMF tries
+            // PXE and HTTP boot over IPv4 and IPv6 on a virtio-net card, a
+            // minute or more before the disk).
+            cmd.args([
+                "-netdev",
+                "user,id=net0",
+                "-device",
+                "e1000,netdev=net0,romfile=",
+            ]);
+        }
         for d in &self.disks {
             cmd.arg("-drive").arg(format!(
                 "file={},format=raw,if=virtio,cache=unsafe",

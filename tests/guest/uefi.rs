@@ -4,15 +4,22 @@
 //! next boot (BootNext) starts the restored system from the staged bytes
 //! through the map; nobody commits, so the boot after that is the old
 //! system again (`status`: the trial ended, not committed), which rolls
-//! back (nothing left) and activates again with `--reboot` (the result is
-//! printed, then the machine restarts at once); the restored system, started once more, `commit`s; it then starts by
-//! default, and rolls back from its side; the old system starts again and
-//! removes what was left on the ESP.
+//! back (nothing left), discards it, and takes the same system again from
+//! a real DDI server (goosebit on this machine, reached over QEMU's user
+//! network): `liverestore ddi --reboot` streams the `.swu` deployment
+//! into a staging, activates it and reboots into it at once; the restored
+//! system, started once more, `commit`s, which tells the server
+//! `closed`/`success` (goosebit then shows the device finished, at the
+//! deployment's version); it then starts by default, and rolls back from
+//! its side; the old system starts again and removes what was left on
+//! the ESP.
 
 use std::path::Path;
 use std::time::Duration;
 
-use crate::common::vm::{DM_OVER_LOOP, EXT4, Guest, Uefi, VFAT, VIRTIO_BLK};
+use crate::common::vm::{
+    DM_OVER_LOOP, EXT4, Guest, NET_MODULES, NETWORK_UP, Uefi, VFAT, VIRTIO_BLK,
+};
 use crate::common::*;
 
 pub const ESP_MIB: u64 = 64;
@@ -117,17 +124,20 @@ case $n in
   echo "LR ours_after_rollback=$(ls /sys/firmware/efi/efivars | grep -c "^$ours" || true)"
   echo "LR next_after_rollback=$(next)"
   echo "LR esp_left=$(ls /mnt/esp | grep -c liverestore || true)"
-  # activate again (the trial mounted the image read-only: it still
-  # verifies), and reboot into it at once (--reboot; no systemd here:
-  # sync, then reboot(2)): this time the restored system commits
-  echo "LR report=old system again (nobody committed): rolled back, activated again with --reboot"
-  liverestore --json activate web --esp /mnt/esp --append lr.test=commit --reboot >/mnt/host/activate.json 2>/dev/null
-  echo "LR activate_again_returned=$?"
+  # the same system again, from the update server: staged, activated
+  # and rebooted into at once (--reboot; no systemd here: sync, then
+  # reboot(2)): this time the restored system commits
+  liverestore discard web >/dev/null
+  echo "LR report=old system again (nobody committed): rolled back; a deployment from the DDI server, staged, activated with --reboot"
+  liverestore --json ddi --once --server @SERVER@ --controller-id uefi-guest --dir /mnt/host --esp /mnt/esp --append lr.test=commit --reboot >/mnt/host/ddi.json 2>/mnt/host/ddi.err
+  echo "LR ddi_returned=$?"
+  tail -n 3 /mnt/host/ddi.err
   ;;
 3)
   # the restored system committed, then rolled back from its side
-  echo "LR activate_again=$(grep -o '"ok":[a-z]*,"command":"activate"' /mnt/host/activate.json)"
-  echo "LR activate_rebooting=$(grep -o '"rebooting":[a-z]*' /mnt/host/activate.json)"
+  echo "LR ddi_again=$(grep -o '"ok":[a-z]*,"command":"ddi"' /mnt/host/ddi.json)"
+  echo "LR ddi_cycle=$(grep -o '"staged":"ddi-[0-9]*","activated":true' /mnt/host/ddi.json)"
+  echo "LR ddi_rebooting=$(grep -o '"rebooting":[a-z]*' /mnt/host/ddi.json)"
   echo "LR next_3=$(next)"
   liverestore rollback >/dev/null
   echo "LR esp_left_3=$(ls /mnt/esp | grep -c liverestore || true)"
@@ -141,6 +151,7 @@ esac
 "#;
 
 const RESTORED_SYSTEM: &str = r#"
+@NETWORK_UP@
 mode=$(grep -o 'lr.test=[a-z]*' /proc/cmdline | cut -d= -f2)
 mount -t efivarfs efivarfs /sys/firmware/efi/efivars
 next() { liverestore --json status | grep -o '"next_boot":"[^"]*"' | cut -d'"' -f4; }
@@ -156,7 +167,8 @@ echo "LR restored_old_system_$n=$(liverestore --json status | grep -o '"boot_ent
 root=$(awk '$2 == "/" { print $1 }' /proc/mounts)
 case $n in
 1) echo "LR report=restored system ($(cat /etc/hostname)) on $root, a trial: nobody commits; next boot: $(next)" ;;
-2) liverestore commit >/dev/null && echo "LR commit=ok"
+2) liverestore --json commit >/tmp/commit.json && echo "LR commit=ok"
+   echo "LR deployment_reported=$(grep -o '"deployment_reported":[a-z]*' /tmp/commit.json)"
    echo "LR restored_next_2=$(next)"
    echo "LR report=restored system on $root: committed; next boot: $(next)" ;;
 3) echo "LR restored_next_3=$now"
@@ -175,17 +187,27 @@ fn uefi_trial_boot_then_back_to_the_old_system() {
     let disk = host_disk(t.path());
     let image = crate::common::vm::bootable_restored_image(
         t.path(),
-        RESTORED_SYSTEM,
-        &[VIRTIO_BLK, &["dm-mod"], EXT4].concat(),
-        &[EXT4, &["efivarfs"]].concat(),
+        &RESTORED_SYSTEM.replace("@NETWORK_UP@", NETWORK_UP),
+        &[VIRTIO_BLK, &["dm-mod"], EXT4, NET_MODULES].concat(),
+        &[EXT4, &["efivarfs"], NET_MODULES].concat(),
     );
-    let run = old_system_guest(
+    // the same system as a deployment on a DDI server
+    let gb = crate::common::goosebit::Goosebit::start(&t.path().join("goosebit"));
+    let swu = t.path().join("restored-system.swu");
+    let bytes = std::fs::read(&image).unwrap();
+    crate::common::goosebit::swu(&swu, &bytes, "2.0.0", &sha256_hex(&bytes));
+    drop(bytes);
+    gb.assign("uefi-guest", gb.upload(&swu));
+    let mut guest = old_system_guest(
         vec![disk, image],
         vec!["mkfs.ext4", "e2fsck"],
-        OLD_SYSTEM,
+        &format!("{NETWORK_UP}{OLD_SYSTEM}")
+            .replace("@SERVER@", &format!("http://10.0.2.2:{}", gb.port)),
         None,
-    )
-    .run_ok(&t.path().join("vm"));
+    );
+    guest.modules.extend(NET_MODULES);
+    guest.network = true;
+    let run = guest.run_ok(&t.path().join("vm"));
     // boot 1: the old system stages and activates
     assert_eq!(run.get("old_boot_1"), "yes");
     let extents: usize = run.get("extents").parse().unwrap();
@@ -225,24 +247,27 @@ fn uefi_trial_boot_then_back_to_the_old_system() {
     );
     run.assert_values(&[
         ("esp_left", "0"),
-        // activate --reboot printed its result, then rebooted (it never
+        // ddi --reboot printed its result, then rebooted (it never
         // returned to the scenario)
-        ("activate_again", r#""ok":true,"command":"activate""#),
-        ("activate_rebooting", r#""rebooting":true"#),
-        // boot 4: the restored system commits
+        ("ddi_again", r#""ok":true,"command":"ddi""#),
+        ("ddi_cycle", r#""staged":"ddi-1","activated":true"#),
+        ("ddi_rebooting", r#""rebooting":true"#),
+        // boot 4: the restored system commits, and tells the server
         ("restored_boot_2", "restored-system"),
         ("commit", "ok"),
+        ("deployment_reported", r#""deployment_reported":true"#),
         ("restored_next_2", "restored system (default)"),
         // boot 5: it starts by default; it rolls back from its side
         ("restored_boot_3", "restored-system"),
         ("restored_root_3", "/dev/dm-0"),
         ("restored_next_3", "restored system (default)"),
     ]);
-    assert_eq!(
-        run.value("activate_again_returned"),
-        None,
-        "--reboot rebooted"
-    );
+    assert_eq!(run.value("ddi_returned"), None, "--reboot rebooted");
+    let (device, log) = gb.device("uefi-guest");
+    assert_eq!(device["last_state"], "Finished", "{device}\n{log}");
+    assert_eq!(device["sw_version"], "2.0.0", "{device}");
+    assert!(log.contains("Downloaded"), "progress was reported: {log}");
+    assert!(log.contains("runs and is committed"), "{log}");
     assert_eq!(
         run.get("restored_next_after_rollback"),
         "old system (the firmware's BootOrder)"

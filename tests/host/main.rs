@@ -17,6 +17,7 @@ mod bad_input;
 mod btrfs;
 mod crash;
 mod customize;
+mod ddi;
 mod export;
 mod formats;
 mod inputs;

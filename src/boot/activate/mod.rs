@@ -894,6 +894,12 @@ pub fn committed_boot(cmdline: &str, disk: &Path) -> bool {
     }
 }
 
+/// In a restored system: its own record, from its on-disk header (None:
+/// not a restored system, or no header where its command line says).
+pub fn restored_record() -> Result<Option<crate::store::record::StagingRecord>> {
+    restored::own_record()
+}
+
 /// Whether the running system was started by a liverestore activation.
 pub fn booted_restored() -> bool {
     booted_via().is_some()
