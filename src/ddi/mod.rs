@@ -202,7 +202,12 @@ pub fn cycle(
                 )
             };
             progress.note(&why);
-            server.feedback(&p.action, Execution::Failure, &[why.clone()], progress)?;
+            server.feedback(
+                &p.action,
+                Execution::Failure,
+                std::slice::from_ref(&why),
+                progress,
+            )?;
             state.remove_state(&pending_path(state))?;
             out.action = Some(p.action);
             out.closed = Some("failure");

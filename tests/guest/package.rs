@@ -61,6 +61,8 @@ fn the_debian_package_installs_and_runs_in_a_guest() {
     for path in [
         "./usr/sbin/liverestore",
         "./usr/share/man/man8/liverestore-activate.8.gz",
+        "./usr/share/man/man8/liverestore-ddi.8.gz",
+        "./lib/systemd/system/liverestore-ddi.service",
         "./usr/share/bash-completion/completions/liverestore",
         "./var/lib/liverestore/",
     ] {
