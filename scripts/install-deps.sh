@@ -36,7 +36,5 @@ modprobe loop 2>/dev/null || true
 [ -e /dev/loop-control ] || { echo "no loop device support in this kernel" >&2; exit 1; }
 # ansible-core for the collection's tests (PyPI, in target/ansible).
 bash scripts/ansible-env.sh
-# goosebit, the DDI server of the `ddi` tests (PyPI, in target/goosebit).
-bash scripts/goosebit-env.sh
 # The QEMU test guest's kernel (Debian's package, unpacked into target/vm).
 bash scripts/vm-kernel.sh

@@ -10,16 +10,23 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
+/// A program of goosebit's virtualenv, which `scripts/goosebit-env.sh`
+/// makes on first use (or waits for, while scripts/test.sh makes it).
 pub fn venv_bin(tool: &str) -> PathBuf {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("target/goosebit/venv/bin")
-        .join(tool);
-    assert!(
-        p.exists(),
-        "{} is missing: run scripts/install-deps.sh (scripts/goosebit-env.sh)",
-        p.display()
-    );
-    p
+    static MADE: std::sync::Once = std::sync::Once::new();
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    MADE.call_once(|| {
+        let out = Command::new("bash")
+            .arg(repo.join("scripts/goosebit-env.sh"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "scripts/goosebit-env.sh: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    });
+    repo.join("target/goosebit/venv/bin").join(tool)
 }
 
 pub fn free_port() -> u16 {
