@@ -276,13 +276,17 @@ pub fn replace_initrd(image: &Path, name: &str, initrd: &[u8]) {
 }
 
 /// The old system's disk and variables after GRUB's installation, made
-/// once per tree build (`target/distros/old-system/`).
+/// once per tree build (`target/distros/old-system/`), by one test at a
+/// time across processes too (scripts/test.sh runs the guest tests in
+/// two): `old-system.lock` is held while it is made.
 fn cached_old_system() -> (PathBuf, PathBuf) {
     static DONE: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
     static LOCK: Mutex<()> = Mutex::new(());
     let _g = LOCK.lock().unwrap();
     DONE.get_or_init(|| {
         let systems = systems();
+        let lock = fs::File::create(systems.join("old-system.lock")).unwrap();
+        rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive).unwrap();
         let dir = systems.join("old-system");
         let (disk, vars) = (dir.join("disk.img"), dir.join("vars.fd"));
         if disk.exists() && vars.exists() {

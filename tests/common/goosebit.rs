@@ -86,6 +86,8 @@ impl Goosebit {
                 .env("GOOSEBIT_ARTIFACTS_DIR", dir.join("artifacts"))
                 .env("GOOSEBIT_POLL_TIME", "00:00:02");
         };
+        // (the virtualenv, made if it is not there yet)
+        let aerich = venv_bin("aerich");
         let migrations = std::fs::read_dir(
             Path::new(env!("CARGO_MANIFEST_DIR")).join("target/goosebit/venv/lib"),
         )
@@ -104,7 +106,7 @@ impl Goosebit {
             ],
             vec!["upgrade"],
         ] {
-            let mut c = Command::new(venv_bin("aerich"));
+            let mut c = Command::new(&aerich);
             env(&mut c);
             let out = c.args(&args).output().unwrap();
             assert!(
