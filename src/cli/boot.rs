@@ -501,10 +501,11 @@ pub struct CommitReport {
 
 impl CommitArgs {
     pub fn run(self, cx: &Context) -> Result<CommitReport> {
-        let committed = activate::commit(&cx.lock()?)?;
+        let lock = cx.lock()?;
+        let committed = activate::commit(&lock)?;
         Ok(CommitReport {
             committed,
-            deployment_reported: crate::ddi::report_commit(cx.progress.as_ref()),
+            deployment_reported: crate::ddi::report_commit(&lock, cx.progress.as_ref()),
         })
     }
 }
@@ -563,7 +564,7 @@ impl AutoCommitArgs {
         let auto_committed = crate::boot::auto_commit::run(&cx.state, cx.progress.as_ref())?;
         Ok(AutoCommitReport {
             auto_committed,
-            deployment_reported: crate::ddi::report_commit(cx.progress.as_ref()),
+            deployment_reported: crate::ddi::report_commit(&cx.lock()?, cx.progress.as_ref()),
         })
     }
 }

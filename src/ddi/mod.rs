@@ -409,7 +409,7 @@ fn activate_and_reboot(
 /// In a restored system that was committed and came from a deployment:
 /// send `closed`/`success` (again: the server takes it twice).
 fn report_committed(
-    state: &StateDir,
+    state: &StateLock<'_>,
     server: &DdiServer,
     progress: &dyn Progress,
     out: &mut Cycle,
@@ -426,11 +426,16 @@ fn report_committed(
     if d.resource != server.base() {
         return Ok(());
     }
+    // told once (a rollout counts each success it hears)
+    if reported(state)?.as_deref() == Some(d.action.as_str()) {
+        return Ok(());
+    }
     let s = activate::status(state)?;
     if !s.committed {
         return Ok(());
     }
     send_success(server, &d, &rec.name, progress)?;
+    note_reported(state, &d.action, progress);
     out.action = Some(d.action);
     out.closed = Some("success");
     Ok(())
@@ -456,17 +461,49 @@ fn send_success(
     )
 }
 
+fn reported_path(state: &StateDir) -> PathBuf {
+    state.root().join("ddi-reported.json")
+}
+
+/// Remember that the success of `action` was told (a state directory that
+/// cannot be written: said; `ddi` may then tell it again).
+fn note_reported(state: &StateLock<'_>, action: &str, progress: &dyn Progress) {
+    let path = reported_path(state);
+    let written = match path.parent() {
+        Some(dir) => std::fs::create_dir_all(dir)
+            .map_err(|e| Error::io("create the state directory", e).with_path(dir))
+            .and_then(|()| state.write_state(&path, &action)),
+        None => state.write_state(&path, &action),
+    };
+    if let Err(e) = written {
+        progress.note(&format!(
+            "the server was told, but that it was cannot be kept ({e}): a `liverestore ddi` here tells it again"
+        ));
+    }
+}
+
+/// The action whose success this (restored) system has told its server.
+fn reported(state: &StateDir) -> Result<Option<String>> {
+    state.read_state(&reported_path(state))
+}
+
 /// After `commit` in a restored system: tell the server of the deployment
-/// it came from, if any. Whether it was told (None: no deployment).
-pub fn report_commit(progress: &dyn Progress) -> Option<bool> {
+/// it came from, if any (two tries: a server that is away does not hold
+/// the commit up; `liverestore ddi` tells it later). Whether it was told
+/// (None: no deployment).
+pub fn report_commit(state: &StateLock<'_>, progress: &dyn Progress) -> Option<bool> {
     let rec = activate::restored_record().ok().flatten()?;
     let d = rec.deployment?;
     let (server, controller) = d.resource.split_once("/controller/v1/")?;
     let (server, tenant) = server.rsplit_once('/')?;
     let told = DdiServer::new(server, tenant, controller, None)
+        .map(|s| s.with_tries(2))
         .and_then(|s| send_success(&s, &d, &rec.name, progress));
     match told {
-        Ok(()) => Some(true),
+        Ok(()) => {
+            note_reported(state, &d.action, progress);
+            Some(true)
+        }
         Err(e) => {
             progress.note(&format!(
                 "the update server was not told of the commit ({e}): `liverestore ddi` tells it"

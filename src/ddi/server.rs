@@ -24,6 +24,8 @@ pub struct DdiServer {
     token: Option<String>,
     /// The first wait between tries (doubled each time).
     first_backoff: Duration,
+    /// Tries of one request.
+    tries: u32,
 }
 
 /// What DDI allows in a controller id.
@@ -78,6 +80,7 @@ impl DdiServer {
             ),
             token,
             first_backoff: Duration::from_secs(1),
+            tries: TRIES,
         })
     }
 
@@ -89,6 +92,12 @@ impl DdiServer {
     /// With `first` as the first wait between tries (tests).
     pub fn with_backoff(mut self, first: Duration) -> DdiServer {
         self.first_backoff = first;
+        self
+    }
+
+    /// With `tries` tries of each request (at least one).
+    pub fn with_tries(mut self, tries: u32) -> DdiServer {
+        self.tries = tries.max(1);
         self
     }
 
@@ -104,10 +113,11 @@ impl DdiServer {
     ) -> Result<Vec<u8>> {
         let mut wait = self.first_backoff;
         let mut last = String::new();
-        for attempt in 1..=TRIES {
+        let tries = self.tries;
+        for attempt in 1..=tries {
             if attempt > 1 {
                 progress.note(&format!(
-                    "the DDI server: {last}; trying again in {} s ({attempt}/{TRIES})",
+                    "the DDI server: {last}; trying again in {} s ({attempt}/{tries})",
                     wait.as_secs_f32()
                 ));
                 std::thread::sleep(wait);
@@ -170,7 +180,7 @@ impl DdiServer {
         }
         Err(Error::new(
             ErrorKind::Io,
-            format!("{last} ({TRIES} tries): the DDI server cannot be reached"),
+            format!("{last} ({tries} tries): the DDI server cannot be reached"),
         ))
     }
 

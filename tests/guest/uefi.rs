@@ -152,6 +152,8 @@ esac
 
 const RESTORED_SYSTEM: &str = r#"
 @NETWORK_UP@
+# (its root is read-only here)
+export LIVERESTORE_STATE_DIR=/run/liverestore
 mode=$(grep -o 'lr.test=[a-z]*' /proc/cmdline | cut -d= -f2)
 mount -t efivarfs efivarfs /sys/firmware/efi/efivars
 next() { liverestore --json status | grep -o '"next_boot":"[^"]*"' | cut -d'"' -f4; }
@@ -169,6 +171,9 @@ case $n in
 1) echo "LR report=restored system ($(cat /etc/hostname)) on $root, a trial: nobody commits; next boot: $(next)" ;;
 2) liverestore --json commit >/tmp/commit.json && echo "LR commit=ok"
    echo "LR deployment_reported=$(grep -o '"deployment_reported":[a-z]*' /tmp/commit.json)"
+   # a poll from here: the server was told once, and is not told again
+   liverestore --json ddi --once --server @SERVER@ --controller-id uefi-guest --dir /tmp >/tmp/ddi.json
+   echo "LR restored_poll=$(grep -o '"closed":[a-z"]*' /tmp/ddi.json)"
    echo "LR restored_next_2=$(next)"
    echo "LR report=restored system on $root: committed; next boot: $(next)" ;;
 3) echo "LR restored_next_3=$now"
@@ -185,14 +190,17 @@ fn uefi_trial_boot_then_back_to_the_old_system() {
     require_root();
     let t = tempfile::tempdir().unwrap();
     let disk = host_disk(t.path());
+    // the same system as a deployment on a DDI server
+    let gb = crate::common::goosebit::Goosebit::start(&t.path().join("goosebit"));
+    let server = format!("http://10.0.2.2:{}", gb.port);
     let image = crate::common::vm::bootable_restored_image(
         t.path(),
-        &RESTORED_SYSTEM.replace("@NETWORK_UP@", NETWORK_UP),
+        &RESTORED_SYSTEM
+            .replace("@NETWORK_UP@", NETWORK_UP)
+            .replace("@SERVER@", &server),
         &[VIRTIO_BLK, &["dm-mod"], EXT4, NET_MODULES].concat(),
         &[EXT4, &["efivarfs"], NET_MODULES].concat(),
     );
-    // the same system as a deployment on a DDI server
-    let gb = crate::common::goosebit::Goosebit::start(&t.path().join("goosebit"));
     let swu = t.path().join("restored-system.swu");
     let bytes = std::fs::read(&image).unwrap();
     crate::common::goosebit::swu(&swu, &bytes, "2.0.0", &sha256_hex(&bytes));
@@ -201,8 +209,7 @@ fn uefi_trial_boot_then_back_to_the_old_system() {
     let mut guest = old_system_guest(
         vec![disk, image],
         vec!["mkfs.ext4", "e2fsck"],
-        &format!("{NETWORK_UP}{OLD_SYSTEM}")
-            .replace("@SERVER@", &format!("http://10.0.2.2:{}", gb.port)),
+        &format!("{NETWORK_UP}{OLD_SYSTEM}").replace("@SERVER@", &server),
         None,
     );
     guest.modules.extend(NET_MODULES);
@@ -256,6 +263,7 @@ fn uefi_trial_boot_then_back_to_the_old_system() {
         ("restored_boot_2", "restored-system"),
         ("commit", "ok"),
         ("deployment_reported", r#""deployment_reported":true"#),
+        ("restored_poll", r#""closed":null"#),
         ("restored_next_2", "restored system (default)"),
         // boot 5: it starts by default; it rolls back from its side
         ("restored_boot_3", "restored-system"),
