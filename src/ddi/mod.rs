@@ -321,11 +321,10 @@ fn stage(
         )],
         progress,
     )?;
-    let lock = state;
-    crate::boot::activate::clean_up_ended_trial(lock, progress)?;
+    crate::boot::activate::clean_up_ended_trial(state, progress)?;
     // a staging of an earlier try of this action: what it left goes first
-    if lock.exists(&name) {
-        crate::stage::staged::discard_named(lock, &name, false)?;
+    if state.exists(&name) {
+        crate::stage::staged::discard_named(state, &name, false)?;
     }
     let reporter = Reporter {
         inner: progress,
@@ -343,7 +342,7 @@ fn stage(
         split: crate::input::split::Split::default(),
         signature: crate::stage::signature::SignatureRequest::default(),
     };
-    let recs = crate::stage::stage(lock, &req, &reporter)?;
+    let recs = crate::stage::stage(state, &req, &reporter)?;
     let deployment_ref = DeploymentRef {
         resource: server.base().to_string(),
         action: deployment.id.clone(),
@@ -351,7 +350,7 @@ fn stage(
     };
     for mut rec in recs {
         rec.deployment = Some(deployment_ref.clone());
-        lock.save(&rec)?;
+        state.save(&rec)?;
     }
     Ok(PendingAction {
         action: deployment.id.clone(),

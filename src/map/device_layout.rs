@@ -126,6 +126,11 @@ impl DeviceLayout {
         self
     }
 
+    /// This layout, if it is `size` bytes.
+    pub fn into_sized(self, size: u64) -> Option<DeviceLayout> {
+        (self.size() == size).then_some(self)
+    }
+
     pub fn pieces(&self) -> &[LayoutPiece] {
         &self.pieces
     }
@@ -152,6 +157,15 @@ impl DeviceLayout {
             .iter()
             .map(|p| (p.disk, p.disk + p.length))
             .collect()
+    }
+
+    /// The first of `recorded`'s pieces that is no longer where this
+    /// layout has it (None: every recorded byte is still in place, though
+    /// the device may have grown: an `lvextend` moves nothing).
+    pub fn moved_piece<'a>(&self, recorded: &'a [LayoutPiece]) -> Option<&'a LayoutPiece> {
+        recorded
+            .iter()
+            .find(|p| self.to_disk(p.start, p.length).ok() != Some(vec![(p.disk, p.length)]))
     }
 
     /// Device bytes `[offset, offset + len)` as disk runs `(disk, len)`,
@@ -268,6 +282,30 @@ impl DeviceLayout {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_grown_volume_keeps_its_pieces_a_moved_one_does_not() {
+        let p = |start, length, disk| LayoutPiece {
+            start,
+            length,
+            disk,
+        };
+        let recorded = [p(0, 10, 100), p(10, 5, 300)];
+        let same = DeviceLayout::from_pieces(recorded.to_vec()).unwrap();
+        assert_eq!(same.moved_piece(&recorded), None);
+        // lvextend: a piece more at the end
+        let grown =
+            DeviceLayout::from_pieces(vec![p(0, 10, 100), p(10, 5, 300), p(15, 8, 500)]).unwrap();
+        assert_eq!(grown.moved_piece(&recorded), None);
+        // pvmove of the second segment
+        let moved = DeviceLayout::from_pieces(vec![p(0, 10, 100), p(10, 5, 900)]).unwrap();
+        assert_eq!(moved.moved_piece(&recorded), Some(&recorded[1]));
+        // shrunk
+        let shrunk = DeviceLayout::from_pieces(vec![p(0, 10, 100)]).unwrap();
+        assert_eq!(shrunk.moved_piece(&recorded), Some(&recorded[1]));
+        assert!(same.clone().into_sized(15).is_some());
+        assert!(same.into_sized(14).is_none());
+    }
 
     const DISK: DiskId = (252, 0);
     const MIB: u64 = 1 << 20;

@@ -131,7 +131,7 @@ pub(super) fn allocate_volume(
 pub(super) fn volume_map(
     v: &crate::store::record::VolumeSegment,
 ) -> Result<crate::map::extent_map::ExtentMap> {
-    let layout = crate::map::device_layout::DeviceLayout::from_pieces(v.pieces.clone())?;
+    let layout = v.layout()?;
     let whole = crate::map::fiemap::FileExtent {
         logical: 0,
         physical: 0,

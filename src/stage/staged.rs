@@ -95,21 +95,16 @@ fn revalidate_volume(
             format!("the logical volume {name} is on another disk now"),
         ));
     }
-    if now.pieces != v.pieces {
-        let moved = v
-            .pieces
-            .iter()
-            .find(|p| !now.pieces.contains(p))
-            .map(|p| {
-                format!(
-                    ": its bytes {}+{} are no longer at disk byte {}",
-                    p.start, p.length, p.disk
-                )
-            })
-            .unwrap_or_default();
+    // the same rule as for a --dir on a volume: every recorded byte
+    // where it was (an `lvextend` moves nothing)
+    let now_layout = crate::map::device_layout::DeviceLayout::from_pieces(now.pieces)?;
+    if let Some(p) = now_layout.moved_piece(&v.pieces) {
         return Err(changed(
             rec,
-            format!("the logical volume {name} moved (pvmove?){moved}"),
+            format!(
+                "the logical volume {name} moved (pvmove?): its bytes {}+{} are no longer at disk byte {}",
+                p.start, p.length, p.disk
+            ),
         ));
     }
     super::allocation::volume_map(v)
@@ -212,10 +207,7 @@ fn revalidate_file(
         // a logical volume may have grown (`lvextend` moves nothing); every
         // recorded piece must still be where it was
         let recorded = host.layout()?;
-        let moved = recorded.pieces().iter().find(|p| {
-            target.block.layout.to_disk(p.start, p.length).ok() != Some(vec![(p.disk, p.length)])
-        });
-        if let Some(p) = moved {
+        if let Some(p) = target.block.layout.moved_piece(recorded.pieces()) {
             return Err(changed(format!(
                 "the logical volume's bytes {}+{} are no longer at disk byte {} (pvmove, or the volume was made again)",
                 p.start, p.length, p.disk

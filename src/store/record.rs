@@ -259,14 +259,25 @@ pub struct VolumeSegment {
 }
 
 impl VolumeSegment {
+    /// Its bytes on the disk as recorded: pieces that cover it exactly.
+    pub fn layout(&self) -> Result<DeviceLayout> {
+        DeviceLayout::from_pieces(self.pieces.clone())?
+            .into_sized(self.length)
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorKind::Corrupt,
+                    format!(
+                        "the recorded pieces of {}/{} do not cover its {} bytes",
+                        self.vg, self.lv, self.length
+                    ),
+                )
+            })
+    }
+
     /// Its bytes on the disk as recorded (a corrupt record: none, so that
     /// every write is refused).
     pub fn disk_ranges(&self) -> Vec<(u64, u64)> {
-        DeviceLayout::from_pieces(self.pieces.clone())
-            .ok()
-            .filter(|l| l.size() == self.length)
-            .map(|l| l.disk_ranges())
-            .unwrap_or_default()
+        self.layout().map(|l| l.disk_ranges()).unwrap_or_default()
     }
 }
 
