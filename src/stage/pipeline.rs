@@ -304,10 +304,17 @@ pub(super) fn write_pass(
                                 };
                                 (hash, vec![all])
                             }
-                            Fill::Data => (
-                                blake3::hash(data).to_hex().to_string(),
-                                zero_runs(&buf[..io_len]),
-                            ),
+                            Fill::Data => {
+                                let runs = zero_runs(&buf[..io_len]);
+                                // zeros read as data (a block device, a
+                                // raw file without holes): recognized, not
+                                // hashed
+                                let hash = match runs.as_slice() {
+                                    [r] if r.zero && len == zeros.len() => zero_hash.clone(),
+                                    _ => blake3::hash(data).to_hex().to_string(),
+                                };
+                                (hash, runs)
+                            }
                         };
                         Message::Chunk(HashedChunk {
                             sink,

@@ -10,6 +10,7 @@ use sha2::{Digest, Sha256};
 use crate::error::{Error, ErrorKind, Result};
 use crate::map::disk_io::{AlignedBuf, DiskReader};
 use crate::progress::Progress;
+use crate::stage::pipeline::is_zero;
 use crate::stage::staged;
 use crate::store::record::{Change, Customization, StagingRecord, StagingState};
 use crate::store::state_dir::{StateDir, StateLock};
@@ -171,6 +172,11 @@ pub fn read_image_chunks(
     let data_offset = rec.container.data_offset;
     progress.begin(what, size);
     let next = AtomicU64::new(0);
+    // A whole chunk of zeros (much of a filesystem image) is recognized,
+    // far faster than it is hashed, and takes this hash.
+    let zero_hash = blake3::hash(&AlignedBuf::new(chunk as usize))
+        .to_hex()
+        .to_string();
     let (free_tx, free_rx) = mpsc::channel::<AlignedBuf>();
     let free_rx = std::sync::Mutex::new(free_rx);
     std::thread::scope(|s| -> Result<()> {
@@ -185,6 +191,7 @@ pub fn read_image_chunks(
         }
         for _ in 0..VERIFY_READERS {
             let (free_rx, done_tx, next) = (&free_rx, done_tx.clone(), &next);
+            let zero_hash = &zero_hash;
             s.spawn(move || {
                 loop {
                     // A buffer first, then an index: the chunk taken in
@@ -203,7 +210,12 @@ pub fn read_image_chunks(
                     let io_len = len.div_ceil(align) * align;
                     let read = reader.read_at(data_offset + offset, &mut buf[..io_len as usize]);
                     let msg = read.map(|()| {
-                        let hash = blake3::hash(&buf[..len as usize]).to_hex().to_string();
+                        let data = &buf[..len as usize];
+                        let hash = if len == chunk && is_zero(data) {
+                            zero_hash.clone()
+                        } else {
+                            blake3::hash(data).to_hex().to_string()
+                        };
                         (index, buf, hash)
                     });
                     let failed = msg.is_err();
