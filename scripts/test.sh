@@ -43,7 +43,20 @@ bash scripts/install-deps.sh --packages
 setsid bash -c 's=$SECONDS; bash scripts/debian-systems.sh target/distros; r=$?; echo "debian-systems: ended ($r) after $((SECONDS - s)) s"; exit $r' \
   >target/debian-systems.log 2>&1 </dev/null &
 systems=$!
-bash scripts/install-deps.sh
+modprobe loop 2>/dev/null || true
+[ -e /dev/loop-control ] || { echo "no loop device support in this kernel" >&2; exit 1; }
+# The QEMU test guest's kernel (Debian's package, unpacked into target/vm).
+bash scripts/vm-kernel.sh
+# Python's part, made beside the build at the lowest priority: goosebit's
+# virtualenv (the DDI server of the UEFI guest and the `ddi` host tests,
+# which wait for it), then what only the host tests need, which run last
+# (in lane 2, below): ansible-core (what `install-deps.sh` installs) and
+# the virtualenvs of ansible-test's sanity tests (its first run's pip
+# installs, ~40 s of CPU, were the host tests' longest wait).
+rm -f target/ansible-venvs.status
+nice -n 19 bash -c 'bash scripts/goosebit-env.sh && bash scripts/ansible-env.sh && bash scripts/ansible-env.sh --sanity-venvs; echo $? > target/ansible-venvs.status' \
+  >target/ansible-venvs.log 2>&1 &
+venvs=$!
 echo "waiting for the test build… [at ${SECONDS} s]"
 if ! wait "$build"; then cat target/test-build.log; exit 1; fi
 echo "test build done [at ${SECONDS} s]"
@@ -69,11 +82,6 @@ guest_tests=$(sed -n 's/^ *Executable tests\/guest\/main.rs (\(.*\))$/\1/p' targ
 # 206 s), and the guests took 6 s longer beside them (2026-12-04).
 nice -n 19 cargo test --locked --no-run --lib --bins --test host >target/test-build-rest.log 2>&1 &
 rest=$!
-# So do the virtualenvs of ansible-test's sanity tests (its first run's pip
-# installs, ~40 s of CPU, were the host tests' longest wait).
-# And goosebit's (the DDI server of the `ddi` tests, which wait for it).
-nice -n 19 bash -c 'bash scripts/ansible-env.sh --sanity-venvs; bash scripts/goosebit-env.sh' >target/ansible-venvs.log 2>&1 &
-venvs=$!
 # the guest test binary, as `cargo test` would run it (cargo itself would
 # wait for the build above, which holds the build directory), in two
 # lanes of about equal length: each test, longest first, onto the lane
@@ -104,8 +112,9 @@ lane() { echo "$lanes" | awk -v n="$1" '$1 == n { print $2 }'; }
   # shellcheck disable=SC2046
   "$guest_tests" --include-ignored --test-threads=1 --exact $(lane 2) 2>&1 | sed -u 's/^/[lane 2] /'
   echo "[lane 2] guests done [at ${SECONDS} s]"
-  # the ansible-test virtualenvs and goosebit's (made beside the guests)
+  # ansible-core, the ansible-test virtualenvs and goosebit's (above)
   while kill -0 "$venvs" 2>/dev/null; do sleep 1; done
+  [ "$(cat target/ansible-venvs.status 2>/dev/null)" = 0 ] || { echo "making the virtualenvs failed:"; cat target/ansible-venvs.log; }
   # cargo waits for the build of these tests (above) if it still runs
   cargo test --locked --lib --bins --test host -- --include-ignored --test-threads=4 "${skip[@]}" 2>&1 \
     | sed -u 's/^/[lane 2] /'

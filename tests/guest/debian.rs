@@ -8,7 +8,7 @@
 //! Mapped, then natively through the firmware, in one run of seven boots:
 //! (1) the old system stages a system whose initrd initramfs-tools made
 //! and activates it for the firmware (`Boot####`, `BootNext`) with a
-//! 45 s trial deadline and `--reboot` (through systemd); (2) the restored
+//! 60 s trial deadline and `--reboot` (through systemd); (2) the restored
 //! system reaches multi-user.target from the map, then drops to the
 //! emergency shell, and nobody commits: the watchdog resets the machine;
 //! (3) the old system again: the trial ended; `verify` accepts the
@@ -84,7 +84,7 @@ case $n in
   echo "LR journal_tenths=$(j MESSAGE_ID=7ab0cfd737694f2ebc2631f7cd83ddbb LIVERESTORE_NAME=deb | grep -c '^LIVERESTORE_PERCENT=' || true)"
   echo "LR journal_failed=$(j MESSAGE_ID=3692d566236846b1b8bb62f40753f472 LIVERESTORE_NAME=nosuch LIVERESTORE_OPERATION=verify | grep -c '^LIVERESTORE_EXIT_CODE=17$' || true)"
   echo "LR report=old system ($state): staged 'deb' (initramfs-tools), activating it for the firmware"
-  liverestore activate deb --trial-deadline 45s --reboot
+  liverestore activate deb --trial-deadline 60s --reboot
   ;;
 2)
   echo "LR trial_ended_2=$(liverestore --json status | grep -o '"trial_ended":[a-z]*' | cut -d: -f2)"
