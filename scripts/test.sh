@@ -5,10 +5,11 @@
 # plain `cargo test` as any user runs the rest; this runs them all.
 # LIVERESTORE_SLOW_TESTS=1 also runs the 15-minute real 4 GiB vfat staging.
 #
-# Where the time goes (a fresh 2-core machine): the build (~3.5 min) and
-# the QEMU guests under TCG (~15 min, two lanes at once). So the build starts
-# first, beside the package installation (it needs only Rust and a C
-# compiler).
+# Where the time goes (a fresh 2-core machine): the build (~3.5 min), then
+# the QEMU guests under TCG and the host tests (~16 min, two lanes at
+# once); each phase's end is printed with the seconds since the start
+# ("[at N s]"). So the build starts first, beside the package
+# installation (it needs only Rust and a C compiler).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p target
@@ -69,12 +70,11 @@ skip=(--skip vfat_4gib_image_splits_for_real)
 # The QEMU guests: two at a time, in two lanes (each guest keeps a core
 # busy; three at a time failed the real Debian run, whose restored system
 # must commit within its 60 s trial deadline, and with 90–120 s deadlines
-# took 963 s against 987 s: no gain worth the longer waits). Then the unit
-# tests and the host tests, four at a time (the Ansible ones mostly wait on their hosts and
-# servers). Run beside the guests instead, they slowed the guests more
-# than they saved (20:52 against 20:01 for the suite); started beside the
-# guests' last run only, they made it 20 s slower and took 137 s instead
-# of 89 s: they ended when they would have ended after it.
+# took 963 s against 987 s: no gain worth the longer waits). The unit
+# tests and the host tests, four at a time (the Ansible ones mostly wait
+# on their hosts and servers), end lane 2 (below). Run beside both lanes'
+# guests from the start, they slowed the guests more than they saved
+# (20:52 against 20:01 for the suite).
 guest_tests=$(sed -n 's/^ *Executable tests\/guest\/main.rs (\(.*\))$/\1/p' target/test-build.log)
 [ -x "$guest_tests" ] || { echo "no guest test binary in target/test-build.log" >&2; exit 1; }
 # The unit and host tests compile beside the guests at the lowest
