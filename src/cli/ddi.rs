@@ -28,7 +28,11 @@ use crate::error::{Error, ErrorKind, Result};
 /// system, and so is every failure before (message, exit code and error
 /// kind in the details), with nothing left half-done. An unreachable
 /// server, a dropped connection or an HTTP 5xx answer is retried with
-/// backoff. A deployment with `update: skip` is staged only.
+/// backoff. A deployment with `update: skip` is staged only. An action
+/// the server cancels (hawkBit's cancelAction) is taken back: an
+/// activation not yet booted into rolled back, its staging discarded;
+/// the restored system, running its trial, refuses (its commit or
+/// rollback ends the action).
 ///
 ///   liverestore ddi --server http://updates.example:60053 --dir /var/lib/liverestore-space --reboot
 ///   liverestore ddi --once --server … --attribute hw_boardname=kiosk-v2 --dir /srv
@@ -161,6 +165,9 @@ fn describe(c: &Cycle) -> String {
     if let Some(r) = c.closed {
         out.push(format!("reported {r}"));
     }
+    if let Some(x) = &c.cancelled {
+        out.push(format!("cancellation {}: {}", x.outcome, x.message));
+    }
     if let Some(f) = &c.failure {
         out.push(format!("({f})"));
     }
@@ -179,8 +186,15 @@ impl Report for DdiReport {
     }
 
     fn exit_code(&self) -> u8 {
-        // a deployment that failed here is this run's failure too
-        if self.cycle.closed == Some("failure") {
+        // a deployment that failed here is this run's failure too, and
+        // so is a cancellation that could not take back what it left
+        if self.cycle.closed == Some("failure")
+            || self
+                .cycle
+                .cancelled
+                .as_ref()
+                .is_some_and(|c| c.outcome == "failed")
+        {
             1
         } else {
             0

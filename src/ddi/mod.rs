@@ -17,7 +17,11 @@
 //! - any failure before that (a bad image, no room, a refused
 //!   activation): `closed`/`failure` with the message, exit code and
 //!   error kind in `details`, and nothing left half-done (a failed stage
-//!   removes what it made; an activation that failed changed nothing).
+//!   removes what it made; an activation that failed changed nothing);
+//! - a cancellation (hawkBit's `cancelAction`): what the action left is
+//!   taken back (an activation not yet booted into rolled back, the
+//!   staging discarded) and the cancellation confirmed; the restored
+//!   system, running its trial, refuses it (`rejected`).
 //!
 //! Owns: the DDI conversation and the action's bookkeeping (`ddi.json`
 //! in the state directory). May not: stage, activate or reboot other than
@@ -84,6 +88,22 @@ pub struct Cycle {
     pub rebooting: bool,
     /// When the server wants the next poll.
     pub sleep_secs: u64,
+    /// A cancellation the server asked for: what this device did about it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cancelled: Option<Cancelled>,
+}
+
+/// How a cancellation went: `cancelled` (what the action left here is
+/// taken back: activation rolled back, staging discarded), `nothing`
+/// (nothing of the action is here), `refused` (the restored system is
+/// running its trial: its commit or rollback ends the action) or
+/// `failed` (taking it back failed: the message).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Cancelled {
+    /// The action the server stops.
+    pub action: String,
+    pub outcome: &'static str,
+    pub message: String,
 }
 
 fn pending_path(state: &StateDir) -> PathBuf {
@@ -223,6 +243,25 @@ pub fn cycle(
         answer = server.poll(progress)?;
     }
     out.sleep_secs = answer.sleep.unwrap_or(Duration::from_secs(60)).as_secs();
+    if let Some(href) = &answer.cancel {
+        // the server asks again until it hears back: one cancellation a
+        // cycle, before anything else
+        let request = server.cancel_request(href, progress)?;
+        let c = cancel(state, pending.as_ref(), &request.stop_id, progress);
+        progress.note(&format!(
+            "cancellation of action {}: {}",
+            c.action, c.message
+        ));
+        let execution = match c.outcome {
+            "refused" => Execution::Rejected,
+            "failed" => Execution::Failure,
+            _ => Execution::Success,
+        };
+        server.answer_cancel(&request, execution, &c.message, progress)?;
+        out.action = Some(c.action.clone());
+        out.cancelled = Some(c);
+        return Ok(out);
+    }
     let Some(href) = answer.deployment else {
         return Ok(out);
     };
@@ -279,6 +318,62 @@ pub fn cycle(
         Err(e) => fail(server, &deployment.id, &e, progress, &mut out)?,
     }
     Ok(out)
+}
+
+/// Take back what action `stop` left here (`pending`: the action under
+/// way): its activation rolled back, its staging discarded. Refused in a
+/// restored system running its trial (its commit or rollback ends it).
+fn cancel(
+    state: &StateLock<'_>,
+    pending: Option<&PendingAction>,
+    stop: &str,
+    progress: &dyn Progress,
+) -> Cancelled {
+    let done = |outcome, message: String| Cancelled {
+        action: stop.to_string(),
+        outcome,
+        message,
+    };
+    if activate::booted_restored() {
+        return done(
+            "refused",
+            "this is the restored system, running its trial: its commit or rollback ends the action"
+                .into(),
+        );
+    }
+    let Some(p) = pending.filter(|p| p.action == stop) else {
+        return done(
+            "nothing",
+            "nothing of it is here (not staged, or already over)".into(),
+        );
+    };
+    let taken_back = (|| -> Result<String> {
+        let mut what = Vec::new();
+        if p.activated {
+            let s = activate::status(state)?;
+            if s.activation.as_ref().is_some_and(|a| a.name == p.name) {
+                activate::rollback(state)?;
+                what.push(format!("the activation of '{}' rolled back", p.name));
+            }
+        }
+        match crate::stage::staged::discard_named(state, &p.name, false) {
+            Ok(_) => what.push(format!("'{}' discarded", p.name)),
+            Err(e) if e.kind() == crate::error::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        state.remove_state(&pending_path(state))?;
+        if what.is_empty() {
+            what.push("nothing was left".into());
+        }
+        Ok(what.join(", "))
+    })();
+    match taken_back {
+        Ok(m) => {
+            progress.note(&m);
+            done("cancelled", m)
+        }
+        Err(e) => done("failed", e.to_string()),
+    }
 }
 
 /// Send `closed`/`failure` for `e`.

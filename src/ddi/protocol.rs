@@ -6,8 +6,11 @@
 //! The resources, under `{server}/{tenant}/controller/v1/{controller id}`:
 //! `GET` it (the poll: how long to sleep, and links to what is waiting),
 //! `PUT …/configData` (the device's attributes: registration),
-//! `GET …/deploymentBase/{action}` (what to install), and
-//! `POST …/deploymentBase/{action}/feedback` (how it goes).
+//! `GET …/deploymentBase/{action}` (what to install),
+//! `POST …/deploymentBase/{action}/feedback` (how it goes), and, when an
+//! administrator cancels an action, `GET …/cancelAction/{id}` (which
+//! action to stop) and `POST …/cancelAction/{id}/feedback` (stopped, or
+//! refused).
 
 use std::time::Duration;
 
@@ -142,14 +145,19 @@ struct DeploymentJson {
     deployment: DeploymentInner,
 }
 
+/// An action id as DDI writes it: text, or a number (hawkBit).
+fn action_id(v: serde_json::Value, what: &str) -> Result<String> {
+    match v {
+        serde_json::Value::String(s) => Ok(s),
+        serde_json::Value::Number(n) => Ok(n.to_string()),
+        _ => Err(bad(format!("{what} is neither text nor a number"))),
+    }
+}
+
 /// Parse a `deploymentBase` answer.
 pub fn parse_deployment(json: &[u8]) -> Result<Deployment> {
     let d: DeploymentJson = serde_json::from_slice(json).map_err(|e| bad(e.to_string()))?;
-    let id = match d.id {
-        serde_json::Value::String(s) => s,
-        serde_json::Value::Number(n) => n.to_string(),
-        _ => return Err(bad("the deployment's id is neither text nor a number")),
-    };
+    let id = action_id(d.id, "the deployment's id")?;
     let mut artifacts = Vec::new();
     for a in d.deployment.chunks.iter().flat_map(|c| &c.artifacts) {
         // HTTPS first, as DDI's clients prefer it
@@ -205,6 +213,36 @@ impl Deployment {
     }
 }
 
+/// What a `cancelAction` answer asks: stop action `stop_id`; the
+/// feedback goes to the cancel action `id`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CancelRequest {
+    pub id: String,
+    pub stop_id: String,
+}
+
+#[derive(Deserialize)]
+struct StopJson {
+    #[serde(rename = "stopId")]
+    stop_id: serde_json::Value,
+}
+
+#[derive(Deserialize)]
+struct CancelJson {
+    id: serde_json::Value,
+    #[serde(rename = "cancelAction")]
+    cancel_action: StopJson,
+}
+
+/// Parse a `cancelAction` answer.
+pub fn parse_cancel(json: &[u8]) -> Result<CancelRequest> {
+    let c: CancelJson = serde_json::from_slice(json).map_err(|e| bad(e.to_string()))?;
+    Ok(CancelRequest {
+        id: action_id(c.id, "the cancel action's id")?,
+        stop_id: action_id(c.cancel_action.stop_id, "the action to stop")?,
+    })
+}
+
 /// How an action stands, as feedback says it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Execution {
@@ -214,6 +252,8 @@ pub enum Execution {
     Success,
     /// Over, badly.
     Failure,
+    /// Refused (a cancellation the device will not carry out).
+    Rejected,
 }
 
 /// The body of a feedback `POST` for action `id`.
@@ -222,6 +262,7 @@ pub fn feedback(id: &str, execution: Execution, details: &[String]) -> serde_jso
         Execution::Proceeding { progress } => ("proceeding", "none", progress),
         Execution::Success => ("closed", "success", None),
         Execution::Failure => ("closed", "failure", None),
+        Execution::Rejected => ("rejected", "none", None),
     };
     let mut result = json!({ "finished": finished });
     if let Some((cnt, of)) = progress {
@@ -308,6 +349,27 @@ mod tests {
     }
 
     #[test]
+    fn cancellations() {
+        let p = parse_poll(br#"{"config":{"polling":{"sleep":"00:05:00"}},"_links":{"cancelAction":{"href":"http://s/DEFAULT/controller/v1/lab1/cancelAction/12"}}}"#).unwrap();
+        assert!(p.cancel.unwrap().ends_with("/cancelAction/12"));
+        // hawkBit's example: numeric ids are text elsewhere
+        let c = parse_cancel(br#"{"id":"12","cancelAction":{"stopId":"11"}}"#).unwrap();
+        assert_eq!((c.id.as_str(), c.stop_id.as_str()), ("12", "11"));
+        let c = parse_cancel(br#"{"id":12,"cancelAction":{"stopId":11}}"#).unwrap();
+        assert_eq!((c.id.as_str(), c.stop_id.as_str()), ("12", "11"));
+        for bad in [
+            "",
+            "{}",
+            r#"{"id":"1"}"#,
+            r#"{"id":"1","cancelAction":{}}"#,
+            r#"{"id":true,"cancelAction":{"stopId":"1"}}"#,
+            r#"{"id":"1","cancelAction":{"stopId":null}}"#,
+        ] {
+            assert!(parse_cancel(bad.as_bytes()).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn feedback_bodies() {
         let f = feedback(
             "7",
@@ -328,6 +390,9 @@ mod tests {
             feedback("7", Execution::Success, &[])["status"]["result"]["finished"],
             "success"
         );
+        let f = feedback("9", Execution::Rejected, &["running".into()]);
+        assert_eq!(f["status"]["execution"], "rejected");
+        assert_eq!(f["status"]["result"]["finished"], "none");
         let mut a = std::collections::BTreeMap::new();
         a.insert("hw_boardname".to_string(), "default".to_string());
         assert_eq!(config_data(&a)["data"]["hw_boardname"], "default");

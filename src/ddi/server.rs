@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::ddi::protocol::{self, Deployment, Execution, PollAnswer};
+use crate::ddi::protocol::{self, CancelRequest, Deployment, Execution, PollAnswer};
 use crate::error::{Error, ErrorKind, Result};
 use crate::progress::Progress;
 
@@ -203,6 +203,24 @@ impl DdiServer {
     /// The deployment at `href` (a poll's `deploymentBase`).
     pub fn deployment(&self, href: &str, progress: &dyn Progress) -> Result<Deployment> {
         protocol::parse_deployment(&self.call("GET", href, None, progress)?)
+    }
+
+    /// The cancellation at `href` (a poll's `cancelAction`).
+    pub fn cancel_request(&self, href: &str, progress: &dyn Progress) -> Result<CancelRequest> {
+        protocol::parse_cancel(&self.call("GET", href, None, progress)?)
+    }
+
+    /// Answer cancellation `c`: done, refused or failed, and why.
+    pub fn answer_cancel(
+        &self,
+        c: &CancelRequest,
+        execution: Execution,
+        why: &str,
+        progress: &dyn Progress,
+    ) -> Result<()> {
+        let body = protocol::feedback(&c.id, execution, &[why.to_string()]);
+        let url = format!("{}/cancelAction/{}/feedback", self.base, c.id);
+        self.call("POST", &url, Some(&body), progress).map(drop)
     }
 
     /// Tell the server how action `id` goes.

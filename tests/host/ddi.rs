@@ -14,6 +14,11 @@
 //!   scratch `/boot/grub` on the loop disk: never this machine's boot).
 //! - A poll while the trial is armed changes nothing; after `rollback`
 //!   the next poll reports the action `closed`/`failure`.
+//! - hawkBit's cancellation (`cancelAction`; goosebit has none, so the
+//!   proxy links one into goosebit's poll answers and takes the device's
+//!   feedback, as hawkBit does): an action that never reached the device
+//!   is confirmed with nothing touched; one activated, not yet rebooted
+//!   into, is rolled back and discarded, then confirmed.
 //!
 //! The restored system's own report (`commit` sends `closed`/`success`)
 //! needs a boot into it: a guest.
@@ -27,12 +32,24 @@ use crate::common::goosebit::{Goosebit, Server, swu};
 use crate::common::*;
 
 /// A proxy in front of the server that answers its first two requests
-/// with HTTP 500 and drops the first whole download after 1 MiB.
+/// with HTTP 500 and drops the first whole download after 1 MiB. And
+/// hawkBit's cancellation, which goosebit does not have: while the file
+/// `argv[2]` names an action, polls link a `cancelAction` that stops it,
+/// as hawkBit's would; the device's feedback on it is kept beside that
+/// file (`.feedback`), which goes.
 const FAULTY_PROXY: &str = r#"
-import http.client, http.server, socket, sys, threading
+import http.client, http.server, json, os, re, socket, sys, threading
 upstream = int(sys.argv[1])
+cancel_file = sys.argv[2]
 state = {"requests": 0, "dropped": False}
 lock = threading.Lock()
+
+def cancel_wanted():
+    try:
+        with open(cancel_file) as f:
+            return f.read().strip()
+    except OSError:
+        return None
 
 class Proxy(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
@@ -55,9 +72,36 @@ class Proxy(http.server.BaseHTTPRequestHandler):
             self.send_header("Content-Length", "0")
             self.end_headers()
             return
+        path = self.path.split("?")[0]
+        stop = cancel_wanted()
+        if stop and "/cancelAction/" in path:
+            answer = b""
+            if self.command == "GET":
+                answer = json.dumps({"id": stop, "cancelAction": {"stopId": stop}}).encode()
+            else:
+                with open(cancel_file + ".feedback", "wb") as f:
+                    f.write(body or b"")
+                os.remove(cancel_file)
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(answer)))
+            self.end_headers()
+            self.wfile.write(answer)
+            return
         c = http.client.HTTPConnection("127.0.0.1", upstream, timeout=120)
         c.request(self.command, self.path, body=body, headers=dict(self.headers.items()))
         r = c.getresponse()
+        if stop and self.command == "GET" and re.search(r"/controller/v1/[^/]+$", path):
+            poll = json.loads(r.read())
+            poll.setdefault("_links", {})["cancelAction"] = {
+                "href": "http://127.0.0.1:%d%s/cancelAction/%s" % (self.server.server_address[1], path, stop)}
+            answer = json.dumps(poll).encode()
+            self.send_response(r.status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(answer)))
+            self.end_headers()
+            self.wfile.write(answer)
+            return
         self.send_response(r.status)
         for k, v in r.getheaders():
             if k.lower() not in ("transfer-encoding", "connection"):
@@ -154,10 +198,12 @@ fn deployments_from_goosebit_are_staged_activated_and_reported() {
     assert!(log.contains("error kind bad_image"), "{log}");
 
     // Through a faulty proxy: retried, resumed, staged, activated.
+    let cancel_file = t.path().join("cancel");
     let mut proxy = Command::new("python3")
         .arg("-c")
         .arg(FAULTY_PROXY)
         .arg(gb.url.rsplit(':').next().unwrap())
+        .arg(&cancel_file)
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(t.path().join("proxy.log")).unwrap())
         .spawn()
@@ -221,6 +267,19 @@ fn deployments_from_goosebit_are_staged_activated_and_reported() {
     assert_eq!(out["cycle"]["staged"], serde_json::Value::Null, "{out}");
     assert!(out["cycle"]["closed"].is_null(), "{out}");
 
+    // An action cancelled that never reached this device: confirmed,
+    // nothing touched.
+    let feedback = t.path().join("cancel.feedback");
+    std::fs::write(&cancel_file, "999").unwrap();
+    let out = cli.json(&args(&ddi(&via_proxy, "lab-ok")));
+    assert_eq!(out["cycle"]["cancelled"]["outcome"], "nothing", "{out}");
+    let sent: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&feedback).unwrap()).unwrap();
+    assert_eq!(sent["status"]["execution"], "closed", "{sent}");
+    assert_eq!(sent["status"]["result"]["finished"], "success", "{sent}");
+    let status = cli.json(&["status", "--json"]);
+    assert_eq!(status["activation"]["name"], name.as_str(), "{status}");
+
     // Rolled back before a commit: the next poll reports the failure.
     cli.expect(0, &["rollback"]);
     let out = cli.json_failure(1, &args(&v));
@@ -236,4 +295,37 @@ fn deployments_from_goosebit_are_staged_activated_and_reported() {
     assert_eq!(device["last_state"], "Error", "{device}");
     assert!(log.contains("rolled back"), "{log}");
     cli.expect(0, &["discard", &name]);
+
+    // Cancelled while activated, before the reboot: the activation rolled
+    // back, the staging discarded, the cancellation confirmed; /boot as
+    // before the activation.
+    gb.assign("lab-cancel", good_id);
+    let grub_before = std::fs::read_to_string(g.join("grubenv")).unwrap();
+    let out = cli.json(&args(&ddi(&via_proxy, "lab-cancel")));
+    assert_eq!(out["cycle"]["activated"], true, "{out}");
+    let action = out["cycle"]["action"].as_str().unwrap().to_string();
+    std::fs::write(&cancel_file, &action).unwrap();
+    let out = cli.json(&args(&ddi(&via_proxy, "lab-cancel")));
+    let cancelled = &out["cycle"]["cancelled"];
+    assert_eq!(cancelled["outcome"], "cancelled", "{out}");
+    assert_eq!(cancelled["action"], action.as_str(), "{out}");
+    let message = cancelled["message"].as_str().unwrap();
+    assert!(
+        message.contains("rolled back") && message.contains("discarded"),
+        "{out}"
+    );
+    let sent: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&feedback).unwrap()).unwrap();
+    assert_eq!(sent["id"], action.as_str(), "{sent}");
+    assert_eq!(sent["status"]["execution"], "closed", "{sent}");
+    assert_eq!(sent["status"]["result"]["finished"], "success", "{sent}");
+    assert!(!cancel_file.exists(), "the proxy heard the feedback");
+    let status = cli.json(&["status", "--json"]);
+    assert!(status["activation"].is_null(), "{status}");
+    let list = cli.json(&["list", "--json"]);
+    assert_eq!(list["images"].as_array().unwrap().len(), 0, "{list}");
+    assert_eq!(
+        std::fs::read_to_string(g.join("grubenv")).unwrap(),
+        grub_before
+    );
 }
