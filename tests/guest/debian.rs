@@ -164,8 +164,9 @@ rh/1)
   echo "LR rh_deadline_off=$(journalctl -b -u liverestore-auto-commit -o cat | grep -c "deadline is off" || true)"
   echo "LR rh_auto_commit_passed=$(journalctl -b -u liverestore-auto-commit -o cat | grep -c "^healthy (" || true)"
   echo "LR rh_auto_commit_left=$(ls /etc/systemd/system /etc/systemd/system/multi-user.target.wants /usr/local/lib | grep -c liverestore || true)"
-  # still here after the deadline (60 s after the early-boot step)
-  while [ "$(cut -d. -f1 /proc/uptime)" -lt 75 ]; do sleep 1; done
+  # still here after the deadline (60 s after the early-boot step, at
+  # about 6 s: dracut arms it early)
+  while [ "$(cut -d. -f1 /proc/uptime)" -lt 70 ]; do sleep 1; done
   echo "LR rh_alive_after_deadline=$(cut -d' ' -f1 /proc/uptime)"
   liverestore rollback
   echo "LR rh_next_after_rollback=$(next)"
@@ -316,7 +317,7 @@ fn real_debian_systems_trial_boot_through_uefi_and_grub() {
     assert!((1..60).contains(&left), "{left}");
     assert_eq!(run.get("rh_deadline_left_after_commit"), "0");
     let alive: f64 = run.get("rh_alive_after_deadline").parse().unwrap();
-    assert!(alive >= 75.0, "{alive}");
+    assert!(alive >= 70.0, "{alive}");
     // the hung trial came back by the watchdog, not by its own reboot
     assert!(
         run.console.contains("softdog: Initiating system reboot"),
