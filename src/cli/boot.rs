@@ -564,7 +564,12 @@ impl AutoCommitArgs {
         let auto_committed = crate::boot::auto_commit::run(&cx.state, cx.progress.as_ref())?;
         Ok(AutoCommitReport {
             auto_committed,
-            deployment_reported: crate::ddi::report_commit(&cx.lock()?, cx.progress.as_ref()),
+            // committed already: a lock another liverestore holds now
+            // only skips the report (`liverestore ddi` tells it later)
+            deployment_reported: cx
+                .lock()
+                .ok()
+                .and_then(|l| crate::ddi::report_commit(&l, cx.progress.as_ref())),
         })
     }
 }

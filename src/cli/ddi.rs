@@ -166,7 +166,11 @@ fn describe(c: &Cycle) -> String {
         out.push(format!("reported {r}"));
     }
     if let Some(x) = &c.cancelled {
-        out.push(format!("cancellation {}: {}", x.outcome, x.message));
+        out.push(format!(
+            "cancellation {}: {}",
+            x.outcome.as_str(),
+            x.message
+        ));
     }
     if let Some(f) = &c.failure {
         out.push(format!("({f})"));
@@ -193,7 +197,7 @@ impl Report for DdiReport {
                 .cycle
                 .cancelled
                 .as_ref()
-                .is_some_and(|c| c.outcome == "failed")
+                .is_some_and(|c| c.outcome == ddi::CancelOutcome::Failed)
         {
             1
         } else {

@@ -98,12 +98,42 @@ pub struct Cycle {
 /// (nothing of the action is here), `refused` (the restored system is
 /// running its trial: its commit or rollback ends the action) or
 /// `failed` (taking it back failed: the message).
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Cancelled {
     /// The action the server stops.
     pub action: String,
-    pub outcome: &'static str,
+    pub outcome: CancelOutcome,
     pub message: String,
+}
+
+/// What a cancellation did (see [`Cancelled`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CancelOutcome {
+    Cancelled,
+    Nothing,
+    Refused,
+    Failed,
+}
+
+impl CancelOutcome {
+    /// As the cancellation's feedback says it.
+    fn execution(self) -> Execution {
+        match self {
+            CancelOutcome::Cancelled | CancelOutcome::Nothing => Execution::Success,
+            CancelOutcome::Refused => Execution::Rejected,
+            CancelOutcome::Failed => Execution::Failure,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CancelOutcome::Cancelled => "cancelled",
+            CancelOutcome::Nothing => "nothing",
+            CancelOutcome::Refused => "refused",
+            CancelOutcome::Failed => "failed",
+        }
+    }
 }
 
 fn pending_path(state: &StateDir) -> PathBuf {
@@ -252,12 +282,7 @@ pub fn cycle(
             "cancellation of action {}: {}",
             c.action, c.message
         ));
-        let execution = match c.outcome {
-            "refused" => Execution::Rejected,
-            "failed" => Execution::Failure,
-            _ => Execution::Success,
-        };
-        server.answer_cancel(&request, execution, &c.message, progress)?;
+        server.answer_cancel(&request, c.outcome.execution(), &c.message, progress)?;
         out.action = Some(c.action.clone());
         out.cancelled = Some(c);
         return Ok(out);
@@ -336,14 +361,14 @@ fn cancel(
     };
     if activate::booted_restored() {
         return done(
-            "refused",
+            CancelOutcome::Refused,
             "this is the restored system, running its trial: its commit or rollback ends the action"
                 .into(),
         );
     }
     let Some(p) = pending.filter(|p| p.action == stop) else {
         return done(
-            "nothing",
+            CancelOutcome::Nothing,
             "nothing of it is here (not staged, or already over)".into(),
         );
     };
@@ -370,9 +395,9 @@ fn cancel(
     match taken_back {
         Ok(m) => {
             progress.note(&m);
-            done("cancelled", m)
+            done(CancelOutcome::Cancelled, m)
         }
-        Err(e) => done("failed", e.to_string()),
+        Err(e) => done(CancelOutcome::Failed, e.to_string()),
     }
 }
 
@@ -562,13 +587,9 @@ fn reported_path(state: &StateDir) -> PathBuf {
 /// Remember that the success of `action` was told (a state directory that
 /// cannot be written: said; `ddi` may then tell it again).
 fn note_reported(state: &StateLock<'_>, action: &str, progress: &dyn Progress) {
-    let path = reported_path(state);
-    let written = match path.parent() {
-        Some(dir) => std::fs::create_dir_all(dir)
-            .map_err(|e| Error::io("create the state directory", e).with_path(dir))
-            .and_then(|()| state.write_state(&path, &action)),
-        None => state.write_state(&path, &action),
-    };
+    let written = std::fs::create_dir_all(state.root())
+        .map_err(|e| Error::io("create the state directory", e).with_path(state.root()))
+        .and_then(|()| state.write_state(&reported_path(state), &action));
     if let Err(e) = written {
         progress.note(&format!(
             "the server was told, but that it was cannot be kept ({e}): a `liverestore ddi` here tells it again"

@@ -59,6 +59,12 @@ pub(super) struct Ended {
     pub(super) signature: Option<Result<crate::trust::VerifiedSignature>>,
 }
 
+/// The BLAKE3 of a chunk of `len` zeros, which a chunk found to be all
+/// zeros takes instead of being hashed (stage and verify alike).
+pub(super) fn zero_chunk_hash(len: usize) -> String {
+    blake3::hash(&AlignedBuf::new(len)).to_hex().to_string()
+}
+
 /// Whether `b` is all zeros (in 64-byte blocks the compiler vectorizes).
 pub(super) fn is_zero(b: &[u8]) -> bool {
     let mut blocks = b.chunks_exact(64);
@@ -272,7 +278,7 @@ pub(super) fn write_pass(
         s.spawn(move || {
             let mut whole = want_sha256.then(Sha256::new);
             let zeros = AlignedBuf::new(chunk as usize);
-            let zero_hash = blake3::hash(&zeros).to_hex().to_string();
+            let zero_hash = zero_chunk_hash(chunk as usize);
             for msg in read_rx {
                 let msg = match msg {
                     Message::Chunk(c) => {

@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 use crate::error::{Error, ErrorKind, Result};
 use crate::map::disk_io::{AlignedBuf, DiskReader};
 use crate::progress::Progress;
-use crate::stage::pipeline::is_zero;
+use crate::stage::pipeline::{is_zero, zero_chunk_hash};
 use crate::stage::staged;
 use crate::store::record::{Change, Customization, StagingRecord, StagingState};
 use crate::store::state_dir::{StateDir, StateLock};
@@ -174,9 +174,7 @@ pub fn read_image_chunks(
     let next = AtomicU64::new(0);
     // A whole chunk of zeros (much of a filesystem image) is recognized,
     // far faster than it is hashed, and takes this hash.
-    let zero_hash = blake3::hash(&AlignedBuf::new(chunk as usize))
-        .to_hex()
-        .to_string();
+    let zero_hash = zero_chunk_hash(chunk as usize);
     let (free_tx, free_rx) = mpsc::channel::<AlignedBuf>();
     let free_rx = std::sync::Mutex::new(free_rx);
     std::thread::scope(|s| -> Result<()> {
