@@ -2,7 +2,7 @@
 # Real Debian 12 systems for the guest tests (tests/guest/debian.rs), built
 # with debootstrap from the Debian mirror this machine's apt uses, and
 # cached in DIR (default target/distros):
-#   DIR/initramfs-tools/  systemd, udev, dmsetup, linux-image-amd64,
+#   DIR/initramfs-tools/  systemd, udev, dmsetup, lvm2, linux-image-amd64,
 #                         initramfs-tools, e2fsprogs, rsync, and GRUB for UEFI
 #                         (grub-efi-amd64-bin, grub2-common, efibootmgr,
 #                         and for Secure Boot shim-signed and
@@ -38,7 +38,7 @@ mkdir -p "$dir"
 exec 9>"$dir/.lock"
 flock 9
 # what the trees are; a change rebuilds them (and the old system's disk)
-version="8: initramfs-tools zstd with an early archive in front; dracut xz; signed shim and GRUB; rsync; only the modules of virtual machines (kept by name), no apt lists, no docs; unused boot units masked, daily timers off, no kvm"
+version="9: lvm2 (its monitor masked); initramfs-tools zstd with an early archive in front; dracut xz; signed shim and GRUB; rsync; only the modules of virtual machines (kept by name), no apt lists, no docs; unused boot units masked, daily timers off, no kvm"
 [ "$(cat "$dir/done" 2>/dev/null)" = "$version" ] && exit 0
 
 # The mirror apt uses here for $suite (deb822 .sources or sources.list).
@@ -74,7 +74,7 @@ echo "debian-systems: debootstrap $suite from $mirror" >&2
 # Stage one only (unpack); the rest is installed by dpkg in the tree, which
 # then honours the path-exclude rules.
 debootstrap --foreign --variant=minbase \
-  --include=systemd-sysv,udev,dmsetup,rsync,kmod,e2fsprogs,zstd,xz-utils,initramfs-tools,linux-image-amd64,grub-efi-amd64-bin,grub-efi-amd64-signed,shim-signed,grub2-common,efibootmgr \
+  --include=systemd-sysv,udev,dmsetup,lvm2,rsync,kmod,e2fsprogs,zstd,xz-utils,initramfs-tools,linux-image-amd64,grub-efi-amd64-bin,grub-efi-amd64-signed,shim-signed,grub2-common,efibootmgr \
   "$suite" "$base" "$mirror" >"$work/debootstrap.log" 2>&1 \
   || { tail -20 "$work/debootstrap.log" >&2; exit 1; }
 mkdir -p "$base/etc/dpkg/dpkg.cfg.d"
@@ -159,8 +159,10 @@ in_tree "$base" systemctl enable lr-scenario.service >/dev/null 2>&1
 # snapshots, and the hugepages, POSIX queue, debugfs and tracefs mounts.
 # And the daily timers of apt, dpkg, e2scrub and fstrim: one firing in the
 # middle of a test would be a failed unit there (no network, no mirror).
+# And LVM's monitoring of mirrors and snapshots (dmeventd), which no
+# volume of these tests has.
 in_tree "$base" systemctl mask e2scrub_reap.service dev-hugepages.mount dev-mqueue.mount \
-  sys-kernel-debug.mount sys-kernel-tracing.mount >/dev/null 2>&1
+  sys-kernel-debug.mount sys-kernel-tracing.mount lvm2-monitor.service >/dev/null 2>&1
 in_tree "$base" systemctl disable apt-daily.timer apt-daily-upgrade.timer dpkg-db-backup.timer \
   e2scrub_all.timer fstrim.timer >/dev/null 2>&1
 in_tree "$base" apt-get clean

@@ -254,7 +254,7 @@ fn assemble(mounted: &mut Vec<&'static str>, params: &mut BootParams) -> Result<
     }
     if plan.native {
         let what = format!(
-            "'{}' boots natively from its own partition on /dev/{name}: nothing to map",
+            "'{}' boots natively from its own partition or volume on /dev/{name}: nothing to map",
             plan.name
         );
         return Ok((what, node));

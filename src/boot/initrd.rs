@@ -160,6 +160,59 @@ pub fn initrd_format(initrd: &[u8]) -> Option<&'static str> {
         .map(|&(_, name)| name)
 }
 
+/// Whether an archive of `initrd` holds a member whose path (without a
+/// leading `/`) `wanted` accepts, read as the kernel unpacks it: `newc`
+/// archives one after another (an early-microcode one first), zero bytes
+/// between them skipped, then one compressed archive (gzip, xz or zstd),
+/// read through its decoder as a stream — what distributions make.
+/// `Ok(None)`: a compression liverestore does not decode (lz4, lzo,
+/// bzip2, lzma), so the answer is unknown.
+pub fn initrd_holds(initrd: &[u8], wanted: impl Fn(&str) -> bool) -> Result<Option<bool>> {
+    use crate::input::compression::Compression;
+    /// Whether the `newc` archive read from `r` holds a wanted member;
+    /// `r` is left after its trailer.
+    fn archive_holds<R: std::io::Read>(
+        r: &mut R,
+        wanted: &impl Fn(&str) -> bool,
+    ) -> std::io::Result<bool> {
+        loop {
+            let entry = cpio::NewcReader::new(&mut *r)?;
+            if entry.entry().is_trailer() {
+                entry.finish()?;
+                return Ok(false);
+            }
+            if wanted(entry.entry().name().trim_start_matches('/')) {
+                return Ok(true);
+            }
+            entry.finish()?;
+        }
+    }
+    let bad = |e: std::io::Error| Error::io("read the restored initrd's archives", e);
+    let mut at = 0;
+    loop {
+        let Some(skip) = initrd[at..].iter().position(|&b| b != 0) else {
+            return Ok(Some(false));
+        };
+        at += skip;
+        let rest = &initrd[at..];
+        if rest.starts_with(b"07070") {
+            let mut cursor = std::io::Cursor::new(rest);
+            if archive_holds(&mut cursor, &wanted).map_err(bad)? {
+                return Ok(Some(true));
+            }
+            let read = usize::try_from(cursor.position()).unwrap_or(rest.len());
+            at += read.max(1);
+            continue;
+        }
+        let compression = Compression::detect(rest);
+        if compression == Compression::None {
+            return Ok(None);
+        }
+        let mut decoded = compression.decoder(Box::new(std::io::Cursor::new(rest.to_vec())))?;
+        return archive_holds(&mut decoded, &wanted).map(Some).map_err(bad);
+    }
+}
+
 /// `initrd` with the early-boot archive `early` appended, as the kernel
 /// unpacks it: after a compressed archive the kernel takes a cpio header
 /// only at an offset that is a multiple of 4 (`unpack_to_rootfs` in
@@ -388,6 +441,46 @@ mod tests {
         let xz = xz.finish().unwrap();
         all.push((format!("xz, {} bytes", xz.len()), xz));
         all
+    }
+
+    #[test]
+    fn a_member_is_found_in_any_archive_of_an_initrd() {
+        for (what, initrd) in restored_initrds() {
+            assert_eq!(
+                initrd_holds(&initrd, |p| p == "etc/fstab").unwrap(),
+                Some(true),
+                "{what}"
+            );
+            assert_eq!(
+                initrd_holds(&initrd, |p| p == "usr/sbin/lvm").unwrap(),
+                Some(false),
+                "{what}"
+            );
+            // the early archive appended after it is read too when the
+            // initrd is uncompressed; a compressed one ends the search
+            let mut with_early = initrd.clone();
+            append_early_boot(&mut with_early, &cpio_of(&[("lr/init", b"x")]));
+            assert_eq!(
+                initrd_holds(&with_early, |p| p == "lr/init").unwrap(),
+                Some(what == "uncompressed"),
+                "{what}"
+            );
+        }
+        let micro = cpio_of(&[("kernel/x86/microcode/GenuineIntel.bin", &[1u8; 37])]);
+        assert_eq!(
+            initrd_holds(&micro, |p| p.starts_with("kernel/")).unwrap(),
+            Some(true),
+            "the early archive itself"
+        );
+        let mut lz4 = micro.clone();
+        lz4.extend_from_slice(&[0x02, 0x21, 0x4c, 0x18, 0, 0, 0, 0]);
+        assert_eq!(
+            initrd_holds(&lz4, |p| p == "init").unwrap(),
+            None,
+            "lz4: unknown"
+        );
+        assert!(initrd_holds(b"070701 not a header", |_| true).is_err());
+        assert_eq!(initrd_holds(&[0u8; 64], |_| true).unwrap(), Some(false));
     }
 
     #[test]

@@ -46,7 +46,9 @@ pub struct SpaceArgs {
     /// Put each image whole in a new logical volume `lr-NAME` of volume
     /// group VG (its free extents on the target disk; LVM's `lvcreate`
     /// makes it, tagged `liverestore`), with only the on-disk header in
-    /// the first --dir. `discard` removes the volume.
+    /// the first --dir. `discard` removes the volume. `activate` boots it
+    /// natively from the volume when the image's initrd has LVM (lvm2
+    /// installed in it), mapped otherwise.
     #[arg(long, value_name = "VG", conflicts_with_all = ["unallocated", "contiguous"])]
     pub lvm_free: Option<String>,
 }

@@ -37,6 +37,9 @@ use crate::error::{Error, Result};
 ///           over exactly it (a free slot: other partitions keep their
 ///           numbers; the kernel is told with BLKPG) and the restored
 ///           kernel and initrd boot it as they are, root=PARTUUID=….
+///           An image staged with --lvm-free VG is its logical volume:
+///           its own initrd activates it (lvm2 must be in the image when
+///           its initrd was made: checked), root=/dev/mapper/VG-lr--NAME.
 ///   mapped  anything else: the early-boot step assembles the image
 ///           from its map with device-mapper (root=/dev/dm-0).
 ///
@@ -329,7 +332,14 @@ impl Report for ActivateReport {
                 if i == 0 { " (the root)" } else { "" }
             );
         }
-        if a.native.is_empty() {
+        if let Some(v) = &a.native_volume {
+            println!(
+                "native boot: from its logical volume {}/{} ({}), activated by the restored system's own initrd",
+                v.vg,
+                v.lv,
+                v.root_arg()
+            );
+        } else if a.native.is_empty() {
             println!("mapped boot: device-mapper at boot, root=/dev/dm-0");
             match a.deadline_secs {
                 Some(s) => println!(

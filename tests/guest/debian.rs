@@ -19,16 +19,19 @@
 //! GRUB (`next_entry`); (4) once its health check passes, the restored
 //! system's auto-commit unit commits (and removes itself), which stops
 //! the watchdog: it is still up after the deadline; it rolls back from
-//! its side; (5) the old system removes what was left, stages a third
-//! system (`nat`) whole into the unallocated space after its partitions
-//! and activates it for the firmware natively (a partition over the
-//! image, a `Boot####` straight to its kernel, `root=PARTUUID=…`); (6) it
-//! runs from /dev/vda3, commits (first in `BootOrder`) and rolls back from
-//! its side; (7) the old system's `discard` takes back what that
-//! activation left: nothing in the partition table, on the ESP, in the
-//! firmware's boot entries or in the state directory. (GRUB starting a
-//! committed system by default: `tests/guest/debian_secure_boot.rs`, and
-//! mapped, `tests/guest/grub.rs`.)
+//! its side; (5) the old system removes what was left, makes a volume
+//! group on its third partition (LVM: Debian's lvm2 is in both trees),
+//! stages a third system (`nat`, lvm2 in its initrd) whole into a new
+//! logical volume of it (`--lvm-free`) and activates it for the firmware
+//! natively (a `Boot####` straight to its kernel, `root=` on the volume,
+//! which its own initrd's LVM activates; nothing added to the partition
+//! table); (6) it runs from the volume, commits (first in `BootOrder`)
+//! and rolls back from its side; (7) the old system's `discard` takes
+//! back what that activation left and removes the volume: nothing on the
+//! ESP, in the firmware's boot entries, in the volume group or in the
+//! state directory. (Natively from a partition added over unallocated
+//! space, and GRUB starting a committed system by default:
+//! `tests/guest/debian_secure_boot.rs`; mapped, `tests/guest/grub.rs`.)
 //!
 //! Natively under Secure Boot, in another run of six boots: see
 //! `tests/guest/debian_secure_boot.rs`. Modules of their own, named so
@@ -107,29 +110,34 @@ case $n in
   echo "LR grub_left=$(ls /boot/grub | grep -c custom.cfg || true)"
   echo "LR files_left=$(ls /boot/liverestore 2>/dev/null | wc -l)"
   echo "LR esp_left=$(ls /boot/efi | grep -c liverestore || true)"
-  # nat whole in the unallocated space after the old system's
-  # partitions: booted natively, from a partition entry added over it
-  liverestore stage /dev/vdd --name nat --dir / --unallocated --contiguous
+  # nat whole in a new logical volume of a group on the third
+  # partition: booted natively from it, its own initrd's LVM activates it
+  pvcreate -q /dev/vda3
+  vgcreate -q vg /dev/vda3
+  liverestore stage /dev/vdd --name nat --dir / --lvm-free vg
   liverestore --json activate nat --loader uefi --trial-deadline 60s > /tmp/activate.json
   echo "LR native_args=$(grep -o '"args":"[^"]*"' /tmp/activate.json | cut -d'"' -f4)"
-  echo "LR native_partition=$(ls /sys/block/vda | grep -c '^vda3$')"
+  echo "LR native_volume=$(grep -o '"native_volume":{[^}]*}' /tmp/activate.json)"
+  echo "LR partitions_3=$(ls /sys/block/vda | grep -c '^vda[0-9]')"
   echo "LR next_armed_3=$(next)"
-  echo "LR report=old system ($state): rolled back what was left, discarded 'rh'; staged 'nat' whole in unallocated space, activated it natively for the firmware"
+  echo "LR report=old system ($state): rolled back what was left, discarded 'rh'; staged 'nat' whole in a new logical volume (--lvm-free), activated it natively from the volume for the firmware"
   systemctl reboot
   ;;
 4)
   # nat committed and rolled back from its side: discard first takes
-  # back what the activation left (partition 3, the boot entry, the ESP
-  # files), says so, then discards
+  # back what the activation left (the boot entry, the ESP files), says
+  # so, then discards, its volume with it
+  echo "LR volume_before=$(lvs --noheadings -o lv_name,lv_tags vg | xargs)"
   liverestore discard nat > /tmp/discard.out 2>&1
   cat /tmp/discard.out
   echo "LR took_back=$(grep -c "activation of 'nat' is over" /tmp/discard.out || true)"
-  echo "LR partition_left=$(ls /sys/block/vda | grep -c '^vda3$' || true)"
+  echo "LR volume_left=$(lvs --noheadings -o lv_name vg | grep -c lr-nat || true)"
+  echo "LR partitions_4=$(ls /sys/block/vda | grep -c '^vda[0-9]')"
   echo "LR native_esp_left=$(ls /boot/efi | grep -c liverestore || true)"
   echo "LR entries_left=$(efibootmgr | grep -c liverestore || true)"
   echo "LR records_left=$(ls /var/lib/liverestore/images | wc -l)"
   echo "LR activation_left=$(ls /var/lib/liverestore | grep -c activation || true)"
-  echo "LR report=old system ($state): took back what the rolled-back activation of 'nat' left, discarded it"
+  echo "LR report=old system ($state): took back what the rolled-back activation of 'nat' left, discarded it and its volume"
   echo "== scenario exit 0"
   systemctl poweroff
   ;;
@@ -296,7 +304,12 @@ fn real_debian_systems_trial_boot_through_uefi_and_grub() {
     );
     let nat = initramfs_tools_image(t.path(), "nat", SYSTEM_MIB, RESTORED_SYSTEM);
     let (disk, vars) = old_system_disk(t.path(), &format!("{REPORT}{OLD_SYSTEM}"));
+    // a third partition for LVM, over new space after the others
     add_unallocated(&disk, SYSTEM_MIB + 40);
+    sh(
+        "sgdisk",
+        &["-n", "3:0:0", "-t", "3:8e00", disk.to_str().unwrap()],
+    );
     let run = old_system_guest(vec![disk, deb, rh, nat], vars, Duration::from_secs(1800))
         .run_ok(&t.path().join("vm"));
     for (i, r) in run.values("report").iter().enumerate() {
@@ -340,7 +353,7 @@ fn real_debian_systems_trial_boot_through_uefi_and_grub() {
     // armed for the three trials; nat mapped nothing
     run.assert_console_counts(&[
         ("trial deadline armed", 3),
-        ("boots natively from its own partition", 1),
+        ("boots natively from its own partition or volume", 1),
         ("boot 1 of 'nat' noted", 1),
     ]);
     for key in ["rh_next_after_rollback", "nat_next_after_rollback"] {
@@ -349,7 +362,7 @@ fn real_debian_systems_trial_boot_through_uefi_and_grub() {
     }
     let args = run.get("native_args");
     assert!(
-        args.starts_with("rdinit=/lr/init root=PARTUUID=")
+        args.starts_with("rdinit=/lr/init root=/dev/mapper/vg-lr--nat rd.lvm.lv=vg/lr-nat ")
             && args.contains("liverestore.deadline=60"),
         "{args}"
     );
@@ -387,20 +400,27 @@ fn real_debian_systems_trial_boot_through_uefi_and_grub() {
         ("grub_left", "0"),
         ("files_left", "0"),
         ("esp_left", "0"),
-        // natively through the firmware: a partition over nat, its own
-        // root there, committed (first in BootOrder), rolled back
-        ("native_partition", "1"),
+        // natively through the firmware from its volume (no partition
+        // added), its own root there, committed (first in BootOrder),
+        // rolled back
+        (
+            "native_volume",
+            r#""native_volume":{"staging":"nat","vg":"vg","lv":"lr-nat"}"#,
+        ),
+        ("partitions_3", "3"),
         ("next_armed_3", "restored system (trial, once)"),
         ("nat_boot_1", "running"),
         ("nat_failed_1", ""),
-        ("nat_root_1", "/dev/vda3"),
+        ("nat_root_1", "/dev/mapper/vg-lr--nat"),
         ("nat_by_uuid_1", "1"),
         ("nat_next_after_commit", "restored system (default)"),
         // and the old system's discard took back what was left
         ("old-system_boot_4", "running"),
         ("old-system_failed_4", ""),
+        ("volume_before", "lr-nat liverestore"),
         ("took_back", "1"),
-        ("partition_left", "0"),
+        ("volume_left", "0"),
+        ("partitions_4", "3"),
         ("native_esp_left", "0"),
         ("entries_left", "0"),
         ("records_left", "0"),

@@ -30,7 +30,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 pub use grub::GrubBoot;
-pub use native::NativeBoot;
+pub use native::{NativeBoot, VolumeBoot};
 pub use standby::{HealthyBoot, StandbyArm, StandbyStatus, count_boot, healthy_boot};
 pub use uefi::UefiBoot;
 
@@ -68,6 +68,10 @@ pub struct Activation {
     /// mapped boot (device-mapper at boot).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub native: Vec<NativeBoot>,
+    /// A native boot from the logical volume `--lvm-free` made (no
+    /// partition entry: `root=` names the volume).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub native_volume: Option<VolumeBoot>,
     /// The other partitions of the same whole-disk image, activated
     /// together with `name` (the one with the kernel: the root).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -544,7 +548,28 @@ pub fn activate(
     // partition of a GPT disk.
     let all: Vec<&crate::store::record::StagingRecord> =
         std::iter::once(&rec).chain(&companions).collect();
+    // An image whole in the volume `--lvm-free` made boots natively from
+    // it, when its initrd can activate LVM (a whole-disk image's other
+    // partitions need partition entries: not from a volume).
+    let volume = match native::volume_of(&rec) {
+        Some(v) if opts.boot != BootChoice::Mapped && companions.is_empty() => {
+            match native::check_volume_initrd(&v, &version, &initrd_img) {
+                Ok(true) => Some(v),
+                Ok(false) => {
+                    progress.note(&format!("the initrd of '{name}' is compressed in a way liverestore does not read: it must activate LVM itself (lvm2 in the image) to find its root on {}/{}", v.vg, v.lv));
+                    Some(v)
+                }
+                Err(e) if opts.boot == BootChoice::Auto => {
+                    progress.note(&format!("booting '{name}' mapped, not natively: {e}"));
+                    None
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        _ => None,
+    };
     let native = match opts.boot {
+        _ if volume.is_some() => Vec::new(),
         BootChoice::Mapped => Vec::new(),
         BootChoice::Native => native::prepare(&all)?,
         BootChoice::Auto if all.iter().all(|r| native::image_range(r).is_some()) => {
@@ -586,8 +611,13 @@ pub fn activate(
             Some(_) => modules,
             None => Vec::new(),
         };
-        let (_, early) =
-            initrd::for_set(&rec, &companions, opts.helper, &extra, !native.is_empty())?;
+        let (_, early) = initrd::for_set(
+            &rec,
+            &companions,
+            opts.helper,
+            &extra,
+            !native.is_empty() || volume.is_some(),
+        )?;
         initrd::append_early_boot(&mut boot_initrd, &early);
         if let Some(d) = trial_deadline.filter(|d| d.as_secs() > 0) {
             if extra.is_empty() {
@@ -595,9 +625,11 @@ pub fn activate(
             }
             deadline_secs = Some(d.as_secs());
         }
-        let root = native
-            .first()
-            .map_or("root=/dev/dm-0".to_string(), NativeBoot::root_arg);
+        let root = match (&volume, native.first()) {
+            (Some(v), _) => v.root_arg(),
+            (None, Some(n)) => n.root_arg(),
+            (None, None) => "root=/dev/dm-0".to_string(),
+        };
         format!("rdinit={} {root}", initrd::INIT_PATH)
     };
     let deadline_arg = deadline_secs.map_or(String::new(), |s| format!("{DEADLINE_ARG}{s}"));
@@ -614,6 +646,7 @@ pub fn activate(
         grub: None,
         fallback,
         native,
+        native_volume: volume,
         companions: companions.iter().map(|c| c.name.clone()).collect(),
         deadline_secs,
         standby: match opts.standby {

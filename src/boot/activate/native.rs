@@ -8,6 +8,10 @@
 //! with the type, name, attributes and partition GUID they had in the
 //! image (a new GUID where the disk already uses that one), so the
 //! restored system finds them as it expects.
+//!
+//! An image staged whole into the logical volume `--lvm-free` made boots
+//! natively from that volume ([`VolumeBoot`]): `root=` names it and the
+//! restored initrd's own LVM activates it; nothing on the disk changes.
 
 use std::path::Path;
 
@@ -57,6 +61,88 @@ impl NativeBoot {
     /// The root argument of the restored system's boot.
     pub fn root_arg(&self) -> String {
         format!("root=PARTUUID={}", self.partition.partuuid)
+    }
+}
+
+/// A native boot from the logical volume that `stage --lvm-free` made for
+/// the image: the volume is the image from its first byte, so the
+/// restored system's own initrd finds its root there once LVM has
+/// activated the volume — `root=/dev/mapper/VG-LV` (initramfs-tools'
+/// lvm2 script activates the volume `root=` names) and `rd.lvm.lv=VG/LV`
+/// (dracut activates the volumes named so). Nothing on the disk changes:
+/// no partition entry; [`check_volume_initrd`] makes sure first that the
+/// restored initrd carries LVM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeBoot {
+    /// The staging it boots.
+    pub staging: String,
+    pub vg: String,
+    pub lv: String,
+}
+
+impl VolumeBoot {
+    /// The root arguments of the restored system's boot.
+    pub fn root_arg(&self) -> String {
+        format!(
+            "root=/dev/mapper/{} rd.lvm.lv={}/{}",
+            crate::space::lvm::dm_name(&self.vg, &self.lv),
+            self.vg,
+            self.lv
+        )
+    }
+}
+
+/// Runs of disk bytes, adjacent ones joined.
+fn joined(runs: impl IntoIterator<Item = (u64, u64)>) -> Vec<(u64, u64)> {
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for (disk, length) in runs {
+        match out.last_mut() {
+            Some(last) if last.0 + last.1 == disk => last.1 += length,
+            _ => out.push((disk, length)),
+        }
+    }
+    out
+}
+
+/// The volume `rec` can boot natively from: its one logical volume
+/// (`--lvm-free`), when the image's map is that volume's bytes from its
+/// first one. None: a staging in files, in unallocated space, or not
+/// whole in its volume.
+pub fn volume_of(rec: &StagingRecord) -> Option<VolumeBoot> {
+    let [v] = rec.volumes()[..] else {
+        return None;
+    };
+    let size = rec.image.size;
+    let image = rec.image_map().ok()?.translate(0, size).ok()?;
+    let volume = v.layout().ok()?.to_disk(0, size).ok()?;
+    (joined(image.iter().map(|r| (r.disk, r.length))) == joined(volume)).then(|| VolumeBoot {
+        staging: rec.name.clone(),
+        vg: v.vg.clone(),
+        lv: v.lv.clone(),
+    })
+}
+
+/// The paths at which initrds carry LVM's tool: initramfs-tools' lvm2
+/// hook and dracut's lvm module copy it from the image.
+fn is_lvm_tool(path: &str) -> bool {
+    matches!(path, "sbin/lvm" | "usr/sbin/lvm")
+}
+
+/// Refuse ([`ErrorKind::InvalidState`]) to boot `boot` natively when the
+/// restored system's initrd has no LVM: it would wait for its root for
+/// ever. Ok(false): its compression is one liverestore does not read, so
+/// it could not tell.
+pub fn check_volume_initrd(boot: &VolumeBoot, kernel_version: &str, initrd: &[u8]) -> Result<bool> {
+    match crate::boot::initrd::initrd_holds(initrd, is_lvm_tool)? {
+        Some(true) => Ok(true),
+        None => Ok(false),
+        Some(false) => Err(Error::new(
+            ErrorKind::InvalidState,
+            format!(
+                "'{}' cannot boot natively from {}/{}: its initrd for kernel {kernel_version} has no LVM (no /sbin/lvm in it), so it would never find its root; install lvm2 in the image and make its initrd again, or boot it mapped (--boot mapped)",
+                boot.staging, boot.vg, boot.lv
+            ),
+        )),
     }
 }
 
@@ -272,5 +358,103 @@ pub fn disarm(entries: &[NativeBoot]) -> Result<()> {
             }
             Ok(())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::map::device_layout::LayoutPiece;
+    use crate::map::extent_map::{ExtentMap, MapExtent};
+    use crate::store::record::{Segment, VolumeSegment};
+
+    const MIB: u64 = 1 << 20;
+
+    /// `sample_record`'s 10 MiB image in volume `vg/lr-web-01` whose
+    /// pieces are `pieces`, its header in a file.
+    fn in_volume(pieces: Vec<LayoutPiece>) -> StagingRecord {
+        let mut rec = crate::store::record::tests::sample_record();
+        let extent = |logical, disk, length| MapExtent {
+            logical,
+            disk,
+            length,
+        };
+        rec.map = Some(
+            ExtentMap::new(
+                vec![
+                    extent(0, 2 * MIB, MIB),
+                    extent(MIB, 50 * MIB, 6 * MIB),
+                    extent(7 * MIB, 70 * MIB, 4 * MIB),
+                ],
+                11 * MIB,
+            )
+            .unwrap(),
+        );
+        rec.segments = vec![Segment::Volume(Box::new(VolumeSegment {
+            vg: "vg-0".into(),
+            lv: "lr-web-01".into(),
+            length: 12 * MIB,
+            dm_uuid: "LVM-x".into(),
+            pieces,
+        }))];
+        rec
+    }
+
+    fn piece(start: u64, length: u64, disk: u64) -> LayoutPiece {
+        LayoutPiece {
+            start,
+            length,
+            disk,
+        }
+    }
+
+    #[test]
+    fn an_image_whole_in_its_volume_boots_from_it() {
+        // pieces split elsewhere than the map's extents: the same bytes
+        let rec = in_volume(vec![
+            piece(0, 2 * MIB, 50 * MIB),
+            piece(2 * MIB, 4 * MIB, 52 * MIB),
+            piece(6 * MIB, 6 * MIB, 70 * MIB),
+        ]);
+        let boot = volume_of(&rec).expect("the image is its volume");
+        assert_eq!(
+            boot.root_arg(),
+            "root=/dev/mapper/vg--0-lr--web--01 rd.lvm.lv=vg-0/lr-web-01"
+        );
+        // the image a MiB into its volume: not a root the initrd finds
+        let off = in_volume(vec![
+            piece(0, 7 * MIB, 49 * MIB),
+            piece(7 * MIB, 5 * MIB, 70 * MIB),
+        ]);
+        assert_eq!(volume_of(&off), None);
+        // a staging in files only
+        assert_eq!(
+            volume_of(&crate::store::record::tests::sample_record()),
+            None
+        );
+    }
+
+    #[test]
+    fn a_volume_boot_needs_lvm_in_the_restored_initrd() {
+        let boot = VolumeBoot {
+            staging: "nat".into(),
+            vg: "vg".into(),
+            lv: "lr-nat".into(),
+        };
+        let archive = |name: &str| {
+            let mut out = Vec::new();
+            let b = cpio::NewcBuilder::new(name).mode(0o100755).nlink(1);
+            let mut w = b.write(&mut out, 1);
+            std::io::Write::write_all(&mut w, b"x").unwrap();
+            w.finish().unwrap();
+            cpio::newc::trailer(out).unwrap()
+        };
+        assert!(check_volume_initrd(&boot, "6.1.0-1", &archive("usr/sbin/lvm")).unwrap());
+        assert!(check_volume_initrd(&boot, "6.1.0-1", &archive("sbin/lvm")).unwrap());
+        let e = check_volume_initrd(&boot, "6.1.0-1", &archive("usr/sbin/cryptsetup")).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidState);
+        assert!(e.to_string().contains("no LVM"), "{e}");
+        // an lz4 initrd: not read, not refused
+        assert!(!check_volume_initrd(&boot, "6.1.0-1", &[0x02, 0x21, 0x4c, 0x18, 0]).unwrap());
     }
 }
