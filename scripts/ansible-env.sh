@@ -7,6 +7,11 @@ cd "$(dirname "$0")/.."
 version=2.19.14
 root=target/ansible
 venv=$root/venv
+# one maker at a time: scripts/test.sh makes it beside the guests, and a
+# test that needs it runs this, which waits for that
+mkdir -p "$root"
+exec 9>"$root/.lock"
+flock 9
 if [ "$("$venv/bin/ansible" --version 2>/dev/null | head -1)" != "ansible [core $version]" ]; then
   rm -rf "$venv"
   python3 -m venv "$venv"
@@ -37,6 +42,8 @@ PY
 # `the_collection_builds_and_passes_ansible_test_sanity` runs it again and
 # checks it). scripts/test.sh runs this at the lowest priority beside the
 # guests, so that the host tests, after them, do not wait for it.
+# (the virtualenv is made: a test waiting for it need not wait for these)
+exec 9>&-
 if [ "${1:-}" = --sanity-venvs ]; then
   tmp=$(mktemp -d)
   trap 'rm -rf "$tmp"' EXIT

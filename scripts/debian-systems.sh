@@ -2,8 +2,11 @@
 # Real Debian 12 systems for the guest tests (tests/guest/debian.rs), built
 # with debootstrap from the Debian mirror this machine's apt uses, and
 # cached in DIR (default target/distros):
-#   DIR/initramfs-tools/  systemd, udev, dmsetup, lvm2, linux-image-amd64,
-#                         initramfs-tools, e2fsprogs, rsync, and GRUB for UEFI
+#   DIR/initramfs-tools/  systemd, udev, dbus, dmsetup, lvm2, linux-image-amd64,
+#                         initramfs-tools, e2fsprogs, rsync, python3 and
+#                         openssh-server (Ansible's managed host; sshd is
+#                         not started at boot: a test starts it), and GRUB
+#                         for UEFI
 #                         (grub-efi-amd64-bin, grub2-common, efibootmgr,
 #                         and for Secure Boot shim-signed and
 #                         grub-efi-amd64-signed);
@@ -20,10 +23,10 @@
 # serial console. To stage, hash and boot faster under emulation, only the
 # kernel modules a virtual machine of these tests can use are kept (dpkg's
 # path-exclude and path-include, as minimal Debian and cloud images do):
-# of the drivers, the buses, block, virtio (virtio_net too), md
+# of the drivers, the buses, block, virtio (virtio_net too), the e1000 network card, md
 # (device-mapper), watchdogs, input, ACPI and firmware ones; of the
 # filesystems, ext4, xfs, btrfs, FAT, efivarfs, FUSE, ISO 9660 and their
-# helpers; no networking modules but virtio_net's. 170 MB of 450 go, and
+# helpers; no networking modules but virtio_net's and e1000's. 170 MB of 450 go, and
 # the initrds shrink with them (they take most of the modules there are).
 # apt's package lists, the documentation and the translations go too,
 # and boot units no test machine uses are masked (below).
@@ -38,7 +41,7 @@ mkdir -p "$dir"
 exec 9>"$dir/.lock"
 flock 9
 # what the trees are; a change rebuilds them (and the old system's disk)
-version="9: lvm2 (its monitor masked); initramfs-tools zstd with an early archive in front; dracut xz; signed shim and GRUB; rsync; only the modules of virtual machines (kept by name), no apt lists, no docs; unused boot units masked, daily timers off, no kvm"
+version="12: dbus, python3 and openssh-server (ssh.service off, binfmt masked), e1000; lvm2 (its monitor masked); initramfs-tools zstd with an early archive in front; dracut xz; signed shim and GRUB; rsync; only the modules of virtual machines (kept by name), no apt lists, no docs; unused boot units masked, daily timers off, no kvm"
 [ "$(cat "$dir/done" 2>/dev/null)" = "$version" ] && exit 0
 
 # The mirror apt uses here for $suite (deb822 .sources or sources.list).
@@ -74,7 +77,7 @@ echo "debian-systems: debootstrap $suite from $mirror" >&2
 # Stage one only (unpack); the rest is installed by dpkg in the tree, which
 # then honours the path-exclude rules.
 debootstrap --foreign --variant=minbase \
-  --include=systemd-sysv,udev,dmsetup,lvm2,rsync,kmod,e2fsprogs,zstd,xz-utils,initramfs-tools,linux-image-amd64,grub-efi-amd64-bin,grub-efi-amd64-signed,shim-signed,grub2-common,efibootmgr \
+  --include=systemd-sysv,udev,dbus,dmsetup,lvm2,python3,openssh-server,rsync,kmod,e2fsprogs,zstd,xz-utils,initramfs-tools,linux-image-amd64,grub-efi-amd64-bin,grub-efi-amd64-signed,shim-signed,grub2-common,efibootmgr \
   "$suite" "$base" "$mirror" >"$work/debootstrap.log" 2>&1 \
   || { tail -20 "$work/debootstrap.log" >&2; exit 1; }
 mkdir -p "$base/etc/dpkg/dpkg.cfg.d"
@@ -103,6 +106,7 @@ path-include=/lib/modules/*/kernel/drivers/virtio/*
 path-include=/lib/modules/*/kernel/drivers/watchdog/*
 path-include=/lib/modules/*/kernel/drivers/net/virtio_net.ko*
 path-include=/lib/modules/*/kernel/drivers/net/net_failover.ko*
+path-include=/lib/modules/*/kernel/drivers/net/ethernet/intel/e1000/*
 path-exclude=/lib/modules/*/kernel/fs/*
 path-include=/lib/modules/*/kernel/fs/autofs/*
 path-include=/lib/modules/*/kernel/fs/btrfs/*
@@ -160,11 +164,13 @@ in_tree "$base" systemctl enable lr-scenario.service >/dev/null 2>&1
 # And the daily timers of apt, dpkg, e2scrub and fstrim: one firing in the
 # middle of a test would be a failed unit there (no network, no mirror).
 # And LVM's monitoring of mirrors and snapshots (dmeventd), which no
-# volume of these tests has.
+# volume of these tests has; binfmt_misc, which python3 registers with
+# (its module is not kept: a failed unit at every boot).
 in_tree "$base" systemctl mask e2scrub_reap.service dev-hugepages.mount dev-mqueue.mount \
-  sys-kernel-debug.mount sys-kernel-tracing.mount lvm2-monitor.service >/dev/null 2>&1
+  sys-kernel-debug.mount sys-kernel-tracing.mount lvm2-monitor.service systemd-binfmt.service \
+  proc-sys-fs-binfmt_misc.automount proc-sys-fs-binfmt_misc.mount >/dev/null 2>&1
 in_tree "$base" systemctl disable apt-daily.timer apt-daily-upgrade.timer dpkg-db-backup.timer \
-  e2scrub_all.timer fstrim.timer >/dev/null 2>&1
+  e2scrub_all.timer fstrim.timer ssh.service >/dev/null 2>&1
 in_tree "$base" apt-get clean
 # The documentation and translations debootstrap's first stage unpacked
 # before dpkg's path-exclude rules were there (40 MB).

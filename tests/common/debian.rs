@@ -88,6 +88,28 @@ pub fn write_files(image: &Path, offset: u64, files: &[(&str, &[u8], u32)]) {
     }
 }
 
+/// Symbolic links made in an ext4 filesystem (image path, byte offset of
+/// the filesystem) with debugfs: `(link, target)`; `systemctl enable`'s
+/// links, for one.
+pub fn write_symlinks(image: &Path, offset: u64, links: &[(&str, &str)]) {
+    let target = format!("{}?offset={offset}", image.display());
+    for (link, to) in links {
+        sh(
+            "debugfs",
+            &["-w", "-R", &format!("symlink {link} {to}"), &target],
+        );
+        let out = std::process::Command::new("debugfs")
+            .args(["-R", &format!("stat {link}"), &target])
+            .output()
+            .unwrap();
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains(&format!("Fast link dest: \"{to}\"")),
+            "{link} -> {to} in {target}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+}
+
 /// A restored system's image: an ext4 filesystem of `mib` MiB at `out`
 /// holding `tree` (`initramfs-tools` or `dracut` under [`systems`]) with
 /// `hostname`, an fstab naming its root by UUID as Debian's installer

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
+pub mod ansible;
 pub mod debian;
 pub mod goosebit;
 pub mod http;

@@ -161,6 +161,9 @@ pub struct Guest {
     /// network: the guest is 10.0.2.15/24 ([`NETWORK_UP`]), and reaches
     /// this machine's 127.0.0.1 as 10.0.2.2.
     pub network: bool,
+    /// With `network`: the guest's port 22 reached at this port of this
+    /// machine's 127.0.0.1 (QEMU's `hostfwd`), for SSH into the guest.
+    pub ssh_port: Option<u16>,
 }
 
 /// The modules of the guest's network card.
@@ -231,6 +234,7 @@ impl Default for Guest {
             uefi: None,
             bios: None,
             network: false,
+            ssh_port: None,
         }
     }
 }
@@ -1033,9 +1037,12 @@ impl Guest {
             // so none tries to boot from the network first (OVMF tries
             // PXE and HTTP boot over IPv4 and IPv6 on a virtio-net card, a
             // minute or more before the disk).
+            let forward = self
+                .ssh_port
+                .map_or(String::new(), |p| format!(",hostfwd=tcp:127.0.0.1:{p}-:22"));
             cmd.args([
                 "-netdev",
-                "user,id=net0",
+                &format!("user,id=net0{forward}"),
                 "-device",
                 "e1000,netdev=net0,romfile=",
             ]);

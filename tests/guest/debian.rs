@@ -6,11 +6,13 @@
 //! through the GRUB that its own `grub-install` and `update-grub` set up.
 //!
 //! Mapped, then natively through the firmware, in one run of seven boots:
-//! (1) the old system stages a system whose initrd initramfs-tools made
-//! and activates it for the firmware (`Boot####`, `BootNext`) with a
-//! 60 s trial deadline and `--reboot` (through systemd); (2) the restored
-//! system reaches multi-user.target from the map, then drops to the
-//! emergency shell, and nobody commits: the watchdog resets the machine;
+//! (1) the old system stages a system whose initrd initramfs-tools made,
+//! then Ansible, over SSH, activates it for the firmware (`Boot####`,
+//! `BootNext`) with a 60 s trial deadline and reboots it
+//! (`reimaged_by_ansible`); (2) the restored system reaches
+//! multi-user.target from the map, then drops to the emergency shell, and
+//! nobody commits: the playbook reports the host failed after its reboot
+//! timeout, and the watchdog resets the machine;
 //! (3) the old system again: the trial ended; `verify` accepts the
 //! changes the trial made (its early-boot step noted the boot) and
 //! re-hashes; `discard` cleans up, it stages a whole-disk system (its ESP
@@ -18,15 +20,21 @@
 //! auto-commit in it (`customize --auto-commit`) and activates it through
 //! GRUB (`next_entry`); (4) once its health check passes, the restored
 //! system's auto-commit unit commits (and removes itself), which stops
-//! the watchdog: it is still up after the deadline; it rolls back from
+//! the watchdog (the kernel's sysfs says so); it rolls back from
 //! its side; (5) the old system removes what was left, makes a volume
-//! group on its third partition (LVM: Debian's lvm2 is in both trees),
-//! stages a third system (`nat`, lvm2 in its initrd) whole into a new
-//! logical volume of it (`--lvm-free`) and activates it for the firmware
-//! natively (a `Boot####` straight to its kernel, `root=` on the volume,
-//! which its own initrd's LVM activates; nothing added to the partition
-//! table); (6) it runs from the volume, commits (first in `BootOrder`)
-//! and rolls back from its side; (7) the old system's `discard` takes
+//! group on its third partition (LVM: Debian's lvm2 is in both trees)
+//! and starts its network and sshd: from here Ansible drives it over SSH
+//! (`reimaged_by_ansible`: the collection's `reimage.yml`, run by the
+//! test through a port QEMU forwards) — it stages a third system (`nat`,
+//! lvm2 in its initrd; its own network and root's key in it, as a
+//! fleet's golden image has them) from the test's HTTP server whole into
+//! a new logical volume of the group (`--lvm-free`), activates it for the
+//! firmware natively (a `Boot####` straight to its kernel, `root=` on the
+//! volume, which its own initrd's LVM activates; nothing added to the
+//! partition table) and reboots it; (6) it runs from the volume, the
+//! playbook reaches it over SSH again, commits it (first in `BootOrder`)
+//! and finds it running and committed; then it rolls back from
+//! its side; (7) the old system's `discard` takes
 //! back what that activation left and removes the volume: nothing on the
 //! ESP, in the firmware's boot entries, in the volume group or in the
 //! state directory. (Natively from a partition added over unallocated
@@ -42,12 +50,19 @@
 //! and whether udev made the root's `/dev/disk/by-uuid` link. The old
 //! system's first boot also reads liverestore's entries in its journal.
 
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
+use crate::common::ansible::{Ansible, run, text};
 use crate::common::debian::{
-    add_unallocated, old_system_disk, old_system_guest, replace_initrd, restored_disk_image,
-    restored_image, systems,
+    ROOT_OFFSET, add_unallocated, old_system_disk, old_system_guest, replace_initrd,
+    restored_disk_image, restored_image, systems, write_files, write_symlinks,
 };
+use crate::common::goosebit::free_port;
+use crate::common::http::{Faults, serve};
+use crate::common::vm::{Guest, GuestRun};
 use crate::common::*;
 
 /// What every boot of every system here reports first: systemd's state
@@ -75,6 +90,17 @@ echo "LR ${host}_next_$n=$(next)"
 "#;
 
 const OLD_SYSTEM: &str = r#"
+# From here the test's ansible-playbook (reimage.yml) drives this machine
+# over SSH: its network (systemd-networkd, DHCP on QEMU's user network)
+# and sshd. The playbook reboots the machine, which ends this scenario:
+# quietly.
+ssh_ready() {
+  systemctl start systemd-networkd ssh
+  /lib/systemd/systemd-networkd-wait-online --any --timeout=90
+  echo "LR ssh_ready_$1=1"
+  trap - EXIT
+  exec sleep infinity
+}
 case $n in
 1)
   liverestore stage /dev/vdb --name deb --dir /
@@ -86,8 +112,8 @@ case $n in
   echo "LR journal_stage_100=$(j MESSAGE_ID=7ab0cfd737694f2ebc2631f7cd83ddbb LIVERESTORE_NAME=deb | grep -c '^LIVERESTORE_PERCENT=100$' || true)"
   echo "LR journal_tenths=$(j MESSAGE_ID=7ab0cfd737694f2ebc2631f7cd83ddbb LIVERESTORE_NAME=deb | grep -c '^LIVERESTORE_PERCENT=' || true)"
   echo "LR journal_failed=$(j MESSAGE_ID=3692d566236846b1b8bb62f40753f472 LIVERESTORE_NAME=nosuch LIVERESTORE_OPERATION=verify | grep -c '^LIVERESTORE_EXIT_CODE=17$' || true)"
-  echo "LR report=old system ($state): staged 'deb' (initramfs-tools), activating it for the firmware"
-  liverestore activate deb --trial-deadline 60s --reboot
+  echo "LR report=old system ($state): staged 'deb' (initramfs-tools); Ansible activates it for the firmware and reboots"
+  ssh_ready 1
   ;;
 2)
   echo "LR trial_ended_2=$(liverestore --json status | grep -o '"trial_ended":[a-z]*' | cut -d: -f2)"
@@ -110,18 +136,11 @@ case $n in
   echo "LR grub_left=$(ls /boot/grub | grep -c custom.cfg || true)"
   echo "LR files_left=$(ls /boot/liverestore 2>/dev/null | wc -l)"
   echo "LR esp_left=$(ls /boot/efi | grep -c liverestore || true)"
-  # nat whole in a new logical volume of a group on the third
-  # partition: booted natively from it, its own initrd's LVM activates it
+  # a volume group on the third partition, whose free extents take nat
   pvcreate -q /dev/vda3
   vgcreate -q vg /dev/vda3
-  liverestore stage /dev/vdd --name nat --dir / --lvm-free vg
-  liverestore --json activate nat --loader uefi --trial-deadline 60s > /tmp/activate.json
-  echo "LR native_args=$(grep -o '"args":"[^"]*"' /tmp/activate.json | cut -d'"' -f4)"
-  echo "LR native_volume=$(grep -o '"native_volume":{[^}]*}' /tmp/activate.json)"
-  echo "LR partitions_3=$(ls /sys/block/vda | grep -c '^vda[0-9]')"
-  echo "LR next_armed_3=$(next)"
-  echo "LR report=old system ($state): rolled back what was left, discarded 'rh'; staged 'nat' whole in a new logical volume (--lvm-free), activated it natively from the volume for the firmware"
-  systemctl reboot
+  echo "LR report=old system ($state): rolled back what was left, discarded 'rh', made a volume group; Ansible stages 'nat' from HTTP into a new volume, activates it and reboots"
+  ssh_ready 3
   ;;
 4)
   # nat committed and rolled back from its side: discard first takes
@@ -147,11 +166,18 @@ esac
 const RESTORED_SYSTEM: &str = r#"
 case $host/$n in
 nat/1)
-  liverestore commit
+  # its own network (networkd, enabled in the image) and root's key:
+  # the playbook reaches it again
+  systemctl start ssh
+  echo "LR nat_cmdline=$(cat /proc/cmdline)"
+  echo "LR nat_ssh_ready=1"
+  # until the playbook has committed it and seen it run (the test says so)
+  i=0; while [ ! -e /run/lr-playbook-done ] && [ $i -lt 900 ]; do sleep 1; i=$((i+1)); done
+  echo "LR nat_playbook_done=$(ls /run/lr-playbook-done 2>/dev/null | wc -l)"
   echo "LR nat_next_after_commit=$(next)"
   liverestore rollback
   echo "LR nat_next_after_rollback=$(next)"
-  echo "LR report=restored 'nat' ($state) on $(findmnt -n -o SOURCE /), a trial through the firmware: committed, then rolled back from its side"
+  echo "LR report=restored 'nat' ($state) on $(findmnt -n -o SOURCE /), a trial through the firmware: reached by the playbook over SSH and committed by it, then rolled back from its side"
   systemctl reboot
   ;;
 deb/1)
@@ -161,6 +187,9 @@ deb/1)
   systemctl --no-block isolate emergency.target
   ;;
 rh/1)
+  # the kernel's own word on the watchdog the early-boot step armed
+  wd() { echo "$(cat /sys/class/watchdog/watchdog0/identity):$(cat /sys/class/watchdog/watchdog0/state)"; }
+  echo "LR rh_watchdog_armed=$(wd)"
   echo "LR rh_deadline_left=$(liverestore --json status | grep -o '"deadline_left_secs":[0-9]*' | cut -d: -f2)"
   liverestore status | grep deadline
   # healthy now: the auto-commit unit commits and removes itself
@@ -172,13 +201,12 @@ rh/1)
   echo "LR rh_deadline_off=$(journalctl -b -u liverestore-auto-commit -o cat | grep -c "deadline is off" || true)"
   echo "LR rh_auto_commit_passed=$(journalctl -b -u liverestore-auto-commit -o cat | grep -c "^healthy (" || true)"
   echo "LR rh_auto_commit_left=$(ls /etc/systemd/system /etc/systemd/system/multi-user.target.wants /usr/local/lib | grep -c liverestore || true)"
-  # still here after the deadline (60 s after the early-boot step, at
-  # about 6 s: dracut arms it early)
-  while [ "$(cut -d. -f1 /proc/uptime)" -lt 70 ]; do sleep 1; done
-  echo "LR rh_alive_after_deadline=$(cut -d' ' -f1 /proc/uptime)"
+  # the commit stopped it: nothing resets the machine now (a trial that
+  # nobody commits is reset: deb above)
+  echo "LR rh_watchdog_after_commit=$(wd)"
   liverestore rollback
   echo "LR rh_next_after_rollback=$(next)"
-  echo "LR report=restored 'rh' ($state) on $(findmnt -n -o SOURCE /): committed by its auto-commit unit once healthy, still up after its trial's deadline; rolled back from its side"
+  echo "LR report=restored 'rh' ($state) on $(findmnt -n -o SOURCE /): committed by its auto-commit unit once healthy, which stopped the watchdog; rolled back from its side"
   systemctl reboot
   ;;
 esac
@@ -267,7 +295,171 @@ pub(crate) fn initramfs_tools_image(
     image
 }
 
-/// The size of this run's restored systems (MiB): the 250 MB tree with
+/// systemd-networkd's configuration on the old system: DHCP on QEMU's
+/// user network (the guest is 10.0.2.15, this machine 10.0.2.2).
+const NETWORK: &str = "[Match]\nName=e*\n\n[Network]\nDHCP=ipv4\n";
+
+/// Run `guest`, the old system on `disk`, which Ansible drives over SSH
+/// twice: each time the old system says `ssh_ready_N`, the test's
+/// ansible-playbook runs the collection's `reimage.yml` against it (QEMU
+/// forwards a port of this machine's 127.0.0.1 to its port 22).
+/// - Boot 1: `deb`, which the scenario staged from /dev/vdb (the stage
+///   task finds it staged: the same source), is activated for the
+///   firmware with a 60 s trial and rebooted into; its trial hangs
+///   without SSH, so the play reports the host failed after its 60 s
+///   reboot timeout, and the watchdog brings the machine back to the old
+///   system by itself.
+/// - Boot 3: `nat` (`image`, served by this machine over HTTP, zstd;
+///   root's key and its network put in it first, as a fleet's golden
+///   image has them) is staged into a new volume of group `vg`,
+///   activated for the firmware with a 5 min trial and rebooted into;
+///   the play reaches the restored system, commits it, checks that it
+///   runs and is committed, and prints its summary. Then the test tells
+///   the restored system that the play is over (it rolls back and
+///   reboots).
+///
+/// (Customizing, `carry_network` and `preserve`, is
+/// `tests/host/ansible.rs`'s: 50 s more here under emulation.) Returns
+/// the guest's run and what each play printed.
+fn reimaged_by_ansible(
+    dir: &Path,
+    mut guest: Guest,
+    disk: &Path,
+    image: &Path,
+) -> (GuestRun, Vec<String>) {
+    let key = dir.join("id_ed25519");
+    sh(
+        "ssh-keygen",
+        &["-q", "-t", "ed25519", "-N", "", "-f", key.to_str().unwrap()],
+    );
+    let public = std::fs::read(dir.join("id_ed25519.pub")).unwrap();
+    let files: &[(&str, &[u8], u32)] = &[
+        ("/root/.ssh/authorized_keys", &public, 0o600),
+        (
+            "/etc/systemd/network/10-lr-tests.network",
+            NETWORK.as_bytes(),
+            0o644,
+        ),
+    ];
+    write_files(disk, ROOT_OFFSET, files);
+    // the image as a fleet's golden image is: the administrators' key,
+    // its network (systemd-networkd enabled)
+    write_files(image, 0, files);
+    write_symlinks(
+        image,
+        0,
+        &[(
+            "/etc/systemd/system/multi-user.target.wants/systemd-networkd.service",
+            "/lib/systemd/system/systemd-networkd.service",
+        )],
+    );
+    let bytes = std::fs::read(image).unwrap();
+    let zst = zstd::encode_all(&bytes[..], 3).unwrap();
+    drop(bytes);
+    let server = serve(
+        "127.0.0.1",
+        HashMap::from([("/nat.img.zst".to_string(), Arc::new(zst))]),
+        Faults::default(),
+    );
+    let ssh_port = free_port();
+    guest.network = true;
+    guest.ssh_port = Some(ssh_port);
+    let ans = Ansible::new(dir);
+    // (an SSH connection to a guest under emulation beside another takes
+    // seconds: 10 s timed out once; one is kept across a play's tasks)
+    let ssh_args =
+        "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o ConnectTimeout=30";
+    // what both plays share; each adds its own (`-e`)
+    std::fs::write(
+        &ans.inventory,
+        format!(
+            "all:\n  hosts:\n    old-system:\n      ansible_host: 127.0.0.1\n      \
+             ansible_port: {ssh_port}\n      ansible_user: root\n      \
+             ansible_ssh_private_key_file: {key}\n      ansible_ssh_common_args: {ssh_args}\n      \
+             liverestore_binary: /usr/local/bin/liverestore\n      reimage_dir: [/]\n      \
+             reimage_loader: uefi\n      reimage_carry_network: false\n      \
+             reimage_auto_commit: false\n",
+            key = key.display(),
+        ),
+    )
+    .unwrap();
+    let plays = [
+        // deb, staged by the scenario from /dev/vdb (the same source: the
+        // stage task finds it staged), its trial hangs without SSH: the
+        // reboot task times out, the watchdog takes the machine back
+        (
+            "LR ssh_ready_1=1",
+            serde_json::json!({
+                "reimage_name": "deb",
+                "reimage_url": "/dev/vdb",
+                "reimage_trial_deadline": "60s",
+                "reimage_reboot_timeout": 60,
+            }),
+        ),
+        (
+            "LR ssh_ready_3=1",
+            serde_json::json!({
+                "reimage_name": "nat",
+                "reimage_url": format!("http://10.0.2.2:{}/nat.img.zst", server.port),
+                "reimage_lvm_free": "vg",
+                "reimage_trial_deadline": "5min",
+                "reimage_reboot_timeout": 900,
+            }),
+        ),
+    ];
+    let work = dir.join("vm");
+    let console = work.join("serial.out");
+    let running = std::thread::spawn(move || guest.run_ok(&work));
+    // the console of the boot that is on (QEMU starts it anew each boot)
+    let said = |marker: &str| loop {
+        if running.is_finished() {
+            return false;
+        }
+        let text = std::fs::read(&console).unwrap_or_default();
+        if text.windows(marker.len()).any(|w| w == marker.as_bytes()) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    };
+    let mut printed = Vec::new();
+    for (ready, vars) in plays {
+        if !said(ready) {
+            break;
+        }
+        let start = std::time::Instant::now();
+        let out = run(ans
+            .cmd("ansible-playbook")
+            .arg("liverestore.liverestore.reimage")
+            .args(["-e", &vars.to_string()])
+            .env("ANSIBLE_TIMEOUT", "30")
+            .env(
+                "ANSIBLE_SSH_ARGS",
+                "-o ControlMaster=auto -o ControlPersist=300s",
+            ));
+        let log = text(&out);
+        println!(
+            "reimage.yml of {} through SSH, the reboot included: {:.1} s, {}\n{log}",
+            vars["reimage_name"],
+            start.elapsed().as_secs_f64(),
+            out.status
+        );
+        printed.push(log);
+    }
+    if printed.len() == 2 {
+        // the restored system goes on (rolls back, reboots); should the
+        // play have failed before the reboot, the old system powers off
+        let tell = "touch /run/lr-playbook-done; [ \"$(hostname)\" = nat ] || systemctl poweroff";
+        let mut ssh = std::process::Command::new("ssh");
+        ssh.args(ssh_args.split(' '))
+            .args(["-i", key.to_str().unwrap(), "-p", &ssh_port.to_string()])
+            .args(["root@127.0.0.1", tell]);
+        let told = run(&mut ssh);
+        assert!(told.status.success(), "{}", text(&told));
+    }
+    (running.join().unwrap(), printed)
+}
+
+/// The size of this run's restored systems (MiB): the 305 MB tree with
 /// room for the trials' journals and changes (each MiB is staged and
 /// hashed under emulation, several times).
 const SYSTEM_MIB: u64 = 480;
@@ -302,6 +494,7 @@ fn real_debian_systems_trial_boot_through_uefi_and_grub() {
         "rh",
         &format!("{REPORT}{RESTORED_SYSTEM}"),
     );
+    // nat, which Ansible stages (served over HTTP, zstd)
     let nat = initramfs_tools_image(t.path(), "nat", SYSTEM_MIB, RESTORED_SYSTEM);
     let (disk, vars) = old_system_disk(t.path(), &format!("{REPORT}{OLD_SYSTEM}"));
     // a third partition for LVM, over new space after the others
@@ -310,8 +503,12 @@ fn real_debian_systems_trial_boot_through_uefi_and_grub() {
         "sgdisk",
         &["-n", "3:0:0", "-t", "3:8e00", disk.to_str().unwrap()],
     );
-    let run = old_system_guest(vec![disk, deb, rh, nat], vars, Duration::from_secs(1800))
-        .run_ok(&t.path().join("vm"));
+    let (run, playbook) = reimaged_by_ansible(
+        t.path(),
+        old_system_guest(vec![disk.clone(), deb, rh], vars, Duration::from_secs(1800)),
+        &disk,
+        &nat,
+    );
     for (i, r) in run.values("report").iter().enumerate() {
         println!("boot {}: {r}", i + 1);
     }
@@ -329,8 +526,6 @@ fn real_debian_systems_trial_boot_through_uefi_and_grub() {
     let left: u64 = run.get("rh_deadline_left").parse().unwrap();
     assert!((1..60).contains(&left), "{left}");
     assert_eq!(run.get("rh_deadline_left_after_commit"), "0");
-    let alive: f64 = run.get("rh_alive_after_deadline").parse().unwrap();
-    assert!(alive >= 70.0, "{alive}");
     // the hung trial came back by the watchdog, not by its own reboot
     assert!(
         run.console.contains("softdog: Initiating system reboot"),
@@ -360,12 +555,49 @@ fn real_debian_systems_trial_boot_through_uefi_and_grub() {
         let next = run.get(key);
         assert!(next.starts_with("old system"), "{key}: {next}");
     }
-    let args = run.get("native_args");
+    // the plays: both ran; each recap says how it ended
+    assert_eq!(playbook.len(), 2, "{}", run.output());
+    let recap = |log: &str| {
+        log.lines()
+            .rev()
+            .find(|l| l.starts_with("old-system ") && l.contains("ok="))
+            .unwrap_or_else(|| panic!("no recap: {log}"))
+            .to_string()
+    };
+    // deb never came back over SSH (its trial hung): the play reports it
+    // after its reboot timeout; the machine came back to the old system
+    // by itself (trial_ended_2 below)
+    assert!(recap(&playbook[0]).contains("failed=1"), "{}", playbook[0]);
+    // (timed out waiting for it, or unreachable when the wait ended in a
+    // refused connection: the task after the reboot says so then)
     assert!(
-        args.starts_with("rdinit=/lr/init root=/dev/mapper/vg-lr--nat rd.lvm.lv=vg/lr-nat ")
-            && args.contains("liverestore.deadline=60"),
-        "{args}"
+        playbook[0].contains("deb FAILED at 'Reboot into the restored system': Timed out")
+            || playbook[0].contains("deb FAILED at 'Check that the host came back'"),
+        "{}",
+        playbook[0]
     );
+    // nat: re-imaged, rebooted into, committed
+    let r = recap(&playbook[1]);
+    assert!(
+        r.contains("failed=0") && r.contains("unreachable=0"),
+        "{}",
+        playbook[1]
+    );
+    assert!(
+        playbook[1].contains("running the restored system, committed")
+            && playbook[1].contains("next boot: restored system (default)"),
+        "{}",
+        playbook[1]
+    );
+    // natively from its volume (no partition added: partitions_4), the
+    // trial's deadline armed as the playbook asked
+    let cmdline = run.get("nat_cmdline");
+    assert!(
+        cmdline.contains("rdinit=/lr/init root=/dev/mapper/vg-lr--nat rd.lvm.lv=vg/lr-nat ")
+            && cmdline.contains("liverestore.deadline=300"),
+        "{cmdline}"
+    );
+
     run.assert_values(&[
         ("old-system_boot_1", "running"),
         ("old-system_failed_1", ""),
@@ -396,23 +628,20 @@ fn real_debian_systems_trial_boot_through_uefi_and_grub() {
         ("rh_failed_1", ""),
         ("rh_next_after_commit", "restored system (default)"),
         ("rh_deadline_off", "1"),
+        ("rh_watchdog_armed", "Software Watchdog:active"),
+        ("rh_watchdog_after_commit", "Software Watchdog:inactive"),
         ("old-system_boot_3", "running"),
         ("grub_left", "0"),
         ("files_left", "0"),
         ("esp_left", "0"),
-        // natively through the firmware from its volume (no partition
-        // added), its own root there, committed (first in BootOrder),
-        // rolled back
-        (
-            "native_volume",
-            r#""native_volume":{"staging":"nat","vg":"vg","lv":"lr-nat"}"#,
-        ),
-        ("partitions_3", "3"),
-        ("next_armed_3", "restored system (trial, once)"),
+        // natively through the firmware from its volume, its own root
+        // there, committed by the playbook (first in BootOrder), rolled
+        // back after it
         ("nat_boot_1", "running"),
         ("nat_failed_1", ""),
         ("nat_root_1", "/dev/mapper/vg-lr--nat"),
         ("nat_by_uuid_1", "1"),
+        ("nat_playbook_done", "1"),
         ("nat_next_after_commit", "restored system (default)"),
         // and the old system's discard took back what was left
         ("old-system_boot_4", "running"),

@@ -15,57 +15,16 @@
 use std::collections::HashMap;
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::activate_grub::{grub_dir_with_env, helper, system_image_with_payload};
+use crate::common::ansible::{Ansible, collection_copy, repo, run, text, venv_bin};
 use crate::common::http::{Faults, serve};
 use crate::common::*;
 
 const ROOT_SIDE: &str = "198.18.0.1";
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn venv_bin(tool: &str) -> PathBuf {
-    let p = repo().join("target/ansible/venv/bin").join(tool);
-    assert!(
-        p.exists(),
-        "{} is missing: run scripts/install-deps.sh",
-        p.display()
-    );
-    p
-}
-
-/// The collection where Ansible looks for it:
-/// `DIR/ansible_collections/liverestore/liverestore`, a copy of `ansible/`.
-fn collection_copy(dir: &Path) -> PathBuf {
-    let dest = dir.join("ansible_collections/liverestore/liverestore");
-    std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
-    sh(
-        "cp",
-        &[
-            "-a",
-            repo().join("ansible").to_str().unwrap(),
-            dest.to_str().unwrap(),
-        ],
-    );
-    dest
-}
-
-fn run(cmd: &mut Command) -> Output {
-    cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"))
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 #[test]
 #[ignore = "needs root: installs into target/ (scripts/test.sh runs it)"]
@@ -310,95 +269,6 @@ fn query_range(port: u16, promql: &str, start: f64, end: f64) -> HashMap<String,
             (host, values)
         })
         .collect()
-}
-
-/// Ansible, as an administrator runs it: the inventory, the collection,
-/// and a HOME, temp and control directories of the test's own.
-struct Ansible {
-    dir: PathBuf,
-    inventory: PathBuf,
-}
-
-impl Ansible {
-    /// In `DIR/ansible`, with a copy of the collection; the inventory is
-    /// the caller's to write.
-    fn new(t: &Path) -> Ansible {
-        let ans = Ansible {
-            dir: t.join("ansible"),
-            inventory: t.join("ansible/hosts.yml"),
-        };
-        for sub in ["collections", "home"] {
-            std::fs::create_dir_all(ans.dir.join(sub)).unwrap();
-        }
-        collection_copy(&ans.dir.join("collections"));
-        ans
-    }
-
-    fn cmd(&self, tool: &str) -> Command {
-        let mut c = Command::new(venv_bin(tool));
-        c.arg("-i")
-            .arg(&self.inventory)
-            .env("HOME", self.dir.join("home"))
-            .env("ANSIBLE_COLLECTIONS_PATH", self.dir.join("collections"))
-            .env("ANSIBLE_HOST_KEY_CHECKING", "False")
-            .env("ANSIBLE_NOCOLOR", "1")
-            .env("ANSIBLE_FORCE_COLOR", "0")
-            .env("ANSIBLE_FORKS", "8")
-            .env("ANSIBLE_REMOTE_TMP", self.dir.join("remote-tmp"))
-            .env("ANSIBLE_LOCAL_TEMP", self.dir.join("local-tmp"))
-            .env("ANSIBLE_SSH_CONTROL_PATH_DIR", self.dir.join("cp"))
-            .env("ANSIBLE_PYTHON_INTERPRETER", "/usr/bin/python3")
-            .env("ANSIBLE_VERBOSITY", "0")
-            // the SSH masters end soon after the play (the hosts go away)
-            .env(
-                "ANSIBLE_SSH_ARGS",
-                "-o ControlMaster=auto -o ControlPersist=5s",
-            )
-            .stdin(Stdio::null());
-        c
-    }
-
-    /// An ad-hoc module run on `host`: its JSON result and whether it
-    /// failed.
-    fn module(
-        &self,
-        host: &str,
-        module: &str,
-        args: &str,
-        extra: &[&str],
-    ) -> (bool, serde_json::Value) {
-        let (failed, v, _) = self.module_out(host, module, args, extra);
-        (failed, v)
-    }
-
-    /// The same, and all it printed (`--diff` shows the diff there).
-    fn module_out(
-        &self,
-        host: &str,
-        module: &str,
-        args: &str,
-        extra: &[&str],
-    ) -> (bool, serde_json::Value, String) {
-        let out = run(self
-            .cmd("ansible")
-            .args([
-                host,
-                "-m",
-                &format!("liverestore.liverestore.{module}"),
-                "-a",
-                args,
-            ])
-            .args(extra));
-        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-        // the diff (with --diff), then `HOST | STATUS => {` and the JSON
-        let at = stdout
-            .find(&format!("{host} | "))
-            .unwrap_or_else(|| panic!("no result: {}", text(&out)));
-        let (head, json) = stdout[at..].split_once(" => ").unwrap();
-        let v: serde_json::Value =
-            serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {stdout}"));
-        (head.contains("FAILED"), v, stdout[..at].to_string())
-    }
 }
 
 #[test]

@@ -64,6 +64,13 @@ options:
         natively (with O(unallocated)).
     type: bool
     default: false
+  lvm_free:
+    description:
+      - Put the image whole in a new logical volume C(lr-NAME) of this volume group (its free extents on
+        the host's disk; LVM's C(lvcreate) makes it), with only the on-disk header in the first O(dir).
+      - M(liverestore.liverestore.activate) then boots it natively from the volume when the image's
+        initrd has LVM, mapped otherwise; M(liverestore.liverestore.discard) removes the volume.
+    type: str
   sha256:
     description:
       - The image's SHA-256 (64 hex digits). It must match before the staging counts as complete; a
@@ -221,7 +228,7 @@ def staging_args(p):
     return args + option_args(
         p,
         flags=("unallocated", "contiguous", "no_bmap", "whole_disk"),
-        options=("keep_free", "max_file_size", "make_room", "size", "bmap", "partition", "sha256"),
+        options=("keep_free", "max_file_size", "make_room", "size", "bmap", "partition", "sha256", "lvm_free"),
     )
 
 
@@ -265,6 +272,7 @@ def main():
             dir=dict(type="list", elements="path", default=[]),
             unallocated=dict(type="bool", default=False),
             contiguous=dict(type="bool", default=False),
+            lvm_free=dict(type="str"),
             sha256=dict(type="str"),
             signature=dict(type="str"),
             trusted_keys=dict(type="path"),
