@@ -303,9 +303,9 @@ const NETWORK: &str = "[Match]\nName=e*\n\n[Network]\nDHCP=ipv4\n";
 /// twice: each time the old system says `ssh_ready_N`, the test's
 /// ansible-playbook runs the collection's `reimage.yml` against it (QEMU
 /// forwards a port of this machine's 127.0.0.1 to its port 22).
-/// - Boot 1: `deb`, which the scenario staged from /dev/vdb (the stage
-///   task finds it staged: the same source), is activated for the
-///   firmware with a 60 s trial and rebooted into; its trial hangs
+/// - Boot 1: `deb`, which the scenario staged from /dev/vdb (the play
+///   has no `reimage_url`: it activates what is staged), is activated
+///   for the firmware with a 60 s trial and rebooted into; its trial hangs
 ///   without SSH, so the play reports the host failed after its 60 s
 ///   reboot timeout, and the watchdog brings the machine back to the old
 ///   system by itself.
@@ -378,20 +378,19 @@ fn reimaged_by_ansible(
              ansible_ssh_private_key_file: {key}\n      ansible_ssh_common_args: {ssh_args}\n      \
              liverestore_binary: /usr/local/bin/liverestore\n      reimage_dir: [/]\n      \
              reimage_loader: uefi\n      reimage_carry_network: false\n      \
-             reimage_auto_commit: false\n",
+             reimage_auto_commit: false\n      reimage_poll_interval: 10\n",
             key = key.display(),
         ),
     )
     .unwrap();
     let plays = [
-        // deb, staged by the scenario from /dev/vdb (the same source: the
-        // stage task finds it staged), its trial hangs without SSH: the
+        // deb, which the scenario staged (no reimage_url: the play
+        // activates what is staged), its trial hangs without SSH: the
         // reboot task times out, the watchdog takes the machine back
         (
             "LR ssh_ready_1=1",
             serde_json::json!({
                 "reimage_name": "deb",
-                "reimage_url": "/dev/vdb",
                 "reimage_trial_deadline": "60s",
                 "reimage_reboot_timeout": 60,
             }),
@@ -409,7 +408,15 @@ fn reimaged_by_ansible(
     ];
     let work = dir.join("vm");
     let console = work.join("serial.out");
-    let running = std::thread::spawn(move || guest.run_ok(&work));
+    // under the test's name: the harness reports each run by it
+    let name = std::thread::current()
+        .name()
+        .unwrap_or("debian")
+        .to_string();
+    let running = std::thread::Builder::new()
+        .name(name)
+        .spawn(move || guest.run_ok(&work))
+        .unwrap();
     // the console of the boot that is on (QEMU starts it anew each boot)
     let said = |marker: &str| loop {
         if running.is_finished() {

@@ -112,8 +112,9 @@ fn native_boot_from_a_partition_added_over_the_image() {
     );
     // the early-boot step maps nothing, and notes both boots
     assert!(
-        run.console
-            .contains("'web' boots natively from its own partition on /dev/vda: nothing to map"),
+        run.console.contains(
+            "'web' boots natively from its own partition or volume on /dev/vda: nothing to map"
+        ),
         "{}",
         run.output()
     );
