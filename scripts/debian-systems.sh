@@ -2,11 +2,14 @@
 # Real Debian 12 systems for the guest tests (tests/guest/debian.rs), built
 # with debootstrap from the Debian mirror this machine's apt uses, and
 # cached in DIR (default target/distros):
-#   DIR/initramfs-tools/  systemd, udev, dbus, dmsetup, lvm2, linux-image-amd64,
-#                         initramfs-tools, e2fsprogs, rsync, python3 and
-#                         openssh-server (Ansible's managed host; sshd is
-#                         not started at boot: a test starts it), and GRUB
-#                         for UEFI
+#   DIR/initramfs-tools/  systemd, udev, dmsetup, lvm2, linux-image-amd64,
+#                         initramfs-tools, e2fsprogs, rsync, and GRUB for
+#                         UEFI; with LIVERESTORE_SLOW_TESTS=1 also dbus,
+#                         python3 and openssh-server (Ansible's managed
+#                         host, for the Debian run driven by Ansible; sshd
+#                         is not started at boot: the test starts it; they
+#                         cost the other runs 2-3 minutes: python's files
+#                         copied and hashed, D-Bus at every boot)
 #                         (grub-efi-amd64-bin, grub2-common, efibootmgr,
 #                         and for Secure Boot shim-signed and
 #                         grub-efi-amd64-signed);
@@ -41,7 +44,10 @@ mkdir -p "$dir"
 exec 9>"$dir/.lock"
 flock 9
 # what the trees are; a change rebuilds them (and the old system's disk)
-version="14: dpkg unsafe-io; dbus and logind on demand, python3 and openssh-server (ssh.service off, binfmt masked), e1000; lvm2 (its monitor masked); initramfs-tools zstd with an early archive in front; dracut xz; signed shim and GRUB; rsync; only the modules of virtual machines (kept by name), no apt lists, no docs; unused boot units masked, daily timers off, no kvm"
+# Ansible's managed host: only for the slow tests (above)
+managed=""
+[ "${LIVERESTORE_SLOW_TESTS:-}" = 1 ] && managed=",dbus,python3,openssh-server"
+version="14: managed [$managed]: dpkg unsafe-io; dbus and logind on demand, ssh.service off, binfmt masked; e1000; lvm2 (its monitor masked); initramfs-tools zstd with an early archive in front; dracut xz; signed shim and GRUB; rsync; only the modules of virtual machines (kept by name), no apt lists, no docs; unused boot units masked, daily timers off, no kvm"
 [ "$(cat "$dir/done" 2>/dev/null)" = "$version" ] && exit 0
 
 # The mirror apt uses here for $suite (deb822 .sources or sources.list).
@@ -77,7 +83,7 @@ echo "debian-systems: debootstrap $suite from $mirror" >&2
 # Stage one only (unpack); the rest is installed by dpkg in the tree, which
 # then honours the path-exclude rules.
 debootstrap --foreign --variant=minbase \
-  --include=systemd-sysv,udev,dbus,dmsetup,lvm2,python3,openssh-server,rsync,kmod,e2fsprogs,zstd,xz-utils,initramfs-tools,linux-image-amd64,grub-efi-amd64-bin,grub-efi-amd64-signed,shim-signed,grub2-common,efibootmgr \
+  --include=systemd-sysv,udev,dmsetup,lvm2$managed,rsync,kmod,e2fsprogs,zstd,xz-utils,initramfs-tools,linux-image-amd64,grub-efi-amd64-bin,grub-efi-amd64-signed,shim-signed,grub2-common,efibootmgr \
   "$suite" "$base" "$mirror" >"$work/debootstrap.log" 2>&1 \
   || { tail -20 "$work/debootstrap.log" >&2; exit 1; }
 mkdir -p "$base/etc/dpkg/dpkg.cfg.d"
@@ -178,7 +184,10 @@ in_tree "$base" systemctl mask e2scrub_reap.service dev-hugepages.mount dev-mque
 rm -f "$base/lib/systemd/system/multi-user.target.wants/dbus.service" \
   "$base/lib/systemd/system/multi-user.target.wants/systemd-logind.service"
 in_tree "$base" systemctl disable apt-daily.timer apt-daily-upgrade.timer dpkg-db-backup.timer \
-  e2scrub_all.timer fstrim.timer ssh.service >/dev/null 2>&1
+  e2scrub_all.timer fstrim.timer >/dev/null 2>&1
+if [ -n "$managed" ]; then
+  in_tree "$base" systemctl disable ssh.service >/dev/null 2>&1
+fi
 in_tree "$base" apt-get clean
 # The documentation and translations debootstrap's first stage unpacked
 # before dpkg's path-exclude rules were there (40 MB).

@@ -3,7 +3,8 @@
 # loop-backed disks and in QEMU guests (never this machine's own disks).
 # Needs root. Tests that need root are #[ignore]d with the reason, so a
 # plain `cargo test` as any user runs the rest; this runs them all.
-# LIVERESTORE_SLOW_TESTS=1 also runs the 15-minute real 4 GiB vfat staging.
+# LIVERESTORE_SLOW_TESTS=1 also runs the 15-minute real 4 GiB vfat staging,
+# and Ansible driving the real Debian guest over SSH (its reboots included).
 #
 # Where the time goes (a fresh 2-core machine): the build (~3.5 min), then
 # the QEMU guests under TCG and the host tests (~16 min, two lanes at
