@@ -124,20 +124,7 @@ pub(super) fn allocate_volume(
     }
     v.dm_uuid = on_disk.dm_uuid;
     v.pieces = on_disk.pieces;
-    volume_map(v)
-}
-
-/// The map of volume segment `v` as recorded: its pieces, in order.
-pub(super) fn volume_map(
-    v: &crate::store::record::VolumeSegment,
-) -> Result<crate::map::extent_map::ExtentMap> {
-    let layout = v.layout()?;
-    let whole = crate::map::fiemap::FileExtent {
-        logical: 0,
-        physical: 0,
-        length: v.length,
-    };
-    crate::map::extent_map::ExtentMap::from_file_extents(&[whole], v.length, &layout)
+    v.map()
 }
 
 /// Steps 2 and 3: create, preallocate, pin and map every container file

@@ -107,7 +107,7 @@ fn revalidate_volume(
             ),
         ));
     }
-    super::allocation::volume_map(v)
+    v.map()
 }
 
 /// Write the header with the record as it is now, through `writer`.

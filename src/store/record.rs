@@ -259,6 +259,16 @@ pub struct VolumeSegment {
 }
 
 impl VolumeSegment {
+    /// Its map as recorded (volume byte → disk byte): its pieces, in order.
+    pub fn map(&self) -> Result<ExtentMap> {
+        let whole = crate::map::fiemap::FileExtent {
+            logical: 0,
+            physical: 0,
+            length: self.length,
+        };
+        ExtentMap::from_file_extents(&[whole], self.length, &self.layout()?)
+    }
+
     /// Its bytes on the disk as recorded: pieces that cover it exactly.
     pub fn layout(&self) -> Result<DeviceLayout> {
         DeviceLayout::from_pieces(self.pieces.clone())?

@@ -92,30 +92,16 @@ impl VolumeBoot {
     }
 }
 
-/// Runs of disk bytes, adjacent ones joined.
-fn joined(runs: impl IntoIterator<Item = (u64, u64)>) -> Vec<(u64, u64)> {
-    let mut out: Vec<(u64, u64)> = Vec::new();
-    for (disk, length) in runs {
-        match out.last_mut() {
-            Some(last) if last.0 + last.1 == disk => last.1 += length,
-            _ => out.push((disk, length)),
-        }
-    }
-    out
-}
-
 /// The volume `rec` can boot natively from: its one logical volume
-/// (`--lvm-free`), when the image's map is that volume's bytes from its
-/// first one. None: a staging in files, in unallocated space, or not
-/// whole in its volume.
+/// (`--lvm-free`), when the image's map is that volume's from its first
+/// byte (both maps normalized: the same bytes, however split). None: a
+/// staging in files, in unallocated space, or not whole in its volume.
 pub fn volume_of(rec: &StagingRecord) -> Option<VolumeBoot> {
     let [v] = rec.volumes()[..] else {
         return None;
     };
-    let size = rec.image.size;
-    let image = rec.image_map().ok()?.translate(0, size).ok()?;
-    let volume = v.layout().ok()?.to_disk(0, size).ok()?;
-    (joined(image.iter().map(|r| (r.disk, r.length))) == joined(volume)).then(|| VolumeBoot {
+    let volume = v.map().ok()?.slice(0, rec.image.size).ok()?;
+    (rec.image_map().ok()? == volume).then(|| VolumeBoot {
         staging: rec.name.clone(),
         vg: v.vg.clone(),
         lv: v.lv.clone(),
